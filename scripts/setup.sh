@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything virt-sandbox-service and its tests need on Debian 12, as root.
+# Installs Debian packages, creates the venv (.venv) with the Python dependencies and the project,
+# links the CLI onto root's PATH and starts virtlogd/libvirtd when nothing else runs them.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${VSS_VENV:-$here/.venv}
+
+APT_PACKAGES=(
+  libvirt-daemon-system libvirt-daemon-driver-lxc libvirt-daemon-driver-qemu libvirt-clients
+  libvirt-dev pkg-config qemu-system-x86 qemu-utils dnsmasq-base dbus iptables busybox-static
+  systemd-container libsystemd-dev linux-image-amd64 apache2 curl
+  nginx-light openssh-server postfix cron rsync
+  python3-dev gcc make libxml2-utils
+)
+
+need_apt=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || need_apt+=("$p")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # policy-rc.d: never start the packaged daemons on install (apache2 must not hold port 80 on
+  # the host; the sandboxes run their own copies).
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  echo "postfix postfix/main_mailer_type select Local only" | debconf-set-selections
+  echo "postfix postfix/mailname string localhost" | debconf-set-selections
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+fi
+
+# Python: one venv for the tool and its tests. libvirt-python and pystemd compile against the
+# Debian headers installed above.
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+stamp="$venv/.vss-deps"
+want=$(sha256sum "$here/pyproject.toml" | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  "$venv/bin/pip" install -q --upgrade pip wheel setuptools Cython
+  "$venv/bin/pip" install -q -e "$here[dev]"
+  echo "$want" > "$stamp"
+fi
+# root's PATH: generated units reference this absolute path.
+ln -sfn "$venv/bin/virt-sandbox-service" /usr/local/bin/virt-sandbox-service
+
+# Daemons: nothing on this kind of machine starts them (PID 1 is not systemd). Where systemd
+# runs the host, it already manages them and we leave it alone.
+if [ ! -d /run/systemd/system ]; then
+  mkdir -p /var/log/libvirt /run/libvirt
+  if ! pidof virtlogd >/dev/null; then virtlogd -d; fi
+  if ! pidof libvirtd >/dev/null; then libvirtd -d; fi
+  for _ in $(seq 50); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.1; done
+fi
+
+# Host readiness: applies only the additive fixes `doctor` names (e.g. the cgroup2 controller
+# layout that libvirt 9.0's LXC driver cannot handle), then reports.
+"$venv/bin/virt-sandbox-service" doctor --fix

@@ -1,0 +1,1 @@
+"""The only modules that change the host: files, libvirt, systemd. Each step registers its undo."""

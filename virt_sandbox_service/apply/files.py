@@ -1,0 +1,109 @@
+"""Carry out a plan's file operations inside a state directory this run created."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from ..errors import HostError, UserError
+from ..plan import MARKER, CopyTree, FileOp, MakeDir, Plan, Symlink, WriteFile
+from .txn import Transaction
+
+
+def create_state_dir(plan: Plan, txn: Transaction) -> None:
+    """Make the state directory (it must not exist) and everything in it."""
+    state = Path(plan.state_dir)
+    if os.path.lexists(state):
+        raise UserError(f"state directory {state} already exists",
+                        "choose another name or -p PATH, or delete the old sandbox")
+    state.parent.mkdir(parents=True, exist_ok=True)
+    os.mkdir(state, 0o700)
+    # Removing the whole tree is right only because this run made it, just now.
+    txn.did(f"made {state}", lambda: shutil.rmtree(state))
+    for op in plan.files:
+        if getattr(op, "path", None) == plan.state_dir:
+            continue
+        apply_op(op)
+
+
+def apply_op(op: FileOp) -> None:
+    try:
+        if isinstance(op, MakeDir):
+            os.makedirs(op.path, exist_ok=True)
+            os.chmod(op.path, op.mode)
+            os.chown(op.path, op.uid, op.gid)
+        elif isinstance(op, WriteFile):
+            write_file(Path(op.path), op.content, op.mode)
+        elif isinstance(op, Symlink):
+            if os.path.lexists(op.path):
+                os.unlink(op.path)
+            os.symlink(op.target, op.path)
+        elif isinstance(op, CopyTree):
+            copy_tree(op.src, op.dst, frozenset(op.exclude))
+    except OSError as e:
+        raise HostError(f"cannot make {getattr(op, 'path', None) or op.dst}: {e.strerror}") from e
+
+
+def write_file(path: Path, content: str, mode: int = 0o644) -> None:
+    """Write atomically: readers see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def copy_tree(src: str, dst: str, exclude: frozenset[str]) -> None:
+    """Copy keeping owners, modes, times and symlinks; sockets, fifos and devices are skipped
+    (a sandbox must not get the host's device nodes through a copy)."""
+    st = os.lstat(src)
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), dst)
+        os.lchown(dst, st.st_uid, st.st_gid)
+        return
+    if stat.S_ISREG(st.st_mode):
+        shutil.copyfile(src, dst)
+        _keep_meta(dst, st)
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    os.makedirs(dst, exist_ok=True)
+    with os.scandir(src) as it:
+        entries = list(it)
+    for entry in entries:
+        if entry.path in exclude:
+            continue
+        copy_tree(entry.path, os.path.join(dst, entry.name), exclude)
+    _keep_meta(dst, st)
+
+
+def _keep_meta(path: str, st: os.stat_result) -> None:
+    os.chown(path, st.st_uid, st.st_gid)
+    os.chmod(path, stat.S_IMODE(st.st_mode))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def remove_state_dir(state: Path, name: str) -> None:
+    """Remove a state directory only if it carries our marker naming this sandbox."""
+    if not state.exists():
+        return
+    marker = state / MARKER
+    try:
+        owner = marker.read_text().strip()
+    except OSError:
+        owner = None
+    if owner != name:
+        raise UserError(f"{state} was not made by virt-sandbox-service for '{name}' "
+                        f"(no {MARKER} marker naming it); not removing it",
+                        "remove it by hand if it really is unused")
+    try:
+        shutil.rmtree(state)
+    except OSError as e:
+        raise HostError(f"cannot remove {state}: {e.strerror}") from e

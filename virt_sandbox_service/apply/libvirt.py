@@ -1,0 +1,70 @@
+"""Thin layer over libvirt-python: connect, define, undefine, find our domains."""
+
+from __future__ import annotations
+
+import libvirt
+from lxml import etree
+
+from ..domain import METADATA_NS
+from ..errors import HostError, UserError
+from .txn import Transaction
+
+# libvirt prints its errors to stderr by default; we report them ourselves, once.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def connect(uri: str) -> libvirt.virConnect:
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as e:
+        raise HostError(f"cannot connect to libvirt at {uri}: {e.get_error_message()}",
+                        "is libvirtd running? 'virt-sandbox-service doctor' checks the host") from e
+
+
+def lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise HostError(f"libvirt: {e.get_error_message()}") from e
+
+
+def is_ours(dom: libvirt.virDomain) -> bool:
+    root = etree.fromstring(dom.XMLDesc(0).encode())
+    return root.find(f"metadata/{{{METADATA_NS}}}sandbox") is not None
+
+
+def check_name_free(conn: libvirt.virConnect, name: str) -> None:
+    if lookup(conn, name) is not None:
+        raise UserError(f"a libvirt domain named '{name}' already exists",
+                        "choose another sandbox name")
+
+
+def define(conn: libvirt.virConnect, xml: str, txn: Transaction) -> libvirt.virDomain:
+    try:
+        dom = conn.defineXML(xml)
+    except libvirt.libvirtError as e:
+        raise HostError(f"libvirt refused the domain: {e.get_error_message()}") from e
+    txn.did(f"defined domain {dom.name()}", dom.undefine)
+    return dom
+
+
+def undefine(dom: libvirt.virDomain) -> None:
+    try:
+        dom.undefine()
+    except libvirt.libvirtError as e:
+        if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise HostError(f"cannot undefine {dom.name()}: {e.get_error_message()}") from e
+
+
+def state_name(dom: libvirt.virDomain) -> str:
+    state, _reason = dom.state()
+    return {
+        libvirt.VIR_DOMAIN_RUNNING: "running",
+        libvirt.VIR_DOMAIN_BLOCKED: "running",
+        libvirt.VIR_DOMAIN_PAUSED: "paused",
+        libvirt.VIR_DOMAIN_SHUTDOWN: "stopping",
+        libvirt.VIR_DOMAIN_SHUTOFF: "stopped",
+        libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    }.get(state, "unknown")

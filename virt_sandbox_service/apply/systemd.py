@@ -1,0 +1,57 @@
+"""Host unit files and the host's systemd (through pystemd over D-Bus, where systemd runs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..errors import HostError, UserError
+from .files import write_file
+from .txn import Transaction
+
+log = logging.getLogger(__name__)
+
+
+def systemd_running() -> bool:
+    """The test sd_booted(3) uses: /run/systemd/system exists only under a systemd PID 1."""
+    return os.path.isdir("/run/systemd/system")
+
+
+def install_unit(path: Path, text: str, txn: Transaction) -> None:
+    if os.path.lexists(path):
+        raise UserError(f"unit file {path} already exists", "delete the old sandbox first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file(path, text, 0o644)
+    txn.did(f"wrote {path}", path.unlink)
+
+
+def daemon_reload() -> None:
+    if not systemd_running():
+        log.debug("no systemd PID 1 here: skipping daemon-reload")
+        return
+    from pystemd.systemd1 import Manager
+
+    try:
+        with Manager() as manager:
+            manager.Manager.Reload()
+    except Exception as e:
+        raise HostError(f"systemd daemon-reload failed: {e}") from e
+
+
+def disable_and_remove(unit_dir: Path, unit: str) -> None:
+    """Disable (remove its enablement links) and remove the unit file."""
+    if systemd_running() and unit_dir == Path("/etc/systemd/system"):
+        from pystemd.systemd1 import Manager
+
+        try:
+            with Manager() as manager:
+                manager.Manager.DisableUnitFiles([unit.encode()], False)
+        except Exception as e:  # the links are removed below anyway
+            log.debug("DisableUnitFiles(%s): %s", unit, e)
+    for link in unit_dir.glob(f"*/{unit}"):
+        if link.is_symlink():
+            link.unlink()
+    path = unit_dir / unit
+    if path.exists() or path.is_symlink():
+        path.unlink()

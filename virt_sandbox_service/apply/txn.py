@@ -1,0 +1,43 @@
+"""A transaction: every side effect registers its undo; a failure or Ctrl-C undoes exactly
+what was done, newest first, and nothing more."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+
+class Transaction:
+    def __init__(self) -> None:
+        self._undo: list[tuple[str, Callable[[], None]]] = []
+
+    def did(self, what: str, undo: Callable[[], None]) -> None:
+        """Record that `what` was done and how to take it back."""
+        log.debug("done: %s", what)
+        self._undo.append((what, undo))
+
+    def commit(self) -> None:
+        self._undo.clear()
+
+    def rollback(self) -> None:
+        while self._undo:
+            what, undo = self._undo.pop()
+            try:
+                undo()
+                log.debug("undone: %s", what)
+            except Exception as e:  # keep undoing the rest; say what could not be undone
+                print(f"virt-sandbox-service: could not undo '{what}': {e}", file=sys.stderr)
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.rollback()
+        else:
+            self.commit()

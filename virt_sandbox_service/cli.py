@@ -1,0 +1,210 @@
+"""The command line: argparse, one function per subcommand, errors turned into exit codes.
+
+Errors print one line ("virt-sandbox-service: error: ...") and a hint; tracebacks only with
+--debug. Ctrl-C exits 130 after the running step rolled back what it did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from . import __version__
+from .config import DEFAULT_URI, Paths, load_config
+from .errors import SandboxError
+
+PROG = "virt-sandbox-service"
+Handler = Callable[[argparse.Namespace, Paths], int]
+
+
+def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
+    from .create import CreateRequest, create
+
+    command = tuple(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    req = CreateRequest(
+        name=args.name, uri=args.connect, units=tuple(args.unit or ()), command=command,
+        state_parent=args.path, packages=tuple(args.package or ()),
+        private=tuple(args.private or ()), shared=tuple(args.shared or ()), copy=args.copy,
+        security=args.security, memory=args.memory,
+    )
+    plan = create(req, paths, dry_run=args.dry_run)
+    if args.dry_run:
+        from .planprint import format_plan
+
+        print(format_plan(plan))
+    else:
+        print(f"created sandbox {args.name}: start it with 'virt-sandbox-service start "
+              f"{args.name}' or 'systemctl start {args.name}_sandbox.service'")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace, paths: Paths) -> int:
+    from .apply.libvirt import connect
+    from .runtime import lxc
+
+    cfg = load_config(paths, args.name)
+    return lxc.start(connect(cfg.uri), cfg, paths, detach=args.detach, timeout=args.timeout)
+
+
+def cmd_stop(args: argparse.Namespace, paths: Paths) -> int:
+    from .apply.libvirt import connect
+    from .runtime import lxc
+
+    cfg = load_config(paths, args.name)
+    if not lxc.stop(connect(cfg.uri), cfg, paths, timeout=args.timeout):
+        print(f"sandbox {args.name} was not running")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, paths: Paths) -> int:
+    from .manage import delete
+
+    delete(paths, args.name, force=args.force)
+    print(f"deleted sandbox {args.name}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, paths: Paths) -> int:
+    from .manage import format_list, sandbox_rows
+
+    rows = sandbox_rows(paths)
+    print(json.dumps(rows, indent=2) if args.json else format_list(rows))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace, paths: Paths) -> int:
+    from .manage import format_inspect, inspect_data
+
+    data = inspect_data(paths, args.name)
+    print(json.dumps(data, indent=2) if args.json else format_inspect(data))
+    return 0
+
+
+def cmd_execute(args: argparse.Namespace, paths: Paths) -> int:
+    from .apply.libvirt import connect
+    from .runtime import lxc
+
+    cfg = load_config(paths, args.name)
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise SandboxError("execute needs a command after --", "e.g. execute web1 -- apachectl -S")
+    dom = lxc.domain(connect(cfg.uri), cfg)
+    sys.stdout.flush()
+    return lxc.execute(dom, command, lxc.sandbox_env(cfg))
+
+
+def cmd_doctor(args: argparse.Namespace, paths: Paths) -> int:
+    from .doctor import checks, format_checks
+
+    result = checks(fix=args.fix)
+    print(format_checks(result))
+    return 0 if all(c.ok for c in result) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Confine installed system daemons in persistent per-instance libvirt "
+                    "sandboxes managed by systemd.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--debug", action="store_true", help="log each step; show tracebacks")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    _add_create(sub)
+    _add_simple(sub, "start", cmd_start, "start a sandbox (foreground unless --detach)")
+    _add_simple(sub, "stop", cmd_stop, "stop a running sandbox")
+    d = _add_simple(sub, "delete", cmd_delete, "delete a sandbox: unit, domain, state, config")
+    d.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
+    lst = sub.add_parser("list", help="list sandboxes")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    lst.set_defaults(func=cmd_list)
+    ins = _add_simple(sub, "inspect", cmd_inspect,
+                      "what is private, shared and hidden, and why; label, network, limits")
+    ins.add_argument("--json", action="store_true", help="machine-readable output")
+    ex = _add_simple(sub, "execute", cmd_execute, "run a command inside a running sandbox")
+    ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
+    doc = sub.add_parser("doctor", help="check this host's readiness for sandboxes")
+    doc.add_argument("--fix", action="store_true",
+                     help="apply the additive host fixes doctor names (cgroup layout)")
+    doc.set_defaults(func=cmd_doctor)
+    return p
+
+
+def _add_simple(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                func: Handler, help_text: str) -> argparse.ArgumentParser:
+    sp = sub.add_parser(name, help=help_text, description=help_text)
+    sp.add_argument("name", help="sandbox name")
+    if name == "start":
+        sp.add_argument("--detach", action="store_true",
+                        help="return once the sandbox is ready instead of staying in the "
+                             "foreground (the unit's ExecStart stays in the foreground)")
+        sp.add_argument("--timeout", type=float, default=90, help="seconds to wait for ready")
+    if name == "stop":
+        sp.add_argument("--timeout", type=float, default=30,
+                        help="seconds for a clean shutdown before the domain is destroyed")
+    sp.set_defaults(func=func)
+    return sp
+
+
+def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    c = sub.add_parser("create", help="create a sandbox",
+                       description="create a unit sandbox (-u UNIT NAME) or a generic one "
+                                   "(NAME -- CMD ARGS)")
+    c.add_argument("-c", "--connect", default=DEFAULT_URI, metavar="URI",
+                   help=f"libvirt URI (default {DEFAULT_URI})")
+    c.add_argument("-u", "--unit", action="append", metavar="UNIT",
+                   help="host systemd unit to confine; foo@.service instantiates foo@NAME")
+    c.add_argument("-p", "--path", metavar="PATH",
+                   help="directory holding the sandbox's state (default "
+                        "/var/lib/virt-sandbox-service); remembered in its config")
+    c.add_argument("-P", "--package", action="append", metavar="PACKAGE",
+                   help="package whose file list is evidence, when it cannot be detected")
+    c.add_argument("--private", action="append", metavar="PATH",
+                   help="make PATH private to the instance")
+    c.add_argument("--shared", action="append", metavar="PATH",
+                   help="show the host's PATH read-only, overriding the evidence")
+    c.add_argument("-C", "--copy", action="store_true",
+                   help="copy the host's current content of private directories")
+    c.add_argument("-s", "--security", metavar="SECURITY",
+                   help="dynamic (default) or static,label=USER:ROLE:TYPE:LEVEL")
+    c.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512M or 2G")
+    c.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    c.add_argument("name", help="sandbox name")
+    c.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (generic sandbox)")
+    c.set_defaults(func=cmd_create)
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    # Treat SIGTERM like Ctrl-C: the running step's Transaction rolls back.
+    raise KeyboardInterrupt()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format=f"{PROG}: %(message)s")
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return int(args.func(args, Paths.from_env()))
+    except SandboxError as e:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"{PROG}: hint: {e.hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; what this command had done was undone", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

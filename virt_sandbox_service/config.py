@@ -1,0 +1,227 @@
+"""The sandbox configuration: one frozen dataclass, its on-disk JSON file, and input parsers.
+
+Every setting is declared once here; the CLI, the config file and `inspect` all read these
+fields, so they cannot drift. Parsers raise UserError naming the bad value and a hint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import UserError
+
+FORMAT_VERSION = 1
+DEFAULT_URI = "lxc:///"
+# No "+": the name is part of a systemd unit name, which does not allow it.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# 64 keeps the name usable as a hostname, a cgroup component and a unit instance.
+NAME_MAX = 64
+
+
+class Driver(enum.StrEnum):
+    LXC = "lxc"
+    KVM = "kvm"
+
+
+class Kind(enum.StrEnum):
+    SERVICE = "service"  # systemd as PID 1 running the host's installed unit(s)
+    GENERIC = "generic"  # one command as the sandbox's init
+
+
+class SecurityMode(enum.StrEnum):
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+def parse_enum(cls: type[E], value: str, what: str) -> E:
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in cls)
+        raise UserError(f"'{value}' is not a valid {what} ({choices})") from None
+
+
+def validate_name(name: str) -> str:
+    """Check a sandbox name: it becomes a directory, a libvirt domain, a hostname and a unit."""
+    hint = "use letters, digits, '_', '.', '-', starting with a letter or digit"
+    if not name:
+        raise UserError("sandbox name is empty", hint)
+    if "/" in name or name in (".", "..") or ".." in name:
+        raise UserError(f"sandbox name '{name}' must not contain '/' or '..'", hint)
+    if len(name) > NAME_MAX:
+        raise UserError(f"sandbox name is {len(name)} characters long (at most {NAME_MAX})", hint)
+    if not NAME_RE.fullmatch(name):
+        raise UserError(f"sandbox name '{name}' has characters that are not allowed", hint)
+    return name
+
+
+def driver_for_uri(uri: str) -> Driver:
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]
+    if scheme == "lxc":
+        return Driver.LXC
+    if scheme == "qemu":
+        return Driver.KVM
+    raise UserError(
+        f"URI '{uri}' is not a libvirt LXC or QEMU URI",
+        "use -c lxc:/// (containers) or -c qemu:///system (micro-VMs)",
+    )
+
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2,
+    "g": 1024**3, "gib": 1024**3, "t": 1024**4, "tib": 1024**4,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+}
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """'512M', '2GiB', '1048576' -> bytes. K/M/G/T and KiB.. are binary; KB/MB.. decimal."""
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _SIZE_UNITS:
+        raise UserError(f"{what} '{text}' is not a size", "write e.g. 512M, 2G, 1GiB or a byte count")
+    value = int(m.group(1)) * _SIZE_UNITS[unit]
+    if value <= 0:
+        raise UserError(f"{what} '{text}' must be greater than zero")
+    return value
+
+
+def validate_abs_path(text: str, what: str) -> str:
+    if not text.startswith("/"):
+        raise UserError(f"{what} '{text}' is not an absolute path", "paths start with '/'")
+    norm = os.path.normpath(text)
+    if any(part == ".." for part in text.split("/")):
+        raise UserError(f"{what} '{text}' must not contain '..'")
+    return norm
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Everything that defines one sandbox. Saved as JSON; loading it back gives an equal object."""
+
+    name: str
+    kind: Kind
+    uri: str
+    state_dir: str
+    units: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    packages: tuple[str, ...] = ()
+    private: tuple[str, ...] = ()
+    shared: tuple[str, ...] = ()
+    copy: bool = False
+    security_mode: SecurityMode = SecurityMode.DYNAMIC
+    security_label: str = ""
+    machine_id: str = ""
+    memory: int | None = None
+    format_version: int = FORMAT_VERSION
+    # Free-form notes that later versions may add; kept so an older file round-trips.
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def driver(self) -> Driver:
+        return driver_for_uri(self.uri)
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
+            data[f.name] = value
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> SandboxConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{source}: not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: expected a JSON object")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}",
+                            "was it written by a newer virt-sandbox-service?")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            kwargs[key] = _from_json_value(key, value)
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise UserError(f"{source}: {e}") from None
+
+
+def _from_json_value(key: str, value: Any) -> Any:
+    if key == "kind":
+        return parse_enum(Kind, value, "sandbox kind")
+    if key == "security_mode":
+        return parse_enum(SecurityMode, value, "security mode")
+    if key == "extra":
+        return tuple((str(k), str(v)) for k, v in value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the tool keeps things on the host. Environment overrides exist for tests."""
+
+    config_dir: Path = Path("/etc/virt-sandbox-service")
+    state_parent: Path = Path("/var/lib/virt-sandbox-service")
+    unit_dir: Path = Path("/etc/systemd/system")
+    run_dir: Path = Path("/run/virt-sandbox-service")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Paths:
+        env = dict(os.environ) if env is None else env
+        d = cls()
+        return cls(
+            config_dir=Path(env.get("VSS_CONFIG_DIR", str(d.config_dir))),
+            state_parent=Path(env.get("VSS_STATE_DIR", str(d.state_parent))),
+            unit_dir=Path(env.get("VSS_UNIT_DIR", str(d.unit_dir))),
+            run_dir=Path(env.get("VSS_RUN_DIR", str(d.run_dir))),
+        )
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.config_dir / "sandboxes"
+
+    def config_file(self, name: str) -> Path:
+        return self.sandboxes_dir / f"{name}.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.config_dir / ".lock"
+
+
+def load_config(paths: Paths, name: str) -> SandboxConfig:
+    validate_name(name)
+    path = paths.config_file(name)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"no sandbox named '{name}'",
+                        "see 'virt-sandbox-service list' for the sandboxes there are") from None
+    return SandboxConfig.from_json(text, str(path))
+
+
+def all_configs(paths: Paths) -> list[SandboxConfig]:
+    if not paths.sandboxes_dir.is_dir():
+        return []
+    out = []
+    for p in sorted(paths.sandboxes_dir.glob("*.json")):
+        out.append(SandboxConfig.from_json(p.read_text(), str(p)))
+    return out

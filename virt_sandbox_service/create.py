@@ -1,0 +1,220 @@
+"""create: validate the request, gather host facts and evidence, plan, then apply.
+
+Everything up to `plan` reads only; `apply_plan` is where the host changes, inside one
+Transaction so that a failure or Ctrl-C undoes exactly what was done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import evidence as ev
+from . import host, labels, unitfile
+from .apply import files
+from .apply import libvirt as lv
+from .apply import systemd as sd
+from .apply.txn import Transaction
+from .config import (
+    DEFAULT_URI, Kind, Paths, SandboxConfig, SecurityMode, all_configs, driver_for_uri,
+    parse_size, validate_abs_path, validate_name,
+)
+from .domain import domain_xml
+from .errors import UserError
+from .plan import Plan, WriteFile, plan
+from .units import render_sandbox_unit, unit_name
+
+EVIDENCE_FILE = "evidence.json"
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    name: str
+    uri: str = DEFAULT_URI
+    units: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    state_parent: str | None = None
+    packages: tuple[str, ...] = ()
+    private: tuple[str, ...] = ()
+    shared: tuple[str, ...] = ()
+    copy: bool = False
+    security: str | None = None
+    memory: str | None = None
+
+
+def validate(req: CreateRequest) -> None:
+    """Checks that need nothing but the request itself."""
+    validate_name(req.name)
+    driver_for_uri(req.uri)
+    if req.units and req.command:
+        raise UserError("give either -u UNIT or a command after --, not both",
+                        "a unit sandbox runs systemd; a generic sandbox runs one command")
+    if not req.units and not req.command:
+        raise UserError("nothing to run: give -u UNIT or a command after --",
+                        "e.g. create -u apache2.service web1, or create web3 -- /bin/sh")
+    if req.state_parent is not None:
+        validate_abs_path(req.state_parent, "-p path")
+        if os.path.exists(req.state_parent) and not os.path.isdir(req.state_parent):
+            raise UserError(f"-p path '{req.state_parent}' is not a directory")
+    for p in (*req.private, *req.shared):
+        validate_abs_path(p, "path")
+    if req.memory is not None:
+        parse_size(req.memory, "--memory")
+    if req.security is not None:
+        parse_security(req.security)
+    if req.command and not req.command[0].startswith("/"):
+        raise UserError(f"command '{req.command[0]}' must be an absolute path",
+                        "the sandbox has no shell PATH lookup for its init; use e.g. /usr/bin/"
+                        f"{os.path.basename(req.command[0])}")
+
+
+def parse_security(text: str) -> tuple[SecurityMode, str | None]:
+    """'-s dynamic', '-s static,label=u:r:t:s0:c1,c2' -> (mode, label)."""
+    mode_text, _, rest = text.partition(",")
+    mode = {"dynamic": SecurityMode.DYNAMIC, "static": SecurityMode.STATIC}.get(mode_text)
+    if mode is None:
+        raise UserError(f"'{mode_text}' is not a valid security mode (dynamic, static)",
+                        "write -s dynamic or -s static,label=USER:ROLE:TYPE:LEVEL")
+    label = None
+    if rest:
+        key, eq, value = rest.partition("=")
+        if key != "label" or not eq:
+            raise UserError(f"'{rest}' is not a security option", "the only one is label=LABEL")
+        labels.parse_label(value)
+        label = value
+    if mode is SecurityMode.STATIC and label is None:
+        raise UserError("-s static needs label=USER:ROLE:TYPE:LEVEL")
+    return mode, label
+
+
+@contextmanager
+def config_lock(paths: Paths) -> Iterator[None]:
+    """Serialises creates and deletes: name checks and label allocation see a stable set."""
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_free(req: CreateRequest, paths: Paths, state_dir: Path, conn: object | None) -> None:
+    if paths.config_file(req.name).exists():
+        raise UserError(f"a sandbox named '{req.name}' already exists",
+                        "choose another name, or delete it first")
+    if os.path.lexists(state_dir):
+        raise UserError(f"state directory {state_dir} already exists",
+                        "choose another name or -p PATH")
+    if os.path.lexists(paths.unit_dir / unit_name(req.name)):
+        raise UserError(f"unit {unit_name(req.name)} already exists in {paths.unit_dir}",
+                        "remove it or choose another name")
+    if conn is not None:
+        lv.check_name_free(conn, req.name)
+
+
+def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.UnitFile],
+                 label: str, mode: SecurityMode) -> SandboxConfig:
+    parent = Path(req.state_parent) if req.state_parent else paths.state_parent
+    return SandboxConfig(
+        name=req.name,
+        kind=Kind.SERVICE if req.units else Kind.GENERIC,
+        uri=req.uri,
+        state_dir=str(parent / req.name),
+        units=tuple(u.name for u in units),
+        command=req.command,
+        packages=req.packages,
+        private=tuple(os.path.normpath(p) for p in req.private),
+        shared=tuple(os.path.normpath(p) for p in req.shared),
+        copy=req.copy,
+        security_mode=mode,
+        security_label=label,
+        machine_id=uuid.uuid4().hex,
+        memory=parse_size(req.memory, "--memory") if req.memory else None,
+    )
+
+
+def choose_label(req: CreateRequest, paths: Paths) -> tuple[SecurityMode, str]:
+    mode, label = parse_security(req.security) if req.security else (SecurityMode.DYNAMIC, None)
+    in_use = [c.security_label for c in all_configs(paths)]
+    if label is not None:
+        _, level = labels.parse_label(label)
+        if level and label in in_use:
+            raise UserError(f"label {label} is already used by another sandbox",
+                            "choose another category pair, or -s dynamic")
+        return mode, label
+    level = labels.allocate(in_use)
+    return mode, labels.process_label(driver_for_uri(req.uri), level)
+
+
+def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts) -> Plan:
+    """Everything create will do, decided from the request and the host. Reads only."""
+    names = [unitfile.resolve_unit_name(u, req.name) for u in req.units]
+    units = [unitfile.load_unit(n) for n in names]
+    pkgdb = ev.detect_package_db()
+    evidence = ev.gather(units, pkgdb, packages=req.packages, private=req.private,
+                         shared=req.shared, generic=not units)
+    allowed = [e.path for e in evidence if e.path.startswith("/etc")]
+    hidden = ev.hidden_secrets(Path("/etc"), allowed)
+    mode, label = choose_label(req, paths)
+    config = build_config(req, paths, units, label, mode)
+    fragments = tuple((u.name, str(u.path)) for u in units)
+    p = plan(config, facts, evidence, hidden, str(paths.config_file(req.name)),
+             str(paths.run_dir / req.name), fragments)
+    record = WriteFile(os.path.join(config.state_dir, EVIDENCE_FILE), evidence_json(p),
+                       reason="why each path is private, hidden or shared")
+    unit_path = str(paths.unit_dir / unit_name(req.name))
+    return dataclasses.replace(
+        p, files=(*p.files, record), domain_xml=domain_xml(p, facts),
+        unit_files=((unit_path, render_sandbox_unit(config, tool_path(), paths)),))
+
+
+def evidence_json(p: Plan) -> str:
+    def item(e: ev.PathEvidence) -> dict[str, object]:
+        return {"path": e.path, "access": e.access.value, "dir": e.is_dir,
+                "reasons": list(e.reasons)}
+    data = {"evidence": [item(e) for e in p.evidence], "hidden": [item(e) for e in p.hidden],
+            "mounts": [dataclasses.asdict(m) for m in p.mounts]}
+    return json.dumps(data, indent=2) + "\n"
+
+
+def tool_path() -> str:
+    """The absolute path generated units run. Set-up links it into /usr/local/bin."""
+    linked = "/usr/local/bin/virt-sandbox-service"
+    if os.path.exists(linked):
+        return linked
+    return os.path.abspath(sys.argv[0])
+
+
+def apply_plan(p: Plan, paths: Paths, conn: object) -> None:
+    with Transaction() as txn:
+        files.create_state_dir(p, txn)
+        cfg_path = Path(p.config_path)
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
+        files.write_file(cfg_path, p.config.to_json(), 0o644)
+        txn.did(f"wrote {cfg_path}", cfg_path.unlink)
+        lv.define(conn, p.domain_xml, txn)
+        for path, text in p.unit_files:
+            sd.install_unit(Path(path), text, txn)
+        sd.daemon_reload()
+
+
+def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False) -> Plan:
+    validate(req)
+    facts = host.detect()
+    conn = lv.connect(req.uri)
+    with config_lock(paths):
+        parent = Path(req.state_parent) if req.state_parent else paths.state_parent
+        check_free(req, paths, parent / req.name, conn)
+        p = make_plan(req, paths, facts)
+        if not dry_run:
+            apply_plan(p, paths, conn)
+    return p

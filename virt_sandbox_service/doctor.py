@@ -1,0 +1,114 @@
+"""doctor: is this host ready for sandboxes? Each check says what it found and what to do."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+from . import host
+from .evidence import detect_package_db
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+
+def checks(fix: bool = False) -> list[Check]:
+    out = [_root(), *_libvirt(), _cgroups(fix), _kvm(), _selinux(), _pkgdb(), _systemd()]
+    return out
+
+
+def _root() -> Check:
+    ok = os.geteuid() == 0
+    return Check("root", ok, "running as root" if ok else "not root",
+                 "" if ok else "sandboxes need root (libvirt LXC, mounts, namespaces)")
+
+
+def _libvirt() -> list[Check]:
+    import libvirt
+
+    from .apply.libvirt import connect
+    from .errors import SandboxError
+
+    out = []
+    for uri, what in (("lxc:///", "LXC driver"), ("qemu:///system", "QEMU driver")):
+        try:
+            conn = connect(uri)
+            out.append(Check(what, True, f"{uri} reachable (libvirt {_ver(conn.getLibVersion())})"))
+            conn.close()
+        except (SandboxError, libvirt.libvirtError) as e:
+            out.append(Check(what, False, str(e), "install libvirt-daemon-driver-"
+                             f"{'lxc' if 'lxc' in uri else 'qemu'} and start libvirtd "
+                             "(scripts/setup.sh does both)"))
+    return out
+
+
+def _ver(v: int) -> str:
+    return f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+
+
+def _cgroups(fix: bool) -> Check:
+    layout = host.cgroup_layout()
+    problem = layout.lxc_problem
+    if problem and fix:
+        done = host.fix_cgroup_controllers(layout)
+        layout = host.cgroup_layout()
+        if not layout.lxc_problem:
+            return Check("cgroups", True, f"{layout.kind} layout; fixed: {'; '.join(done)}")
+    if problem:
+        return Check("cgroups", False, problem,
+                     "run 'virt-sandbox-service doctor --fix' (additive: mounts the "
+                     "controller as its own v1 hierarchy, touches no existing cgroup)")
+    return Check("cgroups", True, f"{layout.kind} layout, usable by libvirt LXC")
+
+
+def _kvm() -> Check:
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = " ".join(line for line in f if line.startswith("flags"))
+    except OSError:
+        pass
+    hw = " vmx" in flags or " svm" in flags
+    dev = os.path.exists("/dev/kvm")
+    if hw and dev:
+        return Check("kvm", True, "hardware virtualization and /dev/kvm present")
+    why = "/dev/kvm present but no vmx/svm CPU flag" if dev else "no /dev/kvm"
+    return Check("kvm", True, f"{why}: KVM sandboxes would run under TCG (slow)")
+
+
+def _selinux() -> Check:
+    if host.selinux_enabled():
+        return Check("selinux", True, "enabled: sandboxes get an MCS label enforced by libvirt")
+    return Check("selinux", True, "not enabled: MCS labels are allocated and shown, not enforced")
+
+
+def _pkgdb() -> Check:
+    db = detect_package_db()
+    if db is None:
+        return Check("package manager", False, "neither dpkg nor rpm found",
+                     "unit sandboxes then rely on unit directives and --private only")
+    return Check("package manager", True, f"{db.kind} (file lists are evidence for /var)")
+
+
+def _systemd() -> Check:
+    if os.path.isdir("/run/systemd/system"):
+        return Check("systemd", True, "PID 1 is systemd: units are reloaded on create/delete")
+    ok = shutil.which("systemd-analyze") is not None
+    return Check("systemd", True, "PID 1 is not systemd: unit files are written, but nothing "
+                 "runs them here; use 'virt-sandbox-service start --detach'"
+                 + ("" if ok else " (systemd-analyze missing)"))
+
+
+def format_checks(result: list[Check]) -> str:
+    lines = []
+    for c in result:
+        lines.append(f"{'ok ' if c.ok else 'BAD'} {c.name:16} {c.detail}")
+        if c.hint:
+            lines.append(f"    {'':16} hint: {c.hint}")
+    return "\n".join(lines)

@@ -1,0 +1,16 @@
+"""Plan -> libvirt domain XML, one module per backend."""
+
+from __future__ import annotations
+
+from ..config import Driver
+from ..host import HostFacts
+from ..plan import Plan
+from . import lxc
+
+METADATA_NS = "https://virt-sandbox-service.org/xmlns/domain/1"
+
+
+def domain_xml(plan: Plan, facts: HostFacts) -> str:
+    if plan.config.driver is Driver.LXC:
+        return lxc.build(plan, facts, METADATA_NS)
+    raise NotImplementedError("the KVM backend is not implemented yet")

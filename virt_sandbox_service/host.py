@@ -1,0 +1,174 @@
+"""Host facts: what this machine has, read once per command and passed to the pure planner.
+
+Nothing here changes the host, except `fix_cgroup_controllers`, the one clearly named host
+workaround (see its docstring); `doctor --fix` is the only caller.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import HostError
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """Facts the planner needs. Tests build these by hand for golden files."""
+
+    systemd: str = "/lib/systemd/systemd"
+    sh: str = "/bin/sh"
+    unshare: str = "/usr/bin/unshare"
+    umount: str = "/bin/umount"
+    selinux: bool = False
+    memory_kib: int = 4 * 1024 * 1024
+    system_unit_dir: str = "/lib/systemd/system"
+    # Entries of the host's /etc/systemd/system that enable its boot (*.wants, *.requires):
+    # left out of an instance's /etc so only the confined unit starts.
+    etc_wants_dirs: tuple[str, ...] = ()
+    # Top-level symlinks of the host's /var (Debian: run -> /run, lock -> /run/lock).
+    var_symlinks: tuple[tuple[str, str], ...] = ()
+
+
+def find_tool(names: tuple[str, ...], what: str, package: str) -> str:
+    for name in names:
+        path = name if name.startswith("/") else shutil.which(name)
+        if path and os.access(path, os.X_OK):
+            return path
+    raise HostError(f"{what} not found on this host", f"install the '{package}' package")
+
+
+def detect(selinux: bool | None = None) -> HostFacts:
+    """Read the facts from this machine. `selinux` comes from libvirt's capabilities if known."""
+    return HostFacts(
+        systemd=find_tool(("/lib/systemd/systemd", "/usr/lib/systemd/systemd"), "systemd", "systemd"),
+        sh=find_tool(("/bin/sh", "/usr/bin/sh"), "/bin/sh", "dash"),
+        unshare=find_tool(("unshare",), "unshare", "util-linux"),
+        umount=find_tool(("umount",), "umount", "mount"),
+        selinux=selinux_enabled() if selinux is None else selinux,
+        memory_kib=_mem_total_kib(),
+        system_unit_dir=next((d for d in ("/lib/systemd/system", "/usr/lib/systemd/system")
+                              if os.path.isdir(d)), "/lib/systemd/system"),
+        etc_wants_dirs=_wants_dirs(Path("/etc/systemd/system")),
+        var_symlinks=_symlinks(Path("/var")),
+    )
+
+
+def _wants_dirs(d: Path) -> tuple[str, ...]:
+    try:
+        names = sorted(e.name for e in os.scandir(d))
+    except OSError:
+        return ()
+    return tuple(n for n in names if n.endswith((".wants", ".requires", ".upholds")))
+
+
+def _symlinks(d: Path) -> tuple[tuple[str, str], ...]:
+    out = []
+    for e in sorted(os.scandir(d), key=lambda e: e.name):
+        if e.is_symlink():
+            out.append((e.name, os.readlink(e.path)))
+    return tuple(out)
+
+
+def selinux_enabled() -> bool:
+    return Path("/sys/fs/selinux/enforce").exists()
+
+
+def _mem_total_kib() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 4 * 1024 * 1024
+
+
+# --- cgroups -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CgroupLayout:
+    kind: str  # "v2", "v1", "hybrid"
+    unified_mount: Path | None
+    unified_controllers: tuple[str, ...]
+    v1_hierarchies: tuple[str, ...]
+
+    @property
+    def lxc_problem(self) -> str | None:
+        """Why libvirt's LXC driver cannot start a domain here, or None.
+
+        libvirt (seen with 9.0) treats a cgroup2 mount that carries controllers beside v1
+        hierarchies as the place for those controllers and then fails every LXC start with
+        "Unable to create directory /sys/fs/cgroup/unified". systemd's usual hybrid layout has
+        an empty cgroup2 there, which libvirt handles.
+        """
+        if self.kind == "hybrid" and self.unified_controllers:
+            return ("cgroup2 at {} carries controller(s) {} beside v1 hierarchies; libvirt's LXC "
+                    "driver fails to start domains on this layout").format(
+                        self.unified_mount, ",".join(self.unified_controllers))
+        return None
+
+
+def _mounts() -> list[tuple[str, str, str]]:
+    """(mountpoint, fstype, super options) from /proc/self/mountinfo."""
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        rfields = right.split()
+        if len(fields) >= 5 and len(rfields) >= 3:
+            out.append((_unescape(fields[4]), rfields[0], rfields[2]))
+    return out
+
+
+def _unescape(path: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+
+
+def cgroup_layout() -> CgroupLayout:
+    unified: Path | None = None
+    v1: list[str] = []
+    for target, fstype, _opts in _mounts():
+        if fstype == "cgroup2":
+            unified = Path(target)
+        elif fstype == "cgroup":
+            v1.append(Path(target).name)
+    controllers: tuple[str, ...] = ()
+    if unified is not None:
+        try:
+            controllers = tuple((unified / "cgroup.controllers").read_text().split())
+        except OSError:
+            controllers = ()
+    kind = "hybrid" if unified and v1 else ("v2" if unified else "v1")
+    return CgroupLayout(kind, unified, controllers, tuple(sorted(v1)))
+
+
+def fix_cgroup_controllers(layout: CgroupLayout) -> list[str]:
+    """Move the controllers off a hybrid layout's cgroup2 mount by mounting each as its own v1
+    hierarchy (additive: no existing mount or cgroup is touched).
+
+    The kernel lets a controller sit in only one hierarchy at a time; binding it to a new v1
+    hierarchy is allowed only while the cgroup2 tree has no cgroups using it, which is the case
+    for a controller nobody enabled in cgroup.subtree_control (hugetlb here). Returns what it did.
+    """
+    import ctypes
+
+    done = []
+    libc = ctypes.CDLL(None, use_errno=True)
+    for ctl in layout.unified_controllers:
+        target = CGROUP_ROOT / ctl
+        target.mkdir(exist_ok=True)
+        rc = libc.mount(b"cgroup", str(target).encode(), b"cgroup", 0, ctl.encode())
+        if rc != 0:
+            err = ctypes.get_errno()
+            raise HostError(f"cannot mount the {ctl} cgroup controller at {target}: "
+                            f"{os.strerror(err)}",
+                            "see 'virt-sandbox-service doctor' for the cgroup layout")
+        done.append(f"mounted the {ctl} controller as its own v1 hierarchy at {target}")
+    return done

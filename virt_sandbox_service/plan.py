@@ -1,0 +1,312 @@
+"""config + host facts + evidence -> Plan. Pure: reads nothing, writes nothing.
+
+The plan lists every file operation, every mount and the generated texts (domain XML, host
+units), each with the reason it exists. `apply` carries it out; `--dry-run` prints it.
+
+Why private copies of /etc instead of an overlay: an overlay would need a host-side mount whose
+lifetime must be managed outside libvirt (mounted before every start, leaked by a crash), and the
+instance's configuration would silently change whenever the host's changed underneath it. A
+trimmed private copy is self-contained, works the same as an LXC bind mount and a KVM share, costs
+about 5 MB per instance, and lets `upgrade` show drift against the host instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from .config import Kind, SandboxConfig
+from .evidence import Access, PathEvidence
+from .host import HostFacts
+
+# Inside the sandbox: a directory bound from the host's run dir, carrying the notify socket the
+# sandbox's systemd reports readiness on and the generic command's exit status.
+HOST_CHANNEL = "/run/sandbox-host"
+NOTIFY_SOCKET = f"{HOST_CHANNEL}/notify"
+EXIT_STATUS_FILE = f"{HOST_CHANNEL}/exit-status"
+FAILED_UNIT = "virt-sandbox-service-failed@.service"
+MARKER = ".virt-sandbox-service"
+
+# Units of the host's boot that a confined service never needs; masked in the instance.
+MASKED_UNITS = (
+    ("getty.target", "no logins on the sandbox console"),
+    ("console-getty.service", "no logins on the sandbox console"),
+    ("systemd-logind.service", "no user sessions in a service sandbox"),
+)
+
+TMPFS = (("/run", 65536), ("/tmp", 262144), ("/dev/shm", 65536))
+
+
+@dataclass(frozen=True)
+class MakeDir:
+    path: str
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    path: str
+    content: str
+    mode: int = 0o644
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Symlink:
+    path: str
+    target: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CopyTree:
+    """Copy src to dst keeping owners, modes and symlinks; `exclude` are src paths left out."""
+
+    src: str
+    dst: str
+    exclude: tuple[str, ...] = ()
+    reason: str = ""
+
+
+FileOp = MakeDir | WriteFile | Symlink | CopyTree
+
+
+@dataclass(frozen=True)
+class Mount:
+    target: str  # path in the sandbox
+    source: str  # host path; "" for tmpfs
+    readonly: bool = False
+    tmpfs_kib: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    config: SandboxConfig
+    config_path: str
+    state_dir: str
+    run_dir: str
+    evidence: tuple[PathEvidence, ...]
+    hidden: tuple[PathEvidence, ...]
+    mounts: tuple[Mount, ...]
+    files: tuple[FileOp, ...]
+    init: tuple[str, ...]
+    init_env: tuple[tuple[str, str], ...]
+    domain_xml: str = ""
+    unit_files: tuple[tuple[str, str], ...] = field(default=())
+
+
+def state_path(plan_state: str, sandbox_path: str, under: str) -> str:
+    """Where a sandbox path under `under` (/etc or /var) lives in the state dir."""
+    rel = os.path.relpath(sandbox_path, under)
+    base = os.path.join(plan_state, under.strip("/"))
+    return base if rel == "." else os.path.join(base, rel)
+
+
+def other_path(state: str, sandbox_path: str) -> str:
+    """Private paths outside /etc and /var: kept under state/paths/, one bind mount each."""
+    return os.path.join(state, "paths", sandbox_path.strip("/").replace("/", "%"))
+
+
+def _in(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + "/")
+
+
+def plan(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, ...],
+         hidden: tuple[PathEvidence, ...], config_path: str, run_dir: str,
+         unit_fragments: tuple[tuple[str, str], ...] = ()) -> Plan:
+    """Build the plan. `unit_fragments` maps each confined unit to its fragment file."""
+    state = config.state_dir
+    files: list[FileOp] = [
+        MakeDir(state, 0o700, reason="the sandbox's state directory"),
+        WriteFile(os.path.join(state, MARKER), f"{config.name}\n", 0o644,
+                  reason="marks the directory as made by virt-sandbox-service (delete checks it)"),
+    ]
+    files += _etc_ops(config, facts, hidden, unit_fragments)
+    files += _var_ops(config, facts, evidence)
+    files += _other_private_ops(state, evidence)
+    mounts = _mounts(config, evidence, run_dir)
+    init, env = init_command(config, facts)
+    return Plan(config=config, config_path=config_path, state_dir=state, run_dir=run_dir,
+                evidence=evidence, hidden=hidden, mounts=mounts, files=tuple(files),
+                init=init, init_env=env)
+
+
+def _etc_ops(config: SandboxConfig, facts: HostFacts, hidden: tuple[PathEvidence, ...],
+             unit_fragments: tuple[tuple[str, str], ...]) -> list[FileOp]:
+    etc = os.path.join(config.state_dir, "etc")
+    sysd = os.path.join(etc, "systemd", "system")
+    exclude = tuple(h.path for h in hidden) + tuple(
+        os.path.join("/etc/systemd/system", d) for d in facts.etc_wants_dirs)
+    ops: list[FileOp] = [
+        CopyTree("/etc", etc, exclude,
+                 reason="the host's configuration, without its secrets and its boot's .wants"),
+        WriteFile(os.path.join(etc, "hostname"), f"{config.name}\n", reason="hostname = NAME"),
+        WriteFile(os.path.join(etc, "machine-id"), f"{config.machine_id}\n", 0o444,
+                  reason="a machine-id of the instance's own"),
+        WriteFile(os.path.join(etc, "fstab"),
+                  "# The sandbox's mounts come from its libvirt domain.\n",
+                  reason="the host's fstab is not the sandbox's"),
+        WriteFile(os.path.join(etc, "hosts"), _hosts(config.name), reason="the instance's name"),
+    ]
+    if config.kind is Kind.SERVICE:
+        ops += _systemd_ops(config, sysd, facts.system_unit_dir, unit_fragments)
+    return ops
+
+
+def _hosts(name: str) -> str:
+    return (f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n")
+
+
+def _systemd_ops(config: SandboxConfig, sysd: str, unit_dir: str,
+                 unit_fragments: tuple[tuple[str, str], ...]) -> list[FileOp]:
+    wants = os.path.join(sysd, "multi-user.target.wants")
+    ops: list[FileOp] = [
+        MakeDir(wants, reason="the confined unit(s), and nothing else, are enabled"),
+        Symlink(os.path.join(sysd, "default.target"),
+                os.path.join(unit_dir, "multi-user.target"),
+                reason="boot to multi-user.target"),
+    ]
+    for unit, fragment in unit_fragments:
+        ops.append(Symlink(os.path.join(wants, unit), fragment,
+                           reason=f"enable {unit} in the sandbox"))
+        dropin = os.path.join(sysd, f"{unit}.d")
+        ops.append(MakeDir(dropin, reason=f"drop-in for {unit}"))
+        ops.append(WriteFile(os.path.join(dropin, "50-virt-sandbox-service.conf"),
+                             f"[Unit]\nOnFailure={FAILED_UNIT[:-9]}@%n.service\n",
+                             reason="report the unit's failure to the host"))
+    ops.append(WriteFile(os.path.join(sysd, FAILED_UNIT), _failed_unit_text(),
+                         reason="tells the host which unit failed (start fails with it)"))
+    for unit, why in MASKED_UNITS:
+        ops.append(Symlink(os.path.join(sysd, unit), "/dev/null", reason=f"masked: {why}"))
+    return ops
+
+
+def _failed_unit_text() -> str:
+    return (
+        "[Unit]\n"
+        "Description=Report the failure of %I to the sandbox's host\n"
+        "DefaultDependencies=no\n\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        f"Environment=NOTIFY_SOCKET={NOTIFY_SOCKET}\n"
+        "ExecStart=/bin/systemd-notify VSS_FAILED=%i\n"
+    )
+
+
+def _var_ops(config: SandboxConfig, facts: HostFacts,
+             evidence: tuple[PathEvidence, ...]) -> list[FileOp]:
+    var = os.path.join(config.state_dir, "var")
+    ops: list[FileOp] = [MakeDir(var, 0o755, reason="the instance's private /var")]
+    for name, target in facts.var_symlinks:
+        ops.append(Symlink(os.path.join(var, name), target, reason="as on the host"))
+    made: set[str] = {"/var"}
+    for ev in evidence:
+        if ev.access is not Access.PRIVATE or not _in(ev.path, "/var"):
+            continue
+        ops += _parents(ev.path, "/var", var, made, evidence)
+        ops += _private_item(ev, state_path(config.state_dir, ev.path, "/var"), config.copy)
+        made.add(ev.path)
+    return ops
+
+
+def _other_private_ops(state: str, evidence: tuple[PathEvidence, ...]) -> list[FileOp]:
+    ops: list[FileOp] = []
+    outside = [e for e in evidence if e.access is Access.PRIVATE
+               and not _in(e.path, "/var") and not _in(e.path, "/etc")]
+    if outside:
+        ops.append(MakeDir(os.path.join(state, "paths"), 0o755,
+                           reason="private paths outside /etc and /var"))
+    for ev in outside:
+        ops += _private_item(ev, other_path(state, ev.path), copy=True)
+    return ops
+
+
+def _parents(path: str, top: str, base: str, made: set[str],
+             evidence: tuple[PathEvidence, ...]) -> list[FileOp]:
+    """Directories between `top` and `path` that no evidence names: made like the host's."""
+    known = {e.path: e for e in evidence}
+    ops: list[FileOp] = []
+    for parent in reversed(PurePosixPath(path).parents):
+        p = str(parent)
+        if not _in(p, top) or p in made or p == path:
+            continue
+        made.add(p)
+        ev = known.get(p)
+        ops.append(MakeDir(os.path.join(base, os.path.relpath(p, top)),
+                           ev.mode if ev and ev.mode is not None else 0o755,
+                           *(ev.owner if ev and ev.owner else (0, 0)),
+                           reason=f"parent of {path}"))
+    return ops
+
+
+def _private_item(ev: PathEvidence, dst: str, copy: bool) -> list[FileOp]:
+    reason = "; ".join(ev.reasons)
+    uid, gid = ev.owner if ev.owner else (0, 0)
+    exists = ev.mode is not None
+    if not ev.is_dir and exists:
+        return [CopyTree(ev.path, dst, reason=reason)]
+    if ev.is_dir and copy and exists:
+        return [CopyTree(ev.path, dst, reason=f"{reason} (copied: -C)")]
+    mode = ev.mode if ev.mode is not None else 0o755
+    return [MakeDir(dst, mode, uid, gid, reason=reason)]
+
+
+def _mounts(config: SandboxConfig, evidence: tuple[PathEvidence, ...],
+            run_dir: str) -> tuple[Mount, ...]:
+    state = config.state_dir
+    mounts = [
+        Mount("/", "/", readonly=True, reason="the host's root filesystem, read-only"),
+        Mount("/etc", os.path.join(state, "etc"), reason="private /etc"),
+        Mount("/var", os.path.join(state, "var"), reason="private /var"),
+    ]
+    for ev in evidence:
+        if ev.access is Access.PRIVATE and not _in(ev.path, "/var") and not _in(ev.path, "/etc"):
+            mounts.append(Mount(ev.path, other_path(state, ev.path), reason="; ".join(ev.reasons)))
+    for target, kib in TMPFS:
+        mounts.append(Mount(target, "", tmpfs_kib=kib, reason="private tmpfs"))
+    # After /run: the bind must sit on top of the sandbox's /run tmpfs.
+    mounts.append(Mount(HOST_CHANNEL, run_dir, reason="readiness and exit status to the host"))
+    for ev in evidence:
+        if ev.access is Access.SHARED and "--shared" in ev.reasons:
+            mounts.append(Mount(ev.path, ev.path, readonly=True, reason="--shared"))
+    return tuple(mounts)
+
+
+def init_command(config: SandboxConfig,
+                 facts: HostFacts) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The sandbox's first process and its environment."""
+    if config.kind is Kind.GENERIC:
+        # sh stays PID 1 so the command's exit status reaches the host (libvirt reports none).
+        script = f'"$@"; rc=$?; echo $rc > {EXIT_STATUS_FILE}; exit $rc'
+        return (facts.sh, "-c", script, "sandbox-init", *config.command), ()
+    return (facts.sh, "-c", _service_init_script(facts)), (("NOTIFY_SOCKET", NOTIFY_SOCKET),)
+
+
+def _service_init_script(facts: HostFacts) -> str:
+    """Give the sandbox's systemd a cgroup namespace rooted at the container's own cgroup.
+
+    libvirt (9.0) puts the container in its v1 hierarchies but leaves it at the root of the
+    cgroup2 tree and gives it no cgroup namespace, so a systemd inside would manage the host's
+    whole cgroup2 tree. We move ourselves to a cgroup2 path mirroring libvirt's v1 one, drop
+    libvirt's cgroup mounts and start systemd in a new cgroup namespace rooted there.
+    """
+    q = shlex.quote
+    return "\n".join([
+        "cg=$(sed -n 's/^0::\\(.*\\)$/\\1/p' /proc/self/cgroup)",
+        "if [ \"$cg\" = / ]; then "
+        "cg=$(sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\\(.*\\)$/\\1/p;T;q' /proc/self/cgroup); fi",
+        f"{q(facts.umount)} -R /sys/fs/cgroup",
+        "if [ -n \"$cg\" ] && [ \"$cg\" != / ]; then",
+        "  mount -t cgroup2 cgroup2 /sys/fs/cgroup && mkdir -p \"/sys/fs/cgroup$cg\" &&",
+        "  echo $$ > \"/sys/fs/cgroup$cg/cgroup.procs\"",
+        f"  {q(facts.umount)} /sys/fs/cgroup",
+        "fi",
+        f"exec {q(facts.unshare)} --cgroup {q(facts.systemd)} systemd.unified_cgroup_hierarchy=1",
+    ])

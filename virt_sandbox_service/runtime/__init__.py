@@ -1,0 +1,1 @@
+"""Running sandboxes: start (readiness, console, exit status), stop, execute."""

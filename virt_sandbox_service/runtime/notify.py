@@ -1,0 +1,68 @@
+"""The host end of the sandbox's notify socket (sd_notify protocol, AF_UNIX datagrams)."""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+from pathlib import Path
+
+
+class NotifyListener:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if path.exists() or path.is_symlink():
+            path.unlink()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # The socket path may be longer than sun_path allows; bind relative to its directory.
+        cwd = os.open(".", os.O_RDONLY)
+        try:
+            os.chdir(path.parent)
+            self.sock.bind(path.name)
+        finally:
+            os.fchdir(cwd)
+            os.close(cwd)
+        # The sandbox's services run as any user; they must be able to send.
+        os.chmod(path, 0o777)
+
+    def receive(self, timeout: float) -> dict[str, str] | None:
+        """One message as KEY=VALUE pairs, or None on timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            data, ancdata, _flags, _addr = self.sock.recvmsg(
+                65536, socket.CMSG_SPACE(16 * array.array("i").itemsize))
+        except TimeoutError:
+            return None
+        _close_passed_fds(ancdata)
+        out = {}
+        for line in data.decode(errors="replace").splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                out[key] = value
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _close_passed_fds(ancdata: list[tuple[int, int, bytes]]) -> None:
+    """systemd-notify sends BARRIER=1 with a pipe fd and waits until it is closed."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            for fd in fds:
+                os.close(fd)
+
+
+def notify_host_manager(**states: str) -> None:
+    """Tell the systemd that runs us (if any) our state: READY=1, STATUS=..."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return
+    from pystemd.daemon import notify
+
+    notify(False, *[f"{k.upper()}={v}" for k, v in states.items()])

@@ -1,0 +1,85 @@
+"""Plan -> host systemd unit text, rendered from the Jinja2 templates in units/.
+
+One complete unit per sandbox, `NAME_sandbox.service`: its dependencies (ReloadPropagatedFrom=
+the confined units) differ per sandbox, and a self-contained file is what `systemctl cat`
+shows and what `delete` removes, with no shared template whose lifetime belongs to no sandbox.
+Every value passes through a filter that escapes it for unit-file syntax; StrictUndefined turns
+a missing field into an error instead of an empty line.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jinja2
+
+from .config import Paths, SandboxConfig
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "units"
+UNIT_SUFFIX = "_sandbox.service"
+START_TIMEOUT = 90
+STOP_TIMEOUT = 60
+
+
+def unit_name(name: str) -> str:
+    return f"{name}{UNIT_SUFFIX}"
+
+
+def unit_text(value: str) -> str:
+    """A free-text value (Description=): no line breaks; '%' and '\\' escaped."""
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"unit value contains a line break: {value!r}")
+    return value.replace("\\", "\\\\").replace("%", "%%")
+
+
+def unit_arg(value: str) -> str:
+    """One word of an Exec*= or Environment= line, quoted when it needs it."""
+    text = unit_text(value).replace("$", "$$")
+    if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", text):
+        return text
+    return '"' + text.replace('"', '\\"') + '"'
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_template_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["unit_text"] = unit_text
+    env.filters["unit_arg"] = unit_arg
+    return env
+
+
+def _template_dir() -> Path:
+    # Installed as a package the templates sit beside the module; in a checkout, at the top.
+    packaged = Path(__file__).resolve().parent / "units"
+    return packaged if packaged.is_dir() else TEMPLATES
+
+
+def path_environment(paths: Paths) -> list[tuple[str, str]]:
+    """Environment= lines for the paths that differ from the defaults (tests, -p is separate)."""
+    default = Paths()
+    out = []
+    for key, attr in (("VSS_CONFIG_DIR", "config_dir"), ("VSS_STATE_DIR", "state_parent"),
+                      ("VSS_UNIT_DIR", "unit_dir"), ("VSS_RUN_DIR", "run_dir")):
+        if getattr(paths, attr) != getattr(default, attr):
+            out.append((key, str(getattr(paths, attr))))
+    return out
+
+
+def render_sandbox_unit(config: SandboxConfig, exe: str, paths: Paths) -> str:
+    what = " ".join(config.units) if config.units else " ".join(config.command)
+    return _env().get_template("sandbox.service.j2").render(
+        name=config.name,
+        what=what,
+        units=config.units,
+        exe=exe,
+        environment=path_environment(paths),
+        start_timeout=START_TIMEOUT,
+        stop_timeout=STOP_TIMEOUT,
+    )
