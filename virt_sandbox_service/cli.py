@@ -102,6 +102,14 @@ def cmd_execute(args: argparse.Namespace, paths: Paths) -> int:
     return lxc.execute(dom, command, lxc.sandbox_env(cfg))
 
 
+def cmd_reload(args: argparse.Namespace, paths: Paths) -> int:
+    from .apply.libvirt import connect
+    from .runtime import lxc
+
+    cfg = load_config(paths, args.name)
+    return lxc.reload(lxc.domain(connect(cfg.uri), cfg), cfg, list(args.unit or ()))
+
+
 def cmd_doctor(args: argparse.Namespace, paths: Paths) -> int:
     from .doctor import checks, format_checks
 
@@ -131,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ex = _add_simple(sub, "execute", cmd_execute, "run a command inside a running sandbox")
     ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
+    rl = _add_simple(sub, "reload", cmd_reload, "reload the confined units inside the sandbox")
+    rl.add_argument("-u", "--unit", action="append", metavar="UNIT",
+                    help="only this confined unit (default: all of them)")
     doc = sub.add_parser("doctor", help="check this host's readiness for sandboxes")
     doc.add_argument("--fix", action="store_true",
                      help="apply the additive host fixes doctor names (cgroup layout)")

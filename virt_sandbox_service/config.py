@@ -90,7 +90,8 @@ def parse_size(text: str, what: str = "size") -> int:
     m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
     unit = m.group(2).lower() if m else ""
     if not m or unit not in _SIZE_UNITS:
-        raise UserError(f"{what} '{text}' is not a size", "write e.g. 512M, 2G, 1GiB or a byte count")
+        raise UserError(f"{what} '{text}' is not a size",
+                        "write e.g. 512M, 2G, 1GiB or a byte count")
     value = int(m.group(1)) * _SIZE_UNITS[unit]
     if value <= 0:
         raise UserError(f"{what} '{text}' must be greater than zero")

@@ -24,8 +24,16 @@ from .apply import libvirt as lv
 from .apply import systemd as sd
 from .apply.txn import Transaction
 from .config import (
-    DEFAULT_URI, Kind, Paths, SandboxConfig, SecurityMode, all_configs, driver_for_uri,
-    parse_size, validate_abs_path, validate_name,
+    DEFAULT_URI,
+    Kind,
+    Paths,
+    SandboxConfig,
+    SecurityMode,
+    all_configs,
+    driver_for_uri,
+    parse_size,
+    validate_abs_path,
+    validate_name,
 )
 from .domain import domain_xml
 from .errors import UserError

@@ -46,7 +46,8 @@ def find_tool(names: tuple[str, ...], what: str, package: str) -> str:
 def detect(selinux: bool | None = None) -> HostFacts:
     """Read the facts from this machine. `selinux` comes from libvirt's capabilities if known."""
     return HostFacts(
-        systemd=find_tool(("/lib/systemd/systemd", "/usr/lib/systemd/systemd"), "systemd", "systemd"),
+        systemd=find_tool(("/lib/systemd/systemd", "/usr/lib/systemd/systemd"), "systemd",
+                          "systemd"),
         sh=find_tool(("/bin/sh", "/usr/bin/sh"), "/bin/sh", "dash"),
         unshare=find_tool(("unshare",), "unshare", "util-linux"),
         umount=find_tool(("umount",), "umount", "mount"),

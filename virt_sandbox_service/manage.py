@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -97,10 +98,9 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
     conn = lv.connect(cfg.uri)
     dom = lv.lookup(conn, name)
     record: dict[str, Any] = {}
-    try:
+    # The record is informative: a sandbox whose record is gone is still inspectable.
+    with contextlib.suppress(OSError, ValueError):
         record = json.loads((Path(cfg.state_dir) / EVIDENCE_FILE).read_text())
-    except (OSError, ValueError):
-        pass
     facts_selinux = host.selinux_enabled()
     return {
         "name": cfg.name,

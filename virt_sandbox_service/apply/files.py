@@ -43,7 +43,8 @@ def apply_op(op: FileOp) -> None:
         elif isinstance(op, CopyTree):
             copy_tree(op.src, op.dst, frozenset(op.exclude))
     except OSError as e:
-        raise HostError(f"cannot make {getattr(op, 'path', None) or op.dst}: {e.strerror}") from e
+        target = op.dst if isinstance(op, CopyTree) else op.path
+        raise HostError(f"cannot make {target}: {e.strerror}") from e
 
 
 def write_file(path: Path, content: str, mode: int = 0o644) -> None:

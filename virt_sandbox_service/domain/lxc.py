@@ -6,11 +6,13 @@ formatting. Everything comes from the plan; nothing here reads the host.
 
 from __future__ import annotations
 
+from typing import cast
+
 from lxml import etree
 from lxml.builder import ElementMaker
 
-from ..plan import Mount, Plan
 from ..host import HostFacts
+from ..plan import Mount, Plan
 
 E = ElementMaker()
 
@@ -46,17 +48,17 @@ def _what(plan: Plan) -> str:
 def _metadata(plan: Plan, ns: str) -> etree._Element:
     m = ElementMaker(namespace=ns, nsmap={"vss": ns})
     cfg = plan.config
-    return E.metadata(m.sandbox(
+    return cast(etree._Element, E.metadata(m.sandbox(
         m.kind(cfg.kind.value),
         m.config(plan.config_path),
         m.state(plan.state_dir),
         *[m.unit(u) for u in cfg.units],
-    ))
+    )))
 
 
 def _os(plan: Plan) -> etree._Element:
     init, *args = plan.init
-    os_el = E.os(E.type("exe"), E.init(init))
+    os_el = cast(etree._Element, E.os(E.type("exe"), E.init(init)))
     for arg in args:
         os_el.append(E.initarg(arg))
     for name, value in plan.init_env:
@@ -80,4 +82,4 @@ def _filesystems(mounts: tuple[Mount, ...]) -> list[etree._Element]:
 
 
 def _console() -> etree._Element:
-    return E.console(E.target(type="lxc", port="0"), type="pty")
+    return cast(etree._Element, E.console(E.target(type="lxc", port="0"), type="pty"))

@@ -320,3 +320,14 @@ def sandbox_env(cfg: SandboxConfig) -> dict[str, str]:
 
 
 __all__ = ["EXIT_STATUS_FILE", "HOST_CHANNEL", "execute", "start", "stop"]
+
+
+def reload(dom: libvirt.virDomain, cfg: SandboxConfig, units: list[str]) -> int:
+    """Reload the confined units with the sandbox's own systemctl."""
+    if cfg.kind is not Kind.SERVICE:
+        raise UserError(f"sandbox '{cfg.name}' runs a command, not units; nothing to reload")
+    unknown = [u for u in units if u not in cfg.units]
+    if unknown:
+        raise UserError(f"{', '.join(unknown)} is not confined in sandbox '{cfg.name}'",
+                        f"its units: {', '.join(cfg.units)}")
+    return execute(dom, ["systemctl", "reload", *(units or cfg.units)], sandbox_env(cfg))

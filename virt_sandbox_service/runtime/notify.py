@@ -43,10 +43,7 @@ class NotifyListener:
 
     def close(self) -> None:
         self.sock.close()
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        self.path.unlink(missing_ok=True)
 
 
 def _close_passed_fds(ancdata: list[tuple[int, int, bytes]]) -> None:

@@ -1,0 +1,123 @@
+"""Shared fixtures and test tiers.
+
+Tiers are markers: root, libvirt, kvm, systemd. A test whose part cannot exist here skips with
+the reason; with VSS_REQUIRE_ALL=1 (set by .ci/run) such a skip is an error instead, because CI
+installs and starts every part and a skipped tier there would hide a broken set-up.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
+CLI = [sys.executable, "-m", "virt_sandbox_service.cli"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--regenerate-output", action="store_true",
+                     help="rewrite the golden files from the current output")
+
+
+@pytest.fixture
+def regenerate(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--regenerate-output"))
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip (or, in CI, fail) when a part the test needs is missing."""
+    if condition:
+        return
+    if os.environ.get("VSS_REQUIRE_ALL") == "1":
+        pytest.fail(f"required part missing in CI: {reason}")
+    pytest.skip(reason)
+
+
+def libvirt_lxc_reachable() -> bool:
+    try:
+        import libvirt
+
+        libvirt.registerErrorHandler(lambda _c, _e: None, None)
+        libvirt.open("lxc:///").close()
+        return True
+    except Exception:
+        return False
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marks = {m.name for m in item.iter_markers()}
+    if marks & {"root", "libvirt", "systemd", "kvm"}:
+        need(os.geteuid() == 0, "needs root")
+    if "libvirt" in marks:
+        need(libvirt_lxc_reachable(), "needs libvirtd with the LXC driver (scripts/setup.sh)")
+
+
+@dataclass
+class Env:
+    """An isolated set of tool paths (config, state, units, run) under a temp dir."""
+
+    base: Path
+
+    @property
+    def vars(self) -> dict[str, str]:
+        return {
+            "VSS_CONFIG_DIR": str(self.base / "config"),
+            "VSS_STATE_DIR": str(self.base / "state"),
+            "VSS_UNIT_DIR": str(self.base / "units"),
+            "VSS_RUN_DIR": str(self.base / "run"),
+        }
+
+    def state(self, name: str) -> Path:
+        return self.base / "state" / name
+
+    def run(self, *args: str, check: bool = False,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **self.vars, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env,
+                              timeout=timeout, cwd=ROOT)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{args} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything the tool may leave behind: its dirs, and libvirt's domains."""
+        files = sorted(str(p.relative_to(self.base)) for p in self.base.rglob("*")
+                       if not p.name.startswith(".lock"))
+        return {"files": files, "domains": sorted(domain_names())}
+
+
+def domain_names() -> list[str]:
+    try:
+        import libvirt
+
+        conn = libvirt.open("lxc:///")
+    except Exception:
+        return []
+    try:
+        return [d.name() for d in conn.listAllDomains(0)]
+    finally:
+        conn.close()
+
+
+def unique_name(prefix: str = "t") -> str:
+    return f"{prefix}{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path / "vss")
+    e.base.mkdir()
+    yield e
+    # Leave nothing behind: delete whatever sandboxes the test made in this env.
+    sandboxes = e.base / "config" / "sandboxes"
+    if sandboxes.is_dir():
+        for cfg in sandboxes.glob("*.json"):
+            e.run("delete", "--force", cfg.stem)

@@ -1,0 +1,113 @@
+"""SandboxConfig round trip, name/size/URI/label parsing and their error texts (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from virt_sandbox_service.config import (
+    Driver,
+    Kind,
+    SandboxConfig,
+    SecurityMode,
+    driver_for_uri,
+    parse_size,
+    validate_name,
+)
+from virt_sandbox_service.create import parse_security
+from virt_sandbox_service.errors import UserError
+from virt_sandbox_service.labels import Level, allocate, parse_label
+
+
+def sample() -> SandboxConfig:
+    return SandboxConfig(
+        name="web1", kind=Kind.SERVICE, uri="lxc:///", state_dir="/srv/s/web1",
+        units=("apache2.service",), packages=("apache2",), private=("/srv/data",),
+        shared=("/var/www",), copy=True, security_mode=SecurityMode.STATIC,
+        security_label="system_u:system_r:svirt_lxc_net_t:s0:c1,c2",
+        machine_id="0" * 32, memory=512 * 1024**2, extra=(("note", "x"),),
+    )
+
+
+def test_config_round_trips_losslessly() -> None:
+    cfg = sample()
+    assert SandboxConfig.from_json(cfg.to_json()) == cfg
+    assert SandboxConfig.from_json(cfg.to_json()).to_json() == cfg.to_json()
+
+
+def test_config_rejects_unknown_keys_naming_them() -> None:
+    text = sample().to_json().replace('"copy"', '"colour": 1, "copy"')
+    with pytest.raises(UserError, match="unknown key\\(s\\) colour"):
+        SandboxConfig.from_json(text, "web1.json")
+
+
+def test_config_bad_enum_lists_choices() -> None:
+    text = sample().to_json().replace('"kind": "service"', '"kind": "vm"')
+    with pytest.raises(UserError, match=r"'vm' is not a valid sandbox kind \(service, generic\)"):
+        SandboxConfig.from_json(text)
+
+
+@pytest.mark.parametrize("name", ["web1", "a", "mail.example", "x_y-z", "A" * 64])
+def test_good_names(name: str) -> None:
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("", "sandbox name is empty"),
+    ("a/b", "must not contain '/' or '..'"),
+    ("..", "must not contain '/' or '..'"),
+    ("a..b", "must not contain '/' or '..'"),
+    ("-x", "characters that are not allowed"),
+    ("web 1", "characters that are not allowed"),
+    ("wéb", "characters that are not allowed"),
+    ("a+b", "characters that are not allowed"),
+    ("A" * 65, "65 characters long"),
+])
+def test_bad_names(name: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        validate_name(name)
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("512M", 512 * 1024**2), ("2G", 2 * 1024**3), ("1GiB", 1024**3), ("100", 100),
+    ("1KB", 1000), ("3 MiB", 3 * 1024**2),
+])
+def test_sizes(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "M", "12X", "-5M", "0", "1.5G"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(UserError):
+        parse_size(text, "--memory")
+
+
+def test_uri_driver() -> None:
+    assert driver_for_uri("lxc:///") is Driver.LXC
+    assert driver_for_uri("qemu:///system") is Driver.KVM
+    with pytest.raises(UserError, match="'xen:///' is not a libvirt LXC or QEMU URI"):
+        driver_for_uri("xen:///")
+
+
+def test_security_parsing() -> None:
+    assert parse_security("dynamic") == (SecurityMode.DYNAMIC, None)
+    label = "system_u:system_r:svirt_lxc_net_t:s0:c5,c9"
+    assert parse_security(f"static,label={label}") == (SecurityMode.STATIC, label)
+    with pytest.raises(UserError, match="'magic' is not a valid security mode"):
+        parse_security("magic")
+    with pytest.raises(UserError, match="-s static needs label="):
+        parse_security("static")
+    with pytest.raises(UserError, match="needs two categories"):
+        parse_security("static,label=u:r:t:s0:c9,c5")
+    with pytest.raises(UserError, match="is not an SELinux label"):
+        parse_label("nonsense")
+
+
+def test_label_allocation_avoids_used_pairs() -> None:
+    import random
+
+    used = [f"system_u:system_r:svirt_lxc_net_t:s0:c{i},c{i + 1}" for i in range(0, 1000, 2)]
+    rng = random.Random(7)
+    got = {allocate(used, rng) for _ in range(200)}
+    taken = {(i, i + 1) for i in range(0, 1000, 2)}
+    assert all(isinstance(level, Level) and (level.c1, level.c2) not in taken for level in got)
+    assert all(level.c1 < level.c2 for level in got)

@@ -1,0 +1,433 @@
+"""evidence: real units with the real dpkg database, and the merge logic with a small fake DB."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from virt_sandbox_service.errors import UserError
+from virt_sandbox_service.evidence import (
+    Access,
+    DpkgDB,
+    PackageDB,
+    PathEvidence,
+    detect_package_db,
+    gather,
+    hidden_secrets,
+)
+from virt_sandbox_service.unitfile import UnitFile, load_unit, resolve_unit_name
+
+SYSTEMD = "needed by systemd in the sandbox"
+BASELINE = {"/var/lib/systemd", "/var/log/journal", "/var/tmp", "/var/cache", "/var/log",
+            "/var/lib"}
+
+
+def by_path(evidence: Sequence[PathEvidence]) -> dict[str, PathEvidence]:
+    paths = [e.path for e in evidence]
+    assert len(paths) == len(set(paths)), "one PathEvidence per path"
+    return {e.path: e for e in evidence}
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dpkg() -> PackageDB:
+    db = detect_package_db()
+    assert db is not None and db.kind == "dpkg"
+    return db
+
+
+# --- real units, real dpkg database -------------------------------------------------------------
+
+
+def test_apache2(dpkg: PackageDB) -> None:
+    ev = by_path(gather([load_unit("apache2.service")], dpkg))
+    for path in ("/var/lib/apache2", "/var/log/apache2", "/var/cache/apache2", "/var/www/html"):
+        assert ev[path].access is Access.PRIVATE
+        assert ev[path].is_dir
+        assert ev[path].reasons == ("package apache2 (dpkg file list)",)
+    conf = ev["/etc/apache2/apache2.conf"]
+    assert (conf.access, conf.is_dir) == (Access.PRIVATE, False)
+    assert "conffile of apache2" in conf.reasons
+    assert ev["/etc/apache2/sites-available"].is_dir
+    # Facts of the host: Debian makes /var/log/apache2 root:adm 0750.
+    log = ev["/var/log/apache2"]
+    assert log.owner == (0, grp.getgrnam("adm").gr_gid)
+    assert log.mode == 0o750
+    assert ev["/var/log"].reasons == ("package apache2 (dpkg file list)", SYSTEMD)
+    assert ev["/var/lib/systemd"].reasons == (SYSTEMD,)
+    assert ev["/var/log/journal"].access is Access.PRIVATE
+
+
+def test_never_package_manager_state_nor_the_host_root(dpkg: PackageDB) -> None:
+    units = [load_unit(n) for n in ("apache2.service", "nginx.service", "ssh.service",
+                                    "cron.service", "postfix@web1.service")]
+    paths = [e.path for e in gather(units, dpkg)]
+    assert not [p for p in paths if p.startswith(("/var/lib/dpkg", "/var/lib/rpm", "/usr",
+                                                   "/bin", "/sbin", "/lib"))]
+    assert "/var" not in paths and "/etc" not in paths and "/" not in paths
+    assert paths == sorted(paths, key=lambda p: p.split("/"))
+
+
+def test_nginx(dpkg: PackageDB) -> None:
+    ev = by_path(gather([load_unit("nginx.service")], dpkg))
+    assert ev["/run"].access is Access.TMPFS
+    assert ev["/run"].reasons == ("PIDFile= in nginx.service",)
+    assert ev["/var/lib/nginx"].reasons == ("package nginx-common (dpkg file list)",)
+    assert ev["/var/log/nginx"].access is Access.PRIVATE
+    assert "conffile of nginx-common" in ev["/etc/nginx/nginx.conf"].reasons
+    assert "/var/lib/apache2" not in ev  # another service's data
+
+
+def test_ssh(dpkg: PackageDB) -> None:
+    ev = by_path(gather([load_unit("ssh.service")], dpkg))
+    assert ev["/run/sshd"].access is Access.TMPFS
+    assert ev["/run/sshd"].reasons == ("RuntimeDirectory= in ssh.service",)
+    default = ev["/etc/default/ssh"]
+    assert default.access is Access.PRIVATE and not default.is_dir
+    assert default.reasons[0] == "EnvironmentFile= in ssh.service"
+    assert "conffile of openssh-server" in default.reasons
+    assert "conffile of openssh-server" in ev["/etc/ssh/moduli"].reasons
+    assert "/etc/ssh/ssh_host_rsa_key" not in ev  # made by postinst, not the package's
+
+
+def test_cron(dpkg: PackageDB) -> None:
+    ev = by_path(gather([load_unit("cron.service")], dpkg))
+    assert ev["/etc/default/cron"].reasons == (
+        "EnvironmentFile= in cron.service", "package cron (dpkg file list)", "conffile of cron")
+    assert {p for p in ev if p.startswith("/var")} == BASELINE
+
+
+def test_postfix_instance(dpkg: PackageDB) -> None:
+    unit = load_unit(resolve_unit_name("postfix@.service", "web1"))
+    ev = by_path(gather([unit], dpkg))
+    spool = ev["/var/spool/postfix"]
+    assert spool.reasons == ("package postfix (dpkg file list)",)
+    lib = ev["/var/lib/postfix"]
+    postfix = pwd.getpwnam("postfix")
+    assert lib.owner == (postfix.pw_uid, postfix.pw_gid)
+    assert "conffile of postfix" in ev["/etc/postfix/postfix-files"].reasons
+
+
+def test_two_units_merge_per_path(dpkg: PackageDB) -> None:
+    ev = gather([load_unit("apache2.service"), load_unit("nginx.service")], dpkg)
+    merged = by_path(ev)
+    assert merged["/var/log"].reasons == (
+        "package apache2 (dpkg file list)", "package nginx-common (dpkg file list)", SYSTEMD)
+    assert "/var/lib/apache2" in merged and "/var/lib/nginx" in merged
+
+
+def test_explicit_package(dpkg: PackageDB) -> None:
+    ev = by_path(gather([load_unit("cron.service")], dpkg, packages=["postfix"]))
+    assert ev["/var/spool/postfix"].reasons == ("package postfix (dpkg file list)",)
+
+
+def test_unknown_package(dpkg: PackageDB) -> None:
+    with pytest.raises(UserError) as e:
+        gather([load_unit("cron.service")], dpkg, packages=["no-such-package-xyz"])
+    assert e.value.message == "package 'no-such-package-xyz' is not installed on this host"
+    assert e.value.hint == "'dpkg -l' lists the installed packages"
+
+
+def test_generic_sandbox_gets_only_var_tmp(dpkg: PackageDB) -> None:
+    ev = gather([], dpkg, generic=True)
+    assert ev == (PathEvidence("/var/tmp", Access.PRIVATE, True, ("writable temporary space",),
+                               (0, 0), 0o1777),)
+
+
+def test_baseline_without_units() -> None:
+    ev = by_path(gather([], None))
+    assert set(ev) == BASELINE
+    assert all(e.reasons == (SYSTEMD,) and e.is_dir for e in ev.values())
+
+
+# --- the dpkg reader ----------------------------------------------------------------------------
+
+
+def test_dpkg_real_database(dpkg: PackageDB) -> None:
+    assert dpkg.owner("/lib/systemd/system/ssh.service") == "openssh-server"
+    # Merged /usr: the same file asked under its other name.
+    assert dpkg.owner("/usr/lib/systemd/system/ssh.service") == "openssh-server"
+    assert dpkg.owner("/no/such/file") is None
+    assert dpkg.exists("apache2") and not dpkg.exists("no-such-package-xyz")
+    assert "/usr/sbin/cron" in dpkg.files("cron")
+    assert dpkg.conffiles("cron") == ["/etc/default/cron", "/etc/init.d/cron", "/etc/pam.d/cron"]
+
+
+def test_dpkg_fake_tree(tmp_path: Path) -> None:
+    info = tmp_path / "var/lib/dpkg/info"
+    write(tmp_path / "var/lib/dpkg/status", "")
+    write(info / "foo.list",
+          "/.\n/etc\n/etc/foo\n/etc/foo/foo.conf\n/lib/systemd/system/foo.service\n")
+    write(info / "foo.conffiles", "/etc/foo/foo.conf\n/etc/foo/old.conf remove-on-upgrade\n")
+    write(info / "libbar:amd64.list", "/usr/lib/x86_64-linux-gnu/libbar.so.1\n")
+    db = detect_package_db(tmp_path)
+    assert isinstance(db, DpkgDB)
+    assert db.owner("/usr/lib/systemd/system/foo.service") == "foo"
+    assert db.owner("/usr/lib/x86_64-linux-gnu/libbar.so.1") == "libbar"
+    assert db.owner("/etc/foo/foo.con") is None  # whole lines only
+    libbar = ["/usr/lib/x86_64-linux-gnu/libbar.so.1"]
+    assert db.files("libbar") == db.files("libbar:amd64") == libbar
+    assert db.conffiles("foo") == ["/etc/foo/foo.conf", "/etc/foo/old.conf"]
+    assert db.exists("libbar") and not db.exists("bar") and not db.exists("../foo")
+
+
+def test_no_package_database(tmp_path: Path) -> None:
+    assert detect_package_db(tmp_path) is None
+
+
+# --- merge logic with a fake package database ---------------------------------------------------
+
+
+class FakeDB:
+    kind = "dpkg"
+
+    def __init__(self, files: dict[str, list[str]], conffiles: dict[str, list[str]],
+                 owners: dict[str, str]) -> None:
+        self._files, self._conffiles, self._owners = files, conffiles, owners
+
+    def owner(self, path: str) -> str | None:
+        return self._owners.get(path)
+
+    def files(self, package: str) -> list[str]:
+        return self._files.get(package, [])
+
+    def conffiles(self, package: str) -> list[str]:
+        return self._conffiles.get(package, [])
+
+    def exists(self, package: str) -> bool:
+        return package in self._files
+
+
+@pytest.fixture
+def units(tmp_path: Path) -> Path:
+    return tmp_path / "units"
+
+
+def unit(units: Path, name: str, service: str) -> UnitFile:
+    write(units / name, f"[Unit]\nDescription=test\n[Service]\n{service}")
+    return load_unit(name, [units])
+
+
+def test_directives(units: Path) -> None:
+    u = unit(units, "app.service", (
+        "StateDirectory=app \"two words\" link:target\n"
+        "CacheDirectory=app\nLogsDirectory=app\nConfigurationDirectory=app\n"
+        "RuntimeDirectory=app\n"
+        "ReadWritePaths=-/srv/data +/var/spool/app /var/run/app-rw\n"
+        "PIDFile=/var/run/app/app.pid\n"
+        "WorkingDirectory=-/srv/app\n"
+        "EnvironmentFile=-/etc/default/app\nEnvironmentFile=/opt/app/env\n"
+    ))
+    ev = by_path(gather([u], None, generic=True))
+    expect = {
+        "/var/lib/app": (Access.PRIVATE, "StateDirectory="),
+        "/var/lib/two words": (Access.PRIVATE, "StateDirectory="),
+        "/var/lib/link": (Access.PRIVATE, "StateDirectory="),
+        "/var/lib/target": (Access.PRIVATE, "StateDirectory="),
+        "/var/cache/app": (Access.PRIVATE, "CacheDirectory="),
+        "/var/log/app": (Access.PRIVATE, "LogsDirectory="),
+        "/etc/app": (Access.PRIVATE, "ConfigurationDirectory="),
+        "/run/app": (Access.TMPFS, "RuntimeDirectory="),
+        "/srv/data": (Access.PRIVATE, "ReadWritePaths="),
+        "/var/spool/app": (Access.PRIVATE, "ReadWritePaths="),
+        "/run/app-rw": (Access.TMPFS, "ReadWritePaths="),
+        "/srv/app": (Access.PRIVATE, "WorkingDirectory="),
+        "/etc/default/app": (Access.PRIVATE, "EnvironmentFile="),
+        "/opt/app/env": (Access.SHARED, "EnvironmentFile="),
+        "/var/tmp": (Access.PRIVATE, "writable temporary space"),
+    }
+    assert set(ev) == set(expect)
+    for path, (access, reason) in expect.items():
+        assert ev[path].access is access, path
+        assert ev[path].reasons[0].startswith(reason), path
+    assert ev["/run/app"].reasons == ("RuntimeDirectory= in app.service", "PIDFile= in app.service")
+    assert not ev["/etc/default/app"].is_dir and ev["/var/lib/app"].is_dir
+
+
+def test_working_directory_outside_var_is_the_hosts(units: Path) -> None:
+    u = unit(units, "w.service", "WorkingDirectory=/opt/w\n")
+    ev = by_path(gather([u], None, generic=True))
+    assert ev["/opt/w"].access is Access.SHARED
+    assert ev["/opt/w"].reasons == ("WorkingDirectory= in w.service (the host's, read-only)",)
+
+
+def test_working_directory_home_of_user(units: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write(root / "etc/passwd", "root:x:0:0::/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/false\n")
+    (root / "var/www").mkdir(parents=True)
+    os.chmod(root / "var/www", 0o750)
+    u = unit(units, "h.service", "User=www-data\nWorkingDirectory=~\n")
+    ev = by_path(gather([u], None, generic=True, root=root))
+    assert ev["/var/www"].reasons == ("WorkingDirectory= in h.service",)
+    assert ev["/var/www"].mode == 0o750
+    assert ev["/var/www"].owner == (os.getuid(), os.getgid())
+    assert ev["/var/tmp"].owner is None and ev["/var/tmp"].mode is None  # not in the fake root
+
+
+@pytest.mark.parametrize(("service", "message"), [
+    ("StateDirectory=/abs\n",
+     "StateDirectory= in bad.service: '/abs' is not a relative path"),
+    ("LogsDirectory=a/../../etc\n",
+     "LogsDirectory= in bad.service: 'a/../../etc' is not a relative path"),
+    ("ReadWritePaths=-relative\n",
+     "ReadWritePaths= in bad.service: 'relative' is not an absolute path"),
+    ("StateDirectory=\"unbalanced\n",
+     "StateDirectory= in bad.service has unbalanced quotes: \"unbalanced"),
+])
+def test_bad_directives(units: Path, service: str, message: str) -> None:
+    with pytest.raises(UserError) as e:
+        gather([unit(units, "bad.service", service)], None)
+    assert e.value.message == message
+
+
+def test_directive_specifiers_and_reset(units: Path) -> None:
+    write(units / "inst@.service", "[Service]\nStateDirectory=old\nStateDirectory=\n"
+                                   "StateDirectory=%p/%i\nLogsDirectory=%N\n")
+    u = load_unit("inst@web1.service", [units])
+    paths = {e.path for e in gather([u], None, generic=True)}
+    assert paths == {"/var/lib/inst/web1", "/var/log/inst@web1", "/var/tmp"}
+
+
+def fake_db() -> FakeDB:
+    return FakeDB(
+        files={"app": ["/.", "/etc", "/etc/app", "/etc/app/app.conf", "/etc/app/defaults",
+                       "/usr", "/usr/bin", "/usr/bin/app", "/var", "/var/lib", "/var/lib/app",
+                       "/var/lib/app/db", "/var/lib/dpkg/x", "/var/run/app"],
+               "other": ["/var/lib/other"]},
+        conffiles={"app": ["/etc/app/app.conf"]},
+        owners={"/lib/app.service": "app"},
+    )
+
+
+def test_package_evidence(units: Path) -> None:
+    write(units / "app.service", "[Service]\nStateDirectory=app\n")
+    u = load_unit("app.service", [units])
+    ev = by_path(gather([u], fake_db(), generic=True))
+    # The fake unit lives in units/, which the fake DB does not own.
+    assert set(ev) == {"/var/lib/app", "/var/tmp"}
+    ev = by_path(gather([u], fake_db(), packages=["app"], generic=True))
+    assert set(ev) == {"/etc/app", "/etc/app/app.conf", "/etc/app/defaults", "/var/lib",
+                       "/var/lib/app", "/var/lib/app/db", "/run/app", "/var/tmp"}
+    assert ev["/var/lib/app"].reasons == ("StateDirectory= in app.service",
+                                          "package app (dpkg file list)")
+    assert ev["/etc/app/app.conf"].reasons == ("package app (dpkg file list)", "conffile of app")
+    assert ev["/run/app"].access is Access.TMPFS
+    assert ev["/etc/app"].is_dir and not ev["/etc/app/app.conf"].is_dir
+
+
+def test_package_needs_a_database() -> None:
+    with pytest.raises(UserError) as e:
+        gather([], None, packages=["app"])
+    assert e.value.message == "-P app: no package manager (dpkg or rpm) on this host"
+
+
+def test_overrides(units: Path) -> None:
+    write(units / "app.service", "[Service]\nStateDirectory=app\nRuntimeDirectory=app\n")
+    u = load_unit("app.service", [units])
+    ev = by_path(gather([u], fake_db(), packages=["app"], generic=True,
+                        private=["/srv/extra", "/run/app"], shared=["/var/lib/app/"]))
+    assert ev["/srv/extra"].access is Access.PRIVATE
+    assert ev["/srv/extra"].reasons == ("--private",)
+    assert ev["/run/app"].access is Access.PRIVATE  # the admin's word beats evidence
+    assert ev["/run/app"].reasons == ("RuntimeDirectory= in app.service",
+                                      "package app (dpkg file list)", "--private")
+    assert ev["/var/lib/app"].access is Access.SHARED
+    assert ev["/var/lib/app"].reasons == ("StateDirectory= in app.service",
+                                          "package app (dpkg file list)", "--shared")
+    # ... and for everything under it.
+    assert ev["/var/lib/app/db"].access is Access.SHARED
+    assert ev["/var/lib/app/db"].reasons == ("package app (dpkg file list)",
+                                             "under --shared /var/lib/app")
+    assert ev["/var/lib"].access is Access.PRIVATE
+
+
+def test_shared_inside_private_is_fine() -> None:
+    ev = by_path(gather([], None, generic=True, private=["/srv"], shared=["/srv/data"]))
+    assert (ev["/srv"].access, ev["/srv/data"].access) == (Access.PRIVATE, Access.SHARED)
+
+
+@pytest.mark.parametrize(("private", "shared", "message", "hint"), [
+    (["srv/x"], [], "--private 'srv/x' is not an absolute path",
+     "paths start with '/', e.g. /var/lib/myapp"),
+    ([], ["x"], "--shared 'x' is not an absolute path",
+     "paths start with '/', e.g. /var/lib/myapp"),
+    (["/srv/../etc"], [], "--private '/srv/../etc' must not contain '..'", None),
+    (["/"], [], "--private / is not allowed",
+     "the host root is always shared read-only; name the directories the service writes"),
+    (["/etc/"], [], "--private /etc is not allowed",
+     "the sandbox's /etc is private already; name a path under it, e.g. /etc/apache2"),
+    (["/usr"], [], "--private /usr is not allowed",
+     "the host's programs are shared read-only; name a path under /etc, /var or /srv"),
+    ([], ["/"], "--shared / is not allowed",
+     "the host root is always shared read-only; name the directories the service writes"),
+    (["/srv/www/up"], ["/srv/www"], "--private /srv/www/up is inside --shared /srv/www",
+     "a --shared path is the host's, read-only, with all under it; drop one"),
+    (["/srv/www"], ["/srv/www"], "--private /srv/www is inside --shared /srv/www",
+     "a --shared path is the host's, read-only, with all under it; drop one"),
+])
+def test_override_errors(private: list[str], shared: list[str], message: str,
+                         hint: str | None) -> None:
+    with pytest.raises(UserError) as e:
+        gather([], None, private=private, shared=shared)
+    assert e.value.message == message
+    assert e.value.hint == hint
+
+
+# --- host secrets -------------------------------------------------------------------------------
+
+
+def make_etc(tmp_path: Path) -> Path:
+    etc = tmp_path / "etc"
+    write(etc / "passwd", "root:x:0:0::/root:/bin/sh\nsvc:x:4242:4243::/:/bin/false\n")
+    write(etc / "group", "root:x:0:\nshadow:x:42:\n")
+    for path, mode in [("shadow", 0o640), ("hostname", 0o644), ("ssl/certs/ca.pem", 0o644),
+                       ("ssl/private/key.pem", 0o600), ("app/secret.conf", 0o600),
+                       ("app/public.conf", 0o644), ("mixed/allowed.conf", 0o600),
+                       ("mixed/other.key", 0o600), ("svc.key", 0o400)]:
+        os.chmod(write(etc / path, "x"), mode)
+    os.chmod(etc / "ssl/private", 0o710)
+    os.chmod(etc / "mixed", 0o700)
+    os.chown(etc / "shadow", 0, 42)
+    os.chown(etc / "svc.key", 4242, 4243)
+    (etc / "shadow-link").symlink_to("shadow")
+    return etc
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown needs root")
+def test_hidden_secrets_fake_etc(tmp_path: Path) -> None:
+    etc = make_etc(tmp_path)
+    found = hidden_secrets(etc, ["/etc/app", "/etc/mixed/allowed.conf"])
+    assert [(e.path, e.is_dir, e.reasons) for e in found] == [
+        ("/etc/mixed/other.key", False, ("not world-readable on the host (0600 root:root)",)),
+        ("/etc/shadow", False, ("not world-readable on the host (0640 root:shadow)",)),
+        ("/etc/ssl/private", True, ("not world-readable on the host (0710 root:root)",)),
+        ("/etc/svc.key", False, ("not world-readable on the host (0400 svc:4243)",)),
+    ]
+    assert all(e.access is Access.HIDDEN for e in found)
+    shadow = found[1]
+    assert (shadow.owner, shadow.mode) == ((0, 42), 0o640)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown needs root")
+def test_hidden_secrets_everything_allowed(tmp_path: Path) -> None:
+    assert hidden_secrets(make_etc(tmp_path), ["/etc"]) == ()
+
+
+def test_hidden_secrets_real_etc() -> None:
+    found = by_path(hidden_secrets(Path("/etc"), ["/etc/ssh"]))
+    st = os.stat("/etc/shadow")
+    group = grp.getgrgid(st.st_gid).gr_name
+    assert found["/etc/shadow"].reasons == (
+        f"not world-readable on the host ({st.st_mode & 0o7777:04o} root:{group})",)
+    assert not [p for p in found if p.startswith("/etc/ssh/")]
+    assert "/etc/passwd" not in found and "/etc/hostname" not in found

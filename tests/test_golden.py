@@ -1,0 +1,171 @@
+"""Golden files for generated domain XML and host units, from fixed inputs (pure, no root).
+
+Each domain is also validated against libvirt's RelaxNG schema; `pytest --regenerate-output`
+rewrites the files after an intended change (review the diff).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from virt_sandbox_service.config import Kind, Paths, SandboxConfig
+from virt_sandbox_service.domain import domain_xml
+from virt_sandbox_service.evidence import Access, PathEvidence
+from virt_sandbox_service.host import HostFacts
+from virt_sandbox_service.plan import Plan, plan
+from virt_sandbox_service.units import render_sandbox_unit
+
+from .conftest import GOLDEN
+
+SCHEMA = Path("/usr/share/libvirt/schemas/domain.rng")
+EXE = "/usr/local/bin/virt-sandbox-service"
+FACTS = HostFacts(memory_kib=2 * 1024 * 1024,
+                  etc_wants_dirs=("multi-user.target.wants", "getty.target.wants"),
+                  var_symlinks=(("lock", "/run/lock"), ("run", "/run")))
+
+
+def ev(path: str, access: Access = Access.PRIVATE, is_dir: bool = True,
+       reason: str = "package apache2 (dpkg file list)", mode: int | None = 0o755,
+       owner: tuple[int, int] | None = (0, 0)) -> PathEvidence:
+    return PathEvidence(path, access, is_dir, (reason,), owner, mode)
+
+
+APACHE_EVIDENCE = (
+    ev("/var/cache", reason="needed by systemd in the sandbox"),
+    ev("/var/cache/apache2"),
+    ev("/var/lib", reason="needed by systemd in the sandbox"),
+    ev("/var/lib/apache2"),
+    ev("/var/log", reason="needed by systemd in the sandbox"),
+    ev("/var/log/apache2", mode=0o750, owner=(0, 4)),
+    ev("/var/log/journal", reason="needed by systemd in the sandbox", mode=0o2755),
+    ev("/var/tmp", reason="needed by systemd in the sandbox", mode=0o1777),
+    ev("/var/www/html"),
+)
+HIDDEN = (ev("/etc/shadow", Access.HIDDEN, False, "not world-readable on the host (0640)"),)
+
+
+def config(**kw: object) -> SandboxConfig:
+    base = SandboxConfig(
+        name="web1", kind=Kind.SERVICE, uri="lxc:///",
+        state_dir="/var/lib/virt-sandbox-service/web1", units=("apache2.service",),
+        security_label="system_u:system_r:svirt_lxc_net_t:s0:c12,c345",
+        machine_id="0123456789abcdef0123456789abcdef")
+    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
+
+
+CASES: dict[str, tuple[SandboxConfig, tuple[PathEvidence, ...], HostFacts]] = {
+    "apache2": (config(), APACHE_EVIDENCE, FACTS),
+    "postfix-instance": (
+        config(name="mail1", units=("postfix@mail1.service",),
+               state_dir="/srv/sandboxes/mail1"),
+        (ev("/var/spool/postfix", reason="package postfix (dpkg file list)"),
+         ev("/var/lib/postfix", mode=0o755, owner=(101, 101))),
+        FACTS),
+    "generic-quoting": (
+        config(name="gen", kind=Kind.GENERIC, units=(),
+               command=("/usr/bin/python3", "-c", "print('50% $HOME \"x\"')"),
+               state_dir="/var/lib/virt-sandbox-service/gen"),
+        (ev("/var/tmp", reason="writable temporary space", mode=0o1777),), FACTS),
+    "limits-selinux-overrides": (
+        config(name="web2", memory=512 * 1024**2, state_dir="/var/lib/virt-sandbox-service/web2",
+               private=("/srv/web2",), shared=("/var/www",)),
+        (*APACHE_EVIDENCE, ev("/srv/web2", reason="--private"),
+         ev("/var/www", Access.SHARED, reason="--shared")),
+        dataclasses.replace(FACTS, selinux=True)),
+}
+
+
+def make(name: str) -> tuple[Plan, str, str]:
+    cfg, evidence, facts = CASES[name]
+    frags = tuple((u, f"/lib/systemd/system/{u.split('@')[0] + '@.service' if '@' in u else u}")
+                  for u in cfg.units)
+    p = plan(cfg, facts, evidence, HIDDEN, f"/etc/virt-sandbox-service/sandboxes/{cfg.name}.json",
+             f"/run/virt-sandbox-service/{cfg.name}", frags)
+    return p, domain_xml(p, facts), render_sandbox_unit(cfg, EXE, Paths())
+
+
+def check_golden(path: Path, text: str, regenerate: bool) -> None:
+    if regenerate or not path.exists():
+        path.write_text(text)
+    assert text == path.read_text(), f"{path.name} differs; --regenerate-output if intended"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_domain_golden(case: str, regenerate: bool) -> None:
+    _, xml, _ = make(case)
+    check_golden(GOLDEN / f"{case}.xml", xml, regenerate)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_unit_golden(case: str, regenerate: bool) -> None:
+    _, _, unit = make(case)
+    check_golden(GOLDEN / f"{case}.service", unit, regenerate)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_domain_validates_against_libvirt_schema(case: str) -> None:
+    if not SCHEMA.exists():
+        pytest.fail(f"{SCHEMA} missing: install libvirt-daemon-system (scripts/setup.sh)")
+    schema = etree.RelaxNG(etree.parse(str(SCHEMA)))
+    _, xml, _ = make(case)
+    doc = etree.fromstring(xml.encode())
+    assert schema.validate(doc), schema.error_log.last_error
+
+
+def test_apache2_domain_shape() -> None:
+    _, xml, _ = make("apache2")
+    doc = etree.fromstring(xml.encode())
+    fs = [(f.get("type"), f.find("source").get("dir") or f.find("source").get("usage"),
+           f.find("target").get("dir"), f.find("readonly") is not None)
+          for f in doc.iter("filesystem")]
+    assert fs[0] == ("mount", "/", "/", True)
+    assert ("mount", "/var/lib/virt-sandbox-service/web1/etc", "/etc", False) in fs
+    assert ("mount", "/var/lib/virt-sandbox-service/web1/var", "/var", False) in fs
+    targets = [t for _, _, t, _ in fs]
+    assert targets.index("/run") < targets.index("/run/sandbox-host")
+    assert doc.find("features/privnet") is not None
+    assert doc.find("interface") is None and doc.find("devices/interface") is None
+    assert doc.findtext("os/initenv[@name='NOTIFY_SOCKET']") == "/run/sandbox-host/notify"
+    assert "unshare --cgroup /lib/systemd/systemd" in doc.findall("os/initarg")[-1].text
+    assert doc.find("seclabel") is None  # no SELinux in FACTS
+
+
+def test_selinux_host_gets_seclabel_and_memory_limit() -> None:
+    _, xml, _ = make("limits-selinux-overrides")
+    doc = etree.fromstring(xml.encode())
+    assert doc.findtext("seclabel/label") == "system_u:system_r:svirt_lxc_net_t:s0:c12,c345"
+    assert doc.findtext("memory") == str(512 * 1024)
+    shared = [f for f in doc.iter("filesystem") if f.find("target").get("dir") == "/var/www"]
+    assert shared and shared[0].find("readonly") is not None
+
+
+def test_generic_init_keeps_arguments_apart() -> None:
+    _, xml, _ = make("generic-quoting")
+    doc = etree.fromstring(xml.encode())
+    args = [a.text for a in doc.findall("os/initarg")]
+    assert args[-3:] == ["/usr/bin/python3", "-c", "print('50% $HOME \"x\"')"]
+    assert doc.find("os/initenv") is None
+
+
+def test_unit_escapes_specials() -> None:
+    _, _, unit = make("generic-quoting")
+    assert "50%% $HOME" in unit  # Description: % doubled
+    assert "ExecStart=/usr/local/bin/virt-sandbox-service start gen" in unit
+
+
+def test_plan_enables_only_the_confined_unit() -> None:
+    from virt_sandbox_service.plan import CopyTree, Symlink
+
+    p, _, _ = make("postfix-instance")
+    copies = [op for op in p.files if isinstance(op, CopyTree) and op.src == "/etc"]
+    assert "/etc/systemd/system/multi-user.target.wants" in copies[0].exclude
+    assert "/etc/shadow" in copies[0].exclude
+    links = {op.path.split("/etc/", 1)[1]: op.target for op in p.files
+             if isinstance(op, Symlink) and "/etc/" in op.path}
+    assert links["systemd/system/multi-user.target.wants/postfix@mail1.service"] == \
+        "/lib/systemd/system/postfix@.service"
+    assert links["systemd/system/getty.target"] == "/dev/null"

@@ -1,0 +1,554 @@
+"""Which paths a sandbox gets privately, and why: decided from evidence, never from guesses.
+
+The evidence is the units' own directives (StateDirectory=, ReadWritePaths=, ...), the package
+manager's file lists and conffiles of the packages that ship them, what systemd itself needs
+in the sandbox, and the administrator's --private/--shared overrides. Everything else of the
+host is seen read-only. Pure: reads the package database and stat()s paths, changes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import posixpath
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .errors import UserError
+from .unitfile import UnitFile
+
+
+class Access(enum.StrEnum):
+    PRIVATE = "private"  # the instance gets its own copy/dir (lives in the sandbox's state dir)
+    TMPFS = "tmpfs"  # lives on the sandbox's private /run or /tmp tmpfs (nothing to persist)
+    HIDDEN = "hidden"  # a host secret the sandbox must not see (not copied into its /etc)
+    SHARED = "shared"  # the host's file, seen read-only
+
+
+@dataclass(frozen=True)
+class PathEvidence:
+    path: str  # absolute, normalised, as seen inside the sandbox
+    access: Access
+    is_dir: bool
+    reasons: tuple[str, ...]
+    owner: tuple[int, int] | None = None  # uid/gid on the host, if the path exists there
+    mode: int | None = None  # permission bits on the host, if the path exists there
+
+
+class PackageDB(Protocol):
+    kind: str  # "dpkg" or "rpm"
+
+    def owner(self, path: str) -> str | None: ...
+    def files(self, package: str) -> list[str]: ...
+    def conffiles(self, package: str) -> list[str]: ...
+    def exists(self, package: str) -> bool: ...
+
+
+# --- package databases ----------------------------------------------------------------------
+
+# With merged /usr a file may be recorded under either name.
+_USRMERGE = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+
+def _aliases(path: str) -> list[str]:
+    for top in _USRMERGE:
+        if path.startswith(top + "/"):
+            return [path, "/usr" + path]
+        if path.startswith("/usr" + top + "/"):
+            return [path, path[len("/usr") :]]
+    return [path]
+
+
+class DpkgDB:
+    """Reads /var/lib/dpkg/info/<pkg>[:<arch>].list and .conffiles directly (a stable format)."""
+
+    kind = "dpkg"
+
+    def __init__(self, root: Path = Path("/")) -> None:
+        self._info = root / "var/lib/dpkg/info"
+        self._stems: list[str] | None = None
+
+    def owner(self, path: str) -> str | None:
+        wanted = [b"\n" + os.fsencode(p) + b"\n" for p in _aliases(path)]
+        for stem in self._search_order(path):
+            data = b"\n" + self._read(stem, "list")
+            if any(w in data for w in wanted):
+                return stem.partition(":")[0]
+        return None
+
+    def files(self, package: str) -> list[str]:
+        return [line for stem in self._stems_of(package) for line in self._lines(stem, "list")]
+
+    def conffiles(self, package: str) -> list[str]:
+        # A line is "path" or, for newer dpkg, "path flag..." (e.g. remove-on-upgrade).
+        out = []
+        for stem in self._stems_of(package):
+            for line in self._lines(stem, "conffiles"):
+                out += [word for word in line.split() if word.startswith("/")][:1]
+        return out
+
+    def exists(self, package: str) -> bool:
+        return bool(self._stems_of(package))
+
+    def _all_stems(self) -> list[str]:
+        if self._stems is None:
+            names = os.listdir(self._info) if self._info.is_dir() else []
+            self._stems = sorted(n[: -len(".list")] for n in names if n.endswith(".list"))
+        return self._stems
+
+    def _stems_of(self, package: str) -> list[str]:
+        # Multi-arch packages name their files "pkg:arch.list"; "pkg:arch" may also be asked.
+        if "/" in package or package.startswith("."):
+            return []
+        if (self._info / f"{package}.list").is_file():
+            return [package]
+        return [s for s in self._all_stems() if s.partition(":")[0] == package]
+
+    def _search_order(self, path: str) -> list[str]:
+        # A file usually belongs to a package named like it (ssh.service -> openssh-server):
+        # look there first, so a create does not read all ~3000 lists.
+        word = re.split(r"[.@_-]", posixpath.basename(path))[0]
+        stems = self._all_stems()
+        likely = [s for s in stems if word and word in s]
+        return likely + [s for s in stems if not (word and word in s)]
+
+    def _read(self, stem: str, suffix: str) -> bytes:
+        try:
+            return (self._info / f"{stem}.{suffix}").read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    def _lines(self, stem: str, suffix: str) -> list[str]:
+        return [os.fsdecode(line) for line in self._read(stem, suffix).splitlines() if line]
+
+
+class RpmDB:
+    """Asks rpm (-qf, -ql, -qc); its database format is not meant to be read directly."""
+
+    kind = "rpm"
+
+    def __init__(self, root: Path = Path("/")) -> None:
+        self._root = root
+
+    def owner(self, path: str) -> str | None:
+        out = self._query("-qf", "--queryformat", "%{NAME}\\n", path)
+        return out[0] if out else None
+
+    def files(self, package: str) -> list[str]:
+        return [line for line in self._query("-ql", package) if line.startswith("/")]
+
+    def conffiles(self, package: str) -> list[str]:
+        return [line for line in self._query("-qc", package) if line.startswith("/")]
+
+    def exists(self, package: str) -> bool:
+        return bool(self._query("-q", package))
+
+    def _query(self, *args: str) -> list[str]:
+        root = ["--root", str(self._root)] if self._root != Path("/") else []
+        proc = subprocess.run(["rpm", *root, *args], capture_output=True, text=True, check=False)
+        return proc.stdout.splitlines() if proc.returncode == 0 else []
+
+
+def detect_package_db(root: Path = Path("/")) -> PackageDB | None:
+    """The host's package database: dpkg, rpm, or None. Detected, not assumed."""
+    if (root / "var/lib/dpkg/status").is_file():
+        return DpkgDB(root)
+    if (root / "var/lib/rpm").is_dir() and shutil.which("rpm"):
+        return RpmDB(root)
+    return None
+
+
+# --- evidence -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """One piece of evidence about one path; gather() merges the claims per path."""
+
+    path: str
+    access: Access
+    is_dir: bool | None  # None: ask the host
+    reason: str
+    weight: int  # the strongest claim decides the access
+
+
+# Evidence ranks below the administrator's word; among evidence, persistent beats volatile.
+_WEIGHT = {Access.SHARED: 0, Access.TMPFS: 1, Access.PRIVATE: 2}
+_PRIVATE_OVERRIDE = 3
+_SHARED_OVERRIDE = 4
+
+_TMPFS_ROOTS = ("/run", "/tmp")
+# Package manager state and the host's programs are never a service's data.
+_NOT_SERVICE_DATA = ("/var/lib/dpkg", "/var/lib/rpm", "/var/lib/apt", "/var/cache/apt")
+_SYSTEMD_BASELINE = ("/var/lib/systemd", "/var/log/journal", "/var/tmp", "/var/cache",
+                     "/var/log", "/var/lib")
+_NEVER_PRIVATE = {
+    "/": "the host root is always shared read-only; name the directories the service writes",
+    "/etc": "the sandbox's /etc is private already; name a path under it, e.g. /etc/apache2",
+    "/usr": "the host's programs are shared read-only; name a path under /etc, /var or /srv",
+}
+for _top in _USRMERGE:
+    _NEVER_PRIVATE[_top] = _NEVER_PRIVATE["/usr"]
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _norm(path: str) -> str:
+    """Normalise; /var/run and /var/lock are /run and /run/lock inside the sandbox too."""
+    path = "/" + posixpath.normpath(path).lstrip("/")
+    for old, new in (("/var/run", "/run"), ("/var/lock", "/run/lock")):
+        if _under(path, old):
+            return new + path[len(old) :]
+    return path
+
+
+def _evidence(path: str, access: Access, is_dir: bool | None, reason: str) -> _Claim:
+    path = _norm(path)
+    if any(_under(path, top) for top in _TMPFS_ROOTS):
+        access = Access.TMPFS
+    return _Claim(path, access, is_dir, reason, _WEIGHT[access])
+
+
+def gather(
+    units: Sequence[UnitFile],
+    pkgdb: PackageDB | None,
+    *,
+    packages: Sequence[str] = (),
+    private: Sequence[str] = (),
+    shared: Sequence[str] = (),
+    generic: bool = False,
+    root: Path = Path("/"),
+) -> tuple[PathEvidence, ...]:
+    """The evidence, one PathEvidence per path (reasons combined), sorted by path."""
+    private_paths = [_override_path(p, "--private") for p in private]
+    shared_paths = [_override_path(p, "--shared") for p in shared]
+    _check_overrides(private_paths, shared_paths)
+    claims: list[_Claim] = []
+    for unit in units:
+        claims += _unit_claims(unit, root)
+    for package in _packages(units, pkgdb, packages):
+        assert pkgdb is not None  # _packages() returns nothing without one
+        claims += _package_claims(pkgdb, package)
+    claims += _baseline(generic)
+    claims += [_Claim(p, Access.PRIVATE, None, "--private", _PRIVATE_OVERRIDE)
+               for p in private_paths]
+    claims += [_Claim(p, Access.SHARED, None, "--shared", _SHARED_OVERRIDE) for p in shared_paths]
+    return _merge(claims, shared_paths, root)
+
+
+# --- overrides ----------------------------------------------------------------------------------
+
+
+def _override_path(text: str, option: str) -> str:
+    if not text.startswith("/"):
+        raise UserError(f"{option} '{text}' is not an absolute path",
+                        "paths start with '/', e.g. /var/lib/myapp")
+    if ".." in text.split("/"):
+        raise UserError(f"{option} '{text}' must not contain '..'")
+    path = _norm(text)
+    if path in _NEVER_PRIVATE and (option == "--private" or path == "/"):
+        raise UserError(f"{option} {path} is not allowed", _NEVER_PRIVATE[path])
+    return path
+
+
+def _check_overrides(private: Sequence[str], shared: Sequence[str]) -> None:
+    # --shared wins for everything under it, so a --private there could only be ignored.
+    for p in private:
+        for s in shared:
+            if _under(p, s):
+                raise UserError(
+                    f"--private {p} is inside --shared {s}",
+                    "a --shared path is the host's, read-only, with all under it; drop one")
+
+
+# --- unit directives ----------------------------------------------------------------------------
+
+# Directives naming directories relative to a fixed base (systemd.exec(5)).
+_DIRECTORY_KEYS = (
+    ("StateDirectory", "/var/lib"),
+    ("CacheDirectory", "/var/cache"),
+    ("LogsDirectory", "/var/log"),
+    ("ConfigurationDirectory", "/etc"),
+    ("RuntimeDirectory", "/run"),
+)
+# The section holding the exec directives, per unit type.
+_EXEC_SECTION = {"service": "Service", "socket": "Socket", "mount": "Mount", "swap": "Swap"}
+
+
+def _unit_claims(unit: UnitFile, root: Path) -> list[_Claim]:
+    section = _EXEC_SECTION.get(unit.name.rpartition(".")[2])
+    if section is None:
+        return []
+    out: list[_Claim] = []
+    for key, base in _DIRECTORY_KEYS:
+        out += _directory_claims(unit, section, key, base)
+    out += _read_write_claims(unit, section)
+    out += _pid_file_claims(unit, section)
+    out += _working_directory_claims(unit, section, root)
+    out += _environment_file_claims(unit, section)
+    return out
+
+
+def _words(unit: UnitFile, section: str, key: str) -> list[str]:
+    words: list[str] = []
+    for value in unit.values(section, key):
+        try:
+            words += shlex.split(value)
+        except ValueError:
+            raise UserError(f"{key}= in {unit.name} has unbalanced quotes: {value}",
+                            "fix the unit file or add a drop-in that resets it") from None
+    return words
+
+
+def _directory_claims(unit: UnitFile, section: str, key: str, base: str) -> list[_Claim]:
+    out = []
+    for word in _words(unit, section, key):
+        # "a:b" makes the directory a and a symlink b to it: both live under base.
+        for part in word.split(":"):
+            if not part or part.startswith("/") or ".." in part.split("/"):
+                raise UserError(f"{key}= in {unit.name}: '{part}' is not a relative path",
+                                f"systemd rejects it too; the names are relative to {base}")
+            out.append(_evidence(f"{base}/{part}", Access.PRIVATE, True, f"{key}= in {unit.name}"))
+    return out
+
+
+def _absolute(unit: UnitFile, key: str, text: str) -> str:
+    if not text.startswith("/"):
+        raise UserError(f"{key}= in {unit.name}: '{text}' is not an absolute path",
+                        "systemd rejects it too; fix the unit file")
+    return text
+
+
+def _read_write_claims(unit: UnitFile, section: str) -> list[_Claim]:
+    key = "ReadWritePaths"
+    return [
+        _evidence(_absolute(unit, key, word.lstrip("-+")), Access.PRIVATE, None,
+                  f"{key}= in {unit.name}")
+        for word in _words(unit, section, key)
+    ]
+
+
+def _pid_file_claims(unit: UnitFile, section: str) -> list[_Claim]:
+    value = unit.value(section, "PIDFile")
+    if not value:
+        return []
+    path = value if value.startswith("/") else f"/run/{value}"  # relative means under /run
+    parent = posixpath.dirname(_norm(path))
+    return [_evidence(parent, Access.PRIVATE, True, f"PIDFile= in {unit.name}")]
+
+
+def _working_directory_claims(unit: UnitFile, section: str, root: Path) -> list[_Claim]:
+    value = (unit.value(section, "WorkingDirectory") or "").removeprefix("-")
+    if not value:
+        return []
+    if value == "~" or value.startswith("~/"):
+        value = _home(unit.value(section, "User"), root) + value[1:]
+    path = _norm(_absolute(unit, "WorkingDirectory", value))
+    reason = f"WorkingDirectory= in {unit.name}"
+    if path == "/":
+        return []  # the host root is always there, read-only
+    if _under(path, "/var") or _under(path, "/srv"):
+        return [_evidence(path, Access.PRIVATE, True, reason)]
+    return [_evidence(path, Access.SHARED, True, reason + " (the host's, read-only)")]
+
+
+def _home(user: str | None, root: Path) -> str:
+    """The home of User= from the host's passwd; the system manager's (/root) without one."""
+    if user in (None, "", "root", "0"):
+        return "/root"
+    for fields in _colon_file(root / "etc/passwd"):
+        if len(fields) > 5 and user in (fields[0], fields[2]):
+            return fields[5]
+    return "/root"
+
+
+def _environment_file_claims(unit: UnitFile, section: str) -> list[_Claim]:
+    out = []
+    key = "EnvironmentFile"
+    for value in unit.values(section, key):
+        path = _norm(_absolute(unit, key, value.removeprefix("-")))
+        # Under /etc or /var it must be in the sandbox's private copy; elsewhere it is the host's.
+        private = _under(path, "/etc") or _under(path, "/var")
+        access = Access.PRIVATE if private else Access.SHARED
+        out.append(_evidence(path, access, False, f"{key}= in {unit.name}"))
+    return out
+
+
+# --- packages -----------------------------------------------------------------------------------
+
+
+def _packages(units: Sequence[UnitFile], pkgdb: PackageDB | None,
+              explicit: Sequence[str]) -> list[str]:
+    """The packages shipping the units, then the -P ones; each once."""
+    if pkgdb is None:
+        if explicit:
+            raise UserError(f"-P {explicit[0]}: no package manager (dpkg or rpm) on this host",
+                            "name the paths with --private instead")
+        return []
+    for package in explicit:
+        if not pkgdb.exists(package):
+            listing = "dpkg -l" if pkgdb.kind == "dpkg" else "rpm -qa"
+            raise UserError(f"package '{package}' is not installed on this host",
+                            f"'{listing}' lists the installed packages")
+    owners = [pkgdb.owner(str(unit.package_path)) for unit in units]
+    return list(dict.fromkeys([o for o in owners if o] + list(explicit)))
+
+
+def _is_service_data(path: str) -> bool:
+    if path in ("/var", "/etc", "/run"):
+        return False  # the trees themselves are private by construction
+    if not any(_under(path, top) for top in ("/var", "/etc", "/run")):
+        return False  # the host root is shared read-only anyway
+    return not any(_under(path, top) for top in _NOT_SERVICE_DATA)
+
+
+def _package_claims(pkgdb: PackageDB, package: str) -> list[_Claim]:
+    listed = [_norm(f) for f in pkgdb.files(package)]
+    parents = {posixpath.dirname(f) for f in listed}
+    reason = f"package {package} ({pkgdb.kind} file list)"
+    out = [_evidence(f, Access.PRIVATE, True if f in parents else None, reason)
+           for f in listed if _is_service_data(f)]
+    out += [_evidence(f, Access.PRIVATE, False, f"conffile of {package}")
+            for f in map(_norm, pkgdb.conffiles(package)) if _is_service_data(f)]
+    return out
+
+
+def _baseline(generic: bool) -> list[_Claim]:
+    if generic:
+        return [_evidence("/var/tmp", Access.PRIVATE, True, "writable temporary space")]
+    return [_evidence(p, Access.PRIVATE, True, "needed by systemd in the sandbox")
+            for p in _SYSTEMD_BASELINE]
+
+
+# --- merging ------------------------------------------------------------------------------------
+
+
+def _merge(claims: Iterable[_Claim], shared: Sequence[str], root: Path) -> tuple[PathEvidence, ...]:
+    by_path: dict[str, list[_Claim]] = {}
+    for claim in claims:
+        by_path.setdefault(claim.path, []).append(claim)
+    ordered = sorted(by_path, key=lambda p: p.split("/"))  # parents right before children
+    return tuple(_merge_one(path, by_path[path], shared, root) for path in ordered)
+
+
+def _merge_one(path: str, claims: list[_Claim], shared: Sequence[str],
+               root: Path) -> PathEvidence:
+    access = max(claims, key=lambda c: c.weight).access
+    reasons = list(dict.fromkeys(c.reason for c in claims))
+    # The administrator's --shared covers everything under it, whatever the evidence says.
+    covering = [s for s in shared if _under(path, s) and s != path]
+    if covering and "--shared" not in reasons:
+        access = Access.SHARED
+        reasons.append(f"under --shared {max(covering, key=len)}")
+    st = _lstat(root, path)
+    return PathEvidence(
+        path=path,
+        access=access,
+        is_dir=_is_dir(claims, st),
+        reasons=tuple(reasons),
+        owner=(st.st_uid, st.st_gid) if st else None,
+        mode=stat.S_IMODE(st.st_mode) if st else None,
+    )
+
+
+def _is_dir(claims: list[_Claim], st: os.stat_result | None) -> bool:
+    said = {c.is_dir for c in claims} - {None}
+    if said:
+        return True in said
+    return stat.S_ISDIR(st.st_mode) if st else True
+
+
+def _lstat(root: Path, path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(root / path.lstrip("/"))
+    except OSError:
+        return None
+
+
+# --- host secrets -------------------------------------------------------------------------------
+
+
+def hidden_secrets(etc_dir: Path, allowed: Collection[str]) -> tuple[PathEvidence, ...]:
+    """What under the host's /etc is not world-readable and not the service's own.
+
+    A hidden directory is reported once, not its children, unless an allowed path lies under
+    it: then its other children are examined one by one. Symlinks are not followed.
+    """
+    allow = {_norm(a) for a in allowed}
+    if "/etc" in allow:
+        return ()
+    ancestors = {parent for a in allow for parent in _parents(a)}
+    walker = _SecretWalker(allow, ancestors, _IdNames(etc_dir))
+    walker.walk(etc_dir, "/etc")
+    return tuple(sorted(walker.found, key=lambda e: e.path.split("/")))
+
+
+def _parents(path: str) -> list[str]:
+    out = []
+    while path not in ("/", ""):
+        path = posixpath.dirname(path)
+        out.append(path)
+    return out
+
+
+class _IdNames:
+    """uid/gid -> name from the given /etc (the host's), falling back to the number."""
+
+    def __init__(self, etc_dir: Path) -> None:
+        self.users = {f[2]: f[0] for f in _colon_file(etc_dir / "passwd") if len(f) > 2}
+        self.groups = {f[2]: f[0] for f in _colon_file(etc_dir / "group") if len(f) > 2}
+
+    def describe(self, st: os.stat_result) -> str:
+        user = self.users.get(str(st.st_uid), str(st.st_uid))
+        group = self.groups.get(str(st.st_gid), str(st.st_gid))
+        return f"{stat.S_IMODE(st.st_mode):04o} {user}:{group}"
+
+
+def _colon_file(path: Path) -> list[list[str]]:
+    try:
+        return [line.split(":") for line in path.read_text(errors="replace").splitlines()]
+    except OSError:
+        return []
+
+
+class _SecretWalker:
+    def __init__(self, allow: set[str], ancestors: set[str], names: _IdNames) -> None:
+        self.allow = allow
+        self.ancestors = ancestors
+        self.names = names
+        self.found: list[PathEvidence] = []
+
+    def walk(self, directory: Path | str, shown: str) -> None:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            return
+        for entry in entries:
+            self._visit(entry, f"{shown}/{entry.name}")
+
+    def _visit(self, entry: os.DirEntry[str], path: str) -> None:
+        if path in self.allow:
+            return  # allowed, and so is everything under it
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            return
+        is_dir = stat.S_ISDIR(st.st_mode)
+        # Descend into a hidden directory only to reach an allowed path below it.
+        if not st.st_mode & 0o004 and not (is_dir and path in self.ancestors):
+            reason = f"not world-readable on the host ({self.names.describe(st)})"
+            self.found.append(PathEvidence(path, Access.HIDDEN, is_dir, (reason,),
+                                           (st.st_uid, st.st_gid), stat.S_IMODE(st.st_mode)))
+        elif is_dir:
+            self.walk(entry.path, path)
