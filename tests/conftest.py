@@ -89,8 +89,10 @@ class Env:
 
     def snapshot(self) -> dict[str, object]:
         """Everything the tool may leave behind: its dirs, and libvirt's domains."""
+        # The run dir itself (volatile, like /run/libvirt) holds the tool's lock; what matters
+        # is what lies in it and elsewhere.
         files = sorted(str(p.relative_to(self.base)) for p in self.base.rglob("*")
-                       if not p.name.startswith(".lock"))
+                       if p.name != ".lock" and p != self.base / "run")
         return {"files": files, "domains": sorted(domain_names())}
 
 

@@ -25,7 +25,8 @@ SCHEMA = Path("/usr/share/libvirt/schemas/domain.rng")
 EXE = "/usr/local/bin/virt-sandbox-service"
 FACTS = HostFacts(memory_kib=2 * 1024 * 1024,
                   etc_wants_dirs=("multi-user.target.wants", "getty.target.wants"),
-                  var_symlinks=(("lock", "/run/lock"), ("run", "/run")))
+                  var_symlinks=(("lock", "/run/lock"), ("run", "/run")),
+                  shared_etc=("/etc/alternatives", "/etc/ssl/certs"))
 
 
 def ev(path: str, access: Access = Access.PRIVATE, is_dir: bool = True,
@@ -169,3 +170,23 @@ def test_plan_enables_only_the_confined_unit() -> None:
     assert links["systemd/system/multi-user.target.wants/postfix@mail1.service"] == \
         "/lib/systemd/system/postfix@.service"
     assert links["systemd/system/getty.target"] == "/dev/null"
+
+
+def test_copy_takes_only_the_services_own_directories() -> None:
+    from virt_sandbox_service.plan import CopyTree
+
+    cfg = config(copy=True)
+    p = plan(cfg, FACTS, APACHE_EVIDENCE, HIDDEN, "/c.json", "/run/x", ())
+    copied = {op.src for op in p.files if isinstance(op, CopyTree)}
+    assert copied == {"/etc", "/var/cache/apache2", "/var/lib/apache2", "/var/log/apache2",
+                      "/var/www/html"}  # never /var/lib, /var/log/journal or /var/tmp
+
+
+def test_host_managed_etc_trees_are_shared_read_only() -> None:
+    from virt_sandbox_service.plan import CopyTree
+
+    p, _, _ = make("apache2")
+    etc_copy = next(op for op in p.files if isinstance(op, CopyTree) and op.src == "/etc")
+    assert "/etc/alternatives" in etc_copy.exclude
+    ro = {m.target for m in p.mounts if m.readonly}
+    assert ro == {"/", "/etc/alternatives", "/etc/ssl/certs"}

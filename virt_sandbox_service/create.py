@@ -163,19 +163,31 @@ def choose_label(req: CreateRequest, paths: Paths) -> tuple[SecurityMode, str]:
     return mode, labels.process_label(driver_for_uri(req.uri), level)
 
 
-def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts) -> Plan:
-    """Everything create will do, decided from the request and the host. Reads only."""
+@dataclass(frozen=True)
+class Gathered:
+    """What create reads from the host before it takes the lock."""
+
+    units: tuple[unitfile.UnitFile, ...]
+    evidence: tuple[ev.PathEvidence, ...]
+    hidden: tuple[ev.PathEvidence, ...]
+
+
+def gather(req: CreateRequest) -> Gathered:
     names = [unitfile.resolve_unit_name(u, req.name) for u in req.units]
-    units = [unitfile.load_unit(n) for n in names]
+    units = tuple(unitfile.load_unit(n) for n in names)
     pkgdb = ev.detect_package_db()
     evidence = ev.gather(units, pkgdb, packages=req.packages, private=req.private,
                          shared=req.shared, generic=not units)
     allowed = [e.path for e in evidence if e.path.startswith("/etc")]
-    hidden = ev.hidden_secrets(Path("/etc"), allowed)
+    return Gathered(units, evidence, ev.hidden_secrets(Path("/etc"), allowed))
+
+
+def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts, got: Gathered) -> Plan:
+    """Everything create will do, decided from the request and the host. Reads only."""
     mode, label = choose_label(req, paths)
-    config = build_config(req, paths, units, label, mode)
-    fragments = tuple((u.name, str(u.path)) for u in units)
-    p = plan(config, facts, evidence, hidden, str(paths.config_file(req.name)),
+    config = build_config(req, paths, got.units, label, mode)
+    fragments = tuple((u.name, str(u.path)) for u in got.units)
+    p = plan(config, facts, got.evidence, got.hidden, str(paths.config_file(req.name)),
              str(paths.run_dir / req.name), fragments)
     record = WriteFile(os.path.join(config.state_dir, EVIDENCE_FILE), evidence_json(p),
                        reason="why each path is private, hidden or shared")
@@ -218,11 +230,13 @@ def apply_plan(p: Plan, paths: Paths, conn: object) -> None:
 def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False) -> Plan:
     validate(req)
     facts = host.detect()
+    got = gather(req)
     conn = lv.connect(req.uri)
+    parent = Path(req.state_parent) if req.state_parent else paths.state_parent
+    check_free(req, paths, parent / req.name, conn)  # early, for a clear error; again below
     with config_lock(paths):
-        parent = Path(req.state_parent) if req.state_parent else paths.state_parent
         check_free(req, paths, parent / req.name, conn)
-        p = make_plan(req, paths, facts)
+        p = make_plan(req, paths, facts, got)
         if not dry_run:
             apply_plan(p, paths, conn)
     return p

@@ -422,11 +422,17 @@ def _package_claims(pkgdb: PackageDB, package: str) -> list[_Claim]:
     return out
 
 
+SYSTEMD_REASON = "needed by systemd in the sandbox"
+TEMP_REASON = "writable temporary space"
+# Reasons that make a directory exist, never a reason to copy the host's content into it
+# (-C must not copy the host's journal, /var/tmp or the whole of /var/lib).
+SKELETON_REASONS = frozenset({SYSTEMD_REASON, TEMP_REASON})
+
+
 def _baseline(generic: bool) -> list[_Claim]:
     if generic:
-        return [_evidence("/var/tmp", Access.PRIVATE, True, "writable temporary space")]
-    return [_evidence(p, Access.PRIVATE, True, "needed by systemd in the sandbox")
-            for p in _SYSTEMD_BASELINE]
+        return [_evidence("/var/tmp", Access.PRIVATE, True, TEMP_REASON)]
+    return [_evidence(p, Access.PRIVATE, True, SYSTEMD_REASON) for p in _SYSTEMD_BASELINE]
 
 
 # --- merging ------------------------------------------------------------------------------------

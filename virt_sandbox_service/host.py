@@ -15,6 +15,10 @@ from pathlib import Path
 from .errors import HostError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# /etc trees the host's package tools manage (update-alternatives, update-ca-certificates):
+# shared read-only, so the host's updates (a revoked CA) reach every sandbox at once. They are
+# also most of /etc's entries (~700 symlinks), which makes a create much cheaper.
+SHARED_ETC = ("/etc/alternatives", "/etc/ssl/certs")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class HostFacts:
     etc_wants_dirs: tuple[str, ...] = ()
     # Top-level symlinks of the host's /var (Debian: run -> /run, lock -> /run/lock).
     var_symlinks: tuple[tuple[str, str], ...] = ()
+    # Host-managed /etc trees that exist here (see plan.SHARED_ETC).
+    shared_etc: tuple[str, ...] = ()
 
 
 def find_tool(names: tuple[str, ...], what: str, package: str) -> str:
@@ -57,6 +63,7 @@ def detect(selinux: bool | None = None) -> HostFacts:
                               if os.path.isdir(d)), "/lib/systemd/system"),
         etc_wants_dirs=_wants_dirs(Path("/etc/systemd/system")),
         var_symlinks=_symlinks(Path("/var")),
+        shared_etc=tuple(d for d in SHARED_ETC if os.path.isdir(d)),
     )
 
 

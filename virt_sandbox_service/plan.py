@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from .config import Kind, SandboxConfig
-from .evidence import Access, PathEvidence
+from .evidence import SKELETON_REASONS, Access, PathEvidence
 from .host import HostFacts
 
 # Inside the sandbox: a directory bound from the host's run dir, carrying the notify socket the
@@ -130,7 +130,7 @@ def plan(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, 
     files += _etc_ops(config, facts, hidden, unit_fragments)
     files += _var_ops(config, facts, evidence)
     files += _other_private_ops(state, evidence)
-    mounts = _mounts(config, evidence, run_dir)
+    mounts = _mounts(config, facts, evidence, run_dir)
     init, env = init_command(config, facts)
     return Plan(config=config, config_path=config_path, state_dir=state, run_dir=run_dir,
                 evidence=evidence, hidden=hidden, mounts=mounts, files=tuple(files),
@@ -142,7 +142,7 @@ def _etc_ops(config: SandboxConfig, facts: HostFacts, hidden: tuple[PathEvidence
     etc = os.path.join(config.state_dir, "etc")
     sysd = os.path.join(etc, "systemd", "system")
     exclude = tuple(h.path for h in hidden) + tuple(
-        os.path.join("/etc/systemd/system", d) for d in facts.etc_wants_dirs)
+        os.path.join("/etc/systemd/system", d) for d in facts.etc_wants_dirs) + facts.shared_etc
     ops: list[FileOp] = [
         CopyTree("/etc", etc, exclude,
                  reason="the host's configuration, without its secrets and its boot's .wants"),
@@ -154,6 +154,9 @@ def _etc_ops(config: SandboxConfig, facts: HostFacts, hidden: tuple[PathEvidence
                   reason="the host's fstab is not the sandbox's"),
         WriteFile(os.path.join(etc, "hosts"), _hosts(config.name), reason="the instance's name"),
     ]
+    ops += [MakeDir(state_path(config.state_dir, d, "/etc"),
+                    reason="mount point: the host's tree, shared read-only")
+            for d in facts.shared_etc]
     if config.kind is Kind.SERVICE:
         ops += _systemd_ops(config, sysd, facts.system_unit_dir, unit_fragments)
     return ops
@@ -211,9 +214,19 @@ def _var_ops(config: SandboxConfig, facts: HostFacts,
         if ev.access is not Access.PRIVATE or not _in(ev.path, "/var"):
             continue
         ops += _parents(ev.path, "/var", var, made, evidence)
-        ops += _private_item(ev, state_path(config.state_dir, ev.path, "/var"), config.copy)
+        copy = config.copy and _copyable(ev, evidence)
+        ops += _private_item(ev, state_path(config.state_dir, ev.path, "/var"), copy)
         made.add(ev.path)
     return ops
+
+
+def _copyable(ev: PathEvidence, evidence: tuple[PathEvidence, ...]) -> bool:
+    """-C copies the service's own directories: leaves of the evidence that some directive or
+    package names. A parent such as /var/lib, or a skeleton dir such as /var/log/journal,
+    would copy other services' data or the host's logs."""
+    if not set(ev.reasons) - SKELETON_REASONS:
+        return False
+    return not any(o.path.startswith(ev.path + "/") for o in evidence)
 
 
 def _other_private_ops(state: str, evidence: tuple[PathEvidence, ...]) -> list[FileOp]:
@@ -258,7 +271,7 @@ def _private_item(ev: PathEvidence, dst: str, copy: bool) -> list[FileOp]:
     return [MakeDir(dst, mode, uid, gid, reason=reason)]
 
 
-def _mounts(config: SandboxConfig, evidence: tuple[PathEvidence, ...],
+def _mounts(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, ...],
             run_dir: str) -> tuple[Mount, ...]:
     state = config.state_dir
     mounts = [
@@ -266,6 +279,9 @@ def _mounts(config: SandboxConfig, evidence: tuple[PathEvidence, ...],
         Mount("/etc", os.path.join(state, "etc"), reason="private /etc"),
         Mount("/var", os.path.join(state, "var"), reason="private /var"),
     ]
+    mounts += [Mount(d, d, readonly=True,
+                     reason="managed by the host's package tools; shared read-only")
+               for d in facts.shared_etc]
     for ev in evidence:
         if ev.access is Access.PRIVATE and not _in(ev.path, "/var") and not _in(ev.path, "/etc"):
             mounts.append(Mount(ev.path, other_path(state, ev.path), reason="; ".join(ev.reasons)))

@@ -4,11 +4,16 @@ what was done, newest first, and nothing more."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from types import TracebackType
 
 log = logging.getLogger(__name__)
+
+
+class InjectedFault(Exception):
+    """Raised by VSS_FAULT_AFTER=<text>, a test hook; never set it in production."""
 
 
 class Transaction:
@@ -19,6 +24,10 @@ class Transaction:
         """Record that `what` was done and how to take it back."""
         log.debug("done: %s", what)
         self._undo.append((what, undo))
+        fault = os.environ.get("VSS_FAULT_AFTER")
+        if fault and fault in what:
+            # Fault injection for the rollback tests: fail right after a chosen step.
+            raise InjectedFault(f"injected fault after '{what}'")
 
     def commit(self) -> None:
         self._undo.clear()

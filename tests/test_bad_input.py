@@ -1,0 +1,105 @@
+"""Bad input and failures midway: one clear error line, exit 1, nothing left behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import Env, unique_name
+
+pytestmark = [pytest.mark.root, pytest.mark.libvirt]
+
+BAD_CREATES = [
+    (["create", "-u", "apache2.service", ""], "sandbox name is empty"),
+    (["create", "-u", "apache2.service", "a/b"], "must not contain '/' or '..'"),
+    (["create", "-u", "apache2.service", ".."], "must not contain '/' or '..'"),
+    (["create", "-u", "apache2.service", "wéb"], "characters that are not allowed"),
+    (["create", "-u", "apache2.service", "x" * 300], "300 characters long"),
+    (["create", "-u", "no-such-daemon.service", "nx1"], "no-such-daemon.service"),
+    (["create", "-u", "bad name!", "nx2"], "bad name!"),
+    (["create", "-c", "xen:///", "-u", "apache2.service", "nx3"], "not a libvirt LXC or QEMU URI"),
+    (["create", "nx4"], "nothing to run"),
+    (["create", "-u", "apache2.service", "nx5", "--", "/bin/true"], "not both"),
+    (["create", "nx6", "--", "true"], "must be an absolute path"),
+    (["create", "-p", "relative/dir", "-u", "apache2.service", "nx7"], "not an absolute path"),
+    (["create", "-p", "/etc/hostname", "-u", "apache2.service", "nx8"], "is not a directory"),
+    (["create", "--memory", "lots", "-u", "apache2.service", "nx9"], "is not a size"),
+    (["create", "-s", "magic", "-u", "apache2.service", "nx10"], "not a valid security mode"),
+    (["create", "-s", "static,label=oops", "-u", "apache2.service", "nx11"],
+     "is not an SELinux label"),
+    (["create", "--private", "var/x", "-u", "apache2.service", "nx12"], "absolute"),
+    (["create", "--private", "/etc", "-u", "apache2.service", "nx13"], "/etc"),
+    (["create", "-P", "no-such-package-xyz", "-u", "apache2.service", "nx14"],
+     "no-such-package-xyz"),
+]
+
+
+def assert_clean_error(proc: object, needle: str) -> None:
+    rc, err = proc.returncode, proc.stderr  # type: ignore[attr-defined]
+    assert rc == 1, err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("virt-sandbox-service: error: "), err
+    assert needle in lines[0], err
+    assert "Traceback" not in err
+    assert all(line.startswith("virt-sandbox-service: ") for line in lines)
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD_CREATES,
+                         ids=[f"{i}-{n[:24]}" for i, (_, n) in enumerate(BAD_CREATES)])
+def test_bad_create_leaves_nothing(env: Env, args: list[str], needle: str) -> None:
+    before = env.snapshot()
+    assert_clean_error(env.run(*args), needle)
+    assert env.snapshot() == before
+
+
+def test_duplicate_name_is_refused(env: Env) -> None:
+    name = unique_name("dup")
+    env.run("create", "-u", "apache2.service", name, check=True)
+    before = env.snapshot()
+    assert_clean_error(env.run("create", "-u", "apache2.service", name),
+                       f"a sandbox named '{name}' already exists")
+    assert env.snapshot() == before
+
+
+def test_name_of_a_foreign_domain_is_refused(env: Env) -> None:
+    import libvirt
+
+    name = unique_name("foreign")
+    conn = libvirt.open("lxc:///")
+    dom = conn.defineXML(f"<domain type='lxc'><name>{name}</name><memory>65536</memory>"
+                         "<os><type>exe</type><init>/bin/true</init></os></domain>")
+    try:
+        before = env.snapshot()
+        assert_clean_error(env.run("create", "-u", "apache2.service", name),
+                           f"a libvirt domain named '{name}' already exists")
+        assert env.snapshot() == before
+    finally:
+        dom.undefine()
+
+
+@pytest.mark.parametrize("cmd", ["start", "stop", "delete", "inspect", "execute"])
+def test_unknown_sandbox(env: Env, cmd: str) -> None:
+    assert_clean_error(env.run(cmd, "nosuch"), "no sandbox named 'nosuch'")
+
+
+@pytest.mark.parametrize("step", ["made ", "wrote ", "defined domain", "_sandbox.service"])
+def test_failure_midway_rolls_back_exactly(env: Env, step: str) -> None:
+    import os
+
+    name = unique_name("fault")
+    before = env.snapshot()
+    os.environ["VSS_FAULT_AFTER"] = step
+    try:
+        proc = env.run("create", "-u", "apache2.service", name)
+    finally:
+        del os.environ["VSS_FAULT_AFTER"]
+    assert proc.returncode != 0
+    assert "injected fault" in proc.stderr
+    after = env.snapshot()
+    assert after["domains"] == before["domains"]
+    new = set(after["files"]) - set(before["files"])  # type: ignore[arg-type]
+    assert new <= {"config", "config/sandboxes", "state", "run", "units"}, new
+
+
+def test_debug_shows_traceback(env: Env) -> None:
+    proc = env.run("--debug", "start", "nosuch")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
