@@ -11,7 +11,7 @@ APT_PACKAGES=(
   libvirt-dev pkg-config qemu-system-x86 qemu-utils dnsmasq-base dbus iptables busybox-static
   systemd-container libsystemd-dev linux-image-amd64 apache2 curl
   nginx-light openssh-server postfix cron rsync
-  python3-dev gcc make libxml2-utils
+  python3-dev gcc make libxml2-utils groff-base man-db
 )
 
 need_apt=()
@@ -45,6 +45,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 # root's PATH: generated units reference this absolute path.
 ln -sfn "$venv/bin/virt-sandbox-service" /usr/local/bin/virt-sandbox-service
+install -D -m 644 "$here/man/virt-sandbox-service.1" /usr/local/share/man/man1/virt-sandbox-service.1
 
 # Daemons: nothing on this kind of machine starts them (PID 1 is not systemd). Where systemd
 # runs the host, it already manages them and we leave it alone.

@@ -18,6 +18,8 @@ BAD_CREATES = [
     (["create", "-u", "bad name!", "nx2"], "bad name!"),
     (["create", "-c", "xen:///", "-u", "apache2.service", "nx3"], "not a libvirt LXC or QEMU URI"),
     (["create", "nx4"], "nothing to run"),
+    (["create", "-c", "qemu:///system", "-u", "apache2.service", "nx15"],
+     "KVM backend (qemu:///system) is not available"),
     (["create", "-u", "apache2.service", "nx5", "--", "/bin/true"], "not both"),
     (["create", "nx6", "--", "true"], "must be an absolute path"),
     (["create", "-p", "relative/dir", "-u", "apache2.service", "nx7"], "not an absolute path"),

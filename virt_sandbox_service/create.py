@@ -25,6 +25,7 @@ from .apply import systemd as sd
 from .apply.txn import Transaction
 from .config import (
     DEFAULT_URI,
+    Driver,
     Kind,
     Paths,
     SandboxConfig,
@@ -61,7 +62,9 @@ class CreateRequest:
 def validate(req: CreateRequest) -> None:
     """Checks that need nothing but the request itself."""
     validate_name(req.name)
-    driver_for_uri(req.uri)
+    if driver_for_uri(req.uri) is not Driver.LXC:
+        raise UserError(f"the KVM backend ({req.uri}) is not available in this version",
+                        "use -c lxc:/// (the default)")
     if req.units and req.command:
         raise UserError("give either -u UNIT or a command after --, not both",
                         "a unit sandbox runs systemd; a generic sandbox runs one command")

@@ -1,0 +1,53 @@
+"""The man page and README cannot drift from the argparse definitions (pure)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+
+from virt_sandbox_service.cli import build_parser
+
+from .conftest import ROOT
+
+MAN = ROOT / "man" / "virt-sandbox-service.1"
+
+
+def subparsers(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def man_text() -> str:
+    # roff escapes "-" as "\-"; compare on the plain text.
+    return MAN.read_text().replace("\\-", "-").replace("\\fB", "").replace("\\fR", "") \
+        .replace("\\fI", "").replace("\\fP", "")
+
+
+def test_every_command_and_option_is_in_the_man_page() -> None:
+    text = man_text()
+    parser = build_parser()
+    missing = []
+    for name, sub in subparsers(parser).items():
+        if not re.search(rf"^\.SS {name}\b", text, re.M):
+            missing.append(f"section for {name}")
+        for action in sub._actions:
+            missing += [f"{name} {opt}" for opt in action.option_strings if opt not in text]
+    for action in parser._actions:
+        missing += [opt for opt in action.option_strings if opt not in text]
+    assert not missing, f"not in {MAN.name}: {missing}"
+
+
+def test_man_page_renders_without_warnings() -> None:
+    proc = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(MAN)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+def test_readme_commands_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    commands = set(subparsers(build_parser()))
+    used = set(re.findall(r"virt-sandbox-service ([a-z]+)", readme))
+    assert used <= commands | {"doctor"}, used - commands
