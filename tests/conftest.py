@@ -93,10 +93,12 @@ class Env:
         # is what lies in it and elsewhere.
         files = sorted(str(p.relative_to(self.base)) for p in self.base.rglob("*")
                        if p.name != ".lock" and p != self.base / "run")
-        return {"files": files, "domains": sorted(domain_names())}
+        return {"files": files, "domains": sorted(domain_names(under=self.base))}
 
 
-def domain_names() -> list[str]:
+def domain_names(under: Path | None = None) -> list[str]:
+    """Domains on lxc:///; with `under`, only those whose sandbox state lies below it (the
+    libvirtd is shared with other tests running at the same time)."""
     try:
         import libvirt
 
@@ -104,7 +106,10 @@ def domain_names() -> list[str]:
     except Exception:
         return []
     try:
-        return [d.name() for d in conn.listAllDomains(0)]
+        doms = conn.listAllDomains(0)
+        if under is None:
+            return [d.name() for d in doms]
+        return [d.name() for d in doms if f"<vss:state>{under}/" in d.XMLDesc(0)]
     finally:
         conn.close()
 

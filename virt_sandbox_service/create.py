@@ -219,11 +219,13 @@ def tool_path() -> str:
 
 def apply_plan(p: Plan, paths: Paths, conn: object) -> None:
     with Transaction() as txn:
-        files.create_state_dir(p, txn)
+        # The config first: it reserves the name and the label, and it is what `delete` needs
+        # to clean up after a create that was killed (kill -9 leaves no chance to roll back).
         cfg_path = Path(p.config_path)
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
         files.write_file(cfg_path, p.config.to_json(), 0o644)
         txn.did(f"wrote {cfg_path}", cfg_path.unlink)
+        files.create_state_dir(p, txn)
         lv.define(conn, p.domain_xml, txn)
         for path, text in p.unit_files:
             sd.install_unit(Path(path), text, txn)

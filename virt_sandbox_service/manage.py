@@ -13,7 +13,7 @@ from . import host
 from .apply import files
 from .apply import libvirt as lv
 from .apply import systemd as sd
-from .config import Paths, SandboxConfig, all_configs, load_config
+from .config import Paths, all_configs, load_config
 from .create import EVIDENCE_FILE, config_lock
 from .errors import UserError
 from .runtime import lxc as rt
@@ -35,7 +35,7 @@ def delete(paths: Paths, name: str, *, force: bool = False) -> None:
         rt.stop(conn, cfg, paths)
     with config_lock(paths):
         # Check the marker before anything goes, so a refusal leaves the sandbox whole.
-        _check_marker(cfg)
+        files.check_removable(Path(cfg.state_dir), name)
         sd.disable_and_remove(paths.unit_dir, unit_name(name))
         sd.daemon_reload()
         if dom is not None:
@@ -47,15 +47,6 @@ def delete(paths: Paths, name: str, *, force: bool = False) -> None:
             for f in run.iterdir():
                 f.unlink()
             run.rmdir()
-
-
-def _check_marker(cfg: SandboxConfig) -> None:
-    state = Path(cfg.state_dir)
-    if state.exists():
-        marker = state / ".virt-sandbox-service"
-        if not marker.is_file() or marker.read_text().strip() != cfg.name:
-            raise UserError(f"{state} was not made by virt-sandbox-service for '{cfg.name}'",
-                            "not deleting it; remove it by hand if it really is unused")
 
 
 def sandbox_rows(paths: Paths) -> list[dict[str, Any]]:

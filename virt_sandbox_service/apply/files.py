@@ -20,10 +20,14 @@ def create_state_dir(plan: Plan, txn: Transaction) -> None:
                         "choose another name or -p PATH, or delete the old sandbox")
     state.parent.mkdir(parents=True, exist_ok=True)
     os.mkdir(state, 0o700)
+    # The marker first: a create killed from here on leaves a directory `delete` may remove.
+    marker = next(op for op in plan.files
+                  if isinstance(op, WriteFile) and op.path == str(state / MARKER))
+    apply_op(marker)
     # Removing the whole tree is right only because this run made it, just now.
     txn.did(f"made {state}", lambda: shutil.rmtree(state))
     for op in plan.files:
-        if getattr(op, "path", None) == plan.state_dir:
+        if op is marker or getattr(op, "path", None) == plan.state_dir:
             continue
         apply_op(op)
 
@@ -91,19 +95,25 @@ def _keep_meta(path: str, st: os.stat_result) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def remove_state_dir(state: Path, name: str) -> None:
-    """Remove a state directory only if it carries our marker naming this sandbox."""
-    if not state.exists():
+def check_removable(state: Path, name: str) -> None:
+    """Only a state directory carrying our marker for this sandbox (or an empty one, left by
+    a create killed between mkdir and marker) may be removed."""
+    if not state.exists() or not any(state.iterdir()):
         return
-    marker = state / MARKER
     try:
-        owner = marker.read_text().strip()
+        owner = (state / MARKER).read_text().strip()
     except OSError:
         owner = None
     if owner != name:
         raise UserError(f"{state} was not made by virt-sandbox-service for '{name}' "
                         f"(no {MARKER} marker naming it); not removing it",
                         "remove it by hand if it really is unused")
+
+
+def remove_state_dir(state: Path, name: str) -> None:
+    check_removable(state, name)
+    if not state.exists():
+        return
     try:
         shutil.rmtree(state)
     except OSError as e:

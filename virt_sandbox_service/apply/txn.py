@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from types import TracebackType
 
@@ -24,10 +25,15 @@ class Transaction:
         """Record that `what` was done and how to take it back."""
         log.debug("done: %s", what)
         self._undo.append((what, undo))
+        # Test hooks for the rollback and crash tests: fail, or pause (so the test can send a
+        # signal or kill -9), right after a chosen step. Never set them in production.
         fault = os.environ.get("VSS_FAULT_AFTER")
         if fault and fault in what:
-            # Fault injection for the rollback tests: fail right after a chosen step.
             raise InjectedFault(f"injected fault after '{what}'")
+        pause = os.environ.get("VSS_PAUSE_AFTER")
+        if pause and pause in what:
+            print(f"virt-sandbox-service: paused after '{what}'", file=sys.stderr, flush=True)
+            time.sleep(60)
 
     def commit(self) -> None:
         self._undo.clear()

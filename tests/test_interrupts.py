@@ -1,0 +1,62 @@
+"""Ctrl-C midway rolls back; kill -9 midway leaves something `delete` cleans completely."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from .conftest import CLI, ROOT, Env, domain_names, unique_name
+
+pytestmark = [pytest.mark.root, pytest.mark.libvirt]
+STEPS = ["wrote ", "made ", "defined domain", "_sandbox.service"]
+
+
+def paused_create(env: Env, name: str, step: str) -> subprocess.Popen[str]:
+    """A create that stops right after `step` (VSS_PAUSE_AFTER), so we can signal it there."""
+    proc = subprocess.Popen(
+        [*CLI, "create", "-u", "apache2.service", name], cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, **env.vars, "PYTHONPATH": str(ROOT), "VSS_PAUSE_AFTER": step})
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # blocks until the pause is reached
+    assert "paused after" in line, line
+    return proc
+
+
+def only_infrastructure(before: dict[str, object], after: dict[str, object]) -> None:
+    assert after["domains"] == before["domains"]
+    new = set(after["files"]) - set(before["files"])  # type: ignore[arg-type]
+    assert new <= {"config", "config/sandboxes", "state", "units"}, new
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_ctrl_c_midway_rolls_back(env: Env, step: str) -> None:
+    before = env.snapshot()
+    proc = paused_create(env, unique_name("int"), step)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    only_infrastructure(before, env.snapshot())
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_kill_9_midway_then_delete_cleans_up(env: Env, step: str) -> None:
+    other = unique_name("bystander")
+    env.run("create", "-u", "apache2.service", other, check=True)
+    before = env.snapshot()
+    name = unique_name("kill")
+    proc = paused_create(env, name, step)
+    proc.kill()
+    proc.wait(timeout=30)
+    # The name is taken until deleted: a second create says so, clearly.
+    again = env.run("create", "-u", "apache2.service", name)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    env.run("delete", name, check=True)
+    only_infrastructure(before, env.snapshot())
+    assert other in domain_names() and env.state(other).is_dir()
+    # ... and the name is free again.
+    env.run("create", "-u", "apache2.service", name, check=True)
