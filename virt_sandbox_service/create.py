@@ -217,19 +217,22 @@ def tool_path() -> str:
     return os.path.abspath(sys.argv[0])
 
 
-def apply_plan(p: Plan, paths: Paths, conn: object) -> None:
-    with Transaction() as txn:
-        # The config first: it reserves the name and the label, and it is what `delete` needs
-        # to clean up after a create that was killed (kill -9 leaves no chance to roll back).
-        cfg_path = Path(p.config_path)
-        cfg_path.parent.mkdir(parents=True, exist_ok=True)
-        files.write_file(cfg_path, p.config.to_json(), 0o644)
-        txn.did(f"wrote {cfg_path}", cfg_path.unlink)
-        files.create_state_dir(p, txn)
-        lv.define(conn, p.domain_xml, txn)
-        for path, text in p.unit_files:
-            sd.install_unit(Path(path), text, txn)
-        sd.daemon_reload()
+def reserve(p: Plan, txn: Transaction) -> None:
+    """Write the config: it reserves the name and the label (caller holds the lock), and it is
+    what `delete` needs to clean up after a create that was killed with no chance to roll back."""
+    cfg_path = Path(p.config_path)
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_file(cfg_path, p.config.to_json(), 0o644)
+    txn.did(f"wrote {cfg_path}", cfg_path.unlink)
+
+
+def apply_plan(p: Plan, conn: object, txn: Transaction) -> None:
+    """Everything after the reservation; runs without the lock, so creates overlap."""
+    files.create_state_dir(p, txn)
+    lv.define(conn, p.domain_xml, txn)
+    for path, text in p.unit_files:
+        sd.install_unit(Path(path), text, txn)
+    sd.daemon_reload()
 
 
 def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False) -> Plan:
@@ -239,9 +242,12 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False) -> Plan:
     conn = lv.connect(req.uri)
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
     check_free(req, paths, parent / req.name, conn)  # early, for a clear error; again below
-    with config_lock(paths):
-        check_free(req, paths, parent / req.name, conn)
-        p = make_plan(req, paths, facts, got)
-        if not dry_run:
-            apply_plan(p, paths, conn)
+    with Transaction() as txn:
+        with config_lock(paths):
+            check_free(req, paths, parent / req.name, conn)
+            p = make_plan(req, paths, facts, got)
+            if dry_run:
+                return p
+            reserve(p, txn)
+        apply_plan(p, conn, txn)
     return p
