@@ -47,18 +47,19 @@ def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
 
 def cmd_start(args: argparse.Namespace, paths: Paths) -> int:
     from .apply.libvirt import connect
-    from .runtime import lxc
+    from .runtime import backend
 
     cfg = load_config(paths, args.name)
-    return lxc.start(connect(cfg.uri), cfg, paths, detach=args.detach, timeout=args.timeout)
+    return int(backend(cfg).start(connect(cfg.uri), cfg, paths, detach=args.detach,
+                                  timeout=args.timeout))
 
 
 def cmd_stop(args: argparse.Namespace, paths: Paths) -> int:
     from .apply.libvirt import connect
-    from .runtime import lxc
+    from .runtime import backend
 
     cfg = load_config(paths, args.name)
-    if not lxc.stop(connect(cfg.uri), cfg, paths, timeout=args.timeout):
+    if not backend(cfg).stop(connect(cfg.uri), cfg, paths, timeout=args.timeout):
         print(f"sandbox {args.name} was not running")
     return 0
 
@@ -89,25 +90,27 @@ def cmd_inspect(args: argparse.Namespace, paths: Paths) -> int:
 
 def cmd_execute(args: argparse.Namespace, paths: Paths) -> int:
     from .apply.libvirt import connect
-    from .runtime import lxc
+    from .runtime import backend
 
     cfg = load_config(paths, args.name)
+    rt = backend(cfg)
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
     if not command:
         raise SandboxError("execute needs a command after --", "e.g. execute web1 -- apachectl -S")
-    dom = lxc.domain(connect(cfg.uri), cfg)
+    dom = rt.domain(connect(cfg.uri), cfg)
     sys.stdout.flush()
-    return lxc.execute(dom, command, lxc.sandbox_env(cfg))
+    return int(rt.execute(dom, command, rt.sandbox_env(cfg)))
 
 
 def cmd_reload(args: argparse.Namespace, paths: Paths) -> int:
     from .apply.libvirt import connect
-    from .runtime import lxc
+    from .runtime import backend
 
     cfg = load_config(paths, args.name)
-    return lxc.reload(lxc.domain(connect(cfg.uri), cfg), cfg, list(args.unit or ()))
+    rt = backend(cfg)
+    return int(rt.reload(rt.domain(connect(cfg.uri), cfg), cfg, list(args.unit or ())))
 
 
 def cmd_doctor(args: argparse.Namespace, paths: Paths) -> int:

@@ -16,6 +16,7 @@ from .apply import systemd as sd
 from .config import Paths, all_configs, load_config
 from .create import EVIDENCE_FILE, config_lock
 from .errors import UserError
+from .runtime import backend
 from .runtime import lxc as rt
 from .units import unit_name
 
@@ -32,7 +33,7 @@ def delete(paths: Paths, name: str, *, force: bool = False) -> None:
         if not force:
             raise UserError(f"sandbox '{name}' is running",
                             f"stop it first, or use: virt-sandbox-service delete --force {name}")
-        rt.stop(conn, cfg, paths)
+        backend(cfg).stop(conn, cfg, paths)
     with config_lock(paths):
         # Check the marker before anything goes, so a refusal leaves the sandbox whole.
         files.check_removable(Path(cfg.state_dir), name)
