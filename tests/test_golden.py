@@ -16,6 +16,7 @@ from virt_sandbox_service.config import Kind, Paths, SandboxConfig
 from virt_sandbox_service.domain import domain_xml
 from virt_sandbox_service.evidence import Access, PathEvidence
 from virt_sandbox_service.host import HostFacts
+from virt_sandbox_service.limits import DEFAULT_DROP
 from virt_sandbox_service.plan import Plan, plan
 from virt_sandbox_service.units import render_sandbox_unit
 
@@ -54,7 +55,7 @@ def config(**kw: object) -> SandboxConfig:
         name="web1", kind=Kind.SERVICE, uri="lxc:///",
         state_dir="/var/lib/virt-sandbox-service/web1", units=("apache2.service",),
         security_label="system_u:system_r:svirt_lxc_net_t:s0:c12,c345",
-        machine_id="0123456789abcdef0123456789abcdef")
+        machine_id="0123456789abcdef0123456789abcdef", caps_drop=DEFAULT_DROP)
     return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
 
@@ -72,7 +73,8 @@ CASES: dict[str, tuple[SandboxConfig, tuple[PathEvidence, ...], HostFacts]] = {
                state_dir="/var/lib/virt-sandbox-service/gen"),
         (ev("/var/tmp", reason="writable temporary space", mode=0o1777),), FACTS),
     "limits-selinux-overrides": (
-        config(name="web2", memory=512 * 1024**2, state_dir="/var/lib/virt-sandbox-service/web2",
+        config(name="web2", memory=512 * 1024**2, cpu_weight=512, cpu_quota=150,
+               blkio_weight=300, state_dir="/var/lib/virt-sandbox-service/web2",
                private=("/srv/web2",), shared=("/var/www",)),
         (*APACHE_EVIDENCE, ev("/srv/web2", reason="--private"),
          ev("/var/www", Access.SHARED, reason="--shared")),
@@ -140,6 +142,12 @@ def test_selinux_host_gets_seclabel_and_memory_limit() -> None:
     doc = etree.fromstring(xml.encode())
     assert doc.findtext("seclabel/label") == "system_u:system_r:svirt_lxc_net_t:s0:c12,c345"
     assert doc.findtext("memory") == str(512 * 1024)
+    assert doc.findtext("memtune/hard_limit") == str(512 * 1024)
+    assert doc.findtext("cputune/shares") == "512"
+    assert doc.findtext("cputune/quota") == "150000"
+    assert doc.findtext("blkiotune/weight") == "300"
+    dropped = {c.tag for c in doc.find("features/capabilities")}
+    assert {"sys_module", "sys_rawio", "sys_time"} <= dropped
     shared = [f for f in doc.iter("filesystem") if f.find("target").get("dir") == "/var/www"]
     assert shared and shared[0].find("readonly") is not None
 

@@ -17,6 +17,7 @@ from types import FrameType
 from . import __version__
 from .config import DEFAULT_URI, Paths, load_config
 from .errors import SandboxError
+from .limits import LimitArgs
 
 PROG = "virt-sandbox-service"
 Handler = Callable[[argparse.Namespace, Paths], int]
@@ -32,7 +33,8 @@ def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
         name=args.name, uri=args.connect, units=tuple(args.unit or ()), command=command,
         state_parent=args.path, packages=tuple(args.package or ()),
         private=tuple(args.private or ()), shared=tuple(args.shared or ()), copy=args.copy,
-        security=args.security, memory=args.memory,
+        security=args.security, limits=_limit_args(args),
+        cap_drop=tuple(args.cap_drop or ()), cap_add=tuple(args.cap_add or ()),
     )
     plan = create(req, paths, dry_run=args.dry_run)
     if args.dry_run:
@@ -42,6 +44,19 @@ def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
     else:
         print(f"created sandbox {args.name}: start it with 'virt-sandbox-service start "
               f"{args.name}' or 'systemctl start {args.name}_sandbox.service'")
+    return 0
+
+
+def _limit_args(args: argparse.Namespace) -> LimitArgs:
+    return LimitArgs(memory=args.memory, cpu_weight=args.cpu_weight, cpu_quota=args.cpu_quota,
+                     blkio_weight=args.blkio_weight)
+
+
+def cmd_limit(args: argparse.Namespace, paths: Paths) -> int:
+    from .manage import set_limits
+
+    changed = set_limits(paths, args.name, _limit_args(args))
+    print(f"{args.name}: " + (", ".join(changed) if changed else "no limit given; nothing changed"))
     return 0
 
 
@@ -142,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ex = _add_simple(sub, "execute", cmd_execute, "run a command inside a running sandbox")
     ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
+    lim = _add_simple(sub, "limit", cmd_limit,
+                      "change a sandbox's limits, live if it runs and for its next start")
+    _add_limit_options(lim)
     rl = _add_simple(sub, "reload", cmd_reload, "reload the confined units inside the sandbox")
     rl.add_argument("-u", "--unit", action="append", metavar="UNIT",
                     help="only this confined unit (default: all of them)")
@@ -189,11 +207,24 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="copy the host's current content of private directories")
     c.add_argument("-s", "--security", metavar="SECURITY",
                    help="dynamic (default) or static,label=USER:ROLE:TYPE:LEVEL")
-    c.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512M or 2G")
+    _add_limit_options(c)
+    c.add_argument("--cap-drop", action="append", metavar="CAP",
+                   help="also drop this capability (default drops sys_module, sys_rawio, "
+                        "sys_time, ...; see inspect)")
+    c.add_argument("--cap-add", action="append", metavar="CAP",
+                   help="keep a capability the default would drop")
     c.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     c.add_argument("name", help="sandbox name")
     c.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (generic sandbox)")
     c.set_defaults(func=cmd_create)
+
+
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512M or 2G")
+    p.add_argument("--cpu-weight", metavar="N", help="relative CPU weight (shares), 2..262144")
+    p.add_argument("--cpu-quota", metavar="PERCENT",
+                   help="CPU time cap in percent of one CPU, e.g. 50 or 150")
+    p.add_argument("--blkio-weight", metavar="N", help="relative block I/O weight, 100..1000")
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:

@@ -124,7 +124,11 @@ class SandboxConfig:
     security_mode: SecurityMode = SecurityMode.DYNAMIC
     security_label: str = ""
     machine_id: str = ""
-    memory: int | None = None
+    memory: int | None = None  # bytes
+    cpu_weight: int | None = None  # relative CPU shares (cgroup cpu.shares), 2..262144
+    cpu_quota: int | None = None  # percent of one CPU, 1..100*cores
+    blkio_weight: int | None = None  # 100..1000
+    caps_drop: tuple[str, ...] = ()  # Linux capabilities the sandbox's processes never get
     format_version: int = FORMAT_VERSION
     # Free-form notes that later versions may add; kept so an older file round-trips.
     extra: tuple[tuple[str, str], ...] = field(default=())

@@ -14,7 +14,7 @@ import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import evidence as ev
@@ -32,12 +32,12 @@ from .config import (
     SecurityMode,
     all_configs,
     driver_for_uri,
-    parse_size,
     validate_abs_path,
     validate_name,
 )
 from .domain import domain_xml
 from .errors import UserError
+from .limits import LimitArgs, parse_caps, parse_limits
 from .plan import Plan, WriteFile, plan
 from .units import render_sandbox_unit, unit_name
 
@@ -56,7 +56,9 @@ class CreateRequest:
     shared: tuple[str, ...] = ()
     copy: bool = False
     security: str | None = None
-    memory: str | None = None
+    limits: LimitArgs = field(default_factory=LimitArgs)
+    cap_drop: tuple[str, ...] = ()
+    cap_add: tuple[str, ...] = ()
 
 
 def validate(req: CreateRequest) -> None:
@@ -77,8 +79,8 @@ def validate(req: CreateRequest) -> None:
             raise UserError(f"-p path '{req.state_parent}' is not a directory")
     for p in (*req.private, *req.shared):
         validate_abs_path(p, "path")
-    if req.memory is not None:
-        parse_size(req.memory, "--memory")
+    parse_limits(req.limits, os.cpu_count() or 1)
+    parse_caps(req.cap_drop, req.cap_add)
     if req.security is not None:
         parse_security(req.security)
     if req.command and not req.command[0].startswith("/"):
@@ -149,7 +151,8 @@ def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.Unit
         security_mode=mode,
         security_label=label,
         machine_id=uuid.uuid4().hex,
-        memory=parse_size(req.memory, "--memory") if req.memory else None,
+        caps_drop=parse_caps(req.cap_drop, req.cap_add),
+        **parse_limits(req.limits, os.cpu_count() or 1),  # type: ignore[arg-type]
     )
 
 

@@ -87,6 +87,10 @@ def selinux_enabled() -> bool:
     return Path("/sys/fs/selinux/enforce").exists()
 
 
+def detect_memory_kib() -> int:
+    return _mem_total_kib()
+
+
 def _mem_total_kib() -> int:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import libvirt
+from lxml import etree
 
 from . import host
 from .apply import files
 from .apply import libvirt as lv
 from .apply import systemd as sd
-from .config import Paths, all_configs, load_config
+from .apply.files import write_file
+from .config import Paths, SandboxConfig, all_configs, load_config
 from .create import EVIDENCE_FILE, config_lock
-from .errors import UserError
+from .errors import HostError, UserError
+from .limits import (
+    CAP_NUMBERS,
+    CPU_PERIOD_US,
+    LimitArgs,
+    bounding_set,
+    caps_from_mask,
+    effective_caps,
+    parse_limits,
+    set_tunables,
+)
 from .runtime import backend
 from .runtime import lxc as rt
+from .runtime.enter import init_pid
 from .units import unit_name
 
 
@@ -48,6 +63,45 @@ def delete(paths: Paths, name: str, *, force: bool = False) -> None:
             for f in run.iterdir():
                 f.unlink()
             run.rmdir()
+
+
+def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
+    """Change limits in the config, the defined domain and, if it runs, live."""
+    cfg = load_config(paths, name)
+    changes = parse_limits(args, os.cpu_count() or 1)
+    if not changes:
+        return []
+    new = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
+    conn = lv.connect(cfg.uri)
+    dom = backend(cfg).domain(conn, cfg)
+    with config_lock(paths):
+        root = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+        set_tunables(root, new, host.detect_memory_kib())
+        lv.redefine(conn, etree.tostring(root, encoding="unicode"))
+        write_file(paths.config_file(name), new.to_json())
+    if dom.isActive():
+        _apply_live(dom, new, set(changes))
+    return [f"{k}={v}" for k, v in changes.items()]
+
+
+def _apply_live(dom: libvirt.virDomain, cfg: SandboxConfig, changed: set[str]) -> None:
+    live = libvirt.VIR_DOMAIN_AFFECT_LIVE
+    try:
+        if "memory" in changed and cfg.memory:
+            dom.setMemoryParameters({"hard_limit": cfg.memory // 1024}, live)
+        sched: dict[str, int] = {}
+        if "cpu_weight" in changed and cfg.cpu_weight:
+            sched["cpu_shares"] = cfg.cpu_weight
+        if "cpu_quota" in changed and cfg.cpu_quota:
+            sched["vcpu_period"] = CPU_PERIOD_US
+            sched["vcpu_quota"] = cfg.cpu_quota * CPU_PERIOD_US // 100
+        if sched:
+            dom.setSchedulerParametersFlags(sched, live)
+        if "blkio_weight" in changed and cfg.blkio_weight:
+            dom.setBlkioParameters({"weight": cfg.blkio_weight}, live)
+    except libvirt.libvirtError as e:
+        raise HostError(f"the new limits are saved but could not be applied live: "
+                        f"{e.get_error_message()}", "they apply at the next start") from e
 
 
 def sandbox_rows(paths: Paths) -> list[dict[str, Any]]:
@@ -118,7 +172,12 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
                     "recorded and shown, but not applied",
         },
         "network": "none (loopback only, private network namespace)",
-        "limits": {"memory_bytes": cfg.memory},
+        "limits": {"memory_bytes": cfg.memory, "cpu_weight": cfg.cpu_weight,
+                   "cpu_quota_percent": cfg.cpu_quota, "blkio_weight": cfg.blkio_weight},
+        "capabilities": _caps(cfg, dom),
+        "user_namespace": None,
+        "network_filters": [],
+        "read_only": [m["target"] for m in record.get("mounts", []) if m.get("readonly")],
         "mounts": record.get("mounts", []),
         "private": [e for e in record.get("evidence", []) if e["access"] != "shared"],
         "shared": [{"path": "/", "access": "shared", "dir": True,
@@ -126,6 +185,36 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
         + [e for e in record.get("evidence", []) if e["access"] == "shared"],
         "hidden": record.get("hidden", []),
     }
+
+
+def _caps(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> dict[str, Any]:
+    """Configured drops; for a running sandbox, the bounding set its init really has (libvirt
+    adds drops of its own, e.g. mknod and sys_resource)."""
+    out: dict[str, Any] = {"dropped": list(cfg.caps_drop), "kept": list(effective_caps(cfg)),
+                           "source": "config"}
+    if dom is not None and dom.isActive() and cfg.driver.value == "lxc":
+        with contextlib.suppress(OSError):
+            kept = caps_from_mask(bounding_set(init_pid(dom)))
+            out = {"dropped": [c for c in CAP_NUMBERS if c not in kept], "kept": list(kept),
+                   "source": "the running sandbox's init (CapBnd)"}
+    return out
+
+
+def _security_summary(d: dict[str, Any]) -> list[str]:
+    """The effective sandbox, as an admin would audit it."""
+    lim = d["limits"]
+    limits = ", ".join(f"{k}={v}" for k, v in lim.items() if v) or "none set"
+    return [
+        "security:",
+        f"  label:        {d['security']['label']} ({d['security']['mode']}"
+        + ("" if d["security"]["enforced"] else "; not enforced: host has no SELinux") + ")",
+        f"  user ns:      {d['user_namespace'] or 'none (root inside is root on the host)'}",
+        f"  caps dropped: {' '.join(d['capabilities']['dropped']) or 'none'}",
+        f"  caps kept:    {' '.join(d['capabilities']['kept'])}",
+        f"  limits:       {limits}",
+        f"  net filters:  {' '.join(d['network_filters']) or 'none (no network but loopback)'}",
+        f"  read-only:    {' '.join(d['read_only'])}",
+    ]
 
 
 def format_inspect(d: dict[str, Any]) -> str:
@@ -136,11 +225,9 @@ def format_inspect(d: dict[str, Any]) -> str:
         f"state:       {d['state']}",
         f"hostname:    {d['hostname']}",
         f"machine-id:  {d['machine_id']}",
-        f"label:       {d['security']['label']} ({d['security']['mode']}"
-        + ("" if d["security"]["enforced"] else "; not enforced: host has no SELinux") + ")",
         f"network:     {d['network']}",
-        f"memory:      {d['limits']['memory_bytes'] or 'no limit set'}",
     ]
+    lines += _security_summary(d)
     lines += [f"{k + ':':12} {v}" for k, v in d["paths"].items()]
     lines.append("mounts:")
     for m in d["mounts"]:

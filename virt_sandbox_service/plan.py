@@ -295,26 +295,53 @@ def _mounts(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidenc
     return tuple(mounts)
 
 
+PAYLOAD_CGROUP = "sandbox"
+
+
 def init_command(config: SandboxConfig,
                  facts: HostFacts) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     """The sandbox's first process and its environment."""
+    q = shlex.quote
     if config.kind is Kind.GENERIC:
         # sh stays PID 1 so the command's exit status reaches the host (libvirt reports none).
-        script = f'"$@"; rc=$?; echo $rc > {EXIT_STATUS_FILE}; exit $rc'
+        script = "\n".join([
+            *_cgroup_prologue(facts),
+            f'{q(facts.unshare)} --cgroup "$@"; rc=$?',
+            f"echo $rc > {EXIT_STATUS_FILE}; exit $rc",
+        ])
         return (facts.sh, "-c", script, "sandbox-init", *config.command), ()
-    return (facts.sh, "-c", _service_init_script(facts)), (("NOTIFY_SOCKET", NOTIFY_SOCKET),)
+    script = "\n".join([
+        *_cgroup_prologue(facts),
+        f"exec {q(facts.unshare)} --cgroup {q(facts.systemd)} systemd.unified_cgroup_hierarchy=1",
+    ])
+    return (facts.sh, "-c", script), (("NOTIFY_SOCKET", NOTIFY_SOCKET),)
 
 
-def _service_init_script(facts: HostFacts) -> str:
-    """Give the sandbox's systemd a cgroup namespace rooted at the container's own cgroup.
+def _cgroup_prologue(facts: HostFacts) -> list[str]:
+    """Confine the sandbox to cgroups it cannot loosen, then hide the host's cgroup trees.
 
-    libvirt (9.0) puts the container in its v1 hierarchies but leaves it at the root of the
-    cgroup2 tree and gives it no cgroup namespace, so a systemd inside would manage the host's
-    whole cgroup2 tree. We move ourselves to a cgroup2 path mirroring libvirt's v1 one, drop
-    libvirt's cgroup mounts and start systemd in a new cgroup namespace rooted there.
+    libvirt (9.0) mounts the host's whole v1 hierarchies read-write inside the container, sets
+    the limits on the container's own cgroup, leaves the container at the root of the cgroup2
+    tree and gives it no cgroup namespace. So, before anything else runs:
+    - in each v1 hierarchy, move into a child of the container's cgroup: the limits stay on
+      the parent, above the cgroup namespace root made next, out of the sandbox's reach (a
+      root that can mount cgroupfs could otherwise raise its own memory limit);
+    - in cgroup2, move to a path mirroring libvirt's v1 one, so a systemd inside manages its
+      own subtree and not the host's system.slice;
+    - unmount libvirt's cgroup mounts; the caller then unshares the cgroup namespace.
     """
     q = shlex.quote
-    return "\n".join([
+    return [
+        "while IFS=: read -r _ ctl path; do",
+        "  [ -n \"$ctl\" ] && [ \"$path\" != / ] || continue",
+        "  d=/sys/fs/cgroup/${ctl#name=}$path; [ -d \"$d\" ] || continue",
+        f"  p=\"$d/{PAYLOAD_CGROUP}\"; mkdir -p \"$p\"",
+        "  if [ -f \"$d/cpuset.cpus\" ]; then",  # a new cpuset child starts empty
+        "    cat \"$d/cpuset.cpus\" > \"$p/cpuset.cpus\"",
+        "    cat \"$d/cpuset.mems\" > \"$p/cpuset.mems\"",
+        "  fi",
+        "  echo $$ > \"$p/cgroup.procs\"",
+        "done < /proc/self/cgroup",
         "cg=$(sed -n 's/^0::\\(.*\\)$/\\1/p' /proc/self/cgroup)",
         "if [ \"$cg\" = / ]; then "
         "cg=$(sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\\(.*\\)$/\\1/p;T;q' /proc/self/cgroup); fi",
@@ -324,5 +351,4 @@ def _service_init_script(facts: HostFacts) -> str:
         "  echo $$ > \"/sys/fs/cgroup$cg/cgroup.procs\"",
         f"  {q(facts.umount)} /sys/fs/cgroup",
         "fi",
-        f"exec {q(facts.unshare)} --cgroup {q(facts.systemd)} systemd.unified_cgroup_hierarchy=1",
-    ])
+    ]

@@ -50,6 +50,14 @@ def define(conn: libvirt.virConnect, xml: str, txn: Transaction) -> libvirt.virD
     return dom
 
 
+def redefine(conn: libvirt.virConnect, xml: str) -> None:
+    """Replace the persistent definition of an existing domain (same name and UUID)."""
+    try:
+        conn.defineXML(xml)
+    except libvirt.libvirtError as e:
+        raise HostError(f"libvirt refused the changed domain: {e.get_error_message()}") from e
+
+
 def undefine(dom: libvirt.virDomain) -> None:
     try:
         dom.undefine()

@@ -12,6 +12,7 @@ from lxml import etree
 from lxml.builder import ElementMaker
 
 from ..host import HostFacts
+from ..limits import caps_element, set_tunables
 from ..plan import Mount, Plan
 
 E = ElementMaker()
@@ -19,14 +20,12 @@ E = ElementMaker()
 
 def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
     cfg = plan.config
-    memory_kib = cfg.memory // 1024 if cfg.memory else facts.memory_kib
     dom = E.domain(
         E.name(cfg.name),
         E.title(f"virt-sandbox-service: {_what(plan)}"),
         _metadata(plan, metadata_ns),
-        E.memory(str(memory_kib), unit="KiB"),
         _os(plan),
-        E.features(E.privnet()),
+        E.features(E.privnet(), caps_element(cfg)),
         E.clock(offset="utc"),
         E.on_poweroff("destroy"),
         E.on_reboot("restart"),
@@ -34,6 +33,7 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
         E.devices(*_filesystems(plan.mounts), _console()),
         type="lxc",
     )
+    set_tunables(dom, cfg, facts.memory_kib)
     if facts.selinux and cfg.security_label:
         dom.append(E.seclabel(E.label(cfg.security_label), type="static", model="selinux",
                               relabel="no"))

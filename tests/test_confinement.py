@@ -1,0 +1,100 @@
+"""Confinement from inside running sandboxes: limits the kernel enforces and the sandbox
+cannot loosen, capabilities, and what a sandbox cannot see."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from virt_sandbox_service.limits import bounding_set, caps_from_mask
+from virt_sandbox_service.runtime.enter import init_pid
+
+from .conftest import Env, unique_name
+
+pytestmark = [pytest.mark.root, pytest.mark.libvirt]
+ALLOC = "/usr/bin/python3 -c 'x = bytearray(200 * 1024 * 1024); print(\"survived\")'"
+
+
+def cgroup_dir(controller: str, name: str) -> Path:
+    dom = libvirt.open("lxc:///").lookupByName(name)
+    return Path(f"/sys/fs/cgroup/{controller}/machine/lxc-{dom.ID()}-{name}.libvirt-lxc")
+
+
+def test_memory_limit_is_enforced_by_the_kernel(env: Env) -> None:
+    name = unique_name("oom")
+    env.run("create", "--memory", "64M", name, "--", "/bin/sh", "-c", ALLOC, check=True)
+    proc = env.run("start", name, timeout=60)
+    assert proc.returncode == 137, proc.stdout + proc.stderr  # SIGKILL by the OOM killer
+    assert "survived" not in proc.stdout
+
+
+def test_sandbox_cannot_raise_its_own_memory_limit(env: Env) -> None:
+    name = unique_name("raise")
+    script = ("mount -t cgroup -o memory none /mnt && "
+              "echo 999999999999 > /mnt/memory.limit_in_bytes && echo raised; " + ALLOC)
+    env.run("create", "--memory", "64M", name, "--", "/bin/sh", "-c", script, check=True)
+    proc = env.run("start", name, timeout=60)
+    # Whatever it writes lands on its own child cgroup; the limit on the parent holds.
+    assert proc.returncode == 137, proc.stdout + proc.stderr
+    assert "survived" not in proc.stdout
+
+
+def test_limits_applied_and_changed_live(env: Env) -> None:
+    name = unique_name("lim")
+    env.run("create", "-u", "apache2.service", "--memory", "256M", "--cpu-weight", "512",
+            "--cpu-quota", "50", name, check=True)
+    env.run("start", "--detach", name, check=True)
+    mem, cpu = cgroup_dir("memory", name), cgroup_dir("cpu", name)
+    assert int((mem / "memory.limit_in_bytes").read_text()) == 256 * 1024**2
+    assert int((cpu / "cpu.shares").read_text()) == 512
+    assert int((cpu / "cpu.cfs_quota_us").read_text()) == 50000
+    env.run("limit", name, "--memory", "300M", "--cpu-quota", "80", check=True)
+    assert int((mem / "memory.limit_in_bytes").read_text()) == 300 * 1024**2
+    assert int((cpu / "cpu.cfs_quota_us").read_text()) == 80000
+    cfg = json.loads((env.base / "config" / "sandboxes" / f"{name}.json").read_text())
+    assert (cfg["memory"], cfg["cpu_quota"]) == (300 * 1024**2, 80)
+    # ... and for the next start: the persistent definition changed too.
+    env.run("stop", name, check=True)
+    env.run("start", "--detach", name, check=True)
+    assert int((cgroup_dir("memory", name) / "memory.limit_in_bytes").read_text()) \
+        == 300 * 1024**2
+    info = json.loads(env.run("inspect", "--json", name, check=True).stdout)
+    assert info["limits"]["cpu_quota_percent"] == 80
+
+
+def test_capabilities_dropped_for_init_and_execute(env: Env) -> None:
+    name = unique_name("caps")
+    env.run("create", "-u", "apache2.service", "--cap-drop", "net_raw", name, check=True)
+    env.run("start", "--detach", name, check=True)
+    dom = libvirt.open("lxc:///").lookupByName(name)
+    init_caps = set(caps_from_mask(bounding_set(init_pid(dom))))
+    assert not init_caps & {"sys_module", "sys_rawio", "sys_time", "net_raw"}
+    assert {"sys_admin", "net_bind_service", "setuid"} <= init_caps
+    out = env.run("execute", name, "--", "grep", "CapBnd", "/proc/self/status",
+                  check=True).stdout
+    executed = set(caps_from_mask(int(out.split()[1], 16)))
+    assert executed == init_caps  # execute gets no more than the sandbox itself
+    info = json.loads(env.run("inspect", "--json", name, check=True).stdout)
+    assert "sys_module" in info["capabilities"]["dropped"]
+
+
+def test_what_a_sandbox_cannot_see(env: Env) -> None:
+    a, b = unique_name("seea"), unique_name("seeb")
+    for n in (a, b):
+        env.run("create", "-u", "apache2.service", n, check=True)
+        env.run("start", "--detach", n, check=True)
+    (env.state(b) / "var" / "lib" / "apache2" / "secret-of-b").write_text("b\n")
+    script = (f"ls {env.base}/state 2>&1; find / -xdev -name secret-of-b 2>/dev/null | wc -l; "
+              "ls /sys/class/net; ls /proc | grep -c '^[0-9]'; "
+              "touch /usr/probe 2>&1; cat /proc/1/comm")
+    out = env.run("execute", a, "--", "sh", "-c", script).stdout.splitlines()
+    assert "No such file or directory" in out[0]  # the host's state dirs: not there
+    assert out[1] == "0"  # nothing of sandbox b
+    assert out[2] == "lo"  # no network but loopback
+    assert int(out[3]) < 30  # its own processes only
+    assert re.search("Read-only file system", out[4])
+    assert out[5] == "systemd"

@@ -1,0 +1,155 @@
+"""Resource limits and capabilities: parsing, defaults and their libvirt XML.
+
+The same element builders serve `create` (a whole domain) and `limit` (editing the defined
+domain in place), so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lxml import etree
+
+from .config import SandboxConfig, parse_size
+from .errors import UserError
+
+# Every capability libvirt's LXC driver can switch (domaincommon.rng, featurecapabilities).
+ALL_CAPS = (
+    "audit_control", "audit_write", "block_suspend", "chown", "dac_override",
+    "dac_read_search", "fowner", "fsetid", "ipc_lock", "ipc_owner", "kill", "lease",
+    "linux_immutable", "mac_admin", "mac_override", "mknod", "net_admin", "net_bind_service",
+    "net_broadcast", "net_raw", "setgid", "setfcap", "setpcap", "setuid", "sys_admin",
+    "sys_boot", "sys_chroot", "sys_module", "sys_nice", "sys_pacct", "sys_ptrace",
+    "sys_rawio", "sys_resource", "sys_time", "sys_tty_config", "syslog", "wake_alarm",
+)
+# What no confined daemon needs and a compromised one must not have: kernel modules, raw I/O,
+# the clock, process accounting, reboot, MAC policy, the kernel log, timers that wake the host,
+# audit configuration, file leases, the immutable flag. systemd as the sandbox's init needs
+# sys_admin (mounts), sys_resource and the rest, so they stay.
+DEFAULT_DROP = (
+    "audit_control", "block_suspend", "lease", "linux_immutable", "mac_admin",
+    "mac_override", "sys_boot", "sys_module", "sys_pacct", "sys_rawio", "sys_time",
+    "sys_tty_config", "syslog", "wake_alarm",
+)
+CPU_PERIOD_US = 100_000
+# capabilities(7) numbering, for reading a process's CapBnd mask.
+CAP_NUMBERS = (
+    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid",
+    "setuid", "setpcap", "linux_immutable", "net_bind_service", "net_broadcast", "net_admin",
+    "net_raw", "ipc_lock", "ipc_owner", "sys_module", "sys_rawio", "sys_chroot",
+    "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice", "sys_resource",
+    "sys_time", "sys_tty_config", "mknod", "lease", "audit_write", "audit_control",
+    "setfcap", "mac_override", "mac_admin", "syslog", "wake_alarm", "block_suspend",
+    "audit_read", "perfmon", "bpf", "checkpoint_restore",
+)
+
+
+def caps_from_mask(mask: int) -> tuple[str, ...]:
+    return tuple(name for bit, name in enumerate(CAP_NUMBERS) if mask >> bit & 1)
+
+
+def bounding_set(pid: int) -> int:
+    """The CapBnd mask of a process (what it and its children can ever have)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("CapBnd:"):
+                return int(line.split()[1], 16)
+    raise OSError(f"no CapBnd in /proc/{pid}/status")
+
+
+@dataclass(frozen=True)
+class LimitArgs:
+    """Limits as typed on the command line; None = not given."""
+
+    memory: str | None = None
+    cpu_weight: str | None = None
+    cpu_quota: str | None = None
+    blkio_weight: str | None = None
+
+
+def _int(text: str, option: str, low: int, high: int, hint: str) -> int:
+    value = text[:-1] if option == "--cpu-quota" and text.endswith("%") else text
+    try:
+        number = int(value)
+    except ValueError:
+        raise UserError(f"{option} '{text}' is not a whole number", hint) from None
+    if not low <= number <= high:
+        raise UserError(f"{option} {number} is out of range ({low}..{high})", hint)
+    return number
+
+
+def parse_limits(args: LimitArgs, cores: int) -> dict[str, int]:
+    """Only the given limits, as config field values."""
+    out: dict[str, int] = {}
+    if args.memory is not None:
+        out["memory"] = parse_size(args.memory, "--memory")
+        if out["memory"] < 16 * 1024**2:
+            raise UserError(f"--memory {args.memory} is below 16 MiB",
+                            "a sandbox's systemd alone needs more")
+    if args.cpu_weight is not None:
+        out["cpu_weight"] = _int(args.cpu_weight, "--cpu-weight", 2, 262144,
+                                 "relative weight; 1024 is the default share")
+    if args.cpu_quota is not None:
+        out["cpu_quota"] = _int(args.cpu_quota, "--cpu-quota", 1, 100 * cores,
+                                "percent of one CPU, e.g. 50 or 150")
+    if args.blkio_weight is not None:
+        out["blkio_weight"] = _int(args.blkio_weight, "--blkio-weight", 100, 1000,
+                                   "relative block I/O weight")
+    return out
+
+
+def parse_caps(drop: tuple[str, ...], keep: tuple[str, ...]) -> tuple[str, ...]:
+    """The default drop list, plus --cap-drop, minus --cap-add."""
+    for cap in (*drop, *keep):
+        if cap.lower().removeprefix("cap_") not in ALL_CAPS:
+            raise UserError(f"'{cap}' is not a capability libvirt can drop",
+                            "names like sys_module or net_raw; see capabilities(7)")
+    norm = {c.lower().removeprefix("cap_") for c in drop}
+    kept = {c.lower().removeprefix("cap_") for c in keep}
+    return tuple(sorted((set(DEFAULT_DROP) | norm) - kept))
+
+
+def effective_caps(cfg: SandboxConfig) -> tuple[str, ...]:
+    return tuple(c for c in ALL_CAPS if c not in cfg.caps_drop)
+
+
+def set_tunables(dom: etree._Element, cfg: SandboxConfig, host_memory_kib: int) -> None:
+    """Write memory, cputune and blkiotune into a domain element (replacing what was there)."""
+    for tag in ("memory", "currentMemory", "memtune", "cputune", "blkiotune"):
+        for old in dom.findall(tag):
+            dom.remove(old)
+    anchor = dom.find("metadata")
+    index = list(dom).index(anchor) + 1 if anchor is not None else 1
+    elements = [_el("memory", str(cfg.memory // 1024 if cfg.memory else host_memory_kib),
+                    unit="KiB")]
+    if cfg.memory:
+        tune = etree.Element("memtune")
+        tune.append(_el("hard_limit", str(cfg.memory // 1024), unit="KiB"))
+        elements.append(tune)
+    if cfg.blkio_weight:
+        blk = etree.Element("blkiotune")
+        blk.append(_el("weight", str(cfg.blkio_weight)))
+        elements.append(blk)
+    if cfg.cpu_weight or cfg.cpu_quota:
+        cpu = etree.Element("cputune")
+        if cfg.cpu_weight:
+            cpu.append(_el("shares", str(cfg.cpu_weight)))
+        if cfg.cpu_quota:
+            cpu.append(_el("period", str(CPU_PERIOD_US)))
+            cpu.append(_el("quota", str(cfg.cpu_quota * CPU_PERIOD_US // 100)))
+        elements.append(cpu)
+    for offset, el in enumerate(elements):
+        dom.insert(index + offset, el)
+
+
+def caps_element(cfg: SandboxConfig) -> etree._Element:
+    caps = etree.Element("capabilities", policy="default")
+    for cap in sorted(cfg.caps_drop):
+        caps.append(etree.Element(cap, state="off"))
+    return caps
+
+
+def _el(tag: str, text: str, **attrs: str) -> etree._Element:
+    el = etree.Element(tag, attrib=attrs)
+    el.text = text
+    return el

@@ -1,0 +1,40 @@
+"""Entering a running LXC sandbox from the host: its init, its capability bounding set."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import libvirt
+
+from ..limits import CAP_NUMBERS, bounding_set
+
+PR_CAPBSET_DROP = 24
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def init_pid(dom: libvirt.virDomain) -> int:
+    """The sandbox's PID 1 as seen from the host: the child of libvirt's LXC controller,
+    whose PID libvirt reports as the domain ID."""
+    ctl = dom.ID()
+    children = Path(f"/proc/{ctl}/task/{ctl}/children").read_text().split()
+    if not children:
+        raise OSError(f"the LXC controller {ctl} of {dom.name()} has no init process")
+    return int(children[0])
+
+
+def match_bounding_set(pid: int) -> None:
+    """Drop from our bounding set every capability the sandbox's init lacks.
+
+    setns() keeps the caller's capabilities; without this, a command run with `execute`
+    could do what the sandbox itself cannot (load a module, set the clock). Exec as root then
+    gives the command exactly the sandbox's set.
+    """
+    keep = bounding_set(pid)
+    for bit in range(len(CAP_NUMBERS)):
+        if not keep >> bit & 1 and _libc.prctl(PR_CAPBSET_DROP, bit, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            if err != 22:  # EINVAL: the kernel does not know this capability
+                raise OSError(err, f"cannot drop capability {CAP_NUMBERS[bit]}: "
+                                   f"{os.strerror(err)}")
