@@ -98,3 +98,23 @@ def test_what_a_sandbox_cannot_see(env: Env) -> None:
     assert int(out[3]) < 30  # its own processes only
     assert re.search("Read-only file system", out[4])
     assert out[5] == "systemd"
+
+
+def test_userns_refused_cleanly_or_maps_root(env: Env) -> None:
+    """Where libvirt cannot start user-namespaced containers (this hybrid layout), --userns is
+    refused before any change; elsewhere, a file the sandbox makes is owned by its range."""
+    from virt_sandbox_service import host
+
+    name = unique_name("uns")
+    problem = host.cgroup_layout().userns_problem
+    before = env.snapshot()
+    proc = env.run("create", "--userns", name, "--", "/bin/sh", "-c", "touch /var/tmp/made")
+    if problem:
+        assert proc.returncode == 1 and "--userns is not possible" in proc.stderr
+        assert env.snapshot() == before
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert env.run("start", name, timeout=60).returncode == 0
+    cfg = json.loads((env.base / "config" / "sandboxes" / f"{name}.json").read_text())
+    made = env.state(name) / "var" / "tmp" / "made"
+    assert made.stat().st_uid == cfg["id_base"] != 0

@@ -7,6 +7,7 @@ rewrites the files after an intended change (review the diff).
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,8 @@ CASES: dict[str, tuple[SandboxConfig, tuple[PathEvidence, ...], HostFacts]] = {
         (*APACHE_EVIDENCE, ev("/srv/web2", reason="--private"),
          ev("/var/www", Access.SHARED, reason="--shared")),
         dataclasses.replace(FACTS, selinux=True)),
+    "userns": (config(name="web3", id_base=1 << 20, state_dir="/var/lib/virt-sandbox-service/web3"),
+               APACHE_EVIDENCE, FACTS),
 }
 
 
@@ -198,3 +201,27 @@ def test_host_managed_etc_trees_are_shared_read_only() -> None:
     assert "/etc/alternatives" in etc_copy.exclude
     ro = {m.target for m in p.mounts if m.readonly}
     assert ro == {"/", "/etc/alternatives", "/etc/ssl/certs"}
+
+
+def test_userns_domain_maps_root_to_its_range() -> None:
+    _, xml, _ = make("userns")
+    doc = etree.fromstring(xml.encode())
+    assert doc.find("idmap/uid").attrib == {"start": "0", "target": "1048576", "count": "65536"}
+    assert doc.find("idmap/gid").attrib == {"start": "0", "target": "1048576", "count": "65536"}
+
+
+@pytest.mark.root
+def test_shifted_ownership_of_private_trees(tmp_path: Path) -> None:
+    from virt_sandbox_service.apply.files import apply_op
+    from virt_sandbox_service.plan import CopyTree, MakeDir
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    os.chown(src / "f", 33, 4)
+    apply_op(CopyTree(str(src), str(tmp_path / "dst")), shift=1 << 20)
+    apply_op(MakeDir(str(tmp_path / "d"), 0o750, 0, 4), shift=1 << 20)
+    st = os.stat(tmp_path / "dst" / "f")
+    assert (st.st_uid, st.st_gid) == ((1 << 20) + 33, (1 << 20) + 4)
+    st = os.stat(tmp_path / "d")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1 << 20, (1 << 20) + 4, 0o750)

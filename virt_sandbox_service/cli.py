@@ -35,6 +35,7 @@ def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
         private=tuple(args.private or ()), shared=tuple(args.shared or ()), copy=args.copy,
         security=args.security, limits=_limit_args(args),
         cap_drop=tuple(args.cap_drop or ()), cap_add=tuple(args.cap_add or ()),
+        userns=args.userns,
     )
     plan = create(req, paths, dry_run=args.dry_run)
     if args.dry_run:
@@ -213,6 +214,8 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         "sys_time, ...; see inspect)")
     c.add_argument("--cap-add", action="append", metavar="CAP",
                    help="keep a capability the default would drop")
+    c.add_argument("--userns", action="store_true",
+                   help="map root inside to an unprivileged host id range of its own")
     c.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     c.add_argument("name", help="sandbox name")
     c.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (generic sandbox)")

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 from .errors import UserError
 
 FORMAT_VERSION = 1
+IDMAP_COUNT = 65536
+IDMAP_FIRST = 1 << 20  # above the ranges useradd hands out and /etc/subuid's usual 100000
 DEFAULT_URI = "lxc:///"
 # No "+": the name is part of a systemd unit name, which does not allow it.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -129,6 +131,8 @@ class SandboxConfig:
     cpu_quota: int | None = None  # percent of one CPU, 1..100*cores
     blkio_weight: int | None = None  # 100..1000
     caps_drop: tuple[str, ...] = ()  # Linux capabilities the sandbox's processes never get
+    # User namespace: host uid/gid that root inside maps to (IDMAP_COUNT ids); None = none.
+    id_base: int | None = None
     format_version: int = FORMAT_VERSION
     # Free-form notes that later versions may add; kept so an older file round-trips.
     extra: tuple[tuple[str, str], ...] = field(default=())

@@ -25,6 +25,8 @@ from .apply import systemd as sd
 from .apply.txn import Transaction
 from .config import (
     DEFAULT_URI,
+    IDMAP_COUNT,
+    IDMAP_FIRST,
     Driver,
     Kind,
     Paths,
@@ -59,6 +61,7 @@ class CreateRequest:
     limits: LimitArgs = field(default_factory=LimitArgs)
     cap_drop: tuple[str, ...] = ()
     cap_add: tuple[str, ...] = ()
+    userns: bool = False
 
 
 def validate(req: CreateRequest) -> None:
@@ -83,6 +86,11 @@ def validate(req: CreateRequest) -> None:
     parse_caps(req.cap_drop, req.cap_add)
     if req.security is not None:
         parse_security(req.security)
+    if req.userns:
+        problem = host.cgroup_layout().userns_problem
+        if problem:
+            raise UserError(f"--userns is not possible on this host: {problem}",
+                            "create the sandbox without --userns; 'doctor' explains")
     if req.command and not req.command[0].startswith("/"):
         raise UserError(f"command '{req.command[0]}' must be an absolute path",
                         "the sandbox has no shell PATH lookup for its init; use e.g. /usr/bin/"
@@ -134,6 +142,17 @@ def check_free(req: CreateRequest, paths: Paths, state_dir: Path, conn: object |
         lv.check_name_free(conn, req.name)
 
 
+def choose_id_base(paths: Paths) -> int:
+    """The first block of IDMAP_COUNT host ids no other sandbox maps (caller holds the lock)."""
+    used = {c.id_base for c in all_configs(paths) if c.id_base is not None}
+    base = IDMAP_FIRST
+    while base in used:
+        base += IDMAP_COUNT
+    if base + IDMAP_COUNT > 2**32 - 2:
+        raise UserError("no free user-namespace id range is left", "delete unused sandboxes")
+    return base
+
+
 def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.UnitFile],
                  label: str, mode: SecurityMode) -> SandboxConfig:
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
@@ -152,6 +171,7 @@ def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.Unit
         security_label=label,
         machine_id=uuid.uuid4().hex,
         caps_drop=parse_caps(req.cap_drop, req.cap_add),
+        id_base=choose_id_base(paths) if req.userns else None,
         **parse_limits(req.limits, os.cpu_count() or 1),  # type: ignore[arg-type]
     )
 

@@ -19,7 +19,8 @@ class Check:
 
 
 def checks(fix: bool = False) -> list[Check]:
-    out = [_root(), *_libvirt(), _cgroups(fix), _kvm(), _selinux(), _pkgdb(), _systemd()]
+    out = [_root(), *_libvirt(), _cgroups(fix), _userns(), _kvm(), _selinux(), _pkgdb(),
+           _systemd()]
     return out
 
 
@@ -65,6 +66,16 @@ def _cgroups(fix: bool) -> Check:
                      "run 'virt-sandbox-service doctor --fix' (additive: mounts the "
                      "controller as its own v1 hierarchy, touches no existing cgroup)")
     return Check("cgroups", True, f"{layout.kind} layout, usable by libvirt LXC")
+
+
+def _userns() -> Check:
+    problem = host.cgroup_layout().userns_problem
+    if problem:
+        return Check("user namespaces", True, f"not available: {problem}; "
+                     "sandboxes run without --userns (root inside is root on the host, "
+                     "confined by namespaces, cgroups, dropped capabilities)")
+    return Check("user namespaces", True, "available: create --userns maps root inside to an "
+                 "unprivileged host id range")
 
 
 def _kvm() -> Check:

@@ -112,6 +112,21 @@ class CgroupLayout:
     v1_hierarchies: tuple[str, ...]
 
     @property
+    def userns_problem(self) -> str | None:
+        """Why libvirt's LXC driver cannot start a user-namespaced container here, or None.
+
+        Seen with libvirt 9.0: for a container with <idmap>, lxcContainerSetReadOnly remounts
+        every host mount under /sys read-only inside the container, including a hybrid
+        layout's cgroup2 mount, which is not there under libvirt's own /sys/fs/cgroup, and the
+        start fails: "Failed to make mount /sys/fs/cgroup/unified readonly".
+        """
+        if self.kind == "hybrid" and self.unified_mount is not None and \
+                str(self.unified_mount).startswith("/sys/fs/cgroup/"):
+            return (f"libvirt's LXC driver cannot start user-namespaced containers beside the "
+                    f"cgroup2 mount at {self.unified_mount} of this hybrid cgroup layout")
+        return None
+
+    @property
     def lxc_problem(self) -> str | None:
         """Why libvirt's LXC driver cannot start a domain here, or None.
 

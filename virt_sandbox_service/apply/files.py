@@ -26,26 +26,34 @@ def create_state_dir(plan: Plan, txn: Transaction) -> None:
     apply_op(marker)
     # Removing the whole tree is right only because this run made it, just now.
     txn.did(f"made {state}", lambda: shutil.rmtree(state))
+    shift = plan.config.id_base or 0
+    inside = tuple(os.path.join(plan.state_dir, d) + "/" for d in ("etc", "var", "paths"))
     for op in plan.files:
         if op is marker or getattr(op, "path", None) == plan.state_dir:
             continue
-        apply_op(op)
+        target = op.dst if isinstance(op, CopyTree) else op.path
+        # What the sandbox sees is owned by its user namespace's ids (none: shift 0).
+        apply_op(op, shift if (target + "/").startswith(inside) else 0)
 
 
-def apply_op(op: FileOp) -> None:
+def apply_op(op: FileOp, shift: int = 0) -> None:
+    """Carry out one operation; `shift` is added to every owner (user namespace base)."""
     try:
         if isinstance(op, MakeDir):
             os.makedirs(op.path, exist_ok=True)
             os.chmod(op.path, op.mode)
-            os.chown(op.path, op.uid, op.gid)
+            os.chown(op.path, op.uid + shift, op.gid + shift)
         elif isinstance(op, WriteFile):
             write_file(Path(op.path), op.content, op.mode)
+            if shift:
+                os.chown(op.path, shift, shift)
         elif isinstance(op, Symlink):
             if os.path.lexists(op.path):
                 os.unlink(op.path)
             os.symlink(op.target, op.path)
+            os.lchown(op.path, shift, shift)
         elif isinstance(op, CopyTree):
-            copy_tree(op.src, op.dst, frozenset(op.exclude))
+            copy_tree(op.src, op.dst, frozenset(op.exclude), shift)
     except OSError as e:
         target = op.dst if isinstance(op, CopyTree) else op.path
         raise HostError(f"cannot make {target}: {e.strerror}") from e
@@ -65,17 +73,17 @@ def write_file(path: Path, content: str, mode: int = 0o644) -> None:
             tmp.unlink()
 
 
-def copy_tree(src: str, dst: str, exclude: frozenset[str]) -> None:
-    """Copy keeping owners, modes, times and symlinks; sockets, fifos and devices are skipped
-    (a sandbox must not get the host's device nodes through a copy)."""
+def copy_tree(src: str, dst: str, exclude: frozenset[str], shift: int = 0) -> None:
+    """Copy keeping owners (plus `shift`), modes, times and symlinks; sockets, fifos and
+    devices are skipped (a sandbox must not get the host's device nodes through a copy)."""
     st = os.lstat(src)
     if stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(src), dst)
-        os.lchown(dst, st.st_uid, st.st_gid)
+        os.lchown(dst, st.st_uid + shift, st.st_gid + shift)
         return
     if stat.S_ISREG(st.st_mode):
         shutil.copyfile(src, dst)
-        _keep_meta(dst, st)
+        _keep_meta(dst, st, shift)
         return
     if not stat.S_ISDIR(st.st_mode):
         return
@@ -85,12 +93,12 @@ def copy_tree(src: str, dst: str, exclude: frozenset[str]) -> None:
     for entry in entries:
         if entry.path in exclude:
             continue
-        copy_tree(entry.path, os.path.join(dst, entry.name), exclude)
-    _keep_meta(dst, st)
+        copy_tree(entry.path, os.path.join(dst, entry.name), exclude, shift)
+    _keep_meta(dst, st, shift)
 
 
-def _keep_meta(path: str, st: os.stat_result) -> None:
-    os.chown(path, st.st_uid, st.st_gid)
+def _keep_meta(path: str, st: os.stat_result, shift: int = 0) -> None:
+    os.chown(path, st.st_uid + shift, st.st_gid + shift)
     os.chmod(path, stat.S_IMODE(st.st_mode))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 

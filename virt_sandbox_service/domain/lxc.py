@@ -11,6 +11,7 @@ from typing import cast
 from lxml import etree
 from lxml.builder import ElementMaker
 
+from ..config import IDMAP_COUNT
 from ..host import HostFacts
 from ..limits import caps_element, set_tunables
 from ..plan import Mount, Plan
@@ -33,6 +34,10 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
         E.devices(*_filesystems(plan.mounts), _console()),
         type="lxc",
     )
+    if cfg.id_base is not None:
+        idmap = E.idmap(E.uid(start="0", target=str(cfg.id_base), count=str(IDMAP_COUNT)),
+                        E.gid(start="0", target=str(cfg.id_base), count=str(IDMAP_COUNT)))
+        dom.insert(list(dom).index(dom.find("os")) + 1, idmap)
     set_tunables(dom, cfg, facts.memory_kib)
     if facts.selinux and cfg.security_label:
         dom.append(E.seclabel(E.label(cfg.security_label), type="static", model="selinux",
