@@ -61,6 +61,14 @@ def cmd_limit(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+def cmd_clone(args: argparse.Namespace, paths: Paths) -> int:
+    from .clone import CloneRequest, clone
+
+    clone(CloneRequest(args.source, args.dest, args.path, args.security), paths)
+    print(f"cloned sandbox {args.source} as {args.dest}")
+    return 0
+
+
 def cmd_start(args: argparse.Namespace, paths: Paths) -> int:
     from .apply.libvirt import connect
     from .runtime import backend
@@ -146,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="log each step; show tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     _add_create(sub)
+    cl = sub.add_parser("clone", help="a new sandbox from an existing one, with its own identity",
+                        description="copy a sandbox's private content into a new sandbox with "
+                                    "a new name, hostname, machine-id, label, domain and unit")
+    cl.add_argument("-p", "--path", metavar="PATH",
+                    help="directory for the new state (default: beside the source's)")
+    cl.add_argument("-s", "--security", metavar="SECURITY",
+                    help="dynamic (default) or static,label=USER:ROLE:TYPE:LEVEL")
+    cl.add_argument("source", help="existing sandbox")
+    cl.add_argument("dest", help="new sandbox name")
+    cl.set_defaults(func=cmd_clone)
     _add_simple(sub, "start", cmd_start, "start a sandbox (foreground unless --detach)")
     _add_simple(sub, "stop", cmd_stop, "stop a running sandbox")
     d = _add_simple(sub, "delete", cmd_delete, "delete a sandbox: unit, domain, state, config")
@@ -252,6 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; what this command had done was undone", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug or an unexpected host failure: one line, details on --debug
+        if args.debug:
+            raise
+        print(f"{PROG}: error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"{PROG}: hint: rerun with --debug for the traceback, and report it",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -163,6 +163,7 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
             "journal": rt.journal_dir(cfg),
         },
         "hostname": cfg.name,
+        "origin": dict(cfg.extra),
         "machine_id": cfg.machine_id,
         "security": {
             "mode": cfg.security_mode.value,
@@ -229,6 +230,9 @@ def format_inspect(d: dict[str, Any]) -> str:
     ]
     lines += _security_summary(d)
     lines += [f"{k + ':':12} {v}" for k, v in d["paths"].items()]
+    if d["origin"].get("cloned_from"):
+        lines.append(f"cloned from: {d['origin']['cloned_from']} "
+                     f"({d['origin'].get('copy', 'copy')})")
     lines.append("mounts:")
     for m in d["mounts"]:
         src = "tmpfs" if m["tmpfs_kib"] else m["source"]

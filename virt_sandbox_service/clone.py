@@ -1,0 +1,133 @@
+"""clone: a new sandbox from an existing one, with its own identity.
+
+The new instance gets the source's private content (copied with reflinks where the filesystem
+can, else in full), and a new name, hostname, machine-id, MCS label, domain and unit. The
+source is only read. Its journal is not copied: it is the source's history, not the clone's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import host
+from .apply import files
+from .apply import libvirt as lv
+from .apply.txn import Transaction
+from .config import Paths, SandboxConfig, load_config, validate_abs_path, validate_name
+from .create import (
+    EVIDENCE_FILE,
+    CreateRequest,
+    apply_plan,
+    check_free,
+    choose_id_base,
+    choose_label,
+    config_lock,
+    evidence_json,
+    reserve,
+    tool_path,
+)
+from .domain import domain_xml
+from .errors import UserError
+from .evidence import Access, PathEvidence
+from .plan import MARKER, CopyTree, FileOp, MakeDir, Plan, WriteFile, plan
+from .units import render_sandbox_unit, unit_name
+
+# Files of the source's /etc that carry its identity: rewritten for the clone.
+IDENTITY = ("hostname", "machine-id", "hosts")
+
+
+@dataclass(frozen=True)
+class CloneRequest:
+    source: str
+    dest: str
+    state_parent: str | None = None
+    security: str | None = None
+
+
+def load_evidence(cfg: SandboxConfig) -> tuple[tuple[PathEvidence, ...], tuple[PathEvidence, ...]]:
+    """The source's recorded evidence (why each path is private) becomes the clone's."""
+    path = Path(cfg.state_dir) / EVIDENCE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}",
+                        "the source sandbox's state is damaged; recreate it") from None
+
+    def items(key: str) -> tuple[PathEvidence, ...]:
+        return tuple(PathEvidence(e["path"], Access(e["access"]), e["dir"], tuple(e["reasons"]))
+                     for e in data.get(key, []))
+    return items("evidence"), items("hidden")
+
+
+def journal_dirs(cfg: SandboxConfig) -> tuple[str, ...]:
+    journal = Path(cfg.state_dir) / "var" / "log" / "journal"
+    if not journal.is_dir():
+        return ()
+    return tuple(str(p) for p in journal.iterdir())
+
+
+def clone_config(src: SandboxConfig, req: CloneRequest, paths: Paths) -> SandboxConfig:
+    """Same sandbox, new identity (caller holds the config lock for label and id range)."""
+    mode, label = choose_label(CreateRequest(name=req.dest, uri=src.uri, security=req.security),
+                               paths)
+    parent = Path(req.state_parent) if req.state_parent else Path(src.state_dir).parent
+    extra = dict(src.extra)
+    extra.update({"cloned_from": src.name,
+                  "copy": "reflink" if files.can_reflink(Path(src.state_dir)) else "full copy"})
+    return dataclasses.replace(
+        src, name=req.dest, state_dir=str(parent / req.dest), security_mode=mode,
+        security_label=label, machine_id=uuid.uuid4().hex,
+        id_base=choose_id_base(paths) if src.id_base is not None else None,
+        extra=tuple(sorted(extra.items())))
+
+
+def clone_plan(src: SandboxConfig, cfg: SandboxConfig, paths: Paths,
+               facts: host.HostFacts) -> Plan:
+    evidence, hidden = load_evidence(src)
+    p = plan(cfg, facts, evidence, hidden, str(paths.config_file(cfg.name)),
+             str(paths.run_dir / cfg.name), ())
+    identity = {os.path.join(cfg.state_dir, "etc", f) for f in IDENTITY}
+    ops: list[FileOp] = [op for op in p.files
+           if (isinstance(op, MakeDir) and op.path == cfg.state_dir)
+           or (isinstance(op, WriteFile) and (op.path in identity or op.path.endswith(MARKER)))]
+    for tree in ("etc", "var", "paths"):
+        source = os.path.join(src.state_dir, tree)
+        if os.path.isdir(source):
+            ops.append(CopyTree(source, os.path.join(cfg.state_dir, tree), journal_dirs(src),
+                                reason=f"{src.name}'s private {tree} ({dict(cfg.extra)['copy']})"))
+    # Identity files last: they overwrite the copied ones.
+    ops.sort(key=lambda op: isinstance(op, WriteFile) and op.path in identity)
+    p = dataclasses.replace(p, files=tuple(ops))
+    record = WriteFile(os.path.join(cfg.state_dir, EVIDENCE_FILE), evidence_json(p),
+                       reason="why each path is private, hidden or shared (from the source)")
+    return dataclasses.replace(
+        p, files=(*p.files, record), domain_xml=domain_xml(p, facts),
+        unit_files=((str(paths.unit_dir / unit_name(cfg.name)),
+                     render_sandbox_unit(cfg, tool_path(), paths)),))
+
+
+def clone(req: CloneRequest, paths: Paths) -> Plan:
+    validate_name(req.dest)
+    if req.state_parent is not None:
+        validate_abs_path(req.state_parent, "-p path")
+    src = load_config(paths, req.source)
+    facts = host.detect()
+    conn = lv.connect(src.uri)
+    if lv.lookup(conn, src.name) is None:
+        raise UserError(f"sandbox '{src.name}' has no libvirt domain", "nothing to clone from")
+    parent = Path(req.state_parent) if req.state_parent else Path(src.state_dir).parent
+    dest_req = CreateRequest(name=req.dest, uri=src.uri)
+    check_free(dest_req, paths, parent / req.dest, conn)
+    with Transaction() as txn:
+        with config_lock(paths):
+            check_free(dest_req, paths, parent / req.dest, conn)
+            cfg = clone_config(src, req, paths)
+            p = clone_plan(src, cfg, paths, facts)
+            reserve(p, txn)
+        apply_plan(p, conn, txn)
+    return p
