@@ -64,7 +64,8 @@ def test_instance_has_own_identity_and_no_host_secrets(env: Env) -> None:
     assert out[4] == "0"
     # The sandbox's systemd has its own cgroup namespace: its services sit under the
     # container's cgroup, not in the host's system.slice.
-    pattern = rf"0::/machine/lxc-\d+-{name}\.libvirt-lxc/system\.slice/apache2\.service"
+    pattern = (rf"0::/machine/lxc-\d+-{name}\.libvirt-lxc/sandbox/system\.slice/"
+               r"apache2\.service")
     assert re.fullmatch(pattern, out[5]), out[5]
     info = json.loads(env.run("inspect", "--json", name, check=True).stdout)
     private = {e["path"]: e["reasons"] for e in info["private"]}

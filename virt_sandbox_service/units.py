@@ -11,15 +11,25 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from .config import Paths, SandboxConfig
+
+if TYPE_CHECKING:
+    import jinja2
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "units"
 UNIT_SUFFIX = "_sandbox.service"
 START_TIMEOUT = 90
 STOP_TIMEOUT = 60
+# `start` exits with this when a confined unit failed while the sandbox started (LSB "program
+# is not configured", shown by systemd as 6/NOTCONFIGURED). A configuration error does not go
+# away by retrying, so the unit does not restart on it; a crash later exits 1 and restarts.
+EXIT_NOT_CONFIGURED = 6
+# `start` exits with this after SIGTERM/SIGINT (cli.main's status for an interruption): when
+# systemd stops a unit that is still starting, `start` stops the domain and exits 130. That is
+# the stop systemd asked for, not a failure (systemd itself counts a death by SIGTERM as clean).
+EXIT_INTERRUPTED = 130
 
 
 def unit_name(name: str) -> str:
@@ -42,6 +52,8 @@ def unit_arg(value: str) -> str:
 
 
 def _env() -> jinja2.Environment:
+    import jinja2  # here, not at the top: `start` imports this module and needs no templates
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_template_dir())),
         undefined=jinja2.StrictUndefined,
@@ -82,4 +94,6 @@ def render_sandbox_unit(config: SandboxConfig, exe: str, paths: Paths) -> str:
         environment=path_environment(paths),
         start_timeout=START_TIMEOUT,
         stop_timeout=STOP_TIMEOUT,
+        not_configured=EXIT_NOT_CONFIGURED,
+        interrupted=EXIT_INTERRUPTED,
     )

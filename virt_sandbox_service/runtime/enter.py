@@ -25,13 +25,17 @@ def init_pid(dom: libvirt.virDomain) -> int:
 
 
 def match_bounding_set(pid: int) -> None:
-    """Drop from our bounding set every capability the sandbox's init lacks.
+    """Drop from our bounding set every capability the sandbox's init (host PID) lacks."""
+    limit_bounding_set(bounding_set(pid))
+
+
+def limit_bounding_set(keep: int) -> None:
+    """Drop from our bounding set every capability not in the mask `keep`.
 
     setns() keeps the caller's capabilities; without this, a command run with `execute`
     could do what the sandbox itself cannot (load a module, set the clock). Exec as root then
     gives the command exactly the sandbox's set.
     """
-    keep = bounding_set(pid)
     for bit in range(len(CAP_NUMBERS)):
         if not keep >> bit & 1 and _libc.prctl(PR_CAPBSET_DROP, bit, 0, 0, 0) != 0:
             err = ctypes.get_errno()

@@ -9,6 +9,7 @@ the host journal under the unit) and returns when the domain ends, with the righ
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import re
@@ -25,13 +26,17 @@ from .. import host
 from ..apply import libvirt as lv
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
+from ..limits import bounding_set
 from ..plan import EXIT_STATUS_FILE, HOST_CHANNEL
+from ..units import EXIT_NOT_CONFIGURED
 from ..util import run
+from .enter import init_pid, limit_bounding_set
 from .notify import NotifyListener, notify_host_manager
 
 log = logging.getLogger(__name__)
 POLL = 0.05  # seconds between domain state checks: cheap, and well under any human wait
 STOP_MARKER = "stopping"
+REASK = 0.5  # seconds between poweroff requests to a sandbox that has not begun to stop
 
 
 class Stopped(Exception):
@@ -50,6 +55,10 @@ def domain(conn: libvirt.virConnect, cfg: SandboxConfig) -> libvirt.virDomain:
     return dom
 
 
+class InnerFailure(HostError):
+    """A confined unit failed while the sandbox started."""
+
+
 def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
           detach: bool = False, timeout: float = 90) -> int:
     dom = domain(conn, cfg)
@@ -62,17 +71,36 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
     for leftover in (STOP_MARKER, "exit-status"):
         (rdir / leftover).unlink(missing_ok=True)
     listener = NotifyListener(rdir / "notify")
+    since = time.time()
     try:
         _create(dom, cfg)
-        if cfg.kind is Kind.SERVICE:
-            _wait_ready(dom, cfg, listener, timeout)
+        try:
+            if cfg.kind is Kind.SERVICE:
+                _wait_ready(dom, cfg, listener, timeout, since)
+        except InnerFailure as e:
+            _print_error(e)
+            return EXIT_NOT_CONFIGURED
+        except BaseException:
+            # SIGTERM (systemctl stop while starting, TimeoutStartSec=), Ctrl-C or an error:
+            # the domain must not stay up with nobody to watch it. The unit's ExecStop= does
+            # not run for a start that never completed.
+            _stop_domain(dom, cfg, 10)
+            raise
         notify_host_manager(ready="1", status=f"Sandbox {cfg.name} is ready.")
         print(f"sandbox {cfg.name} is ready", flush=True)
         if detach:
             return 0
-        return _foreground(conn, dom, cfg, paths, listener)
+        return _foreground(conn, dom, cfg, paths, listener, since)
     finally:
         listener.close()
+
+
+def _print_error(e: HostError) -> None:
+    """As the CLI prints errors; used where `start` returns a status instead of raising."""
+    print(f"virt-sandbox-service: error: {e.message}", file=sys.stderr)
+    if e.hint:
+        print(f"virt-sandbox-service: hint: {e.hint}", file=sys.stderr)
+    sys.stderr.flush()
 
 
 def _create(dom: libvirt.virDomain, cfg: SandboxConfig) -> None:
@@ -84,7 +112,7 @@ def _create(dom: libvirt.virDomain, cfg: SandboxConfig) -> None:
 
 
 def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyListener,
-                timeout: float) -> None:
+                timeout: float, since: float) -> None:
     deadline = time.monotonic() + timeout
     failed: list[str] = []
     while time.monotonic() < deadline:
@@ -103,36 +131,40 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyList
         raise HostError(f"sandbox '{cfg.name}' was not ready after {timeout:g} s",
                         f"see journalctl -D {journal_dir(cfg)}")
     if failed:
-        _report_inner_failure(cfg, failed)
+        _report_inner_failure(cfg, failed, since)
         _graceful_stop(dom, 10)
-        raise HostError(f"{', '.join(failed)} failed in sandbox '{cfg.name}'",
-                        f"its log: journalctl -D {journal_dir(cfg)} -u {failed[0]}")
+        raise InnerFailure(f"{', '.join(failed)} failed in sandbox '{cfg.name}'",
+                           f"its log: journalctl -D {journal_dir(cfg)} -u {failed[0]}")
 
 
 def journal_dir(cfg: SandboxConfig) -> str:
     return os.path.join(cfg.state_dir, "var", "log", "journal")
 
 
-def _report_inner_failure(cfg: SandboxConfig, units: list[str]) -> None:
-    """Print the failed unit's own log lines, so they land in the host unit's journal."""
+def _report_inner_failure(cfg: SandboxConfig, units: list[str], since: float) -> None:
+    """Print the failed unit's own log lines, so they land in the host unit's journal.
+
+    Only this start's lines: the sandbox's journal is persistent and every sandbox start
+    shares the host kernel's boot ID, so `-b` cannot tell the starts apart.
+    """
     for unit in units:
-        proc = run(["journalctl", "-D", journal_dir(cfg), "-u", unit, "-n", "30",
-                    "--no-pager", "-o", "short-monotonic"], check=False, timeout=10)
+        proc = run(["journalctl", "-D", journal_dir(cfg), "-u", unit, f"--since=@{since:.6f}",
+                    "-n", "30", "--no-pager", "-o", "short-monotonic"], check=False, timeout=10)
         sys.stderr.write(proc.stdout.decode(errors="replace"))
     sys.stderr.flush()
 
 
 def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxConfig,
-                paths: Paths, listener: NotifyListener) -> int:
+                paths: Paths, listener: NotifyListener, since: float) -> int:
     pump = threading.Thread(target=_copy_console, args=(conn, dom), daemon=True)
     pump.start()
     old = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while dom.isActive():
+        while _active(dom):
             msg = listener.receive(POLL * 4)
             if msg and "VSS_FAILED" in msg:
                 print(f"{msg['VSS_FAILED']} failed in the sandbox; stopping it", flush=True)
-                _report_inner_failure(cfg, [msg["VSS_FAILED"]])
+                _report_inner_failure(cfg, [msg["VSS_FAILED"]], since)
                 _graceful_stop(dom, 30)
                 return 1
     except Stopped:
@@ -141,6 +173,8 @@ def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxCo
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        # The console's last lines (the sandbox's shutdown) are still on their way.
+        pump.join(CONSOLE_DRAIN)
     return _exit_status(cfg, paths)
 
 
@@ -148,18 +182,28 @@ def _raise_stopped(signum: int, frame: FrameType | None) -> None:
     raise Stopped()
 
 
+CONSOLE_DRAIN = 1.0  # seconds to wait for the console's end once the domain is gone
+_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+_CRLF = re.compile(rb"\r+\n")
+
+
 def _copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain) -> None:
+    """Copy the sandbox's console (its systemd's status lines, its init's output) to stdout.
+
+    The LXC driver accepts no flags for openConsole (VIR_DOMAIN_CONSOLE_FORCE is refused with
+    "unsupported flags"). The console is a tty: drop colour escapes and carriage returns.
+    """
     try:
         stream = conn.newStream(0)
-        dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        dom.openConsole(None, stream, 0)
         while True:
             data = stream.recv(65536)
             if not isinstance(data, bytes) or not data:
                 return
-            sys.stdout.buffer.write(data.replace(b"\r\n", b"\n"))
+            sys.stdout.buffer.write(_CRLF.sub(b"\n", _ANSI.sub(b"", data)))
             sys.stdout.buffer.flush()
-    except libvirt.libvirtError:
-        return  # the domain went away
+    except libvirt.libvirtError as e:
+        log.debug("console of %s: %s", dom.name(), e)  # the domain went away
 
 
 def _exit_status(cfg: SandboxConfig, paths: Paths) -> int:
@@ -186,24 +230,37 @@ def stop(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
     rdir = run_dir(paths, cfg.name)
     if rdir.is_dir():
         (rdir / STOP_MARKER).write_text("stop requested\n")
-    if cfg.kind is Kind.SERVICE:
-        _graceful_stop(dom, timeout)
-    else:
-        _force_stop(dom)
+    _stop_domain(dom, cfg, timeout)
     remove_cgroups(cfg.name)
     return True
 
 
+def _stop_domain(dom: libvirt.virDomain, cfg: SandboxConfig, timeout: float) -> None:
+    if cfg.kind is Kind.SERVICE:
+        _graceful_stop(dom, timeout)
+    else:
+        _force_stop(dom)
+
+
 def _graceful_stop(dom: libvirt.virDomain, timeout: float) -> None:
-    """Ask the sandbox's systemd to power off (initctl); it ignores SIGTERM. Then destroy."""
-    try:
-        dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_INITCTL)
-    except libvirt.libvirtError as e:
-        log.debug("initctl shutdown of %s: %s", dom.name(), e)
+    """Ask the sandbox's systemd to power off (initctl); it ignores SIGTERM. Then destroy.
+
+    Early in the sandbox's boot (a stop while it starts) the request gets lost: libvirt
+    refuses it ("Init process ID is not yet known") or, before the sandbox's systemd listens on
+    its initctl FIFO, accepts and drops it. So ask again every REASK seconds (poweroff requests
+    merge) instead of waiting out the whole timeout before a destroy.
+    """
     deadline = time.monotonic() + timeout
+    next_ask = 0.0
     while time.monotonic() < deadline:
         if not _active(dom):
             return
+        if time.monotonic() >= next_ask:
+            next_ask = time.monotonic() + REASK
+            try:
+                dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_INITCTL)
+            except libvirt.libvirtError as e:
+                log.debug("initctl shutdown of %s: %s", dom.name(), e)
         time.sleep(POLL)
     _force_stop(dom)
 
@@ -252,34 +309,51 @@ _libc = ctypes.CDLL(None, use_errno=True)
 NS_ORDER = ("user", "ipc", "uts", "net", "pid", "mnt")
 
 
-def execute(dom: libvirt.virDomain, argv: list[str], env: dict[str, str]) -> int:
-    """Run argv inside the running sandbox; its stdio is ours, its exit status is returned."""
+def execute(dom: libvirt.virDomain, argv: list[str], env: dict[str, str], *,
+            namespaces: tuple[str, ...] = NS_ORDER, cgroup: bool = True) -> int:
+    """Run argv inside the running sandbox; its stdio is ours, its exit status is returned.
+
+    `namespaces` (a subset of NS_ORDER) and `cgroup` choose what is entered; the default is
+    everything, so that the command sees the sandbox as its own processes do.
+    """
     import libvirt_lxc
 
     if not dom.isActive():
         raise UserError(f"sandbox '{dom.name()}' is not running",
                         f"start it: virt-sandbox-service start {dom.name()}")
+    # Read the sandbox init's bounding set here: once in its mount namespace, /proc is its.
+    # Beside libvirtd's PID namespace (see reload) the init is not visible; nothing to match.
+    caps = bounding_set(init_pid(dom)) if sees_controller(dom) else None
     fds = libvirt_lxc.lxcOpenNamespace(dom, 0)
     pid = os.fork()
     if pid == 0:
-        _child_enter_and_run(dom, fds, argv, env)
+        _child_enter_and_run(dom, fds, argv, env, namespaces, cgroup, caps)
     for fd in fds:
         os.close(fd)
     return _wait_status(pid)
 
 
 def _child_enter_and_run(dom: libvirt.virDomain, fds: list[int], argv: list[str],
-                         env: dict[str, str]) -> None:
+                         env: dict[str, str], namespaces: tuple[str, ...],
+                         cgroup: bool, caps: int | None) -> None:
     try:
         import libvirt_lxc
 
-        libvirt_lxc.lxcEnterCGroup(dom, 0)
+        if cgroup:
+            libvirt_lxc.lxcEnterCGroup(dom, 0)
+        if caps is not None:
+            limit_bounding_set(caps)
         by_type = {os.readlink(f"/proc/self/fd/{fd}").split(":")[0]: fd for fd in fds}
         for ns in NS_ORDER:
-            if ns in by_type and _libc.setns(by_type[ns], 0) != 0:
+            if ns in namespaces and ns in by_type and _libc.setns(by_type[ns], 0) != 0:
                 err = ctypes.get_errno()
-                if ns != "user":  # EINVAL: it is already ours (no user namespace in use)
-                    raise OSError(err, f"setns({ns}): {os.strerror(err)}")
+                if ns == "user":  # EINVAL: it is already ours (no user namespace in use)
+                    continue
+                why = os.strerror(err)
+                if ns == "pid" and err == errno.EINVAL:
+                    why += (" (the sandbox's PID namespace is not below ours: run this in the "
+                            "PID namespace of libvirtd, not in a container beside it)")
+                raise OSError(err, f"setns({ns}): {why}")
         # A new pid namespace applies to children only: fork once more.
         pid = os.fork()
         if pid == 0:
@@ -330,4 +404,25 @@ def reload(dom: libvirt.virDomain, cfg: SandboxConfig, units: list[str]) -> int:
     if unknown:
         raise UserError(f"{', '.join(unknown)} is not confined in sandbox '{cfg.name}'",
                         f"its units: {', '.join(cfg.units)}")
-    return execute(dom, ["systemctl", "reload", *(units or cfg.units)], sandbox_env(cfg))
+    argv = ["systemctl", "reload", *(units or cfg.units)]
+    env = sandbox_env(cfg)
+    if sees_controller(dom):
+        return execute(dom, argv, env)
+    # We run in a PID namespace beside libvirtd's (a systemd in a container drives the host's
+    # libvirtd, as in the systemd test host): setns() into the sandbox's PID namespace works
+    # only from an ancestor, and libvirt finds the sandbox's cgroup through /proc/<domain ID>,
+    # which we cannot see. systemctl needs neither: it enters the sandbox's filesystem. Its
+    # systemd refuses private-socket clients whose PID it cannot see, so go through the
+    # sandbox's D-Bus daemon, which checks only the caller's UID.
+    return execute(dom, argv, {**env, "SYSTEMCTL_FORCE_BUS": "1"},
+                   namespaces=tuple(ns for ns in NS_ORDER if ns != "pid"), cgroup=False)
+
+
+def sees_controller(dom: libvirt.virDomain) -> bool:
+    """Whether this process sees the domain's libvirt_lxc controller, i.e. runs in libvirtd's
+    PID namespace or an ancestor of it (the domain ID is the controller's PID there)."""
+    try:
+        argv = Path(f"/proc/{dom.ID()}/cmdline").read_bytes().split(b"\0")
+    except (OSError, libvirt.libvirtError):
+        return False
+    return os.path.basename(argv[0]) == b"libvirt_lxc" and dom.name().encode() in argv
