@@ -35,7 +35,7 @@ def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
         private=tuple(args.private or ()), shared=tuple(args.shared or ()), copy=args.copy,
         security=args.security, limits=_limit_args(args),
         cap_drop=tuple(args.cap_drop or ()), cap_add=tuple(args.cap_add or ()),
-        userns=args.userns,
+        userns=args.userns, mounts=tuple(args.mount or ()),
     )
     plan = create(req, paths, dry_run=args.dry_run)
     if args.dry_run:
@@ -128,6 +128,21 @@ def cmd_execute(args: argparse.Namespace, paths: Paths) -> int:
     return int(rt.execute(dom, command, rt.sandbox_env(cfg)))
 
 
+def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
+    from .runtime.oneshot import run
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    return run(args.connect, command, paths, memory=args.memory)
+
+
+def cmd_connect(args: argparse.Namespace, paths: Paths) -> int:
+    from .runtime.connect import connect
+
+    return connect(load_config(paths, args.name))
+
+
 def cmd_reload(args: argparse.Namespace, paths: Paths) -> int:
     from .apply.libvirt import connect
     from .runtime import backend
@@ -176,9 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ex = _add_simple(sub, "execute", cmd_execute, "run a command inside a running sandbox")
     ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
+    _add_simple(sub, "connect", cmd_connect,
+                "an interactive login shell in a running sandbox; Ctrl-] detaches")
     lim = _add_simple(sub, "limit", cmd_limit,
                       "change a sandbox's limits, live if it runs and for its next start")
     _add_limit_options(lim)
+    _add_run(sub)
     rl = _add_simple(sub, "reload", cmd_reload, "reload the confined units inside the sandbox")
     rl.add_argument("-u", "--unit", action="append", metavar="UNIT",
                     help="only this confined unit (default: all of them)")
@@ -232,6 +250,9 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         "sys_time, ...; see inspect)")
     c.add_argument("--cap-add", action="append", metavar="CAP",
                    help="keep a capability the default would drop")
+    c.add_argument("-m", "--mount", action="append", metavar="TYPE:DST=SRC",
+                   help="host-bind:DST=SRC (empty SRC: a dir of its own), host-image:DST=IMG, "
+                        "guest-bind:DST=SRC, ram:DST=SIZE")
     c.add_argument("--userns", action="store_true",
                    help="map root inside to an unprivileged host id range of its own")
     c.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
@@ -246,6 +267,18 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-quota", metavar="PERCENT",
                    help="CPU time cap in percent of one CPU, e.g. 50 or 150")
     p.add_argument("--blkio-weight", metavar="N", help="relative block I/O weight, 100..1000")
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    r = sub.add_parser("run", help="run a command in a transient sandbox",
+                       description="run a command in a transient sandbox (host root "
+                                   "read-only, private /run /tmp, no network) and return its "
+                                   "exit status; its stdout and stderr stay apart")
+    r.add_argument("-c", "--connect", default=DEFAULT_URI, metavar="URI",
+                   help=f"libvirt URI: lxc:/// or qemu:///system (default {DEFAULT_URI})")
+    r.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512M or 2G")
+    r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
+    r.set_defaults(func=cmd_run)
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:

@@ -131,6 +131,7 @@ class SandboxConfig:
     cpu_quota: int | None = None  # percent of one CPU, 1..100*cores
     blkio_weight: int | None = None  # 100..1000
     caps_drop: tuple[str, ...] = ()  # Linux capabilities the sandbox's processes never get
+    mounts: tuple[str, ...] = ()  # -m TYPE:DST=SRC specs, as given (see mounts.py)
     # User namespace: host uid/gid that root inside maps to (IDMAP_COUNT ids); None = none.
     id_base: int | None = None
     format_version: int = FORMAT_VERSION

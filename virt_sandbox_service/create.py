@@ -40,6 +40,7 @@ from .config import (
 from .domain import domain_xml
 from .errors import UserError
 from .limits import LimitArgs, parse_caps, parse_limits
+from .mounts import MountSpec, parse_mount
 from .plan import Plan, WriteFile, plan
 from .units import render_sandbox_unit, unit_name
 
@@ -62,6 +63,7 @@ class CreateRequest:
     cap_drop: tuple[str, ...] = ()
     cap_add: tuple[str, ...] = ()
     userns: bool = False
+    mounts: tuple[str, ...] = ()
 
 
 def validate(req: CreateRequest) -> None:
@@ -86,6 +88,8 @@ def validate(req: CreateRequest) -> None:
     parse_caps(req.cap_drop, req.cap_add)
     if req.security is not None:
         parse_security(req.security)
+    for spec in map(parse_mount, req.mounts):
+        check_mount_target(spec)
     if req.userns:
         problem = host.cgroup_layout().userns_problem
         if problem:
@@ -95,6 +99,22 @@ def validate(req: CreateRequest) -> None:
         raise UserError(f"command '{req.command[0]}' must be an absolute path",
                         "the sandbox has no shell PATH lookup for its init; use e.g. /usr/bin/"
                         f"{os.path.basename(req.command[0])}")
+
+
+# Mount points the sandbox makes itself: its private trees and tmpfs.
+OWN_TREES = ("/etc", "/var", "/run", "/tmp", "/dev/shm")
+
+
+def check_mount_target(spec: MountSpec) -> None:
+    """The host root is read-only in the sandbox: a mount point outside the sandbox's own
+    trees must already exist on the host."""
+    if any(spec.target.startswith(t + "/") for t in OWN_TREES):
+        return
+    if not os.path.exists(spec.target):
+        raise UserError(f"mount target {spec.target} does not exist on the host root, which "
+                        "the sandbox sees read-only",
+                        "mount under /var, /etc, /run or /tmp, or create the directory on "
+                        "the host first")
 
 
 def parse_security(text: str) -> tuple[SecurityMode, str | None]:
@@ -172,6 +192,7 @@ def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.Unit
         machine_id=uuid.uuid4().hex,
         caps_drop=parse_caps(req.cap_drop, req.cap_add),
         id_base=choose_id_base(paths) if req.userns else None,
+        mounts=req.mounts,
         **parse_limits(req.limits, os.cpu_count() or 1),  # type: ignore[arg-type]
     )
 

@@ -20,6 +20,7 @@ from pathlib import PurePosixPath
 from .config import Kind, SandboxConfig
 from .evidence import SKELETON_REASONS, Access, PathEvidence
 from .host import HostFacts
+from .mounts import MountType, parse_mount
 
 # Inside the sandbox: a directory bound from the host's run dir, carrying the notify socket the
 # sandbox's systemd reports readiness on and the generic command's exit status.
@@ -83,6 +84,7 @@ class Mount:
     readonly: bool = False
     tmpfs_kib: int = 0
     reason: str = ""
+    image: bool = False  # source is a raw file-system image (loop-mounted)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ def plan(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, 
     files += _etc_ops(config, facts, hidden, unit_fragments)
     files += _var_ops(config, facts, evidence)
     files += _other_private_ops(state, evidence)
+    files += _mount_ops(config)
     mounts = _mounts(config, facts, evidence, run_dir)
     init, env = init_command(config, facts)
     return Plan(config=config, config_path=config_path, state_dir=state, run_dir=run_dir,
@@ -292,7 +295,52 @@ def _mounts(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidenc
     for ev in evidence:
         if ev.access is Access.SHARED and "--shared" in ev.reasons:
             mounts.append(Mount(ev.path, ev.path, readonly=True, reason="--shared"))
+    mounts += _user_mounts(config)
     return tuple(mounts)
+
+
+def _user_mounts(config: SandboxConfig) -> list[Mount]:
+    out = []
+    for spec in map(parse_mount, config.mounts):
+        why = f"-m {spec.type.value}"
+        if spec.type is MountType.RAM:
+            out.append(Mount(spec.target, "", tmpfs_kib=max(spec.size // 1024, 1), reason=why))
+        elif spec.type is MountType.HOST_IMAGE:
+            out.append(Mount(spec.target, spec.source, image=True, reason=why))
+        elif spec.type is MountType.HOST_BIND:
+            source = spec.source or mount_dir(config.state_dir, spec.target)
+            out.append(Mount(spec.target, source, reason=why))
+    return out
+
+
+def mount_dir(state: str, target: str) -> str:
+    """The instance's own directory behind an empty-source host-bind mount."""
+    return os.path.join(state, "mounts", target.strip("/").replace("/", "%"))
+
+
+def _mount_ops(config: SandboxConfig) -> list[FileOp]:
+    """Directories user mounts need: their own empty dirs, and targets in the private trees
+    (the host root is read-only, so a target elsewhere must already exist there)."""
+    ops: list[FileOp] = []
+    specs = [parse_mount(m) for m in config.mounts]
+    fresh = [s for s in specs if s.type is MountType.HOST_BIND and not s.source]
+    if fresh:
+        ops.append(MakeDir(os.path.join(config.state_dir, "mounts"), 0o755,
+                           reason="empty directories of -m host-bind:DST="))
+    ops += [MakeDir(mount_dir(config.state_dir, s.target), 0o755, reason=f"-m {s.target}")
+            for s in fresh]
+    for s in specs:
+        for top in ("/var", "/etc"):
+            if _in(s.target, top) and s.target != top:
+                ops.append(MakeDir(state_path(config.state_dir, s.target, top), 0o755,
+                                   reason=f"mount point of -m {s.type.value}:{s.target}"))
+    return ops
+
+
+def _guest_binds(config: SandboxConfig) -> list[str]:
+    q = shlex.quote
+    return [f"mount --bind {q(s.source)} {q(s.target)}"
+            for s in map(parse_mount, config.mounts) if s.type is MountType.GUEST_BIND]
 
 
 PAYLOAD_CGROUP = "sandbox"
@@ -306,12 +354,14 @@ def init_command(config: SandboxConfig,
         # sh stays PID 1 so the command's exit status reaches the host (libvirt reports none).
         script = "\n".join([
             *_cgroup_prologue(facts),
+            *_guest_binds(config),
             f'{q(facts.unshare)} --cgroup "$@"; rc=$?',
             f"echo $rc > {EXIT_STATUS_FILE}; exit $rc",
         ])
         return (facts.sh, "-c", script, "sandbox-init", *config.command), ()
     script = "\n".join([
         *_cgroup_prologue(facts),
+        *_guest_binds(config),
         f"exec {q(facts.unshare)} --cgroup {q(facts.systemd)} systemd.unified_cgroup_hierarchy=1",
     ])
     return (facts.sh, "-c", script), (("NOTIFY_SOCKET", NOTIFY_SOCKET),)

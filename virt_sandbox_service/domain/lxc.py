@@ -77,6 +77,9 @@ def _filesystems(mounts: tuple[Mount, ...]) -> list[etree._Element]:
         if m.tmpfs_kib:
             fs = E.filesystem(E.source(usage=str(m.tmpfs_kib), units="KiB"),
                               E.target(dir=m.target), type="ram")
+        elif m.image:
+            fs = E.filesystem(E.driver(type="loop", format="raw"), E.source(file=m.source),
+                              E.target(dir=m.target), type="file", accessmode="passthrough")
         else:
             fs = E.filesystem(E.source(dir=m.source), E.target(dir=m.target),
                               type="mount", accessmode="passthrough")

@@ -1,0 +1,69 @@
+"""-m TYPE:DST=SRC mount specs: parsed and checked here, turned into Mounts by plan.py.
+
+    host-bind:/dst=/src    the host's /src, read-write, at /dst
+    host-bind:/dst=        an empty directory of the instance's own (kept in its state dir)
+    host-image:/dst=/img   a raw file-system image (e.g. ext4) mounted through a loop device
+    guest-bind:/dst=/src   a path of the sandbox itself, bound at another place in it
+    ram:/dst=SIZE          a tmpfs of SIZE (K, M, G; KiB, MiB, GiB)
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+from dataclasses import dataclass
+
+from .config import parse_size, validate_abs_path
+from .errors import UserError
+
+HINT = ("write -m TYPE:DST=SRC with TYPE host-bind, host-image, guest-bind or ram, "
+        "e.g. -m host-bind:/srv/data=/data or -m ram:/var/cache/x=64M")
+
+
+class MountType(enum.StrEnum):
+    HOST_BIND = "host-bind"
+    HOST_IMAGE = "host-image"
+    GUEST_BIND = "guest-bind"
+    RAM = "ram"
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    type: MountType
+    target: str
+    source: str  # host path, sandbox path (guest-bind), "" (fresh dir) or "" for ram
+    size: int = 0  # bytes, ram only
+
+
+def parse_mount(text: str) -> MountSpec:
+    kind, colon, rest = text.partition(":")
+    target, eq, source = rest.partition("=")
+    if not colon or not eq:
+        raise UserError(f"mount '{text}' is not TYPE:DST=SRC", HINT)
+    try:
+        mtype = MountType(kind)
+    except ValueError:
+        raise UserError(f"'{kind}' is not a mount type (host-bind, host-image, guest-bind, "
+                        "ram)", HINT) from None
+    target = validate_abs_path(target, f"mount target in '{text}'")
+    if target == "/":
+        raise UserError(f"mount '{text}' would hide the whole root", "mount below /")
+    if mtype is MountType.RAM:
+        return MountSpec(mtype, target, "", parse_size(source, f"size in '{text}'"))
+    if mtype is MountType.HOST_BIND and source == "":
+        return MountSpec(mtype, target, "")
+    source = validate_abs_path(source, f"mount source in '{text}'")
+    if mtype is not MountType.GUEST_BIND:
+        _check_host_source(text, mtype, source)
+    return MountSpec(mtype, target, source)
+
+
+def _check_host_source(text: str, mtype: MountType, source: str) -> None:
+    try:
+        st = os.stat(source)
+    except OSError as e:
+        raise UserError(f"mount source {source} in '{text}': {e.strerror}") from None
+    if mtype is MountType.HOST_IMAGE and not stat.S_ISREG(st.st_mode):
+        raise UserError(f"mount source {source} in '{text}' is not an image file",
+                        "host-image takes a raw file-system image, e.g. made with mkfs.ext4")
