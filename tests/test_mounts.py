@@ -28,6 +28,7 @@ def test_parse_mounts() -> None:
     ("host-image:/mnt=/etc", "is not an image file"),
     ("ram:/var/x=lots", "is not a size"),
     ("guest-bind:/opt=../x", "not an absolute path"),
+    (f"host-image:/mnt=/{'a' * 70}", "No such file"),
 ])
 def test_bad_mount_specs(spec: str, needle: str) -> None:
     with pytest.raises(UserError, match=needle):
@@ -40,7 +41,14 @@ def test_every_mount_type_inside_a_running_sandbox(env: Env, tmp_path: Path) -> 
     data = tmp_path / "data"
     data.mkdir()
     (data / "f").write_text("from the host\n")
-    image = tmp_path / "img.raw"
+    image = Path(f"/var/tmp/{unique_name('vss-img-')}.raw")  # short: see LOOP_NAME_MAX
+    try:
+        every_mount_type(env, data, image)
+    finally:
+        image.unlink(missing_ok=True)
+
+
+def every_mount_type(env: Env, data: Path, image: Path) -> None:
     subprocess.run(["truncate", "-s", "16M", str(image)], check=True)
     subprocess.run(["mkfs.ext4", "-q", "-d", str(data), str(image)], check=True)
     name = unique_name("mnt")
@@ -57,6 +65,14 @@ def test_every_mount_type_inside_a_running_sandbox(env: Env, tmp_path: Path) -> 
     assert out[:4] == ["from the host", "from the host", "own", "8192"]
     assert (data / "back").read_text() == "written\n"  # host-bind is read-write
     assert (env.state(name) / "mounts" / "var%scratch" / "own").read_text() == "mine\n"
+    env.run("delete", name, check=True)
+
+
+def test_long_image_path_is_refused(tmp_path: Path) -> None:
+    long = tmp_path / ("i" * 64)
+    long.write_bytes(b"\0" * 1024)
+    with pytest.raises(UserError, match="loop-mounts only paths shorter than 64"):
+        parse_mount(f"host-image:/mnt={long}")
 
 
 @pytest.mark.root

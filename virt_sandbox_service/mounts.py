@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .config import parse_size, validate_abs_path
 from .errors import UserError
 
+LOOP_NAME_MAX = 64  # LO_NAME_SIZE in linux/loop.h, with its terminating NUL
 HINT = ("write -m TYPE:DST=SRC with TYPE host-bind, host-image, guest-bind or ram, "
         "e.g. -m host-bind:/srv/data=/data or -m ram:/var/cache/x=64M")
 
@@ -67,3 +68,9 @@ def _check_host_source(text: str, mtype: MountType, source: str) -> None:
     if mtype is MountType.HOST_IMAGE and not stat.S_ISREG(st.st_mode):
         raise UserError(f"mount source {source} in '{text}' is not an image file",
                         "host-image takes a raw file-system image, e.g. made with mkfs.ext4")
+    if mtype is MountType.HOST_IMAGE and len(source.encode()) >= LOOP_NAME_MAX:
+        # Seen with libvirt 9.0: the loop device's backing-file name field holds 63 bytes,
+        # and a longer path fails the start with a misleading "No such file or directory".
+        raise UserError(f"image path {source} is {len(source.encode())} bytes long; libvirt "
+                        f"loop-mounts only paths shorter than {LOOP_NAME_MAX}",
+                        "move the image, or link it from a shorter path")
