@@ -3,10 +3,15 @@
 Labels are allocated and recorded even on a host without SELinux, so a config moved to an
 SELinux host keeps its isolation and `inspect` shows it; the domain carries a <seclabel> only
 where the host's libvirt has the selinux security model.
+
+The types are those policy/virt_sandbox_service.te declares (Debian's own policy has no LXC guest
+domain); `file_contexts` gives the labels of a sandbox's private paths, the types of
+policy/virt_sandbox_service.fc plus the sandbox's category pair.
 """
 
 from __future__ import annotations
 
+import posixpath
 import random
 import re
 from collections.abc import Iterable
@@ -21,6 +26,11 @@ LABEL_RE = re.compile(
     r"(?P<sens>s\d+)(?::c(?P<c1>\d+),c(?P<c2>\d+))?")
 PROCESS_TYPE = {Driver.LXC: "svirt_lxc_net_t", Driver.KVM: "svirt_t"}
 FILE_TYPE = {Driver.LXC: "svirt_sandbox_file_t", Driver.KVM: "svirt_image_t"}
+# The state directory and the tool's records in it (evidence, marker): host-only, no categories.
+STATE_TYPE = "virt_sandbox_service_var_lib_t"
+# Under a sandbox's state directory, what is bound into it (plan.py: its /etc, its /var, other
+# private paths, the empty directories of -m host-bind:DST=).
+PRIVATE_TREES = ("etc", "var", "paths", "mounts")
 
 
 @dataclass(frozen=True, order=True)
@@ -74,3 +84,23 @@ def allocate(in_use: Iterable[str], rng: random.Random | None = None) -> Level:
         c1, c2 = sorted(rng.sample(range(CATEGORIES), 2))
         if (c1, c2) not in used:
             return Level("s0", c1, c2)
+
+
+def file_contexts(state_dir: str, level: Level,
+                  run_dir: str | None = None) -> list[tuple[str, str]]:
+    """(path, context) for an LXC sandbox's state directory, private trees and host channel.
+
+    Each context applies to its path and everything below it; apply the list in order, a later
+    entry being more specific. The types are those policy/virt_sandbox_service.fc gives the same
+    paths under /var/lib/virt-sandbox-service and /run/virt-sandbox-service, so a restorecon
+    (which, without -F, changes only the type) keeps what this labels. The private trees and the
+    run dir also carry the sandbox's category pair, which no .fc pattern can know: only this
+    sandbox (and the host) may use them. The state directory itself stays at the bare
+    sensitivity: it holds the tool's records and is never mounted into a sandbox.
+    """
+    out = [(state_dir, f"system_u:object_r:{STATE_TYPE}:{level.sensitivity}")]
+    private = file_label(Driver.LXC, level)
+    out += [(posixpath.join(state_dir, tree), private) for tree in PRIVATE_TREES]
+    if run_dir is not None:
+        out.append((run_dir, private))
+    return out
