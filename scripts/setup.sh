@@ -12,6 +12,9 @@ APT_PACKAGES=(
   systemd-container libsystemd-dev linux-image-amd64 apache2 curl
   nginx-light openssh-server postfix cron rsync
   python3-dev gcc make libxml2-utils groff-base man-db
+  qemu-guest-agent cpio
+  selinux-policy-dev checkpolicy semodule-utils selinux-policy-default setools
+  apache2-utils iproute2
 )
 
 need_apt=()
@@ -46,6 +49,7 @@ fi
 # root's PATH: generated units reference this absolute path.
 ln -sfn "$venv/bin/virt-sandbox-service" /usr/local/bin/virt-sandbox-service
 install -D -m 644 "$here/man/virt-sandbox-service.1" /usr/local/share/man/man1/virt-sandbox-service.1
+install -D -m 644 "$here/completion/virt-sandbox-service.bash" /usr/share/bash-completion/completions/virt-sandbox-service
 
 # Daemons: nothing on this kind of machine starts them (PID 1 is not systemd). Where systemd
 # runs the host, it already manages them and we leave it alone.

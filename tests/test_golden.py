@@ -80,6 +80,14 @@ CASES: dict[str, tuple[SandboxConfig, tuple[PathEvidence, ...], HostFacts]] = {
         (*APACHE_EVIDENCE, ev("/srv/web2", reason="--private"),
          ev("/var/www", Access.SHARED, reason="--shared")),
         dataclasses.replace(FACTS, selinux=True)),
+    "network-filter": (
+        config(name="web4", state_dir="/var/lib/virt-sandbox-service/web4",
+               networks=("source=vssnet,address=192.0.2.10/24,address=2001:db8::10/64,"
+                         "route=0.0.0.0/0%192.0.2.1,mac=52:54:00:00:00:0a,"
+                         "filter=vss-listen-only,port=80,port=443",
+                         "source=other,dhcp"),
+               mounts=("host-bind:/srv=/srv", "ram:/var/cache/x=64M")),
+        APACHE_EVIDENCE, FACTS),
     "userns": (config(name="web3", id_base=1 << 20, state_dir="/var/lib/virt-sandbox-service/web3"),
                APACHE_EVIDENCE, FACTS),
 }
@@ -225,3 +233,10 @@ def test_shifted_ownership_of_private_trees(tmp_path: Path) -> None:
     assert (st.st_uid, st.st_gid) == ((1 << 20) + 33, (1 << 20) + 4)
     st = os.stat(tmp_path / "d")
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1 << 20, (1 << 20) + 4, 0o750)
+
+
+def test_network_filter_xml_validates_against_libvirt_schema() -> None:
+    from virt_sandbox_service.network import filter_xml
+
+    schema = etree.RelaxNG(etree.parse("/usr/share/libvirt/schemas/nwfilter.rng"))
+    assert schema.validate(etree.fromstring(filter_xml().encode())), schema.error_log.last_error

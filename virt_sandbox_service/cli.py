@@ -36,6 +36,7 @@ def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
         security=args.security, limits=_limit_args(args),
         cap_drop=tuple(args.cap_drop or ()), cap_add=tuple(args.cap_add or ()),
         userns=args.userns, mounts=tuple(args.mount or ()),
+        networks=tuple(args.network or ()),
     )
     plan = create(req, paths, dry_run=args.dry_run)
     if args.dry_run:
@@ -143,6 +144,23 @@ def cmd_connect(args: argparse.Namespace, paths: Paths) -> int:
     return connect(load_config(paths, args.name))
 
 
+def cmd_upgrade(args: argparse.Namespace, paths: Paths) -> int:
+    from .upgrade import all_names, command
+
+    if bool(args.name) == args.all:
+        raise SandboxError("give a sandbox NAME or --all", "e.g. upgrade web1, or upgrade --all")
+    return command(paths, [args.name] if args.name else all_names(paths),
+                   apply_host_changes=args.apply_host_changes, check=args.check,
+                   as_json=args.json, single=bool(args.name))
+
+
+def cmd_completion(args: argparse.Namespace, paths: Paths) -> int:
+    from .completion import bash
+
+    sys.stdout.write(bash(build_parser()))
+    return 0
+
+
 def cmd_reload(args: argparse.Namespace, paths: Paths) -> int:
     from .apply.libvirt import connect
     from .runtime import backend
@@ -193,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
     _add_simple(sub, "connect", cmd_connect,
                 "an interactive login shell in a running sandbox; Ctrl-] detaches")
+    up = sub.add_parser("upgrade", help="after host package changes: migrate the config, add "
+                        "newly needed private paths, report conffile drift",
+                        description="bring sandboxes up to date after the host's packages "
+                                    "changed; reports, and never overwrites an admin's edit")
+    up.add_argument("name", nargs="?", help="sandbox name")
+    up.add_argument("--all", action="store_true", help="every sandbox")
+    up.add_argument("--apply-host-changes", action="store_true",
+                    help="copy the host's version over conffiles the instance did not edit")
+    up.add_argument("--check", action="store_true", help="exit 3 if anything drifts")
+    up.add_argument("--json", action="store_true", help="machine-readable output")
+    up.set_defaults(func=cmd_upgrade)
     lim = _add_simple(sub, "limit", cmd_limit,
                       "change a sandbox's limits, live if it runs and for its next start")
     _add_limit_options(lim)
@@ -200,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     rl = _add_simple(sub, "reload", cmd_reload, "reload the confined units inside the sandbox")
     rl.add_argument("-u", "--unit", action="append", metavar="UNIT",
                     help="only this confined unit (default: all of them)")
+    comp = sub.add_parser("completion", help="print the shell completion script",
+                          description="print the completion script for SHELL, generated from "
+                                      "these very command line definitions")
+    comp.add_argument("shell", choices=["bash"], help="the shell: bash")
+    comp.set_defaults(func=cmd_completion)
     doc = sub.add_parser("doctor", help="check this host's readiness for sandboxes")
     doc.add_argument("--fix", action="store_true",
                      help="apply the additive host fixes doctor names (cgroup layout)")
@@ -253,6 +287,9 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     c.add_argument("-m", "--mount", action="append", metavar="TYPE:DST=SRC",
                    help="host-bind:DST=SRC (empty SRC: a dir of its own), host-image:DST=IMG, "
                         "guest-bind:DST=SRC, ram:DST=SIZE")
+    c.add_argument("-N", "--network", action="append", metavar="OPTS",
+                   help="an interface: source=NET[,address=IP/PREFIX][,route=NET/PREFIX%%GW]"
+                        "[,mac=MAC][,dhcp][,filter=NAME[,port=N]...] (default: loopback only)")
     c.add_argument("--userns", action="store_true",
                    help="map root inside to an unprivileged host id range of its own")
     c.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")

@@ -132,6 +132,7 @@ class SandboxConfig:
     blkio_weight: int | None = None  # 100..1000
     caps_drop: tuple[str, ...] = ()  # Linux capabilities the sandbox's processes never get
     mounts: tuple[str, ...] = ()  # -m TYPE:DST=SRC specs, as given (see mounts.py)
+    networks: tuple[str, ...] = ()  # -N specs, as given (see network.py); none: loopback only
     # User namespace: host uid/gid that root inside maps to (IDMAP_COUNT ids); None = none.
     id_base: int | None = None
     format_version: int = FORMAT_VERSION

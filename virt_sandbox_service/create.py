@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import conffiles, host, labels, unitfile
 from . import evidence as ev
-from . import host, labels, unitfile
 from .apply import files
 from .apply import libvirt as lv
 from .apply import systemd as sd
@@ -41,6 +41,7 @@ from .domain import domain_xml
 from .errors import UserError
 from .limits import LimitArgs, parse_caps, parse_limits
 from .mounts import MountSpec, parse_mount
+from .network import OUR_FILTER, filter_xml, parse_network
 from .plan import Plan, WriteFile, plan
 from .units import render_sandbox_unit, unit_name
 
@@ -64,14 +65,14 @@ class CreateRequest:
     cap_add: tuple[str, ...] = ()
     userns: bool = False
     mounts: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
 
 
 def validate(req: CreateRequest) -> None:
     """Checks that need nothing but the request itself."""
     validate_name(req.name)
-    if driver_for_uri(req.uri) is not Driver.LXC:
-        raise UserError(f"the KVM backend ({req.uri}) is not available in this version",
-                        "use -c lxc:/// (the default)")
+    if driver_for_uri(req.uri) is Driver.KVM:
+        _validate_kvm(req)
     if req.units and req.command:
         raise UserError("give either -u UNIT or a command after --, not both",
                         "a unit sandbox runs systemd; a generic sandbox runs one command")
@@ -90,6 +91,10 @@ def validate(req: CreateRequest) -> None:
         parse_security(req.security)
     for spec in map(parse_mount, req.mounts):
         check_mount_target(spec)
+    for net in map(parse_network, req.networks):
+        if net.dhcp and req.command:
+            raise UserError("-N ...,dhcp needs a unit sandbox (its systemd-networkd is the "
+                            "DHCP client)", "give a generic sandbox address=IP/PREFIX")
     if req.userns:
         problem = host.cgroup_layout().userns_problem
         if problem:
@@ -115,6 +120,17 @@ def check_mount_target(spec: MountSpec) -> None:
                         "the sandbox sees read-only",
                         "mount under /var, /etc, /run or /tmp, or create the directory on "
                         "the host first")
+
+
+def _validate_kvm(req: CreateRequest) -> None:
+    """What a KVM sandbox (a VM of its own, see domain/kvm.py) cannot do (yet)."""
+    if req.userns:
+        raise UserError("--userns is for LXC sandboxes: a KVM sandbox is a VM with a kernel "
+                        "of its own", "leave --userns out, or use -c lxc:///")
+    for spec in map(parse_mount, req.mounts):
+        if spec.type.value in ("host-image", "guest-bind"):
+            raise UserError(f"-m {spec.type.value} is not available for KVM sandboxes yet",
+                            "use host-bind or ram mounts, or -c lxc:///")
 
 
 def parse_security(text: str) -> tuple[SecurityMode, str | None]:
@@ -160,6 +176,10 @@ def check_free(req: CreateRequest, paths: Paths, state_dir: Path, conn: object |
                         "remove it or choose another name")
     if conn is not None:
         lv.check_name_free(conn, req.name)
+        for net in map(parse_network, req.networks):
+            lv.check_network(conn, net.source)
+            if net.filter and net.filter != OUR_FILTER:
+                lv.check_nwfilter(conn, net.filter)
 
 
 def choose_id_base(paths: Paths) -> int:
@@ -193,6 +213,7 @@ def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.Unit
         caps_drop=parse_caps(req.cap_drop, req.cap_add),
         id_base=choose_id_base(paths) if req.userns else None,
         mounts=req.mounts,
+        networks=req.networks,
         **parse_limits(req.limits, os.cpu_count() or 1),  # type: ignore[arg-type]
     )
 
@@ -249,7 +270,9 @@ def evidence_json(p: Plan) -> str:
         return {"path": e.path, "access": e.access.value, "dir": e.is_dir,
                 "reasons": list(e.reasons)}
     data = {"evidence": [item(e) for e in p.evidence], "hidden": [item(e) for e in p.hidden],
-            "mounts": [dataclasses.asdict(m) for m in p.mounts]}
+            "mounts": [dataclasses.asdict(m) for m in p.mounts],
+            # What the instance's conffiles were when copied: `upgrade` tells edits by it.
+            "conffiles": conffiles.baseline(p.evidence)}
     return json.dumps(data, indent=2) + "\n"
 
 
@@ -272,6 +295,8 @@ def reserve(p: Plan, txn: Transaction) -> None:
 
 def apply_plan(p: Plan, conn: object, txn: Transaction) -> None:
     """Everything after the reservation; runs without the lock, so creates overlap."""
+    if any(parse_network(n).filter == OUR_FILTER for n in p.config.networks):
+        lv.ensure_nwfilter(conn, OUR_FILTER, filter_xml())
     files.create_state_dir(p, txn)
     lv.define(conn, p.domain_xml, txn)
     for path, text in p.unit_files:
@@ -294,4 +319,8 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False) -> Plan:
                 return p
             reserve(p, txn)
         apply_plan(p, conn, txn)
+    if driver_for_uri(req.uri) is Driver.KVM and not facts.kvm:
+        _, why = host.kvm_choice()
+        print(f"virt-sandbox-service: warning: {why}: the sandbox's VM will run under TCG "
+              "(emulated, slow)", file=sys.stderr)
     return p

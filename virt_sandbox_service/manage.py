@@ -30,6 +30,7 @@ from .limits import (
     parse_limits,
     set_tunables,
 )
+from .network import parse_network
 from .runtime import backend
 from .runtime import lxc as rt
 from .runtime.enter import init_pid
@@ -104,6 +105,31 @@ def _apply_live(dom: libvirt.virDomain, cfg: SandboxConfig, changed: set[str]) -
                         f"{e.get_error_message()}", "they apply at the next start") from e
 
 
+def addresses(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> list[str]:
+    """Static addresses from the config; DHCP leases from libvirt while it runs."""
+    out = [f"{a.ip}/{a.prefix}" for n in map(parse_network, cfg.networks) for a in n.addresses]
+    if dom is not None and any(parse_network(n).dhcp for n in cfg.networks):
+        with contextlib.suppress(libvirt.libvirtError):
+            if dom.isActive():
+                leases = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
+                out += [f"{a['addr']}/{a['prefix']}" for i in leases.values()
+                        for a in i.get("addrs") or []]
+    return out
+
+
+def _network_info(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> Any:
+    if not cfg.networks:
+        return "none (loopback only, private network namespace)"
+    info = []
+    for i, spec in enumerate(map(parse_network, cfg.networks)):
+        info.append({"interface": f"eth{i}", "network": spec.source, "mac": spec.mac,
+                     "dhcp": spec.dhcp,
+                     "addresses": [f"{a.ip}/{a.prefix}" for a in spec.addresses],
+                     "routes": [f"{r.network}/{r.prefix} via {r.gateway}" for r in spec.routes],
+                     "filter": spec.filter, "ports": list(spec.ports)})
+    return info
+
+
 def sandbox_rows(paths: Paths) -> list[dict[str, Any]]:
     conns: dict[str, libvirt.virConnect] = {}
     rows = []
@@ -118,7 +144,8 @@ def sandbox_rows(paths: Paths) -> list[dict[str, Any]]:
             "units": list(cfg.units),
             "command": list(cfg.command),
             "state": lv.state_name(dom) if dom is not None else "missing",
-            "address": None,  # networks come with the -N option (none by default)
+            "address": next(iter(addresses(cfg, dom)), None),
+            "addresses": addresses(cfg, dom),
             "unit": unit_name(cfg.name),
         })
     return rows
@@ -172,12 +199,13 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
             "note": None if facts_selinux else "this host has no SELinux: the label is "
                     "recorded and shown, but not applied",
         },
-        "network": "none (loopback only, private network namespace)",
+        "network": _network_info(cfg, dom),
         "limits": {"memory_bytes": cfg.memory, "cpu_weight": cfg.cpu_weight,
                    "cpu_quota_percent": cfg.cpu_quota, "blkio_weight": cfg.blkio_weight},
         "capabilities": _caps(cfg, dom),
         "user_namespace": None,
-        "network_filters": [],
+        "network_filters": sorted({n.filter for n in map(parse_network, cfg.networks)
+                                   if n.filter}),
         "read_only": [m["target"] for m in record.get("mounts", []) if m.get("readonly")],
         "mounts": record.get("mounts", []),
         "private": [e for e in record.get("evidence", []) if e["access"] != "shared"],
@@ -213,9 +241,20 @@ def _security_summary(d: dict[str, Any]) -> list[str]:
         f"  caps dropped: {' '.join(d['capabilities']['dropped']) or 'none'}",
         f"  caps kept:    {' '.join(d['capabilities']['kept'])}",
         f"  limits:       {limits}",
-        f"  net filters:  {' '.join(d['network_filters']) or 'none (no network but loopback)'}",
+        f"  net filters:  {' '.join(d['network_filters']) or 'none'}",
         f"  read-only:    {' '.join(d['read_only'])}",
     ]
+
+
+def _network_text(net: Any) -> str:
+    if isinstance(net, str):
+        return net
+    return "; ".join(
+        f"{n['interface']} on {n['network']}: "
+        + (" ".join(n["addresses"]) or ("dhcp" if n["dhcp"] else "no address"))
+        + (f", filter {n['filter']} ports {','.join(map(str, n['ports']))}" if n["filter"]
+           else "")
+        for n in net)
 
 
 def format_inspect(d: dict[str, Any]) -> str:
@@ -226,7 +265,7 @@ def format_inspect(d: dict[str, Any]) -> str:
         f"state:       {d['state']}",
         f"hostname:    {d['hostname']}",
         f"machine-id:  {d['machine_id']}",
-        f"network:     {d['network']}",
+        f"network:     {_network_text(d['network'])}",
     ]
     lines += _security_summary(d)
     lines += [f"{k + ':':12} {v}" for k, v in d["paths"].items()]

@@ -21,6 +21,7 @@ from .config import Kind, SandboxConfig
 from .evidence import SKELETON_REASONS, Access, PathEvidence
 from .host import HostFacts
 from .mounts import MountType, parse_mount
+from .network import networkd_file, parse_network
 
 # Inside the sandbox: a directory bound from the host's run dir, carrying the notify socket the
 # sandbox's systemd reports readiness on and the generic command's exit status.
@@ -187,10 +188,26 @@ def _systemd_ops(config: SandboxConfig, sysd: str, unit_dir: str,
         ops.append(WriteFile(os.path.join(dropin, "50-virt-sandbox-service.conf"),
                              f"[Unit]\nOnFailure={FAILED_UNIT[:-9]}@%n.service\n",
                              reason="report the unit's failure to the host"))
+    ops += _networkd_ops(config, sysd, unit_dir)
     ops.append(WriteFile(os.path.join(sysd, FAILED_UNIT), _failed_unit_text(),
                          reason="tells the host which unit failed (start fails with it)"))
     for unit, why in MASKED_UNITS:
         ops.append(Symlink(os.path.join(sysd, unit), "/dev/null", reason=f"masked: {why}"))
+    return ops
+
+
+def _networkd_ops(config: SandboxConfig, sysd: str, unit_dir: str) -> list[FileOp]:
+    """-N ...,dhcp: systemd-networkd in the sandbox runs the DHCP client on that interface."""
+    dhcp = [i for i, n in enumerate(config.networks) if parse_network(n).dhcp]
+    if not dhcp:
+        return []
+    netdir = os.path.join(os.path.dirname(os.path.dirname(sysd)), "systemd", "network")
+    ops: list[FileOp] = [MakeDir(netdir, reason="networkd configuration for -N dhcp")]
+    ops += [WriteFile(os.path.join(netdir, f"50-vss-eth{i}.network"), networkd_file(i),
+                      reason=f"DHCP on eth{i} (-N ...,dhcp)") for i in dhcp]
+    ops.append(Symlink(os.path.join(sysd, "multi-user.target.wants", "systemd-networkd.service"),
+                       os.path.join(unit_dir, "systemd-networkd.service"),
+                       reason="DHCP client for -N ...,dhcp"))
     return ops
 
 

@@ -41,6 +41,37 @@ def check_name_free(conn: libvirt.virConnect, name: str) -> None:
                         "choose another sandbox name")
 
 
+def check_network(conn: libvirt.virConnect, name: str) -> None:
+    try:
+        conn.networkLookupByName(name)
+    except libvirt.libvirtError:
+        raise UserError(f"libvirt network '{name}' does not exist",
+                        "see 'virsh net-list --all'; the README shows how to make one") from None
+
+
+def check_nwfilter(conn: libvirt.virConnect, name: str) -> None:
+    try:
+        conn.nwfilterLookupByName(name)
+    except libvirt.libvirtError:
+        raise UserError(f"libvirt network filter '{name}' does not exist",
+                        "see 'virsh nwfilter-list', or use filter=vss-listen-only,port=N") \
+            from None
+
+
+def ensure_nwfilter(conn: libvirt.virConnect, name: str, xml: str) -> None:
+    """Define our shared filter if it is missing. It stays, even if this create fails: another
+    create may already refer to it, and it is shared infrastructure like the config dir."""
+    try:
+        conn.nwfilterLookupByName(name)
+        return
+    except libvirt.libvirtError:
+        pass
+    try:
+        conn.nwfilterDefineXML(xml)
+    except libvirt.libvirtError as e:
+        raise HostError(f"libvirt refused network filter {name}: {e.get_error_message()}") from e
+
+
 def define(conn: libvirt.virConnect, xml: str, txn: Transaction) -> libvirt.virDomain:
     try:
         dom = conn.defineXML(xml)

@@ -14,6 +14,7 @@ from lxml.builder import ElementMaker
 from ..config import IDMAP_COUNT
 from ..host import HostFacts
 from ..limits import caps_element, set_tunables
+from ..network import host_device, interface_element, parse_network
 from ..plan import Mount, Plan
 
 E = ElementMaker()
@@ -31,7 +32,9 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
         E.on_poweroff("destroy"),
         E.on_reboot("restart"),
         E.on_crash("destroy"),
-        E.devices(*_filesystems(plan.mounts), _console()),
+        E.devices(*_filesystems(plan.mounts),
+                  *[interface_element(parse_network(n), host_device(cfg.name, i))
+                    for i, n in enumerate(cfg.networks)], _console()),
         type="lxc",
     )
     if cfg.id_base is not None:

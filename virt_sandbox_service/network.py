@@ -1,0 +1,199 @@
+"""-N network specs and network filters.
+
+    -N source=NET[,mac=MAC][,address=IP/PREFIX[%BROADCAST]]...[,route=NET/PREFIX%GATEWAY]...
+       [,dhcp][,filter=NAME[,port=N]...]
+
+Each -N is one interface on the libvirt network NET. Addresses and routes are set inside the
+sandbox by libvirt; `dhcp` enables systemd-networkd's DHCP client in a unit sandbox. `filter`
+attaches a libvirt nwfilter; `vss-listen-only` is ours (see filter_xml): the sandbox may
+answer on the given ports and ask DNS, nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from .errors import UserError
+
+HINT = ("write -N source=NET[,address=IP/PREFIX][,route=NET/PREFIX%GATEWAY][,mac=MAC][,dhcp]"
+        "[,filter=NAME[,port=N]...]")
+MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+OUR_FILTER = "vss-listen-only"
+
+
+@dataclass(frozen=True)
+class Address:
+    ip: str
+    prefix: int
+    broadcast: str | None = None
+
+    @property
+    def family(self) -> str:
+        return "ipv6" if ":" in self.ip else "ipv4"
+
+
+@dataclass(frozen=True)
+class Route:
+    network: str
+    prefix: int
+    gateway: str
+
+    @property
+    def family(self) -> str:
+        return "ipv6" if ":" in self.network else "ipv4"
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    source: str
+    mac: str | None = None
+    dhcp: bool = False
+    addresses: tuple[Address, ...] = ()
+    routes: tuple[Route, ...] = ()
+    filter: str | None = None
+    ports: tuple[int, ...] = field(default=())
+
+
+def parse_network(text: str) -> NetSpec:
+    source, mac, dhcp, filt = None, None, False, None
+    addresses: list[Address] = []
+    routes: list[Route] = []
+    ports: list[int] = []
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        if key == "dhcp" and not eq:
+            dhcp = True
+        elif not eq or not value:
+            raise UserError(f"network option '{item}' in '{text}' is not KEY=VALUE", HINT)
+        elif key == "source":
+            source = value
+        elif key == "mac":
+            mac = _mac(value, text)
+        elif key == "address":
+            addresses.append(_address(value, text))
+        elif key == "route":
+            routes.append(_route(value, text))
+        elif key == "filter":
+            filt = value
+        elif key == "port":
+            ports.append(_port(value, text))
+        else:
+            raise UserError(f"'{key}' is not a network option in '{text}'", HINT)
+    if source is None:
+        raise UserError(f"network '{text}' has no source=NET", HINT)
+    if ports and filt != OUR_FILTER:
+        raise UserError(f"port= goes with filter={OUR_FILTER} in '{text}'", HINT)
+    if filt == OUR_FILTER and not ports:
+        raise UserError(f"filter={OUR_FILTER} needs the ports to answer on, e.g. port=80",
+                        HINT)
+    return NetSpec(source, mac, dhcp, tuple(addresses), tuple(routes), filt, tuple(ports))
+
+
+def _mac(value: str, text: str) -> str:
+    if not MAC_RE.fullmatch(value) or int(value[:2], 16) & 1:
+        raise UserError(f"'{value}' in '{text}' is not a unicast MAC address",
+                        "e.g. mac=52:54:00:12:34:56")
+    return value.lower()
+
+
+def _address(value: str, text: str) -> Address:
+    addr, _, broadcast = value.partition("%")
+    try:
+        iface = ipaddress.ip_interface(addr)
+    except ValueError:
+        raise UserError(f"'{value}' in '{text}' is not IP/PREFIX",
+                        "e.g. address=192.0.2.10/24 or address=2001:db8::10/64") from None
+    if "/" not in addr:
+        raise UserError(f"address '{value}' in '{text}' needs a /PREFIX")
+    if broadcast:
+        try:
+            ipaddress.ip_address(broadcast)
+        except ValueError:
+            raise UserError(f"broadcast '{broadcast}' in '{text}' is not an address") from None
+    return Address(str(iface.ip), iface.network.prefixlen, broadcast or None)
+
+
+def _route(value: str, text: str) -> Route:
+    net, pct, gateway = value.partition("%")
+    try:
+        network = ipaddress.ip_network(net, strict=False)
+        gw = ipaddress.ip_address(gateway)
+    except ValueError:
+        raise UserError(f"'{value}' in '{text}' is not NET/PREFIX%GATEWAY",
+                        "e.g. route=0.0.0.0/0%192.0.2.1") from None
+    if not pct or "/" not in net or network.version != gw.version:
+        raise UserError(f"route '{value}' in '{text}' must be NET/PREFIX%GATEWAY of one family")
+    return Route(str(network.network_address), network.prefixlen, str(gw))
+
+
+def _port(value: str, text: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise UserError(f"port '{value}' in '{text}' is not 1..65535")
+    return int(value)
+
+
+def host_device(sandbox: str, index: int) -> str:
+    """The host end's name: stable per sandbox and interface, within IFNAMSIZ (15 bytes).
+    libvirt's LXC driver needs a fixed name to bind a network filter to."""
+    digest = hashlib.sha256(f"{sandbox}/{index}".encode()).hexdigest()
+    return f"vss{digest[:11]}"
+
+
+def interface_element(spec: NetSpec, device: str) -> etree._Element:
+    """<interface type='network'> in the order of libvirt's schema."""
+    iface = etree.Element("interface", type="network")
+    if spec.mac:
+        etree.SubElement(iface, "mac", address=spec.mac)
+    etree.SubElement(iface, "source", network=spec.source)
+    etree.SubElement(iface, "target", dev=device)
+    for a in spec.addresses:
+        etree.SubElement(iface, "ip", address=a.ip, family=a.family, prefix=str(a.prefix))
+    for r in spec.routes:
+        etree.SubElement(iface, "route", family=r.family, address=r.network,
+                         prefix=str(r.prefix), gateway=r.gateway)
+    if spec.filter:
+        ref = etree.SubElement(iface, "filterref", filter=spec.filter)
+        for port in spec.ports:
+            etree.SubElement(ref, "parameter", name="PORT", value=str(port))
+    return iface
+
+
+def networkd_file(index: int) -> str:
+    """systemd-networkd config for a DHCP interface of a unit sandbox (eth0, eth1, ...)."""
+    return (f"# virt-sandbox-service: -N ...,dhcp\n[Match]\nName=eth{index}\n\n"
+            "[Network]\nDHCP=yes\n")
+
+
+def filter_xml() -> str:
+    """Our nwfilter. Lower priorities run first. Allowed: ARP and IPv6 neighbour discovery
+    (to be reachable at all), answers on $PORT (incoming TCP to the port and what belongs to
+    those connections), DNS queries out. Everything else, both ways, is dropped."""
+    root = etree.Element("filter", name=OUR_FILTER, chain="root")
+    etree.SubElement(root, "filterref", filter="no-mac-spoofing")
+    _rule(root, "accept", "inout", -500, "mac", protocolid="arp")
+    for icmp_type in ("133", "134", "135", "136"):  # router/neighbour solicitation/advert.
+        _rule(root, "accept", "inout", -400, "icmpv6", type=icmp_type)
+    # Connection state is matched for IPv4; libvirt's schema has no state for IPv6 rules.
+    for proto, new, est in (("tcp", {"state": "NEW,ESTABLISHED"}, {"state": "ESTABLISHED"}),
+                            ("tcp-ipv6", {}, {})):
+        _rule(root, "accept", "in", 100, proto, dstportstart="$PORT", **new)
+        _rule(root, "accept", "out", 100, proto, srcportstart="$PORT", **est)
+    for proto, new, est in (("udp", {"state": "NEW,ESTABLISHED"}, {"state": "ESTABLISHED"}),
+                            ("udp-ipv6", {}, {})):
+        _rule(root, "accept", "out", 200, proto, dstportstart="53", **new)
+        _rule(root, "accept", "in", 200, proto, srcportstart="53", **est)
+    _rule(root, "drop", "inout", 1000, "all")
+    _rule(root, "drop", "inout", 1000, "all-ipv6")
+    return etree.tostring(root, pretty_print=True, encoding="unicode")
+
+
+def _rule(root: etree._Element, action: str, direction: str, priority: int, match: str,
+          **attrs: str) -> None:
+    rule = etree.SubElement(root, "rule", action=action, direction=direction,
+                            priority=str(priority))
+    etree.SubElement(rule, match, attrib=attrs)
