@@ -111,3 +111,12 @@ def test_label_allocation_avoids_used_pairs() -> None:
     taken = {(i, i + 1) for i in range(0, 1000, 2)}
     assert all(isinstance(level, Level) and (level.c1, level.c2) not in taken for level in got)
     assert all(level.c1 < level.c2 for level in got)
+
+
+def test_config_from_another_format_version_is_refused() -> None:
+    newer = sample().to_json().replace('"format_version": 1', '"format_version": 2')
+    with pytest.raises(UserError, match="newer than this virt-sandbox-service knows"):
+        SandboxConfig.from_json(newer, "web1.json")
+    older = sample().to_json().replace('"format_version": 1', '"format_version": 0')
+    with pytest.raises(UserError, match="older format version 0"):
+        SandboxConfig.from_json(older, "web1.json")

@@ -165,6 +165,14 @@ class SandboxConfig:
         if unknown:
             raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}",
                             "was it written by a newer virt-sandbox-service?")
+        version = data.get("format_version", FORMAT_VERSION)
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise UserError(f"{source} has format version {version}, newer than this "
+                            f"virt-sandbox-service knows ({FORMAT_VERSION})",
+                            "it was written by a newer version: upgrade virt-sandbox-service")
+        if isinstance(version, int) and version < FORMAT_VERSION:
+            raise UserError(f"{source} has the older format version {version}",
+                            "bring it up to date: virt-sandbox-service upgrade --all")
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             kwargs[key] = _from_json_value(key, value)
@@ -218,14 +226,18 @@ class Paths:
         return self.config_dir / ".lock"
 
 
-def load_config(paths: Paths, name: str) -> SandboxConfig:
+def read_config_text(paths: Paths, name: str) -> tuple[Path, str]:
     validate_name(name)
     path = paths.config_file(name)
     try:
-        text = path.read_text()
+        return path, path.read_text()
     except FileNotFoundError:
         raise UserError(f"no sandbox named '{name}'",
                         "see 'virt-sandbox-service list' for the sandboxes there are") from None
+
+
+def load_config(paths: Paths, name: str) -> SandboxConfig:
+    path, text = read_config_text(paths, name)
     return SandboxConfig.from_json(text, str(path))
 
 

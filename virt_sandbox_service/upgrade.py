@@ -43,7 +43,7 @@ from .conffiles import (
     packaged_md5s,
     read_host,
 )
-from .config import FORMAT_VERSION, Paths, SandboxConfig, validate_name
+from .config import FORMAT_VERSION, Paths, SandboxConfig, read_config_text
 from .errors import SandboxError, UserError
 from .evidence import Access, PathEvidence
 from .plan import MARKER, other_path
@@ -83,13 +83,7 @@ def migrate(data: dict[str, Any], source: str, table: dict[int, Migration] | Non
 
 def load_migrated(paths: Paths, name: str) -> tuple[SandboxConfig, str, int]:
     """(config, the file's text as read, the format version it was written in)."""
-    validate_name(name)
-    path = paths.config_file(name)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"no sandbox named '{name}'",
-                        "see 'virt-sandbox-service list' for the sandboxes there are") from None
+    path, text = read_config_text(paths, name)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
