@@ -109,7 +109,14 @@ def domain_names(under: Path | None = None) -> list[str]:
         doms = conn.listAllDomains(0)
         if under is None:
             return [d.name() for d in doms]
-        return [d.name() for d in doms if f"<vss:state>{under}/" in d.XMLDesc(0)]
+        out = []
+        for d in doms:
+            try:  # a domain another test removes right now is gone, not an error
+                if f"<vss:state>{under}/" in d.XMLDesc(0):
+                    out.append(d.name())
+            except libvirt.libvirtError:
+                continue
+        return out
     finally:
         conn.close()
 

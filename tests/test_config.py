@@ -120,3 +120,25 @@ def test_config_from_another_format_version_is_refused() -> None:
     older = sample().to_json().replace('"format_version": 1', '"format_version": 0')
     with pytest.raises(UserError, match="older format version 0"):
         SandboxConfig.from_json(older, "web1.json")
+
+
+@pytest.mark.parametrize(("key", "value", "needle"), [
+    ("uri", 5, "'uri' must be a string, not int"),
+    ("copy", "yes", "'copy' must be true or false"),
+    ("memory", True, "'memory' must be a whole number, not bool"),
+    ("units", "apache2.service", "'units' must be a list"),
+    ("units", [1], "'units' must be a list of strings"),
+])
+def test_config_field_types_are_checked(key: str, value: object, needle: str) -> None:
+    import json
+
+    data = json.loads(sample().to_json())
+    data[key] = value
+    with pytest.raises(UserError, match=needle):
+        SandboxConfig.from_json(json.dumps(data), "web1.json")
+
+
+def test_shown_escapes_control_characters() -> None:
+    with pytest.raises(UserError) as e:
+        validate_name("a\nb")
+    assert "\n" not in e.value.message and "'a\\nb'" in e.value.message

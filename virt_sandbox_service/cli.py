@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from . import __version__
-from .config import DEFAULT_URI, Paths, load_config
+from .config import DEFAULT_URI, Paths, load_config, shown
 from .errors import SandboxError
 from .limits import LimitArgs
 
@@ -26,9 +26,7 @@ Handler = Callable[[argparse.Namespace, Paths], int]
 def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
     from .create import CreateRequest, create
 
-    command = tuple(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+    command = after_dashes(args.command, "create NAME -- CMD ARGS")
     req = CreateRequest(
         name=args.name, uri=args.connect, units=tuple(args.unit or ()), command=command,
         state_parent=args.path, packages=tuple(args.package or ()),
@@ -68,6 +66,28 @@ def cmd_clone(args: argparse.Namespace, paths: Paths) -> int:
     clone(CloneRequest(args.source, args.dest, args.path, args.security), paths)
     print(f"cloned sandbox {args.source} as {args.dest}")
     return 0
+
+
+def after_dashes(words: list[str], usage: str) -> tuple[str, ...]:
+    """The command after NAME (argparse has dropped a `--` there). An option after NAME,
+    say --dry-run, would silently become the command: a command is an absolute path, so a
+    first word starting with '-' is refused instead."""
+    if words and words[0] == "--":
+        words = words[1:]
+    if words and words[0].startswith("-"):
+        raise SandboxError(f"unexpected {shown(words[0])} after the sandbox name",
+                           f"options go before the name; a command goes after --: {usage}")
+    return tuple(words)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' must be a positive number of seconds")
+    return value
 
 
 def cmd_start(args: argparse.Namespace, paths: Paths) -> int:
@@ -249,9 +269,10 @@ def _add_simple(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: 
         sp.add_argument("--detach", action="store_true",
                         help="return once the sandbox is ready instead of staying in the "
                              "foreground (the unit's ExecStart stays in the foreground)")
-        sp.add_argument("--timeout", type=float, default=90, help="seconds to wait for ready")
+        sp.add_argument("--timeout", type=positive_seconds, default=90,
+                        help="seconds to wait for ready")
     if name == "stop":
-        sp.add_argument("--timeout", type=float, default=30,
+        sp.add_argument("--timeout", type=positive_seconds, default=30,
                         help="seconds for a clean shutdown before the domain is destroyed")
     sp.set_defaults(func=func)
     return sp
@@ -338,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: hint: {e.hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; what this command had done was undone", file=sys.stderr)
+        # A create or clone has rolled back by now; start/stop leave the sandbox consistent.
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug or an unexpected host failure: one line, details on --debug
         if args.debug:

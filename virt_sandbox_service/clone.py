@@ -18,7 +18,7 @@ from . import host
 from .apply import files
 from .apply import libvirt as lv
 from .apply.txn import Transaction
-from .config import Paths, SandboxConfig, load_config, validate_abs_path, validate_name
+from .config import Paths, SandboxConfig, load_config, validate_dir_path, validate_name
 from .create import (
     EVIDENCE_FILE,
     CreateRequest,
@@ -114,7 +114,7 @@ def clone_plan(src: SandboxConfig, cfg: SandboxConfig, paths: Paths,
 def clone(req: CloneRequest, paths: Paths) -> Plan:
     validate_name(req.dest)
     if req.state_parent is not None:
-        validate_abs_path(req.state_parent, "-p path")
+        validate_dir_path(req.state_parent, "-p path")
     src = load_config(paths, req.source)
     facts = host.detect()
     conn = lv.connect(src.uri)

@@ -53,28 +53,39 @@ def parse_enum(cls: type[E], value: str, what: str) -> E:
         raise UserError(f"'{value}' is not a valid {what} ({choices})") from None
 
 
+def shown(text: str) -> str:
+    """A user's string, quoted for a one-line message: control characters escaped."""
+    if text.isprintable():
+        return f"'{text}'"
+    return "'" + text.encode("unicode_escape").decode("ascii") + "'"
+
+
 def validate_name(name: str) -> str:
     """Check a sandbox name: it becomes a directory, a libvirt domain, a hostname and a unit."""
     hint = "use letters, digits, '_', '.', '-', starting with a letter or digit"
     if not name:
         raise UserError("sandbox name is empty", hint)
     if "/" in name or name in (".", "..") or ".." in name:
-        raise UserError(f"sandbox name '{name}' must not contain '/' or '..'", hint)
+        raise UserError(f"sandbox name {shown(name)} must not contain '/' or '..'", hint)
     if len(name) > NAME_MAX:
         raise UserError(f"sandbox name is {len(name)} characters long (at most {NAME_MAX})", hint)
     if not NAME_RE.fullmatch(name):
-        raise UserError(f"sandbox name '{name}' has characters that are not allowed", hint)
+        raise UserError(f"sandbox name {shown(name)} has characters that are not allowed",
+                        hint)
     return name
 
 
+URI_RE = re.compile(r"(?P<scheme>lxc|qemu)(\+[a-z]+)?://[^/\s]*(?P<path>/[a-z]*)(\?\S*)?")
+
+
 def driver_for_uri(uri: str) -> Driver:
-    scheme = uri.split(":", 1)[0].split("+", 1)[0]
-    if scheme == "lxc":
+    m = URI_RE.fullmatch(uri)
+    if m and m["scheme"] == "lxc" and m["path"] == "/":
         return Driver.LXC
-    if scheme == "qemu":
+    if m and m["scheme"] == "qemu" and m["path"] in ("/system", "/session"):
         return Driver.KVM
     raise UserError(
-        f"URI '{uri}' is not a libvirt LXC or QEMU URI",
+        f"URI {shown(uri)} is not a libvirt LXC or QEMU URI",
         "use -c lxc:/// (containers) or -c qemu:///system (micro-VMs)",
     )
 
@@ -102,10 +113,24 @@ def parse_size(text: str, what: str = "size") -> int:
 
 def validate_abs_path(text: str, what: str) -> str:
     if not text.startswith("/"):
-        raise UserError(f"{what} '{text}' is not an absolute path", "paths start with '/'")
+        raise UserError(f"{what} {shown(text)} is not an absolute path", "paths start with '/'")
     norm = os.path.normpath(text)
     if any(part == ".." for part in text.split("/")):
-        raise UserError(f"{what} '{text}' must not contain '..'")
+        raise UserError(f"{what} {shown(text)} must not contain '..'")
+    if not text.isprintable():
+        raise UserError(f"{what} {shown(text)} has control characters")
+    return norm
+
+
+def validate_dir_path(text: str, what: str) -> str:
+    """An absolute path that is, or can become, a directory: no part of it is a file."""
+    norm = validate_abs_path(text, what)
+    probe = norm
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"{what} {shown(text)} is not a directory"
+                        + ("" if probe == norm else f" ({probe} is not one)"))
     return norm
 
 
@@ -175,23 +200,43 @@ class SandboxConfig:
                             "bring it up to date: virt-sandbox-service upgrade --all")
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
-            kwargs[key] = _from_json_value(key, value)
+            kwargs[key] = _from_json_value(key, value, source)
         try:
             return cls(**kwargs)
         except TypeError as e:
             raise UserError(f"{source}: {e}") from None
 
 
-def _from_json_value(key: str, value: Any) -> Any:
+def _from_json_value(key: str, value: Any, source: str = "config") -> Any:
     if key == "kind":
-        return parse_enum(Kind, value, "sandbox kind")
+        return parse_enum(Kind, _typed(key, value, str, source), "sandbox kind")
     if key == "security_mode":
-        return parse_enum(SecurityMode, value, "security mode")
+        return parse_enum(SecurityMode, _typed(key, value, str, source), "security mode")
     if key == "extra":
-        return tuple((str(k), str(v)) for k, v in value)
-    if isinstance(value, list):
-        return tuple(value)
+        pairs = _typed(key, value, list, source)
+        if not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+            raise UserError(f"{source}: 'extra' must be a list of [key, value] pairs")
+        return tuple((str(k), str(v)) for k, v in pairs)
+    expected = _FIELD_TYPES[key]
+    if expected is tuple:
+        items = _typed(key, value, list, source)
+        if not all(isinstance(i, str) for i in items):
+            raise UserError(f"{source}: '{key}' must be a list of strings")
+        return tuple(items)
+    if value is None and key in _OPTIONAL:
+        return None
+    return _typed(key, value, expected, source)
+
+
+def _typed(key: str, value: Any, expected: type, source: str) -> Any:
+    # bool is an int in Python; a JSON true where a number belongs is still an error.
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise UserError(f"{source}: '{key}' must be {_TYPE_WORDS[expected]}, not "
+                        f"{type(value).__name__}", "was the file edited by hand?")
     return value
+
+
+_TYPE_WORDS = {str: "a string", int: "a whole number", bool: "true or false", list: "a list"}
 
 
 @dataclass(frozen=True)
@@ -236,15 +281,47 @@ def read_config_text(paths: Paths, name: str) -> tuple[Path, str]:
                         "see 'virt-sandbox-service list' for the sandboxes there are") from None
 
 
+def _field_types() -> tuple[dict[str, type], frozenset[str]]:
+    """Each config field's JSON type, from the dataclass annotations (declared once)."""
+    import typing
+
+    hints = typing.get_type_hints(SandboxConfig)
+    types: dict[str, type] = {}
+    optional = set()
+    for name, hint in hints.items():
+        args = typing.get_args(hint)
+        if type(None) in args:
+            optional.add(name)
+            hint = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(hint) or hint
+        types[name] = tuple if origin is tuple else origin
+    return types, frozenset(optional)
+
+
+_FIELD_TYPES, _OPTIONAL = _field_types()
+
+
 def load_config(paths: Paths, name: str) -> SandboxConfig:
     path, text = read_config_text(paths, name)
     return SandboxConfig.from_json(text, str(path))
 
 
-def all_configs(paths: Paths) -> list[SandboxConfig]:
+def scan_configs(paths: Paths) -> list[tuple[str, SandboxConfig | UserError]]:
+    """Every sandbox config file: the config, or why it cannot be read. One damaged file
+    must not stop the tool from listing, creating or deleting the others (or itself)."""
     if not paths.sandboxes_dir.is_dir():
         return []
-    out = []
+    out: list[tuple[str, SandboxConfig | UserError]] = []
     for p in sorted(paths.sandboxes_dir.glob("*.json")):
-        out.append(SandboxConfig.from_json(p.read_text(), str(p)))
+        try:
+            out.append((p.stem, SandboxConfig.from_json(p.read_text(), str(p))))
+        except UserError as e:
+            out.append((p.stem, e))
+        except (OSError, UnicodeDecodeError) as e:
+            out.append((p.stem, UserError(f"{p}: {e}")))
     return out
+
+
+def all_configs(paths: Paths) -> list[SandboxConfig]:
+    """The configs that can be read (see scan_configs for the others)."""
+    return [c for _, c in scan_configs(paths) if isinstance(c, SandboxConfig)]

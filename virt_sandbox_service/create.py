@@ -34,7 +34,9 @@ from .config import (
     SecurityMode,
     all_configs,
     driver_for_uri,
+    shown,
     validate_abs_path,
+    validate_dir_path,
     validate_name,
 )
 from .domain import domain_xml
@@ -80,9 +82,7 @@ def validate(req: CreateRequest) -> None:
         raise UserError("nothing to run: give -u UNIT or a command after --",
                         "e.g. create -u apache2.service web1, or create web3 -- /bin/sh")
     if req.state_parent is not None:
-        validate_abs_path(req.state_parent, "-p path")
-        if os.path.exists(req.state_parent) and not os.path.isdir(req.state_parent):
-            raise UserError(f"-p path '{req.state_parent}' is not a directory")
+        validate_dir_path(req.state_parent, "-p path")
     for p in (*req.private, *req.shared):
         validate_abs_path(p, "path")
     parse_limits(req.limits, os.cpu_count() or 1)
@@ -100,10 +100,19 @@ def validate(req: CreateRequest) -> None:
         if problem:
             raise UserError(f"--userns is not possible on this host: {problem}",
                             "create the sandbox without --userns; 'doctor' explains")
-    if req.command and not req.command[0].startswith("/"):
-        raise UserError(f"command '{req.command[0]}' must be an absolute path",
+    check_command(req.command)
+
+
+def check_command(command: tuple[str, ...]) -> None:
+    """A generic sandbox's command: absolute, and text libvirt's XML can carry."""
+    for arg in command:
+        if any(ord(c) < 32 and c not in "\t\n" for c in arg):
+            raise UserError(f"command argument {shown(arg)} has control characters",
+                            "libvirt cannot pass them to the sandbox's init")
+    if command and not command[0].startswith("/"):
+        raise UserError(f"command {shown(command[0])} must be an absolute path",
                         "the sandbox has no shell PATH lookup for its init; use e.g. /usr/bin/"
-                        f"{os.path.basename(req.command[0])}")
+                        f"{os.path.basename(command[0]) or 'true'}")
 
 
 # Mount points the sandbox makes itself: its private trees and tmpfs.

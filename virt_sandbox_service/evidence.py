@@ -189,6 +189,8 @@ _TMPFS_ROOTS = ("/run", "/tmp")
 _NOT_SERVICE_DATA = ("/var/lib/dpkg", "/var/lib/rpm", "/var/lib/apt", "/var/cache/apt")
 _SYSTEMD_BASELINE = ("/var/lib/systemd", "/var/log/journal", "/var/tmp", "/var/cache",
                      "/var/log", "/var/lib")
+# Kernel filesystems: the sandbox has its own instances; nothing there can be copied or shared.
+_KERNEL_TREES = ("/proc", "/sys", "/dev")
 _NEVER_PRIVATE = {
     "/": "the host root is always shared read-only; name the directories the service writes",
     "/etc": "the sandbox's /etc is private already; name a path under it, e.g. /etc/apache2",
@@ -257,6 +259,9 @@ def _override_path(text: str, option: str) -> str:
     path = _norm(text)
     if path in _NEVER_PRIVATE and (option == "--private" or path == "/"):
         raise UserError(f"{option} {path} is not allowed", _NEVER_PRIVATE[path])
+    if any(path == k or path.startswith(k + "/") for k in _KERNEL_TREES):
+        raise UserError(f"{option} {path} is not allowed: it is a kernel filesystem",
+                        "the sandbox gets its own /proc, /sys and /dev from libvirt")
     return path
 
 

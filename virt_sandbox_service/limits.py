@@ -102,7 +102,7 @@ def parse_caps(drop: tuple[str, ...], keep: tuple[str, ...]) -> tuple[str, ...]:
     """The default drop list, plus --cap-drop, minus --cap-add."""
     for cap in (*drop, *keep):
         if cap.lower().removeprefix("cap_") not in ALL_CAPS:
-            raise UserError(f"'{cap}' is not a capability libvirt can drop",
+            raise UserError(f"'{cap}' is not the name of a Linux capability",
                             "names like sys_module or net_raw; see capabilities(7)")
     norm = {c.lower().removeprefix("cap_") for c in drop}
     kept = {c.lower().removeprefix("cap_") for c in keep}

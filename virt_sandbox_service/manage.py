@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from .apply import files
 from .apply import libvirt as lv
 from .apply import systemd as sd
 from .apply.files import write_file
-from .config import Paths, SandboxConfig, all_configs, load_config
+from .config import Kind, Paths, SandboxConfig, load_config, scan_configs, validate_name
 from .create import EVIDENCE_FILE, config_lock
 from .errors import HostError, UserError
 from .limits import (
@@ -37,9 +38,32 @@ from .runtime.enter import init_pid
 from .units import unit_name
 
 
+def _config_for_delete(paths: Paths, name: str) -> SandboxConfig:
+    """The sandbox's config; for a damaged config file, what its domain's metadata says (or
+    the defaults), so that `delete` can still remove the sandbox it belongs to."""
+    validate_name(name)
+    try:
+        return load_config(paths, name)
+    except UserError:
+        if not paths.config_file(name).is_file():
+            raise
+    state = str(paths.state_parent / name)
+    uri = "lxc:///"
+    for candidate in ("lxc:///", "qemu:///system"):
+        with contextlib.suppress(HostError, libvirt.libvirtError):
+            dom = lv.lookup(lv.connect(candidate), name)
+            if dom is not None and lv.is_ours(dom):
+                uri, state = candidate, lv.metadata(dom).get("state", state)
+                break
+    print(f"virt-sandbox-service: warning: {paths.config_file(name)} is damaged; deleting "
+          f"what its domain names (state {state})", file=sys.stderr)
+    return SandboxConfig(name=name, kind=Kind.GENERIC, uri=uri, state_dir=state)
+
+
 def delete(paths: Paths, name: str, *, force: bool = False) -> None:
-    """Refuse a running sandbox unless forced; then remove unit, domain, state and config."""
-    cfg = load_config(paths, name)
+    """Refuse a running sandbox unless forced; then remove unit, domain, state and config.
+    The config goes last: until then, a delete that was killed can be run again."""
+    cfg = _config_for_delete(paths, name)
     conn = lv.connect(cfg.uri)
     dom = lv.lookup(conn, name)
     if dom is not None and not lv.is_ours(dom):
@@ -57,13 +81,14 @@ def delete(paths: Paths, name: str, *, force: bool = False) -> None:
         sd.daemon_reload()
         if dom is not None:
             lv.undefine(dom)
+        rt.remove_cgroups(name)  # also after a stop by someone else, or a failed start
         files.remove_state_dir(Path(cfg.state_dir), name)
-        paths.config_file(name).unlink(missing_ok=True)
         run = rt.run_dir(paths, name)
         if run.is_dir():
             for f in run.iterdir():
                 f.unlink()
             run.rmdir()
+        paths.config_file(name).unlink(missing_ok=True)
 
 
 def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
@@ -132,8 +157,14 @@ def _network_info(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> Any:
 
 def sandbox_rows(paths: Paths) -> list[dict[str, Any]]:
     conns: dict[str, libvirt.virConnect] = {}
-    rows = []
-    for cfg in all_configs(paths):
+    rows: list[dict[str, Any]] = []
+    for name, cfg in scan_configs(paths):
+        if isinstance(cfg, UserError):
+            print(f"virt-sandbox-service: warning: {cfg.message}", file=sys.stderr)
+            rows.append({"name": name, "driver": None, "kind": None, "units": [],
+                         "command": [], "state": "damaged", "address": None, "addresses": [],
+                         "unit": unit_name(name)})
+            continue
         if cfg.uri not in conns:
             conns[cfg.uri] = lv.connect(cfg.uri)
         dom = lv.lookup(conns[cfg.uri], cfg.name)
@@ -154,7 +185,7 @@ def sandbox_rows(paths: Paths) -> list[dict[str, Any]]:
 def format_list(rows: list[dict[str, Any]]) -> str:
     header = ("NAME", "DRIVER", "UNITS", "STATE", "ADDRESS")
     table = [header] + [
-        (r["name"], r["driver"], " ".join(r["units"]) or "-- " + " ".join(r["command"]),
+        (r["name"], r["driver"] or "-", " ".join(r["units"]) or "-- " + " ".join(r["command"]),
          r["state"], r["address"] or "-")
         for r in rows
     ]

@@ -136,6 +136,9 @@ def _keep_meta(path: str, st: os.stat_result, shift: int = 0) -> None:
 def check_removable(state: Path, name: str) -> None:
     """Only a state directory carrying our marker for this sandbox (or an empty one, left by
     a create killed between mkdir and marker) may be removed."""
+    if os.path.lexists(state) and not state.is_dir():
+        raise UserError(f"{state} is not a directory; not removing it",
+                        "it is not a state directory this tool made; look at it by hand")
     if not state.exists() or not any(state.iterdir()):
         return
     try:

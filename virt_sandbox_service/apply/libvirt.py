@@ -35,6 +35,16 @@ def is_ours(dom: libvirt.virDomain) -> bool:
     return root.find(f"metadata/{{{METADATA_NS}}}sandbox") is not None
 
 
+def metadata(dom: libvirt.virDomain) -> dict[str, str]:
+    """Our metadata in the domain: kind, config, state (first value of each)."""
+    root = etree.fromstring(dom.XMLDesc(0).encode())
+    box = root.find(f"metadata/{{{METADATA_NS}}}sandbox")
+    out: dict[str, str] = {}
+    for child in box if box is not None else ():
+        out.setdefault(etree.QName(child).localname, child.text or "")
+    return out
+
+
 def check_name_free(conn: libvirt.virConnect, name: str) -> None:
     if lookup(conn, name) is not None:
         raise UserError(f"a libvirt domain named '{name}' already exists",

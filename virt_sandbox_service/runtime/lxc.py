@@ -65,6 +65,7 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
     if dom.isActive():
         raise UserError(f"sandbox '{cfg.name}' is already running",
                         f"stop it first: virt-sandbox-service stop {cfg.name}")
+    check_state(cfg)
     remove_cgroups(cfg.name)
     rdir = run_dir(paths, cfg.name)
     rdir.mkdir(parents=True, exist_ok=True)
@@ -73,8 +74,9 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
     listener = NotifyListener(rdir / "notify")
     since = time.time()
     try:
-        _create(dom, cfg)
         try:
+            # Inside: a Ctrl-C that lands as libvirt returns must not leave it running.
+            _create(dom, cfg)
             if cfg.kind is Kind.SERVICE:
                 _wait_ready(dom, cfg, listener, timeout, since)
         except InnerFailure as e:
@@ -93,6 +95,16 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
         return _foreground(conn, dom, cfg, paths, listener, since)
     finally:
         listener.close()
+
+
+def check_state(cfg: SandboxConfig) -> None:
+    """The private trees the domain mounts must be there, or libvirt fails obscurely."""
+    for tree in ("etc", "var"):
+        if not os.path.isdir(os.path.join(cfg.state_dir, tree)):
+            raise HostError(f"sandbox '{cfg.name}' lacks its private {tree} "
+                            f"({cfg.state_dir}/{tree})",
+                            f"its state is damaged: virt-sandbox-service delete {cfg.name}, "
+                            "then create it again")
 
 
 def _print_error(e: HostError) -> None:

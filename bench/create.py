@@ -1,0 +1,144 @@
+"""Benchmark: how long `create` takes, with and without -C, and `clone`.
+
+Prints medians of N runs and writes bench/results/create.md (and .json). Asserts nothing.
+    .venv/bin/python bench/create.py [--runs 5]
+Floor in the same run: `cp -a` of the private /etc a create makes, plus `virsh define` and
+`undefine` of the same domain XML (what libvirt alone costs).
+Where `clone` does not exist yet, the script prints "clone: not implemented" and goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import libvirt
+from _common import (
+    median,
+    on_sigterm_clean_up,
+    ratio,
+    raw_copy_xml,
+    secs,
+    state_dir,
+    tool,
+    tool_env,
+    write_result,
+    xml_file,
+)
+
+
+def one_create(env: dict[str, str], *opts: str) -> tuple[float, float, float]:
+    """Seconds of `create [opts] -u apache2.service` and of its `delete`; state size, MiB."""
+    name = f"benchcr{secrets.token_hex(3)}"
+    t0 = time.monotonic()
+    tool(env, "create", *opts, "-u", "apache2.service", name)
+    create = time.monotonic() - t0
+    out = subprocess.run(["du", "-sk", str(state_dir(env, name))], capture_output=True,
+                         text=True).stdout.split()
+    t0 = time.monotonic()
+    tool(env, "delete", name)
+    return create, time.monotonic() - t0, float(out[0]) / 1024 if out else 0.0
+
+
+def one_clone(env: dict[str, str], src: str) -> float:
+    dest = f"benchcl{secrets.token_hex(3)}"
+    t0 = time.monotonic()
+    tool(env, "clone", src, dest)
+    took = time.monotonic() - t0
+    tool(env, "delete", dest)
+    return took
+
+
+def one_define(path: str, raw: str) -> float:
+    t0 = time.monotonic()
+    subprocess.run(["virsh", "-q", "-c", "lxc:///", "define", path], check=True,
+                   capture_output=True)
+    subprocess.run(["virsh", "-q", "-c", "lxc:///", "undefine", raw], check=True,
+                   capture_output=True)
+    return time.monotonic() - t0
+
+
+def one_copy_etc(etc: Path) -> float:
+    """`cp -a` of exactly the private /etc a create makes (the trimmed copy of the host's)."""
+    tmp = Path(tempfile.mkdtemp(prefix="vss-bench-etc-", dir="/var/tmp"))
+    try:
+        t0 = time.monotonic()
+        subprocess.run(["cp", "-a", str(etc), str(tmp / "etc")], check=True,
+                       capture_output=True)
+        return time.monotonic() - t0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    on_sigterm_clean_up()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    conn = libvirt.open("lxc:///")
+    got: dict[str, list[float]] = {k: [] for k in (
+        "create", "create del", "create MiB", "create -C", "create -C del", "create -C MiB",
+        "clone", "define", "cp etc")}
+    # Interleaved: each run does every step once, so that the shared machine's changing load
+    # shifts every figure alike.
+    with tool_env() as env:
+        has_clone = tool(env, "clone", "--help", check=False).returncode == 0
+        src = f"benchsrc{secrets.token_hex(3)}"
+        tool(env, "create", "-u", "apache2.service", src)
+        raw = src + "x"
+        try:
+            with xml_file(raw_copy_xml(conn, src, raw)) as path:
+                for _ in range(args.runs):
+                    for key, opts in (("create", ()), ("create -C", ("-C",))):
+                        c, d, mib = one_create(env, *opts)
+                        got[key].append(c)
+                        got[f"{key} del"].append(d)
+                        got[f"{key} MiB"].append(mib)
+                    if has_clone:
+                        got["clone"].append(one_clone(env, src))
+                    got["define"].append(one_define(path, raw))
+                    got["cp etc"].append(one_copy_etc(state_dir(env, src) / "etc"))
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.lookupByName(raw).undefine()
+    m = {k: median(v) if v else None for k, v in got.items()}
+    plain, plain_del, plain_mb = m["create"], m["create del"], m["create MiB"] or 0.0
+    copy, copy_del, copy_mb = m["create -C"], m["create -C del"], m["create -C MiB"] or 0.0
+    clone, define, cp_etc = m["clone"], m["define"] or 0.0, m["cp etc"] or 0.0
+    if clone is None:
+        print("clone: not implemented")
+    floor = define + cp_etc
+    body = ["| step | ours (s) | state size (MiB) | floor (s) | ratio ours/floor |",
+            "|---|---|---|---|---|",
+            f"| create -u apache2.service | {secs(plain)} | {plain_mb:.1f} | {secs(floor)} | "
+            f"{ratio(plain, floor)} |",
+            f"| create -C -u apache2.service | {secs(copy)} | {copy_mb:.1f} | {secs(floor)} | "
+            f"{ratio(copy, floor)} |",
+            f"| delete (after create) | {secs(plain_del)} | | | |",
+            f"| delete (after create -C) | {secs(copy_del)} | | | |",
+            "| clone | not implemented | | | |" if clone is None else
+            f"| clone (of a stopped apache2 sandbox) | {secs(clone)} | | {secs(floor)} | "
+            f"{ratio(clone, floor)} |",
+            "", f"Floor = `cp -a` of the private /etc a create makes (the trimmed copy of the "
+            f"host's; {secs(cp_etc)} s) + `virsh define` and `undefine` of the same domain XML "
+            f"({secs(define)} s).",
+            "Each of ours is one fresh CLI process (Python start-up and `import libvirt`, "
+            "~0.1 s, included). The host has no systemd PID 1, so no daemon-reload is timed."]
+    summary = [{"figure": "create -u apache2.service", "unit": "s", "ours": plain,
+                "peers": {"cp -a private /etc + virsh define": floor}},
+               {"figure": "create -C -u apache2.service", "unit": "s", "ours": copy,
+                "peers": {"cp -a private /etc + virsh define": floor}},
+               {"figure": "clone", "unit": "s", "ours": clone,
+                "peers": {"cp -a private /etc + virsh define": floor},
+                **({"note": "not implemented"} if clone is None else {})}]
+    write_result("create", "create (and clone) of an apache2 sandbox", args.runs, body, summary)
+
+
+if __name__ == "__main__":
+    main()
