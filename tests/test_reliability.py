@@ -235,7 +235,8 @@ BAD: list[Bad] = [
     # URIs
     bad("create", "-c", "", "-u", A, "nx50", needle="URI '' is not a libvirt LXC or QEMU URI"),
     bad("create", "-c", "http://example.org/", "-u", A, "nx51", needle="not a libvirt LXC"),
-    bad("create", "-c", "lxc", "-u", A, "nx52", needle="URI 'lxc' is not a libvirt LXC or QEMU URI"),
+    bad("create", "-c", "lxc", "-u", A, "nx52",
+        needle="URI 'lxc' is not a libvirt LXC or QEMU URI"),
     bad("create", "-c", "lxc:///nonsense", "-u", A, "nx53", needle="lxc:///nonsense"),
     bad("create", "-c", "qemu:///nonsense", "-u", A, "nx54", needle="qemu:///nonsense"),
     # paths
