@@ -11,14 +11,16 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import HostError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-# /etc trees the host's package tools manage (update-alternatives, update-ca-certificates):
-# shared read-only, so the host's updates (a revoked CA) reach every sandbox at once. They are
-# also most of /etc's entries (~700 symlinks), which makes a create much cheaper.
-SHARED_ETC = ("/etc/alternatives", "/etc/ssl/certs")
+# /etc trees the host's package tools manage (update-alternatives, update-ca-certificates,
+# the SELinux policy packages): shared read-only, so the host's updates (a revoked CA, a new
+# policy) reach every sandbox at once. They are also most of /etc's entries (~700 symlinks,
+# ~10 MB of policy), which makes a create much cheaper.
+SHARED_ETC = ("/etc/alternatives", "/etc/ssl/certs", "/etc/selinux")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class HostFacts:
     var_symlinks: tuple[tuple[str, str], ...] = ()
     # Host-managed /etc trees that exist here (see plan.SHARED_ETC).
     shared_etc: tuple[str, ...] = ()
+    # KVM sandboxes: hardware virtualization really usable (else TCG, see kvm_usable), the
+    # host's TSC rate (TCG guests skip calibrating it), and the cached boot files (initrd.py).
+    kvm: bool = False
+    tsc_khz: int = 0
+    kvm_kernel: str = "/var/cache/virt-sandbox-service/kvm/kernel"
+    kvm_initrd: str = "/var/cache/virt-sandbox-service/kvm/initrd.img"
 
 
 def find_tool(names: tuple[str, ...], what: str, package: str) -> str:
@@ -64,7 +72,104 @@ def detect(selinux: bool | None = None) -> HostFacts:
         etc_wants_dirs=_wants_dirs(Path("/etc/systemd/system")),
         var_symlinks=_symlinks(Path("/var")),
         shared_etc=tuple(d for d in SHARED_ETC if os.path.isdir(d)),
+        **kvm_facts()._asdict(),
     )
+
+
+# --- KVM -------------------------------------------------------------------------------------
+
+KVM_GET_API_VERSION = 0xAE00
+KVM_API_VERSION = 12
+
+
+class KvmFacts(NamedTuple):
+    kvm: bool
+    tsc_khz: int
+    kvm_kernel: str
+    kvm_initrd: str
+
+
+def kvm_facts() -> KvmFacts:
+    from .initrd import INITRD_NAME, KERNEL_NAME, cache_dir
+
+    cpuinfo = _read("/proc/cpuinfo")
+    usable, _why = kvm_usable(cpuinfo, dev_kvm_works())
+    return KvmFacts(usable, tsc_khz(cpuinfo), str(cache_dir() / KERNEL_NAME),
+                    str(cache_dir() / INITRD_NAME))
+
+
+def kvm_choice() -> tuple[bool, str]:
+    """This host's answer of kvm_usable: (hardware KVM usable, why)."""
+    return kvm_usable(_read("/proc/cpuinfo"), dev_kvm_works())
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+def dev_kvm_works(path: str = "/dev/kvm") -> bool:
+    """/dev/kvm opens read-write and answers KVM_GET_API_VERSION with the stable API."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, KVM_GET_API_VERSION) == KVM_API_VERSION
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def kvm_usable(cpuinfo: str, dev_kvm_ok: bool, caps_xml: str | None = None) -> tuple[bool, str]:
+    """Whether KVM sandboxes get <domain type='kvm'>, and why (or why not).
+
+    Hardware virtualization needs the vmx (Intel) or svm (AMD) CPU flag AND a working
+    /dev/kvm. A /dev/kvm alone is not enough: some hosts have one that runs only specially
+    built guest kernels (kvm_pvm: no vmx/svm flag; a stock kernel hangs under it), and
+    libvirt's capabilities then still offer type 'kvm'. When libvirt's capabilities are
+    given, they must offer it too.
+    """
+    flags = cpu_flags(cpuinfo)
+    hw = flags & {"vmx", "svm"}
+    if not hw:
+        why = "no vmx/svm CPU flag" + ("; /dev/kvm is present but is not hardware KVM"
+                                       if dev_kvm_ok else "")
+        return False, why
+    if not dev_kvm_ok:
+        return False, f"CPU has {'/'.join(sorted(hw))} but /dev/kvm does not work"
+    if caps_xml is not None and "<domain type='kvm'" not in caps_xml \
+            and '<domain type="kvm"' not in caps_xml:
+        return False, "libvirt's QEMU driver offers no KVM domains"
+    return True, f"hardware virtualization ({'/'.join(sorted(hw))}) and a working /dev/kvm"
+
+
+def tsc_khz(cpuinfo: str) -> int:
+    """The TSC rate in kHz from 'cpu MHz' (x86 with a constant TSC), else 0."""
+    flags = cpu_flags(cpuinfo)
+    if "constant_tsc" not in flags and "tsc" not in flags:
+        return 0
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "cpu MHz":
+            try:
+                return round(float(value) * 1000)
+            except ValueError:
+                return 0
+    return 0
 
 
 def _wants_dirs(d: Path) -> tuple[str, ...]:

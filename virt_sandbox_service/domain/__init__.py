@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import Driver
 from ..host import HostFacts
 from ..plan import Plan
-from . import lxc
+from . import kvm, lxc
 
 METADATA_NS = "https://virt-sandbox-service.org/xmlns/domain/1"
 
@@ -13,4 +13,4 @@ METADATA_NS = "https://virt-sandbox-service.org/xmlns/domain/1"
 def domain_xml(plan: Plan, facts: HostFacts) -> str:
     if plan.config.driver is Driver.LXC:
         return lxc.build(plan, facts, METADATA_NS)
-    raise NotImplementedError("the KVM backend is not implemented yet")
+    return kvm.build(plan, facts, METADATA_NS)

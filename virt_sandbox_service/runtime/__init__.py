@@ -21,6 +21,6 @@ def backend(cfg: SandboxConfig) -> ModuleType:
         from . import lxc
 
         return lxc
-    from . import kvm  # type: ignore[attr-defined,unused-ignore]
+    from . import kvm
 
-    return kvm  # type: ignore[no-any-return,unused-ignore]
+    return kvm

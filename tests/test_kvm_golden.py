@@ -1,0 +1,142 @@
+"""Golden files for KVM domain XML (pure): a unit sandbox, a generic one and a one-shot run,
+each validated against libvirt's RelaxNG schema. `pytest --regenerate-output` rewrites them."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from virt_sandbox_service.config import Kind, SandboxConfig
+from virt_sandbox_service.domain import METADATA_NS, domain_xml, kvm
+from virt_sandbox_service.errors import UserError
+from virt_sandbox_service.evidence import Access, PathEvidence
+from virt_sandbox_service.host import HostFacts
+from virt_sandbox_service.plan import Plan, plan
+from virt_sandbox_service.runtime.oneshot import run_plan
+
+from .conftest import GOLDEN
+
+SCHEMA = Path("/usr/share/libvirt/schemas/domain.rng")
+FACTS = HostFacts(memory_kib=2 * 1024 * 1024, tsc_khz=2596152,
+                  etc_wants_dirs=("multi-user.target.wants",),
+                  var_symlinks=(("lock", "/run/lock"), ("run", "/run")),
+                  shared_etc=("/etc/alternatives", "/etc/ssl/certs"))
+
+
+def ev(path: str, reason: str = "package apache2 (dpkg file list)") -> PathEvidence:
+    return PathEvidence(path, Access.PRIVATE, True, (reason,), (0, 0), 0o755)
+
+
+def config(**kw: object) -> SandboxConfig:
+    base = SandboxConfig(
+        name="kweb1", kind=Kind.SERVICE, uri="qemu:///system",
+        state_dir="/var/lib/virt-sandbox-service/kweb1", units=("apache2.service",),
+        security_label="system_u:system_r:svirt_t:s0:c12,c345",
+        machine_id="0123456789abcdef0123456789abcdef")
+    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
+
+
+CASES: dict[str, SandboxConfig] = {
+    "kvm-apache2": config(),
+    "kvm-generic": config(name="kgen", kind=Kind.GENERIC, units=(), memory=256 * 1024**2,
+                          state_dir="/var/lib/virt-sandbox-service/kgen",
+                          command=("/usr/bin/python3", "-c", "print('50% $HOME \"x\"')")),
+}
+
+
+def make_plan(name: str) -> Plan:
+    cfg = CASES[name]
+    evidence = (ev("/var/lib/apache2"), ev("/var/log/journal", "needed by systemd"))
+    frags = tuple((u, f"/lib/systemd/system/{u}") for u in cfg.units)
+    return plan(cfg, FACTS, evidence, (), f"/etc/virt-sandbox-service/sandboxes/{cfg.name}.json",
+                f"/run/virt-sandbox-service/{cfg.name}", frags)
+
+
+def make(name: str, kvm: bool = False) -> str:
+    facts = dataclasses.replace(FACTS, kvm=kvm)
+    if name == "kvm-run":
+        cfg = SandboxConfig(name="vss-run-0123abcd", kind=Kind.GENERIC, uri="qemu:///system",
+                            state_dir="", command=("/bin/false",))
+        return kvm_build_run(cfg, facts)
+    return domain_xml(make_plan(name), facts)
+
+
+def kvm_build_run(cfg: SandboxConfig, facts: HostFacts) -> str:
+    return kvm.build_run(run_plan(cfg, facts), facts, METADATA_NS,
+                         "/run/virt-sandbox-service/vss-run-0123abcd",
+                         "/run/virt-sandbox-service/vss-run-0123abcd/console.log")
+
+
+ALL = [*sorted(CASES), "kvm-run"]
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_kvm_domain_golden(case: str, regenerate: bool) -> None:
+    path = GOLDEN / f"{case}.xml"
+    xml = make(case)
+    if regenerate or not path.exists():
+        path.write_text(xml)
+    assert xml == path.read_text(), f"{path.name} differs; --regenerate-output if intended"
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_kvm_domain_validates_against_libvirt_schema(case: str) -> None:
+    if not SCHEMA.exists():
+        pytest.fail(f"{SCHEMA} missing: install libvirt-daemon-system (scripts/setup.sh)")
+    schema = etree.RelaxNG(etree.parse(str(SCHEMA)))
+    doc = etree.fromstring(make(case).encode())
+    assert schema.validate(doc), schema.error_log.last_error
+
+
+def test_every_plan_mount_reaches_the_guest() -> None:
+    p = make_plan("kvm-apache2")
+    doc = etree.fromstring(domain_xml(p, FACTS).encode())
+    shares = [(f.find("source").get("dir"), f.find("target").get("dir"),
+               f.find("readonly") is not None) for f in doc.iter("filesystem")]
+    assert shares[0] == ("/", "vss0", True)
+    assert all(f.get("multidevs") == "remap" for f in doc.iter("filesystem"))
+    cmdline = doc.findtext("os/cmdline", "").split()
+    mounts = [w.split("=", 1)[1] for w in cmdline if w.startswith("vss.mount=")]
+    assert len(mounts) == len(p.mounts)
+    for m, word in zip(p.mounts, mounts, strict=True):
+        assert word.endswith(m.target) if m.tmpfs_kib else f",{m.target}," in word
+    assert "vss.kind=service" in cmdline and "vss.unit=apache2.service" in cmdline
+    assert "vss.init=/lib/systemd/system" not in cmdline  # the systemd binary, not a dir
+    assert doc.findtext("os/type") == "hvm" and doc.find("os/type").get("machine") == "microvm"
+    assert doc.find("devices/channel/target").get("name") == "org.qemu.guest_agent.0"
+    assert doc.findtext("seclabel[@model='dac']/label") == "+0:+0"
+
+
+def test_generic_arguments_survive_any_characters() -> None:
+    doc = etree.fromstring(make("kvm-generic").encode())
+    words = doc.findtext("os/cmdline", "").split()
+    args = [base64.b64decode(w.split("=", 1)[1]).decode() for w in words
+            if w.startswith("vss.arg=")]
+    assert args == ["/usr/bin/python3", "-c", "print('50% $HOME \"x\"')"]
+    assert doc.findtext("memory") == str(256 * 1024)
+
+
+def test_run_domain_has_its_ports_and_no_private_trees() -> None:
+    doc = etree.fromstring(make("kvm-run").encode())
+    ports = [c.find("target").get("name") for c in doc.iter("channel")]
+    assert ports == ["vss.stdin", "vss.stdout", "vss.stderr", "vss.status"]
+    assert [f.find("source").get("dir") for f in doc.iter("filesystem")] == ["/"]
+    assert doc.find("devices/serial").get("type") == "file"
+
+
+def test_command_line_too_long_is_a_clear_error() -> None:
+    cfg = dataclasses.replace(CASES["kvm-generic"], command=("/bin/echo", "x" * 3000))
+    p = dataclasses.replace(make_plan("kvm-generic"), config=cfg)
+    with pytest.raises(UserError, match=r"kernel command line would be \d+ bytes"):
+        domain_xml(p, FACTS)
+
+
+def test_unsafe_mount_target_is_refused() -> None:
+    p = make_plan("kvm-apache2")
+    bad = dataclasses.replace(p.mounts[1], target="/srv/a b")
+    with pytest.raises(UserError, match="cannot be passed to a KVM sandbox"):
+        domain_xml(dataclasses.replace(p, mounts=(*p.mounts, bad)), FACTS)

@@ -1,0 +1,216 @@
+"""The KVM domain: a micro-VM booting the host's kernel and root filesystem.
+
+qemu's `microvm` machine (virtio-mmio, no PCI, no firmware) boots the host's kernel directly
+(the uncompressed vmlinux as PVH where possible) with the tiny initrd of initrd.py. Every
+mount of the plan becomes a virtio-9p share (the host's `/` read-only, the private trees
+writable) or a tmpfs the guest init makes; the init learns them, and what to run, from the
+kernel command line (see initrd/init). Built with lxml in libvirt's element order; nothing
+here reads the host: the facts say whether hardware KVM is usable and where the boot files are.
+
+qemu runs as root (a static DAC label, nothing relabelled): the 9p shares must read and
+write files of any owner, as the LXC driver does, and the host's root-only files (the private
+/etc is a copy made by root) must stay readable to the sandbox's root.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Sequence
+from typing import cast
+
+from lxml import etree
+from lxml.builder import ElementMaker
+
+from ..config import Kind
+from ..errors import UserError
+from ..host import HostFacts
+from ..plan import Mount, Plan
+
+E = ElementMaker()
+
+DEFAULT_MEMORY_KIB = 512 * 1024
+# x86's COMMAND_LINE_SIZE: the kernel truncates a longer command line.
+CMDLINE_MAX = 2047
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+RUN_PORTS = ("stdin", "stdout", "stderr", "status")
+# Kernel arguments for a fast, quiet boot of a machine with no PCI, no firmware, no disks.
+BASE_CMDLINE = ("console=ttyS0", "quiet", "panic=-1", "mitigations=off", "pci=off",
+                "tsc=reliable", "no_timer_check", "cryptomgr.notests", "random.trust_cpu=on",
+                "8250.nr_uarts=1")
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9_@%+=:./-]*")
+
+
+def domain_type(facts: HostFacts) -> str:
+    """'kvm' only with real hardware virtualization (HostFacts.kvm); else TCG."""
+    return "kvm" if facts.kvm else "qemu"
+
+
+def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
+    """The persistent domain of a unit or generic sandbox."""
+    kind = "service" if plan.config.kind is Kind.SERVICE else "generic"
+    devices = [
+        *_controllers(),
+        *_filesystems(plan.mounts),
+        *_console(None),
+        _channel(AGENT_CHANNEL, None),
+        E.memballoon(model="none"),
+    ]
+    return _domain(plan, facts, metadata_ns, kind, plan.config.command, devices)
+
+
+def build_run(plan: Plan, facts: HostFacts, metadata_ns: str, channel_dir: str,
+              console_log: str) -> str:
+    """The transient domain of a one-shot `run`: stdio and status over virtio-serial ports
+    whose host ends are unix sockets in `channel_dir`, the console in `console_log`."""
+    devices = [
+        *_controllers(),
+        *_filesystems(plan.mounts),
+        *_console(console_log),
+        *[_channel(f"vss.{p}", f"{channel_dir}/{p}.sock") for p in RUN_PORTS],
+        E.memballoon(model="none"),
+    ]
+    return _domain(plan, facts, metadata_ns, "run", plan.config.command, devices)
+
+
+def _domain(plan: Plan, facts: HostFacts, ns: str, kind: str, command: Sequence[str],
+            devices: list[etree._Element]) -> str:
+    cfg = plan.config
+    if cfg.id_base is not None or any(m.image for m in plan.mounts):
+        raise UserError("user namespaces and image mounts are for LXC sandboxes only",
+                        "create the sandbox with -c lxc:///")
+    memory_kib = cfg.memory // 1024 if cfg.memory else DEFAULT_MEMORY_KIB
+    dom = E.domain(
+        E.name(cfg.name),
+        E.title(f"virt-sandbox-service: {_what(plan)}"),
+        _metadata(plan, ns),
+        E.memory(str(memory_kib), unit="KiB"),
+        E.vcpu("1"),
+        _os(plan, facts, kind, command),
+        E.features(E.acpi()),
+        type=domain_type(facts),
+    )
+    if facts.kvm:
+        dom.append(E.cpu(mode="host-passthrough"))
+    dom.extend([
+        E.clock(offset="utc"),
+        E.on_poweroff("destroy"),
+        E.on_reboot("destroy"),
+        E.on_crash("destroy"),
+        E.devices(*devices),
+        E.seclabel(E.label("+0:+0"), type="static", model="dac", relabel="no"),
+    ])
+    if facts.selinux and cfg.security_label:
+        dom.append(E.seclabel(E.label(cfg.security_label), type="static", model="selinux",
+                              relabel="no"))
+    return etree.tostring(dom, pretty_print=True, encoding="unicode")
+
+
+def _what(plan: Plan) -> str:
+    cfg = plan.config
+    return " ".join(cfg.units) if cfg.units else " ".join(cfg.command)
+
+
+def _metadata(plan: Plan, ns: str) -> etree._Element:
+    m = ElementMaker(namespace=ns, nsmap={"vss": ns})
+    cfg = plan.config
+    return cast(etree._Element, E.metadata(m.sandbox(
+        m.kind(cfg.kind.value),
+        m.config(plan.config_path),
+        m.state(plan.state_dir),
+        *[m.unit(u) for u in cfg.units],
+    )))
+
+
+def _os(plan: Plan, facts: HostFacts, kind: str, command: Sequence[str]) -> etree._Element:
+    return cast(etree._Element, E.os(
+        E.type("hvm", arch="x86_64", machine="microvm"),
+        E.kernel(facts.kvm_kernel),
+        E.initrd(facts.kvm_initrd),
+        E.cmdline(kernel_cmdline(plan, facts, kind, command)),
+    ))
+
+
+def kernel_cmdline(plan: Plan, facts: HostFacts, kind: str, command: Sequence[str]) -> str:
+    """The kernel's arguments, then what the guest init reads (see initrd/init)."""
+    args = list(BASE_CMDLINE)
+    if not facts.kvm and facts.tsc_khz:
+        # Under TCG the guest's TSC runs at the host's rate: calibrating it only costs time.
+        args.append(f"tsc_early_khz={facts.tsc_khz}")
+    args += [f"vss.kind={kind}", f"vss.name={plan.config.name}"]
+    if kind == "service":
+        args.append(f"vss.init={_checked(facts.systemd, 'systemd path')}")
+        args += [f"vss.unit={_checked_unit(u)}" for u in plan.config.units]
+    tag = 0
+    for m in plan.mounts:
+        target = _checked(m.target, "mount target")
+        if m.tmpfs_kib:
+            args.append(f"vss.mount=tmpfs,{m.tmpfs_kib},{target}")
+        else:
+            args.append(f"vss.mount=9p,vss{tag},{target},{'ro' if m.readonly else 'rw'}")
+            tag += 1
+    args += [f"vss.arg={base64.b64encode(a.encode()).decode()}" for a in command]
+    text = " ".join(args)
+    if len(text) > CMDLINE_MAX:
+        raise UserError(f"the KVM sandbox's kernel command line would be {len(text)} bytes "
+                        f"(at most {CMDLINE_MAX})",
+                        "shorten the command: put it in a script and run that")
+    return text
+
+
+def _checked(path: str, what: str) -> str:
+    if not _SAFE_PATH.fullmatch(path) or "," in path:
+        raise UserError(f"{what} '{path}' cannot be passed to a KVM sandbox",
+                        "KVM sandboxes accept paths of letters, digits and _@%+=:./- only")
+    return path
+
+
+def _checked_unit(unit: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_@:.\\-]+", unit):
+        raise UserError(f"unit name '{unit}' cannot be passed to a KVM sandbox")
+    return unit
+
+
+def _controllers() -> list[etree._Element]:
+    return [
+        E.controller(type="usb", model="none"),
+        E.controller(E.address(type="virtio-mmio"), type="virtio-serial", index="0"),
+    ]
+
+
+def _filesystems(mounts: tuple[Mount, ...]) -> list[etree._Element]:
+    """One virtio-9p share per mount with a host source, tagged vss0, vss1... in plan order
+    (the kernel command line says where each goes)."""
+    out = []
+    tag = 0
+    for m in mounts:
+        if m.tmpfs_kib:
+            continue
+        # multidevs=remap: the host's root spans several filesystems (/proc, /sys, /run...)
+        # whose inode numbers collide; unremapped, the guest's 9p cache mistakes one
+        # directory for another (seen: /proc and /sys, both inode 1).
+        fs = E.filesystem(E.source(dir=m.source), E.target(dir=f"vss{tag}"),
+                          type="mount", accessmode="passthrough", multidevs="remap")
+        if m.readonly:
+            fs.append(E.readonly())
+        fs.append(E.address(type="virtio-mmio"))
+        out.append(fs)
+        tag += 1
+    return out
+
+
+def _console(log_path: str | None) -> list[etree._Element]:
+    """The serial console: a pty `start` copies to the journal, or a file for `run`."""
+    if log_path is None:
+        return [E.serial(E.target(port="0"), type="pty"),
+                E.console(E.target(type="serial", port="0"), type="pty")]
+    return [E.serial(E.source(path=log_path), E.target(port="0"), type="file"),
+            E.console(E.source(path=log_path), E.target(type="serial", port="0"), type="file")]
+
+
+def _channel(name: str, path: str | None) -> etree._Element:
+    ch = E.channel(type="unix")
+    if path is not None:
+        ch.append(E.source(mode="bind", path=path))
+    ch.append(E.target(type="virtio", name=name))
+    return cast(etree._Element, ch)

@@ -1,0 +1,364 @@
+"""Start, stop and enter KVM sandboxes (micro-VMs booting the host's kernel and root).
+
+The guest cannot reach the host's notify socket (an AF_UNIX socket does not cross a VM), so
+the guest init (initrd/init) reports through the run directory the host shares into the guest
+at /run/sandbox-host over virtio-9p: a unit that runs once the confined units have started
+writes `ready` (READY=1, after a VSS_FAILED=UNIT line per failed unit), a confined unit that
+fails later appends to `failed`, and a generic sandbox's init writes `exit-status`. We poll
+for them: a file check every 50 ms costs nothing next to a TCG boot.
+
+`execute`, `reload` and a clean `stop` go through the QEMU guest agent (qemu-ga of the host's
+own root, started by the guest init on the org.qemu.guest_agent.0 channel): `guest-exec`
+returns the command's exit status and its stdout and stderr apart. Its limits, documented:
+output comes back when the command ends (not streamed), at most 16 MiB per stream, and
+standard input is read to its end and sent before the command starts (not when it is a
+terminal). Shutdown: systemd has no logind to act on an ACPI power button in a sandbox, so a
+clean stop asks the agent (guest-shutdown: systemd powers off), then destroys the domain
+after the timeout.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import libvirt
+
+from ..apply import libvirt as lv
+from ..config import Kind, Paths, SandboxConfig
+from ..errors import HostError, UserError
+from ..units import EXIT_NOT_CONFIGURED
+from ..util import run
+from .notify import notify_host_manager
+
+log = logging.getLogger(__name__)
+POLL = 0.05
+STOP_MARKER = "stopping"
+READY_FILE = "ready"
+FAILED_FILE = "failed"
+EXIT_FILE = "exit-status"
+AGENT_WAIT = 30.0  # seconds to wait for the guest agent to come up (TCG boots slowly)
+CONSOLE_DRAIN = 1.0
+STDIN_WAIT = 0.2
+
+
+class Stopped(Exception):
+    """SIGTERM/SIGINT arrived while we wait in the foreground."""
+
+
+class InnerFailure(HostError):
+    """A confined unit failed while the sandbox started."""
+
+
+def run_dir(paths: Paths, name: str) -> Path:
+    return paths.run_dir / name
+
+
+def journal_dir(cfg: SandboxConfig) -> str:
+    return os.path.join(cfg.state_dir, "var", "log", "journal")
+
+
+def domain(conn: libvirt.virConnect, cfg: SandboxConfig) -> libvirt.virDomain:
+    dom = lv.lookup(conn, cfg.name)
+    if dom is None:
+        raise HostError(f"sandbox '{cfg.name}' has no libvirt domain",
+                        f"recreate it: virt-sandbox-service delete {cfg.name}, then create")
+    return dom
+
+
+# --- start -------------------------------------------------------------------------------------
+
+
+def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
+          detach: bool = False, timeout: float = 90) -> int:
+    from .. import initrd
+
+    dom = domain(conn, cfg)
+    if dom.isActive():
+        raise UserError(f"sandbox '{cfg.name}' is already running",
+                        f"stop it first: virt-sandbox-service stop {cfg.name}")
+    initrd.ensure()  # the domain boots the cached files: (re)build them if stale
+    rdir = run_dir(paths, cfg.name)
+    rdir.mkdir(parents=True, exist_ok=True)
+    for leftover in (STOP_MARKER, READY_FILE, ".ready", FAILED_FILE, EXIT_FILE):
+        (rdir / leftover).unlink(missing_ok=True)
+    since = time.time()
+    try:
+        dom.create()
+    except libvirt.libvirtError as e:
+        raise HostError(f"libvirt could not start '{cfg.name}': {e.get_error_message()}",
+                        "'virt-sandbox-service doctor' checks the host") from e
+    try:
+        if cfg.kind is Kind.SERVICE:
+            _wait_ready(dom, cfg, rdir, timeout, since)
+    except InnerFailure as e:
+        _print_error(e)
+        return EXIT_NOT_CONFIGURED
+    except BaseException:
+        _stop_domain(dom, cfg, 10)  # nobody would watch it
+        raise
+    notify_host_manager(ready="1", status=f"Sandbox {cfg.name} is ready.")
+    print(f"sandbox {cfg.name} is ready", flush=True)
+    if detach:
+        return 0
+    return _foreground(conn, dom, cfg, paths, since)
+
+
+def _print_error(e: HostError) -> None:
+    print(f"virt-sandbox-service: error: {e.message}", file=sys.stderr)
+    if e.hint:
+        print(f"virt-sandbox-service: hint: {e.hint}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, rdir: Path, timeout: float,
+                since: float) -> None:
+    deadline = time.monotonic() + timeout
+    ready = rdir / READY_FILE
+    while not ready.exists():
+        if not _active(dom):
+            raise HostError(f"sandbox '{cfg.name}' stopped while starting",
+                            f"see journalctl -D {journal_dir(cfg)}")
+        if time.monotonic() > deadline:
+            _force_stop(dom)
+            raise HostError(f"sandbox '{cfg.name}' was not ready after {timeout:g} s",
+                            f"see journalctl -D {journal_dir(cfg)}")
+        time.sleep(POLL)
+    failed = [line.split("=", 1)[1] for line in ready.read_text().splitlines()
+              if line.startswith("VSS_FAILED=")]
+    if failed:
+        _report_inner_failure(cfg, failed, since)
+        _graceful_stop(dom, 10)
+        raise InnerFailure(f"{', '.join(failed)} failed in sandbox '{cfg.name}'",
+                           f"its log: journalctl -D {journal_dir(cfg)} -u {failed[0]}")
+
+
+def _report_inner_failure(cfg: SandboxConfig, units: list[str], since: float) -> None:
+    for unit in units:
+        proc = run(["journalctl", "-D", journal_dir(cfg), "-u", unit, f"--since=@{since:.6f}",
+                    "-n", "30", "--no-pager", "-o", "short-monotonic"], check=False, timeout=10)
+        sys.stderr.write(proc.stdout.decode(errors="replace"))
+    sys.stderr.flush()
+
+
+def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxConfig,
+                paths: Paths, since: float) -> int:
+    pump = threading.Thread(target=_copy_console, args=(conn, dom), daemon=True)
+    pump.start()
+    failed = run_dir(paths, cfg.name) / FAILED_FILE
+    old = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while _active(dom):
+            if failed.exists():
+                units = [line.split("=", 1)[1] for line in failed.read_text().splitlines()
+                         if "=" in line]
+                print(f"{', '.join(units)} failed in the sandbox; stopping it", flush=True)
+                _report_inner_failure(cfg, units, since)
+                _graceful_stop(dom, 30)
+                return 1
+            time.sleep(POLL * 4)
+    except Stopped:
+        stop(conn, cfg, paths)
+        return 0
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        pump.join(CONSOLE_DRAIN)
+    return _exit_status(cfg, paths)
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise Stopped()
+
+
+def _copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain) -> None:
+    """The guest's serial console (kernel messages, a generic command's output) to stdout."""
+    try:
+        stream = conn.newStream(0)
+        dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        while True:
+            data = stream.recv(65536)
+            if not isinstance(data, bytes) or not data:
+                return
+            sys.stdout.buffer.write(data.replace(b"\r\n", b"\n"))
+            sys.stdout.buffer.flush()
+    except libvirt.libvirtError as e:
+        log.debug("console of %s: %s", dom.name(), e)
+
+
+def _exit_status(cfg: SandboxConfig, paths: Paths) -> int:
+    rdir = run_dir(paths, cfg.name)
+    stopping = (rdir / STOP_MARKER).exists()
+    if cfg.kind is Kind.GENERIC:
+        try:
+            return int((rdir / EXIT_FILE).read_text().strip())
+        except (OSError, ValueError):
+            return 0 if stopping else 1
+    return 0 if stopping else 1
+
+
+# --- stop --------------------------------------------------------------------------------------
+
+
+def stop(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
+         timeout: float = 30) -> bool:
+    """Stop the sandbox; returns False if it was not running."""
+    dom = domain(conn, cfg)
+    if not _active(dom):
+        return False
+    rdir = run_dir(paths, cfg.name)
+    if rdir.is_dir():
+        (rdir / STOP_MARKER).write_text("stop requested\n")
+    _stop_domain(dom, cfg, timeout)
+    return True
+
+
+def _stop_domain(dom: libvirt.virDomain, cfg: SandboxConfig, timeout: float) -> None:
+    if cfg.kind is Kind.SERVICE:
+        _graceful_stop(dom, timeout)
+    else:
+        _force_stop(dom)
+
+
+def _graceful_stop(dom: libvirt.virDomain, timeout: float) -> None:
+    """Ask the guest's systemd to power off (through the agent); destroy after `timeout`.
+
+    Not the agent's guest-shutdown: it runs `shutdown +0`, which asks logind to schedule the
+    power-off, and a sandbox has no logind. `systemctl poweroff` talks to systemd directly.
+    """
+    try:
+        agent(dom, "guest-exec", {"path": "systemctl", "arg": ["poweroff", "--no-block"]},
+              wait=min(timeout, AGENT_WAIT))
+    except HostError as e:
+        log.debug("clean power-off of %s: %s", dom.name(), e)
+        timeout = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _active(dom):
+            return
+        time.sleep(POLL)
+    _force_stop(dom)
+
+
+def _active(dom: libvirt.virDomain) -> bool:
+    """Whether the domain runs. A lost connection to libvirtd is an error, not a "no"."""
+    try:
+        return bool(dom.isActive())
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+        raise HostError(f"libvirt: {e.get_error_message()}",
+                        "is libvirtd running? the sandbox itself keeps running") from e
+
+
+def _force_stop(dom: libvirt.virDomain) -> None:
+    try:
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError as e:
+        if _active(dom):
+            raise HostError(f"cannot stop {dom.name()}: {e.get_error_message()}") from e
+
+
+# --- execute (guest agent) ---------------------------------------------------------------------
+
+
+def agent(dom: libvirt.virDomain, command: str, arguments: dict[str, object],
+          wait: float = AGENT_WAIT) -> dict[str, object]:
+    """One guest agent command; waits up to `wait` s for the agent to be connected."""
+    import libvirt_qemu
+
+    deadline = time.monotonic() + wait
+    request = json.dumps({"execute": command, "arguments": arguments})
+    while True:
+        try:
+            reply = json.loads(libvirt_qemu.qemuAgentCommand(dom, request, 30, 0))
+            return dict(reply.get("return", {}))
+        except libvirt.libvirtError as e:
+            code = e.get_error_code()
+            if code == libvirt.VIR_ERR_AGENT_UNRESPONSIVE and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            if code == libvirt.VIR_ERR_AGENT_UNRESPONSIVE:
+                raise HostError(f"the guest agent of '{dom.name()}' does not answer",
+                                "install qemu-guest-agent on the host (the guest runs the "
+                                "host's own), then restart the sandbox") from e
+            raise AgentError(e.get_error_message()) from e
+
+
+class AgentError(HostError):
+    pass
+
+
+def execute(dom: libvirt.virDomain, argv: list[str], env: dict[str, str]) -> int:
+    """Run argv in the guest; print its stdout and stderr apart; return its exit status."""
+    if not _active(dom):
+        raise UserError(f"sandbox '{dom.name()}' is not running",
+                        f"start it: virt-sandbox-service start {dom.name()}")
+    args: dict[str, object] = {"path": argv[0], "arg": argv[1:], "capture-output": True,
+                               "env": [f"{k}={v}" for k, v in env.items()]}
+    data = _stdin_data()
+    if data:
+        args["input-data"] = base64.b64encode(data).decode()
+    try:
+        pid = agent(dom, "guest-exec", args)["pid"]
+    except AgentError as e:
+        print(f"virt-sandbox-service: {argv[0]}: {e.message}", file=sys.stderr)
+        return 127 if "No such file" in e.message else 126
+    delay = 0.01
+    while True:
+        status = agent(dom, "guest-exec-status", {"pid": pid})
+        if status.get("exited"):
+            break
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    for key, fd in (("out-data", 1), ("err-data", 2)):
+        text = status.get(key)
+        if isinstance(text, str):
+            sys.stdout.flush()
+            os.write(fd, base64.b64decode(text))
+    if "signal" in status:
+        return 128 + int(str(status["signal"]))
+    return int(str(status.get("exitcode", 1)))
+
+
+def _stdin_data() -> bytes:
+    """Our stdin, read to its end: a file, or a pipe with data within STDIN_WAIT seconds
+    (an idle pipe that stays open is not waited for). Never a terminal."""
+    import select
+    import stat
+
+    with contextlib.suppress(OSError):
+        mode = os.fstat(0).st_mode
+        if os.isatty(0) or not (stat.S_ISREG(mode) or select.select([0], [], [], STDIN_WAIT)[0]):
+            return b""
+        out = bytearray()
+        while chunk := os.read(0, 1 << 16):
+            out += chunk
+        return bytes(out)
+    return b""
+
+
+def sandbox_env(cfg: SandboxConfig) -> dict[str, str]:
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "HOME": "/root", "HOSTNAME": cfg.name}
+    if "TERM" in os.environ:
+        env["TERM"] = os.environ["TERM"]
+    return env
+
+
+def reload(dom: libvirt.virDomain, cfg: SandboxConfig, units: list[str]) -> int:
+    unknown = [u for u in units if u not in cfg.units]
+    if unknown:
+        raise UserError(f"{', '.join(unknown)} is not confined in sandbox '{cfg.name}'",
+                        f"its units: {', '.join(cfg.units)}")
+    return execute(dom, ["systemctl", "reload", *(units or cfg.units)], sandbox_env(cfg))

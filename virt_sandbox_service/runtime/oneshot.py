@@ -1,0 +1,302 @@
+"""One-shot `run`: a command in a transient sandbox; its stdout, stderr and exit status are ours.
+
+Both backends boot a transient domain with the host's root read-only, private tmpfs /run,
+/tmp, /dev/shm and no network but loopback, and return as soon as the command's status is
+known; the domain then goes away by itself (its init ends, or the guest powers off). An error
+or an interruption (Ctrl-C, SIGTERM) before that destroys it.
+
+LXC: our own stdin, stdout and stderr, and the write end of a status pipe, are handed to the
+container's init through libvirt (createXMLWithFiles: they arrive as fds 3-6, as in socket
+activation). The init (sh, PID 1 of the container) runs the command on fds 3, 4, 5 and writes
+its exit status to fd 6. No copy, no relay, no host directory: the command writes straight to
+our stdout and stderr, so the streams stay apart and byte-exact by construction, a terminal
+stays a terminal, and stdin is passed through as it is. Seen to cost nothing over a plain
+`virsh create` of the same domain.
+
+KVM: a VM cannot share file descriptors with the host, so four virtio-serial ports carry
+stdin, stdout, stderr and the status; their host ends are unix sockets in a private run
+directory, connected while the domain is still paused (nothing the guest writes is lost). The
+ports are independent queues: the guest reports "EXIT OUTBYTES ERRBYTES" and we read each
+stream until we have that many bytes. Closing our end of the stdin socket is the guest's EOF.
+
+Why LXC runs are AUTODESTROY and KVM runs are not: libvirtd handles an autodestroy when our
+connection closes, in its event loop, and waits there until qemu is gone; qemu lingers 1-1.6 s
+after the guest powers off on this machine, and the whole daemon stalled for that long (seen:
+the next `run` waited 1.2 s to connect). So a KVM run leaves the powering-off VM to libvirt's
+own clean-up instead; if `run` is killed with SIGKILL, the VM still ends with its command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import libvirt
+
+from .. import host
+from ..apply import libvirt as lv
+from ..config import Driver, Kind, Paths, SandboxConfig, driver_for_uri, parse_size
+from ..errors import HostError, UserError
+from ..plan import TMPFS, Mount, Plan
+
+RUN_PREFIX = "vss-run-"
+EXIT_SETUP_FAILED = 125  # like env(1) and podman: the sandbox, not the command, failed
+KVM_BOOT_TIMEOUT = 300.0  # seconds without any sign of the guest before we give up
+# The container's init: fds 3-6 are our stdin, stdout, stderr and the status pipe.
+# exec in a subshell: the shell's own notes ("Killed") go to the console, not to our stderr.
+LXC_INIT = ("unset LISTEN_FDS LISTEN_PID LISTEN_FDNAMES; "
+            '(exec "$@" <&3 >&4 2>&5 3<&- 4>&- 5>&- 6>&-); rc=$?; echo $rc >&6; exit $rc')
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+KVM_MIN_MEMORY = 128 * 2**20
+
+
+def run(uri: str, argv: Sequence[str], paths: Paths, *, memory: str | None = None) -> int:
+    """Run argv in a transient sandbox; return its exit status (125: the sandbox failed)."""
+    if not argv:
+        raise UserError("run needs a command after --", "e.g. run -- /bin/echo hello")
+    driver = driver_for_uri(uri)
+    mem = parse_size(memory, "--memory") if memory else None
+    if mem is not None and driver is Driver.KVM and mem < KVM_MIN_MEMORY:
+        raise UserError(f"--memory {memory} is too little for a KVM sandbox (at least "
+                        f"{KVM_MIN_MEMORY // 2**20}M: it boots a kernel of its own)")
+    name = RUN_PREFIX + os.urandom(4).hex()
+    cfg = SandboxConfig(name=name, kind=Kind.GENERIC, uri=uri, state_dir="",
+                        command=tuple(argv), memory=mem)
+    conn = lv.connect(uri)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if driver is Driver.LXC:
+        return _run_lxc(conn, cfg)
+    return _run_kvm(conn, cfg, paths)
+
+
+def run_plan(cfg: SandboxConfig, facts: host.HostFacts, *, init: tuple[str, ...] = (),
+             env: tuple[tuple[str, str], ...] = ()) -> Plan:
+    """What a one-shot sandbox sees: the host's root read-only, private tmpfs, nothing else."""
+    mounts = (Mount("/", "/", readonly=True, reason="the host's root filesystem, read-only"),
+              *(Mount(t, "", tmpfs_kib=k, reason="private tmpfs") for t, k in TMPFS))
+    return Plan(config=cfg, config_path="", state_dir="", run_dir="", evidence=(), hidden=(),
+                mounts=mounts, files=(), init=init, init_env=env)
+
+
+def _sandbox_env() -> tuple[tuple[str, str], ...]:
+    env = [("PATH", SANDBOX_PATH), ("HOME", "/root")]
+    if "TERM" in os.environ:
+        env.append(("TERM", os.environ["TERM"]))
+    return tuple(env)
+
+
+# --- LXC ---------------------------------------------------------------------------------------
+
+
+def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig) -> int:
+    from ..domain import METADATA_NS, lxc
+
+    sh = host.find_tool(("/bin/sh", "/usr/bin/sh"), "/bin/sh", "dash")
+    facts = host.HostFacts(sh=sh, selinux=host.selinux_enabled(),
+                           memory_kib=host._mem_total_kib())
+    plan = run_plan(cfg, facts, init=(sh, "-c", LXC_INIT, "vss-run", *cfg.command),
+                    env=_sandbox_env())
+    xml = lxc.build(plan, facts, METADATA_NS)
+    status_r, status_w = os.pipe()
+    stdio = [_usable_fd(fd) for fd in (0, 1, 2)]
+    try:
+        try:
+            conn.createXMLWithFiles(xml, [*stdio, status_w],
+                                    libvirt.VIR_DOMAIN_START_AUTODESTROY)
+        except libvirt.libvirtError as e:
+            raise HostError(f"libvirt could not start the sandbox: {e.get_error_message()}",
+                            "'virt-sandbox-service doctor' checks the host") from e
+        os.close(status_w)
+        status_w = -1
+        text = _read_line(status_r)
+    finally:
+        for fd in (status_r, status_w, *stdio):
+            if fd > 2:
+                os.close(fd)
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise HostError("the sandbox ended without reporting the command's exit status",
+                        "'virt-sandbox-service doctor' checks the host") from None
+
+
+def _usable_fd(fd: int) -> int:
+    """fd itself if it is open; else /dev/null in its place (CI may give us no stdin)."""
+    try:
+        os.fstat(fd)
+        return fd
+    except OSError:
+        return os.open(os.devnull, os.O_RDWR)
+
+
+def _read_line(fd: int) -> str:
+    """The status line; or what came before EOF (libvirt's controller keeps a copy of the
+    pipe until the container is torn down, so do not wait for EOF after the line)."""
+    out = b""
+    while not out.endswith(b"\n") and (chunk := os.read(fd, 64)):
+        out += chunk
+    return out.decode(errors="replace")
+
+
+# --- KVM ---------------------------------------------------------------------------------------
+
+
+def _run_kvm(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths) -> int:
+    from .. import initrd
+    from ..domain import METADATA_NS, kvm
+
+    boot = initrd.ensure()
+    kf = host.kvm_facts()
+    facts = host.HostFacts(selinux=host.selinux_enabled(), kvm=kf.kvm, tsc_khz=kf.tsc_khz,
+                           kvm_kernel=str(boot.kernel), kvm_initrd=str(boot.initrd))
+    if not facts.kvm and os.isatty(2):
+        _, why = host.kvm_choice()
+        print(f"virt-sandbox-service: warning: {why}: the VM runs under TCG (slow)",
+              file=sys.stderr, flush=True)
+    chan = paths.run_dir / cfg.name
+    chan.mkdir(parents=True, mode=0o700)
+    dom = None
+    try:
+        xml = kvm.build_run(run_plan(cfg, facts), facts, METADATA_NS, str(chan),
+                            str(chan / "console.log"))
+        try:
+            dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
+        except libvirt.libvirtError as e:
+            raise HostError(f"libvirt could not start the sandbox: {e.get_error_message()}",
+                            "'virt-sandbox-service doctor' checks the host") from e
+        socks = {p: _connect(chan / f"{p}.sock") for p in kvm.RUN_PORTS}
+        dom.resume()
+        rc = KvmSession(dom, socks, chan / "console.log").run()
+        dom = None  # the guest powers itself off; libvirt removes the transient domain
+        return rc
+    finally:
+        if dom is not None:  # failed or interrupted before the status: take it down now
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+        shutil.rmtree(chan, ignore_errors=True)
+
+
+def _connect(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(path))
+    return s
+
+
+class KvmSession:
+    """Pump our stdin to the guest and its stdout/stderr to ours until the status is in."""
+
+    def __init__(self, dom: libvirt.virDomain, socks: dict[str, socket.socket],
+                 console: Path) -> None:
+        self.dom = dom
+        self.socks = socks
+        self.console = console
+        self.counts = {"stdout": 0, "stderr": 0}
+        self.status = b""
+
+    def run(self) -> int:
+        threading.Thread(target=self._feed_stdin, daemon=True).start()
+        sel = selectors.DefaultSelector()
+        for port in ("stdout", "stderr", "status"):
+            self.socks[port].setblocking(False)
+            sel.register(self.socks[port], selectors.EVENT_READ, port)
+        last_alive = time.monotonic()
+        want: tuple[int, int, int] | None = None
+        while want is None or self.counts["stdout"] < want[1] or \
+                self.counts["stderr"] < want[2]:
+            events = sel.select(0.5)
+            for key, _ in events:
+                if not self._pump(key.data, key.fileobj):  # type: ignore[arg-type]
+                    sel.unregister(key.fileobj)
+            if want is None and b"\n" in self.status:
+                want = _parse_status(self.status)
+            if events:
+                last_alive = time.monotonic()
+            elif want is not None:
+                if len(sel.get_map()) <= 1 or not _alive(self.dom):
+                    break  # the guest is gone: nothing more will come
+            elif not _alive(self.dom):
+                raise HostError("the KVM sandbox stopped before the command finished"
+                                + _console_tail(self.console),
+                                "'virt-sandbox-service doctor' checks the host")
+            elif time.monotonic() - last_alive > KVM_BOOT_TIMEOUT:
+                raise HostError(f"no sign of the KVM sandbox after {KVM_BOOT_TIMEOUT:g} s"
+                                + _console_tail(self.console))
+        assert want is not None
+        return want[0]
+
+    def _pump(self, port: str, sock: socket.socket) -> bool:
+        try:
+            data = sock.recv(1 << 16)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        if port == "status":
+            self.status += data
+        else:
+            self.counts[port] += len(data)
+            _write_all(1 if port == "stdout" else 2, data)
+        return True
+
+    def _feed_stdin(self) -> None:
+        sock = self.socks["stdin"]
+        try:
+            while True:
+                try:
+                    data = os.read(0, 1 << 16)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                sock.sendall(data)
+        except OSError:
+            pass  # the guest is gone
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)  # the guest's EOF
+
+
+def _parse_status(text: bytes) -> tuple[int, int, int]:
+    try:
+        rc, out, err = (int(x) for x in text.split(b"\n", 1)[0].split())
+    except ValueError:
+        raise HostError(f"the KVM sandbox sent a bad status line: {text[:80]!r}") from None
+    return rc, out, err
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            time.sleep(0.001)
+            continue
+        except BrokenPipeError:
+            return  # our reader went away; keep draining so the guest can finish
+        view = view[n:]
+
+
+def _alive(dom: libvirt.virDomain) -> bool:
+    try:
+        return bool(dom.isActive())
+    except libvirt.libvirtError:
+        return False
+
+
+def _console_tail(console: Path, lines: int = 5) -> str:
+    try:
+        text = console.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return (": " + " | ".join(x.strip() for x in text[-lines:])) if text else ""
