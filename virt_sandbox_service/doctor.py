@@ -19,7 +19,7 @@ class Check:
 
 
 def checks(fix: bool = False) -> list[Check]:
-    out = [_root(), *_libvirt(), _cgroups(fix), _userns(), _kvm(), _selinux(), _pkgdb(),
+    out = [_root(), *_libvirt(), _cgroups(fix), _userns(), *_kvm(), _selinux(), _pkgdb(),
            _systemd()]
     return out
 
@@ -78,19 +78,24 @@ def _userns() -> Check:
                  "unprivileged host id range")
 
 
-def _kvm() -> Check:
-    flags = ""
+def _kvm() -> list[Check]:
+    from . import initrd
+    from .errors import SandboxError
+
+    facts = host.detect()
+    accel = ("hardware KVM" if facts.kvm else
+             "TCG (software emulation, slow): no usable hardware virtualization")
+    out = [Check("kvm", True, f"KVM sandboxes run under {accel}")]
     try:
-        with open("/proc/cpuinfo") as f:
-            flags = " ".join(line for line in f if line.startswith("flags"))
-    except OSError:
-        pass
-    hw = " vmx" in flags or " svm" in flags
-    dev = os.path.exists("/dev/kvm")
-    if hw and dev:
-        return Check("kvm", True, "hardware virtualization and /dev/kvm present")
-    why = "/dev/kvm present but no vmx/svm CPU flag" if dev else "no /dev/kvm"
-    return Check("kvm", True, f"{why}: KVM sandboxes would run under TCG (slow)")
+        kernel = initrd.detect_kernel()
+        busybox = initrd.find_busybox()
+        out.append(Check("kvm guest boot", True,
+                         f"kernel {kernel.version}, static busybox {busybox}; the initrd is "
+                         f"built from the host's modules and cached in {initrd.cache_dir()}"))
+    except (SandboxError, OSError) as e:
+        out.append(Check("kvm guest boot", False, str(e),
+                         "install linux-image-amd64 and busybox-static (scripts/setup.sh)"))
+    return out
 
 
 def _selinux() -> Check:
