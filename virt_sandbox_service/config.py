@@ -11,6 +11,7 @@ import enum
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,6 +59,17 @@ def shown(text: str) -> str:
     if text.isprintable():
         return f"'{text}'"
     return "'" + text.encode("unicode_escape").decode("ascii") + "'"
+
+
+def check_arg_text(argv: Sequence[str]) -> None:
+    """Command words libvirt's XML can carry to the sandbox's init: no control characters
+    (tab and newline aside), and a first word that is not empty."""
+    if argv and not argv[0]:
+        raise UserError("the command is an empty word", "e.g. -- /bin/echo hello")
+    for arg in argv:
+        if any(ord(c) < 32 and c not in "\t\n" for c in arg):
+            raise UserError(f"command argument {shown(arg)} has control characters",
+                            "libvirt cannot pass them to the sandbox's init")
 
 
 def validate_name(name: str) -> str:

@@ -33,6 +33,7 @@ from .config import (
     SandboxConfig,
     SecurityMode,
     all_configs,
+    check_arg_text,
     driver_for_uri,
     shown,
     validate_abs_path,
@@ -105,10 +106,7 @@ def validate(req: CreateRequest) -> None:
 
 def check_command(command: tuple[str, ...]) -> None:
     """A generic sandbox's command: absolute, and text libvirt's XML can carry."""
-    for arg in command:
-        if any(ord(c) < 32 and c not in "\t\n" for c in arg):
-            raise UserError(f"command argument {shown(arg)} has control characters",
-                            "libvirt cannot pass them to the sandbox's init")
+    check_arg_text(command)
     if command and not command[0].startswith("/"):
         raise UserError(f"command {shown(command[0])} must be an absolute path",
                         "the sandbox has no shell PATH lookup for its init; use e.g. /usr/bin/"

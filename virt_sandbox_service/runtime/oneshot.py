@@ -43,7 +43,15 @@ import libvirt
 
 from .. import host
 from ..apply import libvirt as lv
-from ..config import Driver, Kind, Paths, SandboxConfig, driver_for_uri, parse_size
+from ..config import (
+    Driver,
+    Kind,
+    Paths,
+    SandboxConfig,
+    check_arg_text,
+    driver_for_uri,
+    parse_size,
+)
 from ..errors import HostError, UserError
 from ..plan import TMPFS, Mount, Plan
 
@@ -62,6 +70,7 @@ def run(uri: str, argv: Sequence[str], paths: Paths, *, memory: str | None = Non
     """Run argv in a transient sandbox; return its exit status (125: the sandbox failed)."""
     if not argv:
         raise UserError("run needs a command after --", "e.g. run -- /bin/echo hello")
+    check_arg_text(argv)
     driver = driver_for_uri(uri)
     mem = parse_size(memory, "--memory") if memory else None
     if mem is not None and driver is Driver.KVM and mem < KVM_MIN_MEMORY:
