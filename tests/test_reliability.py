@@ -252,7 +252,7 @@ BAD: list[Bad] = [
     bad("create", "-P", "", "-u", A, "nx68", needle="package '' is not installed"),
     # generic sandboxes
     bad("create", "nx70", "--", needle="nothing to run"),
-    bad("create", "nx71", "--", "", needle="must be an absolute path"),
+    bad("create", "nx71", "--", "", needle="the command is an empty word"),
     # mounts (-m TYPE:DST=SRC)
     bad("create", "-m", "bogus", "-u", A, "nx100", needle="'bogus' is not TYPE:DST=SRC"),
     bad("create", "-m", "nosuchtype:/a=/b", "-u", A, "nx101", needle="not a mount type"),

@@ -32,7 +32,7 @@ from .limits import (
     set_tunables,
 )
 from .network import parse_network
-from .runtime import backend
+from .runtime import backend, common
 from .runtime import lxc as rt
 from .runtime.enter import init_pid
 from .units import unit_name
@@ -83,7 +83,7 @@ def delete(paths: Paths, name: str, *, force: bool = False) -> None:
             lv.undefine(dom)
         rt.remove_cgroups(name)  # also after a stop by someone else, or a failed start
         files.remove_state_dir(Path(cfg.state_dir), name)
-        run = rt.run_dir(paths, name)
+        run = common.run_dir(paths, name)
         if run.is_dir():
             for f in run.iterdir():
                 f.unlink()
@@ -218,7 +218,7 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
             "config": str(paths.config_file(name)),
             "state": cfg.state_dir,
             "unit": str(paths.unit_dir / unit_name(name)),
-            "journal": rt.journal_dir(cfg),
+            "journal": common.journal_dir(cfg),
         },
         "hostname": cfg.name,
         "origin": dict(cfg.extra),

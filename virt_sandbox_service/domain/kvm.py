@@ -26,6 +26,7 @@ from ..config import Kind
 from ..errors import UserError
 from ..host import HostFacts
 from ..plan import Mount, Plan
+from .common import metadata, selinux_label, what
 
 E = ElementMaker()
 
@@ -82,8 +83,8 @@ def _domain(plan: Plan, facts: HostFacts, ns: str, kind: str, command: Sequence[
     memory_kib = cfg.memory // 1024 if cfg.memory else DEFAULT_MEMORY_KIB
     dom = E.domain(
         E.name(cfg.name),
-        E.title(f"virt-sandbox-service: {_what(plan)}"),
-        _metadata(plan, ns),
+        E.title(f"virt-sandbox-service: {what(plan)}"),
+        metadata(plan, ns),
         E.memory(str(memory_kib), unit="KiB"),
         E.vcpu("1"),
         _os(plan, facts, kind, command),
@@ -100,26 +101,10 @@ def _domain(plan: Plan, facts: HostFacts, ns: str, kind: str, command: Sequence[
         E.devices(*devices),
         E.seclabel(E.label("+0:+0"), type="static", model="dac", relabel="no"),
     ])
-    if facts.selinux and cfg.security_label:
-        dom.append(E.seclabel(E.label(cfg.security_label), type="static", model="selinux",
-                              relabel="no"))
+    label = selinux_label(plan, facts)
+    if label is not None:
+        dom.append(label)
     return etree.tostring(dom, pretty_print=True, encoding="unicode")
-
-
-def _what(plan: Plan) -> str:
-    cfg = plan.config
-    return " ".join(cfg.units) if cfg.units else " ".join(cfg.command)
-
-
-def _metadata(plan: Plan, ns: str) -> etree._Element:
-    m = ElementMaker(namespace=ns, nsmap={"vss": ns})
-    cfg = plan.config
-    return cast(etree._Element, E.metadata(m.sandbox(
-        m.kind(cfg.kind.value),
-        m.config(plan.config_path),
-        m.state(plan.state_dir),
-        *[m.unit(u) for u in cfg.units],
-    )))
 
 
 def _os(plan: Plan, facts: HostFacts, kind: str, command: Sequence[str]) -> etree._Element:

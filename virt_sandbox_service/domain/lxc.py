@@ -16,6 +16,7 @@ from ..host import HostFacts
 from ..limits import caps_element, set_tunables
 from ..network import host_device, interface_element, parse_network
 from ..plan import Mount, Plan
+from .common import metadata, selinux_label, what
 
 E = ElementMaker()
 
@@ -24,8 +25,8 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
     cfg = plan.config
     dom = E.domain(
         E.name(cfg.name),
-        E.title(f"virt-sandbox-service: {_what(plan)}"),
-        _metadata(plan, metadata_ns),
+        E.title(f"virt-sandbox-service: {what(plan)}"),
+        metadata(plan, metadata_ns),
         _os(plan),
         E.features(E.privnet(), caps_element(cfg)),
         E.clock(offset="utc"),
@@ -42,26 +43,10 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
                         E.gid(start="0", target=str(cfg.id_base), count=str(IDMAP_COUNT)))
         dom.insert(list(dom).index(dom.find("os")) + 1, idmap)
     set_tunables(dom, cfg, facts.memory_kib)
-    if facts.selinux and cfg.security_label:
-        dom.append(E.seclabel(E.label(cfg.security_label), type="static", model="selinux",
-                              relabel="no"))
+    label = selinux_label(plan, facts)
+    if label is not None:
+        dom.append(label)
     return etree.tostring(dom, pretty_print=True, encoding="unicode")
-
-
-def _what(plan: Plan) -> str:
-    cfg = plan.config
-    return " ".join(cfg.units) if cfg.units else " ".join(cfg.command)
-
-
-def _metadata(plan: Plan, ns: str) -> etree._Element:
-    m = ElementMaker(namespace=ns, nsmap={"vss": ns})
-    cfg = plan.config
-    return cast(etree._Element, E.metadata(m.sandbox(
-        m.kind(cfg.kind.value),
-        m.config(plan.config_path),
-        m.state(plan.state_dir),
-        *[m.unit(u) for u in cfg.units],
-    )))
 
 
 def _os(plan: Plan) -> etree._Element:

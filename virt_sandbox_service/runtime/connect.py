@@ -36,7 +36,7 @@ import libvirt
 from ..apply import libvirt as lv
 from ..config import Driver, SandboxConfig
 from ..errors import HostError, UserError
-from . import lxc
+from . import common, lxc
 from .enter import init_pid, match_bounding_set
 
 ESCAPE = b"\x1d"  # Ctrl-], as in virsh console and telnet
@@ -90,7 +90,7 @@ def connect(cfg: SandboxConfig, stdin: int = 0, stdout: int = 1) -> int:
     if not os.isatty(stdin):
         raise UserError("connect needs a terminal: standard input is not one",
                         f"from scripts use 'virt-sandbox-service execute {cfg.name} -- CMD'")
-    dom = lxc.domain(lv.connect(cfg.uri), cfg)
+    dom = common.domain(lv.connect(cfg.uri), cfg)
     if not dom.isActive():
         raise UserError(f"sandbox '{cfg.name}' is not running",
                         f"start it: virt-sandbox-service start --detach {cfg.name}")

@@ -29,15 +29,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 
 import libvirt
 
-from ..apply import libvirt as lv
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
 from ..units import EXIT_NOT_CONFIGURED
-from ..util import run
+from .common import InnerFailure, Stopped, domain, journal_dir, run_dir
+from .common import print_error as _print_error
+from .common import raise_stopped as _raise_stopped
+from .common import report_inner_failure as _report_inner_failure
 from .notify import notify_host_manager
 
 log = logging.getLogger(__name__)
@@ -49,30 +50,6 @@ EXIT_FILE = "exit-status"
 AGENT_WAIT = 30.0  # seconds to wait for the guest agent to come up (TCG boots slowly)
 CONSOLE_DRAIN = 1.0
 STDIN_WAIT = 0.2
-
-
-class Stopped(Exception):
-    """SIGTERM/SIGINT arrived while we wait in the foreground."""
-
-
-class InnerFailure(HostError):
-    """A confined unit failed while the sandbox started."""
-
-
-def run_dir(paths: Paths, name: str) -> Path:
-    return paths.run_dir / name
-
-
-def journal_dir(cfg: SandboxConfig) -> str:
-    return os.path.join(cfg.state_dir, "var", "log", "journal")
-
-
-def domain(conn: libvirt.virConnect, cfg: SandboxConfig) -> libvirt.virDomain:
-    dom = lv.lookup(conn, cfg.name)
-    if dom is None:
-        raise HostError(f"sandbox '{cfg.name}' has no libvirt domain",
-                        f"recreate it: virt-sandbox-service delete {cfg.name}, then create")
-    return dom
 
 
 # --- start -------------------------------------------------------------------------------------
@@ -113,13 +90,6 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
     return _foreground(conn, dom, cfg, paths, since)
 
 
-def _print_error(e: HostError) -> None:
-    print(f"virt-sandbox-service: error: {e.message}", file=sys.stderr)
-    if e.hint:
-        print(f"virt-sandbox-service: hint: {e.hint}", file=sys.stderr)
-    sys.stderr.flush()
-
-
 def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, rdir: Path, timeout: float,
                 since: float) -> None:
     deadline = time.monotonic() + timeout
@@ -140,14 +110,6 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, rdir: Path, timeout:
         _graceful_stop(dom, 10)
         raise InnerFailure(f"{', '.join(failed)} failed in sandbox '{cfg.name}'",
                            f"its log: journalctl -D {journal_dir(cfg)} -u {failed[0]}")
-
-
-def _report_inner_failure(cfg: SandboxConfig, units: list[str], since: float) -> None:
-    for unit in units:
-        proc = run(["journalctl", "-D", journal_dir(cfg), "-u", unit, f"--since=@{since:.6f}",
-                    "-n", "30", "--no-pager", "-o", "short-monotonic"], check=False, timeout=10)
-        sys.stderr.write(proc.stdout.decode(errors="replace"))
-    sys.stderr.flush()
 
 
 def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxConfig,
@@ -174,10 +136,6 @@ def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxCo
             signal.signal(s, h)
         pump.join(CONSOLE_DRAIN)
     return _exit_status(cfg, paths)
-
-
-def _raise_stopped(signum: int, frame: FrameType | None) -> None:
-    raise Stopped()
 
 
 def _copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain) -> None:

@@ -18,18 +18,19 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 
 import libvirt
 
 from .. import host
-from ..apply import libvirt as lv
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
 from ..limits import bounding_set
 from ..plan import EXIT_STATUS_FILE, HOST_CHANNEL
 from ..units import EXIT_NOT_CONFIGURED
-from ..util import run
+from .common import InnerFailure, Stopped, domain, journal_dir, run_dir
+from .common import print_error as _print_error
+from .common import raise_stopped as _raise_stopped
+from .common import report_inner_failure as _report_inner_failure
 from .enter import init_pid, limit_bounding_set
 from .notify import NotifyListener, notify_host_manager
 
@@ -37,26 +38,6 @@ log = logging.getLogger(__name__)
 POLL = 0.05  # seconds between domain state checks: cheap, and well under any human wait
 STOP_MARKER = "stopping"
 REASK = 0.5  # seconds between poweroff requests to a sandbox that has not begun to stop
-
-
-class Stopped(Exception):
-    """SIGTERM/SIGINT arrived while we wait in the foreground."""
-
-
-def run_dir(paths: Paths, name: str) -> Path:
-    return paths.run_dir / name
-
-
-def domain(conn: libvirt.virConnect, cfg: SandboxConfig) -> libvirt.virDomain:
-    dom = lv.lookup(conn, cfg.name)
-    if dom is None:
-        raise HostError(f"sandbox '{cfg.name}' has no libvirt domain",
-                        f"recreate it: virt-sandbox-service delete {cfg.name}, then create")
-    return dom
-
-
-class InnerFailure(HostError):
-    """A confined unit failed while the sandbox started."""
 
 
 def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
@@ -107,14 +88,6 @@ def check_state(cfg: SandboxConfig) -> None:
                             "then create it again")
 
 
-def _print_error(e: HostError) -> None:
-    """As the CLI prints errors; used where `start` returns a status instead of raising."""
-    print(f"virt-sandbox-service: error: {e.message}", file=sys.stderr)
-    if e.hint:
-        print(f"virt-sandbox-service: hint: {e.hint}", file=sys.stderr)
-    sys.stderr.flush()
-
-
 def _create(dom: libvirt.virDomain, cfg: SandboxConfig) -> None:
     try:
         dom.create()
@@ -149,23 +122,6 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyList
                            f"its log: journalctl -D {journal_dir(cfg)} -u {failed[0]}")
 
 
-def journal_dir(cfg: SandboxConfig) -> str:
-    return os.path.join(cfg.state_dir, "var", "log", "journal")
-
-
-def _report_inner_failure(cfg: SandboxConfig, units: list[str], since: float) -> None:
-    """Print the failed unit's own log lines, so they land in the host unit's journal.
-
-    Only this start's lines: the sandbox's journal is persistent and every sandbox start
-    shares the host kernel's boot ID, so `-b` cannot tell the starts apart.
-    """
-    for unit in units:
-        proc = run(["journalctl", "-D", journal_dir(cfg), "-u", unit, f"--since=@{since:.6f}",
-                    "-n", "30", "--no-pager", "-o", "short-monotonic"], check=False, timeout=10)
-        sys.stderr.write(proc.stdout.decode(errors="replace"))
-    sys.stderr.flush()
-
-
 def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxConfig,
                 paths: Paths, listener: NotifyListener, since: float) -> int:
     pump = threading.Thread(target=_copy_console, args=(conn, dom), daemon=True)
@@ -188,10 +144,6 @@ def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxCo
         # The console's last lines (the sandbox's shutdown) are still on their way.
         pump.join(CONSOLE_DRAIN)
     return _exit_status(cfg, paths)
-
-
-def _raise_stopped(signum: int, frame: FrameType | None) -> None:
-    raise Stopped()
 
 
 CONSOLE_DRAIN = 1.0  # seconds to wait for the console's end once the domain is gone

@@ -1,0 +1,65 @@
+"""What the LXC and KVM runtimes share: errors, where a sandbox's runtime files live, the
+domain lookup, and reporting a confined unit's failure."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import FrameType
+
+import libvirt
+
+from ..apply import libvirt as lv
+from ..config import Paths, SandboxConfig
+from ..errors import HostError
+from ..util import run
+
+
+class Stopped(Exception):
+    """SIGTERM/SIGINT arrived while we wait in the foreground."""
+
+
+class InnerFailure(HostError):
+    """A confined unit failed while the sandbox started."""
+
+
+def run_dir(paths: Paths, name: str) -> Path:
+    return paths.run_dir / name
+
+
+def journal_dir(cfg: SandboxConfig) -> str:
+    return os.path.join(cfg.state_dir, "var", "log", "journal")
+
+
+def domain(conn: libvirt.virConnect, cfg: SandboxConfig) -> libvirt.virDomain:
+    dom = lv.lookup(conn, cfg.name)
+    if dom is None:
+        raise HostError(f"sandbox '{cfg.name}' has no libvirt domain",
+                        f"recreate it: virt-sandbox-service delete {cfg.name}, then create")
+    return dom
+
+
+def print_error(e: HostError) -> None:
+    """As the CLI prints errors; used where `start` returns a status instead of raising."""
+    print(f"virt-sandbox-service: error: {e.message}", file=sys.stderr)
+    if e.hint:
+        print(f"virt-sandbox-service: hint: {e.hint}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise Stopped()
+
+
+def report_inner_failure(cfg: SandboxConfig, units: list[str], since: float) -> None:
+    """Print the failed unit's own log lines, so they land in the host unit's journal.
+
+    Only this start's lines: the sandbox's journal is persistent and every sandbox start
+    shares the host kernel's boot ID, so `-b` cannot tell the starts apart.
+    """
+    for unit in units:
+        proc = run(["journalctl", "-D", journal_dir(cfg), "-u", unit, f"--since=@{since:.6f}",
+                    "-n", "30", "--no-pager", "-o", "short-monotonic"], check=False, timeout=10)
+        sys.stderr.write(proc.stdout.decode(errors="replace"))
+    sys.stderr.flush()
