@@ -60,3 +60,30 @@ def test_kill_9_midway_then_delete_cleans_up(env: Env, step: str) -> None:
     assert other in domain_names() and env.state(other).is_dir()
     # ... and the name is free again.
     env.run("create", "-u", "apache2.service", name, check=True)
+
+
+CLONE_STEPS = ["wrote ", "made ", "defined domain", "_sandbox.service"]
+
+
+@pytest.mark.parametrize("step", CLONE_STEPS)
+def test_kill_9_midway_through_clone_then_delete_cleans_up(env: Env, step: str) -> None:
+    src = unique_name("csrc")
+    env.run("create", "-u", "apache2.service", src, check=True)
+    env.run("start", "--detach", src, check=True)
+    before = env.snapshot()
+    dest = unique_name("cdst")
+    proc = subprocess.Popen(
+        [*CLI, "clone", src, dest], cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, **env.vars, "PYTHONPATH": str(ROOT), "VSS_PAUSE_AFTER": step})
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert "paused after" in line, line
+    proc.kill()
+    proc.wait(timeout=30)
+    env.run("delete", dest, check=True)
+    only_infrastructure(before, env.snapshot())
+    # The source was only read: still running and serving.
+    out = env.run("execute", src, "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                  "http://localhost/")
+    assert out.stdout == "200", out
