@@ -25,6 +25,7 @@ from .. import host
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
 from ..limits import bounding_set
+from ..network import parse_network
 from ..plan import EXIT_STATUS_FILE, HOST_CHANNEL
 from ..units import EXIT_NOT_CONFIGURED
 from .common import InnerFailure, Stopped, domain, journal_dir, run_dir
@@ -60,6 +61,8 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
             _create(dom, cfg)
             if cfg.kind is Kind.SERVICE:
                 _wait_ready(dom, cfg, listener, timeout, since)
+            if cfg.networks:
+                _wait_addresses(dom, cfg)
         except InnerFailure as e:
             _print_error(e)
             return EXIT_NOT_CONFIGURED
@@ -76,6 +79,27 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
         return _foreground(conn, dom, cfg, paths, listener, since)
     finally:
         listener.close()
+
+
+IFA_F_TENTATIVE = 0x40  # linux/if_addr.h: IPv6 duplicate address detection still running
+ADDRESS_WAIT = 10.0  # seconds; DAD takes about one second
+
+
+def _wait_addresses(dom: libvirt.virDomain, cfg: SandboxConfig) -> None:
+    """Ready means reachable: wait until the sandbox's static IPv6 addresses have passed
+    duplicate address detection (until then they answer nothing)."""
+    if not any(":" in a.ip for n in map(parse_network, cfg.networks) for a in n.addresses):
+        return
+    deadline = time.monotonic() + ADDRESS_WAIT
+    while time.monotonic() < deadline:
+        try:
+            table = Path(f"/proc/{init_pid(dom)}/net/if_inet6").read_text()
+        except OSError:
+            return  # not visible from here (see sees_controller): nothing to wait on
+        if not any(int(row.split()[4], 16) & IFA_F_TENTATIVE for row in table.splitlines()):
+            return
+        time.sleep(POLL)
+    log.warning("%s: IPv6 addresses still tentative after %g s", cfg.name, ADDRESS_WAIT)
 
 
 def check_state(cfg: SandboxConfig) -> None:
