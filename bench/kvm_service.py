@@ -4,7 +4,7 @@ Prints medians of N runs and writes bench/results/kvm-service.md (and .json). As
 nothing. On a host without hardware virtualization (this one) the guest runs under TCG, so
 the figure is an emulator's, not KVM's; the LXC sandbox of the same service, measured in the
 same run, is the peer.
-    .venv/bin/python bench/kvm_service.py [--runs 3]
+    .venv/bin/python bench/kvm_service.py [--runs 5]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def start_to_http(env: dict[str, str], uri: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     on_sigterm_clean_up()
     kvm: list[float] = []

@@ -184,6 +184,7 @@ def test_plan_enables_only_the_confined_unit() -> None:
     copies = [op for op in p.files if isinstance(op, CopyTree) and op.src == "/etc"]
     assert "/etc/systemd/system/multi-user.target.wants" in copies[0].exclude
     assert "/etc/shadow" in copies[0].exclude
+    assert "/etc/libvirt" in copies[0].exclude  # neighbours' domain definitions
     links = {op.path.split("/etc/", 1)[1]: op.target for op in p.files
              if isinstance(op, Symlink) and "/etc/" in op.path}
     assert links["systemd/system/multi-user.target.wants/postfix@mail1.service"] == \

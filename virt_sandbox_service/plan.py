@@ -38,6 +38,11 @@ MASKED_UNITS = (
     ("systemd-logind.service", "no user sessions in a service sandbox"),
 )
 
+# The host's own virtualization config: every sandbox's domain definition (written by
+# libvirtd, even while we copy). No confined service needs it, and none may read its
+# neighbours' definitions.
+HOST_ONLY_ETC = ("/etc/libvirt",)
+
 TMPFS = (("/run", 65536), ("/tmp", 262144), ("/dev/shm", 65536))
 
 
@@ -146,7 +151,8 @@ def _etc_ops(config: SandboxConfig, facts: HostFacts, hidden: tuple[PathEvidence
     etc = os.path.join(config.state_dir, "etc")
     sysd = os.path.join(etc, "systemd", "system")
     exclude = tuple(h.path for h in hidden) + tuple(
-        os.path.join("/etc/systemd/system", d) for d in facts.etc_wants_dirs) + facts.shared_etc
+        os.path.join("/etc/systemd/system", d) for d in facts.etc_wants_dirs) + \
+        facts.shared_etc + HOST_ONLY_ETC
     ops: list[FileOp] = [
         CopyTree("/etc", etc, exclude,
                  reason="the host's configuration, without its secrets and its boot's .wants"),

@@ -94,7 +94,14 @@ def copy_tree(src: str, dst: str, exclude: frozenset[str], shift: int = 0) -> No
     for entry in entries:
         if entry.path in exclude:
             continue
-        copy_tree(entry.path, os.path.join(dst, entry.name), exclude, shift)
+        try:
+            copy_tree(entry.path, os.path.join(dst, entry.name), exclude, shift)
+        except FileNotFoundError:
+            # Gone between listing and copying: /etc is live (libvirtd rewrites
+            # /etc/libvirt/*/NAME.xml through temporary files while other creates define
+            # domains). A file that no longer exists is not part of the copy.
+            if os.path.lexists(entry.path):
+                raise
     _keep_meta(dst, st, shift)
 
 
