@@ -191,12 +191,11 @@ class SandboxConfig:
 
     @classmethod
     def from_json(cls, text: str, source: str = "config") -> SandboxConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{source}: not valid JSON ({e})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{source}: expected a JSON object")
+        return cls.from_dict(parse_json_object(text, source), source)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> SandboxConfig:
+        """From the file's JSON object (in the current format; see upgrade.migrate)."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -217,6 +216,16 @@ class SandboxConfig:
             return cls(**kwargs)
         except TypeError as e:
             raise UserError(f"{source}: {e}") from None
+
+
+def parse_json_object(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{source}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a JSON object")
+    return data
 
 
 def _from_json_value(key: str, value: Any, source: str = "config") -> Any:

@@ -43,7 +43,7 @@ from .conffiles import (
     packaged_md5s,
     read_host,
 )
-from .config import FORMAT_VERSION, Paths, SandboxConfig, read_config_text
+from .config import FORMAT_VERSION, Paths, SandboxConfig, parse_json_object, read_config_text
 from .errors import SandboxError, UserError
 from .evidence import Access, PathEvidence
 from .plan import MARKER, other_path
@@ -84,14 +84,8 @@ def migrate(data: dict[str, Any], source: str, table: dict[int, Migration] | Non
 def load_migrated(paths: Paths, name: str) -> tuple[SandboxConfig, str, int]:
     """(config, the file's text as read, the format version it was written in)."""
     path, text = read_config_text(paths, name)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    data, written = migrate(data, str(path))
-    return SandboxConfig.from_json(json.dumps(data), str(path)), text, written
+    data, written = migrate(parse_json_object(text, str(path)), str(path))
+    return SandboxConfig.from_dict(data, str(path)), text, written
 
 
 # --- 2. private paths ---------------------------------------------------------------------------

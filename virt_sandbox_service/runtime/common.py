@@ -11,7 +11,7 @@ from types import FrameType
 import libvirt
 
 from ..apply import libvirt as lv
-from ..config import Paths, SandboxConfig
+from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError
 from ..util import run
 
@@ -63,3 +63,21 @@ def report_inner_failure(cfg: SandboxConfig, units: list[str], since: float) -> 
                     "-n", "30", "--no-pager", "-o", "short-monotonic"], check=False, timeout=10)
         sys.stderr.write(proc.stdout.decode(errors="replace"))
     sys.stderr.flush()
+
+
+STOP_MARKER = "stopping"  # written by `stop`: an end somebody asked for
+EXIT_FILE = "exit-status"  # a generic sandbox's command status, written by its init
+
+
+def exit_status(cfg: SandboxConfig, paths: Paths) -> int:
+    """What a foreground `start` returns once the domain has ended."""
+    rdir = run_dir(paths, cfg.name)
+    stopping = (rdir / STOP_MARKER).exists()
+    if cfg.kind is Kind.GENERIC:
+        try:
+            return int((rdir / EXIT_FILE).read_text().strip())
+        except (OSError, ValueError):
+            return 0 if stopping else 1
+    # The sandbox's systemd gives no exit status; an end nobody asked for is a failure, so
+    # that Restart=on-failure brings the sandbox back.
+    return 0 if stopping else 1

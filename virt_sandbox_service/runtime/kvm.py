@@ -35,7 +35,16 @@ import libvirt
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
 from ..units import EXIT_NOT_CONFIGURED
-from .common import InnerFailure, Stopped, domain, journal_dir, run_dir
+from .common import (
+    EXIT_FILE,
+    STOP_MARKER,
+    InnerFailure,
+    Stopped,
+    domain,
+    exit_status,
+    journal_dir,
+    run_dir,
+)
 from .common import print_error as _print_error
 from .common import raise_stopped as _raise_stopped
 from .common import report_inner_failure as _report_inner_failure
@@ -43,10 +52,8 @@ from .notify import notify_host_manager
 
 log = logging.getLogger(__name__)
 POLL = 0.05
-STOP_MARKER = "stopping"
 READY_FILE = "ready"
 FAILED_FILE = "failed"
-EXIT_FILE = "exit-status"
 AGENT_WAIT = 30.0  # seconds to wait for the guest agent to come up (TCG boots slowly)
 CONSOLE_DRAIN = 1.0
 STDIN_WAIT = 0.2
@@ -135,7 +142,7 @@ def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxCo
         for s, h in old.items():
             signal.signal(s, h)
         pump.join(CONSOLE_DRAIN)
-    return _exit_status(cfg, paths)
+    return exit_status(cfg, paths)
 
 
 def _copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain) -> None:
@@ -151,17 +158,6 @@ def _copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain) -> None:
             sys.stdout.buffer.flush()
     except libvirt.libvirtError as e:
         log.debug("console of %s: %s", dom.name(), e)
-
-
-def _exit_status(cfg: SandboxConfig, paths: Paths) -> int:
-    rdir = run_dir(paths, cfg.name)
-    stopping = (rdir / STOP_MARKER).exists()
-    if cfg.kind is Kind.GENERIC:
-        try:
-            return int((rdir / EXIT_FILE).read_text().strip())
-        except (OSError, ValueError):
-            return 0 if stopping else 1
-    return 0 if stopping else 1
 
 
 # --- stop --------------------------------------------------------------------------------------

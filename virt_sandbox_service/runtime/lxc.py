@@ -28,7 +28,16 @@ from ..limits import bounding_set
 from ..network import parse_network
 from ..plan import EXIT_STATUS_FILE, HOST_CHANNEL
 from ..units import EXIT_NOT_CONFIGURED
-from .common import InnerFailure, Stopped, domain, journal_dir, run_dir
+from .common import (
+    EXIT_FILE,
+    STOP_MARKER,
+    InnerFailure,
+    Stopped,
+    domain,
+    exit_status,
+    journal_dir,
+    run_dir,
+)
 from .common import print_error as _print_error
 from .common import raise_stopped as _raise_stopped
 from .common import report_inner_failure as _report_inner_failure
@@ -37,7 +46,6 @@ from .notify import NotifyListener, notify_host_manager
 
 log = logging.getLogger(__name__)
 POLL = 0.05  # seconds between domain state checks: cheap, and well under any human wait
-STOP_MARKER = "stopping"
 REASK = 0.5  # seconds between poweroff requests to a sandbox that has not begun to stop
 
 
@@ -51,7 +59,7 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
     remove_cgroups(cfg.name)
     rdir = run_dir(paths, cfg.name)
     rdir.mkdir(parents=True, exist_ok=True)
-    for leftover in (STOP_MARKER, "exit-status"):
+    for leftover in (STOP_MARKER, EXIT_FILE):
         (rdir / leftover).unlink(missing_ok=True)
     listener = NotifyListener(rdir / "notify")
     since = time.time()
@@ -195,17 +203,8 @@ def _copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain) -> None:
 
 
 def _exit_status(cfg: SandboxConfig, paths: Paths) -> int:
-    rdir = run_dir(paths, cfg.name)
-    stopping = (rdir / STOP_MARKER).exists()
     remove_cgroups(cfg.name)
-    if cfg.kind is Kind.GENERIC:
-        try:
-            return int((rdir / "exit-status").read_text().strip())
-        except (OSError, ValueError):
-            return 0 if stopping else 1
-    # The sandbox's systemd gives no exit status; an end nobody asked for is a failure, so
-    # that Restart=on-failure brings the sandbox back.
-    return 0 if stopping else 1
+    return exit_status(cfg, paths)
 
 
 def stop(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
