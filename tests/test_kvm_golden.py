@@ -45,6 +45,11 @@ CASES: dict[str, SandboxConfig] = {
     "kvm-generic": config(name="kgen", kind=Kind.GENERIC, units=(), memory=256 * 1024**2,
                           state_dir="/var/lib/virt-sandbox-service/kgen",
                           command=("/usr/bin/python3", "-c", "print('50% $HOME \"x\"')")),
+    "kvm-network": config(name="knet", state_dir="/var/lib/virt-sandbox-service/knet",
+                          networks=("source=vssnet,address=192.0.2.10/24%192.0.2.255,"
+                                    "address=2001:db8::10/64,route=0.0.0.0/0%192.0.2.1,"
+                                    "filter=vss-listen-only,port=80,port=443",
+                                    "source=other,dhcp,mac=52:54:00:00:00:0b")),
 }
 
 
@@ -140,3 +145,40 @@ def test_unsafe_mount_target_is_refused() -> None:
     bad = dataclasses.replace(p.mounts[1], target="/srv/a b")
     with pytest.raises(UserError, match="cannot be passed to a KVM sandbox"):
         domain_xml(dataclasses.replace(p, mounts=(*p.mounts, bad)), FACTS)
+
+
+def test_interfaces_are_virtio_mmio_and_the_guest_finds_them_by_mac() -> None:
+    from virt_sandbox_service.network import guest_mac, parse_network
+
+    doc = etree.fromstring(make("kvm-network").encode())
+    ifaces = doc.findall("devices/interface")
+    assert [i.find("source").get("network") for i in ifaces] == ["vssnet", "other"]
+    assert all(i.find("model").get("type") == "virtio" for i in ifaces)
+    assert all(i.find("address").get("type") == "virtio-mmio" for i in ifaces)
+    assert all(i.find("ip") is None and i.find("route") is None for i in ifaces)
+    derived = guest_mac("knet", 0, parse_network(CASES["kvm-network"].networks[0]))
+    assert derived.startswith("52:54:00:") and derived != guest_mac("knet2", 0, parse_network(
+        CASES["kvm-network"].networks[0]))
+    assert [i.find("mac").get("address") for i in ifaces] == [derived, "52:54:00:00:00:0b"]
+    assert ifaces[0].find("filterref").get("filter") == "vss-listen-only"
+    words = doc.findtext("os/cmdline", "").split()
+    assert [w for w in words if w.startswith(("vss.net=", "vss.addr=", "vss.route="))] == [
+        f"vss.net={derived}", f"vss.addr={derived},192.0.2.10/24,192.0.2.255",
+        f"vss.addr={derived},2001:db8::10/64", f"vss.route={derived},0.0.0.0/0,192.0.2.1",
+        "vss.net=52:54:00:00:00:0b,dhcp"]
+
+
+def test_no_network_means_no_interface_and_no_network_words() -> None:
+    for case in ("kvm-apache2", "kvm-generic", "kvm-run"):
+        doc = etree.fromstring(make(case).encode())
+        assert doc.find("devices/interface") is None
+        assert "vss.net=" not in doc.findtext("os/cmdline", "")
+
+
+def test_kvm_unit_sandbox_gets_no_lxc_style_networkd_files() -> None:
+    """eth0-named files would match whatever the guest kernel called eth0; the guest init
+    writes MAC-matched ones instead."""
+    from virt_sandbox_service.plan import WriteFile
+
+    written = [op.path for op in make_plan("kvm-network").files if isinstance(op, WriteFile)]
+    assert not [p for p in written if "/systemd/network/" in p]

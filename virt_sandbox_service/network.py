@@ -4,7 +4,8 @@
        [,dhcp][,filter=NAME[,port=N]...]
 
 Each -N is one interface on the libvirt network NET. Addresses and routes are set inside the
-sandbox by libvirt; `dhcp` enables systemd-networkd's DHCP client in a unit sandbox. `filter`
+sandbox by libvirt (LXC) or by the guest's init and systemd-networkd (KVM: see guest_args);
+`dhcp` enables systemd-networkd's DHCP client in a unit sandbox. `filter`
 attaches a libvirt nwfilter; `vss-listen-only` is ours (see filter_xml): the sandbox may
 answer on the given ports and ask DNS, nothing else.
 """
@@ -156,11 +157,51 @@ def interface_element(spec: NetSpec, device: str) -> etree._Element:
     for r in spec.routes:
         etree.SubElement(iface, "route", family=r.family, address=r.network,
                          prefix=str(r.prefix), gateway=r.gateway)
+    _filterref(iface, spec)
+    return iface
+
+
+def _filterref(iface: etree._Element, spec: NetSpec) -> None:
     if spec.filter:
         ref = etree.SubElement(iface, "filterref", filter=spec.filter)
         for port in spec.ports:
             etree.SubElement(ref, "parameter", name="PORT", value=str(port))
+
+
+def guest_mac(sandbox: str, index: int, spec: NetSpec) -> str:
+    """The interface's MAC: the one given, else one derived from the sandbox and the index.
+    A KVM guest finds its interfaces by MAC (their names are the guest kernel's choice), so
+    the MAC must be known when the domain is built, and stay the same for every start.
+    52:54:00 is the prefix qemu and libvirt use for their own."""
+    if spec.mac:
+        return spec.mac
+    digest = hashlib.sha256(f"{sandbox}/{index}/mac".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def kvm_interface_element(spec: NetSpec, device: str, mac: str) -> etree._Element:
+    """<interface type='network'> of a KVM sandbox: a virtio-net device on the microvm's
+    virtio-mmio bus. No <ip>/<route>: qemu refuses them (the guest is not libvirt's to
+    configure); the guest init sets them up from the kernel command line (guest_args)."""
+    iface = etree.Element("interface", type="network")
+    etree.SubElement(iface, "mac", address=mac)
+    etree.SubElement(iface, "source", network=spec.source)
+    etree.SubElement(iface, "target", dev=device)
+    etree.SubElement(iface, "model", type="virtio")
+    _filterref(iface, spec)
+    etree.SubElement(iface, "address", type="virtio-mmio")
     return iface
+
+
+def guest_args(spec: NetSpec, mac: str) -> list[str]:
+    """One interface for the KVM guest's init (initrd/init), as kernel arguments:
+    vss.net=MAC[,dhcp], vss.addr=MAC,IP/PREFIX[,BROADCAST], vss.route=MAC,NET/PREFIX,GATEWAY.
+    Every value was checked by the parsers above: no spaces, no commas of its own."""
+    args = [f"vss.net={mac}" + (",dhcp" if spec.dhcp else "")]
+    args += [f"vss.addr={mac},{a.ip}/{a.prefix}" + (f",{a.broadcast}" if a.broadcast else "")
+             for a in spec.addresses]
+    args += [f"vss.route={mac},{r.network}/{r.prefix},{r.gateway}" for r in spec.routes]
+    return args
 
 
 def networkd_file(index: int) -> str:

@@ -17,7 +17,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from .config import Kind, SandboxConfig
+from .config import Driver, Kind, SandboxConfig
 from .evidence import SKELETON_REASONS, Access, PathEvidence
 from .host import HostFacts
 from .mounts import MountType, parse_mount
@@ -205,6 +205,8 @@ def _systemd_ops(config: SandboxConfig, sysd: str, unit_dir: str,
 def _networkd_ops(config: SandboxConfig, sysd: str, unit_dir: str) -> list[FileOp]:
     """-N ...,dhcp: systemd-networkd in the sandbox runs the DHCP client on that interface."""
     dhcp = [i for i, n in enumerate(config.networks) if parse_network(n).dhcp]
+    if config.driver is Driver.KVM:
+        return []  # the guest init writes networkd files matched by MAC (initrd/init)
     if not dhcp:
         return []
     netdir = os.path.join(os.path.dirname(os.path.dirname(sysd)), "systemd", "network")

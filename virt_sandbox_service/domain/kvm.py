@@ -22,9 +22,10 @@ from typing import cast
 from lxml import etree
 from lxml.builder import ElementMaker
 
-from ..config import Kind
+from ..config import Kind, SandboxConfig
 from ..errors import UserError
 from ..host import HostFacts
+from ..network import guest_args, guest_mac, host_device, kvm_interface_element, parse_network
 from ..plan import Mount, Plan
 from .common import metadata, selinux_label, what
 
@@ -53,6 +54,7 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
     devices = [
         *_controllers(),
         *_filesystems(plan.mounts),
+        *_interfaces(plan.config),
         *_console(None),
         _channel(AGENT_CHANNEL, None),
         E.memballoon(model="none"),
@@ -67,6 +69,7 @@ def build_run(plan: Plan, facts: HostFacts, metadata_ns: str, channel_dir: str,
     devices = [
         *_controllers(),
         *_filesystems(plan.mounts),
+        *_interfaces(plan.config),
         *_console(console_log),
         *[_channel(f"vss.{p}", f"{channel_dir}/{p}.sock") for p in RUN_PORTS],
         E.memballoon(model="none"),
@@ -134,6 +137,7 @@ def kernel_cmdline(plan: Plan, facts: HostFacts, kind: str, command: Sequence[st
         else:
             args.append(f"vss.mount=9p,vss{tag},{target},{'ro' if m.readonly else 'rw'}")
             tag += 1
+    args += _network_args(plan.config)
     args += [f"vss.arg={base64.b64encode(a.encode()).decode()}" for a in command]
     text = " ".join(args)
     if len(text) > CMDLINE_MAX:
@@ -182,6 +186,18 @@ def _filesystems(mounts: tuple[Mount, ...]) -> list[etree._Element]:
         out.append(fs)
         tag += 1
     return out
+
+
+def _interfaces(cfg: SandboxConfig) -> list[etree._Element]:
+    """One virtio-net device per -N, with the MAC the guest finds it by."""
+    return [kvm_interface_element(spec, host_device(cfg.name, i), guest_mac(cfg.name, i, spec))
+            for i, spec in enumerate(map(parse_network, cfg.networks))]
+
+
+def _network_args(cfg: SandboxConfig) -> list[str]:
+    """What the guest init configures on each interface (see network.guest_args)."""
+    return [arg for i, spec in enumerate(map(parse_network, cfg.networks))
+            for arg in guest_args(spec, guest_mac(cfg.name, i, spec))]
 
 
 def _console(log_path: str | None) -> list[etree._Element]:

@@ -1,0 +1,81 @@
+"""-N for KVM sandboxes: a virtio-net interface on a private test network, configured inside
+the guest (by its init for a generic sandbox, by systemd-networkd for a unit sandbox), reached
+from the host at its static addresses. TCG here: each case boots a micro-VM."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from .conftest import Env, unique_name
+from .test_network import V4, V6, curl, test_network  # noqa: F401 (a fixture)
+from .test_run import reachable
+
+pytestmark = [pytest.mark.root, pytest.mark.libvirt, pytest.mark.kvm]
+URI = "qemu:///system"
+
+
+@pytest.fixture(autouse=True)
+def qemu_driver() -> None:
+    from .conftest import need
+
+    need(reachable(URI), "needs libvirtd with the QEMU driver (scripts/setup.sh)")
+
+
+def get(address: str, port: int, path: str) -> subprocess.CompletedProcess[str]:
+    host = f"[{address}]" if ":" in address else address
+    return subprocess.run(["curl", "-sS", "--max-time", "3", f"http://{host}:{port}{path}"],
+                          capture_output=True, text=True)
+
+
+def wait_http(address: str, port: int, path: str,
+              timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = get(address, port, path)
+        if proc.returncode == 0 or time.monotonic() > deadline:
+            return proc
+        time.sleep(0.5)
+
+
+def test_generic_sandbox_serves_http_at_its_static_addresses(
+        env: Env, test_network: tuple[str, int]) -> None:  # noqa: F811
+    net, subnet = test_network
+    name = unique_name("kng")
+    v4, v6 = V4.format(subnet, 30), V6.format(subnet, 30)
+    env.run("create", "-c", URI, "-N", f"source={net},address={v4}/24,address={v6}/64", name,
+            "--", "/usr/bin/python3", "-m", "http.server", "--bind", "::", "--directory", "/etc",
+            "8000",
+            check=True)
+    env.run("start", "--detach", name, check=True, timeout=120)
+    proc = wait_http(v4, 8000, "/hostname")
+    assert proc.stdout == f"{name}\n", proc.stderr  # /hostname of its private /etc
+    proc = get(v6, 8000, "/hostname")
+    assert proc.stdout == f"{name}\n", proc.stderr
+    env.run("stop", name, check=True, timeout=120)
+    env.run("delete", name, check=True)
+
+
+def test_unit_sandbox_answers_through_networkd_and_the_filter(
+        env: Env, test_network: tuple[str, int]) -> None:  # noqa: F811
+    net, subnet = test_network
+    name = unique_name("knu")
+    v4, v6 = V4.format(subnet, 31), V6.format(subnet, 31)
+    env.run("create", "-c", URI, "-u", "apache2.service", "-N",
+            f"source={net},address={v4}/24,address={v6}/64,filter=vss-listen-only,port=80",
+            name, check=True)
+    (env.state(name) / "var/www/html/index.html").write_text(f"{name}\n")
+    env.run("start", "--detach", name, check=True, timeout=300)
+    # Ready means reachable: networkd has configured both addresses (IPv6 past DAD).
+    assert curl(v4).stdout == f"{name}\n"
+    proc = curl(v6)
+    assert proc.stdout == f"{name}\n", proc.stderr
+    # The filter: only port 80 answers (a port with nothing listening would refuse
+    # the connection at once; dropped, it times out).
+    proc = subprocess.run(["curl", "-sS", "--max-time", "2", f"http://{v4}:22/"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 28, proc.stderr  # timed out: dropped, not refused
+    env.run("stop", name, check=True, timeout=120)
+    env.run("delete", name, check=True)
