@@ -150,12 +150,15 @@ def cmd_execute(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
-    from .runtime.oneshot import run
+    from .runtime.oneshot import RunOptions, run
 
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    return run(args.connect, command, paths, memory=args.memory)
+    return run(args.connect, command, paths, RunOptions(
+        limits=_limit_args(args), cap_drop=tuple(args.cap_drop or ()),
+        cap_add=tuple(args.cap_add or ()), mounts=tuple(args.mount or ()),
+        networks=tuple(args.network or ())))
 
 
 def cmd_connect(args: argparse.Namespace, paths: Paths) -> int:
@@ -300,17 +303,8 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     c.add_argument("-s", "--security", metavar="SECURITY",
                    help="dynamic (default) or static,label=USER:ROLE:TYPE:LEVEL")
     _add_limit_options(c)
-    c.add_argument("--cap-drop", action="append", metavar="CAP",
-                   help="also drop this capability (default drops sys_module, sys_rawio, "
-                        "sys_time, ...; see inspect)")
-    c.add_argument("--cap-add", action="append", metavar="CAP",
-                   help="keep a capability the default would drop")
-    c.add_argument("-m", "--mount", action="append", metavar="TYPE:DST=SRC",
-                   help="host-bind:DST=SRC (empty SRC: a dir of its own), host-image:DST=IMG, "
-                        "guest-bind:DST=SRC, ram:DST=SIZE")
-    c.add_argument("-N", "--network", action="append", metavar="OPTS",
-                   help="an interface: source=NET[,address=IP/PREFIX][,route=NET/PREFIX%%GW]"
-                        "[,mac=MAC][,dhcp][,filter=NAME[,port=N]...] (default: loopback only)")
+    _add_cap_options(c)
+    _add_mount_network_options(c, "a dir of its own")
     c.add_argument("--userns", action="store_true",
                    help="map root inside to an unprivileged host id range of its own")
     c.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
@@ -327,14 +321,34 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blkio-weight", metavar="N", help="relative block I/O weight, 100..1000")
 
 
+def _add_cap_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cap-drop", action="append", metavar="CAP",
+                   help="also drop this capability (default drops sys_module, sys_rawio, "
+                        "sys_time, ...; see inspect)")
+    p.add_argument("--cap-add", action="append", metavar="CAP",
+                   help="keep a capability the default would drop")
+
+
+def _add_mount_network_options(p: argparse.ArgumentParser, fresh: str) -> None:
+    p.add_argument("-m", "--mount", action="append", metavar="TYPE:DST=SRC",
+                   help=f"host-bind:DST=SRC (empty SRC: {fresh}), host-image:DST=IMG, "
+                        "guest-bind:DST=SRC, ram:DST=SIZE")
+    p.add_argument("-N", "--network", action="append", metavar="OPTS",
+                   help="an interface: source=NET[,address=IP/PREFIX][,route=NET/PREFIX%%GW]"
+                        "[,mac=MAC][,dhcp][,filter=NAME[,port=N]...] (default: loopback only)")
+
+
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = sub.add_parser("run", help="run a command in a transient sandbox",
                        description="run a command in a transient sandbox (host root "
-                                   "read-only, private /run /tmp, no network) and return its "
-                                   "exit status; its stdout and stderr stay apart")
+                                   "read-only, private /run /tmp, no network unless -N) and "
+                                   "return its exit status; its stdout and stderr stay apart. "
+                                   "Limits, capabilities, -m and -N work as for create")
     r.add_argument("-c", "--connect", default=DEFAULT_URI, metavar="URI",
                    help=f"libvirt URI: lxc:/// or qemu:///system (default {DEFAULT_URI})")
-    r.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512M or 2G")
+    _add_limit_options(r)
+    _add_cap_options(r)
+    _add_mount_network_options(r, "a temporary dir, removed after")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
     r.set_defaults(func=cmd_run)
 

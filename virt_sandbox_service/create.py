@@ -74,8 +74,6 @@ class CreateRequest:
 def validate(req: CreateRequest) -> None:
     """Checks that need nothing but the request itself."""
     validate_name(req.name)
-    if driver_for_uri(req.uri) is Driver.KVM:
-        _validate_kvm(req)
     if req.units and req.command:
         raise UserError("give either -u UNIT or a command after --, not both",
                         "a unit sandbox runs systemd; a generic sandbox runs one command")
@@ -86,22 +84,31 @@ def validate(req: CreateRequest) -> None:
         validate_dir_path(req.state_parent, "-p path")
     for p in (*req.private, *req.shared):
         validate_abs_path(p, "path")
-    parse_limits(req.limits, os.cpu_count() or 1)
-    parse_caps(req.cap_drop, req.cap_add)
+    validate_options(req)
     if req.security is not None:
         parse_security(req.security)
-    for spec in map(parse_mount, req.mounts):
-        check_mount_target(spec)
-    for net in map(parse_network, req.networks):
-        if net.dhcp and req.command:
-            raise UserError("-N ...,dhcp needs a unit sandbox (its systemd-networkd is the "
-                            "DHCP client)", "give a generic sandbox address=IP/PREFIX")
     if req.userns:
         problem = host.cgroup_layout().userns_problem
         if problem:
             raise UserError(f"--userns is not possible on this host: {problem}",
                             "create the sandbox without --userns; 'doctor' explains")
     check_command(req.command)
+
+
+def validate_options(req: CreateRequest, own_trees: tuple[str, ...] | None = None) -> None:
+    """The sandbox options create and one-shot `run` share: limits, capabilities, mounts
+    (`own_trees`: where the sandbox makes mount points itself), networks, and what a KVM
+    sandbox cannot do."""
+    if driver_for_uri(req.uri) is Driver.KVM:
+        _validate_kvm(req)
+    parse_limits(req.limits, os.cpu_count() or 1)
+    parse_caps(req.cap_drop, req.cap_add)
+    for spec in map(parse_mount, req.mounts):
+        check_mount_target(spec, OWN_TREES if own_trees is None else own_trees)
+    for net in map(parse_network, req.networks):
+        if net.dhcp and req.command:
+            raise UserError("-N ...,dhcp needs a unit sandbox (its systemd-networkd is the "
+                            "DHCP client)", "give a generic sandbox address=IP/PREFIX")
 
 
 def check_command(command: tuple[str, ...]) -> None:
@@ -117,15 +124,15 @@ def check_command(command: tuple[str, ...]) -> None:
 OWN_TREES = ("/etc", "/var", "/run", "/tmp", "/dev/shm")
 
 
-def check_mount_target(spec: MountSpec) -> None:
+def check_mount_target(spec: MountSpec, own_trees: tuple[str, ...] = OWN_TREES) -> None:
     """The host root is read-only in the sandbox: a mount point outside the sandbox's own
     trees must already exist on the host."""
-    if any(spec.target.startswith(t + "/") for t in OWN_TREES):
+    if any(spec.target.startswith(t + "/") for t in own_trees):
         return
     if not os.path.exists(spec.target):
         raise UserError(f"mount target {spec.target} does not exist on the host root, which "
                         "the sandbox sees read-only",
-                        "mount under /var, /etc, /run or /tmp, or create the directory on "
+                        f"mount under {', '.join(own_trees)}, or create the directory on "
                         "the host first")
 
 
@@ -183,10 +190,20 @@ def check_free(req: CreateRequest, paths: Paths, state_dir: Path, conn: object |
                         "remove it or choose another name")
     if conn is not None:
         lv.check_name_free(conn, req.name)
-        for net in map(parse_network, req.networks):
-            lv.check_network(conn, net.source)
-            if net.filter and net.filter != OUR_FILTER:
-                lv.check_nwfilter(conn, net.filter)
+        check_networks(conn, req.networks)
+
+
+def check_networks(conn: object, networks: tuple[str, ...]) -> None:
+    """Each -N's libvirt network exists, and its filter unless it is ours (made on use)."""
+    for net in map(parse_network, networks):
+        lv.check_network(conn, net.source)
+        if net.filter and net.filter != OUR_FILTER:
+            lv.check_nwfilter(conn, net.filter)
+
+
+def ensure_our_filter(conn: object, networks: tuple[str, ...]) -> None:
+    if any(parse_network(n).filter == OUR_FILTER for n in networks):
+        lv.ensure_nwfilter(conn, OUR_FILTER, filter_xml())
 
 
 def choose_id_base(paths: Paths) -> int:
@@ -302,8 +319,7 @@ def reserve(p: Plan, txn: Transaction) -> None:
 
 def apply_plan(p: Plan, conn: object, txn: Transaction) -> None:
     """Everything after the reservation; runs without the lock, so creates overlap."""
-    if any(parse_network(n).filter == OUR_FILTER for n in p.config.networks):
-        lv.ensure_nwfilter(conn, OUR_FILTER, filter_xml())
+    ensure_our_filter(conn, p.config.networks)
     files.create_state_dir(p, txn)
     lv.define(conn, p.domain_xml, txn)
     for path, text in p.unit_files:

@@ -36,7 +36,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
@@ -50,10 +51,11 @@ from ..config import (
     SandboxConfig,
     check_arg_text,
     driver_for_uri,
-    parse_size,
 )
 from ..errors import HostError, UserError
-from ..plan import TMPFS, Mount, Plan
+from ..limits import LimitArgs, parse_caps, parse_limits
+from ..mounts import MountType, parse_mount
+from ..plan import TMPFS, Mount, Plan, _guest_binds, _user_mounts
 
 RUN_PREFIX = "vss-run-"
 EXIT_SETUP_FAILED = 125  # like env(1) and podman: the sandbox, not the command, failed
@@ -64,34 +66,96 @@ LXC_INIT = ("unset LISTEN_FDS LISTEN_PID LISTEN_FDNAMES; "
             '(exec "$@" <&3 >&4 2>&5 3<&- 4>&- 5>&- 6>&-); rc=$?; echo $rc >&6; exit $rc')
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KVM_MIN_MEMORY = 128 * 2**20
+# Where a run makes mount points itself (tmpfs); elsewhere its root is the host's, read-only.
+RUN_TREES = tuple(t for t, _ in TMPFS)
 
 
-def run(uri: str, argv: Sequence[str], paths: Paths, *, memory: str | None = None) -> int:
+@dataclass(frozen=True)
+class RunOptions:
+    """create's sandbox options, as typed; checked by the same parsers as create's."""
+
+    limits: LimitArgs = field(default_factory=LimitArgs)
+    cap_drop: tuple[str, ...] = ()
+    cap_add: tuple[str, ...] = ()
+    mounts: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+
+
+def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None = None) -> int:
     """Run argv in a transient sandbox; return its exit status (125: the sandbox failed)."""
+    opts = options or RunOptions()
     if not argv:
         raise UserError("run needs a command after --", "e.g. run -- /bin/echo hello")
     check_arg_text(argv)
     driver = driver_for_uri(uri)
-    mem = parse_size(memory, "--memory") if memory else None
-    if mem is not None and driver is Driver.KVM and mem < KVM_MIN_MEMORY:
-        raise UserError(f"--memory {memory} is too little for a KVM sandbox (at least "
-                        f"{KVM_MIN_MEMORY // 2**20}M: it boots a kernel of its own)")
     name = RUN_PREFIX + os.urandom(4).hex()
-    cfg = SandboxConfig(name=name, kind=Kind.GENERIC, uri=uri, state_dir="",
-                        command=tuple(argv), memory=mem)
+    cfg = run_config(name, uri, argv, paths, opts)
+    if cfg.memory is not None and driver is Driver.KVM and cfg.memory < KVM_MIN_MEMORY:
+        raise UserError(f"--memory {opts.limits.memory} is too little for a KVM sandbox (at "
+                        f"least {KVM_MIN_MEMORY // 2**20}M: it boots a kernel of its own)")
     conn = lv.connect(uri)
+    if cfg.networks:
+        from ..create import check_networks, ensure_our_filter
+
+        check_networks(conn, cfg.networks)
+        ensure_our_filter(conn, cfg.networks)
     sys.stdout.flush()
     sys.stderr.flush()
-    if driver is Driver.LXC:
-        return _run_lxc(conn, cfg)
-    return _run_kvm(conn, cfg, paths)
+    with _fresh_dirs(cfg):
+        if driver is Driver.LXC:
+            return _run_lxc(conn, cfg)
+        return _run_kvm(conn, cfg, paths)
+
+
+def run_config(name: str, uri: str, argv: Sequence[str], paths: Paths,
+               opts: RunOptions) -> SandboxConfig:
+    """The transient sandbox's config. Without -m or -N nothing of create is imported (the
+    plain run stays as fast as it was); with them, create's own checks run (validate_options),
+    with /run, /tmp and /dev/shm as the trees a run makes mount points in (its /etc and /var
+    are the host's, read-only)."""
+    if opts.mounts or opts.networks:
+        from ..create import CreateRequest, validate_options
+
+        validate_options(CreateRequest(
+            name=name, uri=uri, command=tuple(argv), limits=opts.limits,
+            cap_drop=opts.cap_drop, cap_add=opts.cap_add, mounts=opts.mounts,
+            networks=opts.networks), own_trees=RUN_TREES)
+    limits = parse_limits(opts.limits, os.cpu_count() or 1)
+    # A state directory only for host-bind mounts with an empty source (removed after).
+    fresh = any(s.type is MountType.HOST_BIND and not s.source
+                for s in map(parse_mount, opts.mounts))
+    return SandboxConfig(name=name, kind=Kind.GENERIC, uri=uri,
+                         state_dir=str(paths.state_parent / name) if fresh else "",
+                         command=tuple(argv), caps_drop=parse_caps(opts.cap_drop, opts.cap_add),
+                         mounts=opts.mounts, networks=opts.networks,
+                         **limits)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _fresh_dirs(cfg: SandboxConfig) -> Iterator[None]:
+    """The directories behind `-m host-bind:DST=` (empty source), made for this run and
+    removed after it, whatever happens."""
+    if not cfg.state_dir:
+        yield
+        return
+    from ..plan import mount_dir
+
+    try:
+        for spec in map(parse_mount, cfg.mounts):
+            if spec.type is MountType.HOST_BIND and not spec.source:
+                os.makedirs(mount_dir(cfg.state_dir, spec.target), mode=0o755)
+        yield
+    finally:
+        shutil.rmtree(cfg.state_dir, ignore_errors=True)
 
 
 def run_plan(cfg: SandboxConfig, facts: host.HostFacts, *, init: tuple[str, ...] = (),
              env: tuple[tuple[str, str], ...] = ()) -> Plan:
-    """What a one-shot sandbox sees: the host's root read-only, private tmpfs, nothing else."""
+    """What a one-shot sandbox sees: the host's root read-only, private tmpfs, and the -m
+    mounts it was given."""
     mounts = (Mount("/", "/", readonly=True, reason="the host's root filesystem, read-only"),
-              *(Mount(t, "", tmpfs_kib=k, reason="private tmpfs") for t, k in TMPFS))
+              *(Mount(t, "", tmpfs_kib=k, reason="private tmpfs") for t, k in TMPFS),
+              *(_user_mounts(cfg) if cfg.mounts else ()))
     return Plan(config=cfg, config_path="", state_dir="", run_dir="", evidence=(), hidden=(),
                 mounts=mounts, files=(), init=init, init_env=env)
 
@@ -112,7 +176,10 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig) -> int:
     sh = host.find_tool(("/bin/sh", "/usr/bin/sh"), "/bin/sh", "dash")
     facts = host.HostFacts(sh=sh, selinux=host.selinux_enabled(),
                            memory_kib=host._mem_total_kib())
-    plan = run_plan(cfg, facts, init=(sh, "-c", LXC_INIT, "vss-run", *cfg.command),
+    # -m guest-bind: bound by the init before the command runs, as in a generic sandbox.
+    binds = "".join(f"{b} 2>&5 || {{ echo {EXIT_SETUP_FAILED} >&6; exit 1; }}; "
+                    for b in _guest_binds(cfg))
+    plan = run_plan(cfg, facts, init=(sh, "-c", binds + LXC_INIT, "vss-run", *cfg.command),
                     env=_sandbox_env())
     xml = lxc.build(plan, facts, METADATA_NS)
     status_r, status_w = os.pipe()
