@@ -143,8 +143,8 @@ _virt_sandbox_service() {
             positionals=_vss_names
             ;;
         run)
-            opts='-h --help -c --connect --memory'
-            values='-c=_vss_uris --connect=_vss_uris --memory=-'
+            opts='-h --help -c --connect --memory --cpu-weight --cpu-quota --blkio-weight --cap-drop --cap-add -m --mount -N --network'
+            values='-c=_vss_uris --connect=_vss_uris --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --cap-drop=_vss_caps --cap-add=_vss_caps -m=- --mount=- -N=- --network=-'
             positionals=REST
             ;;
         reload)
