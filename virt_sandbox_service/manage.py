@@ -18,7 +18,7 @@ from .apply import files
 from .apply import libvirt as lv
 from .apply import systemd as sd
 from .apply.files import write_file
-from .config import Kind, Paths, SandboxConfig, load_config, scan_configs, validate_name
+from .config import Driver, Kind, Paths, SandboxConfig, load_config, scan_configs, validate_name
 from .create import EVIDENCE_FILE, config_lock
 from .errors import HostError, UserError
 from .limits import (
@@ -31,7 +31,7 @@ from .limits import (
     parse_limits,
     set_tunables,
 )
-from .network import parse_network
+from .network import guest_mac, parse_network
 from .runtime import backend, common
 from .runtime import lxc as rt
 from .runtime.enter import init_pid
@@ -147,7 +147,9 @@ def _network_info(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> Any:
         return "none (loopback only, private network namespace)"
     info = []
     for i, spec in enumerate(map(parse_network, cfg.networks)):
-        info.append({"interface": f"eth{i}", "network": spec.source, "mac": spec.mac,
+        # A KVM guest's MAC is always fixed (derived unless given): the guest finds it by it.
+        mac = guest_mac(cfg.name, i, spec) if cfg.driver is Driver.KVM else spec.mac
+        info.append({"interface": f"eth{i}", "network": spec.source, "mac": mac,
                      "dhcp": spec.dhcp,
                      "addresses": [f"{a.ip}/{a.prefix}" for a in spec.addresses],
                      "routes": [f"{r.network}/{r.prefix} via {r.gateway}" for r in spec.routes],
