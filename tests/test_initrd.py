@@ -135,6 +135,26 @@ def test_cpio_archive_lists_init_busybox_and_modules(tmp_path: Path) -> None:
     assert os.access(out / "init", os.X_OK)
 
 
+def test_network_modules_are_loaded_only_by_a_guest_with_interfaces(tmp_path: Path) -> None:
+    entries = initrd.initrd_entries(b"BB", b"#!/bin/sh\n", [("kernel/a/x.ko", b"M")],
+                                    [("kernel/net/core/failover.ko", b"F"),
+                                     ("kernel/drivers/net/virtio_net.ko.xz", b"V")])
+    files = {e.path: e.data for e in entries}
+    assert files["lib/modules/load-order"] == b"x.ko\n"
+    assert files["lib/modules/load-order-net"] == b"failover.ko\nvirtio_net.ko\n"
+    assert files["lib/modules/virtio_net.ko"] == b"V"
+
+
+def test_host_has_virtio_net_and_its_dependencies() -> None:
+    kernel = initrd.detect_kernel()
+    dep = (kernel.modules_dir / "modules.dep").read_text()
+    builtin = (kernel.modules_dir / "modules.builtin").read_text()
+    order = initrd.resolve_modules(initrd.NET_MODULES, dep, builtin, kernel.version)
+    names = [p.rsplit("/", 1)[-1].split(".")[0] for p in order]
+    assert names[-1] == "virtio_net"  # after its dependencies (net_failover, failover)
+    assert all((kernel.modules_dir / p).is_file() for p in order)
+
+
 def test_cache_is_reused_and_rebuilt_when_the_init_changes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kernel = initrd.detect_kernel()

@@ -4,6 +4,7 @@ from the host at its static addresses. TCG here: each case boots a micro-VM."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -53,11 +54,16 @@ def test_generic_sandbox_serves_http_at_its_static_addresses(
             "--", "/usr/bin/python3", "-m", "http.server", "--bind", "::", "--directory", "/etc",
             "8000",
             check=True)
+    info = json.loads(env.run("inspect", "--json", name, check=True).stdout)
+    mac = info["network"][0]["mac"]
+    assert mac.startswith("52:54:00:")  # derived: the guest finds the interface by it
     env.run("start", "--detach", name, check=True, timeout=120)
     proc = wait_http(v4, 8000, "/hostname")
     assert proc.stdout == f"{name}\n", proc.stderr  # /hostname of its private /etc
     proc = get(v6, 8000, "/hostname")
     assert proc.stdout == f"{name}\n", proc.stderr
+    neighbours = subprocess.run(["ip", "neigh", "show", v4], capture_output=True, text=True)
+    assert mac in neighbours.stdout
     env.run("stop", name, check=True, timeout=120)
     env.run("delete", name, check=True)
 
