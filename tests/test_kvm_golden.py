@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,11 @@ CASES: dict[str, SandboxConfig] = {
                                     "address=2001:db8::10/64,route=0.0.0.0/0%192.0.2.1,"
                                     "filter=vss-listen-only,port=80,port=443",
                                     "source=other,dhcp,mac=52:54:00:00:00:0b")),
+    "kvm-virtiofs": config(name="kvfs", state_dir="/var/lib/virt-sandbox-service/kvfs"),
 }
+# Cases built with other host facts than FACTS.
+VIRTIOFSD_RO = "/usr/libexec/virt-sandbox-service/virtiofsd-ro"
+FACTS_FOR = {"kvm-virtiofs": dataclasses.replace(FACTS, virtiofsd=VIRTIOFSD_RO)}
 
 
 def make_plan(name: str) -> Plan:
@@ -62,7 +67,7 @@ def make_plan(name: str) -> Plan:
 
 
 def make(name: str, kvm: bool = False) -> str:
-    facts = dataclasses.replace(FACTS, kvm=kvm)
+    facts = dataclasses.replace(FACTS_FOR.get(name, FACTS), kvm=kvm)
     if name == "kvm-run":
         cfg = SandboxConfig(name="vss-run-0123abcd", kind=Kind.GENERIC, uri="qemu:///system",
                             state_dir="", command=("/bin/false",))
@@ -182,3 +187,29 @@ def test_kvm_unit_sandbox_gets_no_lxc_style_networkd_files() -> None:
 
     written = [op.path for op in make_plan("kvm-network").files if isinstance(op, WriteFile)]
     assert not [p for p in written if "/systemd/network/" in p]
+
+
+def test_virtiofs_root_where_the_host_has_virtiofsd() -> None:
+    doc = etree.fromstring(make("kvm-virtiofs").encode())
+    shares = doc.findall("devices/filesystem")
+    root = shares[0]
+    assert root.find("driver").get("type") == "virtiofs"
+    assert root.find("binary").get("path") == VIRTIOFSD_RO  # read-only wrapper
+    assert (root.find("source").get("dir"), root.find("target").get("dir")) == ("/", "vss0")
+    assert all(f.find("driver") is None for f in shares[1:])  # the rest stays 9p
+    assert doc.find("memoryBacking/access").get("mode") == "shared"
+    args = [a.get("value") for a in doc.iter("{http://libvirt.org/schemas/domain/qemu/1.0}arg")]
+    assert args == ["-global", "virtio-mmio.force-legacy=false"]
+    words = doc.findtext("os/cmdline", "").split()
+    assert "vss.mount=virtiofs,vss0,/,ro" in words and "vss.mount=9p,vss1,/etc,rw" in words
+    plain = etree.fromstring(make("kvm-apache2").encode())
+    assert plain.find("memoryBacking") is None and "virtiofs" not in make("kvm-apache2")
+
+
+def test_virtiofs_choice_follows_the_host_and_can_be_turned_off() -> None:
+    from virt_sandbox_service import host
+
+    found = host.virtiofs_wrapper({})
+    assert found in ("", str(host.VIRTIOFSD_RO))
+    assert bool(found) == os.access(host.VIRTIOFSD, os.X_OK)
+    assert host.virtiofs_wrapper({"VSS_KVM_ROOT_SHARE": "9p"}) == ""

@@ -47,6 +47,8 @@ class HostFacts:
     tsc_khz: int = 0
     kvm_kernel: str = "/var/cache/virt-sandbox-service/kvm/kernel"
     kvm_initrd: str = "/var/cache/virt-sandbox-service/kvm/initrd.img"
+    # The virtiofsd (our read-only wrapper) serving a KVM guest's root; "": over 9p.
+    virtiofsd: str = ""
 
 
 def find_tool(names: tuple[str, ...], what: str, package: str) -> str:
@@ -87,6 +89,7 @@ class KvmFacts(NamedTuple):
     tsc_khz: int
     kvm_kernel: str
     kvm_initrd: str
+    virtiofsd: str = ""
 
 
 def kvm_facts() -> KvmFacts:
@@ -95,7 +98,23 @@ def kvm_facts() -> KvmFacts:
     cpuinfo = _read("/proc/cpuinfo")
     usable, _why = kvm_usable(cpuinfo, dev_kvm_works())
     return KvmFacts(usable, tsc_khz(cpuinfo), str(cache_dir() / KERNEL_NAME),
-                    str(cache_dir() / INITRD_NAME))
+                    str(cache_dir() / INITRD_NAME), virtiofs_wrapper())
+
+
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+VIRTIOFSD_RO = Path(__file__).resolve().parent.parent / "libexec" / "virtiofsd-ro"
+
+
+def virtiofs_wrapper(env: dict[str, str] | None = None) -> str:
+    """Our read-only virtiofsd wrapper where the host has virtiofsd (qemu's, Debian 12:
+    package qemu-system-common), else "" (the guest's root goes over 9p).
+    VSS_KVM_ROOT_SHARE=9p chooses 9p anyway (to compare, or to work around a problem)."""
+    env = dict(os.environ) if env is None else env
+    if env.get("VSS_KVM_ROOT_SHARE") == "9p":
+        return ""
+    if os.access(VIRTIOFSD, os.X_OK) and os.access(VIRTIOFSD_RO, os.X_OK):
+        return str(VIRTIOFSD_RO)
+    return ""
 
 
 def kvm_choice() -> tuple[bool, str]:

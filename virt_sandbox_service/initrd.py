@@ -54,6 +54,9 @@ LAZY_MODULES = ("overlay",)
 # lib/modules/load-order-net) only by a guest that has interfaces, so that a sandbox without
 # a network boots no slower.
 NET_MODULES = ("virtio_net",)
+# virtiofs for the host's root where the host has virtiofsd; loaded on first use
+# (lib/modules/load-order-virtiofs).
+VIRTIOFS_MODULES = ("virtiofs",)
 # busybox applets the init uses (symlinks in the initrd's /bin).
 APPLETS = (
     "sh", "mount", "umount", "mkdir", "insmod", "cat", "echo", "printf", "base64", "mkfifo",
@@ -287,7 +290,8 @@ DIR, REG, LNK = 0o040000, 0o100000, 0o120000
 
 
 def initrd_entries(busybox: bytes, init: bytes, modules: list[tuple[str, bytes]],
-                   net_modules: Sequence[tuple[str, bytes]] = ()) -> list[Entry]:
+                   net_modules: Sequence[tuple[str, bytes]] = (),
+                   virtiofs_modules: Sequence[tuple[str, bytes]] = ()) -> list[Entry]:
     """The initrd's files: /init, /bin/busybox and its applet links, the modules and their
     load order (/lib/modules/load-order, one file name a line; load-order-net for the
     network's modules, loaded only when the guest has interfaces)."""
@@ -305,11 +309,18 @@ def initrd_entries(busybox: bytes, init: bytes, modules: list[tuple[str, bytes]]
             names.append(name)
     entries.append(Entry("lib/modules/load-order", REG | 0o644,
                          "".join(f"{n}\n" for n in names).encode()))
-    net_names = [_file_name(rel) for rel, _ in net_modules]
-    entries += [Entry(f"lib/modules/{n}", REG | 0o644, data)
-                for n, (_, data) in zip(net_names, net_modules, strict=True)]
-    entries.append(Entry("lib/modules/load-order-net", REG | 0o644,
-                         "".join(f"{n}\n" for n in net_names).encode()))
+    entries += _lazy_group("net", net_modules)
+    entries += _lazy_group("virtiofs", virtiofs_modules)
+    return entries
+
+
+def _lazy_group(group: str, modules: Sequence[tuple[str, bytes]]) -> list[Entry]:
+    """Modules the init loads only when it needs them, in the order of load-order-GROUP."""
+    names = [_file_name(rel) for rel, _ in modules]
+    entries = [Entry(f"lib/modules/{n}", REG | 0o644, data)
+               for n, (_, data) in zip(names, modules, strict=True)]
+    entries.append(Entry(f"lib/modules/load-order-{group}", REG | 0o644,
+                         "".join(f"{n}\n" for n in names).encode()))
     return entries
 
 
@@ -405,18 +416,21 @@ def _build(d: Path, k: GuestKernel, busybox: Path, inputs: list[Path]) -> BootFi
     mods = resolve_modules(GUEST_MODULES, dep_text, builtin_text, k.version)
     net_mods = [m for m in resolve_modules(NET_MODULES, dep_text, builtin_text, k.version)
                 if m not in mods]
+    fs_mods = [m for m in resolve_modules(VIRTIOFS_MODULES, dep_text, builtin_text, k.version)
+               if m not in mods and m not in net_mods]
     image = k.image.read_bytes()
     elf = extract_vmlinux(image)
     pvh = elf is not None and has_pvh_entry(elf)
     _write_atomic(d / KERNEL_NAME, elf if pvh and elf is not None else image)
     modules = [(m, _module_bytes(k.modules_dir / m)) for m in mods]
     net_modules = [(m, _module_bytes(k.modules_dir / m)) for m in net_mods]
+    fs_modules = [(m, _module_bytes(k.modules_dir / m)) for m in fs_mods]
     _write_atomic(d / INITRD_NAME, cpio_newc(initrd_entries(
-        busybox.read_bytes(), INIT_SOURCE.read_bytes(), modules, net_modules)))
-    stamp = _fingerprint([*inputs, *(k.modules_dir / m for m in (*mods, *net_mods))])
+        busybox.read_bytes(), INIT_SOURCE.read_bytes(), modules, net_modules, fs_modules)))
+    stamp = _fingerprint([*inputs, *(k.modules_dir / m for m in (*mods, *net_mods, *fs_mods))])
     _write_atomic(d / STAMP_NAME, "".join(
         f"{line}\n" for line in (f"{stamp} {'pvh' if pvh else 'bzimage'} {k.version}", *mods,
-                                 *net_mods))
+                                 *net_mods, *fs_mods))
         .encode())
     return BootFiles(d / KERNEL_NAME, d / INITRD_NAME, pvh, k.version)
 

@@ -53,7 +53,7 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
     kind = "service" if plan.config.kind is Kind.SERVICE else "generic"
     devices = [
         *_controllers(),
-        *_filesystems(plan.mounts),
+        *_filesystems(plan.mounts, facts),
         *_interfaces(plan.config),
         *_console(None),
         _channel(AGENT_CHANNEL, None),
@@ -68,7 +68,7 @@ def build_run(plan: Plan, facts: HostFacts, metadata_ns: str, channel_dir: str,
     whose host ends are unix sockets in `channel_dir`, the console in `console_log`."""
     devices = [
         *_controllers(),
-        *_filesystems(plan.mounts),
+        *_filesystems(plan.mounts, facts),
         *_interfaces(plan.config),
         *_console(console_log),
         *[_channel(f"vss.{p}", f"{channel_dir}/{p}.sock") for p in RUN_PORTS],
@@ -89,6 +89,7 @@ def _domain(plan: Plan, facts: HostFacts, ns: str, kind: str, command: Sequence[
         E.title(f"virt-sandbox-service: {what(plan)}"),
         metadata(plan, ns),
         E.memory(str(memory_kib), unit="KiB"),
+        *_memory_backing(plan, facts),
         E.vcpu("1"),
         _os(plan, facts, kind, command),
         E.features(E.acpi()),
@@ -107,7 +108,21 @@ def _domain(plan: Plan, facts: HostFacts, ns: str, kind: str, command: Sequence[
     label = selinux_label(plan, facts)
     if label is not None:
         dom.append(label)
+    if any(_virtiofs_root(m, facts) for m in plan.mounts):
+        dom.append(_modern_virtio_mmio())
     return etree.tostring(dom, pretty_print=True, encoding="unicode")
+
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+
+def _modern_virtio_mmio() -> etree._Element:
+    """qemu's virtio-mmio devices are legacy (virtio 0.9) unless told otherwise, and
+    virtiofsd (libvhost-user) refuses legacy devices ("virtio legacy devices aren't
+    supported"). libvirt 9.0 has no element for it: a qemu command-line argument."""
+    q = ElementMaker(namespace=QEMU_NS, nsmap={"qemu": QEMU_NS})
+    return cast(etree._Element, q.commandline(q.arg(value="-global"),
+                                              q.arg(value="virtio-mmio.force-legacy=false")))
 
 
 def _os(plan: Plan, facts: HostFacts, kind: str, command: Sequence[str]) -> etree._Element:
@@ -135,7 +150,8 @@ def kernel_cmdline(plan: Plan, facts: HostFacts, kind: str, command: Sequence[st
         if m.tmpfs_kib:
             args.append(f"vss.mount=tmpfs,{m.tmpfs_kib},{target}")
         else:
-            args.append(f"vss.mount=9p,vss{tag},{target},{'ro' if m.readonly else 'rw'}")
+            fs = "virtiofs" if _virtiofs_root(m, facts) else "9p"
+            args.append(f"vss.mount={fs},vss{tag},{target},{'ro' if m.readonly else 'rw'}")
             tag += 1
     args += _network_args(plan.config)
     args += [f"vss.arg={base64.b64encode(a.encode()).decode()}" for a in command]
@@ -167,13 +183,44 @@ def _controllers() -> list[etree._Element]:
     ]
 
 
-def _filesystems(mounts: tuple[Mount, ...]) -> list[etree._Element]:
-    """One virtio-9p share per mount with a host source, tagged vss0, vss1... in plan order
-    (the kernel command line says where each goes)."""
+def _virtiofs_root(m: Mount, facts: HostFacts) -> bool:
+    """The host's root goes over virtiofs where the host has virtiofsd (facts.virtiofsd:
+    our read-only wrapper, libexec/virtiofsd-ro); every other share, and the root elsewhere,
+    over 9p."""
+    return bool(facts.virtiofsd) and m.source == "/" and m.target == "/" and m.readonly
+
+
+def _virtiofs(m: Mount, tag: str, facts: HostFacts) -> etree._Element:
+    """A virtiofs share served by our wrapper of virtiofsd, which makes every mount read-only
+    in its own mount namespace (qemu 7.2's virtiofsd has no read-only mode, and libvirt 9.0
+    refuses <readonly/> for virtiofs); chroot sandboxing within it; the guest caches freely,
+    as with 9p's cache=loose."""
+    return cast(etree._Element, E.filesystem(
+        E.driver(type="virtiofs", queue="1024"),
+        E.binary(E.cache(mode="always"), E.sandbox(mode="chroot"), path=facts.virtiofsd),
+        E.source(dir=m.source), E.target(dir=tag), E.address(type="virtio-mmio"),
+        type="mount", accessmode="passthrough"))
+
+
+def _memory_backing(plan: Plan, facts: HostFacts) -> list[etree._Element]:
+    """virtiofs needs the guest's memory shared with virtiofsd."""
+    if not any(_virtiofs_root(m, facts) for m in plan.mounts):
+        return []
+    return [E.memoryBacking(E.source(type="memfd"), E.access(mode="shared"))]
+
+
+def _filesystems(mounts: tuple[Mount, ...], facts: HostFacts) -> list[etree._Element]:
+    """One share per mount with a host source (virtio-9p; the root over virtiofs where the
+    host can), tagged vss0, vss1... in plan order (the kernel command line says where each
+    goes)."""
     out = []
     tag = 0
     for m in mounts:
         if m.tmpfs_kib:
+            continue
+        if _virtiofs_root(m, facts):
+            out.append(_virtiofs(m, f"vss{tag}", facts))
+            tag += 1
             continue
         # multidevs=remap: the host's root spans several filesystems (/proc, /sys, /run...)
         # whose inode numbers collide; unremapped, the guest's 9p cache mistakes one

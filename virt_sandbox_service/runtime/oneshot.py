@@ -233,7 +233,8 @@ def _run_kvm(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths) -> int:
     boot = initrd.ensure()
     kf = host.kvm_facts()
     facts = host.HostFacts(selinux=host.selinux_enabled(), kvm=kf.kvm, tsc_khz=kf.tsc_khz,
-                           kvm_kernel=str(boot.kernel), kvm_initrd=str(boot.initrd))
+                           kvm_kernel=str(boot.kernel), kvm_initrd=str(boot.initrd),
+                           virtiofsd=kf.virtiofsd)
     if not facts.kvm and os.isatty(2):
         _, why = host.kvm_choice()
         print(f"virt-sandbox-service: warning: {why}: the VM runs under TCG (slow)",
