@@ -95,7 +95,16 @@ def _kvm() -> list[Check]:
     except (SandboxError, OSError) as e:
         out.append(Check("kvm guest boot", False, str(e),
                          "install linux-image-amd64 and busybox-static (scripts/setup.sh)"))
+    out.append(_kvm_root_share(facts.virtiofsd))
     return out
+
+
+def _kvm_root_share(wrapper: str) -> Check:
+    if wrapper:
+        return Check("kvm root share", True, f"virtiofs, read-only through {wrapper} "
+                     f"(virtiofsd: {host.VIRTIOFSD}); VSS_KVM_ROOT_SHARE=9p chooses 9p")
+    return Check("kvm root share", True, f"virtio-9p ({host.VIRTIOFSD} not found, or "
+                 "VSS_KVM_ROOT_SHARE=9p)")
 
 
 def _selinux() -> Check:
