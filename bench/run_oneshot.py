@@ -6,8 +6,10 @@ LXC: `run -c lxc:/// -- /bin/true`, end to end (a new process each time, as a us
 against `virsh -c lxc:/// create` of the same domain (host root read-only, privnet, tmpfs
 /run /tmp /dev/shm, init /bin/true) waited until the domain is gone.
 KVM: `run -c qemu:///system -- /bin/false`, end to end, against a hand-tuned qemu command line
-booting the same kernel, initrd and kernel command line (microvm, TCG here), the same 9p root
-and virtio-serial ports (stdout, stderr, status to files), timed until qemu exits.
+booting the same kernel, initrd and kernel command line (microvm, TCG here), the same
+virtio-serial ports (stdout, stderr, status to files), timed until qemu exits. The peer shares
+the root over 9p; ours over whatever the tool chooses (virtiofs where the host has virtiofsd;
+bench/kvm_rootfs.py compares the two).
 
 Runs alternate ours/peer so that load from elsewhere hits both alike; medians are printed
 with the ratio ours/peer and written to bench/results/run-oneshot.md. Figures, not tests.
