@@ -46,9 +46,10 @@ def test_lxc_run_with_mounts_and_capabilities(env: Env, tmp_path: Path) -> None:
     script = ("echo written > /mnt/out; "
               "grep ' /tmp/ram ' /proc/mounts | cut -d' ' -f3; df -k /tmp/ram | tail -1; "
               "echo scratch > /tmp/scratch/f && cat /tmp/scratch/f; "
-              "grep CapBnd /proc/self/status; echo err >&2; exit 5")
+              "grep CapBnd /proc/self/status; cat /srv/hostname; echo err >&2; exit 5")
     proc = run_with(env, "lxc:///", ["-m", f"host-bind:/mnt={host_dir}", "-m",
                                      "ram:/tmp/ram=2M", "-m", "host-bind:/tmp/scratch=",
+                                     "-m", "guest-bind:/srv=/etc",
                                      "--cap-drop", "net_raw", "--cap-add", "lease",
                                      "--memory", "256M", "--cpu-weight", "100"],
                     ["/bin/sh", "-c", script])
@@ -61,6 +62,7 @@ def test_lxc_run_with_mounts_and_capabilities(env: Env, tmp_path: Path) -> None:
     assert "net_raw" not in caps and "sys_module" not in caps  # asked for, and the default
     assert "lease" in caps  # --cap-add keeps what the default drops
     assert "net_admin" in caps
+    assert lines[4] == Path("/etc/hostname").read_text().strip()  # guest-bind: its /etc at /srv
 
 
 @pytest.mark.root
