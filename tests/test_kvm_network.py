@@ -5,10 +5,14 @@ from the host at its static addresses. TCG here: each case boots a micro-VM."""
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import time
+from collections.abc import Iterator
 
+import libvirt
 import pytest
+from lxml import etree
 
 from .conftest import Env, unique_name
 from .test_network import V4, V6, curl, test_network  # noqa: F401 (a fixture)
@@ -88,5 +92,41 @@ def test_unit_sandbox_answers_through_networkd_and_the_filter(
     proc = subprocess.run(["curl", "-sS", "--max-time", "2", f"http://{v4}:22/"],
                           capture_output=True, text=True)
     assert proc.returncode == 28, proc.stderr  # timed out: dropped, not refused
+    env.run("stop", name, check=True, timeout=120)
+    env.run("delete", name, check=True)
+
+
+@pytest.fixture
+def dhcp_network() -> Iterator[tuple[str, int]]:
+    """An isolated libvirt network whose dnsmasq hands out addresses .100-.150."""
+    conn = libvirt.open("qemu:///system")
+    subnet = 100 + secrets.randbelow(100)
+    name = f"vssd{secrets.token_hex(3)}"
+    root = etree.Element("network")
+    etree.SubElement(root, "name").text = name
+    etree.SubElement(root, "bridge", name=name, stp="off", delay="0")
+    ip = etree.SubElement(root, "ip", address=V4.format(subnet, 1), prefix="24")
+    dhcp = etree.SubElement(ip, "dhcp")
+    etree.SubElement(dhcp, "range", start=V4.format(subnet, 100), end=V4.format(subnet, 150))
+    net = conn.networkCreateXML(etree.tostring(root, encoding="unicode"))
+    try:
+        yield name, subnet
+    finally:
+        net.destroy()
+
+
+def test_unit_sandbox_gets_its_address_by_dhcp(env: Env, dhcp_network: tuple[str, int]) -> None:
+    net, subnet = dhcp_network
+    name = unique_name("knd")
+    env.run("create", "-c", URI, "-u", "apache2.service", "-N", f"source={net},dhcp", name,
+            check=True)
+    (env.state(name) / "var/www/html/index.html").write_text(f"{name}\n")
+    env.run("start", "--detach", name, check=True, timeout=300)
+    # Ready once networkd has its lease; libvirt knows the lease, `list` shows it.
+    rows = {r["name"]: r for r in json.loads(env.run("list", "--json", check=True).stdout)}
+    address = rows[name]["address"]
+    assert address and address.startswith(V4.format(subnet, "")), rows[name]
+    proc = curl(address.split("/")[0])
+    assert proc.stdout == f"{name}\n", proc.stderr
     env.run("stop", name, check=True, timeout=120)
     env.run("delete", name, check=True)
