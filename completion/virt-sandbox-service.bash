@@ -88,8 +88,8 @@ _virt_sandbox_service() {
     local opts='' values='' positionals=''
     case $cmd in
         create)
-            opts='-h --help -c --connect -u --unit -p --path -P --package --private --shared -C --copy -s --security --memory --cpu-weight --cpu-quota --blkio-weight --cap-drop --cap-add -m --mount -N --network --userns --dry-run'
-            values='-c=_vss_uris --connect=_vss_uris -u=_vss_units --unit=_vss_units -p=_vss_files --path=_vss_files -P=_vss_packages --package=_vss_packages --private=_vss_files --shared=_vss_files -s=_vss_security --security=_vss_security --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --cap-drop=_vss_caps --cap-add=_vss_caps -m=- --mount=- -N=- --network=-'
+            opts='-h --help -c --connect -u --unit -p --path -P --package --private --shared -C --copy -s --security --memory --cpu-weight --cpu-quota --blkio-weight --tasks --cap-drop --cap-add -m --mount -N --network --userns --dry-run'
+            values='-c=_vss_uris --connect=_vss_uris -u=_vss_units --unit=_vss_units -p=_vss_files --path=_vss_files -P=_vss_packages --package=_vss_packages --private=_vss_files --shared=_vss_files -s=_vss_security --security=_vss_security --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --cap-drop=_vss_caps --cap-add=_vss_caps -m=- --mount=- -N=- --network=-'
             positionals='- REST'
             ;;
         clone)
@@ -138,8 +138,8 @@ _virt_sandbox_service() {
             positionals=_vss_names
             ;;
         limit)
-            opts='-h --help --memory --cpu-weight --cpu-quota --blkio-weight'
-            values='--memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=-'
+            opts='-h --help --memory --cpu-weight --cpu-quota --blkio-weight --tasks'
+            values='--memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=-'
             positionals=_vss_names
             ;;
         run)

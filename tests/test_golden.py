@@ -74,7 +74,7 @@ CASES: dict[str, tuple[SandboxConfig, tuple[PathEvidence, ...], HostFacts]] = {
                state_dir="/var/lib/virt-sandbox-service/gen"),
         (ev("/var/tmp", reason="writable temporary space", mode=0o1777),), FACTS),
     "limits-selinux-overrides": (
-        config(name="web2", memory=512 * 1024**2, cpu_weight=512, cpu_quota=150,
+        config(name="web2", memory=512 * 1024**2, cpu_weight=512, cpu_quota=150, tasks=256,
                blkio_weight=300, state_dir="/var/lib/virt-sandbox-service/web2",
                private=("/srv/web2",), shared=("/var/www",)),
         (*APACHE_EVIDENCE, ev("/srv/web2", reason="--private"),

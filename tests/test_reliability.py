@@ -223,6 +223,8 @@ BAD: list[Bad] = [
     bad("create", "--cpu-quota", "0", "-u", A, "nx36", needle="--cpu-quota"),
     bad("create", "--blkio-weight", "5", "-u", A, "nx37", needle="--blkio-weight"),
     bad("create", "--cap-drop", "CAP_BOGUS", "-u", A, "nx38", needle="CAP_BOGUS"),
+    bad("create", "--tasks", "5", "-u", A, "nx39", needle="--tasks 5 is out of range (32.."),
+    bad("create", "--tasks", "many", "-u", A, "nx39b", needle="--tasks 'many' is not a whole"),
     # security labels
     bad("create", "-s", "static", "-u", A, "nx40", needle="needs label="),
     bad("create", "-s", "dynamic,foo=bar", "-u", A, "nx41", needle="'foo=bar' is not a security"),
@@ -302,6 +304,7 @@ BAD: list[Bad] = [
     bad("limit", "--cpu-weight", "1", "{stopped}", needle="--cpu-weight 1 is out of range"),
     bad("limit", "--cpu-quota", "999", "{stopped}", needle="--cpu-quota 999 is out of range"),
     bad("limit", "--blkio-weight", "1", "{stopped}", needle="--blkio-weight 1 is out of range"),
+    bad("limit", "--tasks", "99999999", "{stopped}", needle="--tasks 99999999 is out of range"),
     bad("limit", "--memory", "1G", "nosuch", needle="no sandbox named 'nosuch'"),
     bad("limit", "--memory", "1G", "", needle="sandbox name is empty"),
     # upgrade, connect

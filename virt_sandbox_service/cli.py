@@ -49,7 +49,7 @@ def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
 
 def _limit_args(args: argparse.Namespace) -> LimitArgs:
     return LimitArgs(memory=args.memory, cpu_weight=args.cpu_weight, cpu_quota=args.cpu_quota,
-                     blkio_weight=args.blkio_weight)
+                     blkio_weight=args.blkio_weight, tasks=args.tasks)
 
 
 def cmd_limit(args: argparse.Namespace, paths: Paths) -> int:
@@ -325,6 +325,8 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-quota", metavar="PERCENT",
                    help="CPU time cap in percent of one CPU, e.g. 50 or 150")
     p.add_argument("--blkio-weight", metavar="N", help="relative block I/O weight, 100..1000")
+    p.add_argument("--tasks", metavar="N",
+                   help="most processes plus threads at once (pids.max), 32..4194304")
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

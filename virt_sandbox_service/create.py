@@ -138,6 +138,9 @@ def _validate_kvm(req: CreateRequest) -> None:
         if spec.type.value in ("host-image", "guest-bind"):
             raise UserError(f"-m {spec.type.value} is not available for KVM sandboxes yet",
                             "use host-bind or ram mounts, or -c lxc:///")
+    if req.limits.tasks is not None:
+        raise UserError("--tasks is not available for KVM sandboxes yet",
+                        "leave --tasks out, or use -c lxc:///")
     if req.networks:
         raise UserError("-N networks are not available for KVM sandboxes yet",
                         "a KVM sandbox has no network device; use -c lxc:/// for -N")

@@ -263,6 +263,14 @@ def _unescape(path: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
 
 
+def v1_mount(controller: str) -> Path | None:
+    """Where the v1 hierarchy carrying `controller` is mounted on the host, if any."""
+    for target, fstype, opts in _mounts():
+        if fstype == "cgroup" and controller in opts.split(","):
+            return Path(target)
+    return None
+
+
 def cgroup_layout() -> CgroupLayout:
     unified: Path | None = None
     v1: list[str] = []

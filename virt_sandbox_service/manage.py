@@ -97,6 +97,9 @@ def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
     changes = parse_limits(args, os.cpu_count() or 1)
     if not changes:
         return []
+    if "tasks" in changes and cfg.driver.value != "lxc":
+        raise UserError("--tasks is not available for KVM sandboxes yet",
+                        "it applies to LXC sandboxes")
     new = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
     conn = lv.connect(cfg.uri)
     dom = backend(cfg).domain(conn, cfg)
@@ -125,6 +128,10 @@ def _apply_live(dom: libvirt.virDomain, cfg: SandboxConfig, changed: set[str]) -
             dom.setSchedulerParametersFlags(sched, live)
         if "blkio_weight" in changed and cfg.blkio_weight:
             dom.setBlkioParameters({"weight": cfg.blkio_weight}, live)
+        if "tasks" in changed and cfg.tasks:
+            from .runtime import lxc
+
+            lxc.set_tasks_live(dom, cfg.tasks)
     except libvirt.libvirtError as e:
         raise HostError(f"the new limits are saved but could not be applied live: "
                         f"{e.get_error_message()}", "they apply at the next start") from e
@@ -232,7 +239,8 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
         },
         "network": _network_info(cfg, dom),
         "limits": {"memory_bytes": cfg.memory, "cpu_weight": cfg.cpu_weight,
-                   "cpu_quota_percent": cfg.cpu_quota, "blkio_weight": cfg.blkio_weight},
+                   "cpu_quota_percent": cfg.cpu_quota, "blkio_weight": cfg.blkio_weight,
+                   "tasks": cfg.tasks},
         "capabilities": _caps(cfg, dom),
         "user_namespace": None,
         "network_filters": sorted({n.filter for n in map(parse_network, cfg.networks)

@@ -20,6 +20,7 @@ from pathlib import PurePosixPath
 from .config import Kind, SandboxConfig
 from .evidence import SKELETON_REASONS, Access, PathEvidence
 from .host import HostFacts
+from .limits import TASKS_ENV
 from .mounts import MountType, parse_mount
 from .network import networkd_file, parse_network
 
@@ -367,6 +368,7 @@ def _guest_binds(config: SandboxConfig) -> list[str]:
 
 
 PAYLOAD_CGROUP = "sandbox"
+TASKS_MOUNT = "/run/.vss-pids"  # where the init briefly mounts the pids hierarchy
 
 
 def init_command(config: SandboxConfig,
@@ -388,6 +390,28 @@ def init_command(config: SandboxConfig,
         f"exec {q(facts.unshare)} --cgroup {q(facts.systemd)} systemd.unified_cgroup_hierarchy=1",
     ])
     return (facts.sh, "-c", script), (("NOTIFY_SOCKET", NOTIFY_SOCKET),)
+
+
+def _tasks_prologue() -> list[str]:
+    """--tasks: libvirt (9.0) leaves LXC containers at the root of the v1 pids hierarchy, so
+    make a cgroup of our own there, mirroring libvirt's path, with the limit on it and the
+    init in its child (the cgroup namespace root made next). A limit nothing can hold must
+    not be a silent no-op: then the sandbox does not boot."""
+    e = TASKS_ENV
+    return [
+        f"if [ -n \"${{{e}:-}}\" ]; then",
+        "  base=$(sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\\(.*\\)$/\\1/p;T;q' /proc/self/cgroup)",
+        f"  base=${{base%/{PAYLOAD_CGROUP}}}; pd={TASKS_MOUNT}",
+        "  mkdir -p $pd && mount -t cgroup -o pids pids $pd &&",
+        f"  mkdir -p \"$pd$base/{PAYLOAD_CGROUP}\" && echo \"${e}\" > \"$pd$base/pids.max\" &&",
+        f"  echo $$ > \"$pd$base/{PAYLOAD_CGROUP}/cgroup.procs\" && tasks_set=1",
+        "  umount $pd 2>/dev/null; rmdir $pd",
+        "  if [ -z \"${tasks_set:-}\" ]; then",
+        "    echo 'virt-sandbox-service: no pids cgroup to hold --tasks' >&2; exit 1",
+        "  fi",
+        "fi",
+        f"unset {e}",
+    ]
 
 
 def _cgroup_prologue(facts: HostFacts) -> list[str]:
@@ -415,6 +439,7 @@ def _cgroup_prologue(facts: HostFacts) -> list[str]:
         "  fi",
         "  echo $$ > \"$p/cgroup.procs\"",
         "done < /proc/self/cgroup",
+        *_tasks_prologue(),
         "cg=$(sed -n 's/^0::\\(.*\\)$/\\1/p' /proc/self/cgroup)",
         "if [ \"$cg\" = / ]; then "
         "cg=$(sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\\(.*\\)$/\\1/p;T;q' /proc/self/cgroup); fi",

@@ -37,7 +37,7 @@ from ..apply import libvirt as lv
 from ..config import Driver, SandboxConfig
 from ..errors import HostError, UserError
 from . import common, lxc
-from .enter import init_pid, match_bounding_set
+from .enter import init_pid, join_pids_cgroup, match_bounding_set
 
 ESCAPE = b"\x1d"  # Ctrl-], as in virsh console and telnet
 FALLBACK_SHELL = "/bin/sh"
@@ -169,6 +169,7 @@ def _child(dom: libvirt.virDomain, init: int, fds: list[int], sock: socket.socke
         # have is what the sandbox's init has (setns keeps our capabilities otherwise).
         match_bounding_set(init)
         libvirt_lxc.lxcEnterCGroup(dom, 0)
+        join_pids_cgroup(init)
         _enter_namespaces(fds)
         pid = os.fork()  # a new PID namespace applies to children only
         if pid == 0:
