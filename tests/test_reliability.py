@@ -241,6 +241,8 @@ BAD: list[Bad] = [
         needle="URI 'lxc' is not a libvirt LXC or QEMU URI"),
     bad("create", "-c", "lxc:///nonsense", "-u", A, "nx53", needle="lxc:///nonsense"),
     bad("create", "-c", "qemu:///nonsense", "-u", A, "nx54", needle="qemu:///nonsense"),
+    bad("create", "-c", "qemu:///system", "--tasks", "64", "-u", A, "nx55",
+        needle="--tasks is for LXC sandboxes"),
     # paths
     bad("create", "-p", "/dev/null", "-u", A, "nx60", needle="is not a directory"),
     bad("create", "-p", "{file}", "-u", A, "nx61", needle="is not a directory"),

@@ -139,8 +139,10 @@ def _validate_kvm(req: CreateRequest) -> None:
             raise UserError(f"-m {spec.type.value} is not available for KVM sandboxes yet",
                             "use host-bind or ram mounts, or -c lxc:///")
     if req.limits.tasks is not None:
-        raise UserError("--tasks is not available for KVM sandboxes yet",
-                        "leave --tasks out, or use -c lxc:///")
+        raise UserError("--tasks is for LXC sandboxes: a KVM sandbox's processes live in its "
+                        "own kernel and cannot use up the host's",
+                        "leave --tasks out (bound a KVM sandbox with --memory), or use "
+                        "-c lxc:///")
     if req.networks:
         raise UserError("-N networks are not available for KVM sandboxes yet",
                         "a KVM sandbox has no network device; use -c lxc:/// for -N")

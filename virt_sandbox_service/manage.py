@@ -98,8 +98,9 @@ def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
     if not changes:
         return []
     if "tasks" in changes and cfg.driver.value != "lxc":
-        raise UserError("--tasks is not available for KVM sandboxes yet",
-                        "it applies to LXC sandboxes")
+        raise UserError("--tasks is for LXC sandboxes: a KVM sandbox's processes live in its "
+                        "own kernel and cannot use up the host's",
+                        "bound a KVM sandbox with --memory")
     new = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
     conn = lv.connect(cfg.uri)
     dom = backend(cfg).domain(conn, cfg)
