@@ -31,7 +31,7 @@ from virt_sandbox_service.users import (
     resolve,
 )
 
-from .conftest import Env, unique_name
+from .conftest import Env, need, unique_name
 
 WWW = pwd.getpwnam("www-data")
 
@@ -269,3 +269,22 @@ def test_unit_sandboxes_refuse_user_options(env: Env) -> None:
     assert "-U is for generic sandboxes" in proc.stderr.splitlines()[0]
     assert "User=" in proc.stderr
     assert env.snapshot() == before
+
+
+@pytest.mark.root
+@pytest.mark.kvm
+def test_kvm_generic_sandbox_runs_as_the_user(env: Env) -> None:
+    from .test_run import reachable
+
+    need(reachable("qemu:///system"), "needs libvirtd with the QEMU driver (scripts/setup.sh)")
+    uid = _free_uid()
+    name = unique_name("kusr")
+    env.run("create", "-c", "qemu:///system", "-U", str(uid), "-G", "www-data", name, "--",
+            "/bin/sh", "-c", f"({PROBE}) > /var/tmp/probe 2>&1", check=True)
+    proc = env.run("start", name, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    out = (env.state(name) / "var" / "tmp" / "probe").read_text().splitlines()
+    gid = grp.getgrnam("www-data").gr_gid
+    assert out[:7] == [str(uid), str(gid), str(gid), f"/var/home/u{uid}", f"/var/home/u{uid}",
+                       f"u{uid}", "wrote"]
+    assert out[7] == "CapEff:\t0000000000000000"
