@@ -288,3 +288,10 @@ def test_kvm_generic_sandbox_runs_as_the_user(env: Env) -> None:
     assert out[:7] == [str(uid), str(gid), str(gid), f"/var/home/u{uid}", f"/var/home/u{uid}",
                        f"u{uid}", "wrote"]
     assert out[7] == "CapEff:\t0000000000000000"
+
+
+def test_completion_offers_host_users_and_groups() -> None:
+    from .test_completion import complete
+
+    assert "www-data" in complete("create", "-U", "www-")
+    assert "www-data" in complete("create", "--gid", "www-")
