@@ -295,3 +295,14 @@ def test_completion_offers_host_users_and_groups() -> None:
 
     assert "www-data" in complete("create", "-U", "www-")
     assert "www-data" in complete("create", "--gid", "www-")
+
+
+def test_a_home_in_an_admins_host_bind_must_exist_there(tmp_path: Path) -> None:
+    from virt_sandbox_service.users import check_home
+
+    binds = (("/srv/homes", str(tmp_path)),)
+    with pytest.raises(UserError, match=f"{tmp_path}/alice does not exist"):
+        check_home("/srv/homes/alice", binds)
+    (tmp_path / "alice").mkdir()
+    check_home("/srv/homes/alice", binds)
+    check_home("/srv/homes/alice", (("/srv/homes", ""),))  # the instance's own: made empty

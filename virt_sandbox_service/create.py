@@ -132,7 +132,8 @@ def check_user(req: CreateRequest) -> users.RunAs | None:
                         "set User= in the unit (a drop-in), or leave the option out")
     run_as = users.resolve(req.user, req.userns)
     if run_as is not None:
-        users.check_home(run_as.home, tuple(s.target for s in map(parse_mount, req.mounts)
+        users.check_home(run_as.home, tuple((s.target, s.source)
+                                            for s in map(parse_mount, req.mounts)
                                             if s.type.value == "host-bind"))
     return run_as
 

@@ -195,9 +195,19 @@ def home_place(home: str, bind_targets: tuple[str, ...]) -> HomePlace:
     return HomePlace.STATE
 
 
-def check_home(home: str, bind_targets: tuple[str, ...]) -> None:
-    """A home bound from the state dir needs its mount point on the (read-only) host root."""
-    if home_place(home, bind_targets) is HomePlace.STATE and not os.path.isdir(home):
+def check_home(home: str, binds: tuple[tuple[str, str], ...]) -> None:
+    """The home must be able to exist: a home bound from the state dir needs its mount point
+    on the (read-only) host root; a home in an admin's host-bind (`binds`: (target, source)
+    pairs) must exist in its source, as nothing is made there."""
+    place = home_place(home, tuple(t for t, _ in binds))
+    if place is HomePlace.SHARED:
+        target, source = next((t, s) for t, s in binds if _under(home, (t,)))
+        on_host = os.path.join(source, os.path.relpath(home, target)) if source else ""
+        if source and not os.path.isdir(on_host):
+            raise UserError(f"--homedir {home} lies in -m host-bind:{target}={source}, but "
+                            f"{on_host} does not exist", "create it (owned by the user) first")
+        return
+    if place is HomePlace.STATE and not os.path.isdir(home):
         raise UserError(f"--homedir {home} does not exist on the host root, which the "
                         "sandbox sees read-only (the home is bound there)",
                         f"use a home under /var (default {HOME_ROOT}/NAME), or create the "
