@@ -45,6 +45,10 @@ CASES: dict[str, SandboxConfig] = {
     "kvm-generic": config(name="kgen", kind=Kind.GENERIC, units=(), memory=256 * 1024**2,
                           state_dir="/var/lib/virt-sandbox-service/kgen",
                           command=("/usr/bin/python3", "-c", "print('50% $HOME \"x\"')")),
+    "kvm-generic-user": config(name="kusr", kind=Kind.GENERIC, units=(),
+                               state_dir="/var/lib/virt-sandbox-service/kusr",
+                               command=("/usr/bin/id",), uid=5000, gid=33, username="alice",
+                               homedir="/var/home/alice"),
 }
 
 

@@ -25,6 +25,7 @@ Handler = Callable[[argparse.Namespace, Paths], int]
 
 def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
     from .create import CreateRequest, create
+    from .users import UserArgs
 
     command = after_dashes(args.command, "create NAME -- CMD ARGS")
     req = CreateRequest(
@@ -35,6 +36,8 @@ def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
         cap_drop=tuple(args.cap_drop or ()), cap_add=tuple(args.cap_add or ()),
         userns=args.userns, mounts=tuple(args.mount or ()),
         networks=tuple(args.network or ()),
+        user=UserArgs(args.uid, args.gid, args.username, args.homedir),
+        image_size=args.imagesize,
     )
     plan = create(req, paths, dry_run=args.dry_run)
     if args.dry_run:
@@ -313,6 +316,18 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         "[,mac=MAC][,dhcp][,filter=NAME[,port=N]...] (default: loopback only)")
     c.add_argument("--userns", action="store_true",
                    help="map root inside to an unprivileged host id range of its own")
+    c.add_argument("-U", "--uid", metavar="UID",
+                   help="generic sandbox: run the command as this user (number or host name)")
+    c.add_argument("-G", "--gid", metavar="GID",
+                   help="with -U: its group (number or host name; default the user's)")
+    c.add_argument("--username", metavar="NAME",
+                   help="with -U: its name in the sandbox (default the host's, or uUID)")
+    c.add_argument("--homedir", metavar="DIR",
+                   help="with -U: its home, made writable for it (default the host's, "
+                        "or /var/home/NAME)")
+    c.add_argument("-i", "--imagesize", metavar="SIZE",
+                   help="LXC: keep the private /etc and /var in a file-system image of SIZE "
+                        "(e.g. 64M, 1G) instead of directories")
     c.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     c.add_argument("name", help="sandbox name")
     c.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (generic sandbox)")

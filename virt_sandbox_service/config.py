@@ -173,6 +173,15 @@ class SandboxConfig:
     networks: tuple[str, ...] = ()  # -N specs, as given (see network.py); none: loopback only
     # User namespace: host uid/gid that root inside maps to (IDMAP_COUNT ids); None = none.
     id_base: int | None = None
+    # Generic sandboxes: the user the command runs as (-U, -G, --username, --homedir; see
+    # users.py); None: root. Resolved on the host at create, so numbers, not names.
+    uid: int | None = None
+    gid: int | None = None
+    username: str = ""
+    homedir: str = ""
+    # -i SIZE: the private /etc and /var live in <state>/private.img of this many bytes
+    # (see image.py); None: directories in the state dir.
+    image_size: int | None = None
     format_version: int = FORMAT_VERSION
     # Free-form notes that later versions may add; kept so an older file round-trips.
     extra: tuple[tuple[str, str], ...] = field(default=())

@@ -13,7 +13,7 @@ from typing import Any
 import libvirt
 from lxml import etree
 
-from . import host
+from . import host, image
 from .apply import files
 from .apply import libvirt as lv
 from .apply import systemd as sd
@@ -221,6 +221,8 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
         "uri": cfg.uri,
         "units": list(cfg.units),
         "command": list(cfg.command),
+        "user": None if cfg.uid is None else {"uid": cfg.uid, "gid": cfg.gid,
+                                              "name": cfg.username, "home": cfg.homedir},
         "state": lv.state_name(dom) if dom is not None else "missing",
         "paths": {
             "config": str(paths.config_file(name)),
@@ -228,6 +230,9 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
             "unit": str(paths.unit_dir / unit_name(name)),
             "journal": common.journal_dir(cfg),
         },
+        "image": None if cfg.image_size is None else {
+            "path": image.image_path(cfg.state_dir), "size_bytes": cfg.image_size,
+            **image.usage(image.image_path(cfg.state_dir))},
         "hostname": cfg.name,
         "origin": dict(cfg.extra),
         "machine_id": cfg.machine_id,
@@ -297,12 +302,31 @@ def _network_text(net: Any) -> str:
         for n in net)
 
 
+def _image_line(img: dict[str, Any] | None) -> list[str]:
+    if img is None:
+        return []
+    def mib(n: int | None) -> str:
+        return "?" if n is None else f"{n / 1024**2:.1f} MiB"
+    return [f"image:       {img['path']}: the private /etc and /var, "
+            f"{mib(img['used_bytes'])} used of {mib(img['size_bytes'])} "
+            f"({mib(img['allocated_bytes'])} allocated on the host)"]
+
+
+def _user_line(user: dict[str, Any] | None) -> list[str]:
+    if user is None:
+        return []
+    return [f"user:        {user['name']} (uid {user['uid']}, gid {user['gid']}), "
+            f"home {user['home']}"]
+
+
 def format_inspect(d: dict[str, Any]) -> str:
     lines = [
         f"name:        {d['name']}",
         f"kind:        {d['kind']} ({' '.join(d['units']) or ' '.join(d['command'])})",
         f"driver:      {d['driver']} ({d['uri']})",
         f"state:       {d['state']}",
+        *_user_line(d["user"]),
+        *_image_line(d["image"]),
         f"hostname:    {d['hostname']}",
         f"machine-id:  {d['machine_id']}",
         f"network:     {_network_text(d['network'])}",

@@ -9,8 +9,20 @@ import shutil
 import stat
 from pathlib import Path
 
+from .. import image
 from ..errors import HostError, UserError
-from ..plan import MARKER, CopyTree, FileOp, MakeDir, Plan, Symlink, WriteFile
+from ..plan import (
+    MARKER,
+    AddUser,
+    CopyTree,
+    FileOp,
+    MakeDir,
+    MakeImage,
+    Plan,
+    Symlink,
+    WriteFile,
+)
+from ..users import RunAs, group_with, passwd_with
 from .txn import Transaction
 
 
@@ -29,7 +41,8 @@ def create_state_dir(plan: Plan, txn: Transaction) -> None:
     # Removing the whole tree is right only because this run made it, just now.
     txn.did(f"made {state}", lambda: shutil.rmtree(state))
     shift = plan.config.id_base or 0
-    inside = tuple(os.path.join(plan.state_dir, d) + "/" for d in ("etc", "var", "paths"))
+    inside = tuple(os.path.join(plan.state_dir, d) + "/"
+                   for d in ("etc", "var", "paths", "home"))
     for op in plan.files:
         if op is marker or getattr(op, "path", None) == plan.state_dir:
             continue
@@ -56,9 +69,59 @@ def apply_op(op: FileOp, shift: int = 0) -> None:
             os.lchown(op.path, shift, shift)
         elif isinstance(op, CopyTree):
             copy_tree(op.src, op.dst, frozenset(op.exclude), shift)
+        elif isinstance(op, AddUser):
+            add_user(op, shift)
+        elif isinstance(op, MakeImage):
+            make_image(op)
     except OSError as e:
         target = op.dst if isinstance(op, CopyTree) else op.path
         raise HostError(f"cannot make {target}: {e.strerror}") from e
+
+
+def add_user(op: AddUser, shift: int = 0) -> None:
+    """The user's entries in the copied passwd and group files (see users.py)."""
+    r = RunAs(op.uid, op.gid, op.name, op.home)
+    for name, edit in (("passwd", passwd_with), ("group", group_with)):
+        path = Path(op.path) / name
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            text = ""
+        new = edit(text, r)
+        if new != text:
+            write_file(path, new, 0o644)
+            os.chown(path, shift, shift)
+
+
+def make_image(op: MakeImage) -> None:
+    """-i: the private trees into the image (see image.py)."""
+    state = os.path.dirname(op.path)
+    if not op.source:
+        image.build(state, op.size)
+        return
+    image.copy(op.source, op.path)
+    with image.mounted(op.path, writable=True) as root:
+        for tree in image.TREES:
+            staged = os.path.join(state, tree)
+            if os.path.isdir(staged):
+                copy_over(staged, str(root / tree))
+                shutil.rmtree(staged)
+        for rel in op.drop:  # emptied, not removed
+            where = root / rel.lstrip("/")
+            for child in where.iterdir() if where.is_dir() else ():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def copy_over(src: str, dst: str) -> None:
+    """Copy src's files into the existing tree dst, replacing files of the same name."""
+    for entry in os.scandir(src):
+        target = os.path.join(dst, entry.name)
+        if entry.is_dir(follow_symlinks=False) and os.path.isdir(target):
+            copy_over(entry.path, target)
+            continue
+        if os.path.lexists(target):
+            os.unlink(target)
+        copy_tree(entry.path, target, frozenset())
 
 
 def write_file(path: Path, content: str, mode: int = 0o644) -> None:

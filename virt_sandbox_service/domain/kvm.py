@@ -25,7 +25,7 @@ from lxml.builder import ElementMaker
 from ..config import Kind
 from ..errors import UserError
 from ..host import HostFacts
-from ..plan import Mount, Plan
+from ..plan import Mount, Plan, command
 from .common import metadata, selinux_label, what
 
 E = ElementMaker()
@@ -57,7 +57,7 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
         _channel(AGENT_CHANNEL, None),
         E.memballoon(model="none"),
     ]
-    return _domain(plan, facts, metadata_ns, kind, plan.config.command, devices)
+    return _domain(plan, facts, metadata_ns, kind, command(plan.config, facts), devices)
 
 
 def build_run(plan: Plan, facts: HostFacts, metadata_ns: str, channel_dir: str,

@@ -111,6 +111,12 @@ def _wait_addresses(dom: libvirt.virDomain, cfg: SandboxConfig) -> None:
 
 def check_state(cfg: SandboxConfig) -> None:
     """The private trees the domain mounts must be there, or libvirt fails obscurely."""
+    if cfg.image_size is not None:  # -i: the trees are in the image (see image.py)
+        if not os.path.isfile(os.path.join(cfg.state_dir, "private.img")):
+            raise HostError(f"sandbox '{cfg.name}' lacks its image {cfg.state_dir}/private.img",
+                            f"its state is damaged: virt-sandbox-service delete {cfg.name}, "
+                            "then create it again")
+        return
     for tree in ("etc", "var"):
         if not os.path.isdir(os.path.join(cfg.state_dir, tree)):
             raise HostError(f"sandbox '{cfg.name}' lacks its private {tree} "
