@@ -52,7 +52,7 @@ GUEST_MODULES = ("virtio_mmio", "9pnet_virtio", "9p", "virtio_console", "overlay
 LAZY_MODULES = ("overlay",)
 # For -m host-image: a virtio-blk disk holding an ext2/3/4 file system. Loaded by the guest
 # init, dependencies first (lib/modules/disk-order), only in a sandbox that has such a disk.
-DISK_MODULES = ("virtio_blk", "ext4")
+DISK_MODULES = ("virtio_blk", "crc32c_generic", "ext4")  # ext4 asks the crypto API for crc32c
 # busybox applets the init uses (symlinks in the initrd's /bin).
 APPLETS = (
     "sh", "mount", "umount", "mkdir", "insmod", "cat", "echo", "printf", "base64", "mkfifo",
@@ -344,7 +344,8 @@ def cache_dir() -> Path:
 
 
 def _fingerprint(paths: Iterable[Path]) -> str:
-    h = hashlib.sha256(BUILDER_VERSION.encode())
+    # The module lists too: a list changed in the code must rebuild the initrd.
+    h = hashlib.sha256(f"{BUILDER_VERSION} {GUEST_MODULES} {DISK_MODULES}".encode())
     for p in paths:
         st = p.stat()
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())

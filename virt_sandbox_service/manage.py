@@ -291,6 +291,14 @@ def _caps(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> dict[str, Any]:
     adds drops of its own, e.g. mknod and sys_resource)."""
     out: dict[str, Any] = {"dropped": list(cfg.caps_drop), "kept": list(effective_caps(cfg)),
                            "source": "config"}
+    if cfg.driver is Driver.KVM:
+        # A VM has a kernel of its own: libvirt's LXC capabilities do not apply; the guest
+        # drops these from the bounding sets (see initrd/init).
+        out["source"] = ("config, applied inside the guest: bounding set of " +
+                         ("the confined units, the guest agent (execute) and the console "
+                          "(connect); the guest's systemd keeps them"
+                          if cfg.kind is Kind.SERVICE else
+                          "the command, the guest agent (execute) and the console (connect)"))
     if dom is not None and dom.isActive() and cfg.driver.value == "lxc":
         with contextlib.suppress(OSError):
             kept = caps_from_mask(bounding_set(init_pid(dom)))
@@ -309,6 +317,7 @@ def _security_summary(d: dict[str, Any]) -> list[str]:
         + ("" if d["security"]["enforced"] else "; not enforced: host has no SELinux") + ")",
         f"  user ns:      {d['user_namespace'] or 'none (root inside is root on the host)'}",
         f"  caps dropped: {' '.join(d['capabilities']['dropped']) or 'none'}",
+        f"  caps source:  {d['capabilities']['source']}",
         f"  caps kept:    {' '.join(d['capabilities']['kept'])}",
         f"  limits:       {limits}",
         f"  net filters:  {' '.join(d['network_filters']) or 'none'}",

@@ -183,7 +183,7 @@ def _filesystems(mounts: tuple[Mount, ...]) -> list[etree._Element]:
     out = []
     tag = 0
     for m in mounts:
-        if m.tmpfs_kib:
+        if m.tmpfs_kib or m.image:  # images are disks (_disks)
             continue
         # multidevs=remap: the host's root spans several filesystems (/proc, /sys, /run...)
         # whose inode numbers collide; unremapped, the guest's 9p cache mistakes one
@@ -201,9 +201,11 @@ def _filesystems(mounts: tuple[Mount, ...]) -> list[etree._Element]:
 def _guest_bind_args(plan: Plan) -> list[str]:
     """-m guest-bind:DST=SRC: bind mounts the guest init makes after every other mount (the
     source may itself be one of them)."""
+    # Only guest-bind specs are parsed: parsing the others checks their host sources, and
+    # nothing here reads the host.
+    binds = [m for m in plan.config.mounts if m.startswith(f"{MountType.GUEST_BIND.value}:")]
     return [f"vss.mount=bind,{_checked(s.source, 'mount source')},"
-            f"{_checked(s.target, 'mount target')}"
-            for s in map(parse_mount, plan.config.mounts) if s.type is MountType.GUEST_BIND]
+            f"{_checked(s.target, 'mount target')}" for s in map(parse_mount, binds)]
 
 
 # --- resource limits (<blkiotune>, <cputune>) ---------------------------------------------------
