@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import libvirt
@@ -19,7 +20,7 @@ from virt_sandbox_service.limits import caps_from_mask
 
 from .conftest import Env, unique_name
 from .test_clone import tree_digest
-from .test_connect import state_of, terminal
+from .test_connect import Terminal, state_of, terminal
 from .test_kvm import URI, execute, kvm_domains, qemu_driver  # noqa: F401 (autouse fixture)
 
 pytestmark = [pytest.mark.root, pytest.mark.kvm]
@@ -47,11 +48,25 @@ def test_unit_sandbox_console_caps_clone_and_limits(env: Env) -> None:
     limits_change_live(env, name)
 
 
+def login(t: Terminal, name: str, timeout: float = 180) -> None:
+    """Press Enter until root's prompt shows: the login waits for it (agetty --wait-cr), and
+    what is typed before agetty has opened hvc0 (a guest still booting) is flushed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        t.send("\r")
+        try:
+            t.expect(rf"root@{name}", timeout=15)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
 def console_detaches_and_the_sandbox_keeps_running(env: Env, name: str) -> None:
     with terminal(env, "connect", name, rows=30, cols=100) as t:
         t.expect(r"Escape character is \^\]")
-        # The login may have printed its prompt before we attached: ask for output. The
-        # typed line is echoed as typed ($(hostname)), so only the shell's output matches.
+        login(t, name)
+        # The typed line is echoed as typed ($(hostname)): only the shell's output matches.
         t.send("echo H:$(hostname):$(stty size):\r")
         t.expect(rf"H:{name}:30 100:", timeout=120)  # window size through the guest agent
         t.send("\x1d")
@@ -170,3 +185,26 @@ def test_kvm_image_of_another_file_system_is_refused(env: Env, tmp_path: Path) -
                    "--", "/bin/true")
     assert proc.returncode == 1 and "holds no ext2/3/4 file system" in proc.stderr
     assert env.snapshot() == before
+
+
+def test_generic_sandbox_console_is_a_root_login_beside_the_command(env: Env) -> None:
+    name = unique_name("kgcn")
+    env.run("create", "-c", URI, "--cap-drop", "net_raw", name, "--", "/bin/sleep", "600",
+            check=True)
+    env.run("start", "--detach", name, check=True, timeout=BOOT)
+    with terminal(env, "connect", name) as t:
+        t.expect(r"Escape character is \^\]")
+        login(t, name)
+        # hvc0 is the shell's controlling terminal (job control on), the command runs beside
+        # it, and the login has no more capabilities than the command.
+        t.send("echo J:$(tty):$(set -o | grep -c 'monitor.*on'):$(pgrep -c -x sleep):; "
+               "grep CapBnd /proc/self/status\r")
+        tty, monitor, sleeping, caps = t.expect(r"J:(\S+):(\d):(\d):\r\n(CapBnd:\s+\w+)",
+                                                timeout=60)
+        assert (tty, monitor, sleeping) == ("/dev/hvc0", "1", "1")
+        assert not cap_bnd(caps) & DROPPED
+        t.send("\x1d")
+        t.expect(rf"Detached from sandbox {name}")
+        assert t.wait() == 0
+    assert state_of(env, name) == "running"
+    env.run("delete", "--force", name, check=True)
