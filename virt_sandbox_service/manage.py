@@ -18,15 +18,7 @@ from .apply import files
 from .apply import libvirt as lv
 from .apply import systemd as sd
 from .apply.files import write_file
-from .config import (
-    Driver,
-    Kind,
-    Paths,
-    SandboxConfig,
-    load_config,
-    scan_configs,
-    validate_name,
-)
+from .config import Driver, Kind, Paths, SandboxConfig, load_config, scan_configs, validate_name
 from .create import EVIDENCE_FILE, config_lock
 from .domain import kvm as kvm_domain
 from .errors import HostError, UserError

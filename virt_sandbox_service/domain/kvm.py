@@ -3,9 +3,10 @@
 qemu's `microvm` machine (virtio-mmio, no PCI, no firmware) boots the host's kernel directly
 (the uncompressed vmlinux as PVH where possible) with the tiny initrd of initrd.py. Every
 mount of the plan becomes a virtio-9p share (the host's `/` read-only, the private trees
-writable) or a tmpfs the guest init makes; the init learns them, and what to run, from the
-kernel command line (see initrd/init). Built with lxml in libvirt's element order; nothing
-here reads the host: the facts say whether hardware KVM is usable and where the boot files are.
+writable), a raw virtio-blk disk (-m host-image) or a tmpfs the guest init makes; the init
+learns them, and what to run, from the kernel command line (see initrd/init). Built with
+lxml in libvirt's element order; nothing here reads the host: the facts say whether
+hardware KVM is usable and where the boot files are.
 
 qemu runs as root (a static DAC label, nothing relabelled): the 9p shares must read and
 write files of any owner, as the LXC driver does, and the host's root-only files (the private

@@ -3,7 +3,8 @@
 A KVM sandbox has two consoles: the serial one (ttyS0: kernel messages, a generic command's
 output) that a foreground `start` copies to the host's journal, and a virtio console (hvc0,
 libvirt alias `console1`, see domain/kvm.py) on which the guest init keeps a root login
-(agetty --autologin root, respawned after each logout). `connect` opens the second with
+(agetty --autologin root --wait-cr: root's shell once Enter is pressed, a new login after
+each logout). `connect` opens the second with
 `virDomain.openConsole` on a libvirt stream, so the two never compete. Only who may open the
 domain's console reaches it: root on the host (libvirtd's qemu:///system socket).
 
