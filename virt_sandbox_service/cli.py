@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = _add_simple(sub, "execute", cmd_execute, "run a command inside a running sandbox")
     ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
     _add_simple(sub, "connect", cmd_connect,
-                "an interactive login shell in a running sandbox; Ctrl-] detaches")
+                "an interactive login shell in a running sandbox (a KVM sandbox's root "
+                "login console); Ctrl-] detaches, the sandbox keeps running")
     up = sub.add_parser("upgrade", help="after host package changes: migrate the config, add "
                         "newly needed private paths, report conffile drift",
                         description="bring sandboxes up to date after the host's packages "

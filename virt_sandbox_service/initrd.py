@@ -28,7 +28,7 @@ import os
 import platform
 import re
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +37,7 @@ from .errors import HostError
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 DEFAULT_CACHE = Path("/var/cache/virt-sandbox-service/kvm")
 KERNEL_NAME = "kernel"
 INITRD_NAME = "initrd.img"
@@ -50,6 +50,9 @@ STAMP_NAME = "stamp"
 GUEST_MODULES = ("virtio_mmio", "9pnet_virtio", "9p", "virtio_console", "overlay")
 # Loaded only when the guest init needs them (see initrd/init: hide_container_marker).
 LAZY_MODULES = ("overlay",)
+# For -m host-image: a virtio-blk disk holding an ext2/3/4 file system. Loaded by the guest
+# init, dependencies first (lib/modules/disk-order), only in a sandbox that has such a disk.
+DISK_MODULES = ("virtio_blk", "crc32c_generic", "ext4")  # ext4 asks the crypto API for crc32c
 # busybox applets the init uses (symlinks in the initrd's /bin).
 APPLETS = (
     "sh", "mount", "umount", "mkdir", "insmod", "cat", "echo", "printf", "base64", "mkfifo",
@@ -282,10 +285,11 @@ def cpio_newc(entries: Iterable[Entry]) -> bytes:
 DIR, REG, LNK = 0o040000, 0o100000, 0o120000
 
 
-def initrd_entries(busybox: bytes, init: bytes,
-                   modules: list[tuple[str, bytes]]) -> list[Entry]:
+def initrd_entries(busybox: bytes, init: bytes, modules: list[tuple[str, bytes]],
+                   disk_modules: Sequence[tuple[str, bytes]] = ()) -> list[Entry]:
     """The initrd's files: /init, /bin/busybox and its applet links, the modules and their
-    load order (/lib/modules/load-order, one file name a line)."""
+    load order (/lib/modules/load-order, one file name a line), the disk modules and theirs
+    (/lib/modules/disk-order)."""
     entries = [Entry(d, DIR | 0o755) for d in
                ("bin", "dev", "proc", "sys", "sysroot", "run", "lib", "lib/modules")]
     entries.append(Entry("bin/busybox", REG | 0o755, busybox))
@@ -300,6 +304,13 @@ def initrd_entries(busybox: bytes, init: bytes,
             names.append(name)
     entries.append(Entry("lib/modules/load-order", REG | 0o644,
                          "".join(f"{n}\n" for n in names).encode()))
+    disk_names = []
+    for rel, data in disk_modules:
+        name = re.sub(r"\.(xz|gz|zst)$", "", rel.rsplit("/", 1)[-1])
+        entries.append(Entry(f"lib/modules/{name}", REG | 0o644, data))
+        disk_names.append(name)
+    entries.append(Entry("lib/modules/disk-order", REG | 0o644,
+                         "".join(f"{n}\n" for n in disk_names).encode()))
     return entries
 
 
@@ -333,7 +344,8 @@ def cache_dir() -> Path:
 
 
 def _fingerprint(paths: Iterable[Path]) -> str:
-    h = hashlib.sha256(BUILDER_VERSION.encode())
+    # The module lists too: a list changed in the code must rebuild the initrd.
+    h = hashlib.sha256(f"{BUILDER_VERSION} {GUEST_MODULES} {DISK_MODULES}".encode())
     for p in paths:
         st = p.stat()
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
@@ -388,16 +400,20 @@ def _build(d: Path, k: GuestKernel, busybox: Path, inputs: list[Path]) -> BootFi
     builtin_file = k.modules_dir / "modules.builtin"
     builtin_text = builtin_file.read_text() if builtin_file.is_file() else ""
     mods = resolve_modules(GUEST_MODULES, dep_text, builtin_text, k.version)
+    disk_mods = [m for m in resolve_modules(DISK_MODULES, dep_text, builtin_text, k.version)
+                 if m not in mods]
     image = k.image.read_bytes()
     elf = extract_vmlinux(image)
     pvh = elf is not None and has_pvh_entry(elf)
     _write_atomic(d / KERNEL_NAME, elf if pvh and elf is not None else image)
     modules = [(m, _module_bytes(k.modules_dir / m)) for m in mods]
+    disk_modules = [(m, _module_bytes(k.modules_dir / m)) for m in disk_mods]
     _write_atomic(d / INITRD_NAME, cpio_newc(initrd_entries(
-        busybox.read_bytes(), INIT_SOURCE.read_bytes(), modules)))
-    stamp = _fingerprint([*inputs, *(k.modules_dir / m for m in mods)])
+        busybox.read_bytes(), INIT_SOURCE.read_bytes(), modules, disk_modules)))
+    stamp = _fingerprint([*inputs, *(k.modules_dir / m for m in [*mods, *disk_mods])])
     _write_atomic(d / STAMP_NAME, "".join(
-        f"{line}\n" for line in (f"{stamp} {'pvh' if pvh else 'bzimage'} {k.version}", *mods))
+        f"{line}\n" for line in (f"{stamp} {'pvh' if pvh else 'bzimage'} {k.version}", *mods,
+                                  *disk_mods))
         .encode())
     return BootFiles(d / KERNEL_NAME, d / INITRD_NAME, pvh, k.version)
 

@@ -18,8 +18,9 @@ from .apply import files
 from .apply import libvirt as lv
 from .apply import systemd as sd
 from .apply.files import write_file
-from .config import Kind, Paths, SandboxConfig, load_config, scan_configs, validate_name
+from .config import Driver, Kind, Paths, SandboxConfig, load_config, scan_configs, validate_name
 from .create import EVIDENCE_FILE, config_lock
+from .domain import kvm as kvm_domain
 from .errors import HostError, UserError
 from .limits import (
     CAP_NUMBERS,
@@ -104,14 +105,44 @@ def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
     new = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
     conn = lv.connect(cfg.uri)
     dom = backend(cfg).domain(conn, cfg)
+    kvm = cfg.driver is Driver.KVM
     with config_lock(paths):
         root = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
-        set_tunables(root, new, host.detect_memory_kib())
+        if kvm:
+            kvm_domain.set_tunables(root, new)
+        else:
+            set_tunables(root, new, host.detect_memory_kib())
         lv.redefine(conn, etree.tostring(root, encoding="unicode"))
         write_file(paths.config_file(name), new.to_json())
     if dom.isActive():
-        _apply_live(dom, new, set(changes))
+        (_apply_live_kvm if kvm else _apply_live)(dom, new, set(changes))
     return [f"{k}={v}" for k, v in changes.items()]
+
+
+def _apply_live_kvm(dom: libvirt.virDomain, cfg: SandboxConfig, changed: set[str]) -> None:
+    """A running KVM sandbox: CPU and block I/O through libvirt, live and in the definition.
+    Its memory is the guest's RAM, fixed while it runs (no balloon): the next start has it."""
+    if "memory" in changed:
+        print(f"virt-sandbox-service: note: the memory of KVM sandbox '{dom.name()}' is its "
+              "VM's RAM: the new size applies at its next start", file=sys.stderr)
+    sched: dict[str, int] = {}
+    if "cpu_weight" in changed and cfg.cpu_weight:
+        sched["cpu_shares"] = cfg.cpu_weight
+    if "cpu_quota" in changed and cfg.cpu_quota:
+        sched["global_period"] = CPU_PERIOD_US
+        sched["global_quota"] = cfg.cpu_quota * CPU_PERIOD_US // 100
+    # Live, then the definition (already redefined above; this keeps the two in step). One
+    # flag a call: libvirt-python reads the current parameters with the same flags, and
+    # libvirt refuses LIVE|CONFIG for that read.
+    try:
+        for flags in (libvirt.VIR_DOMAIN_AFFECT_LIVE, libvirt.VIR_DOMAIN_AFFECT_CONFIG):
+            if sched:
+                dom.setSchedulerParametersFlags(sched, flags)
+            if "blkio_weight" in changed and cfg.blkio_weight:
+                dom.setBlkioParameters({"weight": cfg.blkio_weight}, flags)
+    except libvirt.libvirtError as e:
+        raise HostError(f"the new limits are saved but could not be applied live: "
+                        f"{e.get_error_message()}", "they apply at the next start") from e
 
 
 def _apply_live(dom: libvirt.virDomain, cfg: SandboxConfig, changed: set[str]) -> None:
@@ -266,6 +297,14 @@ def _caps(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> dict[str, Any]:
     adds drops of its own, e.g. mknod and sys_resource)."""
     out: dict[str, Any] = {"dropped": list(cfg.caps_drop), "kept": list(effective_caps(cfg)),
                            "source": "config"}
+    if cfg.driver is Driver.KVM:
+        # A VM has a kernel of its own: libvirt's LXC capabilities do not apply; the guest
+        # drops these from the bounding sets (see initrd/init).
+        out["source"] = ("config, applied inside the guest: bounding set of " +
+                         ("the confined units, the guest agent (execute) and the console "
+                          "(connect); the guest's systemd keeps them"
+                          if cfg.kind is Kind.SERVICE else
+                          "the command, the guest agent (execute) and the console (connect)"))
     if dom is not None and dom.isActive() and cfg.driver.value == "lxc":
         with contextlib.suppress(OSError):
             kept = caps_from_mask(bounding_set(init_pid(dom)))
@@ -284,6 +323,7 @@ def _security_summary(d: dict[str, Any]) -> list[str]:
         + ("" if d["security"]["enforced"] else "; not enforced: host has no SELinux") + ")",
         f"  user ns:      {d['user_namespace'] or 'none (root inside is root on the host)'}",
         f"  caps dropped: {' '.join(d['capabilities']['dropped']) or 'none'}",
+        f"  caps source:  {d['capabilities']['source']}",
         f"  caps kept:    {' '.join(d['capabilities']['kept'])}",
         f"  limits:       {limits}",
         f"  net filters:  {' '.join(d['network_filters']) or 'none'}",
