@@ -36,6 +36,8 @@ _vss_units() {
 
 _vss_uris() { printf '%s\n' lxc:/// qemu:///system; }
 _vss_security() { printf '%s\n' dynamic static,label=; }
+_vss_users() { compgen -u; }
+_vss_groups() { compgen -g; }
 _vss_packages() {
     dpkg-query -W -f='${Package}\n' 2>/dev/null || rpm -qa --qf '%{NAME}\n' 2>/dev/null
 }
@@ -88,8 +90,8 @@ _virt_sandbox_service() {
     local opts='' values='' positionals=''
     case $cmd in
         create)
-            opts='-h --help -c --connect -u --unit -p --path -P --package --private --shared -C --copy -s --security --memory --cpu-weight --cpu-quota --blkio-weight --cap-drop --cap-add -m --mount -N --network --userns --dry-run'
-            values='-c=_vss_uris --connect=_vss_uris -u=_vss_units --unit=_vss_units -p=_vss_files --path=_vss_files -P=_vss_packages --package=_vss_packages --private=_vss_files --shared=_vss_files -s=_vss_security --security=_vss_security --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --cap-drop=_vss_caps --cap-add=_vss_caps -m=- --mount=- -N=- --network=-'
+            opts='-h --help -c --connect -u --unit -p --path -P --package --private --shared -C --copy -s --security --memory --cpu-weight --cpu-quota --blkio-weight --tasks --cap-drop --cap-add -m --mount -N --network --userns -U --uid -G --gid --username --homedir -i --imagesize --dry-run'
+            values='-c=_vss_uris --connect=_vss_uris -u=_vss_units --unit=_vss_units -p=_vss_files --path=_vss_files -P=_vss_packages --package=_vss_packages --private=_vss_files --shared=_vss_files -s=_vss_security --security=_vss_security --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --cap-drop=_vss_caps --cap-add=_vss_caps -m=- --mount=- -N=- --network=- -U=_vss_users --uid=_vss_users -G=_vss_groups --gid=_vss_groups --username=- --homedir=_vss_files -i=- --imagesize=-'
             positionals='- REST'
             ;;
         clone)
@@ -138,13 +140,13 @@ _virt_sandbox_service() {
             positionals=_vss_names
             ;;
         limit)
-            opts='-h --help --memory --cpu-weight --cpu-quota --blkio-weight'
-            values='--memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=-'
+            opts='-h --help --memory --cpu-weight --cpu-quota --blkio-weight --tasks'
+            values='--memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=-'
             positionals=_vss_names
             ;;
         run)
-            opts='-h --help -c --connect --memory --cpu-weight --cpu-quota --blkio-weight --cap-drop --cap-add -m --mount -N --network'
-            values='-c=_vss_uris --connect=_vss_uris --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --cap-drop=_vss_caps --cap-add=_vss_caps -m=- --mount=- -N=- --network=-'
+            opts='-h --help -c --connect --memory --cpu-weight --cpu-quota --blkio-weight --tasks --cap-drop --cap-add -m --mount -N --network'
+            values='-c=_vss_uris --connect=_vss_uris --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --cap-drop=_vss_caps --cap-add=_vss_caps -m=- --mount=- -N=- --network=-'
             positionals=REST
             ;;
         reload)

@@ -25,6 +25,7 @@ def sample() -> SandboxConfig:
         shared=("/var/www",), copy=True, security_mode=SecurityMode.STATIC,
         security_label="system_u:system_r:svirt_lxc_net_t:s0:c1,c2",
         machine_id="0" * 32, memory=512 * 1024**2, extra=(("note", "x"),),
+        uid=5000, gid=33, username="alice", homedir="/var/home/alice", image_size=64 * 1024**2,
     )
 
 

@@ -118,3 +118,52 @@ def test_userns_refused_cleanly_or_maps_root(env: Env) -> None:
     cfg = json.loads((env.base / "config" / "sandboxes" / f"{name}.json").read_text())
     made = env.state(name) / "var" / "tmp" / "made"
     assert made.stat().st_uid == cfg["id_base"] != 0
+
+
+# Start 80 sleepers; count those that started. Under --tasks 48 the kernel refuses the rest.
+FORKS = ("/usr/bin/python3 -c '\n"
+         "import os, time\n"
+         "n = 0\n"
+         "for _ in range(80):\n"
+         "    try:\n"
+         "        if os.fork() == 0:\n"
+         "            time.sleep(30)\n"
+         "            os._exit(0)\n"
+         "        n += 1\n"
+         "    except OSError:\n"
+         "        pass\n"
+         "print(\"started=%d\" % n, flush=True)\n"
+         "os._exit(0)'")
+
+
+def _started(out: str) -> int:
+    return int(re.search(r"started=(\d+)", out).group(1))  # type: ignore[union-attr]
+
+
+def test_tasks_limit_is_enforced_and_cannot_be_raised(env: Env) -> None:
+    name = unique_name("pids")
+    # The sandbox mounts the pids hierarchy itself and raises what it sees as its limit: that
+    # is its own namespace root, below the cgroup holding pids.max.
+    script = ("mount -t cgroup -o pids none /mnt && echo max > /mnt/pids.max && echo raised; "
+              + FORKS)
+    env.run("create", "--tasks", "48", name, "--", "/bin/sh", "-c", script, check=True)
+    proc = env.run("start", name, timeout=90)
+    assert "raised" in proc.stdout, proc.stdout + proc.stderr
+    assert 20 < _started(proc.stdout) < 48, proc.stdout
+
+
+def test_tasks_limit_changed_live(env: Env) -> None:
+    name = unique_name("tsk")
+    env.run("create", "-u", "apache2.service", "--tasks", "200", name, check=True)
+    env.run("start", "--detach", name, check=True)
+    pids = cgroup_dir("pids", name)
+    assert (pids / "pids.max").read_text().strip() == "200"
+    env.run("limit", name, "--tasks", "64", check=True)
+    assert (pids / "pids.max").read_text().strip() == "64"
+    out = env.run("execute", name, "--", "/bin/sh", "-c", FORKS, timeout=90).stdout
+    assert _started(out) < 64
+    info = json.loads(env.run("inspect", "--json", name, check=True).stdout)
+    assert info["limits"]["tasks"] == 64
+    env.run("stop", name, check=True)  # the next start takes the new value from the domain
+    env.run("start", "--detach", name, check=True)
+    assert (cgroup_dir("pids", name) / "pids.max").read_text().strip() == "64"

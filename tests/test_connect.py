@@ -191,15 +191,6 @@ def write_config(env: Env, name: str, uri: str) -> None:
     (sandboxes / f"{name}.json").write_text(cfg.to_json())
 
 
-def test_connect_to_kvm_says_the_console_is_not_available(env: Env) -> None:
-    write_config(env, "vm1", "qemu:///system")
-    proc = env.run("connect", "vm1")
-    assert proc.returncode == 1
-    assert "connect to a KVM sandbox ('vm1') is its console, which is not available yet" \
-        in proc.stderr
-    (env.base / "config" / "sandboxes" / "vm1.json").unlink()  # no domain for the fixture
-
-
 def test_connect_needs_a_terminal(env: Env) -> None:
     write_config(env, "ct1", "lxc:///")
     proc = env.run("connect", "ct1")  # stdin is not a terminal here

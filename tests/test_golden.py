@@ -73,8 +73,13 @@ CASES: dict[str, tuple[SandboxConfig, tuple[PathEvidence, ...], HostFacts]] = {
                command=("/usr/bin/python3", "-c", "print('50% $HOME \"x\"')"),
                state_dir="/var/lib/virt-sandbox-service/gen"),
         (ev("/var/tmp", reason="writable temporary space", mode=0o1777),), FACTS),
+    "generic-user-image": (
+        config(name="gu", kind=Kind.GENERIC, units=(), command=("/usr/bin/id",),
+               state_dir="/var/lib/virt-sandbox-service/gu", uid=5000, gid=33,
+               username="alice", homedir="/home/alice", image_size=64 * 1024**2),
+        (ev("/var/tmp", reason="writable temporary space", mode=0o1777),), FACTS),
     "limits-selinux-overrides": (
-        config(name="web2", memory=512 * 1024**2, cpu_weight=512, cpu_quota=150,
+        config(name="web2", memory=512 * 1024**2, cpu_weight=512, cpu_quota=150, tasks=256,
                blkio_weight=300, state_dir="/var/lib/virt-sandbox-service/web2",
                private=("/srv/web2",), shared=("/var/www",)),
         (*APACHE_EVIDENCE, ev("/srv/web2", reason="--private"),

@@ -137,12 +137,15 @@ def test_cpio_archive_lists_init_busybox_and_modules(tmp_path: Path) -> None:
 
 def test_network_modules_are_loaded_only_by_a_guest_with_interfaces(tmp_path: Path) -> None:
     entries = initrd.initrd_entries(b"BB", b"#!/bin/sh\n", [("kernel/a/x.ko", b"M")],
-                                    [("kernel/net/core/failover.ko", b"F"),
-                                     ("kernel/drivers/net/virtio_net.ko.xz", b"V")])
+                                    net_modules=[("kernel/net/core/failover.ko", b"F"),
+                                                 ("kernel/drivers/net/virtio_net.ko.xz", b"V")],
+                                    virtiofs_modules=[("kernel/fs/fuse/virtiofs.ko", b"VF")])
     files = {e.path: e.data for e in entries}
     assert files["lib/modules/load-order"] == b"x.ko\n"
     assert files["lib/modules/load-order-net"] == b"failover.ko\nvirtio_net.ko\n"
     assert files["lib/modules/virtio_net.ko"] == b"V"
+    assert files["lib/modules/load-order-virtiofs"] == b"virtiofs.ko\n"
+    assert files["lib/modules/disk-order"] == b""  # no disk group given
 
 
 def test_host_has_virtio_net_and_its_dependencies() -> None:
@@ -171,3 +174,22 @@ def test_cache_is_reused_and_rebuilt_when_the_init_changes(
     rebuilt = initrd.ensure(tmp_path / "cache", kernel)
     assert rebuilt.initrd.read_bytes().find(b"# changed") != -1
     assert first.pvh  # Debian's kernel carries a PVH entry: booted uncompressed
+
+
+def test_disk_modules_are_in_the_initrd_and_loaded_only_for_disks(tmp_path: Path) -> None:
+    entries = initrd.initrd_entries(b"BB", b"#!/bin/sh\n", [("kernel/a/x.ko", b"M")],
+                                    [("kernel/b/virtio_blk.ko", b"V"),
+                                     ("kernel/fs/ext4/ext4.ko.xz", b"E")])
+    files = {e.path: e.data for e in entries}
+    assert files["lib/modules/load-order"] == b"x.ko\n"
+    assert files["lib/modules/disk-order"] == b"virtio_blk.ko\next4.ko\n"
+    assert files["lib/modules/ext4.ko"] == b"E"
+    # The real host's modules resolve (ext4 and its dependencies, dependencies first).
+    kernel = initrd.detect_kernel()
+    dep = (kernel.modules_dir / "modules.dep").read_text()
+    builtin = kernel.modules_dir / "modules.builtin"
+    order = initrd.resolve_modules(initrd.DISK_MODULES, dep,
+                                   builtin.read_text() if builtin.is_file() else "",
+                                   kernel.version)
+    names = [initrd._mod_name(m) for m in order]
+    assert names.index("jbd2") < names.index("ext4")  # a module in Debian's kernel

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,10 +119,23 @@ def test_documented_keys_are_exactly_the_produced_ones(env: Env) -> None:
     cfg_file.write_text(json.dumps(cfg))
     with (env.state(name) / "etc" / "apache2" / "ports.conf").open("a") as f:
         f.write("Listen 8081\n")
+    # And a generic sandbox with what only it has: a user (-U) and an image (-i, which needs
+    # a short state path: libvirt loop-mounts only paths under 64 bytes).
+    short = Path(tempfile.mkdtemp(prefix="vj", dir="/var/tmp"))
+    gen = unique_name("js")
+    try:
+        env.run("create", "-p", str(short), "-i", "16M", "-U", "5000", gen, "--", "/bin/true",
+                check=True)
+        inspected = [json.loads(env.run("inspect", "--json", n, check=True).stdout)
+                     for n in (name, gen)]
+        listed = json.loads(env.run("list", "--json", check=True).stdout)
+    finally:
+        env.run("delete", gen)
+        shutil.rmtree(short, ignore_errors=True)
     doc = documented()
     outputs = {
-        "list --json": json.loads(env.run("list", "--json", check=True).stdout),
-        "inspect --json": [json.loads(env.run("inspect", "--json", name, check=True).stdout)],
+        "list --json": listed,
+        "inspect --json": inspected,
         "upgrade --json": json.loads(env.run("upgrade", "--json", name, check=True).stdout),
     }
     found = [f"{title}: {p}" for title, objects in outputs.items()

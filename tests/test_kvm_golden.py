@@ -7,11 +7,13 @@ import base64
 import dataclasses
 import os
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from lxml import etree
 
 from virt_sandbox_service.config import Kind, SandboxConfig
+from virt_sandbox_service.create import EXT_MAGIC, EXT_MAGIC_OFFSET, check_kvm_image
 from virt_sandbox_service.domain import METADATA_NS, domain_xml, kvm
 from virt_sandbox_service.errors import UserError
 from virt_sandbox_service.evidence import Access, PathEvidence
@@ -46,6 +48,14 @@ CASES: dict[str, SandboxConfig] = {
     "kvm-generic": config(name="kgen", kind=Kind.GENERIC, units=(), memory=256 * 1024**2,
                           state_dir="/var/lib/virt-sandbox-service/kgen",
                           command=("/usr/bin/python3", "-c", "print('50% $HOME \"x\"')")),
+    "kvm-generic-user": config(name="kusr", kind=Kind.GENERIC, units=(),
+                               state_dir="/var/lib/virt-sandbox-service/kusr",
+                               command=("/usr/bin/id",), uid=5000, gid=33, username="alice",
+                               homedir="/var/home/alice"),
+    "kvm-limits-mounts": config(
+        name="klim", state_dir="/var/lib/virt-sandbox-service/klim", cpu_weight=512,
+        cpu_quota=50, blkio_weight=300, caps_drop=("net_raw", "sys_module"),
+        mounts=("host-image:/srv/img=/var/tmp/data.img", "guest-bind:/opt=/var/lib/apache2")),
     "kvm-network": config(name="knet", state_dir="/var/lib/virt-sandbox-service/knet",
                           networks=("source=vssnet,address=192.0.2.10/24%192.0.2.255,"
                                     "address=2001:db8::10/64,route=0.0.0.0/0%192.0.2.1,"
@@ -62,8 +72,11 @@ def make_plan(name: str) -> Plan:
     cfg = CASES[name]
     evidence = (ev("/var/lib/apache2"), ev("/var/log/journal", "needed by systemd"))
     frags = tuple((u, f"/lib/systemd/system/{u}") for u in cfg.units)
-    return plan(cfg, FACTS, evidence, (), f"/etc/virt-sandbox-service/sandboxes/{cfg.name}.json",
-                f"/run/virt-sandbox-service/{cfg.name}", frags)
+    # The image of the golden case exists nowhere: the host check is not what this tests.
+    with mock.patch("virt_sandbox_service.mounts._check_host_source"):
+        return plan(cfg, FACTS, evidence, (),
+                    f"/etc/virt-sandbox-service/sandboxes/{cfg.name}.json",
+                    f"/run/virt-sandbox-service/{cfg.name}", frags)
 
 
 def make(name: str, kvm: bool = False) -> str:
@@ -213,3 +226,77 @@ def test_virtiofs_choice_follows_the_host_and_can_be_turned_off() -> None:
     assert found in ("", str(host.VIRTIOFSD_RO))
     assert bool(found) == os.access(host.VIRTIOFSD, os.X_OK)
     assert host.virtiofs_wrapper({"VSS_KVM_ROOT_SHARE": "9p"}) == ""
+
+
+def words(doc: etree._Element) -> list[str]:
+    return doc.findtext("os/cmdline", "").split()
+
+
+def test_limits_become_cputune_and_blkiotune() -> None:
+    doc = etree.fromstring(make("kvm-limits-mounts").encode())
+    assert doc.findtext("cputune/shares") == "512"
+    # The whole VM's CPU time (libvirt's global quota), in percent of one CPU.
+    assert (doc.findtext("cputune/global_period"), doc.findtext("cputune/global_quota")) \
+        == ("100000", "50000")
+    assert doc.findtext("blkiotune/weight") == "300"
+    plain = etree.fromstring(make("kvm-apache2").encode())
+    assert plain.find("cputune") is None and plain.find("blkiotune") is None
+
+
+def test_capability_drops_reach_the_guest_init() -> None:
+    doc = etree.fromstring(make("kvm-limits-mounts").encode())
+    assert "vss.capdrop=net_raw,sys_module" in words(doc)
+    assert doc.find("features/capabilities") is None  # libvirt's LXC caps: not for a VM
+    run = etree.fromstring(make("kvm-run").encode())
+    assert not [w for w in words(run) if w.startswith("vss.capdrop=")]
+
+
+def test_host_image_is_a_disk_and_guest_bind_comes_last() -> None:
+    doc = etree.fromstring(make("kvm-limits-mounts").encode())
+    (disk,) = doc.iter("disk")
+    assert disk.find("source").get("file") == "/var/tmp/data.img"
+    assert disk.findtext("serial") == "vss-disk0" and disk.find("readonly") is None
+    assert disk.find("driver").get("type") == "raw"
+    assert "/var/tmp/data.img" not in [f.find("source").get("dir") for f in doc.iter("filesystem")]
+    mounts = [w.split("=", 1)[1] for w in words(doc) if w.startswith("vss.mount=")]
+    assert "disk,vss-disk0,/srv/img,rw" in mounts
+    assert mounts[-1] == "bind,/var/lib/apache2,/opt"
+    # 9p tags stay dense: the disk takes none.
+    tags = [f.find("target").get("dir") for f in doc.iter("filesystem")]
+    assert tags == [f"vss{i}" for i in range(len(tags))]
+
+
+def test_login_console_beside_the_serial_one() -> None:
+    for case in ("kvm-apache2", "kvm-generic"):
+        doc = etree.fromstring(make(case).encode())
+        consoles = [c.find("target").get("type") for c in doc.iter("console")]
+        assert consoles == ["serial", "virtio"]
+        assert doc.find("devices/console/target[@type='virtio']").get("port") == \
+            kvm.LOGIN_CONSOLE_PORT
+    run = etree.fromstring(make("kvm-run").encode())
+    assert [c.find("target").get("type") for c in run.iter("console")] == ["serial"]
+
+
+def test_limit_rewrites_a_defined_kvm_domain() -> None:
+    schema = etree.RelaxNG(etree.parse(str(SCHEMA)))
+    doc = etree.fromstring(make("kvm-apache2").encode())
+    changed = dataclasses.replace(CASES["kvm-apache2"], memory=300 * 1024**2, cpu_weight=700,
+                                  cpu_quota=30, blkio_weight=600)
+    kvm.set_tunables(doc, changed)
+    assert doc.findtext("memory") == str(300 * 1024)
+    assert (doc.findtext("cputune/shares"), doc.findtext("cputune/global_quota"),
+            doc.findtext("blkiotune/weight")) == ("700", "30000", "600")
+    assert schema.validate(doc), schema.error_log.last_error
+    kvm.set_tunables(doc, CASES["kvm-apache2"])  # back to none: the elements go
+    assert doc.find("cputune") is None and doc.find("blkiotune") is None
+    assert doc.findtext("memory") == str(kvm.DEFAULT_MEMORY_KIB)
+
+
+def test_kvm_images_must_hold_ext_file_systems(tmp_path: Path) -> None:
+    good = tmp_path / "ext.img"
+    good.write_bytes(b"\0" * EXT_MAGIC_OFFSET + EXT_MAGIC + b"\0" * 100)
+    check_kvm_image(str(good))
+    bad = tmp_path / "zero.img"
+    bad.write_bytes(b"\0" * 4096)
+    with pytest.raises(UserError, match="holds no ext2/3/4 file system"):
+        check_kvm_image(str(bad))

@@ -223,6 +223,8 @@ BAD: list[Bad] = [
     bad("create", "--cpu-quota", "0", "-u", A, "nx36", needle="--cpu-quota"),
     bad("create", "--blkio-weight", "5", "-u", A, "nx37", needle="--blkio-weight"),
     bad("create", "--cap-drop", "CAP_BOGUS", "-u", A, "nx38", needle="CAP_BOGUS"),
+    bad("create", "--tasks", "5", "-u", A, "nx39", needle="--tasks 5 is out of range (32.."),
+    bad("create", "--tasks", "many", "-u", A, "nx39b", needle="--tasks 'many' is not a whole"),
     # security labels
     bad("create", "-s", "static", "-u", A, "nx40", needle="needs label="),
     bad("create", "-s", "dynamic,foo=bar", "-u", A, "nx41", needle="'foo=bar' is not a security"),
@@ -239,6 +241,8 @@ BAD: list[Bad] = [
         needle="URI 'lxc' is not a libvirt LXC or QEMU URI"),
     bad("create", "-c", "lxc:///nonsense", "-u", A, "nx53", needle="lxc:///nonsense"),
     bad("create", "-c", "qemu:///nonsense", "-u", A, "nx54", needle="qemu:///nonsense"),
+    bad("create", "-c", "qemu:///system", "--tasks", "64", "-u", A, "nx55",
+        needle="--tasks is for LXC sandboxes"),
     # paths
     bad("create", "-p", "/dev/null", "-u", A, "nx60", needle="is not a directory"),
     bad("create", "-p", "{file}", "-u", A, "nx61", needle="is not a directory"),
@@ -253,6 +257,28 @@ BAD: list[Bad] = [
     # generic sandboxes
     bad("create", "nx70", "--", needle="nothing to run"),
     bad("create", "nx71", "--", "", needle="the command is an empty word"),
+    # the user of a generic sandbox (-U, -G, --username, --homedir)
+    bad("create", "-U", "no-such-user-vss", "nx72", "--", "/bin/true",
+        needle="no user 'no-such-user-vss' on the host"),
+    bad("create", "-U", "4294967295", "nx73", "--", "/bin/true",
+        needle="-U uid 4294967295 is out of range"),
+    bad("create", "-u", A, "-U", "33", "nx74", needle="-U is for generic sandboxes"),
+    bad("create", "-U", "5000", "-G", "no-such-group-vss", "nx75", "--", "/bin/true",
+        needle="no group 'no-such-group-vss' on the host"),
+    bad("create", "-U", "5000", "--homedir", "/var/../etc", "nx76", "--", "/bin/true",
+        needle="must not contain '..'"),
+    bad("create", "-U", "5000", "--homedir", "/no/such/home", "nx77", "--", "/bin/true",
+        needle="does not exist on the host root"),
+    bad("create", "-U", "5000", "--username", "a:b", "nx78", "--", "/bin/true",
+        needle="--username 'a:b' is not a valid name"),
+    bad("create", "--homedir", "/var/home/x", "nx79", "--", "/bin/true",
+        needle="--homedir needs -U UID"),
+    # -i SIZE: the private trees in an image
+    bad("create", "-i", "lots", "nx130", "--", "/bin/true", needle="-i size 'lots' is not a size"),
+    bad("create", "-i", "0", "nx131", "--", "/bin/true", needle="must be greater than zero"),
+    bad("create", "-i", "1.5G", "nx132", "--", "/bin/true", needle="'1.5G' is not a size"),
+    bad("create", "-i", "64M", "-c", "qemu:///system", "nx133", "--", "/bin/true",
+        needle="-i is for LXC sandboxes"),
     # mounts (-m TYPE:DST=SRC)
     bad("create", "-m", "bogus", "-u", A, "nx100", needle="'bogus' is not TYPE:DST=SRC"),
     bad("create", "-m", "nosuchtype:/a=/b", "-u", A, "nx101", needle="not a mount type"),
@@ -302,6 +328,7 @@ BAD: list[Bad] = [
     bad("limit", "--cpu-weight", "1", "{stopped}", needle="--cpu-weight 1 is out of range"),
     bad("limit", "--cpu-quota", "999", "{stopped}", needle="--cpu-quota 999 is out of range"),
     bad("limit", "--blkio-weight", "1", "{stopped}", needle="--blkio-weight 1 is out of range"),
+    bad("limit", "--tasks", "99999999", "{stopped}", needle="--tasks 99999999 is out of range"),
     bad("limit", "--memory", "1G", "nosuch", needle="no sandbox named 'nosuch'"),
     bad("limit", "--memory", "1G", "", needle="sandbox name is empty"),
     # upgrade, connect

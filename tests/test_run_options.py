@@ -89,6 +89,7 @@ def test_lxc_run_on_a_network_sees_its_address(
     (["--cap-drop", "nope"], "'nope' is not the name of a Linux capability"),
     (["--cpu-weight", "1"], "--cpu-weight 1 is out of range"),
     (["--blkio-weight", "x"], "--blkio-weight 'x' is not a whole number"),
+    (["--tasks", "100"], "--tasks is not available for run yet"),
 ])
 def test_bad_run_options_are_one_clear_error(env: Env, options: list[str], needle: str) -> None:
     before = env.snapshot()
@@ -111,21 +112,23 @@ def test_kvm_run_with_a_mount_and_a_network(
     host_dir = tmp_path / "shared"
     host_dir.mkdir()
     script = ("echo from-vm > /mnt/out; echo x > /tmp/scratch/f && cat /tmp/scratch/f; "
-              "ip -o -4 addr show | grep -v ' lo '; exit 6")
+              "ip -o -4 addr show | grep -v ' lo '; grep CapBnd /proc/self/status; exit 6")
     proc = run_with(env, KVM, ["-m", f"host-bind:/mnt={host_dir}", "-m",
                                "host-bind:/tmp/scratch=", "-N",
-                               f"source={net},address={address}/24"],
+                               f"source={net},address={address}/24", "--cap-drop", "net_raw"],
                     ["/bin/sh", "-c", script])
     assert proc.returncode == 6, proc.stderr
     assert (host_dir / "out").read_text() == "from-vm\n"
     lines = proc.stdout.splitlines()
     assert lines[0] == "x"
     assert f"inet {address}/24" in lines[1]
+    caps = caps_from_mask(int(lines[2].split()[1], 16))
+    assert "net_raw" not in caps and "sys_module" not in caps and "net_admin" in caps
 
 
 @pytest.mark.root
 @pytest.mark.kvm
 def test_kvm_run_refuses_what_kvm_cannot_do(env: Env) -> None:
-    proc = env.run("run", "-c", KVM, "-m", "guest-bind:/mnt=/tmp", "--", "/bin/true")
+    proc = env.run("run", "-c", KVM, "--tasks", "100", "--", "/bin/true")
     assert proc.returncode == 1
-    assert "-m guest-bind is not available for KVM sandboxes" in proc.stderr.splitlines()[0]
+    assert "--tasks is for LXC sandboxes" in proc.stderr.splitlines()[0]

@@ -25,6 +25,7 @@ Handler = Callable[[argparse.Namespace, Paths], int]
 
 def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
     from .create import CreateRequest, create
+    from .users import UserArgs
 
     command = after_dashes(args.command, "create NAME -- CMD ARGS")
     req = CreateRequest(
@@ -35,6 +36,8 @@ def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
         cap_drop=tuple(args.cap_drop or ()), cap_add=tuple(args.cap_add or ()),
         userns=args.userns, mounts=tuple(args.mount or ()),
         networks=tuple(args.network or ()),
+        user=UserArgs(args.uid, args.gid, args.username, args.homedir),
+        image_size=args.imagesize,
     )
     plan = create(req, paths, dry_run=args.dry_run)
     if args.dry_run:
@@ -49,7 +52,7 @@ def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
 
 def _limit_args(args: argparse.Namespace) -> LimitArgs:
     return LimitArgs(memory=args.memory, cpu_weight=args.cpu_weight, cpu_quota=args.cpu_quota,
-                     blkio_weight=args.blkio_weight)
+                     blkio_weight=args.blkio_weight, tasks=args.tasks)
 
 
 def cmd_limit(args: argparse.Namespace, paths: Paths) -> int:
@@ -233,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = _add_simple(sub, "execute", cmd_execute, "run a command inside a running sandbox")
     ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
     _add_simple(sub, "connect", cmd_connect,
-                "an interactive login shell in a running sandbox; Ctrl-] detaches")
+                "an interactive login shell in a running sandbox (a KVM sandbox's root "
+                "login console); Ctrl-] detaches, the sandbox keeps running")
     up = sub.add_parser("upgrade", help="after host package changes: migrate the config, add "
                         "newly needed private paths, report conffile drift",
                         description="bring sandboxes up to date after the host's packages "
@@ -307,6 +311,18 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     _add_mount_network_options(c, "a dir of its own")
     c.add_argument("--userns", action="store_true",
                    help="map root inside to an unprivileged host id range of its own")
+    c.add_argument("-U", "--uid", metavar="UID",
+                   help="generic sandbox: run the command as this user (number or host name)")
+    c.add_argument("-G", "--gid", metavar="GID",
+                   help="with -U: its group (number or host name; default the user's)")
+    c.add_argument("--username", metavar="NAME",
+                   help="with -U: its name in the sandbox (default the host's, or uUID)")
+    c.add_argument("--homedir", metavar="DIR",
+                   help="with -U: its home, made writable for it (default the host's, "
+                        "or /var/home/NAME)")
+    c.add_argument("-i", "--imagesize", metavar="SIZE",
+                   help="LXC: keep the private /etc and /var in a file-system image of SIZE "
+                        "(e.g. 64M, 1G) instead of directories")
     c.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     c.add_argument("name", help="sandbox name")
     c.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (generic sandbox)")
@@ -319,6 +335,8 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-quota", metavar="PERCENT",
                    help="CPU time cap in percent of one CPU, e.g. 50 or 150")
     p.add_argument("--blkio-weight", metavar="N", help="relative block I/O weight, 100..1000")
+    p.add_argument("--tasks", metavar="N",
+                   help="most processes plus threads at once (pids.max), 32..4194304")
 
 
 def _add_cap_options(p: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import host
+from . import host, image
 from .apply import files
 from .apply import libvirt as lv
 from .apply.txn import Transaction
@@ -34,7 +34,7 @@ from .create import (
 from .domain import domain_xml
 from .errors import UserError
 from .evidence import Access, PathEvidence
-from .plan import MARKER, CopyTree, FileOp, MakeDir, Plan, WriteFile, plan
+from .plan import MARKER, CopyTree, FileOp, MakeDir, MakeImage, Plan, WriteFile, plan
 from .units import render_sandbox_unit, unit_name
 
 # Files of the source's /etc that carry its identity: rewritten for the clone.
@@ -78,7 +78,8 @@ def clone_config(src: SandboxConfig, req: CloneRequest, paths: Paths) -> Sandbox
     parent = Path(req.state_parent) if req.state_parent else Path(src.state_dir).parent
     extra = dict(src.extra)
     extra.update({"cloned_from": src.name,
-                  "copy": "reflink" if files.can_reflink(Path(src.state_dir)) else "full copy"})
+                  "copy": "reflink" if files.can_reflink(Path(src.state_dir))
+                  else "sparse copy" if src.image_size is not None else "full copy"})
     return dataclasses.replace(
         src, name=req.dest, state_dir=str(parent / req.dest), security_mode=mode,
         security_label=label, machine_id=uuid.uuid4().hex,
@@ -95,13 +96,18 @@ def clone_plan(src: SandboxConfig, cfg: SandboxConfig, paths: Paths,
     ops: list[FileOp] = [op for op in p.files
            if (isinstance(op, MakeDir) and op.path == cfg.state_dir)
            or (isinstance(op, WriteFile) and (op.path in identity or op.path.endswith(MARKER)))]
-    for tree in ("etc", "var", "paths"):
+    for tree in ("etc", "var", "paths", "home"):
         source = os.path.join(src.state_dir, tree)
         if os.path.isdir(source):
             ops.append(CopyTree(source, os.path.join(cfg.state_dir, tree), journal_dirs(src),
                                 reason=f"{src.name}'s private {tree} ({dict(cfg.extra)['copy']})"))
     # Identity files last: they overwrite the copied ones.
     ops.sort(key=lambda op: isinstance(op, WriteFile) and op.path in identity)
+    if src.image_size is not None:  # -i: copy the image, then write the identity into it
+        ops.insert(1, MakeDir(os.path.join(cfg.state_dir, "etc"), 0o755, reason="staging"))
+        ops.append(MakeImage(image.image_path(cfg.state_dir), src.image_size,
+                             source=image.image_path(src.state_dir), drop=("var/log/journal",),
+                             reason=f"{src.name}'s image (sparse copy), its journal emptied"))
     p = dataclasses.replace(p, files=tuple(ops))
     record = WriteFile(os.path.join(cfg.state_dir, EVIDENCE_FILE), evidence_json(p),
                        reason="why each path is private, hidden or shared (from the source)")
@@ -118,9 +124,13 @@ def clone(req: CloneRequest, paths: Paths) -> Plan:
     src = load_config(paths, req.source)
     facts = host.detect()
     conn = lv.connect(src.uri)
-    if lv.lookup(conn, src.name) is None:
+    src_dom = lv.lookup(conn, src.name)
+    if src_dom is None:
         raise UserError(f"sandbox '{src.name}' has no libvirt domain", "nothing to clone from")
     parent = Path(req.state_parent) if req.state_parent else Path(src.state_dir).parent
+    if src.image_size is not None:
+        image.refuse_running(src.name, bool(src_dom.isActive()), "clone")
+        image.check_image_path(str(parent / req.dest))
     dest_req = CreateRequest(name=req.dest, uri=src.uri)
     check_free(dest_req, paths, parent / req.dest, conn)
     with Transaction() as txn:

@@ -28,6 +28,10 @@ VALUE_COMPLETERS = {
     "TIMEOUT": "",
     "TYPE:DST=SRC": "",
     "OPTS": "",
+    "UID": "_vss_users",
+    "GID": "_vss_groups",
+    "NAME": "",
+    "DIR": "_vss_files",
 }
 # Positional argument (dest) -> completer; "(subcommand, dest)" entries override the dest's.
 # "REST" is a command line of its own (-- CMD ARGS): a command, then files. An argument with
@@ -77,6 +81,8 @@ _vss_units() {
 
 _vss_uris() { printf '%s\n' lxc:/// qemu:///system; }
 _vss_security() { printf '%s\n' dynamic static,label=; }
+_vss_users() { compgen -u; }
+_vss_groups() { compgen -g; }
 _vss_packages() {
     dpkg-query -W -f='${Package}\n' 2>/dev/null || rpm -qa --qf '%{NAME}\n' 2>/dev/null
 }

@@ -167,14 +167,30 @@ class SandboxConfig:
     cpu_weight: int | None = None  # relative CPU shares (cgroup cpu.shares), 2..262144
     cpu_quota: int | None = None  # percent of one CPU, 1..100*cores
     blkio_weight: int | None = None  # 100..1000
+    tasks: int | None = None  # most processes plus threads at once (pids.max)
     caps_drop: tuple[str, ...] = ()  # Linux capabilities the sandbox's processes never get
     mounts: tuple[str, ...] = ()  # -m TYPE:DST=SRC specs, as given (see mounts.py)
     networks: tuple[str, ...] = ()  # -N specs, as given (see network.py); none: loopback only
     # User namespace: host uid/gid that root inside maps to (IDMAP_COUNT ids); None = none.
     id_base: int | None = None
+    # Generic sandboxes: the user the command runs as (-U, -G, --username, --homedir; see
+    # users.py); None: root. Resolved on the host at create, so numbers, not names.
+    uid: int | None = None
+    gid: int | None = None
+    username: str = ""
+    homedir: str = ""
+    # -i SIZE: the private /etc and /var live in <state>/private.img of this many bytes
+    # (see image.py); None: directories in the state dir.
+    image_size: int | None = None
     format_version: int = FORMAT_VERSION
     # Free-form notes that later versions may add; kept so an older file round-trips.
     extra: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def summary(self) -> str:
+        """One line naming what the sandbox runs (a title, a Description=): its units or its
+        command, whitespace collapsed, so a multi-line script stays on one line."""
+        return " ".join(" ".join(self.units or self.command).split())
 
     @property
     def driver(self) -> Driver:

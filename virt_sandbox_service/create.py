@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import conffiles, host, labels, unitfile
+from . import conffiles, host, image, labels, unitfile, users
 from . import evidence as ev
 from .apply import files
 from .apply import libvirt as lv
@@ -43,10 +43,11 @@ from .config import (
 from .domain import domain_xml
 from .errors import UserError
 from .limits import LimitArgs, parse_caps, parse_limits
-from .mounts import MountSpec, parse_mount
+from .mounts import MountSpec, MountType, parse_mount
 from .network import OUR_FILTER, filter_xml, parse_network
 from .plan import Plan, WriteFile, plan
 from .units import render_sandbox_unit, unit_name
+from .users import UserArgs
 
 EVIDENCE_FILE = "evidence.json"
 
@@ -69,6 +70,8 @@ class CreateRequest:
     userns: bool = False
     mounts: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()
+    user: UserArgs = field(default_factory=UserArgs)
+    image_size: str | None = None
 
 
 def validate(req: CreateRequest) -> None:
@@ -93,6 +96,37 @@ def validate(req: CreateRequest) -> None:
             raise UserError(f"--userns is not possible on this host: {problem}",
                             "create the sandbox without --userns; 'doctor' explains")
     check_command(req.command)
+    check_user(req)
+    check_image(req)
+
+
+def check_image(req: CreateRequest) -> int | None:
+    """-i SIZE: its size, and what it cannot be combined with (yet); mkfs.ext4 is there."""
+    if req.image_size is None:
+        return None
+    size = image.parse_image_size(req.image_size)
+    if driver_for_uri(req.uri) is Driver.KVM:
+        raise UserError("-i is for LXC sandboxes: a KVM sandbox's private trees are 9p "
+                        "shares of directories", "leave -i out, or use -c lxc:///")
+    if req.userns:
+        raise UserError("-i cannot be combined with --userns yet",
+                        "leave one of them out")
+    image.mkfs_tool()
+    return size
+
+
+def check_user(req: CreateRequest) -> users.RunAs | None:
+    """-U and friends: generic sandboxes only; ids, names and the home checked on the host."""
+    if req.user.given() and req.units:
+        raise UserError(f"{req.user.given()[0]} is for generic sandboxes: a unit sandbox runs "
+                        "its unit as the unit's User= says",
+                        "set User= in the unit (a drop-in), or leave the option out")
+    run_as = users.resolve(req.user, req.userns)
+    if run_as is not None:
+        users.check_home(run_as.home, tuple((s.target, s.source)
+                                            for s in map(parse_mount, req.mounts)
+                                            if s.type.value == "host-bind"))
+    return run_as
 
 
 def validate_options(req: CreateRequest, own_trees: tuple[str, ...] | None = None) -> None:
@@ -142,9 +176,32 @@ def _validate_kvm(req: CreateRequest) -> None:
         raise UserError("--userns is for LXC sandboxes: a KVM sandbox is a VM with a kernel "
                         "of its own", "leave --userns out, or use -c lxc:///")
     for spec in map(parse_mount, req.mounts):
-        if spec.type.value in ("host-image", "guest-bind"):
-            raise UserError(f"-m {spec.type.value} is not available for KVM sandboxes yet",
-                            "use host-bind or ram mounts, or -c lxc:///")
+        if spec.type is MountType.HOST_IMAGE:
+            check_kvm_image(spec.source)
+    if req.limits.tasks is not None:
+        raise UserError("--tasks is for LXC sandboxes: a KVM sandbox's processes live in its "
+                        "own kernel and cannot use up the host's",
+                        "leave --tasks out (bound a KVM sandbox with --memory), or use "
+                        "-c lxc:///")
+
+
+# An ext2/3/4 superblock: its magic 0xEF53 (little-endian) at byte 1080 of the image.
+EXT_MAGIC_OFFSET, EXT_MAGIC = 1080, b"\x53\xef"
+
+
+def check_kvm_image(path: str) -> None:
+    """A KVM guest mounts -m host-image disks as ext4 (its initrd carries that driver, which
+    also reads ext2 and ext3): anything else would fail only at start, inside the guest."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(EXT_MAGIC_OFFSET)
+            magic = f.read(2)
+    except OSError as e:
+        raise UserError(f"cannot read image {path}: {e.strerror}") from None
+    if magic != EXT_MAGIC:
+        raise UserError(f"image {path} holds no ext2/3/4 file system, the kind a KVM "
+                        "sandbox can mount",
+                        "make it with mkfs.ext4, or use -c lxc:/// for other file systems")
 
 
 def parse_security(text: str) -> tuple[SecurityMode, str | None]:
@@ -220,6 +277,7 @@ def choose_id_base(paths: Paths) -> int:
 def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.UnitFile],
                  label: str, mode: SecurityMode) -> SandboxConfig:
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
+    run_as = check_user(req)
     return SandboxConfig(
         name=req.name,
         kind=Kind.SERVICE if req.units else Kind.GENERIC,
@@ -238,6 +296,9 @@ def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.Unit
         id_base=choose_id_base(paths) if req.userns else None,
         mounts=req.mounts,
         networks=req.networks,
+        uid=run_as.uid if run_as else None, gid=run_as.gid if run_as else None,
+        username=run_as.name if run_as else "", homedir=run_as.home if run_as else "",
+        image_size=check_image(req),
         **parse_limits(req.limits, os.cpu_count() or 1),  # type: ignore[arg-type]
     )
 
@@ -334,6 +395,8 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False) -> Plan:
     conn = lv.connect(req.uri)
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
     check_free(req, paths, parent / req.name, conn)  # early, for a clear error; again below
+    if req.image_size is not None:
+        image.check_image_path(str(parent / req.name))
     with Transaction() as txn:
         with config_lock(paths):
             check_free(req, paths, parent / req.name, conn)

@@ -31,6 +31,8 @@ class HostFacts:
     sh: str = "/bin/sh"
     unshare: str = "/usr/bin/unshare"
     umount: str = "/bin/umount"
+    setpriv: str = "/usr/bin/setpriv"  # -U: drops root for a generic sandbox's command
+    env: str = "/usr/bin/env"
     selinux: bool = False
     memory_kib: int = 4 * 1024 * 1024
     system_unit_dir: str = "/lib/systemd/system"
@@ -67,6 +69,8 @@ def detect(selinux: bool | None = None) -> HostFacts:
         sh=find_tool(("/bin/sh", "/usr/bin/sh"), "/bin/sh", "dash"),
         unshare=find_tool(("unshare",), "unshare", "util-linux"),
         umount=find_tool(("umount",), "umount", "mount"),
+        setpriv=find_tool(("setpriv",), "setpriv", "util-linux"),
+        env=find_tool(("env",), "env", "coreutils"),
         selinux=selinux_enabled() if selinux is None else selinux,
         memory_kib=_mem_total_kib(),
         system_unit_dir=next((d for d in ("/lib/systemd/system", "/usr/lib/systemd/system")
@@ -280,6 +284,14 @@ def _mounts() -> list[tuple[str, str, str]]:
 
 def _unescape(path: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+
+
+def v1_mount(controller: str) -> Path | None:
+    """Where the v1 hierarchy carrying `controller` is mounted on the host, if any."""
+    for target, fstype, opts in _mounts():
+        if fstype == "cgroup" and controller in opts.split(","):
+            return Path(target)
+    return None
 
 
 def cgroup_layout() -> CgroupLayout:

@@ -37,7 +37,7 @@ from .errors import HostError
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 DEFAULT_CACHE = Path("/var/cache/virt-sandbox-service/kvm")
 KERNEL_NAME = "kernel"
 INITRD_NAME = "initrd.img"
@@ -50,6 +50,9 @@ STAMP_NAME = "stamp"
 GUEST_MODULES = ("virtio_mmio", "9pnet_virtio", "9p", "virtio_console", "overlay")
 # Loaded only when the guest init needs them (see initrd/init: hide_container_marker).
 LAZY_MODULES = ("overlay",)
+# For -m host-image: a virtio-blk disk holding an ext2/3/4 file system. Loaded by the guest
+# init, dependencies first (lib/modules/disk-order), only in a sandbox that has such a disk.
+DISK_MODULES = ("virtio_blk", "crc32c_generic", "ext4")  # ext4 asks the crypto API for crc32c
 # virtio-net for -N: in the initrd with its dependencies, loaded (in the order of
 # lib/modules/load-order-net) only by a guest that has interfaces, so that a sandbox without
 # a network boots no slower.
@@ -290,11 +293,14 @@ DIR, REG, LNK = 0o040000, 0o100000, 0o120000
 
 
 def initrd_entries(busybox: bytes, init: bytes, modules: list[tuple[str, bytes]],
+                   disk_modules: Sequence[tuple[str, bytes]] = (),
                    net_modules: Sequence[tuple[str, bytes]] = (),
                    virtiofs_modules: Sequence[tuple[str, bytes]] = ()) -> list[Entry]:
     """The initrd's files: /init, /bin/busybox and its applet links, the modules and their
-    load order (/lib/modules/load-order, one file name a line; load-order-net for the
-    network's modules, loaded only when the guest has interfaces)."""
+    load order (/lib/modules/load-order, one file name a line), and the groups the init loads
+    only when it needs them, each with its own order: the disk modules (disk-order), the
+    network's (load-order-net, for a guest with interfaces), virtiofs's (load-order-virtiofs,
+    for a guest whose root is a virtiofs share)."""
     entries = [Entry(d, DIR | 0o755) for d in
                ("bin", "dev", "proc", "sys", "sysroot", "run", "lib", "lib/modules")]
     entries.append(Entry("bin/busybox", REG | 0o755, busybox))
@@ -309,17 +315,18 @@ def initrd_entries(busybox: bytes, init: bytes, modules: list[tuple[str, bytes]]
             names.append(name)
     entries.append(Entry("lib/modules/load-order", REG | 0o644,
                          "".join(f"{n}\n" for n in names).encode()))
-    entries += _lazy_group("net", net_modules)
-    entries += _lazy_group("virtiofs", virtiofs_modules)
+    entries += _lazy_group("disk-order", disk_modules)
+    entries += _lazy_group("load-order-net", net_modules)
+    entries += _lazy_group("load-order-virtiofs", virtiofs_modules)
     return entries
 
 
-def _lazy_group(group: str, modules: Sequence[tuple[str, bytes]]) -> list[Entry]:
-    """Modules the init loads only when it needs them, in the order of load-order-GROUP."""
+def _lazy_group(order_file: str, modules: Sequence[tuple[str, bytes]]) -> list[Entry]:
+    """Modules the init loads only when it needs them, in the order of ORDER_FILE."""
     names = [_file_name(rel) for rel, _ in modules]
     entries = [Entry(f"lib/modules/{n}", REG | 0o644, data)
                for n, (_, data) in zip(names, modules, strict=True)]
-    entries.append(Entry(f"lib/modules/load-order-{group}", REG | 0o644,
+    entries.append(Entry(f"lib/modules/{order_file}", REG | 0o644,
                          "".join(f"{n}\n" for n in names).encode()))
     return entries
 
@@ -359,7 +366,8 @@ def cache_dir() -> Path:
 
 
 def _fingerprint(paths: Iterable[Path]) -> str:
-    h = hashlib.sha256(BUILDER_VERSION.encode())
+    # The module lists too: a list changed in the code must rebuild the initrd.
+    h = hashlib.sha256(f"{BUILDER_VERSION} {GUEST_MODULES} {DISK_MODULES}".encode())
     for p in paths:
         st = p.stat()
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
@@ -414,23 +422,28 @@ def _build(d: Path, k: GuestKernel, busybox: Path, inputs: list[Path]) -> BootFi
     builtin_file = k.modules_dir / "modules.builtin"
     builtin_text = builtin_file.read_text() if builtin_file.is_file() else ""
     mods = resolve_modules(GUEST_MODULES, dep_text, builtin_text, k.version)
+    # Each lazy group without what the initrd loads anyway or an earlier group holds (the
+    # groups share no module today; a shared one would be loaded only with the first group).
+    disk_mods = [m for m in resolve_modules(DISK_MODULES, dep_text, builtin_text, k.version)
+                 if m not in mods]
     net_mods = [m for m in resolve_modules(NET_MODULES, dep_text, builtin_text, k.version)
-                if m not in mods]
+                if m not in mods and m not in disk_mods]
     fs_mods = [m for m in resolve_modules(VIRTIOFS_MODULES, dep_text, builtin_text, k.version)
-               if m not in mods and m not in net_mods]
+               if m not in mods and m not in disk_mods and m not in net_mods]
     image = k.image.read_bytes()
     elf = extract_vmlinux(image)
     pvh = elf is not None and has_pvh_entry(elf)
     _write_atomic(d / KERNEL_NAME, elf if pvh and elf is not None else image)
     modules = [(m, _module_bytes(k.modules_dir / m)) for m in mods]
-    net_modules = [(m, _module_bytes(k.modules_dir / m)) for m in net_mods]
-    fs_modules = [(m, _module_bytes(k.modules_dir / m)) for m in fs_mods]
+    lazy = [*disk_mods, *net_mods, *fs_mods]
     _write_atomic(d / INITRD_NAME, cpio_newc(initrd_entries(
-        busybox.read_bytes(), INIT_SOURCE.read_bytes(), modules, net_modules, fs_modules)))
-    stamp = _fingerprint([*inputs, *(k.modules_dir / m for m in (*mods, *net_mods, *fs_mods))])
+        busybox.read_bytes(), INIT_SOURCE.read_bytes(), modules,
+        *([(m, _module_bytes(k.modules_dir / m)) for m in group]
+          for group in (disk_mods, net_mods, fs_mods)))))
+    stamp = _fingerprint([*inputs, *(k.modules_dir / m for m in [*mods, *lazy])])
     _write_atomic(d / STAMP_NAME, "".join(
         f"{line}\n" for line in (f"{stamp} {'pvh' if pvh else 'bzimage'} {k.version}", *mods,
-                                 *net_mods, *fs_mods))
+                                  *lazy))
         .encode())
     return BootFiles(d / KERNEL_NAME, d / INITRD_NAME, pvh, k.version)
 

@@ -32,6 +32,10 @@ DEFAULT_DROP = (
     "sys_tty_config", "syslog", "wake_alarm",
 )
 CPU_PERIOD_US = 100_000
+TASKS_MAX = 4_194_304  # the kernel's PID_MAX_LIMIT on 64-bit
+# How the LXC sandbox's init learns its tasks limit (see plan._cgroup_prologue): an init
+# environment variable is part of the domain definition, so `limit` changes it with the rest.
+TASKS_ENV = "VSS_TASKS_MAX"
 # capabilities(7) numbering, for reading a process's CapBnd mask.
 CAP_NUMBERS = (
     "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid",
@@ -65,6 +69,7 @@ class LimitArgs:
     cpu_weight: str | None = None
     cpu_quota: str | None = None
     blkio_weight: str | None = None
+    tasks: str | None = None
 
 
 def _int(text: str, option: str, low: int, high: int, hint: str) -> int:
@@ -95,6 +100,10 @@ def parse_limits(args: LimitArgs, cores: int) -> dict[str, int]:
     if args.blkio_weight is not None:
         out["blkio_weight"] = _int(args.blkio_weight, "--blkio-weight", 100, 1000,
                                    "relative block I/O weight")
+    if args.tasks is not None:
+        # Below a few dozen, a sandbox's systemd and its journal cannot even start.
+        out["tasks"] = _int(args.tasks, "--tasks", 32, TASKS_MAX,
+                            "most processes plus threads at once, e.g. 512")
     return out
 
 
@@ -140,6 +149,20 @@ def set_tunables(dom: etree._Element, cfg: SandboxConfig, host_memory_kib: int) 
         elements.append(cpu)
     for offset, el in enumerate(elements):
         dom.insert(index + offset, el)
+    if dom.get("type") == "lxc":
+        _set_tasks_env(dom, cfg.tasks)
+
+
+def _set_tasks_env(dom: etree._Element, tasks: int | None) -> None:
+    os_el = dom.find("os")
+    if os_el is None:
+        return
+    for old in os_el.findall(f"initenv[@name='{TASKS_ENV}']"):
+        os_el.remove(old)
+    if tasks:
+        # The schema orders <os>: type, init, initarg*, initenv*, then initdir/inituser/...
+        before = [c for c in os_el if c.tag in ("type", "init", "initarg", "initenv")]
+        os_el.insert(len(before), _el("initenv", str(tasks), name=TASKS_ENV))
 
 
 def caps_element(cfg: SandboxConfig) -> etree._Element:

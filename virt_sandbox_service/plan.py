@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
+from . import image, users
 from .config import Driver, Kind, SandboxConfig
+from .errors import UserError
 from .evidence import SKELETON_REASONS, Access, PathEvidence
 from .host import HostFacts
+from .limits import TASKS_ENV
 from .mounts import MountType, parse_mount
 from .network import networkd_file, parse_network
 
@@ -80,7 +83,33 @@ class CopyTree:
     reason: str = ""
 
 
-FileOp = MakeDir | WriteFile | Symlink | CopyTree
+@dataclass(frozen=True)
+class AddUser:
+    """Give the user of -U an entry in the private passwd and group files in `path` (an etc
+    dir), after they were copied: added where the uid (gid) has none (see users.py)."""
+
+    path: str
+    uid: int
+    gid: int
+    name: str
+    home: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class MakeImage:
+    """-i: move the private trees made so far into the image `path` of `size` bytes; with
+    `source`, copy that image instead, write the trees made so far into the copy, and empty
+    the directories `drop` (paths inside the image). See image.py."""
+
+    path: str
+    size: int
+    source: str = ""
+    drop: tuple[str, ...] = ()
+    reason: str = ""
+
+
+FileOp = MakeDir | WriteFile | Symlink | CopyTree | AddUser | MakeImage
 
 
 @dataclass(frozen=True)
@@ -140,6 +169,13 @@ def plan(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, 
     files += _other_private_ops(state, evidence)
     files += _mount_ops(config)
     mounts = _mounts(config, facts, evidence, run_dir)
+    user_files, user_mounts = _user_ops(config, files)
+    files += user_files
+    mounts += user_mounts
+    if config.image_size is not None:
+        mounts = image_mounts(mounts, image.image_path(state))
+        files.append(MakeImage(image.image_path(state), config.image_size,
+                               reason="-i: the private /etc and /var, in an image"))
     init, env = init_command(config, facts)
     return Plan(config=config, config_path=config_path, state_dir=state, run_dir=run_dir,
                 evidence=evidence, hidden=hidden, mounts=mounts, files=tuple(files),
@@ -362,6 +398,71 @@ def _mount_ops(config: SandboxConfig) -> list[FileOp]:
     return ops
 
 
+def _user_ops(config: SandboxConfig,
+              planned: list[FileOp]) -> tuple[list[FileOp], tuple[Mount, ...]]:
+    """-U: the user's passwd/group entries and home directory (see users.py for where)."""
+    r = users.from_config(config.uid, config.gid, config.username, config.homedir)
+    if r is None:
+        return [], ()
+    etc = os.path.join(config.state_dir, "etc")
+    ops: list[FileOp] = [AddUser(etc, r.uid, r.gid, r.name, r.home,
+                                 reason=f"the user of -U {r.uid} ({r.name}), if /etc lacks it")]
+    place = users.home_place(r.home, _host_bind_targets(config))
+    why = f"home of {r.name}, writable by it"
+    if place is users.HomePlace.STATE:
+        home = os.path.join(config.state_dir, "home")
+        ops.append(MakeDir(home, 0o700, r.uid, r.gid, reason=why))
+        return ops, (Mount(r.home, home, reason=f"{why} (the instance's own)"),)
+    if place is users.HomePlace.SHARED:
+        return ops, ()
+    made = {op.dst if isinstance(op, CopyTree) else op.path for op in planned}
+    target = state_path(config.state_dir, r.home, "/var")
+    clash = sorted(p for p in made if p == target or p.startswith(target + "/"))
+    if clash:
+        raise UserError(f"--homedir {r.home} is a directory the sandbox's /var already has "
+                        f"({clash[0]}); it would change owner",
+                        f"choose a directory of its own, e.g. {users.HOME_ROOT}/{r.name}")
+    for parent in reversed(PurePosixPath(r.home).parents):
+        p = state_path(config.state_dir, str(parent), "/var")
+        if _in(str(parent), "/var") and str(parent) != "/var" and p not in made:
+            ops.append(MakeDir(p, reason=f"parent of {r.home}"))
+    ops.append(MakeDir(target, 0o700, r.uid, r.gid, reason=why))
+    return ops, ()
+
+
+def image_mounts(mounts: tuple[Mount, ...], path: str) -> tuple[Mount, ...]:
+    """-i: the image replaces the /etc and /var binds; it is mounted at a hidden place on the
+    /run tmpfs, with what belongs under /etc and /var mounted under it (see image.py)."""
+    top = image.IMAGE_MOUNT
+    out: list[Mount] = []
+    inside: list[Mount] = []
+    for m in mounts:
+        if m.target in ("/etc", "/var"):
+            continue
+        if _in(m.target, "/etc") or _in(m.target, "/var"):
+            inside.append(replace(m, target=top + m.target))
+        else:
+            out.append(m)
+    at = next(i for i, m in enumerate(out) if m.target == "/run") + 1
+    img = Mount(top, path, image=True,
+                reason="-i: the private /etc and /var, bound there by the sandbox's init")
+    return (*out[:at], img, *inside, *out[at:])
+
+
+def _image_binds(config: SandboxConfig, facts: HostFacts) -> list[str]:
+    """-i: put the image's trees (and the mounts on them) on /etc and /var."""
+    if config.image_size is None:
+        return []
+    top = image.IMAGE_MOUNT
+    return [f"mount --rbind {top}/etc /etc && mount --rbind {top}/var /var && "
+            f"{shlex.quote(facts.umount)} -l {top} || exit 125"]
+
+
+def _host_bind_targets(config: SandboxConfig) -> tuple[str, ...]:
+    return tuple(s.target for s in map(parse_mount, config.mounts)
+                 if s.type is MountType.HOST_BIND)
+
+
 def _guest_binds(config: SandboxConfig) -> list[str]:
     q = shlex.quote
     return [f"mount --bind {q(s.source)} {q(s.target)}"
@@ -369,6 +470,13 @@ def _guest_binds(config: SandboxConfig) -> list[str]:
 
 
 PAYLOAD_CGROUP = "sandbox"
+TASKS_MOUNT = "/run/.vss-pids"  # where the init briefly mounts the pids hierarchy
+
+
+def command(config: SandboxConfig, facts: HostFacts) -> tuple[str, ...]:
+    """A generic sandbox's command, as the user of -U if one is set (both backends)."""
+    run_as = users.from_config(config.uid, config.gid, config.username, config.homedir)
+    return (*users.payload(facts.setpriv, facts.env, run_as), *config.command)
 
 
 def init_command(config: SandboxConfig,
@@ -379,17 +487,41 @@ def init_command(config: SandboxConfig,
         # sh stays PID 1 so the command's exit status reaches the host (libvirt reports none).
         script = "\n".join([
             *_cgroup_prologue(facts),
+            *_image_binds(config, facts),
             *_guest_binds(config),
             f'{q(facts.unshare)} --cgroup "$@"; rc=$?',
             f"echo $rc > {EXIT_STATUS_FILE}; exit $rc",
         ])
-        return (facts.sh, "-c", script, "sandbox-init", *config.command), ()
+        return (facts.sh, "-c", script, "sandbox-init", *command(config, facts)), ()
     script = "\n".join([
         *_cgroup_prologue(facts),
+        *_image_binds(config, facts),
         *_guest_binds(config),
         f"exec {q(facts.unshare)} --cgroup {q(facts.systemd)} systemd.unified_cgroup_hierarchy=1",
     ])
     return (facts.sh, "-c", script), (("NOTIFY_SOCKET", NOTIFY_SOCKET),)
+
+
+def _tasks_prologue() -> list[str]:
+    """--tasks: libvirt (9.0) leaves LXC containers at the root of the v1 pids hierarchy, so
+    make a cgroup of our own there, mirroring libvirt's path, with the limit on it and the
+    init in its child (the cgroup namespace root made next). A limit nothing can hold must
+    not be a silent no-op: then the sandbox does not boot."""
+    e = TASKS_ENV
+    return [
+        f"if [ -n \"${{{e}:-}}\" ]; then",
+        "  base=$(sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\\(.*\\)$/\\1/p;T;q' /proc/self/cgroup)",
+        f"  base=${{base%/{PAYLOAD_CGROUP}}}; pd={TASKS_MOUNT}",
+        "  mkdir -p $pd && mount -t cgroup -o pids pids $pd &&",
+        f"  mkdir -p \"$pd$base/{PAYLOAD_CGROUP}\" && echo \"${e}\" > \"$pd$base/pids.max\" &&",
+        f"  echo $$ > \"$pd$base/{PAYLOAD_CGROUP}/cgroup.procs\" && tasks_set=1",
+        "  umount $pd 2>/dev/null; rmdir $pd",
+        "  if [ -z \"${tasks_set:-}\" ]; then",
+        "    echo 'virt-sandbox-service: no pids cgroup to hold --tasks' >&2; exit 1",
+        "  fi",
+        "fi",
+        f"unset {e}",
+    ]
 
 
 def _cgroup_prologue(facts: HostFacts) -> list[str]:
@@ -417,6 +549,7 @@ def _cgroup_prologue(facts: HostFacts) -> list[str]:
         "  fi",
         "  echo $$ > \"$p/cgroup.procs\"",
         "done < /proc/self/cgroup",
+        *_tasks_prologue(),
         "cg=$(sed -n 's/^0::\\(.*\\)$/\\1/p' /proc/self/cgroup)",
         "if [ \"$cg\" = / ]; then "
         "cg=$(sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\\(.*\\)$/\\1/p;T;q' /proc/self/cgroup); fi",

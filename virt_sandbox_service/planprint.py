@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .plan import CopyTree, MakeDir, Plan, Symlink, WriteFile
+from .plan import AddUser, CopyTree, MakeDir, MakeImage, Plan, Symlink, WriteFile
 
 
 def format_plan(p: Plan) -> str:
@@ -18,6 +18,12 @@ def format_plan(p: Plan) -> str:
         elif isinstance(op, CopyTree):
             out.append(f"copy    {op.src} -> {op.dst}  # {op.reason}")
             out += [f"          without {x}" for x in op.exclude]
+        elif isinstance(op, MakeImage):
+            out.append(f"image   {op.path} {op.size} bytes"
+                       + (f" from {op.source}" if op.source else "") + f"  # {op.reason}")
+        elif isinstance(op, AddUser):
+            out.append(f"user    {op.name} {op.uid}:{op.gid} home {op.home} in {op.path}"
+                       f"  # {op.reason}")
     out += ["", "## mounts"]
     for m in p.mounts:
         src = f"tmpfs {m.tmpfs_kib} KiB" if m.tmpfs_kib else m.source

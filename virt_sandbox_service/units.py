@@ -85,7 +85,7 @@ def path_environment(paths: Paths) -> list[tuple[str, str]]:
 
 
 def render_sandbox_unit(config: SandboxConfig, exe: str, paths: Paths) -> str:
-    what = " ".join(config.units) if config.units else " ".join(config.command)
+    what = config.summary
     return _env().get_template("sandbox.service.j2").render(
         name=config.name,
         what=what,

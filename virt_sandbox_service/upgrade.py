@@ -21,18 +21,19 @@ the sandbox made), and every change registers its undo on one Transaction per sa
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import enum
 import json
 import os
 import stat
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import create
+from . import create, image
 from .apply import tree
 from .apply.files import write_file
 from .apply.txn import Transaction
@@ -222,15 +223,15 @@ def upgrade(paths: Paths, name: str, *, apply_host_changes: bool = False,
     cfg, text, written = load_migrated(paths, name)
     got = create.gather(request_from_config(cfg))
     state = Path(cfg.state_dir)
-    with create.config_lock(paths), Transaction() as txn:
+    with create.config_lock(paths), private_trees(cfg) as trees, Transaction() as txn:
         _check_unchanged(paths, name, text)
         _check_ours(state, name)
         if written != FORMAT_VERSION:
             _write_undoable(paths.config_file(name), cfg.to_json(), txn)
         record = _read_record(state)
         known = {e["path"] for e in record["evidence"]} if "evidence" in record else None
-        made = _make_new_private(cfg, got.evidence, known, host, txn)
-        drift, given = _conffiles(cfg, got.evidence, record.get("conffiles"), host,
+        made = _make_new_private(cfg, trees, got.evidence, known, host, txn)
+        drift, given = _conffiles(cfg, trees, got.evidence, record.get("conffiles"), host,
                                   apply_host_changes, txn)
         pending = {p.path for p in made if not p.made}
         record.update(evidence=[_item(e) for e in got.evidence if e.path not in pending],
@@ -238,6 +239,21 @@ def upgrade(paths: Paths, name: str, *, apply_host_changes: bool = False,
         _write_undoable(state / create.EVIDENCE_FILE, json.dumps(record, indent=2) + "\n", txn)
     return Report(name, FORMAT_VERSION, written if written != FORMAT_VERSION else None,
                   tuple(made), tuple(drift))
+
+
+@contextlib.contextmanager
+def private_trees(cfg: SandboxConfig) -> Iterator[Path]:
+    """Where the instance's etc/ and var/ are: its state dir, or (-i) its image mounted in a
+    private mount namespace for the time of the upgrade; a running one is refused."""
+    if cfg.image_size is None:
+        yield Path(cfg.state_dir)
+        return
+    from .apply import libvirt as lv
+
+    dom = lv.lookup(lv.connect(cfg.uri), cfg.name)
+    image.refuse_running(cfg.name, dom is not None and bool(dom.isActive()), "upgrade")
+    with image.mounted(image.image_path(cfg.state_dir), writable=True) as root:
+        yield root
 
 
 def _check_unchanged(paths: Paths, name: str, text: str) -> None:
@@ -297,10 +313,10 @@ def _host_meta(host: HostView, path: str, shift: int) -> tuple[int, int, int]:
     return stat.S_IMODE(st.st_mode), st.st_uid + shift, st.st_gid + shift
 
 
-def _make_new_private(cfg: SandboxConfig, evidence: Sequence[PathEvidence],
+def _make_new_private(cfg: SandboxConfig, trees: Path, evidence: Sequence[PathEvidence],
                       known: Collection[str] | None, host: HostView,
                       txn: Transaction) -> list[NewPath]:
-    var = Path(cfg.state_dir) / "var"
+    var = trees / "var"
     shift = cfg.id_base or 0
 
     def exists(path: str) -> bool:
@@ -337,12 +353,12 @@ def _make_new_private(cfg: SandboxConfig, evidence: Sequence[PathEvidence],
     return out
 
 
-def _conffiles(cfg: SandboxConfig, evidence: Sequence[PathEvidence], given: object,
-               host: HostView, apply: bool,
+def _conffiles(cfg: SandboxConfig, trees: Path, evidence: Sequence[PathEvidence],
+               given: object, host: HostView, apply: bool,
                txn: Transaction) -> tuple[list[ConffileDrift], dict[str, str | None]]:
     """Compare (and, if asked, update) every conffile; returns the report and the new record
     of what the instance was given."""
-    etc = Path(cfg.state_dir) / "etc"
+    etc = trees / "etc"
     record: dict[str, str | None] | None = given if isinstance(given, dict) else None
     packaged = packaged_md5s(host)
     out: list[ConffileDrift] = []

@@ -15,8 +15,7 @@ E = ElementMaker()
 
 def what(plan: Plan) -> str:
     """The domain's title: the confined units, or the generic command."""
-    cfg = plan.config
-    return " ".join(cfg.units) if cfg.units else " ".join(cfg.command)
+    return plan.config.summary
 
 
 def metadata(plan: Plan, ns: str) -> etree._Element:

@@ -3,9 +3,10 @@
 qemu's `microvm` machine (virtio-mmio, no PCI, no firmware) boots the host's kernel directly
 (the uncompressed vmlinux as PVH where possible) with the tiny initrd of initrd.py. Every
 mount of the plan becomes a virtio-9p share (the host's `/` read-only, the private trees
-writable) or a tmpfs the guest init makes; the init learns them, and what to run, from the
-kernel command line (see initrd/init). Built with lxml in libvirt's element order; nothing
-here reads the host: the facts say whether hardware KVM is usable and where the boot files are.
+writable), a raw virtio-blk disk (-m host-image) or a tmpfs the guest init makes; the init
+learns them, and what to run, from the kernel command line (see initrd/init). Built with
+lxml in libvirt's element order; nothing here reads the host: the facts say whether
+hardware KVM is usable and where the boot files are.
 
 qemu runs as root (a static DAC label, nothing relabelled): the 9p shares must read and
 write files of any owner, as the LXC driver does, and the host's root-only files (the private
@@ -25,8 +26,10 @@ from lxml.builder import ElementMaker
 from ..config import Kind, SandboxConfig
 from ..errors import UserError
 from ..host import HostFacts
+from ..limits import CPU_PERIOD_US
+from ..mounts import MountType, parse_mount
 from ..network import guest_args, guest_mac, host_device, kvm_interface_element, parse_network
-from ..plan import Mount, Plan
+from ..plan import Mount, Plan, command
 from .common import metadata, selinux_label, what
 
 E = ElementMaker()
@@ -35,6 +38,9 @@ DEFAULT_MEMORY_KIB = 512 * 1024
 # x86's COMMAND_LINE_SIZE: the kernel truncates a longer command line.
 CMDLINE_MAX = 2047
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
+LOGIN_CONSOLE_PORT = "1"
+LOGIN_CONSOLE = "console1"  # libvirt's alias of the login console, what `connect` opens
+DISK_SERIAL = "vss-disk"
 RUN_PORTS = ("stdin", "stdout", "stderr", "status")
 # Kernel arguments for a fast, quiet boot of a machine with no PCI, no firmware, no disks.
 BASE_CMDLINE = ("console=ttyS0", "quiet", "panic=-1", "mitigations=off", "pci=off",
@@ -56,10 +62,12 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
         *_filesystems(plan.mounts, facts),
         *_interfaces(plan.config),
         *_console(None),
+        _login_console(),
         _channel(AGENT_CHANNEL, None),
         E.memballoon(model="none"),
     ]
-    return _domain(plan, facts, metadata_ns, kind, plan.config.command, devices)
+    devices[0:0] = _disks(plan.mounts)
+    return _domain(plan, facts, metadata_ns, kind, command(plan.config, facts), devices)
 
 
 def build_run(plan: Plan, facts: HostFacts, metadata_ns: str, channel_dir: str,
@@ -80,8 +88,8 @@ def build_run(plan: Plan, facts: HostFacts, metadata_ns: str, channel_dir: str,
 def _domain(plan: Plan, facts: HostFacts, ns: str, kind: str, command: Sequence[str],
             devices: list[etree._Element]) -> str:
     cfg = plan.config
-    if cfg.id_base is not None or any(m.image for m in plan.mounts):
-        raise UserError("user namespaces and image mounts are for LXC sandboxes only",
+    if cfg.id_base is not None:
+        raise UserError("user namespaces are for LXC sandboxes only",
                         "create the sandbox with -c lxc:///")
     memory_kib = cfg.memory // 1024 if cfg.memory else DEFAULT_MEMORY_KIB
     dom = E.domain(
@@ -97,6 +105,7 @@ def _domain(plan: Plan, facts: HostFacts, ns: str, kind: str, command: Sequence[
     )
     if facts.kvm:
         dom.append(E.cpu(mode="host-passthrough"))
+    _insert_tunables(dom, cfg)
     dom.extend([
         E.clock(offset="utc"),
         E.on_poweroff("destroy"),
@@ -144,15 +153,21 @@ def kernel_cmdline(plan: Plan, facts: HostFacts, kind: str, command: Sequence[st
     if kind == "service":
         args.append(f"vss.init={_checked(facts.systemd, 'systemd path')}")
         args += [f"vss.unit={_checked_unit(u)}" for u in plan.config.units]
-    tag = 0
+    if plan.config.caps_drop:
+        args.append(f"vss.capdrop={','.join(sorted(plan.config.caps_drop))}")
+    tag = disk = 0
     for m in plan.mounts:
         target = _checked(m.target, "mount target")
         if m.tmpfs_kib:
             args.append(f"vss.mount=tmpfs,{m.tmpfs_kib},{target}")
+        elif m.image:
+            args.append(f"vss.mount=disk,{DISK_SERIAL}{disk},{target},rw")
+            disk += 1
         else:
             fs = "virtiofs" if _virtiofs_root(m, facts) else "9p"
             args.append(f"vss.mount={fs},vss{tag},{target},{'ro' if m.readonly else 'rw'}")
             tag += 1
+    args += _guest_bind_args(plan)
     args += _network_args(plan.config)
     args += [f"vss.arg={base64.b64encode(a.encode()).decode()}" for a in command]
     text = " ".join(args)
@@ -216,7 +231,7 @@ def _filesystems(mounts: tuple[Mount, ...], facts: HostFacts) -> list[etree._Ele
     out = []
     tag = 0
     for m in mounts:
-        if m.tmpfs_kib:
+        if m.tmpfs_kib or m.image:  # images are disks (_disks)
             continue
         if _virtiofs_root(m, facts):
             out.append(_virtiofs(m, f"vss{tag}", facts))
@@ -233,6 +248,89 @@ def _filesystems(mounts: tuple[Mount, ...], facts: HostFacts) -> list[etree._Ele
         out.append(fs)
         tag += 1
     return out
+
+
+def _guest_bind_args(plan: Plan) -> list[str]:
+    """-m guest-bind:DST=SRC: bind mounts the guest init makes after every other mount (the
+    source may itself be one of them)."""
+    # Only guest-bind specs are parsed: parsing the others checks their host sources, and
+    # nothing here reads the host.
+    binds = [m for m in plan.config.mounts if m.startswith(f"{MountType.GUEST_BIND.value}:")]
+    return [f"vss.mount=bind,{_checked(s.source, 'mount source')},"
+            f"{_checked(s.target, 'mount target')}" for s in map(parse_mount, binds)]
+
+
+# --- resource limits (<blkiotune>, <cputune>) ---------------------------------------------------
+
+
+def tunables(cfg: SandboxConfig) -> tuple[etree._Element | None, etree._Element | None]:
+    """(<blkiotune>, <cputune>) for the configured limits, None where nothing is set.
+
+    The CPU cap is libvirt's global quota: it bounds the whole qemu process (the vCPU, and
+    the emulator and I/O threads serving 9p), which is the sandbox's CPU time; a vCPU quota
+    would leave the host-side file I/O of the sandbox uncapped.
+    """
+    blk = cpu = None
+    if cfg.blkio_weight:
+        blk = E.blkiotune(E.weight(str(cfg.blkio_weight)))
+    if cfg.cpu_weight or cfg.cpu_quota:
+        cpu = E.cputune()
+        if cfg.cpu_weight:
+            cpu.append(E.shares(str(cfg.cpu_weight)))
+        if cfg.cpu_quota:
+            cpu.append(E.global_period(str(CPU_PERIOD_US)))
+            cpu.append(E.global_quota(str(cfg.cpu_quota * CPU_PERIOD_US // 100)))
+    return blk, cpu
+
+
+def _insert_tunables(dom: etree._Element, cfg: SandboxConfig) -> None:
+    """In libvirt's order: <blkiotune> after <memory>, <cputune> after <vcpu>."""
+    blk, cpu = tunables(cfg)
+    for anchor_tag, el in (("memory", blk), ("vcpu", cpu)):
+        anchor = dom.find(anchor_tag)
+        if el is None:
+            continue
+        if anchor is None:
+            dom.append(el)
+        else:
+            anchor.addnext(el)
+
+
+def set_tunables(dom: etree._Element, cfg: SandboxConfig) -> None:
+    """`limit` on a defined KVM domain: its memory (the guest's RAM, effective at the next
+    boot: the guest has no balloon), <blkiotune> and <cputune>, replacing what was there."""
+    for tag in ("blkiotune", "cputune"):
+        for old in dom.findall(tag):
+            dom.remove(old)
+    memory = dom.find("memory")
+    if memory is not None:
+        memory.text = str(cfg.memory // 1024 if cfg.memory else DEFAULT_MEMORY_KIB)
+        memory.set("unit", "KiB")
+        for current in dom.findall("currentMemory"):
+            dom.remove(current)
+    _insert_tunables(dom, cfg)
+
+
+# --- devices -----------------------------------------------------------------------------------
+
+
+def _disks(mounts: tuple[Mount, ...]) -> list[etree._Element]:
+    """-m host-image: one raw virtio-blk disk per image, read-write as an LXC loop mount is.
+    The guest finds each by its serial (vss-disk0, vss-disk1...), not by probe order."""
+    out = []
+    for index, m in enumerate(m for m in mounts if m.image):
+        out.append(E.disk(E.driver(name="qemu", type="raw"), E.source(file=m.source),
+                          E.target(dev=f"vd{chr(ord('a') + index)}", bus="virtio"),
+                          E.serial(f"{DISK_SERIAL}{index}"), E.address(type="virtio-mmio"),
+                          type="file", device="disk"))
+    return out
+
+
+def _login_console() -> etree._Element:
+    """`connect`: a virtio console (hvc0 in the guest, libvirt alias console1) with a root
+    login on it, apart from the serial console that `start` copies to the journal."""
+    return cast(etree._Element,
+                E.console(E.target(type="virtio", port=LOGIN_CONSOLE_PORT), type="pty"))
 
 
 def _interfaces(cfg: SandboxConfig) -> list[etree._Element]:

@@ -1,4 +1,5 @@
-"""connect: an interactive login shell in a running LXC sandbox, on a terminal of its own.
+"""connect: an interactive login shell in a running LXC sandbox, on a terminal of its own
+(a KVM sandbox's is its login console: runtime/console.py).
 
 The shell gets a pseudo-terminal as its controlling terminal (setsid + TIOCSCTTY), so job
 control, Ctrl-C and Ctrl-Z work as on a console. The pty pair is allocated inside the
@@ -37,7 +38,7 @@ from ..apply import libvirt as lv
 from ..config import Driver, SandboxConfig
 from ..errors import HostError, UserError
 from . import common, lxc
-from .enter import init_pid, match_bounding_set
+from .enter import init_pid, join_pids_cgroup, match_bounding_set
 
 ESCAPE = b"\x1d"  # Ctrl-], as in virsh console and telnet
 FALLBACK_SHELL = "/bin/sh"
@@ -83,13 +84,13 @@ def shell_env(cfg: SandboxConfig, login: Login) -> dict[str, str]:
 def connect(cfg: SandboxConfig, stdin: int = 0, stdout: int = 1) -> int:
     """Attach the caller's terminal to a login shell in the sandbox; the shell's exit status
     (0 after a detach)."""
-    if cfg.driver is Driver.KVM:
-        raise UserError(f"connect to a KVM sandbox ('{cfg.name}') is its console, which is not "
-                        "available yet",
-                        f"use 'virt-sandbox-service execute {cfg.name} -- CMD' meanwhile")
     if not os.isatty(stdin):
         raise UserError("connect needs a terminal: standard input is not one",
                         f"from scripts use 'virt-sandbox-service execute {cfg.name} -- CMD'")
+    if cfg.driver is Driver.KVM:
+        from . import console  # a VM: its login console, not a shell we spawn
+
+        return console.connect(cfg, stdin, stdout)
     dom = common.domain(lv.connect(cfg.uri), cfg)
     if not dom.isActive():
         raise UserError(f"sandbox '{cfg.name}' is not running",
@@ -169,6 +170,7 @@ def _child(dom: libvirt.virDomain, init: int, fds: list[int], sock: socket.socke
         # have is what the sandbox's init has (setns keeps our capabilities otherwise).
         match_bounding_set(init)
         libvirt_lxc.lxcEnterCGroup(dom, 0)
+        join_pids_cgroup(init)
         _enter_namespaces(fds)
         pid = os.fork()  # a new PID namespace applies to children only
         if pid == 0:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import libvirt
 
+from .. import host
 from ..limits import CAP_NUMBERS, bounding_set
 
 PR_CAPBSET_DROP = 24
@@ -42,3 +43,24 @@ def limit_bounding_set(keep: int) -> None:
             if err != 22:  # EINVAL: the kernel does not know this capability
                 raise OSError(err, f"cannot drop capability {CAP_NUMBERS[bit]}: "
                                    f"{os.strerror(err)}")
+
+
+def pids_cgroup(pid: int) -> Path | None:
+    """The host path of the v1 pids cgroup `pid` is in; None at the hierarchy's root (where
+    libvirt leaves containers started without --tasks) or without a pids hierarchy."""
+    mount = host.v1_mount("pids")
+    if mount is None:
+        return None
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctl, path = line.split(":", 2)
+        if "pids" in ctl.split(",") and path != "/":
+            return mount / path.lstrip("/")
+    return None
+
+
+def join_pids_cgroup(init: int) -> None:
+    """Move this process into the pids cgroup of the sandbox's init (made for --tasks): a
+    process entering the sandbox counts against its tasks limit like the sandbox's own."""
+    cg = pids_cgroup(init)
+    if cg is not None:
+        (cg / "cgroup.procs").write_text(f"{os.getpid()}\n")

@@ -24,9 +24,8 @@ import libvirt
 from .. import host
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
-from ..limits import bounding_set
 from ..network import parse_network
-from ..plan import EXIT_STATUS_FILE, HOST_CHANNEL
+from ..plan import EXIT_STATUS_FILE, HOST_CHANNEL, PAYLOAD_CGROUP
 from ..units import EXIT_NOT_CONFIGURED
 from .common import (
     EXIT_FILE,
@@ -41,7 +40,7 @@ from .common import (
 from .common import print_error as _print_error
 from .common import raise_stopped as _raise_stopped
 from .common import report_inner_failure as _report_inner_failure
-from .enter import init_pid, limit_bounding_set
+from .enter import init_pid, join_pids_cgroup, match_bounding_set, pids_cgroup
 from .notify import NotifyListener, notify_host_manager
 
 log = logging.getLogger(__name__)
@@ -112,6 +111,12 @@ def _wait_addresses(dom: libvirt.virDomain, cfg: SandboxConfig) -> None:
 
 def check_state(cfg: SandboxConfig) -> None:
     """The private trees the domain mounts must be there, or libvirt fails obscurely."""
+    if cfg.image_size is not None:  # -i: the trees are in the image (see image.py)
+        if not os.path.isfile(os.path.join(cfg.state_dir, "private.img")):
+            raise HostError(f"sandbox '{cfg.name}' lacks its image {cfg.state_dir}/private.img",
+                            f"its state is damaged: virt-sandbox-service delete {cfg.name}, "
+                            "then create it again")
+        return
     for tree in ("etc", "var"):
         if not os.path.isdir(os.path.join(cfg.state_dir, tree)):
             raise HostError(f"sandbox '{cfg.name}' lacks its private {tree} "
@@ -269,25 +274,48 @@ def _force_stop(dom: libvirt.virDomain) -> None:
 
 
 def remove_cgroups(name: str) -> None:
-    """Remove the empty cgroup2 directories a stopped sandbox's systemd left behind.
+    """Remove the empty cgroup directories a stopped sandbox left behind: those its systemd
+    made in cgroup2, and those its init made in the v1 pids hierarchy for --tasks.
 
     Only directories our sandbox init made (machine/lxc-PID-NAME.libvirt-lxc, see plan.py) are
     touched, and only when empty: rmdir fails on a cgroup that still has processes.
     """
     layout = host.cgroup_layout()
-    if layout.kind != "hybrid" or layout.unified_mount is None:
-        return
+    roots = [host.v1_mount("pids")]
+    if layout.kind == "hybrid":
+        roots.append(layout.unified_mount)
     pattern = re.compile(rf"lxc-\d+-{re.escape(name)}\.libvirt-lxc")
-    machine = layout.unified_mount / "machine"
-    if not machine.is_dir():
-        return
-    for top in machine.iterdir():
-        if pattern.fullmatch(top.name):
-            for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
-                try:
-                    os.rmdir(dirpath)
-                except OSError as e:
-                    log.debug("cgroup %s stays: %s", dirpath, e)
+    for root in roots:
+        machine = root / "machine" if root is not None else None
+        if machine is None or not machine.is_dir():
+            continue
+        for top in machine.iterdir():
+            if pattern.fullmatch(top.name):
+                _rmdir_tree(top)
+
+
+def _rmdir_tree(top: Path) -> None:
+    for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+        try:
+            os.rmdir(dirpath)
+        except OSError as e:
+            log.debug("cgroup %s stays: %s", dirpath, e)
+
+
+def set_tasks_live(dom: libvirt.virDomain, tasks: int) -> None:
+    """Change a running sandbox's tasks limit where its init put it (plan._cgroup_prologue):
+    pids.max of the container's v1 pids cgroup, the parent of the cgroup its init moved into
+    and made its cgroup namespace root, so the sandbox itself cannot raise it."""
+    cg = pids_cgroup(init_pid(dom))
+    if cg is None:
+        raise HostError(f"the init of {dom.name()} is in no pids cgroup of its own",
+                        "was the sandbox started with --tasks? the new limit applies at the "
+                        "next start")
+    target = (cg.parent if cg.name == PAYLOAD_CGROUP else cg) / "pids.max"
+    try:
+        target.write_text(f"{tasks}\n")
+    except OSError as e:
+        raise HostError(f"cannot write {target}: {e.strerror}") from e
 
 
 # --- execute ---------------------------------------------------------------------------------
@@ -308,13 +336,14 @@ def execute(dom: libvirt.virDomain, argv: list[str], env: dict[str, str], *,
     if not dom.isActive():
         raise UserError(f"sandbox '{dom.name()}' is not running",
                         f"start it: virt-sandbox-service start {dom.name()}")
-    # Read the sandbox init's bounding set here: once in its mount namespace, /proc is its.
-    # Beside libvirtd's PID namespace (see reload) the init is not visible; nothing to match.
-    caps = bounding_set(init_pid(dom)) if sees_controller(dom) else None
+    # The child reads the init's bounding set and cgroups before entering its mount namespace
+    # (then /proc is the sandbox's). Beside libvirtd's PID namespace (see reload) the init is
+    # not visible; nothing to match.
+    init = init_pid(dom) if sees_controller(dom) else None
     fds = libvirt_lxc.lxcOpenNamespace(dom, 0)
     pid = os.fork()
     if pid == 0:
-        _child_enter_and_run(dom, fds, argv, env, namespaces, cgroup, caps)
+        _child_enter_and_run(dom, fds, argv, env, namespaces, cgroup, init)
     for fd in fds:
         os.close(fd)
     return _wait_status(pid)
@@ -322,14 +351,16 @@ def execute(dom: libvirt.virDomain, argv: list[str], env: dict[str, str], *,
 
 def _child_enter_and_run(dom: libvirt.virDomain, fds: list[int], argv: list[str],
                          env: dict[str, str], namespaces: tuple[str, ...],
-                         cgroup: bool, caps: int | None) -> None:
+                         cgroup: bool, init: int | None) -> None:
     try:
         import libvirt_lxc
 
         if cgroup:
             libvirt_lxc.lxcEnterCGroup(dom, 0)
-        if caps is not None:
-            limit_bounding_set(caps)
+            if init is not None:  # libvirt's cgroups do not include the one --tasks made
+                join_pids_cgroup(init)
+        if init is not None:
+            match_bounding_set(init)
         by_type = {os.readlink(f"/proc/self/fd/{fd}").split(":")[0]: fd for fd in fds}
         for ns in NS_ORDER:
             if ns in namespaces and ns in by_type and _libc.setns(by_type[ns], 0) != 0:

@@ -109,24 +109,32 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
 
 def run_config(name: str, uri: str, argv: Sequence[str], paths: Paths,
                opts: RunOptions) -> SandboxConfig:
-    """The transient sandbox's config. Without -m or -N nothing of create is imported (the
+    """The transient sandbox's config. Without options nothing of create is imported (the
     plain run stays as fast as it was); with them, create's own checks run (validate_options),
     with /run, /tmp and /dev/shm as the trees a run makes mount points in (its /etc and /var
     are the host's, read-only)."""
-    if opts.mounts or opts.networks:
+    if opts != RunOptions():
         from ..create import CreateRequest, validate_options
 
         validate_options(CreateRequest(
             name=name, uri=uri, command=tuple(argv), limits=opts.limits,
             cap_drop=opts.cap_drop, cap_add=opts.cap_add, mounts=opts.mounts,
             networks=opts.networks), own_trees=RUN_TREES)
+    if opts.limits.tasks is not None:
+        # An LXC sandbox's init sets it up (plan._tasks_prologue) and its stop removes the
+        # cgroup it made; a run's init does neither yet.
+        raise UserError("--tasks is not available for run yet",
+                        "bound the run with --memory, or create a sandbox with --tasks")
     limits = parse_limits(opts.limits, os.cpu_count() or 1)
+    # create's default drops apply once capabilities are asked for; a plain run keeps what
+    # it always had (libvirt's LXC defaults; everything in a KVM guest), at no extra cost.
+    caps = parse_caps(opts.cap_drop, opts.cap_add) if opts.cap_drop or opts.cap_add else ()
     # A state directory only for host-bind mounts with an empty source (removed after).
     fresh = any(s.type is MountType.HOST_BIND and not s.source
                 for s in map(parse_mount, opts.mounts))
     return SandboxConfig(name=name, kind=Kind.GENERIC, uri=uri,
                          state_dir=str(paths.state_parent / name) if fresh else "",
-                         command=tuple(argv), caps_drop=parse_caps(opts.cap_drop, opts.cap_add),
+                         command=tuple(argv), caps_drop=caps,
                          mounts=opts.mounts, networks=opts.networks,
                          **limits)  # type: ignore[arg-type]
 
