@@ -5,17 +5,14 @@ from the host at its static addresses. TCG here: each case boots a micro-VM."""
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import time
 from collections.abc import Iterator
 
-import libvirt
 import pytest
-from lxml import etree
 
 from .conftest import Env, unique_name
-from .test_network import V4, V6, curl, test_network  # noqa: F401 (a fixture)
+from .test_network import V4, V6, curl, isolated_network, test_network  # noqa: F401
 from .test_run import reachable
 
 pytestmark = [pytest.mark.root, pytest.mark.libvirt, pytest.mark.kvm]
@@ -99,20 +96,7 @@ def test_unit_sandbox_answers_through_networkd_and_the_filter(
 @pytest.fixture
 def dhcp_network() -> Iterator[tuple[str, int]]:
     """An isolated libvirt network whose dnsmasq hands out addresses .100-.150."""
-    conn = libvirt.open("qemu:///system")
-    subnet = 100 + secrets.randbelow(100)
-    name = f"vssd{secrets.token_hex(3)}"
-    root = etree.Element("network")
-    etree.SubElement(root, "name").text = name
-    etree.SubElement(root, "bridge", name=name, stp="off", delay="0")
-    ip = etree.SubElement(root, "ip", address=V4.format(subnet, 1), prefix="24")
-    dhcp = etree.SubElement(ip, "dhcp")
-    etree.SubElement(dhcp, "range", start=V4.format(subnet, 100), end=V4.format(subnet, 150))
-    net = conn.networkCreateXML(etree.tostring(root, encoding="unicode"))
-    try:
-        yield name, subnet
-    finally:
-        net.destroy()
+    yield from isolated_network("vssd", dhcp=True)
 
 
 def test_unit_sandbox_gets_its_address_by_dhcp(env: Env, dhcp_network: tuple[str, int]) -> None:

@@ -48,22 +48,32 @@ def test_bad_networks(text: str, needle: str) -> None:
         parse_network(text)
 
 
-@pytest.fixture
-def test_network() -> Iterator[tuple[str, int]]:
-    """An isolated libvirt network on a new bridge; yields (name, subnet number)."""
+def isolated_network(prefix: str, dhcp: bool = False) -> Iterator[tuple[str, int]]:
+    """An isolated libvirt network on a new bridge (IPv4 and IPv6; with `dhcp`, IPv4 only and
+    libvirt's dnsmasq leasing .100-.150); yields (name, subnet number), then removes it."""
     conn = libvirt.open("lxc:///")
     subnet = 100 + secrets.randbelow(100)
-    name = f"vsst{secrets.token_hex(3)}"
+    name = f"{prefix}{secrets.token_hex(3)}"
     root = etree.Element("network")
     etree.SubElement(root, "name").text = name
     etree.SubElement(root, "bridge", name=name, stp="off", delay="0")
-    etree.SubElement(root, "ip", address=V4.format(subnet, 1), prefix="24")
-    etree.SubElement(root, "ip", family="ipv6", address=V6.format(subnet, 1), prefix="64")
+    ip = etree.SubElement(root, "ip", address=V4.format(subnet, 1), prefix="24")
+    if dhcp:
+        etree.SubElement(etree.SubElement(ip, "dhcp"), "range", start=V4.format(subnet, 100),
+                         end=V4.format(subnet, 150))
+    else:
+        etree.SubElement(root, "ip", family="ipv6", address=V6.format(subnet, 1), prefix="64")
     net = conn.networkCreateXML(etree.tostring(root, encoding="unicode"))
     try:
         yield name, subnet
     finally:
         net.destroy()
+
+
+@pytest.fixture
+def test_network() -> Iterator[tuple[str, int]]:
+    """An isolated libvirt network on a new bridge; yields (name, subnet number)."""
+    yield from isolated_network("vsst")
 
 
 def curl(address: str, port: int = 80) -> subprocess.CompletedProcess[str]:
