@@ -4,6 +4,7 @@ forwarding, STP off, forward delay 0) and remove it; traffic stays on that bridg
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import subprocess
 import time
@@ -107,29 +108,52 @@ def test_two_sandboxes_with_static_addresses_answer_from_the_host(
 def test_listen_only_filter(env: Env, test_network: tuple[str, int]) -> None:
     net, subnet = test_network
     name = unique_name("flt")
-    host_ip = V4.format(subnet, 1)
+    host_ip, host_ip6 = V4.format(subnet, 1), V6.format(subnet, 1)
+    _older_filter_defined()
     env.run("create", "-u", "apache2.service", "-N",
-            f"source={net},address={V4.format(subnet, 20)}/24,filter=vss-listen-only,port=80",
+            f"source={net},address={V4.format(subnet, 20)}/24,"
+            f"address={V6.format(subnet, 20)}/64,filter=vss-listen-only,port=80",
             name, check=True)
     env.run("start", "--detach", name, check=True)
-    # A server on the host's end of the bridge, which the sandbox must not reach.
-    server = subprocess.Popen(["python3", "-m", "http.server", "--bind", host_ip, "18080"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Servers on the host's end of the bridge, which the sandbox must not reach.
+    servers = [subprocess.Popen(["python3", "-m", "http.server", "--bind", ip, "18080"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for ip in (host_ip, host_ip6)]
     try:
-        # The server is up (the host reaches it), so a failure below is the filter's doing.
+        # The servers are up (the host reaches them), so a failure below is the filter's.
         deadline = time.monotonic() + 10
-        while curl(host_ip, 18080).returncode != 0:
-            assert time.monotonic() < deadline, "the test's own server did not come up"
+        while curl(host_ip, 18080).returncode or curl(host_ip6, 18080).returncode:
+            assert time.monotonic() < deadline, "the test's own servers did not come up"
             time.sleep(0.1)
-        assert curl(V4.format(subnet, 20)).returncode == 0  # port 80 answers
-        out = env.run("execute", name, "--", "curl", "-sS", "--max-time", "3",
-                      f"http://{host_ip}:18080/")
-        assert out.returncode != 0  # no outbound connection
+        assert curl(V4.format(subnet, 20)).returncode == 0  # port 80 answers, over IPv4
+        v6 = curl(V6.format(subnet, 20))  # and over IPv6 (neighbour discovery passes)
+        assert v6.returncode == 0, v6.stderr
+        for target in (host_ip, f"[{host_ip6}]"):
+            out = env.run("execute", name, "--", "curl", "-sS", "--max-time", "3",
+                          f"http://{target}:18080/")
+            assert out.returncode != 0, target  # no outbound connection
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=10)
     info = env.run("inspect", name, check=True).stdout
     assert "vss-listen-only" in info
+
+
+def _older_filter_defined() -> None:
+    """Our filter as an older version defined it (no IPv6 neighbour discovery): create must
+    bring it up to date, not keep it because the name exists."""
+    from virt_sandbox_service.network import OUR_FILTER, filter_xml
+
+    conn = libvirt.open("lxc:///")
+    root = etree.fromstring(filter_xml().encode())
+    for rule in root.findall("rule"):
+        if rule.find("ipv6") is not None or rule.find("icmpv6") is not None:
+            root.remove(rule)
+    with contextlib.suppress(libvirt.libvirtError):
+        root.insert(0, etree.fromstring(
+            conn.nwfilterLookupByName(OUR_FILTER).XMLDesc(0).encode()).find("uuid"))
+    conn.nwfilterDefineXML(etree.tostring(root, encoding="unicode"))
 
 
 @pytest.mark.root

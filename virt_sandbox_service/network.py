@@ -217,8 +217,13 @@ def filter_xml() -> str:
     root = etree.Element("filter", name=OUR_FILTER, chain="root")
     etree.SubElement(root, "filterref", filter="no-mac-spoofing")
     _rule(root, "accept", "inout", -500, "mac", protocolid="arp")
-    for icmp_type in ("133", "134", "135", "136"):  # router/neighbour solicitation/advert.
-        _rule(root, "accept", "inout", -400, "icmpv6", type=icmp_type)
+    # IPv6 neighbour discovery (ICMPv6 133-136: router and neighbour solicitation and
+    # advertisement) and no other ICMPv6. libvirt 9.0 silently leaves out ip6tables rules
+    # with an ICMPv6 type, so the type is matched at the bridge layer (ebtables), and the
+    # ip6tables layer then lets through the ICMPv6 that got past it.
+    _rule(root, "accept", "inout", -400, "ipv6", protocol="icmpv6", type="133", typeend="136")
+    _rule(root, "drop", "inout", -390, "ipv6", protocol="icmpv6")
+    _rule(root, "accept", "inout", -380, "icmpv6")
     # Connection state is matched for IPv4; libvirt's schema has no state for IPv6 rules.
     for proto, new, est in (("tcp", {"state": "NEW,ESTABLISHED"}, {"state": "ESTABLISHED"}),
                             ("tcp-ipv6", {}, {})):

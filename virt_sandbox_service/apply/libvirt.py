@@ -69,17 +69,32 @@ def check_nwfilter(conn: libvirt.virConnect, name: str) -> None:
 
 
 def ensure_nwfilter(conn: libvirt.virConnect, name: str, xml: str) -> None:
-    """Define our shared filter if it is missing. It stays, even if this create fails: another
-    create may already refer to it, and it is shared infrastructure like the config dir."""
+    """Define our shared filter if it is missing or its rules differ from this version's (an
+    older one may be there). It stays, even if this create fails: another create may already
+    refer to it, and it is shared infrastructure like the config dir."""
     try:
-        conn.nwfilterLookupByName(name)
-        return
+        current = conn.nwfilterLookupByName(name)
     except libvirt.libvirtError:
-        pass
+        current = None
+    if current is not None:
+        old = etree.fromstring(current.XMLDesc(0).encode())
+        if _filter_rules(old) == _filter_rules(etree.fromstring(xml.encode())):
+            return
+        # Same name, same UUID: libvirt replaces the rules on every interface using it.
+        new = etree.fromstring(xml.encode())
+        uuid = old.find("uuid")
+        if uuid is not None:
+            new.insert(0, uuid)
+        xml = etree.tostring(new, encoding="unicode")
     try:
         conn.nwfilterDefineXML(xml)
     except libvirt.libvirtError as e:
         raise HostError(f"libvirt refused network filter {name}: {e.get_error_message()}") from e
+
+
+def _filter_rules(root: etree._Element) -> list[tuple[str, list[tuple[str, str]]]]:
+    return [(str(el.tag), sorted((str(k), str(v)) for k, v in el.attrib.items()))
+            for el in root.iter() if el.tag not in ("filter", "uuid")]
 
 
 def define(conn: libvirt.virConnect, xml: str, txn: Transaction) -> libvirt.virDomain:
