@@ -38,7 +38,7 @@ from ..apply import libvirt as lv
 from ..config import Driver, SandboxConfig
 from ..errors import HostError, UserError
 from . import common, lxc
-from .enter import init_pid, join_pids_cgroup, match_bounding_set
+from .enter import init_pid, join_pids_cgroup, match_bounding_set, open_namespaces
 
 ESCAPE = b"\x1d"  # Ctrl-], as in virsh console and telnet
 FALLBACK_SHELL = "/bin/sh"
@@ -138,12 +138,8 @@ def _executable_in(init: int, path: str) -> bool:
 def _spawn(dom: libvirt.virDomain, init: int, login: Login, env: dict[str, str],
            winsize: bytes) -> tuple[int, int]:
     """Start the shell in the sandbox on a pty of its own; returns (pty master, child pid)."""
-    import libvirt_lxc
 
-    try:
-        fds: list[int] = libvirt_lxc.lxcOpenNamespace(dom, 0)
-    except libvirt.libvirtError as e:
-        raise HostError(f"cannot enter sandbox '{dom.name()}': {e.get_error_message()}") from e
+    fds = open_namespaces(dom)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from pathlib import Path
 
 import libvirt
 
 from .. import host
+from ..errors import HostError
 from ..limits import CAP_NUMBERS, bounding_set
 
 PR_CAPBSET_DROP = 24
@@ -64,3 +66,25 @@ def join_pids_cgroup(init: int) -> None:
     cg = pids_cgroup(init)
     if cg is not None:
         (cg / "cgroup.procs").write_text(f"{os.getpid()}\n")
+
+
+def open_namespaces(dom: libvirt.virDomain, wait: float = 5.0) -> list[int]:
+    """File descriptors of the running sandbox's namespaces (libvirt_lxc.lxcOpenNamespace).
+
+    Right after a start, libvirtd may not have heard the init's PID from the sandbox's
+    controller yet ("Init pid is not yet available"), most of all on a loaded host: wait for
+    it a little instead of failing a command that came a moment early."""
+    import libvirt_lxc
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fds: list[int] = libvirt_lxc.lxcOpenNamespace(dom, 0)
+            return fds
+        except libvirt.libvirtError as e:
+            early = e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and \
+                "not yet available" in (e.get_error_message() or "")
+            if not early or time.monotonic() > deadline:
+                raise HostError(f"cannot enter sandbox '{dom.name()}': "
+                                f"{e.get_error_message()}") from e
+            time.sleep(0.05)

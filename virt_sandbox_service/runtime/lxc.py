@@ -40,7 +40,7 @@ from .common import (
 from .common import print_error as _print_error
 from .common import raise_stopped as _raise_stopped
 from .common import report_inner_failure as _report_inner_failure
-from .enter import init_pid, join_pids_cgroup, match_bounding_set, pids_cgroup
+from .enter import init_pid, join_pids_cgroup, match_bounding_set, open_namespaces, pids_cgroup
 from .notify import NotifyListener, notify_host_manager
 
 log = logging.getLogger(__name__)
@@ -331,7 +331,6 @@ def execute(dom: libvirt.virDomain, argv: list[str], env: dict[str, str], *,
     `namespaces` (a subset of NS_ORDER) and `cgroup` choose what is entered; the default is
     everything, so that the command sees the sandbox as its own processes do.
     """
-    import libvirt_lxc
 
     if not dom.isActive():
         raise UserError(f"sandbox '{dom.name()}' is not running",
@@ -340,7 +339,7 @@ def execute(dom: libvirt.virDomain, argv: list[str], env: dict[str, str], *,
     # (then /proc is the sandbox's). Beside libvirtd's PID namespace (see reload) the init is
     # not visible; nothing to match.
     init = init_pid(dom) if sees_controller(dom) else None
-    fds = libvirt_lxc.lxcOpenNamespace(dom, 0)
+    fds = open_namespaces(dom)
     pid = os.fork()
     if pid == 0:
         _child_enter_and_run(dom, fds, argv, env, namespaces, cgroup, init)
