@@ -179,8 +179,8 @@ def test_bad_or_too_small_sizes_leave_nothing(env: Env, short: Path, size: str,
 @pytest.mark.root
 @pytest.mark.libvirt
 @pytest.mark.parametrize(("options", "needle"), [
-    (("-c", "qemu:///system"), "-i is for LXC sandboxes"),
     ((), "loop-mounts only paths shorter than 64"),  # the env's own state dir is long
+    (("-c", "qemu:///system", "--userns"), "--userns is for LXC sandboxes"),
 ])
 def test_refusals_leave_nothing(env: Env, options: tuple[str, ...], needle: str) -> None:
     before = env.snapshot()

@@ -67,7 +67,9 @@ def mkfs_tool() -> str:
 
 
 def check_image_path(state_dir: str) -> None:
-    """libvirt 9.0 loop-mounts only paths shorter than LOOP_NAME_MAX (see mounts.py)."""
+    """libvirt 9.0 loop-mounts only paths shorter than LOOP_NAME_MAX (see mounts.py). LXC
+    only: a KVM sandbox's qemu opens the image as a disk, and util-linux's mount (used by
+    `mounted`) takes any path."""
     path = image_path(state_dir)
     if len(path.encode()) >= LOOP_NAME_MAX:
         raise UserError(f"the image path {path} is {len(path.encode())} bytes long; libvirt "
