@@ -67,9 +67,12 @@ def test_generic_sandbox_writes_land_in_its_image(env: Env) -> None:
 
 
 def test_stopped_generic_sandbox_leaves_its_image_clean(env: Env) -> None:
-    """`stop` destroys a generic sandbox's VM: the guest agent freezes the image first."""
+    """`stop` destroys a generic sandbox's VM: the guest agent freezes the image first.
+    Mounts under /var (a tmpfs, a directory of the instance's own) sit on the image's var/."""
     name = unique_name("kims")
-    env.run("create", "-c", URI, "-i", "64M", name, "--", "/bin/sh", "-c",
+    env.run("create", "-c", URI, "-i", "64M", "-m", "ram:/var/cache/vss=8M",
+            "-m", "host-bind:/var/lib/shared=", name, "--", "/bin/sh", "-c",
+            "grep -q '^tmpfs /var/cache/vss ' /proc/mounts && echo tmpfs > /var/lib/shared/f; "
             "echo kept > /var/tmp/vss-probe; exec sleep 600", check=True)
     env.run("start", "--detach", name, check=True, timeout=240)
     deadline = time.monotonic() + 120
@@ -80,6 +83,7 @@ def test_stopped_generic_sandbox_leaves_its_image_clean(env: Env) -> None:
     img = env.state(name) / "private.img"
     assert "needs_recovery" not in features(str(img))
     assert in_image(img, "var/tmp/vss-probe") == "kept\n"
+    assert (env.state(name) / "mounts" / "var%lib%shared" / "f").read_text() == "tmpfs\n"
     env.run("delete", name, check=True)
 
 
