@@ -140,6 +140,24 @@ def test_apache2_in_an_image(env: Env, short: Path) -> None:
 
 @pytest.mark.root
 @pytest.mark.libvirt
+def test_failed_unit_log_is_read_out_of_the_image(env: Env, short: Path) -> None:
+    """The journal is in the image: start stops the sandbox, then prints the unit's log."""
+    name = unique_name("img")
+    env.run("create", "-p", str(short), "-i", "64M", "-u", "apache2.service", name, check=True)
+    img = short / name / "private.img"
+    with image.mounted(str(img), writable=True) as root, \
+            open(root / "etc/apache2/apache2.conf", "a") as f:
+        f.write("NotADirective on\n")
+    proc = env.run("start", "--detach", name, timeout=120)
+    assert proc.returncode == 6, proc.stderr  # EXIT_NOT_CONFIGURED
+    assert "NotADirective" in proc.stderr, proc.stderr
+    assert f"execute {name} -- journalctl -u apache2.service" in proc.stderr
+    assert not loops_of(img)
+    env.run("delete", name, check=True)
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
 def test_generic_sandbox_with_user_in_an_image(env: Env, short: Path) -> None:
     name = unique_name("img")
     env.run("create", "-p", str(short), "-i", "32M", "-U", "5000", name, "--", "/bin/sh",
@@ -179,8 +197,8 @@ def test_bad_or_too_small_sizes_leave_nothing(env: Env, short: Path, size: str,
 @pytest.mark.root
 @pytest.mark.libvirt
 @pytest.mark.parametrize(("options", "needle"), [
-    (("-c", "qemu:///system"), "-i is for LXC sandboxes"),
     ((), "loop-mounts only paths shorter than 64"),  # the env's own state dir is long
+    (("-c", "qemu:///system", "--userns"), "--userns is for LXC sandboxes"),
 ])
 def test_refusals_leave_nothing(env: Env, options: tuple[str, ...], needle: str) -> None:
     before = env.snapshot()

@@ -62,6 +62,10 @@ CASES: dict[str, SandboxConfig] = {
                                     "filter=vss-listen-only,port=80,port=443",
                                     "source=other,dhcp,mac=52:54:00:00:00:0b")),
     "kvm-virtiofs": config(name="kvfs", state_dir="/var/lib/virt-sandbox-service/kvfs"),
+    "kvm-apache2-image": config(
+        name="kimg", state_dir="/var/lib/virt-sandbox-service/kimg", image_size=256 * 1024**2,
+        mounts=("host-image:/srv/img=/var/tmp/data.img", "ram:/var/cache/x=16M",
+                "guest-bind:/opt=/var/lib/apache2")),
 }
 # Cases built with other host facts than FACTS.
 VIRTIOFSD_RO = "/usr/libexec/virt-sandbox-service/virtiofsd-ro"
@@ -264,6 +268,37 @@ def test_host_image_is_a_disk_and_guest_bind_comes_last() -> None:
     # 9p tags stay dense: the disk takes none.
     tags = [f.find("target").get("dir") for f in doc.iter("filesystem")]
     assert tags == [f"vss{i}" for i in range(len(tags))]
+
+
+def test_image_of_the_private_trees_is_a_disk_put_on_etc_and_var() -> None:
+    """-i: no 9p share of the private trees; the image is a disk mounted at IMAGE_MOUNT,
+    what belongs under /etc and /var is mounted under it, then the guest binds its trees on
+    /etc and /var, before the guest binds (which may use them)."""
+    doc = etree.fromstring(make("kvm-apache2-image").encode())
+    state = "/var/lib/virt-sandbox-service/kimg"
+    sources = [f.find("source").get("dir") for f in doc.iter("filesystem")]
+    assert f"{state}/etc" not in sources and f"{state}/var" not in sources
+    disks = {d.findtext("serial"): d for d in doc.iter("disk")}
+    private = [d for d in disks.values()
+               if d.find("source").get("file") == f"{state}/private.img"]
+    assert len(private) == 1 and private[0].find("readonly") is None
+    driver = private[0].find("driver")
+    assert (driver.get("type"), driver.get("cache"), driver.get("io")) == \
+        ("raw", "writeback", "threads")
+    serial = private[0].findtext("serial")
+    other = next(d for d in disks.values() if d is not private[0])
+    assert other.find("driver").get("cache") is None  # -m host-image disks as before
+    mounts = [w.split("=", 1)[1] for w in words(doc) if w.startswith("vss.mount=")]
+    at = mounts.index(f"disk,{serial},/run/sandbox-private,rw")
+    run = next(i for i, m in enumerate(mounts) if m.startswith("tmpfs,") and m.endswith(",/run"))
+    assert run < at  # on the guest's /run tmpfs
+    inside = [m for m in mounts if "/run/sandbox-private/" in m]
+    assert any(",/run/sandbox-private/etc/alternatives,ro" in m for m in inside)
+    assert "tmpfs,16384,/run/sandbox-private/var/cache/x" in inside
+    assert all(at < mounts.index(m) < mounts.index("private,/run/sandbox-private")
+               for m in inside)
+    assert mounts[-2:] == ["private,/run/sandbox-private", "bind,/var/lib/apache2,/opt"]
+    assert not any(m.endswith((",/etc,rw", ",/var,rw")) for m in mounts)
 
 
 def test_login_console_beside_the_serial_one() -> None:

@@ -277,8 +277,10 @@ BAD: list[Bad] = [
     bad("create", "-i", "lots", "nx130", "--", "/bin/true", needle="-i size 'lots' is not a size"),
     bad("create", "-i", "0", "nx131", "--", "/bin/true", needle="must be greater than zero"),
     bad("create", "-i", "1.5G", "nx132", "--", "/bin/true", needle="'1.5G' is not a size"),
-    bad("create", "-i", "64M", "-c", "qemu:///system", "nx133", "--", "/bin/true",
-        needle="-i is for LXC sandboxes"),
+    bad("create", "-i", "512K", "-c", "qemu:///system", "nx133", "--", "/bin/true",
+        needle="-i size '512K' is too small for a file system"),
+    bad("create", "-i", "64M", "-c", "qemu:///system", "--userns", "nx134", "--", "/bin/true",
+        needle="--userns is for LXC sandboxes"),
     # mounts (-m TYPE:DST=SRC)
     bad("create", "-m", "bogus", "-u", A, "nx100", needle="'bogus' is not TYPE:DST=SRC"),
     bad("create", "-m", "nosuchtype:/a=/b", "-u", A, "nx101", needle="not a mount type"),

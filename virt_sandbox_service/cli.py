@@ -321,8 +321,8 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="with -U: its home, made writable for it (default the host's, "
                         "or /var/home/NAME)")
     c.add_argument("-i", "--imagesize", metavar="SIZE",
-                   help="LXC: keep the private /etc and /var in a file-system image of SIZE "
-                        "(e.g. 64M, 1G) instead of directories")
+                   help="keep the private /etc and /var in an ext4 image of SIZE (e.g. 64M, "
+                        "1G) instead of directories (LXC: loop-mounted; KVM: a disk)")
     c.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     c.add_argument("name", help="sandbox name")
     c.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (generic sandbox)")

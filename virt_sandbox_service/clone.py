@@ -18,7 +18,15 @@ from . import host, image
 from .apply import files
 from .apply import libvirt as lv
 from .apply.txn import Transaction
-from .config import Paths, SandboxConfig, load_config, validate_dir_path, validate_name
+from .config import (
+    Driver,
+    Paths,
+    SandboxConfig,
+    driver_for_uri,
+    load_config,
+    validate_dir_path,
+    validate_name,
+)
 from .create import (
     EVIDENCE_FILE,
     CreateRequest,
@@ -130,7 +138,8 @@ def clone(req: CloneRequest, paths: Paths) -> Plan:
     parent = Path(req.state_parent) if req.state_parent else Path(src.state_dir).parent
     if src.image_size is not None:
         image.refuse_running(src.name, bool(src_dom.isActive()), "clone")
-        image.check_image_path(str(parent / req.dest))
+        if driver_for_uri(src.uri) is Driver.LXC:  # KVM: qemu opens it, no loop device
+            image.check_image_path(str(parent / req.dest))
     dest_req = CreateRequest(name=req.dest, uri=src.uri)
     check_free(dest_req, paths, parent / req.dest, conn)
     with Transaction() as txn:

@@ -101,13 +101,11 @@ def validate(req: CreateRequest) -> None:
 
 
 def check_image(req: CreateRequest) -> int | None:
-    """-i SIZE: its size, and what it cannot be combined with (yet); mkfs.ext4 is there."""
+    """-i SIZE: its size, and what it cannot be combined with (yet); mkfs.ext4 is there.
+    Both backends: LXC loop-mounts the image, a KVM guest gets it as a disk (see image.py)."""
     if req.image_size is None:
         return None
     size = image.parse_image_size(req.image_size)
-    if driver_for_uri(req.uri) is Driver.KVM:
-        raise UserError("-i is for LXC sandboxes: a KVM sandbox's private trees are 9p "
-                        "shares of directories", "leave -i out, or use -c lxc:///")
     if req.userns:
         raise UserError("-i cannot be combined with --userns yet",
                         "leave one of them out")
@@ -395,8 +393,8 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False) -> Plan:
     conn = lv.connect(req.uri)
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
     check_free(req, paths, parent / req.name, conn)  # early, for a clear error; again below
-    if req.image_size is not None:
-        image.check_image_path(str(parent / req.name))
+    if req.image_size is not None and driver_for_uri(req.uri) is Driver.LXC:
+        image.check_image_path(str(parent / req.name))  # KVM: qemu opens it, no loop device
     with Transaction() as txn:
         with config_lock(paths):
             check_free(req, paths, parent / req.name, conn)

@@ -12,6 +12,13 @@ How the sandbox sees it (LXC): libvirt loop-mounts the image at IMAGE_MOUNT, on 
 an image, so the sandbox's first process then binds IMAGE_MOUNT/etc on /etc and IMAGE_MOUNT/var
 on /var (recursively, with what sits on them) and detaches IMAGE_MOUNT itself.
 
+How a KVM sandbox sees it: the image is a raw virtio-blk disk of the VM (domain/kvm.py);
+the guest init mounts it at IMAGE_MOUNT, mounts the same things under it, binds its etc/ and
+var/ the same way and detaches IMAGE_MOUNT (initrd/init, vss.mount=private). The guest's
+kernel is then the image's only writer; it leaves the file system clean (systemd unmounts it
+at power-off; a generic guest, and `stop` through the guest agent, freeze it first), since
+`mounted` below reads without replaying a journal.
+
 Reading or changing the content from the host (clone, upgrade): `mounted` loop-mounts the image
 in a private mount namespace held by a helper process, and the host reads through
 /proc/PID/root. When the helper ends, or the tool dies, the namespace goes and the mount with
@@ -67,7 +74,9 @@ def mkfs_tool() -> str:
 
 
 def check_image_path(state_dir: str) -> None:
-    """libvirt 9.0 loop-mounts only paths shorter than LOOP_NAME_MAX (see mounts.py)."""
+    """libvirt 9.0 loop-mounts only paths shorter than LOOP_NAME_MAX (see mounts.py). LXC
+    only: a KVM sandbox's qemu opens the image as a disk, and util-linux's mount (used by
+    `mounted`) takes any path."""
     path = image_path(state_dir)
     if len(path.encode()) >= LOOP_NAME_MAX:
         raise UserError(f"the image path {path} is {len(path.encode())} bytes long; libvirt "

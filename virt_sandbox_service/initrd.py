@@ -64,7 +64,7 @@ VIRTIOFS_MODULES = ("virtiofs",)
 APPLETS = (
     "sh", "mount", "umount", "mkdir", "insmod", "cat", "echo", "printf", "base64", "mkfifo",
     "tee", "wc", "chroot", "env", "switch_root", "poweroff", "ln", "usleep", "hostname", "rm",
-    "sleep", "test", "[", "basename", "sync", "kill",
+    "sleep", "test", "[", "basename", "sync", "kill", "fsfreeze",
 )
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 INIT_SOURCE = Path(__file__).resolve().parent.parent / "initrd" / "init"

@@ -3,7 +3,8 @@
 qemu's `microvm` machine (virtio-mmio, no PCI, no firmware) boots the host's kernel directly
 (the uncompressed vmlinux as PVH where possible) with the tiny initrd of initrd.py. Every
 mount of the plan becomes a virtio-9p share (the host's `/` read-only, the private trees
-writable), a raw virtio-blk disk (-m host-image) or a tmpfs the guest init makes; the init
+writable), a raw virtio-blk disk (-m host-image, and -i's image of the private trees) or a
+tmpfs the guest init makes; the init
 learns them, and what to run, from the kernel command line (see initrd/init). Built with
 lxml in libvirt's element order; nothing here reads the host: the facts say whether
 hardware KVM is usable and where the boot files are.
@@ -26,6 +27,7 @@ from lxml.builder import ElementMaker
 from ..config import Kind, SandboxConfig
 from ..errors import UserError
 from ..host import HostFacts
+from ..image import IMAGE_MOUNT
 from ..limits import CPU_PERIOD_US
 from ..mounts import MountType, parse_mount
 from ..network import guest_args, guest_mac, host_device, kvm_interface_element, parse_network
@@ -167,6 +169,10 @@ def kernel_cmdline(plan: Plan, facts: HostFacts, kind: str, command: Sequence[st
             fs = "virtiofs" if _virtiofs_root(m, facts) else "9p"
             args.append(f"vss.mount={fs},vss{tag},{target},{'ro' if m.readonly else 'rw'}")
             tag += 1
+    if plan.config.image_size is not None:
+        # -i: once everything under the image is mounted, its etc/ and var/ go on /etc and
+        # /var (as the LXC sandbox's first process binds them; see image.py).
+        args.append(f"vss.mount=private,{IMAGE_MOUNT}")
     args += _guest_bind_args(plan)
     args += _network_args(plan.config)
     args += [f"vss.arg={base64.b64encode(a.encode()).decode()}" for a in command]
@@ -316,10 +322,20 @@ def set_tunables(dom: etree._Element, cfg: SandboxConfig) -> None:
 
 def _disks(mounts: tuple[Mount, ...]) -> list[etree._Element]:
     """-m host-image: one raw virtio-blk disk per image, read-write as an LXC loop mount is.
-    The guest finds each by its serial (vss-disk0, vss-disk1...), not by probe order."""
+    The guest finds each by its serial (vss-disk0, vss-disk1...), not by probe order.
+
+    -i's image (the one mounted at IMAGE_MOUNT) has one writer, this guest: clone and
+    upgrade refuse a running sandbox, so the host reads it only once qemu has exited, through
+    the same page cache. cache='writeback' keeps the guest's flushes (ext4's journal
+    commits) honoured and needs no O_DIRECT, which the state directory's file system may
+    lack (tmpfs); io='threads' is what a raw file without O_DIRECT gets."""
     out = []
     for index, m in enumerate(m for m in mounts if m.image):
-        out.append(E.disk(E.driver(name="qemu", type="raw"), E.source(file=m.source),
+        driver = E.driver(name="qemu", type="raw")
+        if m.target == IMAGE_MOUNT:
+            driver.set("cache", "writeback")
+            driver.set("io", "threads")
+        out.append(E.disk(driver, E.source(file=m.source),
                           E.target(dev=f"vd{chr(ord('a') + index)}", bus="virtio"),
                           E.serial(f"{DISK_SERIAL}{index}"), E.address(type="virtio-mmio"),
                           type="file", device="disk"))

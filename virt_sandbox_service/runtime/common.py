@@ -52,14 +52,40 @@ def raise_stopped(signum: int, frame: FrameType | None) -> None:
     raise Stopped()
 
 
+def log_hint(cfg: SandboxConfig, unit: str | None = None) -> str:
+    """Where the user reads the sandbox's journal: its directory on the host, or (-i) from
+    inside, the only place the image is mounted while the sandbox runs."""
+    only = f" -u {unit}" if unit else ""
+    if cfg.image_size is None:
+        return f"{'its log: ' if unit else 'see '}journalctl -D {journal_dir(cfg)}{only}"
+    return (f"its journal is in its image ({'printed above; ' if unit else ''}while it runs: "
+            f"virt-sandbox-service execute {cfg.name} -- journalctl{only})")
+
+
 def report_inner_failure(cfg: SandboxConfig, units: list[str], since: float) -> None:
     """Print the failed unit's own log lines, so they land in the host unit's journal.
 
     Only this start's lines: the sandbox's journal is persistent and every sandbox start
-    shares the host kernel's boot ID, so `-b` cannot tell the starts apart.
+    shares the host kernel's boot ID, so `-b` cannot tell the starts apart. With -i the
+    journal is in the image: call this once the sandbox has stopped (the image is then free
+    to mount, see image.mounted); without, at any time.
     """
+    if cfg.image_size is None:
+        _print_unit_logs(journal_dir(cfg), units, since)
+        return
+    from .. import image
+
+    try:
+        with image.mounted(image.image_path(cfg.state_dir)) as root:
+            _print_unit_logs(str(root / "var" / "log" / "journal"), units, since)
+    except HostError as e:
+        print(f"virt-sandbox-service: cannot read the sandbox's journal: {e.message}",
+              file=sys.stderr)
+
+
+def _print_unit_logs(journal: str, units: list[str], since: float) -> None:
     for unit in units:
-        proc = run(["journalctl", "-D", journal_dir(cfg), "-u", unit, f"--since=@{since:.6f}",
+        proc = run(["journalctl", "-D", journal, "-u", unit, f"--since=@{since:.6f}",
                     "-n", "30", "--no-pager", "-o", "short-monotonic"], check=False, timeout=10)
         sys.stderr.write(proc.stdout.decode(errors="replace"))
     sys.stderr.flush()

@@ -42,7 +42,7 @@ from .common import (
     Stopped,
     domain,
     exit_status,
-    journal_dir,
+    log_hint,
     run_dir,
 )
 from .common import print_error as _print_error
@@ -104,19 +104,19 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, rdir: Path, timeout:
     while not ready.exists():
         if not _active(dom):
             raise HostError(f"sandbox '{cfg.name}' stopped while starting",
-                            f"see journalctl -D {journal_dir(cfg)}")
+                            log_hint(cfg))
         if time.monotonic() > deadline:
             _force_stop(dom)
             raise HostError(f"sandbox '{cfg.name}' was not ready after {timeout:g} s",
-                            f"see journalctl -D {journal_dir(cfg)}")
+                            log_hint(cfg))
         time.sleep(POLL)
     failed = [line.split("=", 1)[1] for line in ready.read_text().splitlines()
               if line.startswith("VSS_FAILED=")]
     if failed:
-        _report_inner_failure(cfg, failed, since)
         _graceful_stop(dom, 10)
+        _report_inner_failure(cfg, failed, since)  # after the stop: -i's image is then free
         raise InnerFailure(f"{', '.join(failed)} failed in sandbox '{cfg.name}'",
-                           f"its log: journalctl -D {journal_dir(cfg)} -u {failed[0]}")
+                           log_hint(cfg, failed[0]))
 
 
 def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxConfig,
@@ -131,8 +131,8 @@ def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxCo
                 units = [line.split("=", 1)[1] for line in failed.read_text().splitlines()
                          if "=" in line]
                 print(f"{', '.join(units)} failed in the sandbox; stopping it", flush=True)
-                _report_inner_failure(cfg, units, since)
                 _graceful_stop(dom, 30)
+                _report_inner_failure(cfg, units, since)
                 return 1
             time.sleep(POLL * 4)
     except Stopped:
@@ -180,7 +180,30 @@ def _stop_domain(dom: libvirt.virDomain, cfg: SandboxConfig, timeout: float) -> 
     if cfg.kind is Kind.SERVICE:
         _graceful_stop(dom, timeout)
     else:
+        if cfg.image_size is not None:
+            _freeze_image(dom)
         _force_stop(dom)
+
+
+FREEZE_WAIT = 10.0
+
+
+def _freeze_image(dom: libvirt.virDomain) -> None:
+    """-i, generic sandbox: it is destroyed (its command has no clean way to end), so first
+    freeze the image's file system through the agent, which writes it out and checkpoints its
+    journal as an unmount would: the host then reads the image as the guest left it
+    (image.mounted replays no journal). Best effort: where it fails, the next writable mount
+    (start, clone, upgrade) replays the journal."""
+    try:
+        pid = agent(dom, "guest-exec", {"path": "fsfreeze", "arg": ["--freeze", "/var"]},
+                    wait=FREEZE_WAIT)["pid"]
+        deadline = time.monotonic() + FREEZE_WAIT
+        while time.monotonic() < deadline:
+            if agent(dom, "guest-exec-status", {"pid": pid}).get("exited"):
+                return
+            time.sleep(POLL)
+    except HostError as e:
+        log.debug("freezing the image of %s: %s", dom.name(), e)
 
 
 def _graceful_stop(dom: libvirt.virDomain, timeout: float) -> None:

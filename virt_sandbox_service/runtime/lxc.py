@@ -34,7 +34,7 @@ from .common import (
     Stopped,
     domain,
     exit_status,
-    journal_dir,
+    log_hint,
     run_dir,
 )
 from .common import print_error as _print_error
@@ -142,7 +142,7 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyList
         if msg is None:
             if not dom.isActive():
                 raise HostError(f"sandbox '{cfg.name}' stopped while starting",
-                                f"see journalctl -D {journal_dir(cfg)}")
+                                log_hint(cfg))
             continue
         if "VSS_FAILED" in msg:
             failed.append(msg["VSS_FAILED"])
@@ -151,12 +151,12 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyList
     else:
         _force_stop(dom)
         raise HostError(f"sandbox '{cfg.name}' was not ready after {timeout:g} s",
-                        f"see journalctl -D {journal_dir(cfg)}")
+                        log_hint(cfg))
     if failed:
-        _report_inner_failure(cfg, failed, since)
         _graceful_stop(dom, 10)
+        _report_inner_failure(cfg, failed, since)  # after the stop: -i's image is then free
         raise InnerFailure(f"{', '.join(failed)} failed in sandbox '{cfg.name}'",
-                           f"its log: journalctl -D {journal_dir(cfg)} -u {failed[0]}")
+                           log_hint(cfg, failed[0]))
 
 
 def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxConfig,
@@ -169,8 +169,8 @@ def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxCo
             msg = listener.receive(POLL * 4)
             if msg and "VSS_FAILED" in msg:
                 print(f"{msg['VSS_FAILED']} failed in the sandbox; stopping it", flush=True)
-                _report_inner_failure(cfg, [msg["VSS_FAILED"]], since)
                 _graceful_stop(dom, 30)
+                _report_inner_failure(cfg, [msg["VSS_FAILED"]], since)
                 return 1
     except Stopped:
         stop(conn, cfg, paths)
