@@ -43,7 +43,7 @@ from .config import (
 from .domain import domain_xml
 from .errors import UserError
 from .limits import LimitArgs, parse_caps, parse_limits
-from .mounts import MountSpec, MountType, parse_mount
+from .mounts import MountSpec, MountType, check_loop_path, parse_mount
 from .network import OUR_FILTER, filter_xml, parse_network
 from .plan import Plan, WriteFile, plan
 from .units import render_sandbox_unit, unit_name
@@ -131,12 +131,15 @@ def validate_options(req: CreateRequest, own_trees: tuple[str, ...] | None = Non
     """The sandbox options create and one-shot `run` share: limits, capabilities, mounts
     (`own_trees`: where the sandbox makes mount points itself), networks, and what a KVM
     sandbox cannot do."""
-    if driver_for_uri(req.uri) is Driver.KVM:
+    kvm = driver_for_uri(req.uri) is Driver.KVM
+    if kvm:
         _validate_kvm(req)
     parse_limits(req.limits, os.cpu_count() or 1)
     parse_caps(req.cap_drop, req.cap_add)
     for spec in map(parse_mount, req.mounts):
         check_mount_target(spec, OWN_TREES if own_trees is None else own_trees)
+        if not kvm:
+            check_loop_path(spec)
     for net in map(parse_network, req.networks):
         if net.dhcp and req.command:
             raise UserError("-N ...,dhcp needs a unit sandbox (its systemd-networkd is the "

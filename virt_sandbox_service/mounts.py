@@ -68,9 +68,14 @@ def _check_host_source(text: str, mtype: MountType, source: str) -> None:
     if mtype is MountType.HOST_IMAGE and not stat.S_ISREG(st.st_mode):
         raise UserError(f"mount source {source} in '{text}' is not an image file",
                         "host-image takes a raw file-system image, e.g. made with mkfs.ext4")
-    if mtype is MountType.HOST_IMAGE and len(source.encode()) >= LOOP_NAME_MAX:
-        # Seen with libvirt 9.0: the loop device's backing-file name field holds 63 bytes,
-        # and a longer path fails the start with a misleading "No such file or directory".
-        raise UserError(f"image path {source} is {len(source.encode())} bytes long; libvirt "
+
+
+def check_loop_path(spec: MountSpec) -> None:
+    """An LXC sandbox's host-image is loop-mounted by libvirt (a KVM one is a disk instead).
+    Seen with libvirt 9.0: the loop device's backing-file name field holds 63 bytes, and a
+    longer path fails the start with a misleading "No such file or directory"."""
+    size = len(spec.source.encode())
+    if spec.type is MountType.HOST_IMAGE and size >= LOOP_NAME_MAX:
+        raise UserError(f"image path {spec.source} is {size} bytes long; libvirt "
                         f"loop-mounts only paths shorter than {LOOP_NAME_MAX}",
                         "move the image, or link it from a shorter path")
