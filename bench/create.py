@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import secrets
 import shutil
 import subprocess
@@ -32,15 +33,28 @@ from _common import (
     xml_file,
 )
 
+SETTLE = 1.0  # seconds; see settle()
+
+
+def settle() -> None:
+    """Before each timed step: flush what the previous steps wrote and deleted and give the
+    disk a moment, so that a figure is one step on a settled disk (as an admin's single
+    create is), not the previous step's writeback and discards (this disk is mounted with
+    `discard`). Every step, ours and the floor's, gets the same."""
+    os.sync()
+    time.sleep(SETTLE)
+
 
 def one_create(env: dict[str, str], *opts: str) -> tuple[float, float, float]:
     """Seconds of `create [opts] -u apache2.service` and of its `delete`; state size, MiB."""
     name = f"benchcr{secrets.token_hex(3)}"
+    settle()
     t0 = time.monotonic()
     tool(env, "create", *opts, "-u", "apache2.service", name)
     create = time.monotonic() - t0
     out = subprocess.run(["du", "-sk", str(state_dir(env, name))], capture_output=True,
                          text=True).stdout.split()
+    settle()
     t0 = time.monotonic()
     tool(env, "delete", name)
     return create, time.monotonic() - t0, float(out[0]) / 1024 if out else 0.0
@@ -48,6 +62,7 @@ def one_create(env: dict[str, str], *opts: str) -> tuple[float, float, float]:
 
 def one_clone(env: dict[str, str], src: str) -> float:
     dest = f"benchcl{secrets.token_hex(3)}"
+    settle()
     t0 = time.monotonic()
     tool(env, "clone", src, dest)
     took = time.monotonic() - t0
@@ -56,6 +71,7 @@ def one_clone(env: dict[str, str], src: str) -> float:
 
 
 def one_define(path: str, raw: str) -> float:
+    settle()
     t0 = time.monotonic()
     subprocess.run(["virsh", "-q", "-c", "lxc:///", "define", path], check=True,
                    capture_output=True)
@@ -68,6 +84,7 @@ def one_copy_etc(etc: Path) -> float:
     """`cp -a` of exactly the private /etc a create makes (the trimmed copy of the host's)."""
     tmp = Path(tempfile.mkdtemp(prefix="vss-bench-etc-", dir="/var/tmp"))
     try:
+        settle()
         t0 = time.monotonic()
         subprocess.run(["cp", "-a", str(etc), str(tmp / "etc")], check=True,
                        capture_output=True)
@@ -129,7 +146,10 @@ def main() -> None:
             f"host's; {secs(cp_etc)} s) + `virsh define` and `undefine` of the same domain XML "
             f"({secs(define)} s).",
             "Each of ours is one fresh CLI process (Python start-up and `import libvirt`, "
-            "~0.1 s, included). The host has no systemd PID 1, so no daemon-reload is timed."]
+            "~0.1 s, included). The host has no systemd PID 1, so no daemon-reload is timed.",
+            f"Before each timed step (ours and the floor's alike): `sync` and {SETTLE:g} s, so "
+            "each figure is one step on a settled disk, not the previous step's writeback and "
+            "discards."]
     summary = [{"figure": "create -u apache2.service", "unit": "s", "ours": plain,
                 "peers": {"cp -a private /etc + virsh define": floor}},
                {"figure": "create -C -u apache2.service", "unit": "s", "ours": copy,
