@@ -42,7 +42,7 @@ from .config import (
 )
 from .domain import domain_xml
 from .errors import UserError
-from .limits import LimitArgs, parse_caps, parse_limits
+from .limits import LimitArgs, kvm_tasks_refusal, parse_caps, parse_limits
 from .mounts import MountSpec, MountType, check_loop_path, parse_mount
 from .network import OUR_FILTER, filter_xml, parse_network
 from .plan import Plan, WriteFile, plan
@@ -180,10 +180,7 @@ def _validate_kvm(req: CreateRequest) -> None:
         if spec.type is MountType.HOST_IMAGE:
             check_kvm_image(spec.source)
     if req.limits.tasks is not None:
-        raise UserError("--tasks is for LXC sandboxes: a KVM sandbox's processes live in its "
-                        "own kernel and cannot use up the host's",
-                        "leave --tasks out (bound a KVM sandbox with --memory), or use "
-                        "-c lxc:///")
+        raise kvm_tasks_refusal()
 
 
 # An ext2/3/4 superblock: its magic 0xEF53 (little-endian) at byte 1080 of the image.

@@ -107,6 +107,26 @@ def parse_limits(args: LimitArgs, cores: int) -> dict[str, int]:
     return out
 
 
+def kvm_tasks_refusal() -> UserError:
+    """--tasks guards the host's shared PID space; a VM's processes are in a kernel of its own
+    (create and limit both refuse it for KVM, with this text)."""
+    return UserError("--tasks is for LXC sandboxes: a KVM sandbox's processes live in its "
+                     "own kernel and cannot use up the host's",
+                     "leave --tasks out: bound a KVM sandbox with --memory")
+
+
+def sched_params(cfg: SandboxConfig, changed: set[str], scope: str) -> dict[str, int]:
+    """libvirt scheduler parameters for the changed CPU limits; `scope` is "vcpu" (LXC: the
+    container's cgroup) or "global" (KVM: the whole qemu process)."""
+    sched: dict[str, int] = {}
+    if "cpu_weight" in changed and cfg.cpu_weight:
+        sched["cpu_shares"] = cfg.cpu_weight
+    if "cpu_quota" in changed and cfg.cpu_quota:
+        sched[f"{scope}_period"] = CPU_PERIOD_US
+        sched[f"{scope}_quota"] = cfg.cpu_quota * CPU_PERIOD_US // 100
+    return sched
+
+
 def parse_caps(drop: tuple[str, ...], keep: tuple[str, ...]) -> tuple[str, ...]:
     """The default drop list, plus --cap-drop, minus --cap-add."""
     for cap in (*drop, *keep):

@@ -24,12 +24,13 @@ from .domain import kvm as kvm_domain
 from .errors import HostError, UserError
 from .limits import (
     CAP_NUMBERS,
-    CPU_PERIOD_US,
     LimitArgs,
     bounding_set,
     caps_from_mask,
     effective_caps,
+    kvm_tasks_refusal,
     parse_limits,
+    sched_params,
     set_tunables,
 )
 from .network import guest_mac, parse_network
@@ -98,14 +99,12 @@ def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
     changes = parse_limits(args, os.cpu_count() or 1)
     if not changes:
         return []
-    if "tasks" in changes and cfg.driver.value != "lxc":
-        raise UserError("--tasks is for LXC sandboxes: a KVM sandbox's processes live in its "
-                        "own kernel and cannot use up the host's",
-                        "bound a KVM sandbox with --memory")
+    kvm = cfg.driver is Driver.KVM
+    if "tasks" in changes and kvm:
+        raise kvm_tasks_refusal()
     new = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
     conn = lv.connect(cfg.uri)
     dom = backend(cfg).domain(conn, cfg)
-    kvm = cfg.driver is Driver.KVM
     with config_lock(paths):
         root = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
         if kvm:
@@ -125,12 +124,7 @@ def _apply_live_kvm(dom: libvirt.virDomain, cfg: SandboxConfig, changed: set[str
     if "memory" in changed:
         print(f"virt-sandbox-service: note: the memory of KVM sandbox '{dom.name()}' is its "
               "VM's RAM: the new size applies at its next start", file=sys.stderr)
-    sched: dict[str, int] = {}
-    if "cpu_weight" in changed and cfg.cpu_weight:
-        sched["cpu_shares"] = cfg.cpu_weight
-    if "cpu_quota" in changed and cfg.cpu_quota:
-        sched["global_period"] = CPU_PERIOD_US
-        sched["global_quota"] = cfg.cpu_quota * CPU_PERIOD_US // 100
+    sched = sched_params(cfg, changed, "global")
     # Live, then the definition (already redefined above; this keeps the two in step). One
     # flag a call: libvirt-python reads the current parameters with the same flags, and
     # libvirt refuses LIVE|CONFIG for that read.
@@ -150,12 +144,7 @@ def _apply_live(dom: libvirt.virDomain, cfg: SandboxConfig, changed: set[str]) -
     try:
         if "memory" in changed and cfg.memory:
             dom.setMemoryParameters({"hard_limit": cfg.memory // 1024}, live)
-        sched: dict[str, int] = {}
-        if "cpu_weight" in changed and cfg.cpu_weight:
-            sched["cpu_shares"] = cfg.cpu_weight
-        if "cpu_quota" in changed and cfg.cpu_quota:
-            sched["vcpu_period"] = CPU_PERIOD_US
-            sched["vcpu_quota"] = cfg.cpu_quota * CPU_PERIOD_US // 100
+        sched = sched_params(cfg, changed, "vcpu")
         if sched:
             dom.setSchedulerParametersFlags(sched, live)
         if "blkio_weight" in changed and cfg.blkio_weight:

@@ -471,6 +471,9 @@ def _guest_binds(config: SandboxConfig) -> list[str]:
 
 PAYLOAD_CGROUP = "sandbox"
 TASKS_MOUNT = "/run/.vss-pids"  # where the init briefly mounts the pids hierarchy
+# Shell: the init's path in libvirt's v1 cpu-family hierarchy (the path libvirt gave the
+# container, plus /sandbox once the init moved into its child).
+CPU_CGROUP_PATH = "sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\\(.*\\)$/\\1/p;T;q' /proc/self/cgroup"
 
 
 def command(config: SandboxConfig, facts: HostFacts) -> tuple[str, ...]:
@@ -510,7 +513,7 @@ def _tasks_prologue() -> list[str]:
     e = TASKS_ENV
     return [
         f"if [ -n \"${{{e}:-}}\" ]; then",
-        "  base=$(sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\\(.*\\)$/\\1/p;T;q' /proc/self/cgroup)",
+        f"  base=$({CPU_CGROUP_PATH})",
         f"  base=${{base%/{PAYLOAD_CGROUP}}}; pd={TASKS_MOUNT}",
         "  mkdir -p $pd && mount -t cgroup -o pids pids $pd &&",
         f"  mkdir -p \"$pd$base/{PAYLOAD_CGROUP}\" && echo \"${e}\" > \"$pd$base/pids.max\" &&",
@@ -552,7 +555,7 @@ def _cgroup_prologue(facts: HostFacts) -> list[str]:
         *_tasks_prologue(),
         "cg=$(sed -n 's/^0::\\(.*\\)$/\\1/p' /proc/self/cgroup)",
         "if [ \"$cg\" = / ]; then "
-        "cg=$(sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\\(.*\\)$/\\1/p;T;q' /proc/self/cgroup); fi",
+        f"cg=$({CPU_CGROUP_PATH}); fi",
         f"{q(facts.umount)} -R /sys/fs/cgroup",
         "if [ -n \"$cg\" ] && [ \"$cg\" != / ]; then",
         "  mount -t cgroup2 cgroup2 /sys/fs/cgroup && mkdir -p \"/sys/fs/cgroup$cg\" &&",
