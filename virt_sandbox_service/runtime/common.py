@@ -3,10 +3,13 @@ domain lookup, and reporting a confined unit's failure."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 import libvirt
 
@@ -81,6 +84,33 @@ def report_inner_failure(cfg: SandboxConfig, units: list[str], since: float) -> 
     except HostError as e:
         print(f"virt-sandbox-service: cannot read the sandbox's journal: {e.message}",
               file=sys.stderr)
+
+
+def fail_start(cfg: SandboxConfig, failed: list[str], since: float,
+               stop: Callable[[], None]) -> NoReturn:
+    """Confined units failed while the sandbox started: stop it (`stop`, the backend's
+    graceful stop), then print their log (after the stop: with -i the journal's image is only
+    then free to mount), and fail the start."""
+    stop()
+    report_inner_failure(cfg, failed, since)
+    raise InnerFailure(f"{', '.join(failed)} failed in sandbox '{cfg.name}'",
+                       log_hint(cfg, failed[0]))
+
+
+def copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain, flags: int,
+                 clean: Callable[[bytes], bytes]) -> None:
+    """Copy the sandbox's console to our stdout, `clean`ed, until the domain goes away."""
+    try:
+        stream = conn.newStream(0)
+        dom.openConsole(None, stream, flags)
+        while True:
+            data = stream.recv(65536)
+            if not isinstance(data, bytes) or not data:
+                return
+            sys.stdout.buffer.write(clean(data))
+            sys.stdout.buffer.flush()
+    except libvirt.libvirtError as e:
+        logging.getLogger(__name__).debug("console of %s: %s", dom.name(), e)  # it went away
 
 
 def _print_unit_logs(journal: str, units: list[str], since: float) -> None:

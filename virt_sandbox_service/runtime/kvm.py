@@ -40,8 +40,10 @@ from .common import (
     STOP_MARKER,
     InnerFailure,
     Stopped,
+    copy_console,
     domain,
     exit_status,
+    fail_start,
     log_hint,
     run_dir,
 )
@@ -113,10 +115,7 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, rdir: Path, timeout:
     failed = [line.split("=", 1)[1] for line in ready.read_text().splitlines()
               if line.startswith("VSS_FAILED=")]
     if failed:
-        _graceful_stop(dom, 10)
-        _report_inner_failure(cfg, failed, since)  # after the stop: -i's image is then free
-        raise InnerFailure(f"{', '.join(failed)} failed in sandbox '{cfg.name}'",
-                           log_hint(cfg, failed[0]))
+        fail_start(cfg, failed, since, lambda: _graceful_stop(dom, 10))
 
 
 def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxConfig,
@@ -147,17 +146,8 @@ def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxCo
 
 def _copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain) -> None:
     """The guest's serial console (kernel messages, a generic command's output) to stdout."""
-    try:
-        stream = conn.newStream(0)
-        dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
-        while True:
-            data = stream.recv(65536)
-            if not isinstance(data, bytes) or not data:
-                return
-            sys.stdout.buffer.write(data.replace(b"\r\n", b"\n"))
-            sys.stdout.buffer.flush()
-    except libvirt.libvirtError as e:
-        log.debug("console of %s: %s", dom.name(), e)
+    copy_console(conn, dom, libvirt.VIR_DOMAIN_CONSOLE_FORCE,
+                 lambda data: data.replace(b"\r\n", b"\n"))
 
 
 # --- stop --------------------------------------------------------------------------------------

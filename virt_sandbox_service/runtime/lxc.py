@@ -32,8 +32,10 @@ from .common import (
     STOP_MARKER,
     InnerFailure,
     Stopped,
+    copy_console,
     domain,
     exit_status,
+    fail_start,
     log_hint,
     run_dir,
 )
@@ -153,10 +155,7 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyList
         raise HostError(f"sandbox '{cfg.name}' was not ready after {timeout:g} s",
                         log_hint(cfg))
     if failed:
-        _graceful_stop(dom, 10)
-        _report_inner_failure(cfg, failed, since)  # after the stop: -i's image is then free
-        raise InnerFailure(f"{', '.join(failed)} failed in sandbox '{cfg.name}'",
-                           log_hint(cfg, failed[0]))
+        fail_start(cfg, failed, since, lambda: _graceful_stop(dom, 10))
 
 
 def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxConfig,
@@ -194,17 +193,7 @@ def _copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain) -> None:
     The LXC driver accepts no flags for openConsole (VIR_DOMAIN_CONSOLE_FORCE is refused with
     "unsupported flags"). The console is a tty: drop colour escapes and carriage returns.
     """
-    try:
-        stream = conn.newStream(0)
-        dom.openConsole(None, stream, 0)
-        while True:
-            data = stream.recv(65536)
-            if not isinstance(data, bytes) or not data:
-                return
-            sys.stdout.buffer.write(_CRLF.sub(b"\n", _ANSI.sub(b"", data)))
-            sys.stdout.buffer.flush()
-    except libvirt.libvirtError as e:
-        log.debug("console of %s: %s", dom.name(), e)  # the domain went away
+    copy_console(conn, dom, 0, lambda data: _CRLF.sub(b"\n", _ANSI.sub(b"", data)))
 
 
 def _exit_status(cfg: SandboxConfig, paths: Paths) -> int:
