@@ -81,7 +81,8 @@ def one_define(path: str, raw: str) -> float:
 
 
 def one_copy_etc(etc: Path) -> float:
-    """`cp -a` of exactly the private /etc a create makes (the trimmed copy of the host's)."""
+    """`cp -a` of exactly the private /etc a create makes: the upper layer of an overlay /etc,
+    or the trimmed copy of the host's with --etc copy."""
     tmp = Path(tempfile.mkdtemp(prefix="vss-bench-etc-", dir="/var/tmp"))
     try:
         settle()
@@ -101,18 +102,22 @@ def main() -> None:
     conn = libvirt.open("lxc:///")
     got: dict[str, list[float]] = {k: [] for k in (
         "create", "create del", "create MiB", "create -C", "create -C del", "create -C MiB",
-        "clone", "define", "cp etc")}
+        "create copy", "create copy del", "create copy MiB", "clone", "define", "cp etc",
+        "cp etc copy")}
     # Interleaved: each run does every step once, so that the shared machine's changing load
     # shifts every figure alike.
     with tool_env() as env:
         has_clone = tool(env, "clone", "--help", check=False).returncode == 0
         src = f"benchsrc{secrets.token_hex(3)}"
         tool(env, "create", "-u", "apache2.service", src)
+        src_copy = f"benchsrc{secrets.token_hex(3)}"
+        tool(env, "create", "--etc", "copy", "-u", "apache2.service", src_copy)
         raw = src + "x"
         try:
             with xml_file(raw_copy_xml(conn, src, raw)) as path:
                 for _ in range(args.runs):
-                    for key, opts in (("create", ()), ("create -C", ("-C",))):
+                    for key, opts in (("create", ()), ("create -C", ("-C",)),
+                                      ("create copy", ("--etc", "copy"))):
                         c, d, mib = one_create(env, *opts)
                         got[key].append(c)
                         got[f"{key} del"].append(d)
@@ -121,30 +126,38 @@ def main() -> None:
                         got["clone"].append(one_clone(env, src))
                     got["define"].append(one_define(path, raw))
                     got["cp etc"].append(one_copy_etc(state_dir(env, src) / "etc"))
+                    got["cp etc copy"].append(one_copy_etc(state_dir(env, src_copy) / "etc"))
         finally:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.lookupByName(raw).undefine()
     m = {k: median(v) if v else None for k, v in got.items()}
     plain, plain_del, plain_mb = m["create"], m["create del"], m["create MiB"] or 0.0
     copy, copy_del, copy_mb = m["create -C"], m["create -C del"], m["create -C MiB"] or 0.0
+    etc_copy, etc_copy_del, etc_copy_mb = (m["create copy"], m["create copy del"],
+                                           m["create copy MiB"] or 0.0)
     clone, define, cp_etc = m["clone"], m["define"] or 0.0, m["cp etc"] or 0.0
+    cp_etc_copy = m["cp etc copy"] or 0.0
     if clone is None:
         print("clone: not implemented")
-    floor = define + cp_etc
+    floor, floor_copy = define + cp_etc, define + cp_etc_copy
     body = ["| step | ours (s) | state size (MiB) | floor (s) | ratio ours/floor |",
             "|---|---|---|---|---|",
             f"| create -u apache2.service | {secs(plain)} | {plain_mb:.1f} | {secs(floor)} | "
             f"{ratio(plain, floor)} |",
             f"| create -C -u apache2.service | {secs(copy)} | {copy_mb:.1f} | {secs(floor)} | "
             f"{ratio(copy, floor)} |",
+            f"| create --etc copy -u apache2.service | {secs(etc_copy)} | {etc_copy_mb:.1f} | "
+            f"{secs(floor_copy)} | {ratio(etc_copy, floor_copy)} |",
             f"| delete (after create) | {secs(plain_del)} | | | |",
             f"| delete (after create -C) | {secs(copy_del)} | | | |",
+            f"| delete (after create --etc copy) | {secs(etc_copy_del)} | | | |",
             "| clone | not implemented | | | |" if clone is None else
             f"| clone (of a stopped apache2 sandbox) | {secs(clone)} | | {secs(floor)} | "
             f"{ratio(clone, floor)} |",
-            "", f"Floor = `cp -a` of the private /etc a create makes (the trimmed copy of the "
-            f"host's; {secs(cp_etc)} s) + `virsh define` and `undefine` of the same domain XML "
-            f"({secs(define)} s).",
+            "", f"Floor = `cp -a` of the private /etc a create makes + `virsh define` and "
+            f"`undefine` of the same domain XML ({secs(define)} s). The private /etc is the "
+            f"upper layer of the overlay /etc (the default on LXC; {secs(cp_etc)} s), or, for "
+            f"--etc copy, the trimmed copy of the host's ({secs(cp_etc_copy)} s).",
             "Each of ours is one fresh CLI process (Python start-up and `import libvirt`, "
             "~0.1 s, included). The host has no systemd PID 1, so no daemon-reload is timed.",
             f"Before each timed step (ours and the floor's alike): `sync` and {SETTLE:g} s, so "
@@ -154,6 +167,8 @@ def main() -> None:
                 "peers": {"cp -a private /etc + virsh define": floor}},
                {"figure": "create -C -u apache2.service", "unit": "s", "ours": copy,
                 "peers": {"cp -a private /etc + virsh define": floor}},
+               {"figure": "create --etc copy -u apache2.service", "unit": "s",
+                "ours": etc_copy, "peers": {"cp -a private /etc + virsh define": floor_copy}},
                {"figure": "clone", "unit": "s", "ours": clone,
                 "peers": {"cp -a private /etc + virsh define": floor},
                 **({"note": "not implemented"} if clone is None else {})}]

@@ -10,6 +10,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from virt_sandbox_service import host
 from virt_sandbox_service.limits import bounding_set, caps_from_mask
 from virt_sandbox_service.runtime.enter import init_pid
 
@@ -64,6 +65,34 @@ def test_limits_applied_and_changed_live(env: Env) -> None:
         == 300 * 1024**2
     info = json.loads(env.run("inspect", "--json", name, check=True).stdout)
     assert info["limits"]["cpu_quota_percent"] == 80
+
+
+def test_blkio_weight_enforced_or_refused_up_front(env: Env) -> None:
+    """libvirt writes the weight into the sandbox's blkio cgroup at start; a kernel without
+    a weight policy (BFQ, io.cost) has nowhere to hold it, and then create, run and limit
+    refuse it before changing anything, instead of a sandbox that cannot start."""
+    name = unique_name("blk")
+    if host.blkio_weight_supported():
+        env.run("create", "--blkio-weight", "300", name, "--", "/bin/sleep", "30", check=True)
+        env.run("start", "--detach", name, check=True)
+        weights = [p for f in host.BLKIO_WEIGHT_FILES
+                   if (p := cgroup_dir("blkio", name) / f).exists()]
+        assert weights and "300" in weights[0].read_text()
+        env.run("stop", name, check=True)
+        return
+    before = env.snapshot()
+    for args in (("create", "--blkio-weight", "300", name, "--", "/bin/true"),
+                 ("run", "--blkio-weight", "300", "--", "/bin/true")):
+        proc = env.run(*args)
+        assert proc.returncode != 0
+        assert "--blkio-weight cannot be enforced on this host" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert env.snapshot() == before
+    env.run("create", name, "--", "/bin/true", check=True)
+    proc = env.run("limit", name, "--blkio-weight", "300")
+    assert proc.returncode != 0 and "cannot be enforced" in proc.stderr
+    cfg = json.loads((env.base / "config" / "sandboxes" / f"{name}.json").read_text())
+    assert cfg["blkio_weight"] is None
 
 
 def test_capabilities_dropped_for_init_and_execute(env: Env) -> None:

@@ -93,6 +93,14 @@ CASES: dict[str, tuple[SandboxConfig, tuple[PathEvidence, ...], HostFacts]] = {
                          "source=other,dhcp"),
                mounts=("host-bind:/srv=/srv", "ram:/var/cache/x=64M")),
         APACHE_EVIDENCE, FACTS),
+    "apache2-overlay": (
+        config(name="web5", etc_overlay=True, state_dir="/var/lib/virt-sandbox-service/web5",
+               mounts=("host-bind:/etc/apache2/sites-enabled=/usr/share/doc",)),
+        APACHE_EVIDENCE, FACTS),
+    "generic-overlay": (
+        config(name="gen2", kind=Kind.GENERIC, units=(), command=("/bin/true",),
+               etc_overlay=True, state_dir="/var/lib/virt-sandbox-service/gen2"),
+        (ev("/var/tmp", reason="writable temporary space", mode=0o1777),), FACTS),
     "userns": (config(name="web3", id_base=1 << 20, state_dir="/var/lib/virt-sandbox-service/web3"),
                APACHE_EVIDENCE, FACTS),
 }

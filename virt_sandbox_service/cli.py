@@ -37,7 +37,7 @@ def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
         userns=args.userns, mounts=tuple(args.mount or ()),
         networks=tuple(args.network or ()),
         user=UserArgs(args.uid, args.gid, args.username, args.homedir),
-        image_size=args.imagesize,
+        image_size=args.imagesize, etc=args.etc,
     )
     plan = create(req, paths, dry_run=args.dry_run)
     if args.dry_run:
@@ -323,6 +323,10 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     c.add_argument("-i", "--imagesize", metavar="SIZE",
                    help="keep the private /etc and /var in an ext4 image of SIZE (e.g. 64M, "
                         "1G) instead of directories (LXC: loop-mounted; KVM: a disk)")
+    c.add_argument("--etc", choices=("overlay", "copy"),
+                   help="the private /etc: an overlay on the host's with the instance's own "
+                        "files above it (LXC default), or a trimmed copy of the host's "
+                        "(KVM, -i, --userns)")
     c.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     c.add_argument("name", help="sandbox name")
     c.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (generic sandbox)")

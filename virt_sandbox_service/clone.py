@@ -28,7 +28,6 @@ from .config import (
     validate_name,
 )
 from .create import (
-    EVIDENCE_FILE,
     CreateRequest,
     apply_plan,
     check_free,
@@ -42,7 +41,18 @@ from .create import (
 from .domain import domain_xml
 from .errors import UserError
 from .evidence import Access, PathEvidence
-from .plan import MARKER, CopyTree, FileOp, MakeDir, MakeImage, Plan, WriteFile, plan
+from .plan import (
+    ETC_WORK,
+    EVIDENCE_FILE,
+    MARKER,
+    CopyTree,
+    FileOp,
+    MakeDir,
+    MakeImage,
+    Plan,
+    WriteFile,
+    plan,
+)
 from .units import render_sandbox_unit, unit_name
 
 # Files of the source's /etc that carry its identity: rewritten for the clone.
@@ -101,8 +111,9 @@ def clone_plan(src: SandboxConfig, cfg: SandboxConfig, paths: Paths,
     p = plan(cfg, facts, evidence, hidden, str(paths.config_file(cfg.name)),
              str(paths.run_dir / cfg.name), ())
     identity = {os.path.join(cfg.state_dir, "etc", f) for f in IDENTITY}
+    work = os.path.join(cfg.state_dir, ETC_WORK)  # overlay /etc: made empty, not copied
     ops: list[FileOp] = [op for op in p.files
-           if (isinstance(op, MakeDir) and op.path == cfg.state_dir)
+           if (isinstance(op, MakeDir) and op.path in (cfg.state_dir, work))
            or (isinstance(op, WriteFile) and (op.path in identity or op.path.endswith(MARKER)))]
     for tree in ("etc", "var", "paths", "home"):
         source = os.path.join(src.state_dir, tree)

@@ -182,6 +182,10 @@ class SandboxConfig:
     # -i SIZE: the private /etc and /var live in <state>/private.img of this many bytes
     # (see image.py); None: directories in the state dir.
     image_size: int | None = None
+    # LXC: /etc is an overlay on the host's, its upper layer (the instance's own files) in
+    # <state>/etc (see plan.py); False: a trimmed private copy of the host's /etc (KVM, -i,
+    # user namespaces, --etc copy, and sandboxes made before overlays existed).
+    etc_overlay: bool = False
     format_version: int = FORMAT_VERSION
     # Free-form notes that later versions may add; kept so an older file round-trips.
     extra: tuple[tuple[str, str], ...] = field(default=())

@@ -42,14 +42,18 @@ from .config import (
 )
 from .domain import domain_xml
 from .errors import UserError
-from .limits import LimitArgs, kvm_tasks_refusal, parse_caps, parse_limits
+from .limits import (
+    LimitArgs,
+    check_enforceable,
+    kvm_tasks_refusal,
+    parse_caps,
+    parse_limits,
+)
 from .mounts import MountSpec, MountType, check_loop_path, parse_mount
 from .network import OUR_FILTER, filter_xml, parse_network
-from .plan import Plan, WriteFile, plan
+from .plan import EVIDENCE_FILE, Plan, WriteFile, plan
 from .units import render_sandbox_unit, unit_name
 from .users import UserArgs
-
-EVIDENCE_FILE = "evidence.json"
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class CreateRequest:
     networks: tuple[str, ...] = ()
     user: UserArgs = field(default_factory=UserArgs)
     image_size: str | None = None
+    etc: str | None = None  # "overlay", "copy"; None: overlay where it can be (etc_overlay)
 
 
 def validate(req: CreateRequest) -> None:
@@ -134,7 +139,7 @@ def validate_options(req: CreateRequest, own_trees: tuple[str, ...] | None = Non
     kvm = driver_for_uri(req.uri) is Driver.KVM
     if kvm:
         _validate_kvm(req)
-    parse_limits(req.limits, os.cpu_count() or 1)
+    check_enforceable(parse_limits(req.limits, os.cpu_count() or 1))
     parse_caps(req.cap_drop, req.cap_add)
     for spec in map(parse_mount, req.mounts):
         check_mount_target(spec, OWN_TREES if own_trees is None else own_trees)
@@ -272,8 +277,31 @@ def choose_id_base(paths: Paths) -> int:
     return base
 
 
+def etc_overlay(req: CreateRequest, parent: Path, overlayfs: bool,
+                evidence: Sequence[ev.PathEvidence]) -> bool:
+    """Whether the sandbox's /etc is an overlay (see plan.py): asked for or not refused, and
+    possible: LXC, no -i image, no user namespace (the host's files would be owned by
+    nobody), an overlayfs kernel, a state directory on a file system that can hold an upper
+    layer, and not all of /etc private anyway."""
+    why_not = (
+        "KVM sandboxes share their files over 9p or virtiofs" if driver_for_uri(req.uri)
+        is Driver.KVM else
+        "-i keeps /etc in an image" if req.image_size is not None else
+        "--userns would show the host's files as owned by nobody" if req.userns else
+        "this kernel has no overlayfs" if not overlayfs else
+        f"the state directory's file system ({host.fs_type(parent) or 'unknown'}) cannot "
+        "hold an overlay's upper layer" if host.fs_type(parent) not in host.OVERLAY_UPPER_FS
+        else "all of /etc is private" if any(
+            e.path == "/etc" and e.access is ev.Access.PRIVATE for e in evidence)
+        else "")
+    if req.etc == "overlay" and why_not:
+        raise UserError(f"--etc overlay is not possible here: {why_not}",
+                        "leave --etc out, or use --etc copy")
+    return req.etc != "copy" and not why_not
+
+
 def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.UnitFile],
-                 label: str, mode: SecurityMode) -> SandboxConfig:
+                 label: str, mode: SecurityMode, overlay: bool = False) -> SandboxConfig:
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
     run_as = check_user(req)
     return SandboxConfig(
@@ -297,6 +325,7 @@ def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.Unit
         uid=run_as.uid if run_as else None, gid=run_as.gid if run_as else None,
         username=run_as.name if run_as else "", homedir=run_as.home if run_as else "",
         image_size=check_image(req),
+        etc_overlay=overlay,
         **parse_limits(req.limits, os.cpu_count() or 1),  # type: ignore[arg-type]
     )
 
@@ -336,7 +365,9 @@ def gather(req: CreateRequest) -> Gathered:
 def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts, got: Gathered) -> Plan:
     """Everything create will do, decided from the request and the host. Reads only."""
     mode, label = choose_label(req, paths)
-    config = build_config(req, paths, got.units, label, mode)
+    parent = Path(req.state_parent) if req.state_parent else paths.state_parent
+    overlay = etc_overlay(req, parent, facts.overlayfs, got.evidence)
+    config = build_config(req, paths, got.units, label, mode, overlay)
     fragments = tuple((u.name, str(u.path)) for u in got.units)
     p = plan(config, facts, got.evidence, got.hidden, str(paths.config_file(req.name)),
              str(paths.run_dir / req.name), fragments)

@@ -19,8 +19,8 @@ class Check:
 
 
 def checks(fix: bool = False) -> list[Check]:
-    out = [_root(), *_libvirt(), _cgroups(fix), _userns(), *_kvm(), _selinux(), _pkgdb(),
-           _systemd()]
+    out = [_root(), *_libvirt(), _cgroups(fix), _overlay(), _userns(), *_kvm(), _selinux(),
+           _pkgdb(), _systemd()]
     return out
 
 
@@ -47,6 +47,23 @@ def _libvirt() -> list[Check]:
                              f"{'lxc' if 'lxc' in uri else 'qemu'} and start libvirtd "
                              "(scripts/setup.sh does both)"))
     return out
+
+
+def _overlay() -> Check:
+    from .config import Paths
+
+    state = Paths.from_env().state_parent
+    kind = host.fs_type(state)
+    if not host.has_overlayfs():
+        return Check("overlay /etc", True, "the kernel has no overlayfs: LXC sandboxes get a "
+                     "trimmed copy of /etc (--etc copy)", "load the overlay module for faster "
+                     "creates and an /etc that follows the host's")
+    if kind not in host.OVERLAY_UPPER_FS:
+        return Check("overlay /etc", True, f"{state} is on {kind or 'an unknown file system'}, "
+                     "which cannot hold an overlay's upper layer: LXC sandboxes there get a "
+                     "copy of /etc", "keep sandbox state on ext4, XFS or btrfs (-p PATH)")
+    return Check("overlay /etc", True, f"overlayfs, and {state} is on {kind}: LXC sandboxes' "
+                 "/etc is an overlay on the host's")
 
 
 def _ver(v: int) -> str:

@@ -43,6 +43,8 @@ class HostFacts:
     var_symlinks: tuple[tuple[str, str], ...] = ()
     # Host-managed /etc trees that exist here (see plan.SHARED_ETC).
     shared_etc: tuple[str, ...] = ()
+    # The kernel has overlayfs (an LXC sandbox's /etc can be an overlay; see plan.py).
+    overlayfs: bool = False
     # KVM sandboxes: hardware virtualization really usable (else TCG, see kvm_usable), the
     # host's TSC rate (TCG guests skip calibrating it), and the cached boot files (initrd.py).
     kvm: bool = False
@@ -78,6 +80,7 @@ def detect(selinux: bool | None = None) -> HostFacts:
         etc_wants_dirs=_wants_dirs(Path("/etc/systemd/system")),
         var_symlinks=_symlinks(Path("/var")),
         shared_etc=tuple(d for d in SHARED_ETC if os.path.isdir(d)),
+        overlayfs=has_overlayfs(),
         **kvm_facts()._asdict(),
     )
 
@@ -219,6 +222,36 @@ def detect_memory_kib() -> int:
     return _mem_total_kib()
 
 
+def has_overlayfs() -> bool:
+    """overlayfs is built in, loaded, or a module the kernel loads on the first mount."""
+    if "\toverlay\n" in _read("/proc/filesystems"):
+        return True
+    return os.path.isdir(f"/lib/modules/{os.uname().release}/kernel/fs/overlayfs")
+
+
+# File systems an overlay's upper layer can live on (they have d_type, xattrs and whiteouts).
+OVERLAY_UPPER_FS = ("ext4", "ext3", "xfs", "btrfs", "f2fs", "tmpfs")
+
+
+def fs_type(path: Path) -> str:
+    """The file system type of the mount holding `path` (or, if it does not exist yet, its
+    nearest existing parent), from /proc/self/mountinfo: the longest mount point above it."""
+    probe = Path(os.path.realpath(path))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    best, kind = "", ""
+    for line in _read("/proc/self/mountinfo").splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        point = fields[4].replace("\\040", " ")
+        after = line.split(" - ", 1)[1].split()
+        inside = str(probe) == point or str(probe).startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best) and after:
+            best, kind = point, after[0]
+    return kind
+
+
 def _mem_total_kib() -> int:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -292,6 +325,26 @@ def v1_mount(controller: str) -> Path | None:
         if fstype == "cgroup" and controller in opts.split(","):
             return Path(target)
     return None
+
+
+BLKIO_WEIGHT_FILES = ("blkio.bfq.weight", "blkio.weight", "io.bfq.weight", "io.weight")
+
+
+def blkio_weight_supported() -> bool:
+    """Whether the kernel can hold a cgroup's block I/O weight (what libvirt writes for
+    <blkiotune><weight>): a proportional-weight policy (BFQ, or io.cost on cgroup2) gives
+    cgroups below the root one of BLKIO_WEIGHT_FILES. Without it libvirt refuses the weight,
+    at a domain's start or live."""
+    tops = [t for t, fstype, opts in _mounts()
+            if (fstype == "cgroup" and "blkio" in opts.split(",")) or fstype == "cgroup2"]
+    for top in map(Path, tops):
+        try:
+            dirs = [top, *(d for d in top.iterdir() if d.is_dir())]
+        except OSError:
+            continue
+        if any((d / f).exists() for d in dirs for f in BLKIO_WEIGHT_FILES):
+            return True
+    return False
 
 
 def cgroup_layout() -> CgroupLayout:

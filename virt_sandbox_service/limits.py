@@ -83,6 +83,17 @@ def _int(text: str, option: str, low: int, high: int, hint: str) -> int:
     return number
 
 
+def check_enforceable(limits: dict[str, int]) -> None:
+    """Refuse a limit this host's kernel cannot hold, before anything is changed (libvirt
+    would otherwise fail the sandbox's start, or a live change, with its own message)."""
+    from . import host
+
+    if limits.get("blkio_weight") and not host.blkio_weight_supported():
+        raise UserError("--blkio-weight cannot be enforced on this host: its kernel has no "
+                        "proportional-weight I/O scheduler for cgroups (BFQ, or io.cost)",
+                        "leave --blkio-weight out, or use a kernel with the bfq scheduler")
+
+
 def parse_limits(args: LimitArgs, cores: int) -> dict[str, int]:
     """Only the given limits, as config field values."""
     out: dict[str, int] = {}

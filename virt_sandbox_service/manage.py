@@ -19,7 +19,7 @@ from .apply import libvirt as lv
 from .apply import systemd as sd
 from .apply.files import write_file
 from .config import Driver, Kind, Paths, SandboxConfig, load_config, scan_configs, validate_name
-from .create import EVIDENCE_FILE, config_lock
+from .create import config_lock
 from .domain import kvm as kvm_domain
 from .errors import HostError, UserError
 from .limits import (
@@ -27,6 +27,7 @@ from .limits import (
     LimitArgs,
     bounding_set,
     caps_from_mask,
+    check_enforceable,
     effective_caps,
     kvm_tasks_refusal,
     parse_limits,
@@ -34,6 +35,7 @@ from .limits import (
     set_tunables,
 )
 from .network import guest_mac, parse_network
+from .plan import ETC_STAGE, EVIDENCE_FILE
 from .runtime import backend, common
 from .runtime import lxc as rt
 from .runtime.enter import init_pid
@@ -99,6 +101,7 @@ def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
     changes = parse_limits(args, os.cpu_count() or 1)
     if not changes:
         return []
+    check_enforceable(changes)
     kvm = cfg.driver is Driver.KVM
     if "tasks" in changes and kvm:
         raise kvm_tasks_refusal()
@@ -273,7 +276,9 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
         "user_namespace": None,
         "network_filters": sorted({n.filter for n in map(parse_network, cfg.networks)
                                    if n.filter}),
-        "read_only": [m["target"] for m in record.get("mounts", []) if m.get("readonly")],
+        "etc": _etc_info(cfg),
+        "read_only": [seen_at(m["target"]) for m in record.get("mounts", [])
+                      if m.get("readonly")],
         "mounts": record.get("mounts", []),
         "private": [e for e in record.get("evidence", []) if e["access"] != "shared"],
         "shared": [{"path": "/", "access": "shared", "dir": True,
@@ -281,6 +286,24 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
         + [e for e in record.get("evidence", []) if e["access"] == "shared"],
         "hidden": record.get("hidden", []),
     }
+
+
+def seen_at(target: str) -> str:
+    """Where the sandbox sees a mount: one staged for an overlay /etc ends up on /etc."""
+    staged = f"{ETC_STAGE}/mnt/"
+    return target[len(staged) - 1:] if target.startswith(staged) else target
+
+
+def _etc_info(cfg: SandboxConfig) -> dict[str, Any]:
+    own = os.path.join(cfg.state_dir, "etc")
+    if cfg.etc_overlay:
+        return {"layout": "overlay", "own": own, "lower": "/etc",
+                "note": "the host's /etc as it is now, below the instance's own files "
+                        "(its service's configuration, identity, systemd setup, and "
+                        "whiteouts hiding the host's secrets); what the sandbox changes "
+                        "lands in the upper layer"}
+    return {"layout": "copy", "own": own, "lower": None,
+            "note": "a trimmed copy of the host's /etc as it was at create, without its secrets"}
 
 
 def _caps(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> dict[str, Any]:
@@ -358,6 +381,7 @@ def format_inspect(d: dict[str, Any]) -> str:
         f"state:       {d['state']}",
         *_user_line(d["user"]),
         *_image_line(d["image"]),
+        f"etc:         {d['etc']['layout']}: {d['etc']['note']} ({d['etc']['own']})",
         f"hostname:    {d['hostname']}",
         f"machine-id:  {d['machine_id']}",
         f"network:     {_network_text(d['network'])}",

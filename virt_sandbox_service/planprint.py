@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from .plan import AddUser, CopyTree, MakeDir, MakeImage, Plan, Symlink, WriteFile
+from .plan import (
+    AddUser,
+    CopyTree,
+    MakeDir,
+    MakeImage,
+    Opaque,
+    Plan,
+    Symlink,
+    Whiteout,
+    WriteFile,
+)
 
 
 def format_plan(p: Plan) -> str:
@@ -21,6 +31,10 @@ def format_plan(p: Plan) -> str:
         elif isinstance(op, MakeImage):
             out.append(f"image   {op.path} {op.size} bytes"
                        + (f" from {op.source}" if op.source else "") + f"  # {op.reason}")
+        elif isinstance(op, Whiteout):
+            out.append(f"hide    {op.hides} (whiteout {op.path})  # {op.reason}")
+        elif isinstance(op, Opaque):
+            out.append(f"opaque  {op.path}  # {op.reason}")
         elif isinstance(op, AddUser):
             out.append(f"user    {op.name} {op.uid}:{op.gid} home {op.home} in {op.path}"
                        f"  # {op.reason}")

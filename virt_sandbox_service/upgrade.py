@@ -47,7 +47,7 @@ from .conffiles import (
 from .config import FORMAT_VERSION, Paths, SandboxConfig, parse_json_object, read_config_text
 from .errors import SandboxError, UserError
 from .evidence import Access, PathEvidence
-from .plan import MARKER, other_path
+from .plan import EVIDENCE_FILE, MARKER, other_path
 
 # --- 1. config migrations ------------------------------------------------------------------------
 
@@ -236,7 +236,7 @@ def upgrade(paths: Paths, name: str, *, apply_host_changes: bool = False,
         pending = {p.path for p in made if not p.made}
         record.update(evidence=[_item(e) for e in got.evidence if e.path not in pending],
                       conffiles=given)
-        _write_undoable(state / create.EVIDENCE_FILE, json.dumps(record, indent=2) + "\n", txn)
+        _write_undoable(state / EVIDENCE_FILE, json.dumps(record, indent=2) + "\n", txn)
     return Report(name, FORMAT_VERSION, written if written != FORMAT_VERSION else None,
                   tuple(made), tuple(drift))
 
@@ -279,7 +279,7 @@ def _check_ours(state: Path, name: str) -> None:
 
 def _read_record(state: Path) -> dict[str, Any]:
     try:
-        data = json.loads((state / create.EVIDENCE_FILE).read_text())
+        data = json.loads((state / EVIDENCE_FILE).read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -18,8 +19,10 @@ from ..plan import (
     FileOp,
     MakeDir,
     MakeImage,
+    Opaque,
     Plan,
     Symlink,
+    Whiteout,
     WriteFile,
 )
 from ..users import RunAs, group_with, passwd_with
@@ -73,9 +76,44 @@ def apply_op(op: FileOp, shift: int = 0) -> None:
             add_user(op, shift)
         elif isinstance(op, MakeImage):
             make_image(op)
+        elif isinstance(op, Whiteout):
+            make_whiteout(op.path, op.hides)
+        elif isinstance(op, Opaque):
+            os.setxattr(op.path, OPAQUE_XATTR, b"y")
     except OSError as e:
         target = op.dst if isinstance(op, CopyTree) else op.path
         raise HostError(f"cannot make {target}: {e.strerror}") from e
+
+
+OPAQUE_XATTR = "trusted.overlay.opaque"  # overlayfs(5): the directory hides the lower one's
+
+
+def make_whiteout(path: str, hides: str) -> bool:
+    """An overlay whiteout (a 0/0 character device) at `path` in an upper layer whose lower
+    layer is the host's /etc, so the host's `hides` is not seen. Missing parents are made
+    with the host's owner and mode (a merged directory shows the upper one's). Nothing that
+    is there is replaced: not a file the sandbox made, nor a parent that is not a directory
+    (the sandbox removed it: a whiteout hides it already). Returns whether one was made."""
+    rel = os.path.relpath(hides, "/etc")
+    if not path.endswith(f"/etc/{rel}"):
+        raise ValueError(f"whiteout {path} does not match {hides}")
+    upper = path[:len(path) - len(rel) - 1]
+    here, host = upper, "/etc"
+    for part in rel.split("/")[:-1]:
+        here, host = os.path.join(here, part), os.path.join(host, part)
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            hst = os.lstat(host)
+            os.mkdir(here)
+            _keep_meta(here, hst)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+    if os.path.lexists(path):
+        return False
+    os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+    return True
 
 
 def add_user(op: AddUser, shift: int = 0) -> None:
@@ -140,7 +178,9 @@ def write_file(path: Path, content: str, mode: int = 0o644) -> None:
 
 def copy_tree(src: str, dst: str, exclude: frozenset[str], shift: int = 0) -> None:
     """Copy keeping owners (plus `shift`), modes, times and symlinks; sockets, fifos and
-    devices are skipped (a sandbox must not get the host's device nodes through a copy)."""
+    devices are skipped (a sandbox must not get the host's device nodes through a copy),
+    except overlay whiteouts (0/0 character devices), which are copied with the opaque mark
+    of directories: the upper layer of an overlay /etc copies whole (clone)."""
     _TreeCopy(exclude, shift).copy(src, dst)
 
 
@@ -166,6 +206,9 @@ class _TreeCopy:
             self._file(src, dst, st)
         elif stat.S_ISDIR(st.st_mode):
             self._dir(src, dst, st)
+        elif stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            os.mknod(dst, stat.S_IFCHR | 0o000, 0)
+            _keep_meta(dst, st, self.shift)
 
     def _dir(self, src: str, dst: str, st: os.stat_result) -> None:
         os.makedirs(dst, exist_ok=True)
@@ -182,6 +225,8 @@ class _TreeCopy:
                 # domains). A file that no longer exists is not part of the copy.
                 if os.path.lexists(entry.path):
                     raise
+        with contextlib.suppress(OSError):  # no mark, or no xattrs where it is: nothing to keep
+            os.setxattr(dst, OPAQUE_XATTR, os.getxattr(src, OPAQUE_XATTR))
         _keep_meta(dst, st, self.shift)
 
     def _file(self, src: str, dst: str, st: os.stat_result) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import logging
 import os
 import re
@@ -22,10 +23,12 @@ from pathlib import Path
 import libvirt
 
 from .. import host
+from ..apply.files import make_whiteout
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
+from ..evidence import hidden_secrets
 from ..network import parse_network
-from ..plan import EXIT_STATUS_FILE, HOST_CHANNEL, PAYLOAD_CGROUP
+from ..plan import ETC_WORK, EVIDENCE_FILE, EXIT_STATUS_FILE, HOST_CHANNEL, PAYLOAD_CGROUP
 from ..units import EXIT_NOT_CONFIGURED
 from .common import (
     EXIT_FILE,
@@ -57,6 +60,8 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
         raise UserError(f"sandbox '{cfg.name}' is already running",
                         f"stop it first: virt-sandbox-service stop {cfg.name}")
     check_state(cfg)
+    if cfg.etc_overlay:
+        hide_new_secrets(cfg)
     remove_cgroups(cfg.name)
     rdir = run_dir(paths, cfg.name)
     rdir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +130,33 @@ def check_state(cfg: SandboxConfig) -> None:
                             f"({cfg.state_dir}/{tree})",
                             f"its state is damaged: virt-sandbox-service delete {cfg.name}, "
                             "then create it again")
+
+
+def hide_new_secrets(cfg: SandboxConfig) -> list[str]:
+    """Overlay /etc: the host's /etc is seen live, so a secret the host gained since the
+    sandbox was made (a new package's 0600 credentials) gets its whiteout now, before the
+    sandbox sees /etc. Paths its evidence makes its own are not secrets of the host's."""
+    state = Path(cfg.state_dir)
+    os.makedirs(state / ETC_WORK, 0o700, exist_ok=True)
+    try:
+        record = json.loads((state / EVIDENCE_FILE).read_text())
+        allowed = [e["path"] for e in record.get("evidence", [])
+                   if isinstance(e, dict) and str(e.get("path", "")).startswith("/etc")]
+    except (OSError, ValueError) as e:
+        raise HostError(f"cannot read {state / EVIDENCE_FILE}: {e}",
+                        "its state is damaged: recreate the sandbox") from None
+    made = []
+    for secret in hidden_secrets(Path("/etc"), allowed):
+        target = str(state / "etc" / os.path.relpath(secret.path, "/etc"))
+        try:
+            if make_whiteout(target, secret.path):
+                made.append(secret.path)
+        except OSError as e:
+            raise HostError(f"cannot hide the host's {secret.path} from sandbox "
+                            f"'{cfg.name}': {e.strerror}") from e
+    if made:
+        log.info("%s: hid the host's new secrets: %s", cfg.name, ", ".join(made))
+    return made
 
 
 def _create(dom: libvirt.virDomain, cfg: SandboxConfig) -> None:
