@@ -19,8 +19,8 @@ class Check:
 
 
 def checks(fix: bool = False) -> list[Check]:
-    out = [_root(), *_libvirt(), _cgroups(fix), _overlay(), _userns(), *_kvm(), _selinux(),
-           _pkgdb(), _systemd()]
+    out = [_root(), *_libvirt(), _cgroups(fix), _blkio(), _overlay(), _userns(), *_kvm(),
+           _selinux(), _pkgdb(), _systemd()]
     return out
 
 
@@ -47,6 +47,15 @@ def _libvirt() -> list[Check]:
                              f"{'lxc' if 'lxc' in uri else 'qemu'} and start libvirtd "
                              "(scripts/setup.sh does both)"))
     return out
+
+
+def _blkio() -> Check:
+    if host.blkio_weight_supported():
+        return Check("blkio weight", True, "the kernel holds cgroup I/O weights: "
+                     "--blkio-weight works")
+    return Check("blkio weight", True, "the kernel has no proportional-weight I/O scheduler "
+                 "for cgroups (BFQ, or io.cost): --blkio-weight is refused, the other limits "
+                 "work")
 
 
 def _overlay() -> Check:
