@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -94,11 +95,36 @@ def one_copy_etc(etc: Path) -> float:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main() -> None:
+@contextlib.contextmanager
+def disk_writer(on: bool) -> Iterator[None]:
+    """--busy: another process writes 64 MiB files with fsync, over and over, for the whole
+    run: the shared disk of a busy host, made on purpose, for ours and the floor alike."""
+    if not on:
+        yield
+        return
+    target = Path(tempfile.mkdtemp(prefix="vss-bench-busy-", dir="/var/tmp"))
+    proc = subprocess.Popen(["sh", "-c", f"while :; do dd if=/dev/zero of={target}/f bs=1M "
+                             "count=64 conv=fsync status=none; done"],
+                            start_new_session=True)
+    try:
+        time.sleep(2)
+        yield
+    finally:
+        os.killpg(proc.pid, 15)  # the group of the shell this run started, by its PID
+        proc.wait()
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def main(busy: bool = False) -> None:
     on_sigterm_clean_up()
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
+    with disk_writer(busy):
+        run(args.runs, busy)
+
+
+def run(runs: int, busy: bool) -> None:
     conn = libvirt.open("lxc:///")
     got: dict[str, list[float]] = {k: [] for k in (
         "create", "create del", "create MiB", "create -C", "create -C del", "create -C MiB",
@@ -115,7 +141,7 @@ def main() -> None:
         raw = src + "x"
         try:
             with xml_file(raw_copy_xml(conn, src, raw)) as path:
-                for _ in range(args.runs):
+                for _ in range(runs):
                     for key, opts in (("create", ()), ("create -C", ("-C",)),
                                       ("create copy", ("--etc", "copy"))):
                         c, d, mib = one_create(env, *opts)
@@ -172,7 +198,14 @@ def main() -> None:
                {"figure": "clone", "unit": "s", "ours": clone,
                 "peers": {"cp -a private /etc + virsh define": floor},
                 **({"note": "not implemented"} if clone is None else {})}]
-    write_result("create", "create (and clone) of an apache2 sandbox", args.runs, body, summary)
+    if busy:
+        body.append("While every step ran, another process wrote 64 MiB files with fsync in a "
+                    "loop (`dd conv=fsync`): a busy disk, made on purpose.")
+        write_result("create-busy", "create (and clone) of an apache2 sandbox, on a busy disk",
+                     runs, body, [{**f, "figure": f"{f['figure']} (busy disk)"}
+                                  for f in summary])
+        return
+    write_result("create", "create (and clone) of an apache2 sandbox", runs, body, summary)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ py=${VSS_VENV:-$here/.venv}/bin/python
 runs=${RUNS:-5}
 # The issue-7 figures first, in this order; then any other bench script (every bench/*.py
 # takes --runs N and writes its own bench/results/*.md).
-scripts=(create lxc_service oneshot density load)
+scripts=(create create_busy lxc_service oneshot density load)
 for f in bench/*.py; do
   s=$(basename "$f" .py)
   case " ${scripts[*]} _common summarize " in *" $s "*) ;; *) scripts+=("$s") ;; esac
