@@ -303,3 +303,27 @@ def test_etc_overlay_refused_for_kvm_leaves_nothing(env: Env) -> None:
     assert proc.returncode != 0
     assert proc.stderr.count("\n") == 2 and "--etc overlay is not possible here" in proc.stderr
     assert env.snapshot() == before
+
+
+@pytest.mark.libvirt
+def test_mounts_on_etc_sit_on_the_overlay(env: Env, tmp_path: Path) -> None:
+    """-m targets and --shared paths under /etc are staged by libvirt and moved onto the
+    overlay by the init: each is there, read-only where it should be, and nothing of the
+    stage is left in /run."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("hostdata\n")
+    name = unique_name("om")
+    script = ("cat /etc/vss-m/f; echo x > /etc/vss-ram/y && cat /etc/vss-ram/y; "
+              "(echo z >> /etc/ssl/openssl.cnf) 2>/dev/null || echo shared-read-only; "
+              "(touch /etc/alternatives/x) 2>/dev/null || echo alternatives-read-only; "
+              "mount | grep -c ' on /etc type overlay'; ls -A /run")
+    env.run("create", "-m", f"host-bind:/etc/vss-m={data}", "-m", "ram:/etc/vss-ram=1M",
+            "--shared", "/etc/ssl/openssl.cnf", name, "--", "/bin/sh", "-c", script,
+            check=True)
+    proc = env.run("start", name, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "is ready" not in line]
+    assert lines[:5] == ["hostdata", "x", "shared-read-only", "alternatives-read-only", "1"]
+    assert ".vss-etc" not in lines[5:]
+    assert not (env.state(name) / "etc" / "vss-ram" / "y").exists()  # it was a tmpfs
