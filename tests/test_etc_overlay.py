@@ -327,3 +327,24 @@ def test_mounts_on_etc_sit_on_the_overlay(env: Env, tmp_path: Path) -> None:
     assert lines[:5] == ["hostdata", "x", "shared-read-only", "alternatives-read-only", "1"]
     assert ".vss-etc" not in lines[5:]
     assert not (env.state(name) / "etc" / "vss-ram" / "y").exists()  # it was a tmpfs
+
+
+@pytest.mark.libvirt
+def test_removing_a_host_file_inside_leaves_a_whiteout_not_a_change(env: Env) -> None:
+    """libvirt drops mknod from the sandbox's bounding set; overlayfs still makes whiteouts
+    (they need no CAP_MKNOD), so removing or renaming a host file inside works, in the upper
+    layer only."""
+    name = unique_name("orm")
+    env.run("create", name, "--", "/bin/sh", "-c",
+            "rm /etc/motd && mv /etc/issue /etc/issue.moved && ls /etc/motd 2>/dev/null; "
+            "grep CapBnd /proc/self/status", check=True)
+    proc = env.run("start", name, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    bnd = int(proc.stdout.split("CapBnd:")[1].split()[0], 16)
+    assert not bnd >> 27 & 1  # no CAP_MKNOD
+    upper = env.state(name) / "etc"
+    for gone in ("motd", "issue"):
+        st = os.lstat(upper / gone)
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+        assert Path(f"/etc/{gone}").is_file()  # the host's own is untouched
+    assert (upper / "issue.moved").read_bytes() == Path("/etc/issue").read_bytes()
