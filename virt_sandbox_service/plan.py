@@ -227,7 +227,7 @@ def _etc_ops(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEviden
     sysd = os.path.join(etc, "systemd", "system")
     wants = tuple(os.path.join("/etc/systemd/system", d) for d in facts.etc_wants_dirs)
     if config.etc_overlay:
-        ops = _upper_ops(config, facts, evidence, hidden, wants)
+        ops = _upper_ops(config, evidence, hidden, wants)
     else:
         exclude = tuple(h.path for h in hidden) + wants + facts.shared_etc + HOST_ONLY_ETC
         ops = [CopyTree("/etc", etc, exclude, reason="the host's configuration, without its "
@@ -254,13 +254,12 @@ def _identity_ops(config: SandboxConfig, etc: str) -> list[FileOp]:
     ]
 
 
-def _upper_ops(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, ...],
+def _upper_ops(config: SandboxConfig, evidence: tuple[PathEvidence, ...],
                hidden: tuple[PathEvidence, ...], wants: tuple[str, ...]) -> list[FileOp]:
     """Overlay /etc: the upper layer (see the module's docstring)."""
-    etc = os.path.join(config.state_dir, "etc")
-    secrets = tuple(h.path for h in hidden)
     ops: list[FileOp] = [
-        MakeDir(etc, reason="the upper layer of the sandbox's /etc: the instance's own files"),
+        MakeDir(os.path.join(config.state_dir, "etc"),
+                reason="the upper layer of the sandbox's /etc: the instance's own files"),
         MakeDir(os.path.join(config.state_dir, ETC_WORK), 0o700,
                 reason="the overlay's work directory (same file system as the upper layer)"),
     ]
@@ -270,6 +269,16 @@ def _upper_ops(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvid
                                   ("the sandbox's systemd: the host's units and drop-ins, "
                                    "without its boot's .wants",), (0, 0), 0o755))
     owned = _owned_tops((*evidence, *extra))
+    secrets = tuple(h.path for h in hidden)
+    return [*ops, *_owned_ops(config, evidence, owned, secrets + wants),
+            *_whiteout_ops(config, owned, secrets)]
+
+
+def _owned_ops(config: SandboxConfig, evidence: tuple[PathEvidence, ...],
+               owned: list[PathEvidence], left_out: tuple[str, ...]) -> list[FileOp]:
+    """The instance's own parts of /etc, copied whole; its directories opaque."""
+    etc = os.path.join(config.state_dir, "etc")
+    ops: list[FileOp] = []
     made: set[str] = {"/etc"}
     for ev in owned:
         dst = state_path(config.state_dir, ev.path, "/etc")
@@ -280,10 +289,17 @@ def _upper_ops(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvid
             ops.append(MakeDir(dst if ev.is_dir else os.path.dirname(dst),
                                reason=f"{why} (not on the host)"))
             continue
-        inside = tuple(x for x in secrets + wants if _in(x, ev.path) and x != ev.path)
+        inside = tuple(x for x in left_out if _in(x, ev.path) and x != ev.path)
         ops.append(CopyTree(ev.path, dst, inside, reason=f"{why} (the instance's own)"))
         if ev.is_dir:
             ops.append(Opaque(dst, reason="the host's later changes here do not reach it"))
+    return ops
+
+
+def _whiteout_ops(config: SandboxConfig, owned: list[PathEvidence],
+                  secrets: tuple[str, ...]) -> list[FileOp]:
+    """A whiteout for each host secret and host-only tree that no copied directory covers."""
+    ops: list[FileOp] = []
     covered = [e.path for e in owned if e.is_dir]
     for path in (*HOST_ONLY_ETC, *secrets):
         if any(_in(path, c) for c in covered):
