@@ -289,11 +289,9 @@ def etc_overlay(req: CreateRequest, parent: Path, overlayfs: bool,
         "-i keeps /etc in an image" if req.image_size is not None else
         "--userns would show the host's files as owned by nobody" if req.userns else
         "this kernel has no overlayfs" if not overlayfs else
-        f"the state directory's file system ({host.fs_type(parent) or 'unknown'}) cannot "
-        "hold an overlay's upper layer" if host.fs_type(parent) not in host.OVERLAY_UPPER_FS
-        else "all of /etc is private" if any(
-            e.path == "/etc" and e.access is ev.Access.PRIVATE for e in evidence)
-        else "")
+        host.upper_layer_refusal(parent) or
+        ("all of /etc is private" if any(
+            e.path == "/etc" and e.access is ev.Access.PRIVATE for e in evidence) else ""))
     if req.etc == "overlay" and why_not:
         raise UserError(f"--etc overlay is not possible here: {why_not}",
                         "leave --etc out, or use --etc copy")

@@ -62,17 +62,16 @@ def _overlay() -> Check:
     from .config import Paths
 
     state = Paths.from_env().state_parent
-    kind = host.fs_type(state)
     if not host.has_overlayfs():
         return Check("overlay /etc", True, "the kernel has no overlayfs: LXC sandboxes get a "
                      "trimmed copy of /etc (--etc copy)", "load the overlay module for faster "
                      "creates and an /etc that follows the host's")
-    if kind not in host.OVERLAY_UPPER_FS:
-        return Check("overlay /etc", True, f"{state} is on {kind or 'an unknown file system'}, "
-                     "which cannot hold an overlay's upper layer: LXC sandboxes there get a "
+    refusal = host.upper_layer_refusal(state)
+    if refusal:
+        return Check("overlay /etc", True, f"{state}: {refusal}: LXC sandboxes there get a "
                      "copy of /etc", "keep sandbox state on ext4, XFS or btrfs (-p PATH)")
-    return Check("overlay /etc", True, f"overlayfs, and {state} is on {kind}: LXC sandboxes' "
-                 "/etc is an overlay on the host's")
+    return Check("overlay /etc", True, f"overlayfs, and {state} is on {host.fs_type(state)}: "
+                 "LXC sandboxes' /etc is an overlay on the host's")
 
 
 def _ver(v: int) -> str:

@@ -235,21 +235,26 @@ OVERLAY_UPPER_FS = ("ext4", "ext3", "xfs", "btrfs", "f2fs", "tmpfs")
 
 def fs_type(path: Path) -> str:
     """The file system type of the mount holding `path` (or, if it does not exist yet, its
-    nearest existing parent), from /proc/self/mountinfo: the longest mount point above it."""
+    nearest existing parent): that of the longest mount point above it."""
     probe = Path(os.path.realpath(path))
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     best, kind = "", ""
-    for line in _read("/proc/self/mountinfo").splitlines():
-        fields = line.split()
-        if " - " not in line or len(fields) < 5:
-            continue
-        point = fields[4].replace("\\040", " ")
-        after = line.split(" - ", 1)[1].split()
+    for point, fstype, _opts in _mounts():
         inside = str(probe) == point or str(probe).startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best) and after:
-            best, kind = point, after[0]
+        if inside and len(point) >= len(best):
+            best, kind = point, fstype
     return kind
+
+
+def upper_layer_refusal(state_parent: Path) -> str:
+    """Why sandbox state under `state_parent` cannot hold an overlay's upper layer; ""
+    where it can."""
+    kind = fs_type(state_parent)
+    if kind in OVERLAY_UPPER_FS:
+        return ""
+    return (f"the state directory's file system ({kind or 'unknown'}) cannot hold an "
+            "overlay's upper layer")
 
 
 def _mem_total_kib() -> int:

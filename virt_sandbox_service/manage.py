@@ -35,7 +35,7 @@ from .limits import (
     set_tunables,
 )
 from .network import guest_mac, parse_network
-from .plan import ETC_STAGE, EVIDENCE_FILE
+from .plan import EVIDENCE_FILE, seen_at
 from .runtime import backend, common
 from .runtime import lxc as rt
 from .runtime.enter import init_pid
@@ -286,12 +286,6 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
         + [e for e in record.get("evidence", []) if e["access"] == "shared"],
         "hidden": record.get("hidden", []),
     }
-
-
-def seen_at(target: str) -> str:
-    """Where the sandbox sees a mount: one staged for an overlay /etc ends up on /etc."""
-    staged = f"{ETC_STAGE}/mnt/"
-    return target[len(staged) - 1:] if target.startswith(staged) else target
 
 
 def _etc_info(cfg: SandboxConfig) -> dict[str, Any]:

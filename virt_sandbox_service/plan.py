@@ -61,6 +61,7 @@ ETC_WORK = ".etc-work"  # overlay /etc: the work directory beside the upper laye
 # Overlay /etc: where the sandbox's init finds the state directory (upper and work layers) and
 # the mounts that belong on top of /etc; it detaches all of it once they are in place.
 ETC_STAGE = "/run/.vss-etc"
+ETC_STAGE_MOUNTS = f"{ETC_STAGE}/mnt"  # + the target under /etc
 OVERLAY_OPTIONS = "redirect_dir=off,index=off,metacopy=off,xino=off"  # a plain upper layer
 
 TMPFS = (("/run", 65536), ("/tmp", 262144), ("/dev/shm", 65536))
@@ -232,11 +233,10 @@ def _etc_ops(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEviden
         exclude = tuple(h.path for h in hidden) + wants + facts.shared_etc + HOST_ONLY_ETC
         ops = [CopyTree("/etc", etc, exclude, reason="the host's configuration, without its "
                         "secrets and its boot's .wants")]
-    ops += _identity_ops(config, etc)
-    if not config.etc_overlay:
         ops += [MakeDir(state_path(config.state_dir, d, "/etc"),
                         reason="mount point: the host's tree, shared read-only")
                 for d in facts.shared_etc]
+    ops += _identity_ops(config, etc)
     if config.kind is Kind.SERVICE:
         ops += _systemd_ops(config, sysd, facts.system_unit_dir, unit_fragments)
     return ops
@@ -551,38 +551,44 @@ def _user_ops(config: SandboxConfig,
 def image_mounts(mounts: tuple[Mount, ...], path: str) -> tuple[Mount, ...]:
     """-i: the image replaces the /etc and /var binds; it is mounted at a hidden place on the
     /run tmpfs, with what belongs under /etc and /var mounted under it (see image.py)."""
-    top = image.IMAGE_MOUNT
-    out: list[Mount] = []
-    inside: list[Mount] = []
-    for m in mounts:
-        if m.target in ("/etc", "/var"):
-            continue
-        if _in(m.target, "/etc") or _in(m.target, "/var"):
-            inside.append(replace(m, target=top + m.target))
-        else:
-            out.append(m)
-    at = next(i for i, m in enumerate(out) if m.target == "/run") + 1
-    img = Mount(top, path, image=True,
+    img = Mount(image.IMAGE_MOUNT, path, image=True,
                 reason="-i: the private /etc and /var, bound there by the sandbox's init")
-    return (*out[:at], img, *inside, *out[at:])
+    return _staged(mounts, ("/etc", "/var"), image.IMAGE_MOUNT, img)
 
 
 def overlay_mounts(mounts: tuple[Mount, ...], state: str) -> tuple[Mount, ...]:
     """Overlay /etc: no bind on /etc. The state directory (upper and work layers) and what
     belongs on top of /etc are mounted under ETC_STAGE on the /run tmpfs; the sandbox's init
     mounts the overlay, then moves them onto it (see _overlay_binds)."""
-    out: list[Mount] = []
-    inside: list[Mount] = []
-    for m in mounts:
-        if m.target == "/etc":
-            continue
-        (inside if _in(m.target, "/etc") else out).append(m)
-    at = next(i for i, m in enumerate(out) if m.target == "/run") + 1
     layers = Mount(f"{ETC_STAGE}/state", state,
                    reason="the upper layer of /etc (etc/) and its work directory, for the "
                    "sandbox's init")
-    staged = [replace(m, target=f"{ETC_STAGE}/mnt{m.target}") for m in inside]
-    return (*out[:at], layers, *staged, *out[at:])
+    return _staged(mounts, ("/etc",), ETC_STAGE_MOUNTS, layers)
+
+
+def _staged(mounts: tuple[Mount, ...], trees: tuple[str, ...], prefix: str,
+            head: Mount) -> tuple[Mount, ...]:
+    """The binds on `trees` dropped, and what belongs under them mounted under `prefix`
+    instead, for the sandbox's init to put in place; `head` and those right after /run (on
+    its tmpfs), in their order."""
+    out: list[Mount] = []
+    inside: list[Mount] = []
+    for m in mounts:
+        if m.target in trees:
+            continue
+        if any(_in(m.target, t) for t in trees):
+            inside.append(replace(m, target=prefix + m.target))
+        else:
+            out.append(m)
+    at = next(i for i, m in enumerate(out) if m.target == "/run") + 1
+    return (*out[:at], head, *inside, *out[at:])
+
+
+def seen_at(target: str) -> str:
+    """Where the sandbox sees a mount: one staged for an overlay /etc ends up on /etc."""
+    if target.startswith(f"{ETC_STAGE_MOUNTS}/"):
+        return target[len(ETC_STAGE_MOUNTS):]
+    return target
 
 
 def _overlay_binds(config: SandboxConfig, facts: HostFacts,
@@ -597,8 +603,8 @@ def _overlay_binds(config: SandboxConfig, facts: HostFacts,
     opts = f"lowerdir=/etc,upperdir={top}/etc,workdir={top}/{ETC_WORK},{OVERLAY_OPTIONS}"
     lines = [f"mount -t overlay -o {opts} overlay /etc && {um} -l {top} || exit 125"]
     for m in mounts:
-        if m.target.startswith(f"{ETC_STAGE}/mnt/"):
-            dst = m.target[len(f"{ETC_STAGE}/mnt"):]
+        dst = seen_at(m.target)
+        if dst != m.target:
             lines.append(f"mount --rbind {q(m.target)} {q(dst)} && {um} -l {q(m.target)} "
                          "|| exit 125")
     lines.append(f"rm -r --one-file-system {ETC_STAGE}")

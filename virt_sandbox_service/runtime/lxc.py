@@ -61,6 +61,8 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
                         f"stop it first: virt-sandbox-service stop {cfg.name}")
     check_state(cfg)
     if cfg.etc_overlay:
+        # The work directory is the overlay's scratch space, ours: made again if lost.
+        os.makedirs(Path(cfg.state_dir) / ETC_WORK, 0o700, exist_ok=True)
         hide_new_secrets(cfg)
     remove_cgroups(cfg.name)
     rdir = run_dir(paths, cfg.name)
@@ -137,7 +139,6 @@ def hide_new_secrets(cfg: SandboxConfig) -> list[str]:
     sandbox was made (a new package's 0600 credentials) gets its whiteout now, before the
     sandbox sees /etc. Paths its evidence makes its own are not secrets of the host's."""
     state = Path(cfg.state_dir)
-    os.makedirs(state / ETC_WORK, 0o700, exist_ok=True)
     try:
         record = json.loads((state / EVIDENCE_FILE).read_text())
         allowed = [e["path"] for e in record.get("evidence", [])
