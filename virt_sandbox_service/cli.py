@@ -34,6 +34,7 @@ def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
         private=tuple(args.private or ()), shared=tuple(args.shared or ()), copy=args.copy,
         security=args.security, limits=_limit_args(args),
         cap_drop=tuple(args.cap_drop or ()), cap_add=tuple(args.cap_add or ()),
+        syscall_allow=tuple(args.syscall_allow or ()),
         userns=args.userns, mounts=tuple(args.mount or ()),
         networks=tuple(args.network or ()),
         user=UserArgs(args.uid, args.gid, args.username, args.homedir),
@@ -138,6 +139,7 @@ def cmd_inspect(args: argparse.Namespace, paths: Paths) -> int:
 
 def cmd_execute(args: argparse.Namespace, paths: Paths) -> int:
     from .apply.libvirt import connect
+    from .limits import jail
     from .runtime import backend
 
     cfg = load_config(paths, args.name)
@@ -149,7 +151,7 @@ def cmd_execute(args: argparse.Namespace, paths: Paths) -> int:
         raise SandboxError("execute needs a command after --", "e.g. execute web1 -- apachectl -S")
     dom = rt.domain(connect(cfg.uri), cfg)
     sys.stdout.flush()
-    return int(rt.execute(dom, command, rt.sandbox_env(cfg)))
+    return int(rt.execute(dom, command, rt.sandbox_env(cfg), jail=jail(cfg)))
 
 
 def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
@@ -160,7 +162,8 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         command = command[1:]
     return run(args.connect, command, paths, RunOptions(
         limits=_limit_args(args), cap_drop=tuple(args.cap_drop or ()),
-        cap_add=tuple(args.cap_add or ()), mounts=tuple(args.mount or ()),
+        cap_add=tuple(args.cap_add or ()), syscall_allow=tuple(args.syscall_allow or ()),
+        mounts=tuple(args.mount or ()),
         networks=tuple(args.network or ())))
 
 
@@ -345,10 +348,16 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
 
 def _add_cap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cap-drop", action="append", metavar="CAP",
-                   help="also drop this capability (default drops sys_module, sys_rawio, "
-                        "sys_time, ...; see inspect)")
+                   help="also drop this capability (the sandbox's processes keep only chown, "
+                        "dac_override, fowner, fsetid, kill, net_bind_service, setfcap, "
+                        "setgid, setpcap, setuid, sys_chroot, audit_write; see inspect)")
     p.add_argument("--cap-add", action="append", metavar="CAP",
-                   help="keep a capability the default would drop")
+                   help="give the sandbox's processes this capability too (e.g. sys_time "
+                        "for a time daemon; it also allows the calls that exist for it)")
+    p.add_argument("--syscall-allow", action="append", metavar="GROUP|CALL",
+                   help="let a call the sandbox's seccomp filter denies through: a group "
+                        "(@mount, @keyring, @bpf, @io_uring, ...; see the man page) or one "
+                        "call")
 
 
 def _add_mount_network_options(p: argparse.ArgumentParser, fresh: str) -> None:

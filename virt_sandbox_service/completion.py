@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from .confine import GROUPS
 from .limits import CAP_NUMBERS
 
 # Option value -> bash function that prints the candidates ("" = free text, nothing offered).
@@ -22,6 +23,7 @@ VALUE_COMPLETERS = {
     "PACKAGE": "_vss_packages",
     "SECURITY": "_vss_security",
     "CAP": "_vss_caps",
+    "GROUP|CALL": "_vss_syscall_groups",
     "SIZE": "",
     "N": "",
     "PERCENT": "",
@@ -250,6 +252,7 @@ def bash(parser: argparse.ArgumentParser) -> str:
         f"_vss_commands={q(' '.join(subs))}",
         f"_vss_global_options={q(' '.join(global_opts))}",
         f"_vss_caps() {{ printf '%s\\n' {' '.join(CAP_NUMBERS)}; }}",
+        f"_vss_syscall_groups() {{ printf '%s\\n' {' '.join('@' + g for g in GROUPS)} vsock; }}",
     ])
     cases = "\n".join(_case(name, sub) for name, sub in subs.items())
     return HEADER + "\n" + data + "\n" + HELPERS + MAIN.replace("@CASES@", cases)

@@ -169,6 +169,10 @@ class SandboxConfig:
     blkio_weight: int | None = None  # 100..1000
     tasks: int | None = None  # most processes plus threads at once (pids.max)
     caps_drop: tuple[str, ...] = ()  # Linux capabilities the sandbox's processes never get
+    # Capabilities given back to the confined processes (--cap-add) beyond confine.CONFINED_CAPS,
+    # and seccomp groups or calls let through (--syscall-allow); see confine.py.
+    caps_add: tuple[str, ...] = ()
+    syscalls_allow: tuple[str, ...] = ()
     mounts: tuple[str, ...] = ()  # -m TYPE:DST=SRC specs, as given (see mounts.py)
     networks: tuple[str, ...] = ()  # -N specs, as given (see network.py); none: loopback only
     # User namespace: host uid/gid that root inside maps to (IDMAP_COUNT ids); None = none.

@@ -46,8 +46,10 @@ from .limits import (
     LimitArgs,
     check_enforceable,
     kvm_tasks_refusal,
+    norm_caps,
     parse_caps,
     parse_limits,
+    parse_syscall_allow,
 )
 from .mounts import MountSpec, MountType, check_loop_path, parse_mount
 from .network import OUR_FILTER, filter_xml, parse_network
@@ -71,6 +73,7 @@ class CreateRequest:
     limits: LimitArgs = field(default_factory=LimitArgs)
     cap_drop: tuple[str, ...] = ()
     cap_add: tuple[str, ...] = ()
+    syscall_allow: tuple[str, ...] = ()
     userns: bool = False
     mounts: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()
@@ -141,6 +144,7 @@ def validate_options(req: CreateRequest, own_trees: tuple[str, ...] | None = Non
         _validate_kvm(req)
     check_enforceable(parse_limits(req.limits, os.cpu_count() or 1))
     parse_caps(req.cap_drop, req.cap_add)
+    parse_syscall_allow(req.syscall_allow)
     for spec in map(parse_mount, req.mounts):
         check_mount_target(spec, OWN_TREES if own_trees is None else own_trees)
         if not kvm:
@@ -317,6 +321,8 @@ def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.Unit
         security_label=label,
         machine_id=uuid.uuid4().hex,
         caps_drop=parse_caps(req.cap_drop, req.cap_add),
+        caps_add=norm_caps(req.cap_add),
+        syscalls_allow=parse_syscall_allow(req.syscall_allow),
         id_base=choose_id_base(paths) if req.userns else None,
         mounts=req.mounts,
         networks=req.networks,

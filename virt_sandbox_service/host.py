@@ -33,6 +33,10 @@ class HostFacts:
     umount: str = "/bin/umount"
     setpriv: str = "/usr/bin/setpriv"  # -U: drops root for a generic sandbox's command
     env: str = "/usr/bin/env"
+    # The host's own python, and our confine.py: the sandbox's init runs one with the other
+    # to confine what it starts (both on the host root, which every sandbox sees read-only).
+    python: str = "/usr/bin/python3"
+    confine: str = "/usr/lib/python3/dist-packages/virt_sandbox_service/confine.py"
     selinux: bool = False
     memory_kib: int = 4 * 1024 * 1024
     system_unit_dir: str = "/lib/systemd/system"
@@ -73,6 +77,8 @@ def detect(selinux: bool | None = None) -> HostFacts:
         umount=find_tool(("umount",), "umount", "mount"),
         setpriv=find_tool(("setpriv",), "setpriv", "util-linux"),
         env=find_tool(("env",), "env", "coreutils"),
+        python=find_tool(("/usr/bin/python3", "python3"), "python3", "python3"),
+        confine=confine_script(),
         selinux=selinux_enabled() if selinux is None else selinux,
         memory_kib=_mem_total_kib(),
         system_unit_dir=next((d for d in ("/lib/systemd/system", "/usr/lib/systemd/system")
@@ -83,6 +89,21 @@ def detect(selinux: bool | None = None) -> HostFacts:
         overlayfs=has_overlayfs(),
         **kvm_facts()._asdict(),
     )
+
+
+def confine_script() -> str:
+    """Our confine.py, which the sandbox's init runs: it must lie where every sandbox sees the
+    host's files (not in a tree the sandbox has a private or empty copy of)."""
+    from . import confine
+
+    path = os.path.realpath(confine.__file__)
+    hidden = next((t for t in ("/etc", "/var", "/run", "/tmp", "/dev", "/proc", "/sys")
+                   if path == t or path.startswith(t + "/")), None)
+    if hidden:
+        raise HostError(f"virt-sandbox-service is installed under {hidden} ({path}), which "
+                        "its sandboxes do not see from the host",
+                        "install it under /usr, /opt or a home directory")
+    return path
 
 
 # --- KVM -------------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from .config import SandboxConfig, parse_size
+from . import confine
+from .config import Driver, Kind, SandboxConfig, parse_size
 from .errors import UserError
+from .network import parse_network
 
 # Every capability libvirt's LXC driver can switch (domaincommon.rng, featurecapabilities).
 ALL_CAPS = (
@@ -37,15 +39,7 @@ TASKS_MAX = 4_194_304  # the kernel's PID_MAX_LIMIT on 64-bit
 # environment variable is part of the domain definition, so `limit` changes it with the rest.
 TASKS_ENV = "VSS_TASKS_MAX"
 # capabilities(7) numbering, for reading a process's CapBnd mask.
-CAP_NUMBERS = (
-    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid",
-    "setuid", "setpcap", "linux_immutable", "net_bind_service", "net_broadcast", "net_admin",
-    "net_raw", "ipc_lock", "ipc_owner", "sys_module", "sys_rawio", "sys_chroot",
-    "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice", "sys_resource",
-    "sys_time", "sys_tty_config", "mknod", "lease", "audit_write", "audit_control",
-    "setfcap", "mac_override", "mac_admin", "syslog", "wake_alarm", "block_suspend",
-    "audit_read", "perfmon", "bpf", "checkpoint_restore",
-)
+CAP_NUMBERS = confine.CAP_NUMBERS
 
 
 def caps_from_mask(mask: int) -> tuple[str, ...]:
@@ -147,6 +141,57 @@ def parse_caps(drop: tuple[str, ...], keep: tuple[str, ...]) -> tuple[str, ...]:
     norm = {c.lower().removeprefix("cap_") for c in drop}
     kept = {c.lower().removeprefix("cap_") for c in keep}
     return tuple(sorted((set(DEFAULT_DROP) | norm) - kept))
+
+
+def norm_caps(names: tuple[str, ...]) -> tuple[str, ...]:
+    """--cap-add names as stored: lower case, no cap_ prefix, sorted (checked by parse_caps)."""
+    return tuple(sorted({c.lower().removeprefix("cap_") for c in names}))
+
+
+def parse_syscall_allow(names: tuple[str, ...]) -> tuple[str, ...]:
+    """--syscall-allow: a group of confine.GROUPS (@mount, or mount), one of their calls, or
+    vsock (AF_VSOCK sockets)."""
+    calls = {c for group in confine.GROUPS.values() for c in group}
+    out = []
+    for name in names:
+        bare = name.removeprefix("@")
+        if bare not in confine.GROUPS and name not in calls and name != "vsock":
+            raise UserError(f"--syscall-allow {name!r} is not a group or call the sandbox "
+                            "denies", "groups: " + ", ".join(f"@{g}" for g in confine.GROUPS)
+                            + "; or one of their calls, or vsock")
+        out.append(f"@{bare}" if bare in confine.GROUPS else name)
+    return tuple(sorted(set(out)))
+
+
+def confined_caps(cfg: SandboxConfig) -> tuple[str, ...]:
+    """What the confined processes keep: the default set, plus --cap-add, minus --cap-drop."""
+    keep = (set(confine.CONFINED_CAPS) | set(cfg.caps_add)) - set(cfg.caps_drop)
+    return tuple(c for c in CAP_NUMBERS if c in keep)
+
+
+# systemd-networkd, the DHCP client of an LXC unit sandbox's -N ...,dhcp, configures its
+# interface for as long as the lease lasts: the sandbox's systemd keeps these for it, and the
+# confined units' drop-in takes them away from the service again.
+NETWORKD_CAPS = ("net_admin", "net_raw")
+
+
+def init_caps(cfg: SandboxConfig) -> tuple[str, ...]:
+    """What the sandbox's systemd (or a generic sandbox's command) keeps after its init."""
+    extra: set[str] = set()
+    if cfg.kind is Kind.SERVICE and cfg.driver is Driver.LXC and any(
+            parse_network(n).dhcp for n in cfg.networks):
+        extra = set(NETWORKD_CAPS) - set(cfg.caps_drop)
+    keep = set(confined_caps(cfg)) | extra
+    return tuple(c for c in CAP_NUMBERS if c in keep)
+
+
+# What a process the tool starts inside a running sandbox (execute, connect, reload) runs
+# under: the capabilities the sandbox's systemd or command has, and its seccomp allowances.
+Jail = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def jail(cfg: SandboxConfig) -> Jail:
+    return init_caps(cfg), cfg.syscalls_allow
 
 
 def effective_caps(cfg: SandboxConfig) -> tuple[str, ...]:

@@ -28,12 +28,12 @@ import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
-from . import image, users
+from . import confine, image, users
 from .config import Driver, Kind, SandboxConfig
 from .errors import UserError
 from .evidence import SKELETON_REASONS, Access, PathEvidence
 from .host import HostFacts
-from .limits import TASKS_ENV
+from .limits import TASKS_ENV, confined_caps, init_caps
 from .mounts import MountType, parse_mount
 from .network import networkd_file, parse_network
 
@@ -345,6 +345,9 @@ def _systemd_ops(config: SandboxConfig, sysd: str, unit_dir: str,
         ops.append(WriteFile(os.path.join(dropin, "50-virt-sandbox-service.conf"),
                              f"[Unit]\nOnFailure={FAILED_UNIT[:-9]}@%n.service\n",
                              reason="report the unit's failure to the host"))
+        ops.append(WriteFile(os.path.join(dropin, CONFINEMENT_DROPIN),
+                             confinement_dropin(config),
+                             reason=f"{unit}'s own confinement layers"))
     ops += _networkd_ops(config, sysd, unit_dir)
     ops.append(WriteFile(os.path.join(sysd, FAILED_UNIT), _failed_unit_text(),
                          reason="tells the host which unit failed (start fails with it)"))
@@ -644,29 +647,85 @@ def command(config: SandboxConfig, facts: HostFacts) -> tuple[str, ...]:
     return (*users.payload(facts.setpriv, facts.env, run_as), *config.command)
 
 
+def confine_argv(facts: HostFacts, caps: tuple[str, ...],
+                 allow: tuple[str, ...]) -> tuple[str, ...]:
+    """The words that run what follows them confined (see confine.py)."""
+    argv = [facts.python, "-I", "-S", facts.confine, "--caps", ",".join(caps)]
+    if allow:
+        argv += ["--allow", ",".join(allow)]
+    return (*argv, "--")
+
+
 def init_command(config: SandboxConfig, facts: HostFacts, mounts: tuple[Mount, ...] = ()
                  ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """The sandbox's first process and its environment (`mounts`: the plan's)."""
+    """The sandbox's first process and its environment (`mounts`: the plan's).
+
+    The init does the mounts only it may do, then runs what the sandbox is for through
+    confine.py: from there on nothing in the sandbox has CAP_SYS_ADMIN or the calls of the
+    filter, its own systemd included (so the service cannot get more from it)."""
     q = shlex.quote
+    jail = " ".join(map(q, confine_argv(facts, init_caps(config), config.syscalls_allow)))
+    prologue = [*_cgroup_prologue(facts), *_image_binds(config, facts),
+                *_overlay_binds(config, facts, mounts), *_guest_binds(config)]
     if config.kind is Kind.GENERIC:
         # sh stays PID 1 so the command's exit status reaches the host (libvirt reports none).
         script = "\n".join([
-            *_cgroup_prologue(facts),
-            *_image_binds(config, facts),
-            *_overlay_binds(config, facts, mounts),
-            *_guest_binds(config),
-            f'{q(facts.unshare)} --cgroup "$@"; rc=$?',
+            *prologue,
+            f'{q(facts.unshare)} --cgroup {jail} "$@"; rc=$?',
             f"echo $rc > {EXIT_STATUS_FILE}; exit $rc",
         ])
         return (facts.sh, "-c", script, "sandbox-init", *command(config, facts)), ()
+    # Confined, systemd cannot mount the API file systems it insists on: /run/lock here, and
+    # its cgroup2 tree in its new cgroup namespace. Its unit directories are read-only to
+    # everything in the sandbox.
     script = "\n".join([
-        *_cgroup_prologue(facts),
-        *_image_binds(config, facts),
-        *_overlay_binds(config, facts, mounts),
-        *_guest_binds(config),
-        f"exec {q(facts.unshare)} --cgroup {q(facts.systemd)} systemd.unified_cgroup_hierarchy=1",
+        *prologue,
+        "mkdir -p /run/lock && "
+        "mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=5m tmpfs /run/lock || exit 125",
+        "mount --bind /etc/systemd /etc/systemd && "
+        "mount -o remount,bind,ro /etc/systemd || exit 125",
+        f"exec {q(facts.unshare)} --cgroup {q(facts.sh)} -c "
+        "'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$@\"' sandbox-init "
+        f"{jail} {q(facts.systemd)} systemd.unified_cgroup_hierarchy=1",
     ])
     return (facts.sh, "-c", script), (("NOTIFY_SOCKET", NOTIFY_SOCKET),)
+
+
+CONFINEMENT_DROPIN = "zz-virt-sandbox-service-confinement.conf"
+
+
+def confinement_dropin(config: SandboxConfig) -> str:
+    """The confined units' own layers. The sandbox's init already confines every process in
+    it; this restates that for the unit (so `systemd-analyze security` rates it), and takes
+    away what the sandbox's systemd keeps only for itself (CAP_NET_ADMIN for DHCP). Named to
+    sort after every other drop-in, so no host drop-in widens it again."""
+    caps = confined_caps(config)
+    allow = config.syscalls_allow
+    gone = [f"CAP_{c.upper()}" for c in confine.CAP_NUMBERS if c not in caps]
+    calls = confine.denied_calls(caps, allow)
+    lines = [
+        "# virt-sandbox-service: the confined service's layers (see `inspect`).",
+        "[Service]",
+        f"CapabilityBoundingSet=~{' '.join(gone)}",
+        "AmbientCapabilities=",
+        "NoNewPrivileges=yes",
+        f"SystemCallFilter=~{' '.join(calls)}",
+        "SystemCallErrorNumber=EPERM",
+        "SystemCallArchitectures=native",
+        "LockPersonality=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelLogs=yes",
+        "ProtectControlGroups=yes",
+    ]
+    if "clock" not in confine.allowed_groups(caps, allow):
+        lines.append("ProtectClock=yes")
+    if confine.restricts_namespaces(caps, allow):
+        lines.append("RestrictNamespaces=yes")
+    if "vsock" not in allow:
+        lines.append("RestrictAddressFamilies=~AF_VSOCK")
+    # A "+" command line skips these, but not the sandbox's own confinement.
+    return "\n".join(lines) + "\n"
 
 
 def _tasks_prologue() -> list[str]:

@@ -37,8 +37,15 @@ import libvirt
 from ..apply import libvirt as lv
 from ..config import Driver, SandboxConfig
 from ..errors import HostError, UserError
+from ..limits import Jail, jail
 from . import common, lxc
-from .enter import init_pid, join_pids_cgroup, match_bounding_set, open_namespaces
+from .enter import (
+    confine_self,
+    init_pid,
+    join_pids_cgroup,
+    match_bounding_set,
+    open_namespaces,
+)
 
 ESCAPE = b"\x1d"  # Ctrl-], as in virsh console and telnet
 FALLBACK_SHELL = "/bin/sh"
@@ -103,7 +110,7 @@ def connect(cfg: SandboxConfig, stdin: int = 0, stdout: int = 1) -> int:
     login = choose_login(_read_sandbox_passwd(init), lambda p: _executable_in(init, p))
     if login.note:
         print(f"virt-sandbox-service: {login.note}; using {login.shell}", file=sys.stderr)
-    master, pid = _spawn(dom, init, login, shell_env(cfg, login), _winsize(stdin))
+    master, pid = _spawn(dom, init, login, shell_env(cfg, login), _winsize(stdin), jail(cfg))
     print(f"Connected to sandbox {cfg.name}: {login.shell} -l. Escape character is ^] "
           "(the sandbox keeps running).", file=sys.stderr, flush=True)
     try:
@@ -136,7 +143,7 @@ def _executable_in(init: int, path: str) -> bool:
 
 
 def _spawn(dom: libvirt.virDomain, init: int, login: Login, env: dict[str, str],
-           winsize: bytes) -> tuple[int, int]:
+           winsize: bytes, confinement: Jail) -> tuple[int, int]:
     """Start the shell in the sandbox on a pty of its own; returns (pty master, child pid)."""
 
     fds = open_namespaces(dom)
@@ -144,7 +151,7 @@ def _spawn(dom: libvirt.virDomain, init: int, login: Login, env: dict[str, str],
     pid = os.fork()
     if pid == 0:
         ours.close()
-        _child(dom, init, fds, theirs, login, env, winsize)
+        _child(dom, init, fds, theirs, login, env, winsize, confinement)
     for fd in fds:
         os.close(fd)
     theirs.close()
@@ -157,7 +164,7 @@ def _spawn(dom: libvirt.virDomain, init: int, login: Login, env: dict[str, str],
 
 
 def _child(dom: libvirt.virDomain, init: int, fds: list[int], sock: socket.socket,
-           login: Login, env: dict[str, str], winsize: bytes) -> None:
+           login: Login, env: dict[str, str], winsize: bytes, confinement: Jail) -> None:
     """In the forked child: enter the sandbox, fork into its PID namespace, run the shell."""
     try:
         import libvirt_lxc
@@ -170,6 +177,7 @@ def _child(dom: libvirt.virDomain, init: int, fds: list[int], sock: socket.socke
         _enter_namespaces(fds)
         pid = os.fork()  # a new PID namespace applies to children only
         if pid == 0:
+            confine_self(confinement)
             _shell(sock, login, env, winsize)
         sock.close()
         os._exit(_reap(pid, None) or 0)

@@ -11,7 +11,7 @@ import libvirt
 
 from .. import host
 from ..errors import HostError
-from ..limits import CAP_NUMBERS, bounding_set
+from ..limits import CAP_NUMBERS, Jail, bounding_set
 
 PR_CAPBSET_DROP = 24
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -45,6 +45,16 @@ def limit_bounding_set(keep: int) -> None:
             if err != 22:  # EINVAL: the kernel does not know this capability
                 raise OSError(err, f"cannot drop capability {CAP_NUMBERS[bit]}: "
                                    f"{os.strerror(err)}")
+
+
+def confine_self(jail: Jail | None) -> None:
+    """In a process that entered a sandbox, just before it execs there: the sandbox's seccomp
+    filter and capability set, so that nothing the tool runs inside can do more than the
+    sandbox's own processes (or be used by them: a planted /etc/ld.so.preload, say)."""
+    if jail is not None:
+        from .. import confine
+
+        confine.apply(*jail)
 
 
 def pids_cgroup(pid: int) -> Path | None:

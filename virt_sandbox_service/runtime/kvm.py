@@ -34,6 +34,7 @@ import libvirt
 
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
+from ..limits import Jail
 from ..units import EXIT_NOT_CONFIGURED
 from .common import (
     EXIT_FILE,
@@ -266,8 +267,10 @@ class AgentError(HostError):
     pass
 
 
-def execute(dom: libvirt.virDomain, argv: list[str], env: dict[str, str]) -> int:
-    """Run argv in the guest; print its stdout and stderr apart; return its exit status."""
+def execute(dom: libvirt.virDomain, argv: list[str], env: dict[str, str], *,
+            jail: Jail | None = None) -> int:
+    """Run argv in the guest; print its stdout and stderr apart; return its exit status.
+    `jail` is for LXC: a VM's own kernel is the boundary of what runs in it."""
     if not _active(dom):
         raise UserError(f"sandbox '{dom.name()}' is not running",
                         f"start it: virt-sandbox-service start {dom.name()}")

@@ -27,6 +27,7 @@ from ..apply.files import make_whiteout
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
 from ..evidence import hidden_secrets
+from ..limits import Jail, jail
 from ..network import parse_network
 from ..plan import ETC_WORK, EVIDENCE_FILE, EXIT_STATUS_FILE, HOST_CHANNEL, PAYLOAD_CGROUP
 from ..units import EXIT_NOT_CONFIGURED
@@ -45,7 +46,14 @@ from .common import (
 from .common import print_error as _print_error
 from .common import raise_stopped as _raise_stopped
 from .common import report_inner_failure as _report_inner_failure
-from .enter import init_pid, join_pids_cgroup, match_bounding_set, open_namespaces, pids_cgroup
+from .enter import (
+    confine_self,
+    init_pid,
+    join_pids_cgroup,
+    match_bounding_set,
+    open_namespaces,
+    pids_cgroup,
+)
 from .notify import NotifyListener, notify_host_manager
 
 log = logging.getLogger(__name__)
@@ -347,9 +355,11 @@ NS_ORDER = ("user", "ipc", "uts", "net", "pid", "mnt")
 
 
 def execute(dom: libvirt.virDomain, argv: list[str], env: dict[str, str], *,
-            namespaces: tuple[str, ...] = NS_ORDER, cgroup: bool = True) -> int:
+            jail: Jail | None = None, namespaces: tuple[str, ...] = NS_ORDER,
+            cgroup: bool = True) -> int:
     """Run argv inside the running sandbox; its stdio is ours, its exit status is returned.
 
+    `jail`: the sandbox's confinement (limits.jail), which the command runs under.
     `namespaces` (a subset of NS_ORDER) and `cgroup` choose what is entered; the default is
     everything, so that the command sees the sandbox as its own processes do.
     """
@@ -364,7 +374,7 @@ def execute(dom: libvirt.virDomain, argv: list[str], env: dict[str, str], *,
     fds = open_namespaces(dom)
     pid = os.fork()
     if pid == 0:
-        _child_enter_and_run(dom, fds, argv, env, namespaces, cgroup, init)
+        _child_enter_and_run(dom, fds, argv, env, namespaces, cgroup, init, jail)
     for fd in fds:
         os.close(fd)
     return _wait_status(pid)
@@ -372,7 +382,7 @@ def execute(dom: libvirt.virDomain, argv: list[str], env: dict[str, str], *,
 
 def _child_enter_and_run(dom: libvirt.virDomain, fds: list[int], argv: list[str],
                          env: dict[str, str], namespaces: tuple[str, ...],
-                         cgroup: bool, init: int | None) -> None:
+                         cgroup: bool, init: int | None, jail: Jail | None) -> None:
     try:
         import libvirt_lxc
 
@@ -397,6 +407,7 @@ def _child_enter_and_run(dom: libvirt.virDomain, fds: list[int], argv: list[str]
         pid = os.fork()
         if pid == 0:
             os.chdir("/")
+            confine_self(jail)
             try:
                 os.execvpe(argv[0], argv, env)
             except OSError as e:
@@ -446,14 +457,14 @@ def reload(dom: libvirt.virDomain, cfg: SandboxConfig, units: list[str]) -> int:
     argv = ["systemctl", "reload", *(units or cfg.units)]
     env = sandbox_env(cfg)
     if sees_controller(dom):
-        return execute(dom, argv, env)
+        return execute(dom, argv, env, jail=jail(cfg))
     # We run in a PID namespace beside libvirtd's (a systemd in a container drives the host's
     # libvirtd, as in the systemd test host): setns() into the sandbox's PID namespace works
     # only from an ancestor, and libvirt finds the sandbox's cgroup through /proc/<domain ID>,
     # which we cannot see. systemctl needs neither: it enters the sandbox's filesystem. Its
     # systemd refuses private-socket clients whose PID it cannot see, so go through the
     # sandbox's D-Bus daemon, which checks only the caller's UID.
-    return execute(dom, argv, {**env, "SYSTEMCTL_FORCE_BUS": "1"},
+    return execute(dom, argv, {**env, "SYSTEMCTL_FORCE_BUS": "1"}, jail=jail(cfg),
                    namespaces=tuple(ns for ns in NS_ORDER if ns != "pid"), cgroup=False)
 
 

@@ -53,9 +53,16 @@ from ..config import (
     driver_for_uri,
 )
 from ..errors import HostError, UserError
-from ..limits import LimitArgs, parse_caps, parse_limits
+from ..limits import (
+    LimitArgs,
+    init_caps,
+    norm_caps,
+    parse_caps,
+    parse_limits,
+    parse_syscall_allow,
+)
 from ..mounts import MountType, parse_mount
-from ..plan import TMPFS, Mount, Plan, _guest_binds, _user_mounts
+from ..plan import TMPFS, Mount, Plan, _guest_binds, _user_mounts, confine_argv
 
 RUN_PREFIX = "vss-run-"
 EXIT_SETUP_FAILED = 125  # like env(1) and podman: the sandbox, not the command, failed
@@ -77,6 +84,7 @@ class RunOptions:
     limits: LimitArgs = field(default_factory=LimitArgs)
     cap_drop: tuple[str, ...] = ()
     cap_add: tuple[str, ...] = ()
+    syscall_allow: tuple[str, ...] = ()
     mounts: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()
 
@@ -118,7 +126,8 @@ def run_config(name: str, uri: str, argv: Sequence[str], paths: Paths,
 
         validate_options(CreateRequest(
             name=name, uri=uri, command=tuple(argv), limits=opts.limits,
-            cap_drop=opts.cap_drop, cap_add=opts.cap_add, mounts=opts.mounts,
+            cap_drop=opts.cap_drop, cap_add=opts.cap_add, syscall_allow=opts.syscall_allow,
+            mounts=opts.mounts,
             networks=opts.networks), own_trees=RUN_TREES)
     if opts.limits.tasks is not None:
         # An LXC sandbox's init sets it up (plan._tasks_prologue) and its stop removes the
@@ -135,6 +144,8 @@ def run_config(name: str, uri: str, argv: Sequence[str], paths: Paths,
     return SandboxConfig(name=name, kind=Kind.GENERIC, uri=uri,
                          state_dir=str(paths.state_parent / name) if fresh else "",
                          command=tuple(argv), caps_drop=caps,
+                         caps_add=norm_caps(opts.cap_add),
+                         syscalls_allow=parse_syscall_allow(opts.syscall_allow),
                          mounts=opts.mounts, networks=opts.networks,
                          **limits)  # type: ignore[arg-type]
 
@@ -183,12 +194,17 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig) -> int:
 
     sh = host.find_tool(("/bin/sh", "/usr/bin/sh"), "/bin/sh", "dash")
     facts = host.HostFacts(sh=sh, selinux=host.selinux_enabled(),
-                           memory_kib=host._mem_total_kib())
+                           memory_kib=host._mem_total_kib(),
+                           python=host.find_tool(("/usr/bin/python3", "python3"), "python3",
+                                                 "python3"),
+                           confine=host.confine_script())
     # -m guest-bind: bound by the init before the command runs, as in a generic sandbox.
     binds = "".join(f"{b} 2>&5 || {{ echo {EXIT_SETUP_FAILED} >&6; exit 1; }}; "
                     for b in _guest_binds(cfg))
-    plan = run_plan(cfg, facts, init=(sh, "-c", binds + LXC_INIT, "vss-run", *cfg.command),
-                    env=_sandbox_env())
+    # The command runs confined (see confine.py), like a generic sandbox's.
+    jail = confine_argv(facts, init_caps(cfg), cfg.syscalls_allow)
+    plan = run_plan(cfg, facts, init=(sh, "-c", binds + LXC_INIT, "vss-run", *jail,
+                                      *cfg.command), env=_sandbox_env())
     xml = lxc.build(plan, facts, METADATA_NS)
     status_r, status_w = os.pipe()
     stdio = [_usable_fd(fd) for fd in (0, 1, 2)]
