@@ -5,6 +5,7 @@
 _vss_commands='create clone start stop delete list inspect execute connect upgrade limit run reload completion doctor'
 _vss_global_options='-h --help --version --debug'
 _vss_caps() { printf '%s\n' chown dac_override dac_read_search fowner fsetid kill setgid setuid setpcap linux_immutable net_bind_service net_broadcast net_admin net_raw ipc_lock ipc_owner sys_module sys_rawio sys_chroot sys_ptrace sys_pacct sys_admin sys_boot sys_nice sys_resource sys_time sys_tty_config mknod lease audit_write audit_control setfcap mac_override mac_admin syslog wake_alarm block_suspend audit_read perfmon bpf checkpoint_restore; }
+_vss_syscall_groups() { printf '%s\n' @mount @handles @namespaces @module @reboot @clock @swap @acct @rawio @bpf @perf @keyring @userfaultfd @io_uring @ptrace @syslog @quota @numa @obsolete vsock; }
 
 # Sandbox names: the config files (VSS_CONFIG_DIR as the tool itself reads it).
 _vss_names() {
@@ -90,8 +91,8 @@ _virt_sandbox_service() {
     local opts='' values='' positionals=''
     case $cmd in
         create)
-            opts='-h --help -c --connect -u --unit -p --path -P --package --private --shared -C --copy -s --security --memory --cpu-weight --cpu-quota --blkio-weight --tasks --cap-drop --cap-add -m --mount -N --network --userns -U --uid -G --gid --username --homedir -i --imagesize --etc --dry-run'
-            values='-c=_vss_uris --connect=_vss_uris -u=_vss_units --unit=_vss_units -p=_vss_files --path=_vss_files -P=_vss_packages --package=_vss_packages --private=_vss_files --shared=_vss_files -s=_vss_security --security=_vss_security --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --cap-drop=_vss_caps --cap-add=_vss_caps -m=- --mount=- -N=- --network=- -U=_vss_users --uid=_vss_users -G=_vss_groups --gid=_vss_groups --username=- --homedir=_vss_files -i=- --imagesize=- --etc=words:overlay,copy'
+            opts='-h --help -c --connect -u --unit -p --path -P --package --private --shared -C --copy -s --security --memory --cpu-weight --cpu-quota --blkio-weight --tasks --cap-drop --cap-add --syscall-allow -m --mount -N --network --userns -U --uid -G --gid --username --homedir -i --imagesize --etc --dry-run'
+            values='-c=_vss_uris --connect=_vss_uris -u=_vss_units --unit=_vss_units -p=_vss_files --path=_vss_files -P=_vss_packages --package=_vss_packages --private=_vss_files --shared=_vss_files -s=_vss_security --security=_vss_security --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --cap-drop=_vss_caps --cap-add=_vss_caps --syscall-allow=_vss_syscall_groups -m=- --mount=- -N=- --network=- -U=_vss_users --uid=_vss_users -G=_vss_groups --gid=_vss_groups --username=- --homedir=_vss_files -i=- --imagesize=- --etc=words:overlay,copy'
             positionals='- REST'
             ;;
         clone)
@@ -145,8 +146,8 @@ _virt_sandbox_service() {
             positionals=_vss_names
             ;;
         run)
-            opts='-h --help -c --connect --memory --cpu-weight --cpu-quota --blkio-weight --tasks --cap-drop --cap-add -m --mount -N --network'
-            values='-c=_vss_uris --connect=_vss_uris --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --cap-drop=_vss_caps --cap-add=_vss_caps -m=- --mount=- -N=- --network=-'
+            opts='-h --help -c --connect --memory --cpu-weight --cpu-quota --blkio-weight --tasks --cap-drop --cap-add --syscall-allow -m --mount -N --network'
+            values='-c=_vss_uris --connect=_vss_uris --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --cap-drop=_vss_caps --cap-add=_vss_caps --syscall-allow=_vss_syscall_groups -m=- --mount=- -N=- --network=-'
             positionals=REST
             ;;
         reload)

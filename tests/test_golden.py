@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,10 @@ from virt_sandbox_service.domain import domain_xml
 from virt_sandbox_service.evidence import Access, PathEvidence
 from virt_sandbox_service.host import HostFacts
 from virt_sandbox_service.limits import DEFAULT_DROP
-from virt_sandbox_service.plan import Plan, plan
+from virt_sandbox_service.plan import CONFINEMENT_DROPIN, Plan, WriteFile, plan
 from virt_sandbox_service.units import render_sandbox_unit
 
-from .conftest import GOLDEN
+from .conftest import GOLDEN, need
 
 SCHEMA = Path("/usr/share/libvirt/schemas/domain.rng")
 EXE = "/usr/local/bin/virt-sandbox-service"
@@ -103,6 +105,11 @@ CASES: dict[str, tuple[SandboxConfig, tuple[PathEvidence, ...], HostFacts]] = {
         (ev("/var/tmp", reason="writable temporary space", mode=0o1777),), FACTS),
     "userns": (config(name="web3", id_base=1 << 20, state_dir="/var/lib/virt-sandbox-service/web3"),
                APACHE_EVIDENCE, FACTS),
+    "time-daemon": (
+        config(name="ntp1", units=("chrony.service",), caps_add=("sys_time",),
+               caps_drop=tuple(c for c in DEFAULT_DROP if c != "sys_time"),
+               syscalls_allow=("@keyring",), state_dir="/var/lib/virt-sandbox-service/ntp1"),
+        (ev("/var/lib/chrony", reason="package chrony (dpkg file list)"),), FACTS),
 }
 
 
@@ -133,6 +140,60 @@ def test_unit_golden(case: str, regenerate: bool) -> None:
     check_golden(GOLDEN / f"{case}.service", unit, regenerate)
 
 
+DROPIN_CASES = ("apache2", "network-filter", "time-daemon")
+
+
+def confinement_dropin(case: str) -> tuple[str, str]:
+    """The confined unit's name and its confinement drop-in, as planned."""
+    p, _, _ = make(case)
+    unit = p.config.units[0]
+    wanted = f"/{unit}.d/{CONFINEMENT_DROPIN}"
+    return unit, next(f.content for f in p.files
+                      if isinstance(f, WriteFile) and f.path.endswith(wanted))
+
+
+@pytest.mark.parametrize("case", DROPIN_CASES)
+def test_confinement_dropin_golden(case: str, regenerate: bool) -> None:
+    check_golden(GOLDEN / f"{case}.confinement.conf", confinement_dropin(case)[1], regenerate)
+
+
+def test_confinement_follows_the_options() -> None:
+    plain, dhcp, timed = (confinement_dropin(c)[1] for c in DROPIN_CASES)
+    gone = plain.split("CapabilityBoundingSet=~")[1].split("\n")[0].split()
+    assert {"CAP_SYS_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE", "CAP_NET_ADMIN"} <= set(gone)
+    assert "CAP_SETUID" not in gone and "ProtectClock=yes" in plain
+    # networkd keeps CAP_NET_ADMIN for DHCP in the sandbox; the service does not get it.
+    assert "CAP_NET_ADMIN" in dhcp.split("CapabilityBoundingSet=~")[1].split("\n")[0]
+    init = make("network-filter")[1]
+    assert ",net_admin,net_raw," in init and ",net_admin," not in make("apache2")[1]
+    # --cap-add sys_time gives back the capability and the clock calls, and nothing else.
+    assert "CAP_SYS_TIME" not in timed and "ProtectClock" not in timed
+    assert "clock_settime" not in timed and "keyctl" not in timed and "mount " in timed
+    assert "--allow @keyring" in make("time-daemon")[1]
+
+
+def test_confinement_dropin_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """With the host's own apache2.service (installed by set-up), as the sandbox's systemd
+    loads it: its fragment, then our drop-in."""
+    fragment = Path("/lib/systemd/system/apache2.service")
+    need(fragment.exists() and shutil.which("systemd-analyze") is not None,
+         "apache2 and systemd-analyze are installed by scripts/setup.sh")
+    unit, text = confinement_dropin("apache2")
+    (tmp_path / unit).write_text(fragment.read_text())
+    (tmp_path / f"{unit}.d").mkdir()
+    (tmp_path / f"{unit}.d" / CONFINEMENT_DROPIN).write_text(text)
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / unit)],
+                       capture_output=True, text=True, check=False, env=env)
+    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(tmp_path / unit)],
+                       capture_output=True, text=True, check=False, env=env)
+    shown = {line.split()[1].split("=")[0] for line in r.stdout.splitlines()
+             if line.startswith("✓")}
+    assert {"CapabilityBoundingSet", "SystemCallFilter", "NoNewPrivileges",
+            "RestrictNamespaces"} <= {s.split("~")[0] for s in shown}, r.stdout
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_domain_validates_against_libvirt_schema(case: str) -> None:
     if not SCHEMA.exists():
@@ -157,7 +218,12 @@ def test_apache2_domain_shape() -> None:
     assert doc.find("features/privnet") is not None
     assert doc.find("interface") is None and doc.find("devices/interface") is None
     assert doc.findtext("os/initenv[@name='NOTIFY_SOCKET']") == "/run/sandbox-host/notify"
-    assert "unshare --cgroup /lib/systemd/systemd" in doc.findall("os/initarg")[-1].text
+    init = doc.findall("os/initarg")[-1].text
+    # systemd starts confined: seccomp and the small capability set (see confine.py).
+    assert "sandbox-init /usr/bin/python3 -I -S " in init
+    assert "confine.py --caps chown,dac_override," in init
+    assert init.endswith("-- /lib/systemd/systemd systemd.unified_cgroup_hierarchy=1")
+    assert "sys_admin" not in init.split("--caps ")[1].split()[0]
     assert doc.find("seclabel") is None  # no SELinux in FACTS
 
 
