@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import conffiles, host, image, labels, unitfile, users
+from . import capneeds, conffiles, host, image, labels, unitfile, users
 from . import evidence as ev
 from .apply import files
 from .apply import libvirt as lv
@@ -45,6 +45,7 @@ from .errors import UserError
 from .limits import (
     LimitArgs,
     check_enforceable,
+    confined_caps,
     kvm_tasks_refusal,
     norm_caps,
     parse_caps,
@@ -373,8 +374,14 @@ def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts, got: Gath
     overlay = etc_overlay(req, parent, facts.overlayfs, got.evidence)
     config = build_config(req, paths, got.units, label, mode, overlay)
     fragments = tuple((u.name, str(u.path)) for u in got.units)
+    missing = capneeds.lacking(list(got.units), confined_caps(config))
+    if missing:
+        line, hint = capneeds.describe(missing)
+        print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
+              file=sys.stderr)
     p = plan(config, facts, got.evidence, got.hidden, str(paths.config_file(req.name)),
-             str(paths.run_dir / req.name), fragments)
+             str(paths.run_dir / req.name), fragments,
+             tuple((unit, cap) for unit, cap, _ in missing))
     record = WriteFile(os.path.join(config.state_dir, EVIDENCE_FILE), evidence_json(p),
                        reason="why each path is private, hidden or shared")
     unit_path = str(paths.unit_dir / unit_name(req.name))

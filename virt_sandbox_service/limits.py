@@ -242,9 +242,13 @@ def _set_tasks_env(dom: etree._Element, tasks: int | None) -> None:
 
 
 def caps_element(cfg: SandboxConfig) -> etree._Element:
+    """The LXC init's capabilities. libvirt's default policy drops some by itself (sys_time,
+    sys_module, sys_boot, mac_admin, audit_control): one given back is switched on."""
     caps = etree.Element("capabilities", policy="default")
-    for cap in sorted(cfg.caps_drop):
-        caps.append(etree.Element(cap, state="off"))
+    states = {c: "off" for c in cfg.caps_drop} | {c: "on" for c in cfg.caps_add
+                                                  if c not in cfg.caps_drop}
+    for cap in sorted(states):
+        caps.append(etree.Element(cap, state=states[cap]))
     return caps
 
 

@@ -193,15 +193,18 @@ def _in(path: str, top: str) -> bool:
 
 def plan(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, ...],
          hidden: tuple[PathEvidence, ...], config_path: str, run_dir: str,
-         unit_fragments: tuple[tuple[str, str], ...] = ()) -> Plan:
-    """Build the plan. `unit_fragments` maps each confined unit to its fragment file."""
+         unit_fragments: tuple[tuple[str, str], ...] = (),
+         unit_needs: tuple[tuple[str, str], ...] = ()) -> Plan:
+    """Build the plan. `unit_fragments` maps each confined unit to its fragment file;
+    `unit_needs` are (unit, capability) pairs its own settings or program ask for that the
+    sandbox does not give (capneeds.py): its drop-in asserts them."""
     state = config.state_dir
     files: list[FileOp] = [
         MakeDir(state, 0o700, reason="the sandbox's state directory"),
         WriteFile(os.path.join(state, MARKER), f"{config.name}\n", 0o644,
                   reason="marks the directory as made by virt-sandbox-service (delete checks it)"),
     ]
-    files += _etc_ops(config, facts, evidence, hidden, unit_fragments)
+    files += _etc_ops(config, facts, evidence, hidden, unit_fragments, unit_needs)
     files += _var_ops(config, facts, evidence)
     files += _other_private_ops(state, evidence)
     files += _mount_ops(config)
@@ -222,8 +225,8 @@ def plan(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, 
 
 
 def _etc_ops(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, ...],
-             hidden: tuple[PathEvidence, ...],
-             unit_fragments: tuple[tuple[str, str], ...]) -> list[FileOp]:
+             hidden: tuple[PathEvidence, ...], unit_fragments: tuple[tuple[str, str], ...],
+             unit_needs: tuple[tuple[str, str], ...]) -> list[FileOp]:
     etc = os.path.join(config.state_dir, "etc")
     sysd = os.path.join(etc, "systemd", "system")
     wants = tuple(os.path.join("/etc/systemd/system", d) for d in facts.etc_wants_dirs)
@@ -238,7 +241,7 @@ def _etc_ops(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEviden
                 for d in facts.shared_etc]
     ops += _identity_ops(config, etc)
     if config.kind is Kind.SERVICE:
-        ops += _systemd_ops(config, sysd, facts.system_unit_dir, unit_fragments)
+        ops += _systemd_ops(config, sysd, facts.system_unit_dir, unit_fragments, unit_needs)
     return ops
 
 
@@ -329,7 +332,8 @@ def _hosts(name: str) -> str:
 
 
 def _systemd_ops(config: SandboxConfig, sysd: str, unit_dir: str,
-                 unit_fragments: tuple[tuple[str, str], ...]) -> list[FileOp]:
+                 unit_fragments: tuple[tuple[str, str], ...],
+                 unit_needs: tuple[tuple[str, str], ...]) -> list[FileOp]:
     wants = os.path.join(sysd, "multi-user.target.wants")
     ops: list[FileOp] = [
         MakeDir(wants, reason="the confined unit(s), and nothing else, are enabled"),
@@ -346,7 +350,8 @@ def _systemd_ops(config: SandboxConfig, sysd: str, unit_dir: str,
                              f"[Unit]\nOnFailure={FAILED_UNIT[:-9]}@%n.service\n",
                              reason="report the unit's failure to the host"))
         ops.append(WriteFile(os.path.join(dropin, CONFINEMENT_DROPIN),
-                             confinement_dropin(config),
+                             confinement_dropin(config, tuple(
+                                 c for u, c in unit_needs if u == unit)),
                              reason=f"{unit}'s own confinement layers"))
     ops += _networkd_ops(config, sysd, unit_dir)
     ops.append(WriteFile(os.path.join(sysd, FAILED_UNIT), _failed_unit_text(),
@@ -694,20 +699,23 @@ def init_command(config: SandboxConfig, facts: HostFacts, mounts: tuple[Mount, .
 CONFINEMENT_DROPIN = "zz-virt-sandbox-service-confinement.conf"
 
 
-def confinement_dropin(config: SandboxConfig) -> str:
+def confinement_dropin(config: SandboxConfig, lacking: tuple[str, ...] = ()) -> str:
     """The confined units' own layers. The sandbox's init already confines every process in
     it; this restates that for the unit (so `systemd-analyze security` rates it), and takes
     away what the sandbox's systemd keeps only for itself (CAP_NET_ADMIN for DHCP). Named to
-    sort after every other drop-in, so no host drop-in widens it again."""
+    sort after every other drop-in, so no host drop-in widens it again. `lacking`: the
+    capabilities the unit needs and will not have: it then fails at start with a line naming
+    them (a ConditionCapability= of its own would skip it silently, so that is reset)."""
     caps = confined_caps(config)
     allow = config.syscalls_allow
     gone = [f"CAP_{c.upper()}" for c in confine.CAP_NUMBERS if c not in caps]
     calls = confine.denied_calls(caps, allow)
-    lines = [
-        "# virt-sandbox-service: the confined service's layers (see `inspect`).",
+    lines = ["# virt-sandbox-service: the confined service's layers (see `inspect`)."]
+    if lacking:
+        lines += ["[Unit]", "ConditionCapability=", ""]
+    lines += [
         "[Service]",
         f"CapabilityBoundingSet=~{' '.join(gone)}",
-        "AmbientCapabilities=",
         "NoNewPrivileges=yes",
         f"SystemCallFilter=~{' '.join(calls)}",
         "SystemCallErrorNumber=EPERM",
@@ -724,6 +732,11 @@ def confinement_dropin(config: SandboxConfig) -> str:
         lines.append("RestrictNamespaces=yes")
     if "vsock" not in allow:
         lines.append("RestrictAddressFamilies=~AF_VSOCK")
+    if lacking:
+        need = " ".join(f"CAP_{c.upper()}" for c in lacking)
+        give = " ".join(f"--cap-add {c}" for c in lacking)
+        lines.append(f"ExecStartPre=/bin/sh -c 'echo \"virt-sandbox-service: this sandbox does "
+                     f"not give {need}, which this service needs ({give})\" >&2; exit 1'")
     # A "+" command line skips these, but not the sandbox's own confinement.
     return "\n".join(lines) + "\n"
 

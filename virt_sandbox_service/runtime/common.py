@@ -15,7 +15,7 @@ import libvirt
 
 from ..apply import libvirt as lv
 from ..config import Kind, Paths, SandboxConfig
-from ..errors import HostError
+from ..errors import HostError, SandboxError
 from ..util import run
 
 
@@ -93,8 +93,28 @@ def fail_start(cfg: SandboxConfig, failed: list[str], since: float,
     then free to mount), and fail the start."""
     stop()
     report_inner_failure(cfg, failed, since)
-    raise InnerFailure(f"{', '.join(failed)} failed in sandbox '{cfg.name}'",
-                       log_hint(cfg, failed[0]))
+    why, hint = _lacking(cfg, failed)
+    raise InnerFailure(f"{', '.join(failed)} failed in sandbox '{cfg.name}'{why}",
+                       hint + log_hint(cfg, failed[0]))
+
+
+def _lacking(cfg: SandboxConfig, failed: list[str]) -> tuple[str, str]:
+    """What the failed units need that the sandbox does not give (capneeds.py), if anything:
+    the error's tail and the start of its hint."""
+    from .. import capneeds, unitfile
+    from ..limits import confined_caps
+
+    units = []
+    for name in failed:
+        try:
+            units.append(unitfile.load_unit(name))
+        except (SandboxError, OSError):  # an unreadable unit must not hide the failure
+            continue
+    missing = capneeds.lacking(units, confined_caps(cfg))
+    if not missing:
+        return "", ""
+    line, hint = capneeds.describe(missing)
+    return f": {line}", f"{hint} (create it again with it); "
 
 
 def copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain, flags: int,

@@ -1,0 +1,82 @@
+"""What a confined unit needs beyond the sandbox's capabilities (capneeds.py), and how its
+drop-in makes it fail at start naming them. Pure, except the file-capability read (root)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from virt_sandbox_service import capneeds
+from virt_sandbox_service.config import Kind, SandboxConfig
+from virt_sandbox_service.limits import confined_caps
+from virt_sandbox_service.plan import confinement_dropin
+from virt_sandbox_service.unitfile import UnitFile, load_unit
+
+CHRONY_LIKE = """\
+[Unit]
+Description=a time daemon
+ConditionCapability=CAP_SYS_TIME
+ConditionCapability=!CAP_MKNOD
+
+[Service]
+User=_t
+ExecStart=!{program} -d
+AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_IPC_LOCK
+CapabilityBoundingSet=~CAP_SYS_ADMIN
+"""
+
+
+def unit(tmp_path: Path, program: str = "/usr/sbin/timed") -> UnitFile:
+    (tmp_path / "timed.service").write_text(CHRONY_LIKE.format(program=program))
+    return load_unit("timed.service", [tmp_path])
+
+
+def cfg(**kw: object) -> SandboxConfig:
+    return SandboxConfig(name="t", kind=Kind.SERVICE, uri="lxc:///", state_dir="/s",
+                         units=("timed.service",), **kw)
+
+
+def test_needs_come_from_the_units_own_settings(tmp_path: Path) -> None:
+    u = unit(tmp_path)
+    assert capneeds.declared(u) == [
+        ("sys_time", "ConditionCapability="), ("net_bind_service", "AmbientCapabilities="),
+        ("ipc_lock", "AmbientCapabilities=")]
+    # net_bind_service is in the confined set; the others are not, until given back.
+    assert capneeds.lacking([u], confined_caps(cfg())) == [
+        ("timed.service", "sys_time", "ConditionCapability="),
+        ("timed.service", "ipc_lock", "AmbientCapabilities=")]
+    given = cfg(caps_add=("sys_time", "ipc_lock"))
+    assert capneeds.lacking([u], confined_caps(given)) == []
+    line, hint = capneeds.describe(capneeds.lacking([u], confined_caps(cfg())))
+    assert line.startswith("timed.service needs CAP_SYS_TIME (ConditionCapability=)")
+    assert hint == "give it with --cap-add ipc_lock --cap-add sys_time"
+
+
+def test_file_capabilities_decode() -> None:
+    # vfs_cap_data revision 2: magic, permitted lo, inheritable lo, permitted hi, inh. hi
+    blob = struct.pack("<IIIII", 0x02000001, 1 << 13 | 1 << 10, 0, 0, 0)
+    assert capneeds.file_caps(blob) == ["net_bind_service", "net_raw"]
+    assert capneeds.file_caps(b"") == []
+
+
+@pytest.mark.root
+def test_a_programs_file_capabilities_are_a_need(tmp_path: Path) -> None:
+    program = tmp_path / "pinger"
+    shutil.copy("/bin/true", program)
+    os.setxattr(program, capneeds.VFS_CAP_XATTR,
+                struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0))
+    u = unit(tmp_path, str(program))
+    assert ("net_raw", f"file capabilities of {program}") in capneeds.needed(u)
+
+
+def test_a_lacking_unit_fails_at_start_with_a_line_naming_it() -> None:
+    text = confinement_dropin(cfg(), ("sys_time",))
+    # Its own ConditionCapability= would skip it silently: reset, and fail with our line.
+    assert "[Unit]\nConditionCapability=\n" in text
+    assert "does not give CAP_SYS_TIME" in text and "--cap-add sys_time" in text
+    assert "ExecStartPre=/bin/sh -c" in text
+    assert "ExecStartPre" not in confinement_dropin(cfg())

@@ -1,0 +1,88 @@
+"""Which capabilities a confined unit needs, from evidence: its own unit file and its binary.
+
+A confined service keeps a small capability set (confine.CONFINED_CAPS). A daemon that needs
+more says so itself: `ConditionCapability=`/`AssertCapability=` (chrony: CAP_SYS_TIME),
+`AmbientCapabilities=` (what it expects to hold as a non-root user), or file capabilities on
+the program its `ExecStart=` runs. create warns about what the sandbox will not give, the
+confined unit's drop-in asserts it (so the unit fails at start, instead of being silently
+skipped for an unmet condition), and a failed start names it with the option that gives it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from .confine import CAP_NUMBERS
+from .unitfile import UnitFile
+
+EXEC_PREFIXES = "@-:+!|"
+VFS_CAP_XATTR = "security.capability"
+
+
+def _cap_names(text: str) -> list[str]:
+    names = [w.lower().removeprefix("cap_") for w in text.split()]
+    return [n for n in names if n in CAP_NUMBERS]
+
+
+def declared(unit: UnitFile) -> list[tuple[str, str]]:
+    """(capability, the directive naming it) from the unit's own settings."""
+    out: list[tuple[str, str]] = []
+    for section, key in (("Unit", "ConditionCapability"), ("Unit", "AssertCapability"),
+                         ("Service", "AmbientCapabilities")):
+        for value in unit.values(section, key):
+            if value.startswith("!") or value.startswith("~"):
+                continue  # "must not have", or "all but": no need
+            out += [(cap, f"{key}=") for cap in _cap_names(value.lstrip("|"))]
+    return out
+
+
+def exec_program(unit: UnitFile) -> str | None:
+    """The program of the unit's (last) ExecStart= line."""
+    value = unit.value("Service", "ExecStart")
+    if not value:
+        return None
+    word = value.split()[0].lstrip(EXEC_PREFIXES) if value.split() else ""
+    return word if word.startswith("/") else None
+
+
+def file_caps(blob: bytes) -> list[str]:
+    """The permitted set of a security.capability xattr (vfs_cap_data, revision 2 or 3)."""
+    if len(blob) < 12:
+        return []
+    _magic, lo, _inh_lo = struct.unpack_from("<III", blob)
+    hi = struct.unpack_from("<I", blob, 12)[0] if len(blob) >= 16 else 0
+    mask = lo | hi << 32
+    return [name for bit, name in enumerate(CAP_NUMBERS) if mask >> bit & 1]
+
+
+def program_caps(path: str) -> list[str]:
+    try:
+        return file_caps(os.getxattr(path, VFS_CAP_XATTR))
+    except OSError:  # no such attribute, program, or file system support
+        return []
+
+
+def needed(unit: UnitFile) -> list[tuple[str, str]]:
+    """Every (capability, why) the unit shows it needs; first reason per capability."""
+    found = declared(unit)
+    program = exec_program(unit)
+    if program:
+        found += [(cap, f"file capabilities of {program}") for cap in program_caps(program)]
+    seen: dict[str, str] = {}
+    for cap, why in found:
+        seen.setdefault(cap, why)
+    return list(seen.items())
+
+
+def lacking(units: list[UnitFile], kept: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(unit, capability, why) for each capability a unit needs that `kept` lacks."""
+    return [(u.name, cap, why) for u in units for cap, why in needed(u) if cap not in kept]
+
+
+def describe(missing: list[tuple[str, str, str]]) -> tuple[str, str]:
+    """One line naming what is lacking, and the hint that gives it."""
+    parts = [f"{unit} needs CAP_{cap.upper()} ({why})" for unit, cap, why in missing]
+    caps = sorted({cap for _, cap, _ in missing})
+    return ("; ".join(parts) + ", which the sandbox's processes do not have",
+            "give it with " + " ".join(f"--cap-add {c}" for c in caps))
