@@ -198,3 +198,15 @@ def test_tasks_limit_changed_live(env: Env) -> None:
     env.run("stop", name, check=True)  # the next start takes the new value from the domain
     env.run("start", "--detach", name, check=True)
     assert (cgroup_dir("pids", name) / "pids.max").read_text().strip() == "64"
+
+
+def test_run_sees_no_cgroup_tree_and_cannot_mount_one(env: Env) -> None:
+    """libvirt mounts the roots of the host's v1 hierarchies in a container, read-write: a
+    run's command would reach every other cgroup's limits. Its init unmounts them, and the
+    command, confined, cannot mount them again; its own memory limit holds."""
+    script = ("ls /sys/fs/cgroup | wc -l; "
+              "mount -t cgroup -o memory none /mnt && echo mounted; " + ALLOC)
+    proc = env.run("run", "--memory", "64M", "--", "/bin/sh", "-c", script, timeout=60)
+    assert proc.stdout.splitlines()[0] == "0", proc.stdout + proc.stderr
+    assert "mounted" not in proc.stdout and "survived" not in proc.stdout
+    assert proc.returncode == 137

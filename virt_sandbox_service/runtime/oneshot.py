@@ -69,6 +69,11 @@ EXIT_SETUP_FAILED = 125  # like env(1) and podman: the sandbox, not the command,
 KVM_BOOT_TIMEOUT = 300.0  # seconds without any sign of the guest before we give up
 # The container's init: fds 3-6 are our stdin, stdout, stderr and the status pipe.
 # exec in a subshell: the shell's own notes ("Killed") go to the console, not to our stderr.
+# libvirt (9.0) mounts the roots of the host's v1 hierarchies in the container, read-write:
+# every other cgroup's limits (other sandboxes', the host's own) and the run's own would be
+# one write away. The command never needs them: they go before it runs, and, confined, it
+# cannot mount them again. Its limits stay on libvirt's cgroup for it.
+HIDE_CGROUPS = (f"umount -R /sys/fs/cgroup 2>&5 || {{ echo {EXIT_SETUP_FAILED} >&6; exit 1; }}; ")
 LXC_INIT = ("unset LISTEN_FDS LISTEN_PID LISTEN_FDNAMES; "
             '(exec "$@" <&3 >&4 2>&5 3<&- 4>&- 5>&- 6>&-); rc=$?; echo $rc >&6; exit $rc')
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -203,7 +208,7 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig) -> int:
                     for b in _guest_binds(cfg))
     # The command runs confined (see confine.py), like a generic sandbox's.
     jail = confine_argv(facts, init_caps(cfg), cfg.syscalls_allow)
-    plan = run_plan(cfg, facts, init=(sh, "-c", binds + LXC_INIT, "vss-run", *jail,
+    plan = run_plan(cfg, facts, init=(sh, "-c", binds + HIDE_CGROUPS + LXC_INIT, "vss-run", *jail,
                                       *cfg.command), env=_sandbox_env())
     xml = lxc.build(plan, facts, METADATA_NS)
     status_r, status_w = os.pipe()
