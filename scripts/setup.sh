@@ -10,7 +10,7 @@ APT_PACKAGES=(
   libvirt-daemon-system libvirt-daemon-driver-lxc libvirt-daemon-driver-qemu libvirt-clients
   libvirt-dev pkg-config qemu-system-x86 qemu-utils dnsmasq-base dbus iptables busybox-static
   systemd-container libsystemd-dev linux-image-amd64 apache2 curl
-  nginx-light openssh-server postfix cron rsync
+  rsync
   python3-dev gcc make libxml2-utils groff-base man-db
   qemu-guest-agent cpio
   selinux-policy-dev checkpolicy semodule-utils selinux-policy-default setools
@@ -28,8 +28,6 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   # the host; the sandboxes run their own copies).
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-  echo "postfix postfix/main_mailer_type select Local only" | debconf-set-selections
-  echo "postfix postfix/mailname string localhost" | debconf-set-selections
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${need_apt[@]}"
 fi

@@ -9,6 +9,8 @@ venv=${VSS_VENV:-$here/.venv}
 export VSS_REQUIRE_ALL=${VSS_REQUIRE_ALL:-1}
 # CI owns this machine's libvirtd (setup.sh started it): the daemon-restart test may run.
 export VSS_ALLOW_DAEMON_RESTART=${VSS_ALLOW_DAEMON_RESTART:-1}
+# The daemons the tests confine (test set-up, not the tool's dependencies).
+bash "$here/scripts/test-daemons.sh"
 "$venv/bin/ruff" check virt_sandbox_service tests bench
 "$venv/bin/mypy" virt_sandbox_service
 exec "$venv/bin/python" -m pytest -q "$@"

@@ -14,7 +14,7 @@ from virt_sandbox_service import host
 from virt_sandbox_service.limits import bounding_set, caps_from_mask
 from virt_sandbox_service.runtime.enter import init_pid
 
-from .conftest import Env, unique_name
+from .conftest import Env, need, unique_name
 
 pytestmark = [pytest.mark.root, pytest.mark.libvirt]
 ALLOC = "/usr/bin/python3 -c 'x = bytearray(200 * 1024 * 1024); print(\"survived\")'"
@@ -210,3 +210,25 @@ def test_run_sees_no_cgroup_tree_and_cannot_mount_one(env: Env) -> None:
     assert proc.stdout.splitlines()[0] == "0", proc.stdout + proc.stderr
     assert "mounted" not in proc.stdout and "survived" not in proc.stdout
     assert proc.returncode == 137
+
+
+def test_a_time_daemon_fails_naming_its_capability_and_works_given_it(env: Env) -> None:
+    """chrony's unit says ConditionCapability=CAP_SYS_TIME, which a sandbox does not give: it
+    is named at create, and the start fails with one line naming it and the option (instead
+    of a silently skipped unit). With --cap-add sys_time it runs and answers its client."""
+    need(Path("/lib/systemd/system/chrony.service").exists(),
+         "chrony is installed by scripts/test-daemons.sh")
+    name = unique_name("ntp")
+    made = env.run("create", "-u", "chrony.service", name, check=True)
+    assert "chrony.service needs CAP_SYS_TIME (ConditionCapability=)" in made.stderr
+    proc = env.run("start", "--detach", name, timeout=90)
+    assert proc.returncode != 0
+    assert "chrony.service needs CAP_SYS_TIME" in proc.stderr, proc.stderr
+    assert "hint: give it with --cap-add sys_time" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    env.run("delete", "--force", name, check=True)
+    env.run("create", "--cap-add", "sys_time", "-u", "chrony.service", name, check=True)
+    env.run("start", "--detach", name, check=True, timeout=90)
+    out = env.run("execute", name, "--", "chronyc", "-n", "tracking", check=True).stdout
+    assert "Reference ID" in out
+    env.run("stop", name, check=True)
