@@ -252,7 +252,7 @@ def bash(parser: argparse.ArgumentParser) -> str:
         f"_vss_commands={q(' '.join(subs))}",
         f"_vss_global_options={q(' '.join(global_opts))}",
         f"_vss_caps() {{ printf '%s\\n' {' '.join(CAP_NUMBERS)}; }}",
-        f"_vss_syscall_groups() {{ printf '%s\\n' {' '.join('@' + g for g in GROUPS)} vsock; }}",
+        f"_vss_syscall_groups() {{ printf '%s\\n' {' '.join('@' + g for g in GROUPS)}; }}",
     ])
     cases = "\n".join(_case(name, sub) for name, sub in subs.items())
     return HEADER + "\n" + data + "\n" + HELPERS + MAIN.replace("@CASES@", cases)

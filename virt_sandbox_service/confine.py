@@ -62,6 +62,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "numa": ("mbind", "migrate_pages", "move_pages", "set_mempolicy"),
     "obsolete": ("uselib", "ustat", "sysfs", "_sysctl", "nfsservctl", "lookup_dcookie",
                  "vm86", "vm86old"),
+    # socket() of any family but unix, inet, inet6, netlink and packet (see FAMILIES): the
+    # rare ones are where the kernel loads modules on demand, and AF_VSOCK is in no network
+    # namespace at all (it reaches the host's vsock services).
+    "sockets": (),
 }
 # A capability given back lets the calls that exist for it through as well.
 CAP_GROUPS: dict[str, tuple[str, ...]] = {
@@ -76,7 +80,20 @@ NS_FLAGS = {"CLONE_NEWTIME": 0x80, "CLONE_NEWNS": 0x20000, "CLONE_NEWCGROUP": 0x
             "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000,
             "CLONE_NEWNET": 0x40000000}
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C  # typing into another's terminal
-AF_VSOCK = 40  # not network-namespaced: reaches the host's vsock services
+# Address families (linux/socket.h) refused unless @sockets is allowed; the rest, and every
+# number from AF_MAX on, too. Kept: AF_UNSPEC, AF_UNIX, AF_INET, AF_INET6, AF_NETLINK,
+# AF_PACKET (which needs CAP_NET_RAW anyway).
+FAMILIES = {
+    "AF_AX25": 3, "AF_IPX": 4, "AF_APPLETALK": 5, "AF_NETROM": 6, "AF_BRIDGE": 7,
+    "AF_ATMPVC": 8, "AF_X25": 9, "AF_ROSE": 11, "AF_DECnet": 12, "AF_NETBEUI": 13,
+    "AF_SECURITY": 14, "AF_KEY": 15, "AF_ASH": 18, "AF_ECONET": 19, "AF_ATMSVC": 20,
+    "AF_RDS": 21, "AF_SNA": 22, "AF_IRDA": 23, "AF_PPPOX": 24, "AF_WANPIPE": 25, "AF_LLC": 26,
+    "AF_IB": 27, "AF_MPLS": 28, "AF_CAN": 29, "AF_TIPC": 30, "AF_BLUETOOTH": 31, "AF_IUCV": 32,
+    "AF_RXRPC": 33, "AF_ISDN": 34, "AF_PHONET": 35, "AF_IEEE802154": 36, "AF_CAIF": 37,
+    "AF_ALG": 38, "AF_NFC": 39, "AF_VSOCK": 40, "AF_KCM": 41, "AF_QIPCRTR": 42, "AF_SMC": 43,
+    "AF_XDP": 44, "AF_MCTP": 45,
+}
+AF_MAX = 46
 # The capabilities a confined process keeps by default: what daemons use to start as root and
 # drop to their user (podman's default set, plus audit_write for login and sshd).
 CONFINED_CAPS = ("audit_write", "chown", "dac_override", "fowner", "fsetid", "kill",
@@ -94,7 +111,7 @@ CAP_NUMBERS = (
 ACT_ALLOW = 0x7FFF0000
 ACT_KILL_PROCESS = 0x80000000
 EPERM, ENOSYS = 1, 38
-CMP_EQ, CMP_MASKED_EQ = 4, 7
+CMP_EQ, CMP_GE, CMP_MASKED_EQ = 4, 5, 7
 ATTR_ACT_BADARCH, ATTR_CTL_NNP = 1, 3
 PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
 CAPS_VERSION_3 = 0x20080522
@@ -120,6 +137,10 @@ def denied_calls(caps: tuple[str, ...], allow: tuple[str, ...]) -> tuple[str, ..
 
 def restricts_namespaces(caps: tuple[str, ...], allow: tuple[str, ...]) -> bool:
     return "namespaces" not in allowed_groups(caps, allow)
+
+
+def restricts_sockets(caps: tuple[str, ...], allow: tuple[str, ...]) -> bool:
+    return "sockets" not in allowed_groups(caps, allow)
 
 
 class _ArgCmp(ctypes.Structure):
@@ -179,8 +200,10 @@ def _add_rules(lib: ctypes.CDLL, ctx: int, caps: tuple[str, ...],
         _rule(lib, ctx, act_errno(ENOSYS), "clone3")
     for request in (TIOCSTI, TIOCLINUX):
         _rule(lib, ctx, deny, "ioctl", ((1, CMP_MASKED_EQ, 0xFFFFFFFF, request),))
-    if "vsock" not in allow:
-        _rule(lib, ctx, deny, "socket", ((0, CMP_EQ, AF_VSOCK, 0),))
+    if restricts_sockets(caps, allow):
+        for family in FAMILIES.values():
+            _rule(lib, ctx, deny, "socket", ((0, CMP_EQ, family, 0),))
+        _rule(lib, ctx, deny, "socket", ((0, CMP_GE, AF_MAX, 0),))
 
 
 def install_filter(caps: tuple[str, ...], allow: tuple[str, ...]) -> None:

@@ -149,16 +149,15 @@ def norm_caps(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def parse_syscall_allow(names: tuple[str, ...]) -> tuple[str, ...]:
-    """--syscall-allow: a group of confine.GROUPS (@mount, or mount), one of their calls, or
-    vsock (AF_VSOCK sockets)."""
+    """--syscall-allow: a group of confine.GROUPS (@mount, or mount), or one of its calls."""
     calls = {c for group in confine.GROUPS.values() for c in group}
     out = []
     for name in names:
         bare = name.removeprefix("@")
-        if bare not in confine.GROUPS and name not in calls and name != "vsock":
+        if bare not in confine.GROUPS and name not in calls:
             raise UserError(f"--syscall-allow {name!r} is not a group or call the sandbox "
                             "denies", "groups: " + ", ".join(f"@{g}" for g in confine.GROUPS)
-                            + "; or one of their calls, or vsock")
+                            + "; or one of their calls")
         out.append(f"@{bare}" if bare in confine.GROUPS else name)
     return tuple(sorted(set(out)))
 

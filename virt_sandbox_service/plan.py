@@ -730,8 +730,8 @@ def confinement_dropin(config: SandboxConfig, lacking: tuple[str, ...] = ()) -> 
         lines.append("ProtectClock=yes")
     if confine.restricts_namespaces(caps, allow):
         lines.append("RestrictNamespaces=yes")
-    if "vsock" not in allow:
-        lines.append("RestrictAddressFamilies=~AF_VSOCK")
+    if confine.restricts_sockets(caps, allow):
+        lines.append(f"RestrictAddressFamilies=~{' '.join(confine.FAMILIES)}")
     if lacking:
         need = " ".join(f"CAP_{c.upper()}" for c in lacking)
         give = " ".join(f"--cap-add {c}" for c in lacking)
