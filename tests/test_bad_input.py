@@ -32,6 +32,10 @@ BAD_CREATES = [
     (["create", "--private", "/etc", "-u", "apache2.service", "nx13"], "/etc"),
     (["create", "-P", "no-such-package-xyz", "-u", "apache2.service", "nx14"],
      "no-such-package-xyz"),
+    (["create", "--syscall-allow", "@nosuch", "-u", "apache2.service", "nx16"],
+     "'@nosuch' is not a group or call the sandbox denies"),
+    (["create", "--cap-add", "cap_superpowers", "-u", "apache2.service", "nx17"],
+     "'cap_superpowers' is not the name of a Linux capability"),
 ]
 
 

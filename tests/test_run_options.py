@@ -87,6 +87,7 @@ def test_lxc_run_on_a_network_sees_its_address(
     (["-N", "source=default,dhcp"], "-N ...,dhcp needs a unit sandbox"),
     (["-N", "source=no-such-net-xyz"], "libvirt network 'no-such-net-xyz' does not exist"),
     (["--cap-drop", "nope"], "'nope' is not the name of a Linux capability"),
+    (["--syscall-allow", "mkdir"], "'mkdir' is not a group or call the sandbox denies"),
     (["--cpu-weight", "1"], "--cpu-weight 1 is out of range"),
     (["--blkio-weight", "x"], "--blkio-weight 'x' is not a whole number"),
     (["--tasks", "100"], "--tasks is not available for run yet"),
