@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import capneeds, conffiles, host, image, labels, unitfile, users
+from . import capneeds, conffiles, host, image, labels, layers, unitfile, users
 from . import evidence as ev
 from .apply import files
 from .apply import libvirt as lv
@@ -442,9 +442,11 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False) -> Plan:
             check_free(req, paths, parent / req.name, conn)
             p = make_plan(req, paths, facts, got)
             if dry_run:
+                layers.warn_if_unprotected(conn, req.uri, req.name)
                 return p
             reserve(p, txn)
         apply_plan(p, conn, txn)
+    layers.warn_if_unprotected(conn, req.uri, req.name)
     if driver_for_uri(req.uri) is Driver.KVM and not facts.kvm:
         _, why = host.kvm_choice()
         print(f"virt-sandbox-service: warning: {why}: the sandbox's VM will run under TCG "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ class Check:
 
 def checks(fix: bool = False) -> list[Check]:
     out = [_root(), *_libvirt(), _cgroups(fix), _blkio(), _overlay(), _userns(), *_kvm(),
-           _selinux(), _pkgdb(), _systemd()]
+           _selinux(), _confinement(), _pkgdb(), _systemd()]
     return out
 
 
@@ -136,6 +137,31 @@ def _selinux() -> Check:
     if host.selinux_enabled():
         return Check("selinux", True, "enabled: sandboxes get an MCS label enforced by libvirt")
     return Check("selinux", True, "not enabled: MCS labels are allocated and shown, not enforced")
+
+
+def _confinement() -> Check:
+    """Which layers hold a sandbox's root on this host (see layers.HostLayers)."""
+    import libvirt
+
+    from . import layers
+    from .apply.libvirt import connect
+    from .errors import SandboxError
+
+    conn = None
+    with contextlib.suppress(SandboxError, libvirt.libvirtError):
+        conn = connect("lxc:///")  # which LSM libvirt's LXC driver applies
+    try:
+        h = layers.host_layers(conn)
+    finally:
+        if conn is not None:
+            conn.close()
+    if not h.seccomp:
+        return Check("confinement", False, layers.summary(h),
+                     "install libseccomp2: every LXC sandbox's init confines it with seccomp")
+    return Check("confinement", True, layers.summary(h),
+                 "a sandbox's root is the host's root here, held back only by these; an "
+                 "active LSM (SELinux: see policy/README.md) or user namespaces add a layer"
+                 if h.unprotected() else "")
 
 
 def _pkgdb() -> Check:

@@ -11,7 +11,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from .errors import HostError
 
@@ -414,3 +414,55 @@ def fix_cgroup_controllers(layout: CgroupLayout) -> list[str]:
                             "see 'virt-sandbox-service doctor' for the cgroup layout")
         done.append(f"mounted the {ctl} controller as its own v1 hierarchy at {target}")
     return done
+
+
+# --- security layers -------------------------------------------------------------------------
+# What besides capabilities, seccomp and namespaces can hold a sandbox's root (see layers.py).
+
+
+def libseccomp_available() -> bool:
+    """The host's libseccomp loads: confine.py (every LXC sandbox's init) needs it."""
+    import ctypes
+
+    from .confine import LIBSECCOMP
+
+    try:
+        ctypes.CDLL(LIBSECCOMP)
+    except OSError:
+        return False
+    return True
+
+
+def apparmor_enabled() -> bool:
+    """AppArmor is the kernel's active LSM: enabled, and its securityfs interface there."""
+    return _read("/sys/module/apparmor/parameters/enabled").strip() == "Y" and \
+        os.path.isdir("/sys/kernel/security/apparmor")
+
+
+def selinux_mode() -> str:
+    """"enforcing", "permissive", or "disabled" (no selinuxfs: not in the kernel's LSMs)."""
+    if not selinux_enabled():
+        return "disabled"
+    return "enforcing" if _read("/sys/fs/selinux/enforce").strip() == "1" else "permissive"
+
+
+def secmodels_from_caps(caps_xml: str) -> tuple[str, ...]:
+    """The security models of libvirt's capabilities XML (<host><secmodel><model>), without
+    "none" (what libvirt reports when it has no security driver)."""
+    from lxml import etree
+
+    root = etree.fromstring(caps_xml.encode())
+    models = (m.text.strip() for m in root.findall("host/secmodel/model") if m.text)
+    return tuple(m for m in models if m and m != "none")
+
+
+class LibvirtCaps(Protocol):
+    """A libvirt connection, as far as its capabilities go."""
+
+    def getCapabilities(self) -> str: ...
+
+
+def libvirt_secmodels(conn: LibvirtCaps) -> tuple[str, ...]:
+    """The security models this libvirt connection's driver applies ("apparmor", "selinux",
+    "dac"), from its capabilities."""
+    return secmodels_from_caps(conn.getCapabilities())

@@ -13,7 +13,7 @@ from typing import Any
 import libvirt
 from lxml import etree
 
-from . import host, image
+from . import host, image, layers
 from .apply import files
 from .apply import libvirt as lv
 from .apply import systemd as sd
@@ -273,6 +273,7 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
                    "cpu_quota_percent": cfg.cpu_quota, "blkio_weight": cfg.blkio_weight,
                    "tasks": cfg.tasks},
         "capabilities": _caps(cfg, dom),
+        "layers": layers.live(_running_init(cfg, dom), cfg),
         "user_namespace": None,
         "network_filters": sorted({n.filter for n in map(parse_network, cfg.networks)
                                    if n.filter}),
@@ -319,6 +320,16 @@ def _caps(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> dict[str, Any]:
             out = {"dropped": [c for c in CAP_NUMBERS if c not in kept], "kept": list(kept),
                    "source": "the running sandbox's init (CapBnd)"}
     return out
+
+
+def _running_init(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> int | None:
+    """The host PID of a running LXC sandbox's PID 1; None otherwise."""
+    if dom is None or cfg.driver is not Driver.LXC:
+        return None
+    with contextlib.suppress(OSError, libvirt.libvirtError):
+        if dom.isActive():
+            return init_pid(dom)
+    return None
 
 
 def _security_summary(d: dict[str, Any]) -> list[str]:
@@ -381,6 +392,7 @@ def format_inspect(d: dict[str, Any]) -> str:
         f"network:     {_network_text(d['network'])}",
     ]
     lines += _security_summary(d)
+    lines += layers.format_live(d["layers"])
     lines += [f"{k + ':':12} {v}" for k, v in d["paths"].items()]
     if d["origin"].get("cloned_from"):
         lines.append(f"cloned from: {d['origin']['cloned_from']} "

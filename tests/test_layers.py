@@ -1,0 +1,241 @@
+"""The security layers: read from a running sandbox's processes (inspect), and what this host
+can give a sandbox (doctor, create's warning)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from virt_sandbox_service import host, layers
+from virt_sandbox_service.config import Kind, SandboxConfig
+
+from .conftest import Env, unique_name
+
+STATUS = """\
+Name:\tapache2
+Umask:\t0022
+State:\tS (sleeping)
+NoNewPrivs:\t1
+Seccomp:\t2
+Seccomp_filters:\t20
+CapInh:\t0000000000000000
+CapPrm:\t00000000a00405fb
+CapEff:\t00000000a00405fb
+CapBnd:\t00000000a00405fb
+CapAmb:\t0000000000000000
+"""
+CONFINED = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid",
+            "setpcap", "net_bind_service", "sys_chroot", "audit_write", "setfcap")
+
+
+# --- parsing /proc (pure) ----------------------------------------------------------------------
+
+
+def test_status_text_becomes_the_layer_record() -> None:
+    got = layers.parse_status(STATUS)
+    assert got == layers.StatusLayers(CONFINED, CONFINED, 2, 20, True)
+
+
+def test_status_of_an_unconfined_process_on_an_older_kernel() -> None:
+    text = "Seccomp:\t0\nCapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\n"
+    got = layers.parse_status(text)
+    assert got.seccomp_mode == 0 and got.seccomp_filters is None  # no Seccomp_filters line
+    assert not got.no_new_privs
+    assert "sys_admin" in got.caps_effective and "checkpoint_restore" in got.caps_bounding
+
+
+def test_status_parse_refuses_other_text() -> None:
+    with pytest.raises(ValueError, match="CapBnd"):
+        layers.parse_status("Name:\tx\n")
+
+
+def test_lsm_label_is_none_without_an_lsm() -> None:
+    assert layers.lsm_label(None) == "none"  # the read failed (EINVAL: no LSM)
+    assert layers.lsm_label(b"") == "none"
+    assert layers.lsm_label(b"libvirt-0123 (enforce)\n") == "libvirt-0123 (enforce)"
+    assert layers.lsm_label(b"system_u:system_r:svirt_lxc_net_t:s0:c1,c2\0") == \
+        "system_u:system_r:svirt_lxc_net_t:s0:c1,c2"
+
+
+def test_user_namespace_none_for_the_identity_map() -> None:
+    assert layers.user_namespace("         0          0 4294967295\n") == "none"
+    assert layers.user_namespace("0 1048576 65536\n") == "0 1048576 65536"
+    assert layers.user_namespace("0 1000 1\n1 100000 65535\n") == "0 1000 1; 1 100000 65535"
+
+
+@pytest.mark.parametrize(("text", "unit", "found"), [
+    ("0::/machine/lxc-1-web.libvirt-lxc/sandbox/system.slice/apache2.service\n",
+     "apache2.service", True),
+    ("12:pids:/\n0::/machine/lxc-1-m.libvirt-lxc/sandbox/system.slice/"
+     "system-postfix.slice/postfix@m.service\n", "postfix@m.service", True),
+    ("0::/machine/lxc-1-web.libvirt-lxc/sandbox/init.scope\n", "apache2.service", False),
+    ("0::/machine/lxc-1-web.libvirt-lxc/sandbox/system.slice/apache2.service.d\n",
+     "apache2.service", False),
+    ("0::/apache2.service\n", "apache2.service", False),  # not under system.slice
+])
+def test_a_unit_is_found_by_its_cgroup(text: str, unit: str, found: bool) -> None:
+    assert layers.in_unit(text, unit) is found
+
+
+def test_stopped_and_kvm_sandboxes_say_where_the_layers_are() -> None:
+    cfg = SandboxConfig(name="w", kind=Kind.SERVICE, uri="lxc:///", state_dir="/s/w",
+                        units=("a.service",))
+    stopped = layers.live(None, cfg)
+    assert stopped == {"live": False, "source": layers.STOPPED, "processes": [], "missing": []}
+    assert layers.format_live(stopped) == [f"layers in force: {layers.STOPPED}"]
+    kvm = layers.live(1, SandboxConfig(name="k", kind=Kind.GENERIC, uri="qemu:///system",
+                                       state_dir="/s/k", command=("/bin/true",)))
+    assert not kvm["live"] and "guest" in kvm["source"]
+
+
+def test_this_process_reads_as_a_record() -> None:
+    me = layers.read_process(os.getpid(), "init")
+    assert me.pid == os.getpid() and me.command
+    assert me.to_json()["role"] == "init"
+    assert set(me.to_json()) == {"role", "unit", "pid", "command", "capabilities_effective",
+                                 "capabilities_bounding", "seccomp_mode", "seccomp_filters",
+                                 "no_new_privs", "lsm_label", "user_namespace"}
+
+
+# --- the host's layers (pure) ------------------------------------------------------------------
+
+USERNS = "libvirt's LXC driver cannot start user-namespaced containers here"
+
+
+def test_this_kind_of_host_gets_the_warning() -> None:
+    h = layers.HostLayers(seccomp=True, apparmor=False, selinux="disabled",
+                          userns_problem=USERNS, libvirt_models=())
+    assert h.protecting() == ["capabilities", "seccomp", "namespaces"]
+    assert [m for m, _ in h.missing()] == ["AppArmor", "SELinux", "user namespaces"]
+    assert layers.summary(h) == (
+        "protected by capabilities, seccomp, namespaces; missing: AppArmor (not active in the "
+        "kernel); SELinux (not enabled); user namespaces (not usable here)")
+    assert layers.unprotected_warning(h, "web1") == (
+        "sandbox 'web1' is confined only by capabilities, seccomp and namespaces: this host "
+        "has no active LSM and no usable user namespaces, so its root is the host's root "
+        "(missing: AppArmor, SELinux, user namespaces; 'virt-sandbox-service doctor' says why)")
+
+
+@pytest.mark.parametrize(("h", "lsm"), [
+    (layers.HostLayers(True, True, "disabled", USERNS, ("apparmor",)), ("AppArmor",)),
+    (layers.HostLayers(True, True, "disabled", USERNS, None), ("AppArmor",)),
+    (layers.HostLayers(True, False, "enforcing", USERNS, ("selinux",)), ("SELinux",)),
+])
+def test_an_lsm_libvirt_uses_means_no_warning(h: layers.HostLayers,
+                                               lsm: tuple[str, ...]) -> None:
+    assert h.lsm == lsm
+    assert layers.unprotected_warning(h, "w") is None
+
+
+def test_lsm_not_used_or_not_enforcing_is_missing() -> None:
+    h = layers.HostLayers(True, True, "permissive", USERNS, ("dac",))
+    assert dict(h.missing())["AppArmor"] == "active, but not used by libvirt's LXC driver"
+    assert dict(h.missing())["SELinux"] == "permissive: not enforced"
+    assert layers.unprotected_warning(h, "w") is not None
+
+
+def test_usable_user_namespaces_mean_no_warning() -> None:
+    h = layers.HostLayers(True, False, "disabled", None, ())
+    assert "user namespaces (--userns)" in h.protecting()
+    assert layers.unprotected_warning(h, "w") is None
+
+
+def test_no_libseccomp_is_missing_seccomp() -> None:
+    h = layers.HostLayers(False, False, "disabled", USERNS, ())
+    assert "seccomp" not in h.protecting()
+    assert "cannot start" in dict(h.missing())["seccomp"]
+    assert "only by capabilities and namespaces" in (layers.unprotected_warning(h, "w") or "")
+
+
+def test_libvirt_security_models_from_its_capabilities() -> None:
+    caps = ("<capabilities><host><secmodel><model>apparmor</model><doi>0</doi></secmodel>"
+            "<secmodel><model>dac</model><doi>0</doi></secmodel></host></capabilities>")
+    assert host.secmodels_from_caps(caps) == ("apparmor", "dac")
+    none = "<capabilities><host><secmodel><model>none</model></secmodel></host></capabilities>"
+    assert host.secmodels_from_caps(none) == ()
+
+
+def test_this_hosts_layers_are_read() -> None:
+    h = layers.host_layers()
+    assert h.libvirt_models is None
+    assert h.selinux in ("enforcing", "permissive", "disabled")
+    assert h.protecting()[0] == "capabilities"
+
+
+# --- inspect and create on this host (root, libvirt) -------------------------------------------
+
+
+def confined_records(env: Env, name: str, wait: float = 10.0) -> dict[str, Any]:
+    """inspect --json's layers of a just-started sandbox (its command may take a moment)."""
+    deadline = time.monotonic() + wait
+    while True:
+        info = json.loads(env.run("inspect", "--json", name, check=True).stdout)
+        section: dict[str, Any] = info["layers"]
+        if not section["missing"] or time.monotonic() > deadline:
+            return section
+        time.sleep(0.2)
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_inspect_shows_the_layers_in_force(env: Env) -> None:
+    unit, gen = unique_name("lyu"), unique_name("lyg")
+    env.run("create", "-u", "apache2.service", unit, check=True)
+    env.run("create", gen, "--", "/bin/sleep", "300", check=True)
+    stopped = json.loads(env.run("inspect", "--json", unit, check=True).stdout)["layers"]
+    assert not stopped["live"] and stopped["processes"] == []
+    assert "shown while it runs" in env.run("inspect", unit, check=True).stdout
+    for name in (unit, gen):
+        env.run("start", "--detach", name, check=True)
+    for name, expected in ((unit, "apache2.service"), (gen, None)):
+        section = confined_records(env, name)
+        assert section["live"] and section["missing"] == [], section
+        roles = [p["role"] for p in section["processes"]]
+        assert roles == ["init", "confined"], roles
+        confined = section["processes"][1]
+        assert confined["unit"] == expected
+        assert confined["command"] == ("apache2" if expected else "sleep")
+        assert "sys_admin" not in confined["capabilities_effective"]
+        assert "sys_admin" not in confined["capabilities_bounding"]
+        assert confined["seccomp_mode"] == 2 and confined["seccomp_filters"] >= 1
+        assert confined["user_namespace"] == "none"
+        if not (host.apparmor_enabled() or host.selinux_enabled()):
+            assert confined["lsm_label"] == "none"
+        text = env.run("inspect", name, check=True).stdout
+        assert "layers in force (live: read from the running processes, not the config):" \
+            in text
+        assert f"pid {confined['pid']}" in text
+    # The unit's main process, not one of its workers: its parent is the sandbox's systemd.
+    unit_procs = confined_records(env, unit)["processes"]
+    ppid = Path(f"/proc/{unit_procs[1]['pid']}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    assert int(ppid) == unit_procs[0]["pid"]
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_create_warns_when_no_lsm_and_no_user_namespaces(env: Env) -> None:
+    name = unique_name("lyw")
+    proc = env.run("create", name, "--", "/bin/true")
+    assert proc.returncode == 0, proc.stderr
+    warning = (f"virt-sandbox-service: warning: sandbox '{name}' is confined only by "
+               "capabilities, seccomp and namespaces: this host has no active LSM and no "
+               "usable user namespaces")
+    import libvirt
+
+    conn = libvirt.open("lxc:///")
+    unprotected = layers.host_layers(conn).unprotected()
+    conn.close()
+    if unprotected:
+        assert warning in proc.stderr
+        lines = [x for x in proc.stderr.splitlines() if "confined only by" in x]
+        assert len(lines) == 1
+    else:
+        assert "confined only by" not in proc.stderr
+    dry = env.run("create", "--dry-run", unique_name("lyd"), "--", "/bin/true")
+    assert dry.returncode == 0
+    assert ("confined only by" in dry.stderr) is unprotected
