@@ -1,5 +1,5 @@
-"""The security layers: read from a running sandbox's processes (inspect), and what this host
-can give a sandbox (doctor, create's warning)."""
+"""The security layers: read from a running sandbox's processes (inspect), what this host
+can give a sandbox (doctor, create's warning), and the AppArmor seclabel."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lxml import etree
 
 from virt_sandbox_service import host, layers
 from virt_sandbox_service.config import Kind, SandboxConfig
+from virt_sandbox_service.domain.common import apparmor_label
 
 from .conftest import Env, unique_name
 
@@ -165,6 +167,70 @@ def test_this_hosts_layers_are_read() -> None:
     assert h.libvirt_models is None
     assert h.selinux in ("enforcing", "permissive", "disabled")
     assert h.protecting()[0] == "capabilities"
+
+
+# --- AppArmor seclabel (pure, checked against the schema and libvirt's parser) -----------------
+
+SCHEMA = Path("/usr/share/libvirt/schemas/domain.rng")
+
+
+def test_apparmor_label_only_where_libvirt_has_the_model() -> None:
+    assert apparmor_label(()) is None
+    assert apparmor_label(("selinux", "dac")) is None
+    el = apparmor_label(("apparmor", "dac"))
+    assert el is not None
+    assert etree.tostring(el) == b'<seclabel type="dynamic" model="apparmor" relabel="yes"/>'
+    static = apparmor_label(("apparmor",), profile="vss-lxc")
+    assert static is not None and static.findtext("label") == "vss-lxc"
+    assert static.get("type") == "static" and static.get("relabel") == "no"
+
+
+@pytest.mark.parametrize("profile", [None, "vss-lxc"])
+def test_apparmor_label_validates_in_an_lxc_domain(profile: str | None) -> None:
+    from virt_sandbox_service.domain import domain_xml
+    from virt_sandbox_service.host import HostFacts
+    from virt_sandbox_service.plan import plan
+
+    if not SCHEMA.exists():
+        pytest.fail(f"{SCHEMA} missing: install libvirt-daemon-system (scripts/setup.sh)")
+    cfg = SandboxConfig(name="web1", kind=Kind.SERVICE, uri="lxc:///",
+                        state_dir="/var/lib/virt-sandbox-service/web1",
+                        units=("apache2.service",),
+                        security_label="system_u:system_r:svirt_lxc_net_t:s0:c12,c345")
+    facts = HostFacts()
+    p = plan(cfg, facts, (), (), "/etc/virt-sandbox-service/sandboxes/web1.json",
+             "/run/virt-sandbox-service/web1", (("apache2.service",
+                                                 "/lib/systemd/system/apache2.service"),))
+    doc = etree.fromstring(domain_xml(p, facts).encode())
+    label = apparmor_label(("apparmor",), profile)
+    assert label is not None
+    doc.append(label)
+    schema = etree.RelaxNG(etree.parse(str(SCHEMA)))
+    assert schema.validate(doc), schema.error_log.last_error
+
+
+def test_libvirt_accepts_the_dynamic_label_and_refuses_relabel_no() -> None:
+    """Why relabel='yes': libvirt's own parser (here its test driver) refuses a dynamic label
+    with relabel='no'."""
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)
+    conn = libvirt.open("test:///default")
+    name = unique_name("aa")
+
+    def domain(label: etree._Element) -> str:
+        dom = etree.fromstring(f"<domain type='test'><name>{name}</name><memory>65536</memory>"
+                               "<os><type>hvm</type></os></domain>")
+        dom.append(label)
+        return etree.tostring(dom, encoding="unicode")
+
+    ours = apparmor_label(("apparmor",))
+    assert ours is not None
+    conn.defineXML(domain(ours)).undefine()
+    ours.set("relabel", "no")
+    with pytest.raises(libvirt.libvirtError, match="dynamic label type must use resource"):
+        conn.defineXML(domain(ours))
+    conn.close()
 
 
 # --- inspect and create on this host (root, libvirt) -------------------------------------------

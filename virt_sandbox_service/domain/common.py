@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
 from lxml import etree
@@ -36,3 +37,23 @@ def selinux_label(plan: Plan, facts: HostFacts) -> etree._Element | None:
         return None
     return cast(etree._Element, E.seclabel(E.label(plan.config.security_label), type="static",
                                            model="selinux", relabel="no"))
+
+
+def apparmor_label(secmodels: Sequence[str], profile: str | None = None) -> etree._Element | None:
+    """libvirt's AppArmor confinement for an LXC domain, where the host's libvirt has the
+    apparmor security model (`secmodels`: host.libvirt_secmodels of the LXC connection).
+
+    Without `profile`: a dynamic label, for which libvirt makes the domain a profile of its
+    own from /etc/apparmor.d/libvirt/TEMPLATE.lxc (abstractions/libvirt-lxc) and adds the
+    domain's filesystem sources to it (virt-aa-helper). Saying so in the domain keeps it
+    confined even where libvirt's security_default_confined is off. A dynamic label must say
+    relabel='yes' (or nothing): libvirt refuses relabel='no' with it ("dynamic label type must
+    use resource relabeling"), and so does the schema.
+    With `profile`: a static label naming a profile already loaded on the host.
+    """
+    if "apparmor" not in secmodels:
+        return None
+    if profile is None:
+        return cast(etree._Element, E.seclabel(type="dynamic", model="apparmor", relabel="yes"))
+    return cast(etree._Element, E.seclabel(E.label(profile), type="static", model="apparmor",
+                                           relabel="no"))
