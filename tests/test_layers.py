@@ -1,5 +1,6 @@
 """The security layers: read from a running sandbox's processes (inspect), what this host
-can give a sandbox (doctor, create's warning), and the AppArmor seclabel."""
+can give a sandbox (doctor, create's warning), and the MAC layers (AppArmor seclabel,
+SELinux file labels)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from virt_sandbox_service import host, layers
+from virt_sandbox_service import host, labels, layers
 from virt_sandbox_service.config import Kind, SandboxConfig
 from virt_sandbox_service.domain.common import apparmor_label
 
-from .conftest import Env, unique_name
+from .conftest import Env, need, unique_name
 
 STATUS = """\
 Name:\tapache2
@@ -305,3 +306,138 @@ def test_create_warns_when_no_lsm_and_no_user_namespaces(env: Env) -> None:
     dry = env.run("create", "--dry-run", unique_name("lyd"), "--", "/bin/true")
     assert dry.returncode == 0
     assert ("confined only by" in dry.stderr) is unprotected
+
+
+# --- SELinux file labels ------------------------------------------------------------------------
+
+LXC_CONTEXTS = """\
+process = "system_u:system_r:container_t:s0"
+content = "system_u:object_r:virt_var_lib_t:s0"
+file = "system_u:object_r:container_file_t:s0"
+ro_file = "system_u:object_r:container_ro_file_t:s0"
+"""
+LABEL = "system_u:system_r:svirt_lxc_net_t:s0:c12,c345"
+
+
+def test_the_file_type_comes_from_the_platform() -> None:
+    from virt_sandbox_service.config import Driver
+
+    assert labels.context_entry(LXC_CONTEXTS, "file") == "system_u:object_r:container_file_t:s0"
+    assert labels.context_entry(LXC_CONTEXTS, "nope") is None
+    assert labels.sandbox_file_type(Driver.LXC, LXC_CONTEXTS) == "container_file_t"
+    assert labels.sandbox_file_type(Driver.LXC, "") == "svirt_sandbox_file_t"  # no file
+    assert labels.sandbox_file_type(Driver.KVM, "system_u:object_r:svirt_image_t:s0\n") == \
+        "svirt_image_t"
+    assert labels.file_context(LABEL, "container_file_t") == \
+        "system_u:object_r:container_file_t:s0:c12,c345"
+    assert labels.file_context("system_u:system_r:t:s0", "x_t") == "system_u:object_r:x_t:s0"
+    assert labels.file_context("nonsense", "x_t") is None
+
+
+def test_which_trees_get_which_label() -> None:
+    cfg = SandboxConfig(name="w", kind=Kind.SERVICE, uri="lxc:///", state_dir="/s/w",
+                        security_label=LABEL)
+    ctx = "system_u:object_r:container_file_t:s0:c12,c345"
+    assert labels.tree_contexts(cfg, LXC_CONTEXTS) == [
+        ("/s/w/etc", ctx), ("/s/w/var", ctx), ("/s/w/paths", ctx), ("/s/w/mounts", ctx),
+        ("/s/w/home", ctx), ("/s/w/.etc-work", ctx)]
+
+
+def test_selinux_policy_root_from_its_config() -> None:
+    assert host.selinux_policy_root("SELINUX=permissive\nSELINUXTYPE=default\n") == \
+        Path("/etc/selinux/default")
+    assert host.selinux_policy_root("SELINUXTYPE=mls\n") == Path("/etc/selinux/mls")
+    assert host.selinux_policy_root("") == Path("/etc/selinux/default")
+
+
+def root_writes_security_xattrs(probe: Path) -> bool:
+    try:
+        os.setxattr(probe, "security.selinux", b"system_u:object_r:container_file_t:s0\0")
+    except OSError:
+        return False
+    return True
+
+
+def xattr(path: Path) -> bytes:
+    return os.getxattr(path, "security.selinux", follow_symlinks=False)
+
+
+@pytest.mark.root
+def test_labelling_reaches_every_file_and_symlinks_themselves(tmp_path: Path) -> None:
+    from virt_sandbox_service.apply import labels as file_labels
+
+    need(root_writes_security_xattrs(tmp_path), "root cannot write security.* xattrs here")
+    (tmp_path / "outside").write_text("x")
+    before = xattr_or_none(tmp_path / "outside")
+    tree = tmp_path / "etc"
+    (tree / "apache2" / "sites").mkdir(parents=True)
+    (tree / "apache2" / "apache2.conf").write_text("x\n")
+    (tree / "hostname").write_text("w\n")
+    os.symlink(tmp_path / "outside", tree / "link-out")
+    os.symlink("nowhere", tree / "apache2" / "dangling")
+    os.mkfifo(tree / "fifo")
+    ctx = "system_u:object_r:container_file_t:s0:c12,c345"
+    count = file_labels.label_trees([(str(tree), ctx), (str(tmp_path / "absent"), ctx)])
+    every = [tree, *tree.rglob("*")]
+    assert count == len(every) == 8
+    for p in every:
+        assert xattr(p) == ctx.encode() + b"\0", p
+    assert xattr_or_none(tmp_path / "outside") == before  # the symlink's target: its own
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_a_created_sandbox_trees_get_its_label(env: Env) -> None:
+    from virt_sandbox_service.apply import labels as file_labels
+    from virt_sandbox_service.config import Paths, load_config
+
+    name = unique_name("lyl")
+    env.run("create", "-u", "apache2.service", name, check=True)
+    need(root_writes_security_xattrs(env.state(name) / "etc" / "hostname"),
+         "root cannot write security.* xattrs here")
+    cfg = load_config(Paths.from_env(env.vars), name)
+    assert file_labels.label_private_trees(cfg, selinux=False) == 0  # no SELinux: nothing
+    record = xattr_or_none(env.state(name) / "evidence.json")
+    assert file_labels.label_private_trees(cfg, selinux=True) > 10
+    ctx = labels.file_context(cfg.security_label, labels.sandbox_file_type(
+        cfg.driver, host.sandbox_file_context_text(kvm=False)))
+    assert ctx is not None
+    for p in ("etc", "etc/hostname", "var", "var/lib/apache2"):
+        assert xattr(env.state(name) / p) == ctx.encode() + b"\0", p
+    assert xattr_or_none(env.state(name) / "evidence.json") == record  # the tool's own record
+    assert xattr_or_none(env.state(name)) != ctx.encode() + b"\0"
+
+
+def xattr_or_none(path: Path) -> bytes | None:
+    try:
+        return xattr(path)
+    except OSError:
+        return None
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_clone_labels_its_trees_with_its_own_pair(env: Env,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """create and clone share apply_plan, which labels the private trees where SELinux is
+    enabled: pretend it is (for the labelling only), and the clone's files carry the clone's
+    MCS pair, not its source's."""
+    from virt_sandbox_service.apply import labels as file_labels
+    from virt_sandbox_service.clone import CloneRequest, clone
+    from virt_sandbox_service.config import Paths, load_config
+
+    src, dst = unique_name("lys"), unique_name("lyc")
+    env.run("create", "-u", "apache2.service", src, check=True)
+    need(root_writes_security_xattrs(env.state(src) / "etc" / "hostname"),
+         "root cannot write security.* xattrs here")
+    real = file_labels.label_private_trees
+    monkeypatch.setattr(file_labels, "label_private_trees",
+                        lambda cfg, selinux=None: real(cfg, selinux=True))
+    paths = Paths.from_env(env.vars)
+    clone(CloneRequest(src, dst), paths)
+    cfg = load_config(paths, dst)
+    ctx = labels.file_context(cfg.security_label, labels.sandbox_file_type(
+        cfg.driver, host.sandbox_file_context_text(kvm=False)))
+    assert ctx is not None and cfg.security_label != load_config(paths, src).security_label
+    for p in ("etc/hostname", "etc/apache2/apache2.conf", "var/lib/apache2"):
+        assert xattr(env.state(dst) / p) == ctx.encode() + b"\0", p

@@ -20,6 +20,7 @@ from pathlib import Path
 from . import capneeds, conffiles, host, image, labels, layers, unitfile, users
 from . import evidence as ev
 from .apply import files
+from .apply import labels as file_labels
 from .apply import libvirt as lv
 from .apply import systemd as sd
 from .apply.txn import Transaction
@@ -422,6 +423,7 @@ def apply_plan(p: Plan, conn: object, txn: Transaction) -> None:
     """Everything after the reservation; runs without the lock, so creates overlap."""
     ensure_our_filter(conn, p.config.networks)
     files.create_state_dir(p, txn)
+    file_labels.label_private_trees(p.config)  # where SELinux is enabled
     lv.define(conn, p.domain_xml, txn)
     for path, text in p.unit_files:
         sd.install_unit(Path(path), text, txn)

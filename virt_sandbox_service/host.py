@@ -466,3 +466,26 @@ def libvirt_secmodels(conn: LibvirtCaps) -> tuple[str, ...]:
     """The security models this libvirt connection's driver applies ("apparmor", "selinux",
     "dac"), from its capabilities."""
     return secmodels_from_caps(conn.getCapabilities())
+
+
+SELINUX_CONFIG = Path("/etc/selinux/config")
+SELINUX_ROOT = Path("/etc/selinux")
+
+
+def selinux_policy_root(config_text: str | None = None) -> Path:
+    """/etc/selinux/<SELINUXTYPE> of the host's policy ("default" on Debian)."""
+    text = _read(str(SELINUX_CONFIG)) if config_text is None else config_text
+    kind = "default"
+    for line in text.splitlines():
+        key, eq, value = line.partition("=")
+        if eq and key.strip() == "SELINUXTYPE" and value.strip():
+            kind = value.strip().strip('"')
+    return SELINUX_ROOT / kind
+
+
+def sandbox_file_context_text(kvm: bool) -> str:
+    """The platform's file context for a sandbox's files: for LXC the `file` entry of
+    contexts/lxc_contexts (what libvirt also mounts the sandbox's tmpfs with), for KVM
+    contexts/virtual_image_context; "" where the policy has none."""
+    name = "virtual_image_context" if kvm else "lxc_contexts"
+    return _read(str(selinux_policy_root() / "contexts" / name))

@@ -17,8 +17,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .config import Driver
+from .config import Driver, SandboxConfig
 from .errors import UserError
+from .plan import ETC_WORK
 
 CATEGORIES = 1024
 LABEL_RE = re.compile(
@@ -31,6 +32,10 @@ STATE_TYPE = "virt_sandbox_service_var_lib_t"
 # Under a sandbox's state directory, what is bound into it (plan.py: its /etc, its /var, other
 # private paths, the empty directories of -m host-bind:DST=).
 PRIVATE_TREES = ("etc", "var", "paths", "mounts")
+# What create and clone label with the sandbox's file context where SELinux is enabled: the
+# private trees, the home of -U (bound on the user's home), and the overlay /etc's work
+# directory (the sandbox's init mounts the overlay, so it must be able to use it).
+LABELLED_TREES = (*PRIVATE_TREES, "home", ETC_WORK)
 
 
 @dataclass(frozen=True, order=True)
@@ -104,3 +109,53 @@ def file_contexts(state_dir: str, level: Level,
     if run_dir is not None:
         out.append((run_dir, private))
     return out
+
+
+def context_entry(text: str, key: str) -> str | None:
+    """One entry of a contexts file such as contexts/lxc_contexts, whose lines read
+    `file = "system_u:object_r:container_file_t:s0"`; None where it has none."""
+    for line in text.splitlines():
+        name, eq, value = line.partition("=")
+        if eq and name.strip() == key:
+            return value.strip().strip('"') or None
+    return None
+
+
+def first_context(text: str) -> str | None:
+    """The context of a one-line contexts file (contexts/virtual_image_context)."""
+    lines = [x.strip() for x in text.splitlines() if x.strip() and not x.startswith("#")]
+    return lines[0] if lines else None
+
+
+def context_type(context: str | None) -> str | None:
+    """The type field of `user:role:type:level`."""
+    parts = (context or "").split(":")
+    return parts[2] if len(parts) >= 4 and parts[2] else None
+
+
+def sandbox_file_type(driver: Driver, contexts_text: str) -> str:
+    """The type of a sandbox's files: the platform's (for LXC the `file` entry of
+    lxc_contexts, the type libvirt also gives the sandbox's tmpfs; for KVM the
+    virtual_image_context), else this tool's policy module's (FILE_TYPE)."""
+    found = context_type(context_entry(contexts_text, "file") if driver is Driver.LXC
+                         else first_context(contexts_text))
+    return found or FILE_TYPE[driver]
+
+
+def file_context(security_label: str, file_type: str) -> str | None:
+    """The file context matching a sandbox's process label: same level (the MCS pair)."""
+    if LABEL_RE.fullmatch(security_label) is None:
+        return None
+    level = security_label.split(":", 3)[3]
+    return f"system_u:object_r:{file_type}:{level}"
+
+
+def tree_contexts(config: SandboxConfig, contexts_text: str) -> list[tuple[str, str]]:
+    """(tree, context) for each tree of the sandbox's state directory that is bound into
+    it; each context applies to the tree and everything below it. Empty for a label that
+    carries no level."""
+    context = file_context(config.security_label,
+                           sandbox_file_type(config.driver, contexts_text))
+    if context is None:
+        return []
+    return [(posixpath.join(config.state_dir, tree), context) for tree in LABELLED_TREES]
