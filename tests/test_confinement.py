@@ -33,15 +33,24 @@ def test_memory_limit_is_enforced_by_the_kernel(env: Env) -> None:
     assert "survived" not in proc.stdout
 
 
-def test_sandbox_cannot_raise_its_own_memory_limit(env: Env) -> None:
+# The cgroup layer alone: with the mount calls and CAP_SYS_ADMIN given back, the sandbox can
+# mount a hierarchy and write what it sees as its limit, and the limit still holds.
+MOUNT_BACK = ("--cap-add", "sys_admin", "--syscall-allow", "@mount")
+
+
+@pytest.mark.parametrize("given_back", [(), MOUNT_BACK], ids=["confined", "cgroups-alone"])
+def test_sandbox_cannot_raise_its_own_memory_limit(env: Env, given_back: tuple[str, ...]
+                                                   ) -> None:
     name = unique_name("raise")
     script = ("mount -t cgroup -o memory none /mnt && "
               "echo 999999999999 > /mnt/memory.limit_in_bytes && echo raised; " + ALLOC)
-    env.run("create", "--memory", "64M", name, "--", "/bin/sh", "-c", script, check=True)
+    env.run("create", *given_back, "--memory", "64M", name, "--", "/bin/sh", "-c", script,
+            check=True)
     proc = env.run("start", name, timeout=60)
     # Whatever it writes lands on its own child cgroup; the limit on the parent holds.
     assert proc.returncode == 137, proc.stdout + proc.stderr
     assert "survived" not in proc.stdout
+    assert ("raised" in proc.stdout) == bool(given_back), proc.stdout
 
 
 def test_limits_applied_and_changed_live(env: Env) -> None:
@@ -171,15 +180,18 @@ def _started(out: str) -> int:
     return int(re.search(r"started=(\d+)", out).group(1))  # type: ignore[union-attr]
 
 
-def test_tasks_limit_is_enforced_and_cannot_be_raised(env: Env) -> None:
+@pytest.mark.parametrize("given_back", [(), MOUNT_BACK], ids=["confined", "cgroups-alone"])
+def test_tasks_limit_is_enforced_and_cannot_be_raised(env: Env, given_back: tuple[str, ...]
+                                                      ) -> None:
     name = unique_name("pids")
-    # The sandbox mounts the pids hierarchy itself and raises what it sees as its limit: that
-    # is its own namespace root, below the cgroup holding pids.max.
+    # Given the mount back, the sandbox mounts the pids hierarchy itself and raises what it
+    # sees as its limit: that is its own namespace root, below the cgroup holding pids.max.
     script = ("mount -t cgroup -o pids none /mnt && echo max > /mnt/pids.max && echo raised; "
               + FORKS)
-    env.run("create", "--tasks", "48", name, "--", "/bin/sh", "-c", script, check=True)
+    env.run("create", *given_back, "--tasks", "48", name, "--", "/bin/sh", "-c", script,
+            check=True)
     proc = env.run("start", name, timeout=90)
-    assert "raised" in proc.stdout, proc.stdout + proc.stderr
+    assert ("raised" in proc.stdout) == bool(given_back), proc.stdout + proc.stderr
     assert 20 < _started(proc.stdout) < 48, proc.stdout
 
 

@@ -320,3 +320,16 @@ def test_network_filter_xml_validates_against_libvirt_schema() -> None:
 
     schema = etree.RelaxNG(etree.parse("/usr/share/libvirt/schemas/nwfilter.rng"))
     assert schema.validate(etree.fromstring(filter_xml().encode())), schema.error_log.last_error
+
+
+def test_apparmor_host_gets_libvirts_profile() -> None:
+    """Where libvirt's LXC driver has the apparmor model, the domain asks for libvirt's
+    dynamic profile (TEMPLATE.lxc); elsewhere no AppArmor label."""
+    cfg, evidence, facts = CASES["apache2"]
+    aa = dataclasses.replace(facts, secmodels=("apparmor", "dac"))
+    p = plan(cfg, aa, evidence, HIDDEN, "/c.json", "/run/x", ())
+    doc = etree.fromstring(domain_xml(p, aa).encode())
+    label = doc.find("seclabel[@model='apparmor']")
+    assert label is not None and label.get("type") == "dynamic"
+    assert etree.RelaxNG(etree.parse(str(SCHEMA))).validate(doc)
+    assert etree.fromstring(make("apache2")[1].encode()).find("seclabel") is None

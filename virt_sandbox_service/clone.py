@@ -143,6 +143,7 @@ def clone(req: CloneRequest, paths: Paths) -> Plan:
     src = load_config(paths, req.source)
     facts = host.detect()
     conn = lv.connect(src.uri)
+    facts = dataclasses.replace(facts, secmodels=host.libvirt_secmodels(conn))
     src_dom = lv.lookup(conn, src.name)
     if src_dom is None:
         raise UserError(f"sandbox '{src.name}' has no libvirt domain", "nothing to clone from")

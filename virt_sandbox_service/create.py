@@ -435,6 +435,7 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False) -> Plan:
     facts = host.detect()
     got = gather(req)
     conn = lv.connect(req.uri)
+    facts = dataclasses.replace(facts, secmodels=host.libvirt_secmodels(conn))
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
     check_free(req, paths, parent / req.name, conn)  # early, for a clear error; again below
     if req.image_size is not None and driver_for_uri(req.uri) is Driver.LXC:

@@ -38,6 +38,9 @@ class HostFacts:
     python: str = "/usr/bin/python3"
     confine: str = "/usr/lib/python3/dist-packages/virt_sandbox_service/confine.py"
     selinux: bool = False
+    # The security models libvirt's driver applies (libvirt_secmodels): "apparmor" makes LXC
+    # domains carry libvirt's AppArmor label. Read from the connection, not by detect().
+    secmodels: tuple[str, ...] = ()
     memory_kib: int = 4 * 1024 * 1024
     system_unit_dir: str = "/lib/systemd/system"
     # Entries of the host's /etc/systemd/system that enable its boot (*.wants, *.requires):

@@ -25,10 +25,9 @@ from .errors import HostError, UserError
 from .limits import (
     CAP_NUMBERS,
     LimitArgs,
-    bounding_set,
-    caps_from_mask,
     check_enforceable,
     effective_caps,
+    init_caps,
     kvm_tasks_refusal,
     parse_limits,
     sched_params,
@@ -272,7 +271,7 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
         "limits": {"memory_bytes": cfg.memory, "cpu_weight": cfg.cpu_weight,
                    "cpu_quota_percent": cfg.cpu_quota, "blkio_weight": cfg.blkio_weight,
                    "tasks": cfg.tasks},
-        "capabilities": _caps(cfg, dom),
+        "capabilities": _caps(cfg),
         "layers": layers.live(_running_init(cfg, dom), cfg),
         "user_namespace": None,
         "network_filters": sorted({n.filter for n in map(parse_network, cfg.networks)
@@ -301,25 +300,23 @@ def _etc_info(cfg: SandboxConfig) -> dict[str, Any]:
             "note": "a trimmed copy of the host's /etc as it was at create, without its secrets"}
 
 
-def _caps(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> dict[str, Any]:
-    """Configured drops; for a running sandbox, the bounding set its init really has (libvirt
-    adds drops of its own, e.g. mknod and sys_resource)."""
-    out: dict[str, Any] = {"dropped": list(cfg.caps_drop), "kept": list(effective_caps(cfg)),
-                           "source": "config"}
-    if cfg.driver is Driver.KVM:
-        # A VM has a kernel of its own: libvirt's LXC capabilities do not apply; the guest
-        # drops these from the bounding sets (see initrd/init).
-        out["source"] = ("config, applied inside the guest: bounding set of " +
-                         ("the confined units, the guest agent (execute) and the console "
-                          "(connect); the guest's systemd keeps them"
-                          if cfg.kind is Kind.SERVICE else
-                          "the command, the guest agent (execute) and the console (connect)"))
-    if dom is not None and dom.isActive() and cfg.driver.value == "lxc":
-        with contextlib.suppress(OSError):
-            kept = caps_from_mask(bounding_set(init_pid(dom)))
-            out = {"dropped": [c for c in CAP_NUMBERS if c not in kept], "kept": list(kept),
-                   "source": "the running sandbox's init (CapBnd)"}
-    return out
+def _caps(cfg: SandboxConfig) -> dict[str, Any]:
+    """From the config: for LXC, what every process of the sandbox keeps once its init has
+    confined it (confine.py; the live sets are under `layers`); for KVM, the drops the guest
+    applies."""
+    if cfg.driver is Driver.LXC:
+        kept = init_caps(cfg)
+        return {"dropped": [c for c in CAP_NUMBERS if c not in kept], "kept": list(kept),
+                "source": "config: every process of the sandbox after its init (its systemd, "
+                          "the confined units, the command, execute and connect)"}
+    # A VM has a kernel of its own: libvirt's LXC capabilities do not apply; the guest drops
+    # these from the bounding sets (see initrd/init).
+    return {"dropped": list(cfg.caps_drop), "kept": list(effective_caps(cfg)),
+            "source": "config, applied inside the guest: bounding set of " +
+                      ("the confined units, the guest agent (execute) and the console "
+                       "(connect); the guest's systemd keeps them"
+                       if cfg.kind is Kind.SERVICE else
+                       "the command, the guest agent (execute) and the console (connect)")}
 
 
 def _running_init(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> int | None:

@@ -16,7 +16,7 @@ from ..host import HostFacts
 from ..limits import caps_element, set_tunables
 from ..network import host_device, interface_element, parse_network
 from ..plan import Mount, Plan
-from .common import metadata, selinux_label, what
+from .common import apparmor_label, metadata, selinux_label, what
 
 E = ElementMaker()
 
@@ -43,9 +43,9 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
                         E.gid(start="0", target=str(cfg.id_base), count=str(IDMAP_COUNT)))
         dom.insert(list(dom).index(dom.find("os")) + 1, idmap)
     set_tunables(dom, cfg, facts.memory_kib)
-    label = selinux_label(plan, facts)
-    if label is not None:
-        dom.append(label)
+    for label in (selinux_label(plan, facts), apparmor_label(facts.secmodels)):
+        if label is not None:
+            dom.append(label)
     return etree.tostring(dom, pretty_print=True, encoding="unicode")
 
 

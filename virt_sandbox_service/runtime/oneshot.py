@@ -202,7 +202,8 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig) -> int:
                            memory_kib=host._mem_total_kib(),
                            python=host.find_tool(("/usr/bin/python3", "python3"), "python3",
                                                  "python3"),
-                           confine=host.confine_script())
+                           confine=host.confine_script(),
+                           secmodels=host.libvirt_secmodels(conn))
     # -m guest-bind: bound by the init before the command runs, as in a generic sandbox.
     binds = "".join(f"{b} 2>&5 || {{ echo {EXIT_SETUP_FAILED} >&6; exit 1; }}; "
                     for b in _guest_binds(cfg))
