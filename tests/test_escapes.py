@@ -1,0 +1,304 @@
+"""Escapes: what a root inside a sandbox tries, refused in every way a sandbox runs, and each
+shown to work outside, on the same host, where nothing but a plain private namespace is in the
+way (so that a refusal inside is the sandbox's doing, not the kernel's or the probe's).
+
+tests/escape_probe.py makes the attempts, one line each; it runs with the host's python from the
+host root, which every sandbox sees read-only.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from . import escape_probe
+from .conftest import Env, unique_name
+
+pytestmark = [pytest.mark.root, pytest.mark.libvirt]
+
+PROBE = Path(__file__).resolve().parent / "escape_probe.py"
+PROBE_ARGV = ["/usr/bin/python3", "-I", "-S", str(PROBE)]
+ATTEMPTS = tuple(escape_probe.ATTEMPTS)
+VERDICTS = ("allowed", "denied", "absent", "error")
+MIN_PAIRS = 30  # attempts that must work outside and be refused inside
+# What this machine refuses even to its own root with every capability, so that the attempt
+# shows nothing outside: reading the raw disk of the root file system (EPERM here).
+HOST_MAY_REFUSE = {"read-raw-disk"}
+# What a root without any capability may still do outside: inside, only the seccomp filter (or
+# a read-only mount) stops these.
+UNPRIVILEGED = {"open-core-pattern-write", "open-sysfs-write", "unshare-user",
+                "keyctl-join-session", "add-key", "request-key", "io-uring-setup",
+                "set-mempolicy", "socket-vsock"}
+CAP_SYS_ADMIN = 21
+
+# The outside: a private mount, PID, UTS and IPC namespace of the host's, shaped like a
+# sandbox's where the probe attacks a mount (a read-only bind of the root, read-only binds of
+# /proc/sys and /sys, an overlay over an "etc"), all on scratch directories. The shell stays
+# PID 1 (the `exit` keeps it from exec'ing the probe): the target of the PID 1 attempts.
+SHAPE = r"""
+set -e
+S=$1; shift
+mkdir "$S/root" "$S/procsys" "$S/sys" "$S/etc" "$S/etc-up" "$S/etc-work" "$S/scratch"
+mount --bind / "$S/root"; mount -o remount,bind,ro "$S/root"
+mount --bind /proc/sys "$S/procsys"; mount -o remount,bind,ro "$S/procsys"
+mount --bind /sys "$S/sys"; mount -o remount,bind,ro "$S/sys"
+mount -t overlay -o "lowerdir=/etc,upperdir=$S/etc-up,workdir=$S/etc-work" etc "$S/etc"
+set +e
+"$@" --root-ro "$S/root" --proc-sys "$S/procsys" --sys "$S/sys" --etc "$S/etc" \
+    --scratch "$S/scratch"
+exit $?
+"""
+UNSHARE = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--uts", "--ipc"]
+NO_CAPS = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+
+UNIT = """\
+[Unit]
+Description=virt-sandbox-service escape probe (tests/test_escapes.py)
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+StateDirectory={name}
+ExecStart=/bin/sh -c '{probe} --in-sandbox > /var/lib/{name}/out 2>&1'
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+Results = dict[str, tuple[str, str]]
+
+
+def parse(out: str) -> Results:
+    """NAME -> (verdict, detail) from the probe's lines; whatever else is printed is skipped."""
+    results: Results = {}
+    for line in out.splitlines():
+        parts = line.split(maxsplit=2)
+        if len(parts) >= 2 and parts[0] in ATTEMPTS and parts[1] in VERDICTS:
+            results[parts[0]] = (parts[1], parts[2] if len(parts) == 3 else "")
+    return results
+
+
+def complete(out: str, where: str) -> Results:
+    results = parse(out)
+    missing = [n for n in ATTEMPTS if n not in results]
+    assert not missing and "\nSUMMARY " in "\n" + out, \
+        f"{where}: the probe did not finish (no line for {missing}):\n{out}"
+    return results
+
+
+def shown(results: Results, names: list[str]) -> str:
+    return "\n".join(f"  {n} {' '.join(results[n])}".rstrip() for n in names)
+
+
+def outside(scratch: Path, *args: str, prefix: tuple[str, ...] = ()) -> str:
+    scratch.mkdir()
+    proc = subprocess.run([*UNSHARE, "/bin/sh", "-c", SHAPE, "shape", str(scratch), *prefix,
+                           *PROBE_ARGV, *args], capture_output=True, text=True, timeout=60)
+    assert "SUMMARY " in proc.stdout, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def free(tmp_path_factory: pytest.TempPathFactory) -> Results:
+    """The probe outside, as root with every capability and no filter."""
+    return complete(outside(tmp_path_factory.mktemp("outside") / "s"), "outside")
+
+
+@pytest.fixture(scope="module")
+def menv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """One tool environment for the module: its sandboxes serve several tests."""
+    env = Env(tmp_path_factory.mktemp("escapes") / "vss")
+    env.base.mkdir()
+    yield env
+    sandboxes = env.base / "config" / "sandboxes"
+    if sandboxes.is_dir():
+        for cfg in sandboxes.glob("*.json"):
+            env.run("delete", "--force", cfg.stem)
+
+
+@pytest.fixture(scope="module")
+def probe_unit() -> Iterator[str]:
+    """A host unit whose service is the probe, writing into its StateDirectory."""
+    assert re.fullmatch(r"[\w/.-]+", str(PROBE)), f"{PROBE}: no quoting in the unit for this"
+    name = unique_name("vss-escape-probe-")
+    path = Path("/etc/systemd/system") / f"{name}.service"
+    path.write_text(UNIT.format(name=name, probe=" ".join(PROBE_ARGV)))
+    try:
+        yield name
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def probe_box(menv: Env, probe_unit: str) -> str:
+    """A unit sandbox confining the probe's unit, running (its probe ran at boot)."""
+    name = unique_name("escu")
+    menv.run("create", "-u", f"{probe_unit}.service", name, check=True)
+    menv.run("start", "--detach", name, check=True)
+    return name
+
+
+@pytest.fixture(scope="module")
+def web(menv: Env) -> str:
+    name = unique_name("escw")
+    menv.run("create", "-u", "apache2.service", name, check=True)
+    menv.run("start", "--detach", name, check=True)
+    return name
+
+
+def unit_output(env: Env, box: str, unit: str) -> str:
+    out = env.state(box) / "var" / "lib" / unit / "out"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = out.read_text() if out.exists() else ""
+        if "SUMMARY " in text:
+            return text
+        time.sleep(0.2)
+    return out.read_text() if out.exists() else f"(no {out})"
+
+
+def inside(context: str, env: Env, request: pytest.FixtureRequest) -> str:
+    probe = [*PROBE_ARGV, "--in-sandbox"]
+    if context == "generic":  # the sandbox's command; start in the foreground relays stdout
+        name = unique_name("escg")
+        env.run("create", name, "--", *probe, check=True)
+        proc = env.run("start", name, timeout=60)
+        env.run("delete", "--force", name)
+        return proc.stdout + proc.stderr
+    if context == "run":
+        proc = env.run("run", "--", *probe, timeout=60)
+        return proc.stdout + proc.stderr
+    box = request.getfixturevalue("probe_box")
+    if context == "unit":  # the confined unit's service, under the sandbox's systemd
+        return unit_output(env, box, request.getfixturevalue("probe_unit"))
+    proc = env.run("execute", box, "--", *probe, timeout=60)  # entering a running sandbox
+    return proc.stdout + proc.stderr
+
+
+def test_outside_the_attempts_work_and_need_privilege(free: Results, tmp_path: Path) -> None:
+    """The calibration: with every capability and no filter (the unshare's shape) each attempt
+    works, or has nothing to work on here; without any capability, all but a few fail. So the
+    probe's "allowed" (some of which are an errno past the permission check, like EINVAL for
+    a bad reboot magic) means what it says."""
+    refused = [n for n, (v, _) in free.items() if v != "allowed" and v != "absent"
+               and n not in HOST_MAY_REFUSE]
+    assert not refused, "refused outside, where nothing should stop them:\n" \
+        + shown(free, refused)
+    works = [n for n, (v, _) in free.items() if v == "allowed"]
+    assert len(works) >= MIN_PAIRS, shown(free, list(free))
+    bare = complete(outside(tmp_path / "s", prefix=tuple(NO_CAPS)), "outside, no capabilities")
+    unexpected = [n for n in works if bare[n][0] != "denied" and n not in UNPRIVILEGED]
+    assert not unexpected, "work outside without any capability:\n" + shown(bare, unexpected)
+
+
+@pytest.mark.parametrize("context", ["generic", "run", "unit", "execute"])
+def test_every_attempt_is_refused_inside(context: str, free: Results, menv: Env,
+                                         request: pytest.FixtureRequest) -> None:
+    out = inside(context, menv, request)
+    results = complete(out, context)
+    escaped = [n for n, (v, _) in results.items() if v in ("allowed", "error")]
+    assert not escaped, f"{context}: NOT refused inside the sandbox:\n" \
+        + shown(results, escaped)
+    # Each attempt that works outside is refused inside: not merely absent, which would
+    # prove nothing.
+    works = [n for n, (v, _) in free.items() if v == "allowed"]
+    slipped = [f"  {n}: outside {' '.join(free[n])}, inside {' '.join(results[n])}"
+               for n in works if results[n][0] != "denied"]
+    assert not slipped, f"{context}: works outside, not refused inside:\n" + "\n".join(slipped)
+    assert len(works) >= MIN_PAIRS
+
+
+def test_another_sandboxs_files_are_out_of_reach(menv: Env, probe_box: str, web: str,
+                                                 tmp_path: Path) -> None:
+    """A file in sandbox b's private /var, reached from sandbox a neither by a file handle
+    (open_by_handle_at needs no path: outside, the same handle reads it) nor by any path."""
+    secret = menv.state(web) / "var" / "lib" / "apache2" / unique_name("secret-of-b-")
+    secret.write_text("b's secret\n")
+    handle = escape_probe.handle_of(str(secret))
+    out = parse(outside(tmp_path / "s", "--handle", handle, "open-by-handle-given"))
+    assert out["open-by-handle-given"] == ("allowed", "read-11-bytes"), out
+    proc = menv.run("execute", probe_box, "--", *PROBE_ARGV, "--in-sandbox", "--handle",
+                    handle, "open-by-handle-given")
+    assert parse(proc.stdout).get("open-by-handle-given", ("",))[0] == "denied", \
+        proc.stdout + proc.stderr
+    script = (f"cat {shlex.quote(str(secret))} 2>&1; "
+              f"find / -xdev -name {secret.name} 2>/dev/null | wc -l; "
+              f"ls {shlex.quote(str(menv.base))}/state 2>&1")
+    lines = menv.run("execute", probe_box, "--", "/bin/sh", "-c", script).stdout.splitlines()
+    assert "No such file or directory" in lines[0], lines
+    assert lines[1] == "0", lines
+    assert "No such file or directory" in lines[2], lines
+
+
+def cap_line(text: str, field: str) -> int:
+    match = re.search(rf"^{field}:\s*([0-9a-f]+)$", text, re.M)
+    assert match, f"no {field} in:\n{text}"
+    return int(match.group(1), 16)
+
+
+def service_caps(env: Env, box: str, unit: str) -> str:
+    """/proc/PID/status of the confined service's main process."""
+    pid = f"$(systemctl show -p MainPID --value {unit})"
+    script = f"grep -E '^(CapBnd|CapEff|Seccomp):' /proc/{pid}/status"
+    return env.run("execute", box, "--", "/bin/sh", "-c", script, check=True).stdout
+
+
+# What a unit the sandbox's systemd starts for us runs: its capabilities, then the remount.
+ESCAPE = "grep -E '^(CapBnd|CapEff|Seccomp):' /proc/self/status; " \
+         "mount -o remount,rw / && echo ESCAPED"
+
+
+def test_the_confined_service_itself(menv: Env, web: str) -> None:
+    status = service_caps(menv, web, "apache2")
+    assert not cap_line(status, "CapBnd") >> CAP_SYS_ADMIN & 1, status
+    assert cap_line(status, "Seccomp") == 2, status
+
+
+def test_transient_units_get_no_more_than_the_service(menv: Env, web: str) -> None:
+    """systemd-run talks to the sandbox's own systemd over its private socket; that systemd
+    runs confined, so what it starts is too, even when asked for CAP_SYS_ADMIN."""
+    service = cap_line(service_caps(menv, web, "apache2"), "CapBnd")
+    run = ["systemd-run", "--wait", "--pipe", "--quiet"]
+    asking = ["-p", "AmbientCapabilities=CAP_SYS_ADMIN",
+              "-p", "CapabilityBoundingSet=CAP_SYS_ADMIN CAP_DAC_READ_SEARCH"]
+    for extra in ([], asking):
+        proc = menv.run("execute", web, "--", *run, *extra, "/bin/sh", "-c", ESCAPE)
+        out = proc.stdout + proc.stderr
+        assert "ESCAPED" not in out, out
+        assert "CapBnd" in out, out  # the unit ran
+        assert cap_line(out, "CapBnd") & ~service == 0, out
+        assert cap_line(out, "Seccomp") == 2, out
+        assert "mount: /: permission denied" in out, out
+
+
+def test_a_unit_file_written_inside_gets_no_more(menv: Env, web: str) -> None:
+    """A unit file written into the sandbox: /etc/systemd/system is read-only; one written
+    where the sandbox can write unit files (/run/systemd/system, its tmpfs) and loaded by a
+    daemon-reload runs as confined as everything else, whatever it asks for."""
+    unit = unique_name("vss-planted-")
+    lines = ["[Service]", "Type=oneshot",
+             "AmbientCapabilities=CAP_SYS_ADMIN CAP_DAC_READ_SEARCH CAP_SYS_MODULE",
+             f"ExecStart=/bin/sh /run/{unit}.sh"]
+    printf = "printf '%s\\n' " + " ".join(shlex.quote(x) for x in lines)
+    script = (f"{printf} > /etc/systemd/system/{unit}.service; echo etc=$?; "
+              f"if [ -f /etc/systemd/system/{unit}.service ]; then d=/etc; else d=/run; "
+              f"mkdir -p /run/systemd/system && {printf} > /run/systemd/system/{unit}.service;"
+              " fi; "
+              f"printf '%s\\n' 'exec >/run/{unit}.out 2>&1' {shlex.quote(ESCAPE)} 'exit 0' "
+              f"> /run/{unit}.sh; "
+              f"systemctl daemon-reload && systemctl start {unit}.service; echo start=$?; "
+              f"echo loaded-from=$d; cat /run/{unit}.out")
+    proc = menv.run("execute", web, "--", "/bin/sh", "-c", script, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert "start=0" in out, out
+    assert "CapBnd" in out, out  # the planted unit ran
+    assert "ESCAPED" not in out, out
+    assert not cap_line(out, "CapBnd") >> CAP_SYS_ADMIN & 1, out
+    assert cap_line(out, "Seccomp") == 2, out
+    assert "Read-only file system" in out and "etc=0" not in out, out
