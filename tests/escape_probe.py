@@ -402,6 +402,13 @@ class Probe:
                                    "/sys/kernel/mm/transparent_hugepage/enabled",
                                    "/sys/kernel/uevent_helper")
 
+    def open_proc_kmsg(self) -> Outcome:
+        """The host's kernel log, opened and closed unread (a read would take the messages
+        from the host's own reader)."""
+        if not os.path.exists("/proc/kmsg"):
+            return absent("no /proc/kmsg")
+        return outcome(lambda: closing(os.open("/proc/kmsg", os.O_RDONLY | os.O_NONBLOCK)))
+
     def read_kcore(self) -> Outcome:
         if not os.path.exists("/proc/kcore"):
             return absent("no /proc/kcore in this kernel")
@@ -826,6 +833,7 @@ ATTEMPTS: dict[str, Callable[[Probe], Outcome]] = {
     "open-sysrq-trigger-write": Probe.open_sysrq_trigger_write,
     "open-core-pattern-write": Probe.open_core_pattern_write,
     "open-sysfs-write": Probe.open_sysfs_write,
+    "open-proc-kmsg": Probe.open_proc_kmsg,
     "read-kcore": Probe.read_kcore,
     "open-dev-mem": Probe.open_dev_mem,
     "read-raw-disk": Probe.read_raw_disk,
