@@ -302,3 +302,29 @@ def test_a_unit_file_written_inside_gets_no_more(menv: Env, web: str) -> None:
     assert not cap_line(out, "CapBnd") >> CAP_SYS_ADMIN & 1, out
     assert cap_line(out, "Seccomp") == 2, out
     assert "Read-only file system" in out and "etc=0" not in out, out
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ESCAPE: `stop` writes its marker with Path.write_text through whatever the sandbox put "
+    "at /run/sandbox-host/stopping (runtime/lxc.py stop(), and kvm.py): a symlink planted by "
+    "the sandbox's root makes the host's root overwrite any host file; the fix is not in tests/"))
+def test_the_host_channel_does_not_carry_the_hosts_writes_elsewhere(menv: Env,
+                                                                     tmp_path: Path) -> None:
+    """/run/sandbox-host is the host's run directory for the sandbox, writable from inside;
+    what the host's tool writes there must land there, not where a link the sandbox made
+    points: here a host file the sandbox cannot reach itself."""
+    victim = tmp_path / "victim"
+    victim.write_text("the host's own\n")
+    name = unique_name("escs")
+    plant = f"ln -s {shlex.quote(str(victim))} /run/sandbox-host/stopping; exec sleep 120"
+    menv.run("create", name, "--", "/bin/sh", "-c", plant, check=True)
+    menv.run("start", "--detach", name, check=True)
+    marker = menv.base / "run" / name / "stopping"
+    deadline = time.monotonic() + 10
+    while not marker.is_symlink() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.is_symlink(), "the sandbox's command did not plant its link"
+    assert menv.run("execute", name, "--", "test", "-e", str(victim)).returncode != 0
+    menv.run("stop", name, check=True)
+    assert victim.read_text() == "the host's own\n", \
+        f"the host's stop wrote through the sandbox's link into {victim}: {victim.read_text()!r}"
