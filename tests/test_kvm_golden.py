@@ -22,6 +22,7 @@ from virt_sandbox_service.plan import Plan, plan
 from virt_sandbox_service.runtime.oneshot import run_plan
 
 from .conftest import GOLDEN
+from .test_golden import check_golden
 
 SCHEMA = Path("/usr/share/libvirt/schemas/domain.rng")
 FACTS = HostFacts(memory_kib=2 * 1024 * 1024, tsc_khz=2596152,
@@ -103,11 +104,7 @@ ALL = [*sorted(CASES), "kvm-run"]
 
 @pytest.mark.parametrize("case", ALL)
 def test_kvm_domain_golden(case: str, regenerate: bool) -> None:
-    path = GOLDEN / f"{case}.xml"
-    xml = make(case)
-    if regenerate or not path.exists():
-        path.write_text(xml)
-    assert xml == path.read_text(), f"{path.name} differs; --regenerate-output if intended"
+    check_golden(GOLDEN / f"{case}.xml", make(case), regenerate)
 
 
 @pytest.mark.parametrize("case", ALL)

@@ -27,6 +27,7 @@ import pytest
 from virt_sandbox_service.config import Paths
 from virt_sandbox_service.units import EXIT_NOT_CONFIGURED, render_sandbox_unit, unit_name
 
+from .conftest import need
 from .systemd_host import CLI, SystemdHost, systemd_host_fixture  # noqa: F401 (fixture)
 from .test_golden import CASES
 
@@ -266,8 +267,8 @@ ODD_PATHS = Paths(config_dir=Path("/var/tmp/vss test/100% config"),
 ], ids=[*sorted(CASES), "generic-quoting-odd-paths"])
 def test_generated_unit_passes_systemd_analyze_verify(case: str, paths: Paths,
                                                       tmp_path: Path) -> None:
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
+    need(shutil.which("systemd-analyze") is not None,
+         "systemd-analyze (the systemd package) is installed by scripts/setup.sh")
     cfg = CASES[case][0]
     path = tmp_path / unit_name(cfg.name)
     path.write_text(render_sandbox_unit(cfg, os.path.realpath(CLI), paths))
