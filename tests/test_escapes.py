@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from . import escape_probe
-from .conftest import Env, unique_name
+from .conftest import Env, need, unique_name
 
 pytestmark = [pytest.mark.root, pytest.mark.libvirt]
 
@@ -328,3 +329,103 @@ def test_the_host_channel_does_not_carry_the_hosts_writes_elsewhere(menv: Env,
     menv.run("stop", name, check=True)
     assert victim.read_text() == "the host's own\n", \
         f"the host's stop wrote through the sandbox's link into {victim}: {victim.read_text()!r}"
+
+
+# A library whose constructor records the capabilities and the filter of whatever process
+# loads it, built inside a sandbox by its confined root with the soname of libseccomp, and an
+# ld.so.cache in the sandbox's own /etc that lists it first.
+PLANTED_C = r"""
+#include <stdio.h>
+#include <string.h>
+__attribute__((constructor)) static void record(void)
+{
+    FILE *in = fopen("/proc/self/status", "r"), *out = fopen("/var/tmp/planted/loaded", "a");
+    char line[256];
+    if (!in || !out)
+        return;
+    while (fgets(line, sizeof line, in))
+        if (!strncmp(line, "CapEff:", 7) || !strncmp(line, "Seccomp:", 8))
+            fputs(line, out);
+    fclose(in);
+    fclose(out);
+}
+"""
+PLANT = f"""set -e
+mkdir -p /var/tmp/planted
+cd /var/tmp/planted
+printf '%s\\n' {shlex.quote(PLANTED_C)} > planted.c
+gcc -shared -fPIC -Wl,-soname,libseccomp.so.2 -o libseccomp.so.2 planted.c
+echo /var/tmp/planted > ld.conf
+ldconfig -X -C /etc/ld.so.cache -f ld.conf
+ldconfig -p -C /etc/ld.so.cache | grep libseccomp.so.2
+"""
+
+
+@pytest.fixture
+def planted(menv: Env) -> str:
+    """A generic sandbox whose root (confined, through execute) has planted the library and
+    the cache in its own /etc."""
+    need(shutil.which("gcc") is not None, "needs gcc on the host root (to build the library)")
+    name = unique_name("escl")
+    menv.run("create", name, "--", "/bin/sh", "-c", "exec sleep 300", check=True)
+    menv.run("start", "--detach", name, check=True)
+    proc = menv.run("execute", name, "--", "/bin/sh", "-c", PLANT)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and lines and "/var/tmp/planted/" in lines[0], \
+        proc.stdout + proc.stderr
+    return name
+
+
+def sandbox_runs(name: str, comm: str) -> bool:
+    """Whether a process named `comm` runs in the sandbox (by its libvirt cgroup)."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "comm").read_text().strip() == comm \
+                    and f"-{name}.libvirt-lxc" in (proc / "cgroup").read_text():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def unconfined_loads(env: Env, name: str) -> list[str]:
+    """Each process that loaded the planted library unconfined: with CAP_SYS_ADMIN, or with
+    no seccomp filter."""
+    log = env.state(name) / "var" / "tmp" / "planted" / "loaded"
+    text = log.read_text() if log.exists() else ""
+    pairs = re.findall(r"CapEff:\s*([0-9a-f]+)\nSeccomp:\s*(\d+)", text)
+    return [f"CapEff {c} Seccomp {f}" for c, f in pairs
+            if int(c, 16) >> CAP_SYS_ADMIN & 1 or f != "2"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ESCAPE: execute (and connect, reload) loads libseccomp with ctypes after entering the "
+    "sandbox's mount namespace and before confining itself, so the dynamic loader reads the "
+    "sandbox's writable /etc/ld.so.cache: a library the sandbox's root planted runs in the "
+    "host tool's child with CAP_SYS_ADMIN and no filter; the fix is not in tests/"))
+def test_a_library_planted_inside_is_not_loaded_by_execute(menv: Env, planted: str) -> None:
+    menv.run("execute", planted, "--", "/bin/true")
+    escaped = unconfined_loads(menv, planted)
+    assert not escaped, "the planted library ran unconfined in execute's child:\n" \
+        + "\n".join(escaped)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ESCAPE: the sandbox's init mounts the overlay /etc, then runs mount, umount, unshare and "
+    "python3 confine.py through the dynamic loader and the sandbox's own persistent "
+    "/etc/ld.so.cache: at the next start a library the sandbox's root planted runs in its "
+    "init with CAP_SYS_ADMIN and no filter; the fix is not in tests/"))
+def test_a_library_planted_inside_is_not_loaded_by_the_next_start(menv: Env,
+                                                                   planted: str) -> None:
+    menv.run("stop", planted, check=True)
+    menv.run("start", "--detach", planted)
+    # A generic sandbox is "ready" once its init runs: wait until the init has got as far as
+    # the command (sleep) or has ended (it does, when the planted library breaks confine.py).
+    log = menv.state(planted) / "var" / "tmp" / "planted" / "loaded"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (log.exists() and log.stat().st_size) \
+            and not sandbox_runs(planted, "sleep"):
+        time.sleep(0.1)
+    escaped = unconfined_loads(menv, planted)
+    assert not escaped, "the planted library ran unconfined in the sandbox's init:\n" \
+        + "\n".join(escaped)
