@@ -305,10 +305,6 @@ def test_a_unit_file_written_inside_gets_no_more(menv: Env, web: str) -> None:
     assert "Read-only file system" in out and "etc=0" not in out, out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ESCAPE: `stop` writes its marker with Path.write_text through whatever the sandbox put "
-    "at /run/sandbox-host/stopping (runtime/lxc.py stop(), and kvm.py): a symlink planted by "
-    "the sandbox's root makes the host's root overwrite any host file; the fix is not in tests/"))
 def test_the_host_channel_does_not_carry_the_hosts_writes_elsewhere(menv: Env,
                                                                      tmp_path: Path) -> None:
     """/run/sandbox-host is the host's run directory for the sandbox, writable from inside;

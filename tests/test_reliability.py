@@ -570,7 +570,7 @@ class Victim:
 
 KILL_POINTS: dict[str, Callable[[Victim], bool]] = {
     "at once (start-up)": lambda v: True,
-    "stop requested": lambda v: (v.env.base / "run" / v.name / "stopping").exists(),
+    "stop requested": lambda v: (v.env.base / "run" / ".stopping" / v.name).exists(),
     "domain just ended": lambda v: not v.alive(),
     "unit file removed": lambda v: not (v.env.base / "units" / f"{v.name}_sandbox.service")
     .exists(),
@@ -898,7 +898,7 @@ def test_ctrl_c_on_stop_leaves_the_sandbox_whole(env: Env, delay: float) -> None
     create_apache(env, name, f"<p>{name}</p>\n")
     env.run("start", "--detach", name, check=True)
     proc = spawn(env, "stop", name)
-    marker = env.base / "run" / name / "stopping"
+    marker = env.base / "run" / ".stopping" / name
     while not marker.exists() and proc.poll() is None:
         time.sleep(0.002)
     time.sleep(delay)

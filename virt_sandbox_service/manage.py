@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -86,11 +87,10 @@ def delete(paths: Paths, name: str, *, force: bool = False) -> None:
             lv.undefine(dom)
         rt.remove_cgroups(name)  # also after a stop by someone else, or a failed start
         files.remove_state_dir(Path(cfg.state_dir), name)
-        run = common.run_dir(paths, name)
-        if run.is_dir():
-            for f in run.iterdir():
-                f.unlink()
-            run.rmdir()
+        # The run dir is the sandbox's host channel: whatever it made there goes, and no link
+        # in it is followed.
+        shutil.rmtree(common.run_dir(paths, name), ignore_errors=True)
+        common.stop_marker(paths, name).unlink(missing_ok=True)
         paths.config_file(name).unlink(missing_ok=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -141,18 +142,44 @@ def _print_unit_logs(journal: str, units: list[str], since: float) -> None:
     sys.stderr.flush()
 
 
-STOP_MARKER = "stopping"  # written by `stop`: an end somebody asked for
 EXIT_FILE = "exit-status"  # a generic sandbox's command status, written by its init
+# The run dir of a sandbox is its host channel: bound writable into the sandbox, so whatever
+# is in it is the sandbox's to replace (a symlink to a host file, say). The host reads it only
+# through read_channel, writes nothing there, and keeps its own marks outside it.
+STOPPING_DIR = ".stopping"  # under paths.run_dir; no sandbox name starts with a dot
+
+
+def stop_marker(paths: Paths, name: str) -> Path:
+    """Written by `stop`: an end somebody asked for (host-only, outside the channel)."""
+    return paths.run_dir / STOPPING_DIR / name
+
+
+def mark_stopping(paths: Paths, name: str) -> None:
+    marker = stop_marker(paths, name)
+    marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    marker.write_text("stop requested\n")
+
+
+def read_channel(path: Path, limit: int = 1 << 20) -> str | None:
+    """A file the sandbox wrote in its host channel: only a regular file, never through a
+    link, at most `limit` bytes; None when there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(limit).decode(errors="replace")
 
 
 def exit_status(cfg: SandboxConfig, paths: Paths) -> int:
     """What a foreground `start` returns once the domain has ended."""
-    rdir = run_dir(paths, cfg.name)
-    stopping = (rdir / STOP_MARKER).exists()
+    stopping = stop_marker(paths, cfg.name).exists()
     if cfg.kind is Kind.GENERIC:
         try:
-            return int((rdir / EXIT_FILE).read_text().strip())
-        except (OSError, ValueError):
+            return int(read_channel(run_dir(paths, cfg.name) / EXIT_FILE) or "")
+        except ValueError:
             return 0 if stopping else 1
     # The sandbox's systemd gives no exit status; an end nobody asked for is a failure, so
     # that Restart=on-failure brings the sandbox back.

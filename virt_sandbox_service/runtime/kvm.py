@@ -38,7 +38,6 @@ from ..limits import Jail
 from ..units import EXIT_NOT_CONFIGURED
 from .common import (
     EXIT_FILE,
-    STOP_MARKER,
     InnerFailure,
     Stopped,
     copy_console,
@@ -46,7 +45,10 @@ from .common import (
     exit_status,
     fail_start,
     log_hint,
+    mark_stopping,
+    read_channel,
     run_dir,
+    stop_marker,
 )
 from .common import print_error as _print_error
 from .common import raise_stopped as _raise_stopped
@@ -76,7 +78,8 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
     initrd.ensure()  # the domain boots the cached files: (re)build them if stale
     rdir = run_dir(paths, cfg.name)
     rdir.mkdir(parents=True, exist_ok=True)
-    for leftover in (STOP_MARKER, READY_FILE, ".ready", FAILED_FILE, EXIT_FILE):
+    stop_marker(paths, cfg.name).unlink(missing_ok=True)
+    for leftover in (READY_FILE, ".ready", FAILED_FILE, EXIT_FILE):
         (rdir / leftover).unlink(missing_ok=True)
     since = time.time()
     try:
@@ -103,8 +106,7 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
 def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, rdir: Path, timeout: float,
                 since: float) -> None:
     deadline = time.monotonic() + timeout
-    ready = rdir / READY_FILE
-    while not ready.exists():
+    while (text := read_channel(rdir / READY_FILE)) is None:
         if not _active(dom):
             raise HostError(f"sandbox '{cfg.name}' stopped while starting",
                             log_hint(cfg))
@@ -113,7 +115,7 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, rdir: Path, timeout:
             raise HostError(f"sandbox '{cfg.name}' was not ready after {timeout:g} s",
                             log_hint(cfg))
         time.sleep(POLL)
-    failed = [line.split("=", 1)[1] for line in ready.read_text().splitlines()
+    failed = [line.split("=", 1)[1] for line in text.splitlines()
               if line.startswith("VSS_FAILED=")]
     if failed:
         fail_start(cfg, failed, since, lambda: _graceful_stop(dom, 10))
@@ -127,9 +129,8 @@ def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxCo
     old = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while _active(dom):
-            if failed.exists():
-                units = [line.split("=", 1)[1] for line in failed.read_text().splitlines()
-                         if "=" in line]
+            if (text := read_channel(failed)) is not None:
+                units = [line.split("=", 1)[1] for line in text.splitlines() if "=" in line]
                 print(f"{', '.join(units)} failed in the sandbox; stopping it", flush=True)
                 _graceful_stop(dom, 30)
                 _report_inner_failure(cfg, units, since)
@@ -160,9 +161,7 @@ def stop(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
     dom = domain(conn, cfg)
     if not _active(dom):
         return False
-    rdir = run_dir(paths, cfg.name)
-    if rdir.is_dir():
-        (rdir / STOP_MARKER).write_text("stop requested\n")
+    mark_stopping(paths, cfg.name)
     _stop_domain(dom, cfg, timeout)
     return True
 

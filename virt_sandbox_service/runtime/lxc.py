@@ -33,7 +33,6 @@ from ..plan import ETC_WORK, EVIDENCE_FILE, EXIT_STATUS_FILE, HOST_CHANNEL, PAYL
 from ..units import EXIT_NOT_CONFIGURED
 from .common import (
     EXIT_FILE,
-    STOP_MARKER,
     InnerFailure,
     Stopped,
     copy_console,
@@ -41,7 +40,9 @@ from .common import (
     exit_status,
     fail_start,
     log_hint,
+    mark_stopping,
     run_dir,
+    stop_marker,
 )
 from .common import print_error as _print_error
 from .common import raise_stopped as _raise_stopped
@@ -75,8 +76,8 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
     remove_cgroups(cfg.name)
     rdir = run_dir(paths, cfg.name)
     rdir.mkdir(parents=True, exist_ok=True)
-    for leftover in (STOP_MARKER, EXIT_FILE):
-        (rdir / leftover).unlink(missing_ok=True)
+    stop_marker(paths, cfg.name).unlink(missing_ok=True)
+    (rdir / EXIT_FILE).unlink(missing_ok=True)
     listener = NotifyListener(rdir / "notify")
     since = time.time()
     try:
@@ -249,9 +250,7 @@ def stop(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
     if not dom.isActive():
         remove_cgroups(cfg.name)
         return False
-    rdir = run_dir(paths, cfg.name)
-    if rdir.is_dir():
-        (rdir / STOP_MARKER).write_text("stop requested\n")
+    mark_stopping(paths, cfg.name)
     _stop_domain(dom, cfg, timeout)
     remove_cgroups(cfg.name)
     return True
