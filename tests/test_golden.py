@@ -293,7 +293,8 @@ def test_host_managed_etc_trees_are_shared_read_only() -> None:
     etc_copy = next(op for op in p.files if isinstance(op, CopyTree) and op.src == "/etc")
     assert "/etc/alternatives" in etc_copy.exclude
     ro = {m.target for m in p.mounts if m.readonly}
-    assert ro == {"/", "/etc/alternatives", "/etc/ssl/certs"}
+    assert ro == {"/", "/etc/alternatives", "/etc/ssl/certs", "/etc/ld.so.cache",
+                  "/etc/ld.so.preload"}
 
 
 def test_userns_domain_maps_root_to_its_range() -> None:

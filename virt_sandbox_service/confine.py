@@ -161,6 +161,18 @@ class ConfineError(Exception):
     pass
 
 
+_LOADED: list[ctypes.CDLL] = []
+
+
+def load_library() -> ctypes.CDLL:
+    """libseccomp, loaded once. A process about to enter a sandbox calls this first: once in
+    the sandbox's mount namespace, the dynamic loader would read the sandbox's own files (its
+    writable /etc/ld.so.cache), and load a library its root planted, unconfined."""
+    if not _LOADED:
+        _LOADED.append(_lib())
+    return _LOADED[0]
+
+
 def _lib() -> ctypes.CDLL:
     try:
         lib = ctypes.CDLL(LIBSECCOMP, use_errno=True)
@@ -208,7 +220,7 @@ def _add_rules(lib: ctypes.CDLL, ctx: int, caps: tuple[str, ...],
 
 def install_filter(caps: tuple[str, ...], allow: tuple[str, ...]) -> None:
     """Install the filter on this process (needs CAP_SYS_ADMIN: no NoNewPrivileges)."""
-    lib = _lib()
+    lib = load_library()
     ctx = lib.seccomp_init(ACT_ALLOW)
     if not ctx:
         raise ConfineError("seccomp_init failed")

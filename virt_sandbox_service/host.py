@@ -46,8 +46,13 @@ class HostFacts:
     # Entries of the host's /etc/systemd/system that enable its boot (*.wants, *.requires):
     # left out of an instance's /etc so only the confined unit starts.
     etc_wants_dirs: tuple[str, ...] = ()
+    # The host's SysV boot links (/etc/rc?.d) that exist: systemd's sysv generator would start
+    # each host init script linked there; a unit sandbox's are empty (see plan._etc_ops).
+    etc_rc_dirs: tuple[str, ...] = ()
     # Top-level symlinks of the host's /var (Debian: run -> /run, lock -> /run/lock).
     var_symlinks: tuple[tuple[str, str], ...] = ()
+    # The host has an /etc/ld.so.preload (see plan.loader_mounts).
+    ld_preload: bool = False
     # Host-managed /etc trees that exist here (see plan.SHARED_ETC).
     shared_etc: tuple[str, ...] = ()
     # The kernel has overlayfs (an LXC sandbox's /etc can be an overlay; see plan.py).
@@ -87,8 +92,10 @@ def detect(selinux: bool | None = None) -> HostFacts:
         system_unit_dir=next((d for d in ("/lib/systemd/system", "/usr/lib/systemd/system")
                               if os.path.isdir(d)), "/lib/systemd/system"),
         etc_wants_dirs=_wants_dirs(Path("/etc/systemd/system")),
+        etc_rc_dirs=tuple(f"/etc/rc{r}.d" for r in "0123456S" if os.path.isdir(f"/etc/rc{r}.d")),
         var_symlinks=_symlinks(Path("/var")),
         shared_etc=tuple(d for d in SHARED_ETC if os.path.isdir(d)),
+        ld_preload=os.path.lexists("/etc/ld.so.preload"),
         overlayfs=has_overlayfs(),
         **kvm_facts()._asdict(),
     )

@@ -62,6 +62,7 @@ ETC_WORK = ".etc-work"  # overlay /etc: the work directory beside the upper laye
 # the mounts that belong on top of /etc; it detaches all of it once they are in place.
 ETC_STAGE = "/run/.vss-etc"
 ETC_STAGE_MOUNTS = f"{ETC_STAGE}/mnt"  # + the target under /etc
+ETC_MERGED = f"{ETC_STAGE}/merged"  # where the init builds the overlay before moving it
 OVERLAY_OPTIONS = "redirect_dir=off,index=off,metacopy=off,xino=off"  # a plain upper layer
 
 TMPFS = (("/run", 65536), ("/tmp", 262144), ("/dev/shm", 65536))
@@ -157,6 +158,7 @@ class Mount:
     tmpfs_kib: int = 0
     reason: str = ""
     image: bool = False  # source is a raw file-system image (loop-mounted)
+    file: bool = False  # source is a file: the init makes the target a file of its own first
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,7 @@ def plan(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, 
     files += _var_ops(config, facts, evidence)
     files += _other_private_ops(state, evidence)
     files += _mount_ops(config)
+    files += _loader_ops(config, facts)
     mounts = _mounts(config, facts, evidence, run_dir)
     user_files, user_mounts = _user_ops(config, files)
     files += user_files
@@ -233,7 +236,8 @@ def _etc_ops(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEviden
     if config.etc_overlay:
         ops = _upper_ops(config, evidence, hidden, wants)
     else:
-        exclude = tuple(h.path for h in hidden) + wants + facts.shared_etc + HOST_ONLY_ETC
+        exclude = (tuple(h.path for h in hidden) + wants + facts.shared_etc + HOST_ONLY_ETC
+                   + (facts.etc_rc_dirs if config.kind is Kind.SERVICE else ()))
         ops = [CopyTree("/etc", etc, exclude, reason="the host's configuration, without its "
                         "secrets and its boot's .wants")]
         ops += [MakeDir(state_path(config.state_dir, d, "/etc"),
@@ -242,6 +246,19 @@ def _etc_ops(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEviden
     ops += _identity_ops(config, etc)
     if config.kind is Kind.SERVICE:
         ops += _systemd_ops(config, sysd, facts.system_unit_dir, unit_fragments, unit_needs)
+        ops += _rc_ops(config, facts)
+    return ops
+
+
+def _rc_ops(config: SandboxConfig, facts: HostFacts) -> list[FileOp]:
+    """A unit sandbox's SysV boot links are empty: systemd's sysv generator would otherwise
+    start every host init script enabled there (as it enables the host's .wants)."""
+    ops: list[FileOp] = []
+    for d in facts.etc_rc_dirs:
+        path = state_path(config.state_dir, d, "/etc")
+        ops.append(MakeDir(path, reason="no host init script starts in the sandbox"))
+        if config.etc_overlay:
+            ops.append(Opaque(path, reason="the host's SysV boot links are not the sandbox's"))
     return ops
 
 
@@ -469,6 +486,7 @@ def _mounts(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidenc
     mounts += [Mount(d, d, readonly=True,
                      reason="managed by the host's package tools; shared read-only")
                for d in facts.shared_etc]
+    mounts += loader_mounts(config, facts)
     for ev in evidence:
         if ev.access is Access.PRIVATE and not _in(ev.path, "/var") and not _in(ev.path, "/etc"):
             mounts.append(Mount(ev.path, other_path(state, ev.path), reason="; ".join(ev.reasons)))
@@ -481,6 +499,38 @@ def _mounts(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidenc
             mounts.append(Mount(ev.path, ev.path, readonly=True, reason="--shared"))
     mounts += _user_mounts(config)
     return tuple(mounts)
+
+
+# The dynamic loader's configuration in /etc. The sandbox's /etc is its own, writable by its
+# root, and its init (with CAP_SYS_ADMIN, before it confines anything) and the tool's execute
+# run dynamic programs in it: a library listed there would run in them unconfined. So the
+# host's are bound read-only on the sandbox's (an empty list where the host has no preload
+# file): they describe the host's /usr, which is the sandbox's too.
+LOADER_CACHE = "/etc/ld.so.cache"
+LOADER_PRELOAD = "/etc/ld.so.preload"
+LOADER_REASON = ("the dynamic loader's configuration, the host's, read-only: no library the "
+                 "sandbox plants is loaded by its init or by execute")
+
+
+def loader_mounts(config: SandboxConfig, facts: HostFacts) -> list[Mount]:
+    if config.driver is not Driver.LXC:
+        return []  # a VM's init and agent run under its own kernel
+    preload = LOADER_PRELOAD if facts.ld_preload else empty_preload(config.state_dir)
+    return [Mount(LOADER_CACHE, LOADER_CACHE, readonly=True, file=True, reason=LOADER_REASON),
+            Mount(LOADER_PRELOAD, preload, readonly=True, file=True, reason=LOADER_REASON)]
+
+
+def empty_preload(state: str) -> str:
+    return os.path.join(state, "loader", "ld.so.preload")
+
+
+def _loader_ops(config: SandboxConfig, facts: HostFacts) -> list[FileOp]:
+    if config.driver is not Driver.LXC or facts.ld_preload:
+        return []
+    path = empty_preload(config.state_dir)
+    return [MakeDir(os.path.dirname(path), 0o755, reason="the loader files bound on /etc"),
+            WriteFile(path, "", 0o644, reason="an empty preload list, bound read-only on "
+                      "/etc/ld.so.preload")]
 
 
 def _user_mounts(config: SandboxConfig) -> list[Mount]:
@@ -601,20 +651,25 @@ def seen_at(target: str) -> str:
 
 def _overlay_binds(config: SandboxConfig, facts: HostFacts,
                    mounts: tuple[Mount, ...]) -> list[str]:
-    """Overlay /etc: the host's /etc below, <state>/etc above; then the staged mounts on it,
-    in order, and the stage detached (the sandbox never sees the state directory itself)."""
+    """Overlay /etc: the host's /etc below, <state>/etc above; the staged mounts on it, in
+    order; then all of it moved onto /etc at once, and the stage detached (the sandbox never
+    sees the state directory itself). Built aside and moved, so that every program the init
+    runs before the move starts with the host's /etc, and every one after it with the
+    loader's files bound (LOADER_CACHE): never with the sandbox's own."""
     if not config.etc_overlay:
         return []
     q = shlex.quote
-    um = q(facts.umount)
-    top = f"{ETC_STAGE}/state"
+    top, m = f"{ETC_STAGE}/state", ETC_MERGED
     opts = f"lowerdir=/etc,upperdir={top}/etc,workdir={top}/{ETC_WORK},{OVERLAY_OPTIONS}"
-    lines = [f"mount -t overlay -o {opts} overlay /etc && {um} -l {top} || exit 125"]
-    for m in mounts:
-        dst = seen_at(m.target)
-        if dst != m.target:
-            lines.append(f"mount --rbind {q(m.target)} {q(dst)} && {um} -l {q(m.target)} "
-                         "|| exit 125")
+    lines = [f"mkdir {m} && mount -t overlay -o {opts} overlay {m} || exit 125"]
+    staged = [mt for mt in mounts if seen_at(mt.target) != mt.target]
+    for mt in staged:
+        at = q(m + seen_at(mt.target)[len("/etc"):])
+        if mt.file:  # whatever the sandbox left there (a link, a directory) goes
+            lines.append(f"rm -rf {at} && : > {at} || exit 125")
+        lines.append(f"mount --rbind {q(mt.target)} {at} || exit 125")
+    lines.append(f"mount --move {m} /etc || exit 125")
+    lines.append(" ".join([q(facts.umount), "-l", top, *(q(mt.target) for mt in staged)]))
     lines.append(f"rm -r --one-file-system {ETC_STAGE}")
     return lines
 

@@ -45,6 +45,7 @@ from .enter import (
     join_pids_cgroup,
     match_bounding_set,
     open_namespaces,
+    prepare_confinement,
 )
 
 ESCAPE = b"\x1d"  # Ctrl-], as in virsh console and telnet
@@ -174,6 +175,7 @@ def _child(dom: libvirt.virDomain, init: int, fds: list[int], sock: socket.socke
         match_bounding_set(init)
         libvirt_lxc.lxcEnterCGroup(dom, 0)
         join_pids_cgroup(init)
+        prepare_confinement(confinement)
         _enter_namespaces(fds)
         pid = os.fork()  # a new PID namespace applies to children only
         if pid == 0:

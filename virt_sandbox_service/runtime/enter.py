@@ -47,6 +47,15 @@ def limit_bounding_set(keep: int) -> None:
                                    f"{os.strerror(err)}")
 
 
+def prepare_confinement(jail: Jail | None) -> None:
+    """Before entering a sandbox's mount namespace: load what confine_self needs from the
+    host's files (see confine.load_library)."""
+    if jail is not None:
+        from .. import confine
+
+        confine.load_library()
+
+
 def confine_self(jail: Jail | None) -> None:
     """In a process that entered a sandbox, just before it execs there: the sandbox's seccomp
     filter and capability set, so that nothing the tool runs inside can do more than the

@@ -54,6 +54,7 @@ from .enter import (
     match_bounding_set,
     open_namespaces,
     pids_cgroup,
+    prepare_confinement,
 )
 from .notify import NotifyListener, notify_host_manager
 
@@ -391,6 +392,7 @@ def _child_enter_and_run(dom: libvirt.virDomain, fds: list[int], argv: list[str]
                 join_pids_cgroup(init)
         if init is not None:
             match_bounding_set(init)
+        prepare_confinement(jail)
         by_type = {os.readlink(f"/proc/self/fd/{fd}").split(":")[0]: fd for fd in fds}
         for ns in NS_ORDER:
             if ns in namespaces and ns in by_type and _libc.setns(by_type[ns], 0) != 0:
