@@ -96,6 +96,7 @@ def test_overlay_mounts_stage_what_belongs_on_etc() -> None:
     assert targets[run + 1] == f"{ETC_STAGE}/state"
     staged = [t for t in targets if t.startswith(f"{ETC_STAGE}/mnt/")]
     assert staged == [f"{ETC_STAGE}/mnt/etc/alternatives", f"{ETC_STAGE}/mnt/etc/ssl/certs",
+                      f"{ETC_STAGE}/mnt/etc/ld.so.cache", f"{ETC_STAGE}/mnt/etc/ld.so.preload",
                       f"{ETC_STAGE}/mnt/etc/apache2/sites-enabled"]
     assert all(targets.index(t) > run for t in staged)
     ro = {m.target for m in p.mounts if m.readonly}
@@ -113,6 +114,12 @@ def test_init_mounts_the_overlay_before_anything_runs() -> None:
     binds = [i for i, line in enumerate(lines) if line.startswith("mount --rbind")]
     assert binds and all(i > over for i in binds)
     assert "/etc/apache2/sites-enabled" in lines[binds[-1]]
+    # Built aside, then moved onto /etc in one step: no program of the init starts with the
+    # sandbox's own /etc before the host's loader files are bound on it.
+    move = lines.index(f"mount --move {ETC_STAGE}/merged /etc || exit 125")
+    assert all(i < move for i in binds) and f"{ETC_STAGE}/merged" in lines[over]
+    loader = [i for i in binds if "ld.so." in lines[i]]
+    assert len(loader) == 2 and all("rm -rf" in lines[i - 1] for i in loader)
     assert any(line.startswith(f"rm -r --one-file-system {ETC_STAGE}") for line in lines)
     assert lines[-1].startswith("exec /usr/bin/unshare --cgroup")
     assert over > next(i for i, line in enumerate(lines) if "cgroup.procs" in line)

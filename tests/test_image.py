@@ -102,7 +102,7 @@ def test_apache2_in_an_image(env: Env, short: Path) -> None:
     state = short / name
     img = state / "private.img"
     assert sorted(p.name for p in state.iterdir()) == [
-        ".virt-sandbox-service", "evidence.json", "private.img"]
+        ".virt-sandbox-service", "evidence.json", "loader", "private.img"]
     assert img.stat().st_size == 64 * 1024**2
     assert img.stat().st_blocks * 512 < 32 * 1024**2  # sparse
     env.run("start", "--detach", name, check=True)

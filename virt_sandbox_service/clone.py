@@ -51,6 +51,7 @@ from .plan import (
     MakeImage,
     Plan,
     WriteFile,
+    empty_preload,
     plan,
 )
 from .units import render_sandbox_unit, unit_name
@@ -112,9 +113,11 @@ def clone_plan(src: SandboxConfig, cfg: SandboxConfig, paths: Paths,
              str(paths.run_dir / cfg.name), ())
     identity = {os.path.join(cfg.state_dir, "etc", f) for f in IDENTITY}
     work = os.path.join(cfg.state_dir, ETC_WORK)  # overlay /etc: made empty, not copied
+    loader = os.path.dirname(empty_preload(cfg.state_dir))  # made as for a new sandbox
     ops: list[FileOp] = [op for op in p.files
-           if (isinstance(op, MakeDir) and op.path in (cfg.state_dir, work))
-           or (isinstance(op, WriteFile) and (op.path in identity or op.path.endswith(MARKER)))]
+           if (isinstance(op, MakeDir) and op.path in (cfg.state_dir, work, loader))
+           or (isinstance(op, WriteFile) and (op.path in identity or op.path.endswith(MARKER)
+                                              or op.path.startswith(loader + "/")))]
     for tree in ("etc", "var", "paths", "home"):
         source = os.path.join(src.state_dir, tree)
         if os.path.isdir(source):

@@ -90,7 +90,7 @@ def delete(paths: Paths, name: str, *, force: bool = False) -> None:
         # The run dir is the sandbox's host channel: whatever it made there goes, and no link
         # in it is followed.
         shutil.rmtree(common.run_dir(paths, name), ignore_errors=True)
-        common.stop_marker(paths, name).unlink(missing_ok=True)
+        common.clear_stop_marker(paths, name)
         paths.config_file(name).unlink(missing_ok=True)
 
 

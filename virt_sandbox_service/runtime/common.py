@@ -3,6 +3,7 @@ domain lookup, and reporting a confined unit's failure."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -158,6 +159,13 @@ def mark_stopping(paths: Paths, name: str) -> None:
     marker = stop_marker(paths, name)
     marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     marker.write_text("stop requested\n")
+
+
+def clear_stop_marker(paths: Paths, name: str) -> None:
+    marker = stop_marker(paths, name)
+    marker.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # another sandbox's marker may be there
+        marker.parent.rmdir()
 
 
 def read_channel(path: Path, limit: int = 1 << 20) -> str | None:
