@@ -10,14 +10,16 @@ import dataclasses
 import fcntl
 import json
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import capneeds, conffiles, host, image, labels, layers, unitfile, users
+from . import capneeds, conffiles, host, image, labels, layers, maintscripts, unitfile, users
 from . import evidence as ev
 from .apply import files
 from .apply import labels as file_labels
@@ -56,6 +58,7 @@ from .limits import (
 from .mounts import MountSpec, MountType, check_loop_path, parse_mount
 from .network import OUR_FILTER, filter_xml, parse_network
 from .plan import EVIDENCE_FILE, Plan, WriteFile, plan
+from .runtime.lxc import remove_cgroups
 from .units import render_sandbox_unit, unit_name
 from .users import UserArgs
 
@@ -365,7 +368,10 @@ def gather(req: CreateRequest) -> Gathered:
     evidence = ev.gather(units, pkgdb, packages=req.packages, private=req.private,
                          shared=req.shared, generic=not units)
     allowed = [e.path for e in evidence if e.path.startswith("/etc")]
-    return Gathered(units, evidence, ev.hidden_secrets(Path("/etc"), allowed))
+    hidden = ev.hidden_secrets(Path("/etc"), allowed)
+    if units and not req.copy:  # a fresh instance: its secrets are its own
+        hidden += maintscripts.host_made_secrets(evidence)
+    return Gathered(units, evidence, hidden)
 
 
 def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts, got: Gathered) -> Plan:
@@ -430,6 +436,63 @@ def apply_plan(p: Plan, conn: object, txn: Transaction) -> None:
     sd.daemon_reload()
 
 
+def fresh_instance(req: CreateRequest, p: Plan, paths: Paths, conn: object,
+                   facts: host.HostFacts, got: Gathered) -> None:
+    """An LXC unit sandbox: the packages' own postinst sets the new instance up, as on a first
+    installation (maintscripts.py); what it made is recorded as evidence. With -C, what it
+    made and the host has too is then replaced by the host's: an instance that starts from
+    the host's data, including what no file list names."""
+    cfg = p.config
+    pkgdb = ev.detect_package_db()
+    if cfg.kind is not Kind.SERVICE or cfg.driver is not Driver.LXC \
+            or pkgdb is None or pkgdb.kind != "dpkg":
+        return
+    packages = ev._packages(list(got.units), pkgdb, req.packages)
+    postinsts = [(pkg, os.path.basename(path)) for pkg in packages
+                 if (path := maintscripts.postinst_path(pkg))]
+    if not postinsts:
+        return
+    state = Path(cfg.state_dir)
+    trees = [state / "etc", state / "var"]
+    before = maintscripts.snapshot(trees)
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    rdir = tempfile.mkdtemp(prefix=f".{cfg.name}-setup-", dir=paths.run_dir)
+    sp = maintscripts.setup_plan(cfg, facts, got.evidence, got.hidden, rdir,
+                                 maintscripts.script(postinsts), facts.etc_rc_dirs)
+    try:
+        maintscripts.run(conn, sp, facts)
+    finally:
+        shutil.rmtree(rdir, ignore_errors=True)
+        remove_cgroups(sp.config.name)
+    new = maintscripts.made(before, maintscripts.snapshot(trees))
+    if req.copy:
+        for path in new:
+            if os.path.lexists(path):
+                _take_hosts(path, state / path.lstrip("/"))
+    _record_made(state, new, [pkg for pkg, _ in postinsts], req.copy)
+
+
+def _take_hosts(host_path: str, instance: Path) -> None:
+    """-C: the host's version of what the scripts made, in place of the instance's."""
+    if instance.is_dir() and not instance.is_symlink():
+        shutil.rmtree(instance)
+    elif os.path.lexists(instance):
+        instance.unlink()
+    files.copy_tree(host_path, str(instance), frozenset())
+
+
+def _record_made(state: Path, new: list[str], packages: list[str], copied: bool) -> None:
+    """evidence.json: what the packages' scripts made, as private paths with that reason."""
+    record = state / EVIDENCE_FILE
+    data = json.loads(record.read_text())
+    why = f"made by the postinst of {', '.join(packages)}" + (
+        "; the host's copied (-C)" if copied else " (a fresh instance)")
+    data["evidence"] += [{"path": path, "access": "private",
+                          "dir": (state / path.lstrip("/")).is_dir(), "reasons": [why]}
+                         for path in new]
+    record.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False) -> Plan:
     validate(req)
     facts = host.detect()
@@ -449,6 +512,7 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False) -> Plan:
                 return p
             reserve(p, txn)
         apply_plan(p, conn, txn)
+        fresh_instance(req, p, paths, conn, facts, got)
     layers.warn_if_unprotected(conn, req.uri, req.name)
     if driver_for_uri(req.uri) is Driver.KVM and not facts.kvm:
         _, why = host.kvm_choice()

@@ -1,0 +1,210 @@
+"""A fresh instance: the packages' own `postinst configure`, run inside the new sandbox.
+
+What a package's maintainer scripts make at installation (a database's data directory, a
+web server's default page, a daemon's own key or working directory) is in no file list and
+no unit directive, so the evidence cannot name it, and a daemon aborts on an empty /var.
+Guessing per daemon is what made the historical virt-sandbox-service fragile. Instead, a
+plain create (without -C) runs each of the unit's packages' `postinst configure` once, as on
+a first installation, inside the new sandbox: on its private /etc and /var, with the host's
+/usr read-only, confined like the sandbox itself. So each instance is initialised by the
+package's own code, and its keys and data are its own, not copies of the host's.
+
+The run is a transient LXC domain built from the sandbox's own plan (same mounts, same init,
+same confinement), with:
+- the host's dpkg database read-only (DPKG_ADMINDIR) and a copy of its debconf answers
+  (configuration and templates, never its passwords database);
+- service starts refused: POLICYRCD for invoke-rc.d, no systemd running for
+  deb-systemd-invoke; and the calls that would change the host's shared state or enable
+  more units in the sandbox answered as done without doing anything (dpkg-trigger,
+  update-alternatives, ldconfig, deb-systemd-helper, update-rc.d, systemctl);
+- the sandbox's /etc/systemd and SysV boot links behind empty tmpfs for the run, so nothing
+  the scripts enable there survives it.
+What the scripts made is found by comparing the private trees before and after, and recorded
+as evidence ("made by PKG's postinst"). A script that fails makes create fail with its output,
+and the create's transaction removes everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shlex
+import stat
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import libvirt
+
+from .config import Kind, SandboxConfig
+from .errors import HostError
+from .evidence import Access, PathEvidence
+from .host import HostFacts
+from .plan import EXIT_STATUS_FILE, LOADER_CACHE, LOADER_PRELOAD, Mount, Plan, plan
+from .runtime.common import read_channel
+
+SETUP = "/run/vss-setup"  # inside the transient domain, on its /run tmpfs
+DPKG_INFO = "/var/lib/dpkg/info"
+# Host commands a postinst may call that would write the host's shared state (read-only here)
+# or enable units and init scripts in the sandbox: answered as done.
+STUBBED = ("dpkg-trigger", "update-alternatives", "ldconfig", "deb-systemd-helper",
+           "update-rc.d", "systemctl", "invoke-rc.d")
+TIMEOUT = 300.0
+OUTPUT_LIMIT = 64 * 1024
+
+
+def host_made_secrets(evidence: Sequence[PathEvidence],
+                      etc: Path = Path("/etc")) -> tuple[PathEvidence, ...]:
+    """A fresh instance's secrets are its own: in the service's own /etc directories, what is
+    not world-readable and in no file list (the host's ssh host keys, its snakeoil key, a
+    secret its postinst generated) is left out of the instance's copy, for the package's
+    postinst to make anew. With -C, the host's are copied."""
+    listed = {e.path for e in evidence}
+    found: list[PathEvidence] = []
+    for top in (e for e in evidence if e.is_dir and e.access.value == "private"
+                and e.path.startswith("/etc/")):
+        host = etc / os.path.relpath(top.path, "/etc")
+        for dirpath, dirs, files in os.walk(host):
+            for n in (*dirs, *files):
+                path = os.path.join(dirpath, n)
+                shown = "/etc/" + os.path.relpath(path, etc)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if shown in listed or stat.S_ISLNK(st.st_mode) or st.st_mode & 0o004:
+                    continue
+                if n in dirs:
+                    dirs.remove(n)  # left out whole
+                found.append(PathEvidence(shown, Access.HIDDEN, stat.S_ISDIR(st.st_mode), (
+                    "the host's own (not world-readable, in no file list): a fresh instance "
+                    "makes its own",), (st.st_uid, st.st_gid), stat.S_IMODE(st.st_mode)))
+    return tuple(found)
+
+
+def postinst_path(package: str, info: str = DPKG_INFO) -> str | None:
+    """The package's postinst on the host (PKG.postinst, or PKG:ARCH.postinst)."""
+    for name in sorted(os.listdir(info)) if os.path.isdir(info) else ():
+        stem = name.removesuffix(".postinst")
+        if name.endswith(".postinst") and stem.split(":")[0] == package:
+            return os.path.join(info, name)
+    return None
+
+
+def script(postinsts: Sequence[tuple[str, str]]) -> str:
+    """The setup command: each (package, postinst file name) configured as on a first
+    installation (`configure` with no previous version)."""
+    q = shlex.quote
+    lines = [
+        "set -u",
+        f"S={SETUP}",
+        "exec >&3 2>&3 3>&-",
+        "mkdir -p $S/bin $S/debconf",
+        *(f"printf '#!/bin/sh\\nexit 0\\n' > $S/bin/{c}" for c in STUBBED),
+        "printf '#!/bin/sh\\nexit 101\\n' > $S/policy-rc.d",
+        "chmod +x $S/bin/* $S/policy-rc.d",
+        "cp $S/host-debconf/config.dat $S/host-debconf/templates.dat $S/debconf/ 2>/dev/null",
+        "printf '%s\\n' 'Config: configdb' 'Templates: templatedb' '' 'Name: configdb' "
+        "'Driver: File' \"Filename: $S/debconf/config.dat\" '' 'Name: templatedb' "
+        "'Driver: File' 'Mode: 644' \"Filename: $S/debconf/templates.dat\" > $S/debconf.conf",
+        "export PATH=$S/bin:$PATH DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true"
+        " DEBCONF_SYSTEMRC=$S/debconf.conf DPKG_ADMINDIR=$S/dpkg POLICYRCD=$S/policy-rc.d"
+        " DPKG_MAINTSCRIPT_NAME=postinst",
+    ]
+    for package, name in postinsts:
+        lines += [
+            f"echo {q(f'== {package}: postinst configure')}",
+            f"DPKG_MAINTSCRIPT_PACKAGE={q(package)} $S/dpkg/info/{q(name)} configure '' ||"
+            f" {{ rc=$?; echo {q(f'virt-sandbox-service: {package} postinst failed')}"
+            " \"(exit $rc)\"; exit 1; }",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def setup_plan(cfg: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, ...],
+               hidden: tuple[PathEvidence, ...], run_dir: str, command: str,
+               etc_rc_dirs: Sequence[str]) -> Plan:
+    """The transient domain's plan: the sandbox's own, as a generic one running `command`,
+    with the host's dpkg and debconf databases read-only under SETUP, and tmpfs on what the
+    scripts must not enable for good."""
+    setup = dataclasses.replace(cfg, name=f"vss-setup-{os.urandom(4).hex()}",
+                                kind=Kind.GENERIC, units=(), networks=(),
+                                command=(facts.sh, "-c", command))
+    p = plan(setup, facts, evidence, hidden, "", run_dir)
+    extra = [Mount(f"{SETUP}/dpkg", "/var/lib/dpkg", readonly=True, reason="dpkg database"),
+             Mount(f"{SETUP}/host-debconf", "/var/cache/debconf", readonly=True,
+                   reason="debconf answers (copied by the script)"),
+             *(Mount(d, "", tmpfs_kib=1024, reason="what the scripts enable does not stay")
+               for d in ("/etc/systemd", *etc_rc_dirs))]
+    return dataclasses.replace(p, mounts=_after_run(p.mounts, extra))
+
+
+def _after_run(mounts: tuple[Mount, ...], extra: list[Mount]) -> tuple[Mount, ...]:
+    """Extra mounts: those under /run right after the /run tmpfs, those under /etc last."""
+    at = next(i for i, m in enumerate(mounts) if m.target == "/run") + 1
+    run = [m for m in extra if m.target.startswith("/run/")]
+    rest = [m for m in extra if not m.target.startswith("/run/")]
+    return (*mounts[:at], *run, *mounts[at:], *rest)
+
+
+def snapshot(trees: Sequence[Path]) -> set[str]:
+    """Every path in the private trees, as the sandbox sees it (/etc/..., /var/...)."""
+    seen: set[str] = set()
+    for tree in trees:
+        if not tree.is_dir():
+            continue
+        for dirpath, dirs, files in os.walk(tree):
+            for n in (*dirs, *files):
+                rel = os.path.relpath(os.path.join(dirpath, n), tree)
+                seen.add(f"/{tree.name}/{rel}")
+    return seen
+
+
+def made(before: set[str], after: set[str]) -> list[str]:
+    """The tops of what appeared: a new directory stands for what is in it. The loader's
+    files, which the sandbox's init makes its own at every start, are not the scripts'."""
+    new = sorted(after - before - {LOADER_CACHE, LOADER_PRELOAD})
+    tops: list[str] = []
+    for path in new:
+        if not any(path.startswith(t + "/") for t in tops):
+            tops.append(path)
+    return tops
+
+
+def run(conn: libvirt.virConnect, p: Plan, facts: HostFacts) -> str:
+    """Run the setup domain to its end; its output. HostError (with the output) on failure."""
+    from .domain import METADATA_NS, lxc
+
+    xml = lxc.build(p, facts, METADATA_NS)
+    with tempfile.TemporaryFile() as out:
+        try:
+            dom = conn.createXMLWithFiles(xml, [out.fileno()],
+                                          libvirt.VIR_DOMAIN_START_AUTODESTROY)
+        except libvirt.libvirtError as e:
+            raise HostError("libvirt could not start the sandbox to run the package's "
+                            f"postinst: {e.get_error_message()}",
+                            "'virt-sandbox-service doctor' checks the host") from e
+        status = _wait(dom, Path(p.run_dir) / os.path.basename(EXIT_STATUS_FILE))
+        out.seek(0)
+        text = out.read(OUTPUT_LIMIT).decode(errors="replace")
+    if status != "0":
+        raise HostError("the package's own set-up of a fresh instance failed "
+                        f"(exit {status or 'unknown'}):\n{text.rstrip()}",
+                        "create it with -C to start from the host's data instead")
+    return text
+
+
+def _wait(dom: libvirt.virDomain, status_file: Path) -> str:
+    """The exit status the domain's init wrote (read without following a link the sandbox
+    made); "" if it did not within TIMEOUT (then the domain is destroyed)."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        text = read_channel(status_file)
+        if text is not None and text.endswith("\n"):
+            return text.strip()
+        time.sleep(0.05)
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.destroy()
+    return ""
