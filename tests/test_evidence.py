@@ -16,9 +16,11 @@ from virt_sandbox_service.evidence import (
     DpkgDB,
     PackageDB,
     PathEvidence,
+    RpmDB,
     detect_package_db,
     gather,
     hidden_secrets,
+    parse_dpkg_status,
 )
 from virt_sandbox_service.unitfile import UnitFile, load_unit, resolve_unit_name
 
@@ -54,7 +56,10 @@ def test_apache2(dpkg: PackageDB) -> None:
     for path in ("/var/lib/apache2", "/var/log/apache2", "/var/cache/apache2", "/var/www/html"):
         assert ev[path].access is Access.PRIVATE
         assert ev[path].is_dir
-        assert ev[path].reasons == ("package apache2 (dpkg file list)",)
+        assert ev[path].reasons[0] == "package apache2 (dpkg file list)"
+    # apache2-bin, built from apache2's source, lists /var/lib/apache2 too.
+    assert ev["/var/lib/apache2"].reasons[1:] == (
+        "package apache2-bin (dpkg file list; a dependency of apache2 from the same source)",)
     conf = ev["/etc/apache2/apache2.conf"]
     assert (conf.access, conf.is_dir) == (Access.PRIVATE, False)
     assert "conffile of apache2" in conf.reasons
@@ -104,7 +109,10 @@ def test_cron(dpkg: PackageDB) -> None:
     ev = by_path(gather([load_unit("cron.service")], dpkg))
     assert ev["/etc/default/cron"].reasons == (
         "EnvironmentFile= in cron.service", "package cron (dpkg file list)", "conffile of cron")
-    assert {p for p in ev if p.startswith("/var")} == BASELINE
+    # cron Pre-Depends on cron-daemon-common (same source), which ships the crontab spool.
+    assert {p for p in ev if p.startswith("/var")} == BASELINE | {
+        "/var/spool", "/var/spool/cron", "/var/spool/cron/crontabs"}
+    assert "conffile of cron-daemon-common" in ev["/etc/crontab"].reasons
 
 
 def test_postfix_instance(dpkg: PackageDB) -> None:
@@ -116,6 +124,52 @@ def test_postfix_instance(dpkg: PackageDB) -> None:
     postfix = pwd.getpwnam("postfix")
     assert lib.owner == (postfix.pw_uid, postfix.pw_gid)
     assert "conffile of postfix" in ev["/etc/postfix/postfix-files"].reasons
+
+
+def need_packages(dpkg: PackageDB, *packages: str) -> None:
+    missing = [p for p in packages if not dpkg.exists(p)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (scripts/test-daemons.sh installs it)")
+
+
+def test_samba_files_of_its_same_source_dependencies(dpkg: PackageDB) -> None:
+    need_packages(dpkg, "samba", "samba-common")
+    ev = by_path(gather([load_unit("smbd.service")], dpkg))
+    common = "package samba-common (dpkg file list; a dependency of samba from the same source)"
+    for path in ("/var/log/samba", "/var/lib/samba/private", "/var/cache/samba"):
+        assert ev[path].access is Access.PRIVATE
+        assert common in ev[path].reasons
+    # Other sources' dependencies (libc6, libgnutls30, python3) are never in.
+    assert not [r for e in ev.values() for r in e.reasons
+                if r.startswith(("package libc6 ", "package libgnutls30 ", "package python3 "))]
+
+
+def test_tor_directives_of_the_unit_part_of_it(dpkg: PackageDB) -> None:
+    need_packages(dpkg, "tor")
+    ev = by_path(gather([load_unit("tor.service")], dpkg))
+    where = "tor@default.service (PartOf=tor.service)"
+    for path in ("/var/lib/tor", "/var/log/tor"):
+        assert ev[path].access is Access.PRIVATE
+        assert ev[path].reasons == (f"ReadWriteDirectories= in {where}",)
+    assert ev["/run/tor"].reasons == (f"PIDFile= in {where}",)
+    # ReadWriteDirectories=-/proc and ReadOnlyDirectories=/: kernel and whole trees, never.
+    assert "/proc" not in ev and "/" not in ev
+    assert not [p for p in ev if p.startswith("/var/lib/tor-instances")]  # tor@.service
+
+
+def test_freeradius_configuration_is_not_a_host_secret(dpkg: PackageDB) -> None:
+    need_packages(dpkg, "freeradius", "freeradius-config")
+    ev = by_path(gather([load_unit("freeradius.service")], dpkg))
+    conf = ev["/etc/freeradius"]
+    assert conf.access is Access.PRIVATE
+    assert "ReadOnlyDirectories= in freeradius.service" in conf.reasons
+    assert ("package freeradius-config (dpkg file list; a dependency of freeradius from the "
+            "same source)") in conf.reasons
+    allowed = [p for p in ev if p.startswith("/etc")]
+    hidden = by_path(hidden_secrets(Path("/etc"), allowed))
+    assert not [p for p in hidden if p.startswith("/etc/freeradius")]
+    # freerad is in groups shadow and ssl-cert: supplementary groups make nothing its own.
+    assert "/etc/shadow" in hidden and "/etc/ssl/private" in hidden
 
 
 def test_two_units_merge_per_path(dpkg: PackageDB) -> None:
@@ -181,6 +235,95 @@ def test_dpkg_fake_tree(tmp_path: Path) -> None:
     assert db.exists("libbar") and not db.exists("bar") and not db.exists("../foo")
 
 
+STATUS = """\
+Package: srv
+Status: install ok installed
+Architecture: amd64
+Depends: srv-common (= 1.0), libc6 (>= 2.34), srv-data | srv-data-alt, srv-utils:any,
+Pre-Depends: srv-pre
+Description: a server
+ Depends: not-a-field (a continuation line)
+
+Package: srv-common
+Status: install ok installed
+Source: srv (1.0-1)
+Depends: srv-common-bin
+
+Package: srv-common-bin
+Status: install ok installed
+Source: srv
+
+Package: srv-data-alt
+Status: install ok installed
+Source: srv
+
+Package: srv-pre
+Status: install ok installed
+Source: srv
+
+Package: srv-utils
+Status: install ok installed
+Source: other-source
+
+Package: libc6
+Status: install ok installed
+Architecture: amd64
+Source: glibc
+
+Package: libc6
+Status: install ok installed
+Architecture: i386
+Source: glibc
+Depends: libgcc-s1
+
+Package: srv-removed
+Status: deinstall ok config-files
+Source: srv
+"""
+
+
+def test_parse_dpkg_status() -> None:
+    db = parse_dpkg_status(STATUS)
+    assert db["srv"].source == "srv"  # no Source: its own name
+    assert db["srv"].depends == ("srv-pre", "srv-common", "libc6", "srv-data", "srv-data-alt",
+                                 "srv-utils")
+    assert db["srv-common"].source == "srv"  # "srv (1.0-1)": the version is not the name
+    assert db["libc6"].depends == ("libgcc-s1",)  # one entry for its two architectures
+    assert "srv-removed" not in db  # only installed packages
+    assert "not-a-field" not in db["srv"].depends
+
+
+def test_dpkg_same_source_dependencies(tmp_path: Path) -> None:
+    write(tmp_path / "var/lib/dpkg/status", STATUS)
+    (tmp_path / "var/lib/dpkg/info").mkdir()
+    db = DpkgDB(tmp_path)
+    # srv-data is not installed, srv-utils and libc6 are other sources'.
+    assert db.same_source_dependencies("srv") == ["srv-pre", "srv-common", "srv-data-alt"]
+    assert db.same_source_dependencies("srv:amd64") == ["srv-pre", "srv-common", "srv-data-alt"]
+    assert db.same_source_dependencies("srv-common") == ["srv-common-bin"]
+    assert db.same_source_dependencies("libc6") == []
+    assert db.same_source_dependencies("no-such") == []
+    (tmp_path / "var/lib/dpkg/status").write_text("")
+    assert db.same_source_dependencies("srv") == ["srv-pre", "srv-common", "srv-data-alt"]
+
+
+def test_rpm_same_source_dependencies(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = {
+        ("-q", "--queryformat", "%{SOURCERPM}\\n", "samba"): ["samba-4.19.src.rpm"],
+        ("-qa", "--queryformat", "%{NAME} %{SOURCERPM}\\n"): [
+            "samba samba-4.19.src.rpm", "samba-common samba-4.19.src.rpm",
+            "samba-libs samba-4.19.src.rpm", "glibc glibc-2.38.src.rpm",
+            "gpg-pubkey (none)"],
+        ("-q", "--requires", "samba"): [
+            "samba-common = 4.19", "samba-libs(x86-64) = 4.19", "samba-libs = 4.19",
+            "glibc", "libc.so.6()(64bit)", "/bin/sh", "samba"],
+    }
+    db = RpmDB()
+    monkeypatch.setattr(db, "_query", lambda *args: answers.get(args, []))
+    assert db.same_source_dependencies("samba") == ["samba-common", "samba-libs"]
+    assert db.same_source_dependencies("not-installed") == []
+
+
 def test_no_package_database(tmp_path: Path) -> None:
     assert detect_package_db(tmp_path) is None
 
@@ -192,8 +335,10 @@ class FakeDB:
     kind = "dpkg"
 
     def __init__(self, files: dict[str, list[str]], conffiles: dict[str, list[str]],
-                 owners: dict[str, str]) -> None:
+                 owners: dict[str, str], same_source: dict[str, list[str]] | None = None
+                 ) -> None:
         self._files, self._conffiles, self._owners = files, conffiles, owners
+        self._same_source = same_source or {}
 
     def owner(self, path: str) -> str | None:
         return self._owners.get(path)
@@ -206,6 +351,9 @@ class FakeDB:
 
     def exists(self, package: str) -> bool:
         return package in self._files
+
+    def same_source_dependencies(self, package: str) -> list[str]:
+        return self._same_source.get(package, [])
 
 
 @pytest.fixture
@@ -325,6 +473,103 @@ def test_package_evidence(units: Path) -> None:
     assert ev["/etc/app"].is_dir and not ev["/etc/app/app.conf"].is_dir
 
 
+def test_same_source_dependencies(units: Path) -> None:
+    db = FakeDB(
+        files={"app": ["/etc/app"], "app-common": ["/etc/app/common.conf", "/var/log/app"],
+               "app-data": ["/var/lib/app-data"], "libz": ["/etc/libz.conf"],
+               "tool": ["/var/lib/tool"], "tool-common": ["/var/lib/tool-common"]},
+        conffiles={"app-common": ["/etc/app/common.conf"]},
+        owners={str(units / "app.service"): "app"},
+        # The DB answers only same-source ones (libz is another source's: never asked for).
+        same_source={"app": ["app-common"], "app-common": ["app-data", "app"],
+                     "tool": ["tool-common"]},
+    )
+    u = unit(units, "app.service", "")
+    ev = by_path(gather([u], db, generic=True))
+    assert set(ev) == {"/etc/app", "/etc/app/common.conf", "/var/log/app", "/var/lib/app-data",
+                       "/var/tmp"}
+    assert ev["/var/log/app"].reasons == (
+        "package app-common (dpkg file list; a dependency of app from the same source)",)
+    assert ev["/var/lib/app-data"].reasons == (
+        "package app-data (dpkg file list; a dependency of app-common from the same source)",)
+    # conffiles.py finds the package after "conffile of ": the reason stays that.
+    assert ev["/etc/app/common.conf"].reasons[-1] == "conffile of app-common"
+    # -P packages bring theirs too.
+    ev = by_path(gather([u], db, packages=["tool"], generic=True))
+    assert "/var/lib/tool-common" in ev
+
+
+def test_old_and_read_only_path_directives(units: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "var/lib/seen").mkdir(parents=True)
+    (root / "etc/app").mkdir(parents=True)
+    u = unit(units, "ro.service", (
+        "ReadWriteDirectories=-/var/lib/old +/srv/old\n"
+        "ReadOnlyPaths=-/var/lib/seen /var/lib/absent +/etc/app/ /opt/ro /run/ro\n"
+        "ReadOnlyDirectories=-/etc/ro-dir\n"
+        # Whole trees and kernel filesystems: never the sandbox's to have or to see shared.
+        "ReadOnlyDirectories=/ /etc /var /usr\n"
+        "ReadWriteDirectories=-/proc -/sys/fs/cgroup /dev/shm /etc/ /var/\n"
+        "InaccessiblePaths=/var/lib/secret\n"
+    ))
+    ev = by_path(gather([u], None, generic=True, root=root))
+    expect = {
+        "/var/lib/old": (Access.PRIVATE, "ReadWriteDirectories="),
+        "/srv/old": (Access.PRIVATE, "ReadWriteDirectories="),
+        "/var/lib/seen": (Access.PRIVATE, "ReadOnlyPaths="),  # /var is private: have it
+        "/etc/app": (Access.SHARED, "ReadOnlyPaths="),  # the host's, not hidden
+        "/opt/ro": (Access.SHARED, "ReadOnlyPaths="),
+        "/run/ro": (Access.TMPFS, "ReadOnlyPaths="),
+        "/etc/ro-dir": (Access.SHARED, "ReadOnlyDirectories="),
+        "/var/tmp": (Access.PRIVATE, "writable temporary space"),
+    }
+    assert set(ev) == set(expect)  # no /var/lib/absent (not on the host), no /var/lib/secret
+    for path, (access, key) in expect.items():
+        assert ev[path].access is access, path
+        assert ev[path].reasons[0].startswith(key), path
+    assert ev["/var/lib/seen"].reasons == ("ReadOnlyPaths= in ro.service",)
+    assert ev["/var/lib/seen"].is_dir and ev["/var/lib/seen"].mode is not None
+
+
+def test_read_only_path_with_package_evidence_is_private(units: Path) -> None:
+    db = FakeDB(files={"app": ["/etc/app", "/etc/app/app.conf"]}, conffiles={},
+                owners={str(units / "app.service"): "app"})
+    u = unit(units, "app.service", "ReadOnlyDirectories=/etc/app/\n")
+    ev = by_path(gather([u], db, generic=True))
+    assert ev["/etc/app"].access is Access.PRIVATE  # the strongest claim decides
+    assert ev["/etc/app"].reasons == ("ReadOnlyDirectories= in app.service",
+                                      "package app (dpkg file list)")
+
+
+def test_units_part_of_a_confined_unit(units: Path) -> None:
+    write(units / "app@main.service", "[Unit]\nPartOf=app.service\n[Service]\n"
+                                      "ReadWriteDirectories=/var/lib/app-%i\n")
+    write(units / "app@.service", "[Unit]\nPartOf=app.service\n[Service]\n"
+                                  "StateDirectory=app-%i\n")  # a template: instances unknown
+    write(units / "app-helper.socket", "[Unit]\nPartOf=other.service app.service\n"
+                                       "[Socket]\nReadWritePaths=/var/spool/helper\n")
+    write(units / "app-tool.service", "[Service]\nStateDirectory=app-tool\n")  # not PartOf
+    write(units / "app-masked.service", "")
+    write(units / "stray.service", "[Unit]\nPartOf=app.service\n[Service]\n"
+                                   "StateDirectory=stray\n")  # not the package's
+    listed = [str(units / n) for n in ("app.service", "app@main.service", "app@.service",
+                                       "app-helper.socket", "app-tool.service",
+                                       "app-masked.service")]
+    db = FakeDB(files={"app": ["/etc/app", *listed]}, conffiles={},
+                owners={str(units / "app.service"): "app"})
+    u = unit(units, "app.service", "StateDirectory=app\n")
+    ev = by_path(gather([u], db, generic=True))
+    assert set(ev) == {"/etc/app", "/var/lib/app", "/var/lib/app-main", "/var/spool/helper",
+                       "/var/tmp"}
+    assert ev["/var/lib/app-main"].reasons == (
+        "ReadWriteDirectories= in app@main.service (PartOf=app.service)",)
+    assert ev["/var/spool/helper"].reasons == (
+        "ReadWritePaths= in app-helper.socket (PartOf=app.service)",)
+    # Confined itself, it is named as itself.
+    both = by_path(gather([u, load_unit("app@main.service", [units])], db, generic=True))
+    assert both["/var/lib/app-main"].reasons == ("ReadWriteDirectories= in app@main.service",)
+
+
 def test_package_needs_a_database() -> None:
     with pytest.raises(UserError) as e:
         gather([], None, packages=["app"])
@@ -431,3 +676,61 @@ def test_hidden_secrets_real_etc() -> None:
         f"not world-readable on the host ({st.st_mode & 0o7777:04o} root:{group})",)
     assert not [p for p in found if p.startswith("/etc/ssh/")]
     assert "/etc/passwd" not in found and "/etc/hostname" not in found
+
+
+def make_service_etc(root: Path) -> Path:
+    """svc (4242, primary group 4243) is also in group shadow (42), as freerad is."""
+    etc = root / "etc"
+    write(etc / "passwd", "root:x:0:0::/root:/bin/sh\nsvc:x:4242:4243::/:/bin/false\n"
+                          "rootgrp:x:4244:0::/:/bin/false\nnobody:x:65534:65534::/:/bin/false\n")
+    write(etc / "group", "root:x:0:\nshadow:x:42:svc\nsvc:x:4243:\n")
+    for path, mode, owner in [
+            ("shadow", 0o640, (0, 42)),
+            ("svc/svc.conf", 0o640, (4242, 4243)),
+            ("svc/sub/key", 0o600, (0, 0)),
+            ("byuser.key", 0o600, (4242, 0)),
+            ("bygroup/secret", 0o640, (0, 4243)),
+            ("nogroup.key", 0o640, (0, 65534)),
+            ("open.conf", 0o644, (4242, 4243)),
+            ("private/svc.pem", 0o600, (4242, 4243)),
+            ("private/host.key", 0o600, (0, 0))]:
+        os.chmod(write(etc / path, "x"), mode)
+        os.chown(etc / path, *owner)
+    os.chmod(etc / "svc", 0o2750)
+    os.chown(etc / "svc", 4242, 4243)
+    os.chmod(etc / "bygroup", 0o750)
+    os.chown(etc / "bygroup", 0, 4243)
+    os.chmod(etc / "private", 0o710)
+    (etc / "svc-link").symlink_to("svc")
+    return etc
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown needs root")
+def test_the_service_users_own_paths_are_not_host_secrets(units: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    etc = make_service_etc(root)
+    u = unit(units, "svc.service", "User=svc\n")
+    ev = by_path(gather([u], None, generic=True, root=root))
+    mine = {p: e for p, e in ev.items() if p.startswith("/etc")}
+    assert set(mine) == {"/etc/svc", "/etc/byuser.key", "/etc/bygroup", "/etc/private/svc.pem"}
+    assert all(e.access is Access.SHARED for e in mine.values())
+    assert mine["/etc/svc"].is_dir and not mine["/etc/byuser.key"].is_dir
+    assert mine["/etc/svc"].reasons == (
+        "owned by user svc, User= of svc.service: the service's, not a host secret",)
+    assert mine["/etc/bygroup"].reasons == (
+        "owned by svc's primary group, User= of svc.service: the service's, not a host secret",)
+    # create hides what is under /etc and not in the evidence, as before.
+    hidden = [e.path for e in hidden_secrets(etc, list(mine))]
+    assert hidden == ["/etc/nogroup.key", "/etc/private/host.key", "/etc/shadow"]
+    # The same user by number; root, nobody, a dynamic or unknown user own nothing of /etc.
+    ev = by_path(gather([unit(units, "n.service", "User=4242\n")], None, generic=True,
+                        root=root))
+    assert "/etc/svc" in ev
+    for service in ("User=root\n", "User=nobody\n", "User=svc\nDynamicUser=yes\n",
+                    "User=no-such-user\n", "Group=svc\n"):
+        ev = by_path(gather([unit(units, "x.service", service)], None, generic=True, root=root))
+        assert not [p for p in ev if p.startswith("/etc")], service
+    # A user whose primary group is root: only what the user owns.
+    ev = by_path(gather([unit(units, "r.service", "User=rootgrp\n")], None, generic=True,
+                        root=root))
+    assert not [p for p in ev if p.startswith("/etc")]

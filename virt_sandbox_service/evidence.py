@@ -1,9 +1,12 @@
 """Which paths a sandbox gets privately, and why: decided from evidence, never from guesses.
 
-The evidence is the units' own directives (StateDirectory=, ReadWritePaths=, ...), the package
-manager's file lists and conffiles of the packages that ship them, what systemd itself needs
-in the sandbox, and the administrator's --private/--shared overrides. Everything else of the
-host is seen read-only. Pure: reads the package database and stat()s paths, changes nothing.
+The evidence is the units' own directives (StateDirectory=, ReadWritePaths=, ReadOnlyPaths=,
+...) and those of the units their packages ship that are PartOf= them, the package manager's
+file lists and conffiles of the packages that ship them and of their dependencies built from
+the same source package, what under /etc belongs to the units' User=, what systemd itself
+needs in the sandbox, and the administrator's --private/--shared overrides. Everything else
+of the host is seen read-only. Pure: reads the package database and stat()s paths, changes
+nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import UserError
-from .unitfile import UnitFile
+from .unitfile import UnitFile, UnitName, load_unit
 
 
 class Access(enum.StrEnum):
@@ -49,6 +52,9 @@ class PackageDB(Protocol):
     def files(self, package: str) -> list[str]: ...
     def conffiles(self, package: str) -> list[str]: ...
     def exists(self, package: str) -> bool: ...
+    # The installed packages `package` depends on that are built from its own source
+    # package (samba -> samba-common): the service's files split over several packages.
+    def same_source_dependencies(self, package: str) -> list[str]: ...
 
 
 # --- package databases ----------------------------------------------------------------------
@@ -66,14 +72,23 @@ def _aliases(path: str) -> list[str]:
     return [path]
 
 
+@dataclass(frozen=True)
+class _Installed:
+    source: str
+    depends: tuple[str, ...]
+
+
 class DpkgDB:
-    """Reads /var/lib/dpkg/info/<pkg>[:<arch>].list and .conffiles directly (a stable format)."""
+    """Reads /var/lib/dpkg/info/<pkg>[:<arch>].list and .conffiles, and /var/lib/dpkg/status
+    (once), directly: stable formats."""
 
     kind = "dpkg"
 
     def __init__(self, root: Path = Path("/")) -> None:
         self._info = root / "var/lib/dpkg/info"
+        self._status_file = root / "var/lib/dpkg/status"
         self._stems: list[str] | None = None
+        self._status: dict[str, _Installed] | None = None
 
     def owner(self, path: str) -> str | None:
         wanted = [b"\n" + os.fsencode(p) + b"\n" for p in _aliases(path)]
@@ -96,6 +111,23 @@ class DpkgDB:
 
     def exists(self, package: str) -> bool:
         return bool(self._stems_of(package))
+
+    def same_source_dependencies(self, package: str) -> list[str]:
+        installed = self._installed()
+        me = installed.get(package.partition(":")[0])
+        if me is None:
+            return []
+        return [d for d in me.depends
+                if d in installed and installed[d].source == me.source and d != package]
+
+    def _installed(self) -> dict[str, _Installed]:
+        if self._status is None:
+            try:
+                text = self._status_file.read_text(errors="replace")
+            except OSError:
+                text = ""
+            self._status = parse_dpkg_status(text)
+        return self._status
 
     def _all_stems(self) -> list[str]:
         if self._stems is None:
@@ -129,6 +161,38 @@ class DpkgDB:
         return [os.fsdecode(line) for line in self._read(stem, suffix).splitlines() if line]
 
 
+# "name", "name:arch", "name (>= 1.0)", "name [amd64]": the name is the first word.
+_DEP_NAME = re.compile(r"\s*([a-z0-9][a-z0-9+.-]*)")
+
+
+def parse_dpkg_status(text: str) -> dict[str, _Installed]:
+    """name -> (source package, Depends and Pre-Depends names) of each installed package.
+
+    The source is the Source: field's first word, the package's own name without one; every
+    alternative of an "a | b" dependency is kept (the caller keeps only installed ones).
+    """
+    out: dict[str, _Installed] = {}
+    for stanza in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line[:1] not in (" ", "\t", "") and ":" in line:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        name = fields.get("Package")
+        if not name or not fields.get("Status", "").endswith(" installed"):
+            continue
+        source = (fields.get("Source") or name).split()[0]
+        depends = [m.group(1)
+                   for field in ("Pre-Depends", "Depends")
+                   for alternative in re.split(r"[,|]", fields.get(field, ""))
+                   if (m := _DEP_NAME.match(alternative))]
+        # Multi-arch packages have a stanza per architecture: one entry, their union.
+        known = out.get(name)
+        both = (*known.depends, *depends) if known else tuple(depends)
+        out[name] = _Installed(source, tuple(dict.fromkeys(both)))
+    return out
+
+
 class RpmDB:
     """Asks rpm (-qf, -ql, -qc); its database format is not meant to be read directly."""
 
@@ -136,6 +200,7 @@ class RpmDB:
 
     def __init__(self, root: Path = Path("/")) -> None:
         self._root = root
+        self._sources: dict[str, str] | None = None  # installed package -> its source RPM
 
     def owner(self, path: str) -> str | None:
         out = self._query("-qf", "--queryformat", "%{NAME}\\n", path)
@@ -149,6 +214,21 @@ class RpmDB:
 
     def exists(self, package: str) -> bool:
         return bool(self._query("-q", package))
+
+    def same_source_dependencies(self, package: str) -> list[str]:
+        # rpm requires capabilities, not packages; a package provides its own name, so the
+        # capabilities named like an installed package of the same source RPM are those.
+        source = self._query("-q", "--queryformat", "%{SOURCERPM}\\n", package)
+        if not source or source[0] in ("", "(none)"):
+            return []
+        if self._sources is None:
+            pairs = (line.split() for line in
+                     self._query("-qa", "--queryformat", "%{NAME} %{SOURCERPM}\\n"))
+            self._sources = {p[0]: p[1] for p in pairs if len(p) == 2}
+        required = [line.split()[0] for line in self._query("-q", "--requires", package)
+                    if line.strip()]
+        return [r for r in dict.fromkeys(required)
+                if r != package and self._sources.get(r) == source[0]]
 
     def _query(self, *args: str) -> list[str]:
         root = ["--root", str(self._root)] if self._root != Path("/") else []
@@ -198,6 +278,8 @@ _NEVER_PRIVATE = {
 }
 for _top in _USRMERGE:
     _NEVER_PRIVATE[_top] = _NEVER_PRIVATE["/usr"]
+# What a unit's path list never makes private or shared: the trees the sandbox builds itself.
+_WHOLE_TREES = frozenset({*_NEVER_PRIVATE, "/var"})
 
 
 def _under(path: str, top: str) -> bool:
@@ -235,11 +317,14 @@ def gather(
     shared_paths = [_override_path(p, "--shared") for p in shared]
     _check_overrides(private_paths, shared_paths)
     claims: list[_Claim] = []
-    for unit in units:
-        claims += _unit_claims(unit, root)
-    for package in _packages(units, pkgdb, packages):
+    found = _packages(units, pkgdb, packages)
+    parts = _part_of(units, pkgdb, list(found)) if pkgdb is not None else []
+    for unit, where in [(u, u.name) for u in units] + parts:
+        claims += _unit_claims(unit, root, where)
+        claims += _own_user_claims(unit, root, where)
+    for package, via in found.items():
         assert pkgdb is not None  # _packages() returns nothing without one
-        claims += _package_claims(pkgdb, package)
+        claims += _package_claims(pkgdb, package, via)
     claims += _baseline(generic)
     claims += [_Claim(p, Access.PRIVATE, None, "--private", _PRIVATE_OVERRIDE)
                for p in private_paths]
@@ -289,17 +374,18 @@ _DIRECTORY_KEYS = (
 _EXEC_SECTION = {"service": "Service", "socket": "Socket", "mount": "Mount", "swap": "Swap"}
 
 
-def _unit_claims(unit: UnitFile, root: Path) -> list[_Claim]:
+def _unit_claims(unit: UnitFile, root: Path, where: str) -> list[_Claim]:
+    """The claims of the unit's directives; `where` names the unit in the reasons."""
     section = _EXEC_SECTION.get(unit.name.rpartition(".")[2])
     if section is None:
         return []
     out: list[_Claim] = []
     for key, base in _DIRECTORY_KEYS:
-        out += _directory_claims(unit, section, key, base)
-    out += _read_write_claims(unit, section)
-    out += _pid_file_claims(unit, section)
-    out += _working_directory_claims(unit, section, root)
-    out += _environment_file_claims(unit, section)
+        out += _directory_claims(unit, section, key, base, where)
+    out += _path_list_claims(unit, section, root, where)
+    out += _pid_file_claims(unit, section, where)
+    out += _working_directory_claims(unit, section, root, where)
+    out += _environment_file_claims(unit, section, where)
     return out
 
 
@@ -314,7 +400,8 @@ def _words(unit: UnitFile, section: str, key: str) -> list[str]:
     return words
 
 
-def _directory_claims(unit: UnitFile, section: str, key: str, base: str) -> list[_Claim]:
+def _directory_claims(unit: UnitFile, section: str, key: str, base: str,
+                      where: str) -> list[_Claim]:
     out = []
     for word in _words(unit, section, key):
         # "a:b" makes the directory a and a symlink b to it: both live under base.
@@ -322,7 +409,7 @@ def _directory_claims(unit: UnitFile, section: str, key: str, base: str) -> list
             if not part or part.startswith("/") or ".." in part.split("/"):
                 raise UserError(f"{key}= in {unit.name}: '{part}' is not a relative path",
                                 f"systemd rejects it too; the names are relative to {base}")
-            out.append(_evidence(f"{base}/{part}", Access.PRIVATE, True, f"{key}= in {unit.name}"))
+            out.append(_evidence(f"{base}/{part}", Access.PRIVATE, True, f"{key}= in {where}"))
     return out
 
 
@@ -333,32 +420,57 @@ def _absolute(unit: UnitFile, key: str, text: str) -> str:
     return text
 
 
-def _read_write_claims(unit: UnitFile, section: str) -> list[_Claim]:
-    key = "ReadWritePaths"
-    return [
-        _evidence(_absolute(unit, key, word.lstrip("-+")), Access.PRIVATE, None,
-                  f"{key}= in {unit.name}")
-        for word in _words(unit, section, key)
-    ]
+# Path lists of systemd.exec(5), with their old names (systemd < 231, still accepted).
+_READ_WRITE_KEYS = ("ReadWritePaths", "ReadWriteDirectories")
+_READ_ONLY_KEYS = ("ReadOnlyPaths", "ReadOnlyDirectories")
+# InaccessiblePaths= names what the service must NOT see: never evidence of a need.
 
 
-def _pid_file_claims(unit: UnitFile, section: str) -> list[_Claim]:
+def _path_list_claims(unit: UnitFile, section: str, root: Path, where: str) -> list[_Claim]:
+    """ReadWritePaths= names what the service writes: private. ReadOnlyPaths= names what it
+    must see: never a host secret, and under /var (where the sandbox sees only its own
+    paths) private if the host has it; elsewhere the host's, read-only. Neither makes a
+    whole tree (/, /etc, /var, /usr) or a kernel filesystem the sandbox's."""
+    out = []
+    for writes, keys in ((True, _READ_WRITE_KEYS), (False, _READ_ONLY_KEYS)):
+        for key in keys:
+            for word in _words(unit, section, key):
+                # "-" ignores a missing path, "+" is relative to RootDirectory=: as systemd.
+                path = _norm(_absolute(unit, key, word.lstrip("-+")))
+                if path in _WHOLE_TREES or any(_under(path, k) for k in _KERNEL_TREES):
+                    continue
+                reason = f"{key}= in {where}"
+                if writes:
+                    out.append(_evidence(path, Access.PRIVATE, None, reason))
+                elif _under(path, "/var"):
+                    if _lstat(root, path) is not None:
+                        out.append(_evidence(path, Access.PRIVATE, None, reason))
+                else:
+                    # Under /etc: the host's, seen through the sandbox's /etc, not hidden
+                    # (the directive says the service reads it, not that it is the
+                    # instance's own: its packages' file lists say that).
+                    out.append(_evidence(path, Access.SHARED, None, reason))
+    return out
+
+
+def _pid_file_claims(unit: UnitFile, section: str, where: str) -> list[_Claim]:
     value = unit.value(section, "PIDFile")
     if not value:
         return []
     path = value if value.startswith("/") else f"/run/{value}"  # relative means under /run
     parent = posixpath.dirname(_norm(path))
-    return [_evidence(parent, Access.PRIVATE, True, f"PIDFile= in {unit.name}")]
+    return [_evidence(parent, Access.PRIVATE, True, f"PIDFile= in {where}")]
 
 
-def _working_directory_claims(unit: UnitFile, section: str, root: Path) -> list[_Claim]:
+def _working_directory_claims(unit: UnitFile, section: str, root: Path,
+                              where: str) -> list[_Claim]:
     value = (unit.value(section, "WorkingDirectory") or "").removeprefix("-")
     if not value:
         return []
     if value == "~" or value.startswith("~/"):
         value = _home(unit.value(section, "User"), root) + value[1:]
     path = _norm(_absolute(unit, "WorkingDirectory", value))
-    reason = f"WorkingDirectory= in {unit.name}"
+    reason = f"WorkingDirectory= in {where}"
     if path == "/":
         return []  # the host root is always there, read-only
     if _under(path, "/var") or _under(path, "/srv"):
@@ -376,7 +488,7 @@ def _home(user: str | None, root: Path) -> str:
     return "/root"
 
 
-def _environment_file_claims(unit: UnitFile, section: str) -> list[_Claim]:
+def _environment_file_claims(unit: UnitFile, section: str, where: str) -> list[_Claim]:
     out = []
     key = "EnvironmentFile"
     for value in unit.values(section, key):
@@ -384,7 +496,67 @@ def _environment_file_claims(unit: UnitFile, section: str) -> list[_Claim]:
         # Under /etc or /var it must be in the sandbox's private copy; elsewhere it is the host's.
         private = _under(path, "/etc") or _under(path, "/var")
         access = Access.PRIVATE if private else Access.SHARED
-        out.append(_evidence(path, access, False, f"{key}= in {unit.name}"))
+        out.append(_evidence(path, access, False, f"{key}= in {where}"))
+    return out
+
+
+# --- the service's own user ---------------------------------------------------------------------
+
+# Shared by many services: owning something makes it no one service's.
+_OVERFLOW_ID = 65534
+
+
+def _own_user_claims(unit: UnitFile, root: Path, where: str) -> list[_Claim]:
+    """What under /etc is not world-readable but belongs to the unit's User= (owner) or to that
+    user's primary group: the service's own configuration, not a host secret (e.g.
+    /etc/freeradius, 2750 freerad). Only the topmost such paths; supplementary groups never
+    count (freerad is in group shadow: /etc/shadow stays hidden), nor root or nobody."""
+    section = _EXEC_SECTION.get(unit.name.rpartition(".")[2])
+    user = unit.value(section, "User") if section else None
+    if not user or section is None or _yes(unit.value(section, "DynamicUser")):
+        return []
+    entry = next((f for f in _colon_file(root / "etc/passwd")
+                  if len(f) > 3 and user in (f[0], f[2])), None)
+    if entry is None or not (entry[2].isdigit() and entry[3].isdigit()):
+        return []  # not a user of the host's (made at boot?): it owns nothing there yet
+    uid, gid = int(entry[2]), int(entry[3])
+    uids = {uid} - {0, _OVERFLOW_ID}
+    gids = {gid} - {0, _OVERFLOW_ID}
+    if not uids and not gids:
+        return []
+    out = []
+    for path, st in _owned_under(root / "etc", "/etc", uids, gids):
+        whose = f"user {entry[0]}" if st.st_uid in uids else f"{entry[0]}'s primary group"
+        out.append(_evidence(path, Access.SHARED, stat.S_ISDIR(st.st_mode),
+                             f"owned by {whose}, User= of {where}: the service's, "
+                             "not a host secret"))
+    return out
+
+
+def _yes(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "yes", "true", "on")
+
+
+def _owned_under(directory: Path, shown: str, uids: set[int],
+                 gids: set[int]) -> list[tuple[str, os.stat_result]]:
+    """The topmost entries that are not world-readable and owned by uids or gids (no links)."""
+    out: list[tuple[str, os.stat_result]] = []
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:
+        return out
+    for entry in entries:
+        path = f"{shown}/{entry.name}"
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        if not st.st_mode & 0o004 and (st.st_uid in uids or st.st_gid in gids):
+            out.append((path, st))
+        elif stat.S_ISDIR(st.st_mode):
+            out += _owned_under(Path(entry.path), path, uids, gids)
     return out
 
 
@@ -392,20 +564,59 @@ def _environment_file_claims(unit: UnitFile, section: str) -> list[_Claim]:
 
 
 def _packages(units: Sequence[UnitFile], pkgdb: PackageDB | None,
-              explicit: Sequence[str]) -> list[str]:
-    """The packages shipping the units, then the -P ones; each once."""
+              explicit: Sequence[str]) -> dict[str, str | None]:
+    """The packages shipping the units, then the -P ones, then the dependencies of these built
+    from the same source package (samba's samba-common: one service split over packages; never
+    libc or openssl); each once, with the package that brought it in (None: the first ones)."""
     if pkgdb is None:
         if explicit:
             raise UserError(f"-P {explicit[0]}: no package manager (dpkg or rpm) on this host",
                             "name the paths with --private instead")
-        return []
+        return {}
     for package in explicit:
         if not pkgdb.exists(package):
             listing = "dpkg -l" if pkgdb.kind == "dpkg" else "rpm -qa"
             raise UserError(f"package '{package}' is not installed on this host",
                             f"'{listing}' lists the installed packages")
     owners = [pkgdb.owner(str(unit.package_path)) for unit in units]
-    return list(dict.fromkeys([o for o in owners if o] + list(explicit)))
+    found: dict[str, str | None] = dict.fromkeys([o for o in owners if o] + list(explicit))
+    queue = list(found)
+    while queue:
+        package = queue.pop(0)
+        for dep in pkgdb.same_source_dependencies(package):
+            if dep not in found:
+                found[dep] = package
+                queue.append(dep)
+    return found
+
+
+def _part_of(units: Sequence[UnitFile], pkgdb: PackageDB,
+             packages: Sequence[str]) -> list[tuple[UnitFile, str]]:
+    """The units the packages ship that are PartOf= a confined unit (tor.service starts
+    tor@default.service, which says PartOf=tor.service): stopped and restarted with it, they
+    are the same service, so their directives are evidence too. Templates are left out: their
+    instances are not known here."""
+    names = {u.name for u in units}
+    out: list[tuple[UnitFile, str]] = []
+    for unit in units:
+        dirs = {a for d in unit.search_path for a in _aliases(str(d))}
+        for package in packages:
+            for path in pkgdb.files(package):
+                name = posixpath.basename(path)
+                parsed = UnitName.parse(name)
+                if (posixpath.dirname(path) not in dirs or parsed is None or parsed.instance == ""
+                        or name in names):
+                    continue
+                try:
+                    other = load_unit(name, unit.search_path, hostname=unit.hostname,
+                                      machine_id=unit.machine_id)
+                except UserError:
+                    continue  # masked or broken: systemd would not run it either
+                part_of = " ".join(other.values("Unit", "PartOf")).split()
+                if unit.name in part_of and other.name not in names:
+                    names.add(other.name)
+                    out.append((other, f"{other.name} (PartOf={unit.name})"))
+    return out
 
 
 def _is_service_data(path: str) -> bool:
@@ -416,10 +627,11 @@ def _is_service_data(path: str) -> bool:
     return not any(_under(path, top) for top in _NOT_SERVICE_DATA)
 
 
-def _package_claims(pkgdb: PackageDB, package: str) -> list[_Claim]:
+def _package_claims(pkgdb: PackageDB, package: str, via: str | None) -> list[_Claim]:
     listed = [_norm(f) for f in pkgdb.files(package)]
     parents = {posixpath.dirname(f) for f in listed}
-    reason = f"package {package} ({pkgdb.kind} file list)"
+    origin = f"; a dependency of {via} from the same source" if via else ""
+    reason = f"package {package} ({pkgdb.kind} file list{origin})"
     out = [_evidence(f, Access.PRIVATE, True if f in parents else None, reason)
            for f in listed if _is_service_data(f)]
     out += [_evidence(f, Access.PRIVATE, False, f"conffile of {package}")
