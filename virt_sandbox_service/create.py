@@ -447,7 +447,10 @@ def fresh_instance(req: CreateRequest, p: Plan, paths: Paths, conn: object,
     if cfg.kind is not Kind.SERVICE or cfg.driver is not Driver.LXC \
             or pkgdb is None or pkgdb.kind != "dpkg":
         return
-    packages = ev._packages(list(got.units), pkgdb, req.packages)
+    # The units' own packages and -P's, not what they depend on: a dependency's postinst was
+    # run by the host for the host's /usr, which every sandbox shares read-only.
+    packages = [pkg for pkg, via in ev._packages(list(got.units), pkgdb, req.packages).items()
+                if via is None]
     postinsts = [(pkg, os.path.basename(path)) for pkg in packages
                  if (path := maintscripts.postinst_path(pkg))]
     if not postinsts:
