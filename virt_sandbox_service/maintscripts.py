@@ -47,10 +47,11 @@ from .runtime.common import read_channel
 
 SETUP = "/run/vss-setup"  # inside the transient domain, on its /run tmpfs
 DPKG_INFO = "/var/lib/dpkg/info"
-# Host commands a postinst may call that would write the host's shared state (read-only here)
-# or enable units and init scripts in the sandbox: answered as done.
+# Host commands a postinst may call that would write the host's shared state (read-only here:
+# the host's own installation did it, e.g. dpkg-statoverride on /usr) or enable units and
+# init scripts in the sandbox: answered as done.
 STUBBED = ("dpkg-trigger", "update-alternatives", "ldconfig", "deb-systemd-helper",
-           "update-rc.d", "systemctl", "invoke-rc.d")
+           "update-rc.d", "systemctl", "invoke-rc.d", "dpkg-statoverride")
 TIMEOUT = 300.0
 OUTPUT_LIMIT = 64 * 1024
 
