@@ -306,7 +306,9 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     c.add_argument("--shared", action="append", metavar="PATH",
                    help="show the host's PATH read-only, overriding the evidence")
     c.add_argument("-C", "--copy", action="store_true",
-                   help="copy the host's current content of private directories")
+                   help="start from the host's current data (its private directories, and "
+                        "its version of what the packages' scripts make); without -C a unit "
+                        "sandbox is a fresh instance, set up by its packages' own postinst")
     c.add_argument("-s", "--security", metavar="SECURITY",
                    help="dynamic (default) or static,label=USER:ROLE:TYPE:LEVEL")
     _add_limit_options(c)
