@@ -5,7 +5,9 @@ the guest init (initrd/init) reports through the run directory the host shares i
 at /run/sandbox-host over virtio-9p: a unit that runs once the confined units have started
 writes `ready` (READY=1, after a VSS_FAILED=UNIT line per failed unit), a confined unit that
 fails later appends to `failed`, and a generic sandbox's init writes `exit-status`. We poll
-for them: a file check every 50 ms costs nothing next to a TCG boot.
+for them: a file check every 50 ms costs nothing next to a TCG boot. `ready` only says the
+units' start jobs are done (one in its auto-restart loop has passed its own), so `start` then
+asks the guest's systemctl through the agent until each confined unit is up (readiness.py).
 
 `execute`, `reload` and a clean `stop` go through the QEMU guest agent (qemu-ga of the host's
 own root, started by the guest init on the org.qemu.guest_agent.0 channel): `guest-exec`
@@ -36,6 +38,7 @@ from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
 from ..limits import Jail
 from ..units import EXIT_NOT_CONFIGURED
+from . import readiness
 from .common import (
     EXIT_FILE,
     InnerFailure,
@@ -119,6 +122,62 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, rdir: Path, timeout:
               if line.startswith("VSS_FAILED=")]
     if failed:
         fail_start(cfg, failed, since, lambda: _graceful_stop(dom, 10))
+    _wait_units_up(dom, cfg, rdir, deadline, since)
+
+
+def _wait_units_up(dom: libvirt.virDomain, cfg: SandboxConfig, rdir: Path, deadline: float,
+                   since: float) -> None:
+    """`ready` says the confined units' start jobs are done, not that the units are up (one
+    in its auto-restart loop has passed its start job): ask the guest's systemd until each is
+    up or one is not (readiness.py), through the guest agent."""
+
+    def reports(seconds: float) -> list[str]:
+        time.sleep(seconds)
+        text = read_channel(rdir / FAILED_FILE) or ""
+        return [line.split("=", 1)[1] for line in text.splitlines() if "=" in line]
+
+    try:
+        failed = readiness.wait_until_up(
+            cfg.name, lambda: _guest_unit_states(dom, cfg.units), reports, deadline,
+            readiness.STEADY_TCG if _under_tcg(dom) else readiness.STEADY)
+    except HostError as e:
+        if not _active(dom):
+            raise HostError(f"sandbox '{cfg.name}' stopped while starting",
+                            log_hint(cfg)) from None
+        log.warning("%s; taking the guest's readiness for its units being up", e.message)
+        return
+    if failed:
+        fail_start(cfg, failed, since, lambda: _graceful_stop(dom, 10))
+
+
+def _under_tcg(dom: libvirt.virDomain) -> bool:
+    """Whether the guest is emulated (<domain type='qemu'>), not run by KVM."""
+    try:
+        return "<domain type='qemu'" in dom.XMLDesc(0)
+    except libvirt.libvirtError:
+        return True
+
+
+AGENT_ASK = 10.0  # s for the guest's systemctl to answer (TCG is slow)
+
+
+def _guest_unit_states(dom: libvirt.virDomain,
+                       units: tuple[str, ...]) -> list[readiness.UnitState]:
+    pid = agent(dom, "guest-exec", {"path": "/bin/sh", "capture-output": True,
+                                    "arg": ["-c", readiness.SHOW_SCRIPT, "sh", *units]},
+                wait=AGENT_ASK)["pid"]
+    deadline = time.monotonic() + AGENT_ASK
+    while not (status := agent(dom, "guest-exec-status", {"pid": pid}, wait=AGENT_ASK)).get(
+            "exited"):
+        if time.monotonic() > deadline:
+            raise readiness.ReadinessUnknown(f"the guest's systemctl did not answer within "
+                                             f"{AGENT_ASK:g} s")
+        time.sleep(0.02)
+    out = base64.b64decode(str(status.get("out-data", ""))).decode(errors="replace")
+    if status.get("exitcode") != 0:
+        err = base64.b64decode(str(status.get("err-data", ""))).decode(errors="replace")
+        raise readiness.ReadinessUnknown(f"the guest's systemctl show failed: {err.strip()}")
+    return readiness.parse_show(out, units)
 
 
 def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxConfig,

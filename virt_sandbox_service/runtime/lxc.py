@@ -1,9 +1,10 @@
 """Start, stop and enter LXC sandboxes.
 
 `start` is what the generated unit's ExecStart runs: it starts the domain, waits until the
-sandbox's systemd reports READY=1 on the notify socket (or a confined unit reports failure),
-forwards readiness to the host's systemd, copies the sandbox console to stdout (so it lands in
-the host journal under the unit) and returns when the domain ends, with the right exit status.
+sandbox's systemd reports READY=1 on the notify socket (or a confined unit reports failure)
+and then until its systemd says each confined unit is up (readiness.py), forwards readiness
+to the host's systemd, copies the sandbox console to stdout (so it lands in the host journal
+under the unit) and returns when the domain ends, with the right exit status.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..limits import Jail, jail
 from ..network import parse_network
 from ..plan import ETC_WORK, EVIDENCE_FILE, EXIT_STATUS_FILE, HOST_CHANNEL, PAYLOAD_CGROUP
 from ..units import EXIT_NOT_CONFIGURED
+from . import readiness
 from .common import (
     EXIT_FILE,
     InnerFailure,
@@ -86,6 +88,7 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
             # Inside: a Ctrl-C that lands as libvirt returns must not leave it running.
             _create(dom, cfg)
             if cfg.kind is Kind.SERVICE:
+                readiness.prepare()  # while the sandbox boots
                 _wait_ready(dom, cfg, listener, timeout, since)
             if cfg.networks:
                 _wait_addresses(dom, cfg)
@@ -192,11 +195,39 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyList
         if "VSS_FAILED" in msg:
             failed.append(msg["VSS_FAILED"])
         if msg.get("READY") == "1":
+            log.debug("%s: READY=1 after %.3f s", cfg.name, time.time() - since)
             break
     else:
         _force_stop(dom)
         raise HostError(f"sandbox '{cfg.name}' was not ready after {timeout:g} s",
                         log_hint(cfg))
+    if failed:
+        fail_start(cfg, failed, since, lambda: _graceful_stop(dom, 10))
+    _wait_units_up(dom, cfg, listener, deadline, since)
+
+
+def _wait_units_up(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyListener,
+                   deadline: float, since: float) -> None:
+    """READY=1 says the sandbox's boot jobs are done, not that its units are up: ask its
+    systemd until each confined unit is up or one is not (readiness.py)."""
+
+    def reports(seconds: float) -> list[str]:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            msg = listener.receive(left)
+            if msg and "VSS_FAILED" in msg:
+                return [msg["VSS_FAILED"]]
+        return []
+
+    try:
+        failed = readiness.wait_until_up(
+            cfg.name, lambda: readiness.unit_states(dom, cfg.units), reports, deadline)
+    except HostError as e:
+        if not _active(dom):
+            raise HostError(f"sandbox '{cfg.name}' stopped while starting",
+                            log_hint(cfg)) from None
+        log.warning("%s; taking its READY=1 for its units being up", e.message)
+        return
     if failed:
         fail_start(cfg, failed, since, lambda: _graceful_stop(dom, 10))
 
