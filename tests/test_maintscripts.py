@@ -40,8 +40,7 @@ def test_script_configures_each_package_as_a_first_installation() -> None:
 def test_setup_plan_is_the_sandboxs_own_plus_the_databases() -> None:
     cfg = SandboxConfig(name="w", kind=Kind.SERVICE, uri="lxc:///", state_dir="/s/w",
                         units=("a.service",), etc_overlay=True)
-    p = maintscripts.setup_plan(cfg, HostFacts(), (ev("/var/lib/a"),), (), "/run/x", "true",
-                                ("/etc/rc2.d",))
+    p = maintscripts.setup_plan(cfg, HostFacts(), (ev("/var/lib/a"),), (), "/run/x", "true")
     assert p.config.kind is Kind.GENERIC and p.config.state_dir == "/s/w"
     mounts = {m.target: m for m in p.mounts}
     assert mounts[f"{maintscripts.SETUP}/dpkg"].source == "/var/lib/dpkg"
@@ -49,9 +48,6 @@ def test_setup_plan_is_the_sandboxs_own_plus_the_databases() -> None:
     assert mounts[f"{maintscripts.SETUP}/host-debconf"].readonly
     targets = [m.target for m in p.mounts]
     assert targets.index("/run") < targets.index(f"{maintscripts.SETUP}/dpkg")
-    # What the scripts would enable in the sandbox does not stay: tmpfs for the run.
-    staged = [m for m in p.mounts if m.target.endswith("/etc/systemd") or "rc2.d" in m.target]
-    assert staged and all(m.tmpfs_kib for m in staged)
 
 
 def test_made_is_the_tops_of_what_appeared() -> None:

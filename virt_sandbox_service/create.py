@@ -369,9 +369,16 @@ def gather(req: CreateRequest) -> Gathered:
                          shared=req.shared, generic=not units)
     allowed = [e.path for e in evidence if e.path.startswith("/etc")]
     hidden = ev.hidden_secrets(Path("/etc"), allowed)
-    if units and not req.copy:  # a fresh instance: its secrets are its own
-        hidden += maintscripts.host_made_secrets(evidence)
+    if not req.copy and fresh_possible(req, pkgdb):
+        hidden += maintscripts.host_made_secrets(evidence)  # its secrets are its own
     return Gathered(units, evidence, hidden)
+
+
+def fresh_possible(req: CreateRequest, pkgdb: ev.PackageDB | None) -> bool:
+    """Where the packages' postinst makes a fresh instance (see fresh_instance): an LXC unit
+    sandbox whose trees are directories, on a dpkg host."""
+    return (bool(req.units) and driver_for_uri(req.uri) is Driver.LXC
+            and req.image_size is None and pkgdb is not None and pkgdb.kind == "dpkg")
 
 
 def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts, got: Gathered) -> Plan:
@@ -444,8 +451,7 @@ def fresh_instance(req: CreateRequest, p: Plan, paths: Paths, conn: object,
     the host's data, including what no file list names."""
     cfg = p.config
     pkgdb = ev.detect_package_db()
-    if cfg.kind is not Kind.SERVICE or cfg.driver is not Driver.LXC \
-            or pkgdb is None or pkgdb.kind != "dpkg":
+    if not fresh_possible(req, pkgdb) or pkgdb is None:
         return
     # The units' own packages and -P's, not what they depend on: a dependency's postinst was
     # run by the host for the host's /usr, which every sandbox shares read-only.
@@ -461,7 +467,7 @@ def fresh_instance(req: CreateRequest, p: Plan, paths: Paths, conn: object,
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     rdir = tempfile.mkdtemp(prefix=f".{cfg.name}-setup-", dir=paths.run_dir)
     sp = maintscripts.setup_plan(cfg, facts, got.evidence, got.hidden, rdir,
-                                 maintscripts.script(postinsts), facts.etc_rc_dirs)
+                                 maintscripts.script(postinsts))
     try:
         maintscripts.run(conn, sp, facts)
     finally:

@@ -16,9 +16,8 @@ same confinement), with:
 - service starts refused: POLICYRCD for invoke-rc.d, no systemd running for
   deb-systemd-invoke; and the calls that would change the host's shared state or enable
   more units in the sandbox answered as done without doing anything (dpkg-trigger,
-  update-alternatives, ldconfig, deb-systemd-helper, update-rc.d, systemctl);
-- the sandbox's /etc/systemd and SysV boot links behind empty tmpfs for the run, so nothing
-  the scripts enable there survives it.
+  update-alternatives, ldconfig, dpkg-statoverride, deb-systemd-helper, update-rc.d,
+  systemctl: so nothing is enabled in the sandbox beyond its confined units).
 What the scripts made is found by comparing the private trees before and after, and recorded
 as evidence ("made by PKG's postinst"). A script that fails makes create fail with its output,
 and the create's transaction removes everything.
@@ -125,29 +124,18 @@ def script(postinsts: Sequence[tuple[str, str]]) -> str:
 
 
 def setup_plan(cfg: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, ...],
-               hidden: tuple[PathEvidence, ...], run_dir: str, command: str,
-               etc_rc_dirs: Sequence[str]) -> Plan:
+                hidden: tuple[PathEvidence, ...], run_dir: str, command: str) -> Plan:
     """The transient domain's plan: the sandbox's own, as a generic one running `command`,
-    with the host's dpkg and debconf databases read-only under SETUP, and tmpfs on what the
-    scripts must not enable for good."""
+    with the host's dpkg and debconf databases read-only under SETUP."""
     setup = dataclasses.replace(cfg, name=f"vss-setup-{os.urandom(4).hex()}",
                                 kind=Kind.GENERIC, units=(), networks=(),
                                 command=(facts.sh, "-c", command))
     p = plan(setup, facts, evidence, hidden, "", run_dir)
-    extra = [Mount(f"{SETUP}/dpkg", "/var/lib/dpkg", readonly=True, reason="dpkg database"),
+    extra = (Mount(f"{SETUP}/dpkg", "/var/lib/dpkg", readonly=True, reason="dpkg database"),
              Mount(f"{SETUP}/host-debconf", "/var/cache/debconf", readonly=True,
-                   reason="debconf answers (copied by the script)"),
-             *(Mount(d, "", tmpfs_kib=1024, reason="what the scripts enable does not stay")
-               for d in ("/etc/systemd", *etc_rc_dirs))]
-    return dataclasses.replace(p, mounts=_after_run(p.mounts, extra))
-
-
-def _after_run(mounts: tuple[Mount, ...], extra: list[Mount]) -> tuple[Mount, ...]:
-    """Extra mounts: those under /run right after the /run tmpfs, those under /etc last."""
-    at = next(i for i, m in enumerate(mounts) if m.target == "/run") + 1
-    run = [m for m in extra if m.target.startswith("/run/")]
-    rest = [m for m in extra if not m.target.startswith("/run/")]
-    return (*mounts[:at], *run, *mounts[at:], *rest)
+                   reason="debconf answers (copied by the script)"))
+    at = next(i for i, m in enumerate(p.mounts) if m.target == "/run") + 1  # on its tmpfs
+    return dataclasses.replace(p, mounts=(*p.mounts[:at], *extra, *p.mounts[at:]))
 
 
 def snapshot(trees: Sequence[Path]) -> set[str]:

@@ -42,6 +42,10 @@ from .network import networkd_file, parse_network
 HOST_CHANNEL = "/run/sandbox-host"
 NOTIFY_SOCKET = f"{HOST_CHANNEL}/notify"
 EXIT_STATUS_FILE = f"{HOST_CHANNEL}/exit-status"
+# A generic sandbox started in the foreground: a FIFO the host makes; the init runs the command
+# once the host has written to it, i.e. once the host copies the console (its first lines
+# would be lost otherwise: libvirt keeps nothing of a console nobody reads).
+GO_FIFO = f"{HOST_CHANNEL}/go"
 FAILED_UNIT = "virt-sandbox-service-failed@.service"
 MARKER = ".virt-sandbox-service"
 EVIDENCE_FILE = "evidence.json"  # in the state dir: why each path is private, hidden or shared
@@ -403,7 +407,8 @@ def _failed_unit_text() -> str:
         "[Service]\n"
         "Type=oneshot\n"
         f"Environment=NOTIFY_SOCKET={NOTIFY_SOCKET}\n"
-        "ExecStart=/bin/systemd-notify VSS_FAILED=%i\n"
+        # "-": after a detached start nobody listens, and the sandbox must not turn degraded.
+        "ExecStart=-/bin/systemd-notify VSS_FAILED=%i\n"
     )
 
 
@@ -731,6 +736,7 @@ def init_command(config: SandboxConfig, facts: HostFacts, mounts: tuple[Mount, .
         # sh stays PID 1 so the command's exit status reaches the host (libvirt reports none).
         script = "\n".join([
             *prologue,
+            f"if [ -p {GO_FIFO} ]; then read -r _ < {GO_FIFO}; fi",
             f'{q(facts.unshare)} --cgroup {jail} "$@"; rc=$?',
             f"echo $rc > {EXIT_STATUS_FILE}; exit $rc",
         ])

@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -120,11 +121,15 @@ def _lacking(cfg: SandboxConfig, failed: list[str]) -> tuple[str, str]:
 
 
 def copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain, flags: int,
-                 clean: Callable[[bytes], bytes]) -> None:
-    """Copy the sandbox's console to our stdout, `clean`ed, until the domain goes away."""
+                 clean: Callable[[bytes], bytes],
+                 attached: threading.Event | None = None) -> None:
+    """Copy the sandbox's console to our stdout, `clean`ed, until the domain goes away;
+    `attached` is set once the console is open (or could not be)."""
     try:
         stream = conn.newStream(0)
         dom.openConsole(None, stream, flags)
+        if attached is not None:
+            attached.set()
         while True:
             data = stream.recv(65536)
             if not isinstance(data, bytes) or not data:
@@ -133,6 +138,9 @@ def copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain, flags: int,
             sys.stdout.buffer.flush()
     except libvirt.libvirtError as e:
         logging.getLogger(__name__).debug("console of %s: %s", dom.name(), e)  # it went away
+    finally:
+        if attached is not None:
+            attached.set()
 
 
 def _print_unit_logs(journal: str, units: list[str], since: float) -> None:

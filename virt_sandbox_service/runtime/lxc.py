@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import sys
 import threading
 import time
@@ -30,7 +31,14 @@ from ..errors import HostError, UserError
 from ..evidence import hidden_secrets
 from ..limits import Jail, jail
 from ..network import parse_network
-from ..plan import ETC_WORK, EVIDENCE_FILE, EXIT_STATUS_FILE, HOST_CHANNEL, PAYLOAD_CGROUP
+from ..plan import (
+    ETC_WORK,
+    EVIDENCE_FILE,
+    EXIT_STATUS_FILE,
+    GO_FIFO,
+    HOST_CHANNEL,
+    PAYLOAD_CGROUP,
+)
 from ..units import EXIT_NOT_CONFIGURED
 from . import readiness
 from .common import (
@@ -81,6 +89,10 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
     rdir.mkdir(parents=True, exist_ok=True)
     stop_marker(paths, cfg.name).unlink(missing_ok=True)
     (rdir / EXIT_FILE).unlink(missing_ok=True)
+    go = rdir / os.path.basename(GO_FIFO)
+    go.unlink(missing_ok=True)
+    if cfg.kind is Kind.GENERIC and not detach:
+        os.mkfifo(go, 0o600)  # the command waits for the console (plan.GO_FIFO)
     listener = NotifyListener(rdir / "notify")
     since = time.time()
     try:
@@ -234,8 +246,10 @@ def _wait_units_up(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyL
 
 def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxConfig,
                 paths: Paths, listener: NotifyListener, since: float) -> int:
-    pump = threading.Thread(target=_copy_console, args=(conn, dom), daemon=True)
+    attached = threading.Event()
+    pump = threading.Thread(target=_copy_console, args=(conn, dom, attached), daemon=True)
     pump.start()
+    go = _let_go(run_dir(paths, cfg.name) / os.path.basename(GO_FIFO), attached)
     old = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while _active(dom):
@@ -253,7 +267,27 @@ def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxCo
             signal.signal(s, h)
         # The console's last lines (the sandbox's shutdown) are still on their way.
         pump.join(CONSOLE_DRAIN)
+        if go is not None:
+            os.close(go)
     return _exit_status(cfg, paths)
+
+
+def _let_go(fifo: Path, attached: threading.Event) -> int | None:
+    """A generic sandbox's command runs once we copy its console: write its FIFO (kept open,
+    so the line stays there until the init reads it). None where there is no FIFO."""
+    attached.wait(CONSOLE_ATTACH)
+    try:
+        fd = os.open(fifo, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    os.write(fd, b"go\n")
+    return fd
+
+
+CONSOLE_ATTACH = 5.0  # seconds to wait for the console before letting the command run anyway
 
 
 CONSOLE_DRAIN = 1.0  # seconds to wait for the console's end once the domain is gone
@@ -261,13 +295,14 @@ _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 _CRLF = re.compile(rb"\r+\n")
 
 
-def _copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain) -> None:
+def _copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain,
+                  attached: threading.Event | None = None) -> None:
     """Copy the sandbox's console (its systemd's status lines, its init's output) to stdout.
 
     The LXC driver accepts no flags for openConsole (VIR_DOMAIN_CONSOLE_FORCE is refused with
     "unsupported flags"). The console is a tty: drop colour escapes and carriage returns.
     """
-    copy_console(conn, dom, 0, lambda data: _CRLF.sub(b"\n", _ANSI.sub(b"", data)))
+    copy_console(conn, dom, 0, lambda data: _CRLF.sub(b"\n", _ANSI.sub(b"", data)), attached)
 
 
 def _exit_status(cfg: SandboxConfig, paths: Paths) -> int:
