@@ -294,7 +294,7 @@ def test_host_managed_etc_trees_are_shared_read_only() -> None:
     assert "/etc/alternatives" in etc_copy.exclude
     ro = {m.target for m in p.mounts if m.readonly}
     assert ro == {"/", "/etc/alternatives", "/etc/ssl/certs", "/etc/ld.so.cache",
-                  "/etc/ld.so.preload"}
+                  "/etc/ld.so.preload", "/run/.vss-confine.py"}
 
 
 def test_userns_domain_maps_root_to_its_range() -> None:

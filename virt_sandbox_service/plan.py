@@ -497,8 +497,10 @@ def _mounts(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidenc
             mounts.append(Mount(ev.path, other_path(state, ev.path), reason="; ".join(ev.reasons)))
     for target, kib in TMPFS:
         mounts.append(Mount(target, "", tmpfs_kib=kib, reason="private tmpfs"))
-    # After /run: the bind must sit on top of the sandbox's /run tmpfs.
+    # After /run: the binds must sit on top of the sandbox's /run tmpfs.
     mounts.append(Mount(HOST_CHANNEL, run_dir, reason="readiness and exit status to the host"))
+    if config.driver is Driver.LXC:
+        mounts.append(confine_mount(facts))
     for ev in evidence:
         if ev.access is Access.SHARED and "--shared" in ev.reasons:
             mounts.append(Mount(ev.path, ev.path, readonly=True, reason="--shared"))
@@ -712,10 +714,20 @@ def command(config: SandboxConfig, facts: HostFacts) -> tuple[str, ...]:
     return (*users.payload(facts.setpriv, facts.env, run_as), *config.command)
 
 
+# confine.py as the sandbox sees it: the tool's own file, bound read-only on the sandbox's
+# /run (the tool may live anywhere on the host, even under a tree the sandbox has its own of).
+CONFINE_IN_SANDBOX = "/run/.vss-confine.py"
+
+
+def confine_mount(facts: HostFacts) -> Mount:
+    return Mount(CONFINE_IN_SANDBOX, facts.confine, readonly=True, file=True,
+                 reason="confine.py, which the sandbox's init runs (read-only)")
+
+
 def confine_argv(facts: HostFacts, caps: tuple[str, ...],
                  allow: tuple[str, ...]) -> tuple[str, ...]:
     """The words that run what follows them confined (see confine.py)."""
-    argv = [facts.python, "-I", "-S", facts.confine, "--caps", ",".join(caps)]
+    argv = [facts.python, "-I", "-S", CONFINE_IN_SANDBOX, "--caps", ",".join(caps)]
     if allow:
         argv += ["--allow", ",".join(allow)]
     return (*argv, "--")

@@ -62,7 +62,15 @@ from ..limits import (
     parse_syscall_allow,
 )
 from ..mounts import MountType, parse_mount
-from ..plan import TMPFS, Mount, Plan, _guest_binds, _user_mounts, confine_argv
+from ..plan import (
+    TMPFS,
+    Mount,
+    Plan,
+    _guest_binds,
+    _user_mounts,
+    confine_argv,
+    confine_mount,
+)
 
 RUN_PREFIX = "vss-run-"
 EXIT_SETUP_FAILED = 125  # like env(1) and podman: the sandbox, not the command, failed
@@ -179,6 +187,7 @@ def run_plan(cfg: SandboxConfig, facts: host.HostFacts, *, init: tuple[str, ...]
     mounts it was given."""
     mounts = (Mount("/", "/", readonly=True, reason="the host's root filesystem, read-only"),
               *(Mount(t, "", tmpfs_kib=k, reason="private tmpfs") for t, k in TMPFS),
+              *((confine_mount(facts),) if cfg.driver is Driver.LXC else ()),
               *(_user_mounts(cfg) if cfg.mounts else ()))
     return Plan(config=cfg, config_path="", state_dir="", run_dir="", evidence=(), hidden=(),
                 mounts=mounts, files=(), init=init, init_env=env)
