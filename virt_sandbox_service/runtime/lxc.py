@@ -249,7 +249,8 @@ def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxCo
     attached = threading.Event()
     pump = threading.Thread(target=_copy_console, args=(conn, dom, attached), daemon=True)
     pump.start()
-    go = _let_go(run_dir(paths, cfg.name) / os.path.basename(GO_FIFO), attached)
+    fifo = run_dir(paths, cfg.name) / os.path.basename(GO_FIFO)
+    go = _let_go(fifo, attached)
     old = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while _active(dom):
@@ -269,6 +270,7 @@ def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxCo
         pump.join(CONSOLE_DRAIN)
         if go is not None:
             os.close(go)
+            fifo.unlink(missing_ok=True)  # a later start without a console must not wait
     return _exit_status(cfg, paths)
 
 
