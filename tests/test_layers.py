@@ -441,3 +441,12 @@ def test_clone_labels_its_trees_with_its_own_pair(env: Env,
     assert ctx is not None and cfg.security_label != load_config(paths, src).security_label
     for p in ("etc/hostname", "etc/apache2/apache2.conf", "var/lib/apache2"):
         assert xattr(env.state(dst) / p) == ctx.encode() + b"\0", p
+
+
+def test_inspect_names_the_user_namespace_of_a_userns_sandbox() -> None:
+    """inspect used to say "none" for a sandbox created with --userns (issue 17)."""
+    from virt_sandbox_service.manage import _userns_text
+
+    assert _userns_text(None).startswith("none (root inside is root on the host)")
+    text = _userns_text({"host_id_start": 1 << 20, "count": 65536})
+    assert text == "root inside is host uid/gid 1048576 (ids 1048576..1114111)"

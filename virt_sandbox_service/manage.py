@@ -19,7 +19,16 @@ from .apply import files
 from .apply import libvirt as lv
 from .apply import systemd as sd
 from .apply.files import write_file
-from .config import Driver, Kind, Paths, SandboxConfig, load_config, scan_configs, validate_name
+from .config import (
+    IDMAP_COUNT,
+    Driver,
+    Kind,
+    Paths,
+    SandboxConfig,
+    load_config,
+    scan_configs,
+    validate_name,
+)
 from .create import config_lock
 from .domain import kvm as kvm_domain
 from .errors import HostError, UserError
@@ -273,7 +282,8 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
                    "tasks": cfg.tasks},
         "capabilities": _caps(cfg),
         "layers": layers.live(_running_init(cfg, dom), cfg),
-        "user_namespace": None,
+        "user_namespace": None if cfg.id_base is None else {
+            "host_id_start": cfg.id_base, "count": IDMAP_COUNT},
         "network_filters": sorted({n.filter for n in map(parse_network, cfg.networks)
                                    if n.filter}),
         "etc": _etc_info(cfg),
@@ -329,6 +339,13 @@ def _running_init(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> int | No
     return None
 
 
+def _userns_text(userns: dict[str, int] | None) -> str:
+    if not userns:
+        return "none (root inside is root on the host)"
+    start, count = userns["host_id_start"], userns["count"]
+    return f"root inside is host uid/gid {start} (ids {start}..{start + count - 1})"
+
+
 def _security_summary(d: dict[str, Any]) -> list[str]:
     """The effective sandbox, as an admin would audit it."""
     lim = d["limits"]
@@ -337,7 +354,7 @@ def _security_summary(d: dict[str, Any]) -> list[str]:
         "security:",
         f"  label:        {d['security']['label']} ({d['security']['mode']}"
         + ("" if d["security"]["enforced"] else "; not enforced: host has no SELinux") + ")",
-        f"  user ns:      {d['user_namespace'] or 'none (root inside is root on the host)'}",
+        f"  user ns:      {_userns_text(d['user_namespace'])}",
         f"  caps dropped: {' '.join(d['capabilities']['dropped']) or 'none'}",
         f"  caps source:  {d['capabilities']['source']}",
         f"  caps kept:    {' '.join(d['capabilities']['kept'])}",
