@@ -359,6 +359,8 @@ class Gathered:
     units: tuple[unitfile.UnitFile, ...]
     evidence: tuple[ev.PathEvidence, ...]
     hidden: tuple[ev.PathEvidence, ...]
+    # Where a fresh instance is made (fresh_possible): the packages whose postinst make it.
+    fresh_packages: tuple[str, ...] = ()
 
 
 def gather(req: CreateRequest) -> Gathered:
@@ -369,9 +371,15 @@ def gather(req: CreateRequest) -> Gathered:
                          shared=req.shared, generic=not units)
     allowed = [e.path for e in evidence if e.path.startswith("/etc")]
     hidden = ev.hidden_secrets(Path("/etc"), allowed)
-    if not req.copy and fresh_possible(req, pkgdb):
+    if not fresh_possible(req, pkgdb) or pkgdb is None:
+        return Gathered(units, evidence, hidden)
+    if not req.copy:
         hidden += maintscripts.host_made_secrets(evidence)  # its secrets are its own
-    return Gathered(units, evidence, hidden)
+    # The units' own packages and -P's, not what they depend on: a dependency's postinst was
+    # run by the host for the host's /usr, which every sandbox shares read-only.
+    own = tuple(pkg for pkg, via in ev._packages(units, pkgdb, req.packages).items()
+                if via is None)
+    return Gathered(units, evidence, hidden, own)
 
 
 def fresh_possible(req: CreateRequest, pkgdb: ev.PackageDB | None) -> bool:
@@ -450,14 +458,7 @@ def fresh_instance(req: CreateRequest, p: Plan, paths: Paths, conn: object,
     made and the host has too is then replaced by the host's: an instance that starts from
     the host's data, including what no file list names."""
     cfg = p.config
-    pkgdb = ev.detect_package_db()
-    if not fresh_possible(req, pkgdb) or pkgdb is None:
-        return
-    # The units' own packages and -P's, not what they depend on: a dependency's postinst was
-    # run by the host for the host's /usr, which every sandbox shares read-only.
-    packages = [pkg for pkg, via in ev._packages(list(got.units), pkgdb, req.packages).items()
-                if via is None]
-    postinsts = [(pkg, os.path.basename(path)) for pkg in packages
+    postinsts = [(pkg, os.path.basename(path)) for pkg in got.fresh_packages
                  if (path := maintscripts.postinst_path(pkg))]
     if not postinsts:
         return

@@ -63,7 +63,7 @@ def host_made_secrets(evidence: Sequence[PathEvidence],
     postinst to make anew. With -C, the host's are copied."""
     listed = {e.path for e in evidence}
     found: list[PathEvidence] = []
-    for top in (e for e in evidence if e.is_dir and e.access.value == "private"
+    for top in (e for e in evidence if e.is_dir and e.access is Access.PRIVATE
                 and e.path.startswith("/etc/")):
         host = etc / os.path.relpath(top.path, "/etc")
         for dirpath, dirs, files in os.walk(host):
