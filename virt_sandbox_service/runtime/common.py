@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import libvirt
 
@@ -20,6 +20,9 @@ from ..apply import libvirt as lv
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, SandboxError
 from ..util import run
+
+if TYPE_CHECKING:
+    from .readiness import UnitState
 
 
 class Stopped(Exception):
@@ -99,6 +102,28 @@ def fail_start(cfg: SandboxConfig, failed: list[str], since: float,
     why, hint = _lacking(cfg, failed)
     raise InnerFailure(f"{', '.join(failed)} failed in sandbox '{cfg.name}'{why}",
                        hint + log_hint(cfg, failed[0]))
+
+
+def confirm_up(cfg: SandboxConfig, ask: Callable[[], list[UnitState]],
+               reports: Callable[[float], list[str]], deadline: float, steady: float, *,
+               active: Callable[[], bool], stop: Callable[[], None], since: float,
+               trusted: str) -> None:
+    """After the sandbox said it is ready: wait until its confined units are up
+    (readiness.wait_until_up) or fail the start with the failed ones' log. Where its systemd
+    cannot be asked, `trusted` (what its readiness is then taken from) is logged instead."""
+    from . import readiness
+
+    try:
+        failed = readiness.wait_until_up(cfg.name, ask, reports, deadline, steady)
+    except HostError as e:
+        if not active():
+            raise HostError(f"sandbox '{cfg.name}' stopped while starting",
+                            log_hint(cfg)) from None
+        logging.getLogger(__name__).warning("%s; taking %s for its units being up",
+                                            e.message, trusted)
+        return
+    if failed:
+        fail_start(cfg, failed, since, stop)
 
 
 def _lacking(cfg: SandboxConfig, failed: list[str]) -> tuple[str, str]:

@@ -43,6 +43,7 @@ from .common import (
     EXIT_FILE,
     InnerFailure,
     Stopped,
+    confirm_up,
     copy_console,
     domain,
     exit_status,
@@ -136,18 +137,10 @@ def _wait_units_up(dom: libvirt.virDomain, cfg: SandboxConfig, rdir: Path, deadl
         text = read_channel(rdir / FAILED_FILE) or ""
         return [line.split("=", 1)[1] for line in text.splitlines() if "=" in line]
 
-    try:
-        failed = readiness.wait_until_up(
-            cfg.name, lambda: _guest_unit_states(dom, cfg.units), reports, deadline,
-            readiness.STEADY_TCG if _under_tcg(dom) else readiness.STEADY)
-    except HostError as e:
-        if not _active(dom):
-            raise HostError(f"sandbox '{cfg.name}' stopped while starting",
-                            log_hint(cfg)) from None
-        log.warning("%s; taking the guest's readiness for its units being up", e.message)
-        return
-    if failed:
-        fail_start(cfg, failed, since, lambda: _graceful_stop(dom, 10))
+    confirm_up(cfg, lambda: _guest_unit_states(dom, cfg.units), reports, deadline,
+               readiness.STEADY_TCG if _under_tcg(dom) else readiness.STEADY,
+               active=lambda: _active(dom), stop=lambda: _graceful_stop(dom, 10), since=since,
+               trusted="the guest's readiness")
 
 
 def _under_tcg(dom: libvirt.virDomain) -> bool:

@@ -45,6 +45,7 @@ from .common import (
     EXIT_FILE,
     InnerFailure,
     Stopped,
+    confirm_up,
     copy_console,
     domain,
     exit_status,
@@ -231,17 +232,9 @@ def _wait_units_up(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyL
                 return [msg["VSS_FAILED"]]
         return []
 
-    try:
-        failed = readiness.wait_until_up(
-            cfg.name, lambda: readiness.unit_states(dom, cfg.units), reports, deadline)
-    except HostError as e:
-        if not _active(dom):
-            raise HostError(f"sandbox '{cfg.name}' stopped while starting",
-                            log_hint(cfg)) from None
-        log.warning("%s; taking its READY=1 for its units being up", e.message)
-        return
-    if failed:
-        fail_start(cfg, failed, since, lambda: _graceful_stop(dom, 10))
+    confirm_up(cfg, lambda: readiness.unit_states(dom, cfg.units), reports, deadline,
+               readiness.STEADY, active=lambda: _active(dom),
+               stop=lambda: _graceful_stop(dom, 10), since=since, trusted="its READY=1")
 
 
 def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxConfig,
