@@ -125,13 +125,18 @@ def unique_name(prefix: str = "t") -> str:
     return f"{prefix}{secrets.token_hex(3)}"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    e = Env(tmp_path / "vss")
+def tool_env(base: Path) -> Iterator[Env]:
+    """An Env under `base`; afterwards, whatever sandboxes were made in it are deleted, so
+    nothing is left behind. For fixtures of any scope."""
+    e = Env(base)
     e.base.mkdir()
     yield e
-    # Leave nothing behind: delete whatever sandboxes the test made in this env.
     sandboxes = e.base / "config" / "sandboxes"
     if sandboxes.is_dir():
         for cfg in sandboxes.glob("*.json"):
             e.run("delete", "--force", cfg.stem)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    yield from tool_env(tmp_path / "vss")

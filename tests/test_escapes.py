@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from . import escape_probe
-from .conftest import Env, need, unique_name
+from .conftest import Env, need, tool_env, unique_name
 
 pytestmark = [pytest.mark.root, pytest.mark.libvirt]
 
@@ -126,13 +126,7 @@ def free(tmp_path_factory: pytest.TempPathFactory) -> Results:
 @pytest.fixture(scope="module")
 def menv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     """One tool environment for the module: its sandboxes serve several tests."""
-    env = Env(tmp_path_factory.mktemp("escapes") / "vss")
-    env.base.mkdir()
-    yield env
-    sandboxes = env.base / "config" / "sandboxes"
-    if sandboxes.is_dir():
-        for cfg in sandboxes.glob("*.json"):
-            env.run("delete", "--force", cfg.stem)
+    yield from tool_env(tmp_path_factory.mktemp("escapes") / "vss")
 
 
 @pytest.fixture(scope="module")
