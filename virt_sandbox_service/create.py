@@ -57,7 +57,7 @@ from .limits import (
 )
 from .mounts import MountSpec, MountType, check_loop_path, parse_mount
 from .network import OUR_FILTER, filter_xml, parse_network
-from .plan import EVIDENCE_FILE, Plan, WriteFile, plan
+from .plan import EVIDENCE_FILE, Plan, WriteFile, plan, state_path
 from .runtime.lxc import remove_cgroups
 from .units import render_sandbox_unit, unit_name
 from .users import UserArgs
@@ -395,7 +395,7 @@ def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts, got: Gath
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
     overlay = etc_overlay(req, parent, facts.overlayfs, got.evidence)
     config = build_config(req, paths, got.units, label, mode, overlay)
-    fragments = tuple((u.name, str(u.path)) for u in got.units)
+    fragments = tuple((u.name, _fragment(u)) for u in got.units)
     missing = capneeds.lacking(list(got.units), confined_caps(config))
     if missing:
         line, hint = capneeds.describe(missing)
@@ -406,10 +406,22 @@ def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts, got: Gath
              tuple((unit, cap) for unit, cap, _ in missing))
     record = WriteFile(os.path.join(config.state_dir, EVIDENCE_FILE), evidence_json(p),
                        reason="why each path is private, hidden or shared")
+    generated = tuple(
+        WriteFile(state_path(config.state_dir, _fragment(u), "/etc"), u.generated,
+                  reason=f"{u.name}: made by systemd's sysv generator from {u.source}")
+        for u in got.units if u.generated is not None)
     unit_path = str(paths.unit_dir / unit_name(req.name))
     return dataclasses.replace(
-        p, files=(*p.files, record), domain_xml=domain_xml(p, facts),
+        p, files=(*p.files, *generated, record), domain_xml=domain_xml(p, facts),
         unit_files=((unit_path, render_sandbox_unit(config, tool_path(), paths)),))
+
+
+def _fragment(unit: unitfile.UnitFile) -> str:
+    """The unit's file as the sandbox's systemd finds it: the host's, or, for a unit made by
+    the sysv generator (no file on the host), the one create writes into its /etc."""
+    if unit.generated is None:
+        return str(unit.path)
+    return f"/etc/systemd/system/{unit.name}"
 
 
 def evidence_json(p: Plan) -> str:

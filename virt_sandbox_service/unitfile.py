@@ -142,6 +142,10 @@ class UnitFile:
     # Host-dependent specifiers (%H, %l, %m); unknown unless the caller says.
     hostname: str | None = None
     machine_id: str | None = None
+    # A unit made by systemd's sysv generator (sysvunit.py): its text, and the init script
+    # it runs (which the package database knows, not the unit).
+    generated: str | None = None
+    source: Path | None = None
 
     def section(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)
@@ -165,7 +169,10 @@ class UnitFile:
 
     @property
     def package_path(self) -> Path:
-        """The vendor copy of the fragment (lowest-priority directory holding it)."""
+        """The vendor copy of the fragment (lowest-priority directory holding it); a generated
+        unit's init script."""
+        if self.source is not None:
+            return self.source
         parsed = UnitName.parse(self.path.name)
         names = [self.path.name] + ([parsed.template] if parsed and parsed.instance else [])
         for directory in reversed(self.search_path):
@@ -234,7 +241,13 @@ def load_unit(
         raise UserError(f"unit '{name}' is a template",
                         f"name an instance of it, e.g. {parsed.prefix}@web1.{parsed.type}")
     dirs = _unique_dirs(search_path)
-    fragment = _find_fragment(parsed, dirs)
+    try:
+        fragment = _find_fragment(parsed, dirs)
+    except UserError:
+        generated = _sysv_unit(name, dirs, hostname, machine_id)
+        if generated is None:
+            raise
+        return generated
     path = _follow_links(name, fragment)
     canonical = _canonical_name(parsed, fragment, path)
     dropins = _find_dropins([canonical] + ([name] if name != canonical else []), dirs)
@@ -242,6 +255,25 @@ def load_unit(
     for dropin in dropins:
         entries += _parse_file(canonical, dropin)
     return UnitFile(canonical, path, tuple(dropins), _group(entries), dirs, hostname, machine_id)
+
+
+def _sysv_unit(name: str, dirs: tuple[Path, ...], hostname: str | None,
+               machine_id: str | None) -> UnitFile | None:
+    """No unit file, but /etc/init.d/PREFIX: the unit systemd's sysv generator makes of it,
+    with the unit's drop-ins, as systemd would load it (see sysvunit.py)."""
+    from . import sysvunit
+
+    made = sysvunit.generate(name)
+    if made is None:
+        return None
+    text, script = made
+    path = sysvunit.GENERATOR_LATE / name
+    entries = _parse_text(name, path, text)
+    dropins = tuple(_find_dropins([name], dirs))
+    for dropin in dropins:
+        entries += _parse_file(name, dropin)
+    return UnitFile(name, path, dropins, _group(entries), dirs, hostname, machine_id,
+                    generated=text, source=script)
 
 
 def _unique_dirs(search_path: Sequence[Path]) -> tuple[Path, ...]:
@@ -356,6 +388,10 @@ def _parse_file(unit: str, path: Path) -> list[tuple[str, Entry]]:
         reason = (e.strerror or str(e)) if isinstance(e, OSError) else "not UTF-8 text"
         raise UserError(f"unit '{unit}': cannot read {path}: {reason}",
                         "check the file's permissions and contents") from None
+    return _parse_text(unit, path, text)
+
+
+def _parse_text(unit: str, path: Path, text: str) -> list[tuple[str, Entry]]:
     out = []
     section: str | None = None
     for number, line in _logical_lines(text):
