@@ -24,161 +24,55 @@ In both, the service's own configuration is private and compared by `upgrade`.
 from __future__ import annotations
 
 import os
-import shlex
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import PurePosixPath
 
-from . import confine, image, users
+from . import image, users
 from .config import Driver, Kind, SandboxConfig
 from .errors import UserError
 from .evidence import SKELETON_REASONS, Access, PathEvidence
 from .host import HostFacts
-from .limits import TASKS_ENV, confined_caps, init_caps
+from .initscript import PAYLOAD_CGROUP as PAYLOAD_CGROUP
+from .initscript import command as command
+from .initscript import confine_argv as confine_argv
+from .initscript import confine_mount, init_command
+from .innerunits import CONFINEMENT_DROPIN as CONFINEMENT_DROPIN
+from .innerunits import confinement_dropin as confinement_dropin
+from .innerunits import systemd_ops
 from .mounts import MountType, parse_mount
-from .network import networkd_file, parse_network
 
-# Inside the sandbox: a directory bound from the host's run dir, carrying the notify socket the
-# sandbox's systemd reports readiness on and the generic command's exit status.
-HOST_CHANNEL = "/run/sandbox-host"
-NOTIFY_SOCKET = f"{HOST_CHANNEL}/notify"
-EXIT_STATUS_FILE = f"{HOST_CHANNEL}/exit-status"
-# A generic sandbox started in the foreground: a FIFO the host makes; the init runs the command
-# once the host has written to it, i.e. once the host copies the console (its first lines
-# would be lost otherwise: libvirt keeps nothing of a console nobody reads).
-GO_FIFO = f"{HOST_CHANNEL}/go"
-FAILED_UNIT = "virt-sandbox-service-failed@.service"
+# The plan's vocabulary lives in plantypes.py; importers keep finding it here.
+from .plantypes import ETC_STAGE as ETC_STAGE
+from .plantypes import ETC_STAGE_MOUNTS as ETC_STAGE_MOUNTS
+from .plantypes import ETC_WORK as ETC_WORK
+from .plantypes import EXIT_STATUS_FILE as EXIT_STATUS_FILE
+from .plantypes import GO_FIFO as GO_FIFO
+from .plantypes import HOST_CHANNEL as HOST_CHANNEL
+from .plantypes import NOTIFY_SOCKET as NOTIFY_SOCKET
+from .plantypes import AddUser as AddUser
+from .plantypes import CopyTree as CopyTree
+from .plantypes import FileOp as FileOp
+from .plantypes import MakeDir as MakeDir
+from .plantypes import MakeImage as MakeImage
+from .plantypes import Mount as Mount
+from .plantypes import Opaque as Opaque
+from .plantypes import Plan as Plan
+from .plantypes import Symlink as Symlink
+from .plantypes import Whiteout as Whiteout
+from .plantypes import WriteFile as WriteFile
+from .plantypes import seen_at as seen_at
+
 MARKER = ".virt-sandbox-service"
 EVIDENCE_FILE = "evidence.json"  # in the state dir: why each path is private, hidden or shared
 
-# Units of the host's boot that a confined service never needs; masked in the instance.
-MASKED_UNITS = (
-    ("getty.target", "no logins on the sandbox console"),
-    ("console-getty.service", "no logins on the sandbox console"),
-    ("systemd-logind.service", "no user sessions in a service sandbox"),
-)
 
 # The host's own virtualization config: every sandbox's domain definition (written by
 # libvirtd, even while we copy). No confined service needs it, and none may read its
 # neighbours' definitions.
 HOST_ONLY_ETC = ("/etc/libvirt",)
-ETC_WORK = ".etc-work"  # overlay /etc: the work directory beside the upper layer <state>/etc
-# Overlay /etc: where the sandbox's init finds the state directory (upper and work layers) and
-# the mounts that belong on top of /etc; it detaches all of it once they are in place.
-ETC_STAGE = "/run/.vss-etc"
-ETC_STAGE_MOUNTS = f"{ETC_STAGE}/mnt"  # + the target under /etc
-ETC_MERGED = f"{ETC_STAGE}/merged"  # where the init builds the overlay before moving it
-OVERLAY_OPTIONS = "redirect_dir=off,index=off,metacopy=off,xino=off"  # a plain upper layer
 
 TMPFS = (("/run", 65536), ("/tmp", 262144), ("/dev/shm", 65536))
 
-
-@dataclass(frozen=True)
-class MakeDir:
-    path: str
-    mode: int = 0o755
-    uid: int = 0
-    gid: int = 0
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class WriteFile:
-    path: str
-    content: str
-    mode: int = 0o644
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Symlink:
-    path: str
-    target: str
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class CopyTree:
-    """Copy src to dst keeping owners, modes and symlinks; `exclude` are src paths left out."""
-
-    src: str
-    dst: str
-    exclude: tuple[str, ...] = ()
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class AddUser:
-    """Give the user of -U an entry in the private passwd and group files in `path` (an etc
-    dir), after they were copied: added where the uid (gid) has none (see users.py)."""
-
-    path: str
-    uid: int
-    gid: int
-    name: str
-    home: str
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class MakeImage:
-    """-i: move the private trees made so far into the image `path` of `size` bytes; with
-    `source`, copy that image instead, write the trees made so far into the copy, and empty
-    the directories `drop` (paths inside the image). See image.py."""
-
-    path: str
-    size: int
-    source: str = ""
-    drop: tuple[str, ...] = ()
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Whiteout:
-    """Overlay /etc: hide the host's `hides` (a path under /etc) from the sandbox with a
-    whiteout at `path` in the upper layer. Missing parents are made like the host's."""
-
-    path: str
-    hides: str
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Opaque:
-    """Overlay /etc: the directory `path` of the upper layer hides the host's directory of
-    the same name: the sandbox sees only what the upper layer has there."""
-
-    path: str
-    reason: str = ""
-
-
-FileOp = MakeDir | WriteFile | Symlink | CopyTree | AddUser | MakeImage | Whiteout | Opaque
-
-
-@dataclass(frozen=True)
-class Mount:
-    target: str  # path in the sandbox
-    source: str  # host path; "" for tmpfs
-    readonly: bool = False
-    tmpfs_kib: int = 0
-    reason: str = ""
-    image: bool = False  # source is a raw file-system image (loop-mounted)
-    file: bool = False  # source is a file: the init makes the target a file of its own first
-
-
-@dataclass(frozen=True)
-class Plan:
-    config: SandboxConfig
-    config_path: str
-    state_dir: str
-    run_dir: str
-    evidence: tuple[PathEvidence, ...]
-    hidden: tuple[PathEvidence, ...]
-    mounts: tuple[Mount, ...]
-    files: tuple[FileOp, ...]
-    init: tuple[str, ...]
-    init_env: tuple[tuple[str, str], ...]
-    domain_xml: str = ""
-    unit_files: tuple[tuple[str, str], ...] = field(default=())
 
 
 def state_path(plan_state: str, sandbox_path: str, under: str) -> str:
@@ -249,7 +143,7 @@ def _etc_ops(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEviden
                 for d in facts.shared_etc]
     ops += _identity_ops(config, etc)
     if config.kind is Kind.SERVICE:
-        ops += _systemd_ops(config, sysd, facts.system_unit_dir, unit_fragments, unit_needs)
+        ops += systemd_ops(config, sysd, facts.system_unit_dir, unit_fragments, unit_needs)
         ops += _rc_ops(config, facts)
     return ops
 
@@ -352,64 +246,10 @@ def _hosts(name: str) -> str:
             "::1\tlocalhost ip6-localhost ip6-loopback\n")
 
 
-def _systemd_ops(config: SandboxConfig, sysd: str, unit_dir: str,
-                 unit_fragments: tuple[tuple[str, str], ...],
-                 unit_needs: tuple[tuple[str, str], ...]) -> list[FileOp]:
-    wants = os.path.join(sysd, "multi-user.target.wants")
-    ops: list[FileOp] = [
-        MakeDir(wants, reason="the confined unit(s), and nothing else, are enabled"),
-        Symlink(os.path.join(sysd, "default.target"),
-                os.path.join(unit_dir, "multi-user.target"),
-                reason="boot to multi-user.target"),
-    ]
-    for unit, fragment in unit_fragments:
-        ops.append(Symlink(os.path.join(wants, unit), fragment,
-                           reason=f"enable {unit} in the sandbox"))
-        dropin = os.path.join(sysd, f"{unit}.d")
-        ops.append(MakeDir(dropin, reason=f"drop-in for {unit}"))
-        ops.append(WriteFile(os.path.join(dropin, "50-virt-sandbox-service.conf"),
-                             f"[Unit]\nOnFailure={FAILED_UNIT[:-9]}@%n.service\n",
-                             reason="report the unit's failure to the host"))
-        ops.append(WriteFile(os.path.join(dropin, CONFINEMENT_DROPIN),
-                             confinement_dropin(config, tuple(
-                                 c for u, c in unit_needs if u == unit)),
-                             reason=f"{unit}'s own confinement layers"))
-    ops += _networkd_ops(config, sysd, unit_dir)
-    ops.append(WriteFile(os.path.join(sysd, FAILED_UNIT), _failed_unit_text(),
-                         reason="tells the host which unit failed (start fails with it)"))
-    for unit, why in MASKED_UNITS:
-        ops.append(Symlink(os.path.join(sysd, unit), "/dev/null", reason=f"masked: {why}"))
-    return ops
 
 
-def _networkd_ops(config: SandboxConfig, sysd: str, unit_dir: str) -> list[FileOp]:
-    """-N ...,dhcp: systemd-networkd in the sandbox runs the DHCP client on that interface."""
-    dhcp = [i for i, n in enumerate(config.networks) if parse_network(n).dhcp]
-    if config.driver is Driver.KVM:
-        return []  # the guest init writes networkd files matched by MAC (initrd/init)
-    if not dhcp:
-        return []
-    netdir = os.path.join(os.path.dirname(os.path.dirname(sysd)), "systemd", "network")
-    ops: list[FileOp] = [MakeDir(netdir, reason="networkd configuration for -N dhcp")]
-    ops += [WriteFile(os.path.join(netdir, f"50-vss-eth{i}.network"), networkd_file(i),
-                      reason=f"DHCP on eth{i} (-N ...,dhcp)") for i in dhcp]
-    ops.append(Symlink(os.path.join(sysd, "multi-user.target.wants", "systemd-networkd.service"),
-                       os.path.join(unit_dir, "systemd-networkd.service"),
-                       reason="DHCP client for -N ...,dhcp"))
-    return ops
 
 
-def _failed_unit_text() -> str:
-    return (
-        "[Unit]\n"
-        "Description=Report the failure of %I to the sandbox's host\n"
-        "DefaultDependencies=no\n\n"
-        "[Service]\n"
-        "Type=oneshot\n"
-        f"Environment=NOTIFY_SOCKET={NOTIFY_SOCKET}\n"
-        # "-": after a detached start nobody listens, and the sandbox must not turn degraded.
-        "ExecStart=-/bin/systemd-notify VSS_FAILED=%i\n"
-    )
 
 
 def _var_ops(config: SandboxConfig, facts: HostFacts,
@@ -649,226 +489,12 @@ def _staged(mounts: tuple[Mount, ...], trees: tuple[str, ...], prefix: str,
     return (*out[:at], head, *inside, *out[at:])
 
 
-def seen_at(target: str) -> str:
-    """Where the sandbox sees a mount: one staged for an overlay /etc ends up on /etc."""
-    if target.startswith(f"{ETC_STAGE_MOUNTS}/"):
-        return target[len(ETC_STAGE_MOUNTS):]
-    return target
-
-
-def _overlay_binds(config: SandboxConfig, facts: HostFacts,
-                   mounts: tuple[Mount, ...]) -> list[str]:
-    """Overlay /etc: the host's /etc below, <state>/etc above; the staged mounts on it, in
-    order; then all of it moved onto /etc at once, and the stage detached (the sandbox never
-    sees the state directory itself). Built aside and moved, so that every program the init
-    runs before the move starts with the host's /etc, and every one after it with the
-    loader's files bound (LOADER_CACHE): never with the sandbox's own."""
-    if not config.etc_overlay:
-        return []
-    q = shlex.quote
-    top, m = f"{ETC_STAGE}/state", ETC_MERGED
-    opts = f"lowerdir=/etc,upperdir={top}/etc,workdir={top}/{ETC_WORK},{OVERLAY_OPTIONS}"
-    lines = [f"mkdir {m} && mount -t overlay -o {opts} overlay {m} || exit 125"]
-    staged = [mt for mt in mounts if seen_at(mt.target) != mt.target]
-    for mt in staged:
-        at = q(m + seen_at(mt.target)[len("/etc"):])
-        if mt.file:  # whatever the sandbox left there (a link, a directory) goes
-            lines.append(f"rm -rf {at} && : > {at} || exit 125")
-        lines.append(f"mount --rbind {q(mt.target)} {at} || exit 125")
-    lines.append(f"mount --move {m} /etc || exit 125")
-    lines.append(" ".join([q(facts.umount), "-l", top, *(q(mt.target) for mt in staged)]))
-    lines.append(f"rm -r --one-file-system {ETC_STAGE}")
-    return lines
-
-
-def _image_binds(config: SandboxConfig, facts: HostFacts) -> list[str]:
-    """-i: put the image's trees (and the mounts on them) on /etc and /var."""
-    if config.image_size is None:
-        return []
-    top = image.IMAGE_MOUNT
-    return [f"mount --rbind {top}/etc /etc && mount --rbind {top}/var /var && "
-            f"{shlex.quote(facts.umount)} -l {top} || exit 125"]
-
-
 def _host_bind_targets(config: SandboxConfig) -> tuple[str, ...]:
     return tuple(s.target for s in map(parse_mount, config.mounts)
                  if s.type is MountType.HOST_BIND)
 
 
-def _guest_binds(config: SandboxConfig) -> list[str]:
-    q = shlex.quote
-    return [f"mount --bind {q(s.source)} {q(s.target)}"
-            for s in map(parse_mount, config.mounts) if s.type is MountType.GUEST_BIND]
 
 
-PAYLOAD_CGROUP = "sandbox"
-TASKS_MOUNT = "/run/.vss-pids"  # where the init briefly mounts the pids hierarchy
-# Shell: the init's path in libvirt's v1 cpu-family hierarchy (the path libvirt gave the
-# container, plus /sandbox once the init moved into its child).
-CPU_CGROUP_PATH = "sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\\(.*\\)$/\\1/p;T;q' /proc/self/cgroup"
 
 
-def command(config: SandboxConfig, facts: HostFacts) -> tuple[str, ...]:
-    """A generic sandbox's command, as the user of -U if one is set (both backends)."""
-    run_as = users.from_config(config.uid, config.gid, config.username, config.homedir)
-    return (*users.payload(facts.setpriv, facts.env, run_as), *config.command)
-
-
-# confine.py as the sandbox sees it: the tool's own file, bound read-only on the sandbox's
-# /run (the tool may live anywhere on the host, even under a tree the sandbox has its own of).
-CONFINE_IN_SANDBOX = "/run/.vss-confine.py"
-
-
-def confine_mount(facts: HostFacts) -> Mount:
-    return Mount(CONFINE_IN_SANDBOX, facts.confine, readonly=True, file=True,
-                 reason="confine.py, which the sandbox's init runs (read-only)")
-
-
-def confine_argv(facts: HostFacts, caps: tuple[str, ...],
-                 allow: tuple[str, ...]) -> tuple[str, ...]:
-    """The words that run what follows them confined (see confine.py)."""
-    argv = [facts.python, "-I", "-S", CONFINE_IN_SANDBOX, "--caps", ",".join(caps)]
-    if allow:
-        argv += ["--allow", ",".join(allow)]
-    return (*argv, "--")
-
-
-def init_command(config: SandboxConfig, facts: HostFacts, mounts: tuple[Mount, ...] = ()
-                 ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """The sandbox's first process and its environment (`mounts`: the plan's).
-
-    The init does the mounts only it may do, then runs what the sandbox is for through
-    confine.py: from there on nothing in the sandbox has CAP_SYS_ADMIN or the calls of the
-    filter, its own systemd included (so the service cannot get more from it)."""
-    q = shlex.quote
-    jail = " ".join(map(q, confine_argv(facts, init_caps(config), config.syscalls_allow)))
-    prologue = [*_cgroup_prologue(facts), *_image_binds(config, facts),
-                *_overlay_binds(config, facts, mounts), *_guest_binds(config)]
-    if config.kind is Kind.GENERIC:
-        # sh stays PID 1 so the command's exit status reaches the host (libvirt reports none).
-        script = "\n".join([
-            *prologue,
-            f"if [ -p {GO_FIFO} ]; then read -r _ < {GO_FIFO}; fi",
-            f'{q(facts.unshare)} --cgroup {jail} "$@"; rc=$?',
-            f"echo $rc > {EXIT_STATUS_FILE}; exit $rc",
-        ])
-        return (facts.sh, "-c", script, "sandbox-init", *command(config, facts)), ()
-    # Confined, systemd cannot mount the API file systems it insists on: /run/lock here, and
-    # its cgroup2 tree in its new cgroup namespace. Its unit directories are read-only to
-    # everything in the sandbox.
-    script = "\n".join([
-        *prologue,
-        "mkdir -p /run/lock && "
-        "mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=5m tmpfs /run/lock || exit 125",
-        "mount --bind /etc/systemd /etc/systemd && "
-        "mount -o remount,bind,ro /etc/systemd || exit 125",
-        f"exec {q(facts.unshare)} --cgroup {q(facts.sh)} -c "
-        "'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$@\"' sandbox-init "
-        f"{jail} {q(facts.systemd)} systemd.unified_cgroup_hierarchy=1",
-    ])
-    return (facts.sh, "-c", script), (("NOTIFY_SOCKET", NOTIFY_SOCKET),)
-
-
-CONFINEMENT_DROPIN = "zz-virt-sandbox-service-confinement.conf"
-
-
-def confinement_dropin(config: SandboxConfig, lacking: tuple[str, ...] = ()) -> str:
-    """The confined units' own layers. The sandbox's init already confines every process in
-    it; this restates that for the unit (so `systemd-analyze security` rates it), and takes
-    away what the sandbox's systemd keeps only for itself (CAP_NET_ADMIN for DHCP). Named to
-    sort after every other drop-in, so no host drop-in widens it again. `lacking`: the
-    capabilities the unit needs and will not have: it then fails at start with a line naming
-    them (a ConditionCapability= of its own would skip it silently, so that is reset)."""
-    caps = confined_caps(config)
-    allow = config.syscalls_allow
-    gone = [f"CAP_{c.upper()}" for c in confine.CAP_NUMBERS if c not in caps]
-    calls = confine.denied_calls(caps, allow)
-    lines = ["# virt-sandbox-service: the confined service's layers (see `inspect`)."]
-    if lacking:
-        lines += ["[Unit]", "ConditionCapability=", ""]
-    lines += [
-        "[Service]",
-        f"CapabilityBoundingSet=~{' '.join(gone)}",
-        "NoNewPrivileges=yes",
-        f"SystemCallFilter=~{' '.join(calls)}",
-        "SystemCallErrorNumber=EPERM",
-        "SystemCallArchitectures=native",
-        "LockPersonality=yes",
-        "ProtectKernelModules=yes",
-        "ProtectKernelTunables=yes",
-        "ProtectKernelLogs=yes",
-        "ProtectControlGroups=yes",
-    ]
-    if "clock" not in confine.allowed_groups(caps, allow):
-        lines.append("ProtectClock=yes")
-    if confine.restricts_namespaces(caps, allow):
-        lines.append("RestrictNamespaces=yes")
-    if confine.restricts_sockets(caps, allow):
-        lines.append(f"RestrictAddressFamilies=~{' '.join(confine.FAMILIES)}")
-    if lacking:
-        need = " ".join(f"CAP_{c.upper()}" for c in lacking)
-        give = " ".join(f"--cap-add {c}" for c in lacking)
-        lines.append(f"ExecStartPre=/bin/sh -c 'echo \"virt-sandbox-service: this sandbox does "
-                     f"not give {need}, which this service needs ({give})\" >&2; exit 1'")
-    # A "+" command line skips these, but not the sandbox's own confinement.
-    return "\n".join(lines) + "\n"
-
-
-def _tasks_prologue() -> list[str]:
-    """--tasks: libvirt (9.0) leaves LXC containers at the root of the v1 pids hierarchy, so
-    make a cgroup of our own there, mirroring libvirt's path, with the limit on it and the
-    init in its child (the cgroup namespace root made next). A limit nothing can hold must
-    not be a silent no-op: then the sandbox does not boot."""
-    e = TASKS_ENV
-    return [
-        f"if [ -n \"${{{e}:-}}\" ]; then",
-        f"  base=$({CPU_CGROUP_PATH})",
-        f"  base=${{base%/{PAYLOAD_CGROUP}}}; pd={TASKS_MOUNT}",
-        "  mkdir -p $pd && mount -t cgroup -o pids pids $pd &&",
-        f"  mkdir -p \"$pd$base/{PAYLOAD_CGROUP}\" && echo \"${e}\" > \"$pd$base/pids.max\" &&",
-        f"  echo $$ > \"$pd$base/{PAYLOAD_CGROUP}/cgroup.procs\" && tasks_set=1",
-        "  umount $pd 2>/dev/null; rmdir $pd",
-        "  if [ -z \"${tasks_set:-}\" ]; then",
-        "    echo 'virt-sandbox-service: no pids cgroup to hold --tasks' >&2; exit 1",
-        "  fi",
-        "fi",
-        f"unset {e}",
-    ]
-
-
-def _cgroup_prologue(facts: HostFacts) -> list[str]:
-    """Confine the sandbox to cgroups it cannot loosen, then hide the host's cgroup trees.
-
-    libvirt (9.0) mounts the host's whole v1 hierarchies read-write inside the container, sets
-    the limits on the container's own cgroup, leaves the container at the root of the cgroup2
-    tree and gives it no cgroup namespace. So, before anything else runs:
-    - in each v1 hierarchy, move into a child of the container's cgroup: the limits stay on
-      the parent, above the cgroup namespace root made next, out of the sandbox's reach (a
-      root that can mount cgroupfs could otherwise raise its own memory limit);
-    - in cgroup2, move to a path mirroring libvirt's v1 one, so a systemd inside manages its
-      own subtree and not the host's system.slice;
-    - unmount libvirt's cgroup mounts; the caller then unshares the cgroup namespace.
-    """
-    q = shlex.quote
-    return [
-        "while IFS=: read -r _ ctl path; do",
-        "  [ -n \"$ctl\" ] && [ \"$path\" != / ] || continue",
-        "  d=/sys/fs/cgroup/${ctl#name=}$path; [ -d \"$d\" ] || continue",
-        f"  p=\"$d/{PAYLOAD_CGROUP}\"; mkdir -p \"$p\"",
-        "  if [ -f \"$d/cpuset.cpus\" ]; then",  # a new cpuset child starts empty
-        "    cat \"$d/cpuset.cpus\" > \"$p/cpuset.cpus\"",
-        "    cat \"$d/cpuset.mems\" > \"$p/cpuset.mems\"",
-        "  fi",
-        "  echo $$ > \"$p/cgroup.procs\"",
-        "done < /proc/self/cgroup",
-        *_tasks_prologue(),
-        "cg=$(sed -n 's/^0::\\(.*\\)$/\\1/p' /proc/self/cgroup)",
-        "if [ \"$cg\" = / ]; then "
-        f"cg=$({CPU_CGROUP_PATH}); fi",
-        f"{q(facts.umount)} -R /sys/fs/cgroup",
-        "if [ -n \"$cg\" ] && [ \"$cg\" != / ]; then",
-        "  mount -t cgroup2 cgroup2 /sys/fs/cgroup && mkdir -p \"/sys/fs/cgroup$cg\" &&",
-        "  echo $$ > \"/sys/fs/cgroup$cg/cgroup.procs\"",
-        f"  {q(facts.umount)} /sys/fs/cgroup",
-        "fi",
-    ]

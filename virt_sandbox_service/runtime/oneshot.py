@@ -53,6 +53,7 @@ from ..config import (
     driver_for_uri,
 )
 from ..errors import HostError, UserError
+from ..initscript import _guest_binds, confine_argv, confine_mount
 from ..limits import (
     LimitArgs,
     init_caps,
@@ -62,15 +63,7 @@ from ..limits import (
     parse_syscall_allow,
 )
 from ..mounts import MountType, parse_mount
-from ..plan import (
-    TMPFS,
-    Mount,
-    Plan,
-    _guest_binds,
-    _user_mounts,
-    confine_argv,
-    confine_mount,
-)
+from ..plan import TMPFS, Mount, Plan, _user_mounts
 
 RUN_PREFIX = "vss-run-"
 EXIT_SETUP_FAILED = 125  # like env(1) and podman: the sandbox, not the command, failed

@@ -1,0 +1,47 @@
+#!/bin/sh
+# arguments: (none)
+# environment: NOTIFY_SOCKET=/run/sandbox-host/notify
+while IFS=: read -r _ ctl path; do
+  [ -n "$ctl" ] && [ "$path" != / ] || continue
+  d=/sys/fs/cgroup/${ctl#name=}$path; [ -d "$d" ] || continue
+  p="$d/sandbox"; mkdir -p "$p"
+  if [ -f "$d/cpuset.cpus" ]; then
+    cat "$d/cpuset.cpus" > "$p/cpuset.cpus"
+    cat "$d/cpuset.mems" > "$p/cpuset.mems"
+  fi
+  echo $$ > "$p/cgroup.procs"
+done < /proc/self/cgroup
+if [ -n "${VSS_TASKS_MAX:-}" ]; then
+  base=$(sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\(.*\)$/\1/p;T;q' /proc/self/cgroup)
+  base=${base%/sandbox}; pd=/run/.vss-pids
+  mkdir -p $pd && mount -t cgroup -o pids pids $pd &&
+  mkdir -p "$pd$base/sandbox" && echo "$VSS_TASKS_MAX" > "$pd$base/pids.max" &&
+  echo $$ > "$pd$base/sandbox/cgroup.procs" && tasks_set=1
+  umount $pd 2>/dev/null; rmdir $pd
+  if [ -z "${tasks_set:-}" ]; then
+    echo 'virt-sandbox-service: no pids cgroup to hold --tasks' >&2; exit 1
+  fi
+fi
+unset VSS_TASKS_MAX
+cg=$(sed -n 's/^0::\(.*\)$/\1/p' /proc/self/cgroup)
+if [ "$cg" = / ]; then cg=$(sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\(.*\)$/\1/p;T;q' /proc/self/cgroup); fi
+/bin/umount -R /sys/fs/cgroup
+if [ -n "$cg" ] && [ "$cg" != / ]; then
+  mount -t cgroup2 cgroup2 /sys/fs/cgroup && mkdir -p "/sys/fs/cgroup$cg" &&
+  echo $$ > "/sys/fs/cgroup$cg/cgroup.procs"
+  /bin/umount /sys/fs/cgroup
+fi
+mkdir /run/.vss-etc/merged && mount -t overlay -o lowerdir=/etc,upperdir=/run/.vss-etc/state/etc,workdir=/run/.vss-etc/state/.etc-work,redirect_dir=off,index=off,metacopy=off,xino=off overlay /run/.vss-etc/merged || exit 125
+mount --rbind /run/.vss-etc/mnt/etc/alternatives /run/.vss-etc/merged/alternatives || exit 125
+mount --rbind /run/.vss-etc/mnt/etc/ssl/certs /run/.vss-etc/merged/ssl/certs || exit 125
+rm -rf /run/.vss-etc/merged/ld.so.cache && : > /run/.vss-etc/merged/ld.so.cache || exit 125
+mount --rbind /run/.vss-etc/mnt/etc/ld.so.cache /run/.vss-etc/merged/ld.so.cache || exit 125
+rm -rf /run/.vss-etc/merged/ld.so.preload && : > /run/.vss-etc/merged/ld.so.preload || exit 125
+mount --rbind /run/.vss-etc/mnt/etc/ld.so.preload /run/.vss-etc/merged/ld.so.preload || exit 125
+mount --rbind /run/.vss-etc/mnt/etc/apache2/sites-enabled /run/.vss-etc/merged/apache2/sites-enabled || exit 125
+mount --move /run/.vss-etc/merged /etc || exit 125
+/bin/umount -l /run/.vss-etc/state /run/.vss-etc/mnt/etc/alternatives /run/.vss-etc/mnt/etc/ssl/certs /run/.vss-etc/mnt/etc/ld.so.cache /run/.vss-etc/mnt/etc/ld.so.preload /run/.vss-etc/mnt/etc/apache2/sites-enabled
+rm -r --one-file-system /run/.vss-etc
+mkdir -p /run/lock && mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=5m tmpfs /run/lock || exit 125
+mount --bind /etc/systemd /etc/systemd && mount -o remount,bind,ro /etc/systemd || exit 125
+exec /usr/bin/unshare --cgroup /bin/sh -c 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"' sandbox-init /usr/bin/python3 -I -S /run/.vss-confine.py --caps chown,dac_override,fowner,fsetid,kill,setgid,setuid,setpcap,net_bind_service,sys_chroot,audit_write,setfcap -- /lib/systemd/systemd systemd.unified_cgroup_hierarchy=1

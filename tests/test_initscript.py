@@ -1,0 +1,71 @@
+"""Golden files for the sandbox's init (initscript.py), from the fixed inputs of
+test_golden.py: the shell script an LXC sandbox's first process runs, its arguments and its
+environment. Each script must also parse (`sh -n`) and be exactly what the domain carries.
+`pytest --regenerate-output` rewrites the files after an intended change (review the diff).
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+
+import pytest
+from lxml import etree
+
+from virt_sandbox_service.config import Driver, Kind
+from virt_sandbox_service.initscript import CONFINE_IN_SANDBOX, init_command
+
+from .conftest import GOLDEN
+from .test_golden import CASES, FACTS, check_golden, make
+
+LXC_CASES = sorted(c for c, (cfg, _, _) in CASES.items() if cfg.driver is Driver.LXC)
+
+
+def init_text(case: str) -> str:
+    p, _, _ = make(case)
+    sh, dash_c, script, *args = p.init
+    assert (sh, dash_c) == (FACTS.sh, "-c")
+    env = "".join(f"# environment: {k}={v}\n" for k, v in p.init_env)
+    return (f"#!{sh}\n# arguments: {shlex.join(args) or '(none)'}\n{env}"
+            f"{script}\n")
+
+
+@pytest.mark.parametrize("case", LXC_CASES)
+def test_init_golden(case: str, regenerate: bool) -> None:
+    check_golden(GOLDEN / f"init-{case}.sh", init_text(case), regenerate)
+
+
+@pytest.mark.parametrize("case", LXC_CASES)
+def test_init_parses_and_is_what_the_domain_runs(case: str) -> None:
+    p, xml, _ = make(case)
+    script = p.init[2]
+    proc = subprocess.run(["/bin/sh", "-n", "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    os_el = etree.fromstring(xml.encode()).find("os")
+    assert os_el is not None
+    assert (os_el.findtext("init"), *(a.text for a in os_el.findall("initarg"))) == p.init
+    assert tuple((e.get("name"), e.text) for e in os_el.findall("initenv")
+                 if e.get("name") == "NOTIFY_SOCKET") == p.init_env
+
+
+@pytest.mark.parametrize("case", LXC_CASES)
+def test_init_confines_what_the_sandbox_runs(case: str) -> None:
+    """Whatever the sandbox is for runs through confine.py, after every mount the init makes;
+    nothing runs after it but the status report of a generic command."""
+    cfg, _, _ = CASES[case]
+    p, _, _ = make(case)
+    lines = p.init[2].splitlines()
+    jail = next(i for i, line in enumerate(lines) if CONFINE_IN_SANDBOX in line)
+    assert not any(w in line for line in lines[jail + 1:] for w in ("mount ", "umount"))
+    if cfg.kind is Kind.SERVICE:
+        assert lines[jail].startswith("exec ") and lines[jail] == lines[-1]
+        assert p.init_env == (("NOTIFY_SOCKET", "/run/sandbox-host/notify"),)
+    else:
+        assert lines[jail + 1:] == ["echo $rc > /run/sandbox-host/exit-status; exit $rc"]
+        assert p.init[3] == "sandbox-init" and p.init_env == ()
+
+
+def test_init_command_without_mounts_has_no_etc_stage() -> None:
+    cfg, _, _ = CASES["apache2-overlay"]
+    (_, _, script), _ = init_command(cfg, FACTS)
+    assert "mount --rbind" not in script and "mount -t overlay" in script

@@ -1,0 +1,199 @@
+"""The sandbox's init: the shell script its first process runs (LXC), and the words that run
+what the sandbox is for confined (both backends). Pure text from the config, the host facts
+and the plan's mounts; golden files in tests/golden/init-*.sh (tests/test_initscript.py).
+
+The init does, in order, what only it may do while it still holds CAP_SYS_ADMIN: confine
+itself to cgroups it cannot loosen (and hide the host's cgroup trees), put the -i image's
+trees or the overlay /etc in place, make -m guest-bind mounts; then it runs systemd (unit
+sandboxes) or the command (generic ones) through confine.py, so that nothing in the
+sandbox keeps CAP_SYS_ADMIN or the calls of the seccomp filter.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from . import image, users
+from .config import Kind, SandboxConfig
+from .host import HostFacts
+from .limits import TASKS_ENV, init_caps
+from .mounts import MountType, parse_mount
+from .plantypes import (
+    ETC_MERGED,
+    ETC_STAGE,
+    ETC_WORK,
+    EXIT_STATUS_FILE,
+    GO_FIFO,
+    NOTIFY_SOCKET,
+    OVERLAY_OPTIONS,
+    Mount,
+    seen_at,
+)
+
+
+def _overlay_binds(config: SandboxConfig, facts: HostFacts,
+                   mounts: tuple[Mount, ...]) -> list[str]:
+    """Overlay /etc: the host's /etc below, <state>/etc above; the staged mounts on it, in
+    order; then all of it moved onto /etc at once, and the stage detached (the sandbox never
+    sees the state directory itself). Built aside and moved, so that every program the init
+    runs before the move starts with the host's /etc, and every one after it with the
+    loader's files bound (LOADER_CACHE): never with the sandbox's own."""
+    if not config.etc_overlay:
+        return []
+    q = shlex.quote
+    top, m = f"{ETC_STAGE}/state", ETC_MERGED
+    opts = f"lowerdir=/etc,upperdir={top}/etc,workdir={top}/{ETC_WORK},{OVERLAY_OPTIONS}"
+    lines = [f"mkdir {m} && mount -t overlay -o {opts} overlay {m} || exit 125"]
+    staged = [mt for mt in mounts if seen_at(mt.target) != mt.target]
+    for mt in staged:
+        at = q(m + seen_at(mt.target)[len("/etc"):])
+        if mt.file:  # whatever the sandbox left there (a link, a directory) goes
+            lines.append(f"rm -rf {at} && : > {at} || exit 125")
+        lines.append(f"mount --rbind {q(mt.target)} {at} || exit 125")
+    lines.append(f"mount --move {m} /etc || exit 125")
+    lines.append(" ".join([q(facts.umount), "-l", top, *(q(mt.target) for mt in staged)]))
+    lines.append(f"rm -r --one-file-system {ETC_STAGE}")
+    return lines
+
+
+def _image_binds(config: SandboxConfig, facts: HostFacts) -> list[str]:
+    """-i: put the image's trees (and the mounts on them) on /etc and /var."""
+    if config.image_size is None:
+        return []
+    top = image.IMAGE_MOUNT
+    return [f"mount --rbind {top}/etc /etc && mount --rbind {top}/var /var && "
+            f"{shlex.quote(facts.umount)} -l {top} || exit 125"]
+
+
+def _guest_binds(config: SandboxConfig) -> list[str]:
+    q = shlex.quote
+    return [f"mount --bind {q(s.source)} {q(s.target)}"
+            for s in map(parse_mount, config.mounts) if s.type is MountType.GUEST_BIND]
+
+
+PAYLOAD_CGROUP = "sandbox"
+TASKS_MOUNT = "/run/.vss-pids"  # where the init briefly mounts the pids hierarchy
+# Shell: the init's path in libvirt's v1 cpu-family hierarchy (the path libvirt gave the
+# container, plus /sandbox once the init moved into its child).
+CPU_CGROUP_PATH = "sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\\(.*\\)$/\\1/p;T;q' /proc/self/cgroup"
+
+
+def command(config: SandboxConfig, facts: HostFacts) -> tuple[str, ...]:
+    """A generic sandbox's command, as the user of -U if one is set (both backends)."""
+    run_as = users.from_config(config.uid, config.gid, config.username, config.homedir)
+    return (*users.payload(facts.setpriv, facts.env, run_as), *config.command)
+
+
+# confine.py as the sandbox sees it: the tool's own file, bound read-only on the sandbox's
+# /run (the tool may live anywhere on the host, even under a tree the sandbox has its own of).
+CONFINE_IN_SANDBOX = "/run/.vss-confine.py"
+
+
+def confine_mount(facts: HostFacts) -> Mount:
+    return Mount(CONFINE_IN_SANDBOX, facts.confine, readonly=True, file=True,
+                 reason="confine.py, which the sandbox's init runs (read-only)")
+
+
+def confine_argv(facts: HostFacts, caps: tuple[str, ...],
+                 allow: tuple[str, ...]) -> tuple[str, ...]:
+    """The words that run what follows them confined (see confine.py)."""
+    argv = [facts.python, "-I", "-S", CONFINE_IN_SANDBOX, "--caps", ",".join(caps)]
+    if allow:
+        argv += ["--allow", ",".join(allow)]
+    return (*argv, "--")
+
+
+def init_command(config: SandboxConfig, facts: HostFacts, mounts: tuple[Mount, ...] = ()
+                 ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The sandbox's first process and its environment (`mounts`: the plan's).
+
+    The init does the mounts only it may do, then runs what the sandbox is for through
+    confine.py: from there on nothing in the sandbox has CAP_SYS_ADMIN or the calls of the
+    filter, its own systemd included (so the service cannot get more from it)."""
+    q = shlex.quote
+    jail = " ".join(map(q, confine_argv(facts, init_caps(config), config.syscalls_allow)))
+    prologue = [*_cgroup_prologue(facts), *_image_binds(config, facts),
+                *_overlay_binds(config, facts, mounts), *_guest_binds(config)]
+    if config.kind is Kind.GENERIC:
+        # sh stays PID 1 so the command's exit status reaches the host (libvirt reports none).
+        script = "\n".join([
+            *prologue,
+            f"if [ -p {GO_FIFO} ]; then read -r _ < {GO_FIFO}; fi",
+            f'{q(facts.unshare)} --cgroup {jail} "$@"; rc=$?',
+            f"echo $rc > {EXIT_STATUS_FILE}; exit $rc",
+        ])
+        return (facts.sh, "-c", script, "sandbox-init", *command(config, facts)), ()
+    # Confined, systemd cannot mount the API file systems it insists on: /run/lock here, and
+    # its cgroup2 tree in its new cgroup namespace. Its unit directories are read-only to
+    # everything in the sandbox.
+    script = "\n".join([
+        *prologue,
+        "mkdir -p /run/lock && "
+        "mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=5m tmpfs /run/lock || exit 125",
+        "mount --bind /etc/systemd /etc/systemd && "
+        "mount -o remount,bind,ro /etc/systemd || exit 125",
+        f"exec {q(facts.unshare)} --cgroup {q(facts.sh)} -c "
+        "'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$@\"' sandbox-init "
+        f"{jail} {q(facts.systemd)} systemd.unified_cgroup_hierarchy=1",
+    ])
+    return (facts.sh, "-c", script), (("NOTIFY_SOCKET", NOTIFY_SOCKET),)
+
+
+def _tasks_prologue() -> list[str]:
+    """--tasks: libvirt (9.0) leaves LXC containers at the root of the v1 pids hierarchy, so
+    make a cgroup of our own there, mirroring libvirt's path, with the limit on it and the
+    init in its child (the cgroup namespace root made next). A limit nothing can hold must
+    not be a silent no-op: then the sandbox does not boot."""
+    e = TASKS_ENV
+    return [
+        f"if [ -n \"${{{e}:-}}\" ]; then",
+        f"  base=$({CPU_CGROUP_PATH})",
+        f"  base=${{base%/{PAYLOAD_CGROUP}}}; pd={TASKS_MOUNT}",
+        "  mkdir -p $pd && mount -t cgroup -o pids pids $pd &&",
+        f"  mkdir -p \"$pd$base/{PAYLOAD_CGROUP}\" && echo \"${e}\" > \"$pd$base/pids.max\" &&",
+        f"  echo $$ > \"$pd$base/{PAYLOAD_CGROUP}/cgroup.procs\" && tasks_set=1",
+        "  umount $pd 2>/dev/null; rmdir $pd",
+        "  if [ -z \"${tasks_set:-}\" ]; then",
+        "    echo 'virt-sandbox-service: no pids cgroup to hold --tasks' >&2; exit 1",
+        "  fi",
+        "fi",
+        f"unset {e}",
+    ]
+
+
+def _cgroup_prologue(facts: HostFacts) -> list[str]:
+    """Confine the sandbox to cgroups it cannot loosen, then hide the host's cgroup trees.
+
+    libvirt (9.0) mounts the host's whole v1 hierarchies read-write inside the container, sets
+    the limits on the container's own cgroup, leaves the container at the root of the cgroup2
+    tree and gives it no cgroup namespace. So, before anything else runs:
+    - in each v1 hierarchy, move into a child of the container's cgroup: the limits stay on
+      the parent, above the cgroup namespace root made next, out of the sandbox's reach (a
+      root that can mount cgroupfs could otherwise raise its own memory limit);
+    - in cgroup2, move to a path mirroring libvirt's v1 one, so a systemd inside manages its
+      own subtree and not the host's system.slice;
+    - unmount libvirt's cgroup mounts; the caller then unshares the cgroup namespace.
+    """
+    q = shlex.quote
+    return [
+        "while IFS=: read -r _ ctl path; do",
+        "  [ -n \"$ctl\" ] && [ \"$path\" != / ] || continue",
+        "  d=/sys/fs/cgroup/${ctl#name=}$path; [ -d \"$d\" ] || continue",
+        f"  p=\"$d/{PAYLOAD_CGROUP}\"; mkdir -p \"$p\"",
+        "  if [ -f \"$d/cpuset.cpus\" ]; then",  # a new cpuset child starts empty
+        "    cat \"$d/cpuset.cpus\" > \"$p/cpuset.cpus\"",
+        "    cat \"$d/cpuset.mems\" > \"$p/cpuset.mems\"",
+        "  fi",
+        "  echo $$ > \"$p/cgroup.procs\"",
+        "done < /proc/self/cgroup",
+        *_tasks_prologue(),
+        "cg=$(sed -n 's/^0::\\(.*\\)$/\\1/p' /proc/self/cgroup)",
+        "if [ \"$cg\" = / ]; then "
+        f"cg=$({CPU_CGROUP_PATH}); fi",
+        f"{q(facts.umount)} -R /sys/fs/cgroup",
+        "if [ -n \"$cg\" ] && [ \"$cg\" != / ]; then",
+        "  mount -t cgroup2 cgroup2 /sys/fs/cgroup && mkdir -p \"/sys/fs/cgroup$cg\" &&",
+        "  echo $$ > \"/sys/fs/cgroup$cg/cgroup.procs\"",
+        f"  {q(facts.umount)} /sys/fs/cgroup",
+        "fi",
+    ]

@@ -1,0 +1,145 @@
+"""The plan's vocabulary: its file operations, mounts and the Plan itself, and where things
+are inside a sandbox (the host channel, the overlay /etc's staging place). Pure data: the
+planner (plan.py), the sandbox's init (initscript.py) and the backends share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import SandboxConfig
+from .evidence import PathEvidence
+
+# Inside the sandbox: a directory bound from the host's run dir, carrying the notify socket the
+# sandbox's systemd reports readiness on and the generic command's exit status.
+HOST_CHANNEL = "/run/sandbox-host"
+NOTIFY_SOCKET = f"{HOST_CHANNEL}/notify"
+EXIT_STATUS_FILE = f"{HOST_CHANNEL}/exit-status"
+# A generic sandbox started in the foreground: a FIFO the host makes; the init runs the command
+# once the host has written to it, i.e. once the host copies the console (its first lines
+# would be lost otherwise: libvirt keeps nothing of a console nobody reads).
+GO_FIFO = f"{HOST_CHANNEL}/go"
+
+ETC_WORK = ".etc-work"  # overlay /etc: the work directory beside the upper layer <state>/etc
+# Overlay /etc: where the sandbox's init finds the state directory (upper and work layers) and
+# the mounts that belong on top of /etc; it detaches all of it once they are in place.
+ETC_STAGE = "/run/.vss-etc"
+ETC_STAGE_MOUNTS = f"{ETC_STAGE}/mnt"  # + the target under /etc
+ETC_MERGED = f"{ETC_STAGE}/merged"  # where the init builds the overlay before moving it
+OVERLAY_OPTIONS = "redirect_dir=off,index=off,metacopy=off,xino=off"  # a plain upper layer
+
+
+@dataclass(frozen=True)
+class MakeDir:
+    path: str
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    path: str
+    content: str
+    mode: int = 0o644
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Symlink:
+    path: str
+    target: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CopyTree:
+    """Copy src to dst keeping owners, modes and symlinks; `exclude` are src paths left out."""
+
+    src: str
+    dst: str
+    exclude: tuple[str, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AddUser:
+    """Give the user of -U an entry in the private passwd and group files in `path` (an etc
+    dir), after they were copied: added where the uid (gid) has none (see users.py)."""
+
+    path: str
+    uid: int
+    gid: int
+    name: str
+    home: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class MakeImage:
+    """-i: move the private trees made so far into the image `path` of `size` bytes; with
+    `source`, copy that image instead, write the trees made so far into the copy, and empty
+    the directories `drop` (paths inside the image). See image.py."""
+
+    path: str
+    size: int
+    source: str = ""
+    drop: tuple[str, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Whiteout:
+    """Overlay /etc: hide the host's `hides` (a path under /etc) from the sandbox with a
+    whiteout at `path` in the upper layer. Missing parents are made like the host's."""
+
+    path: str
+    hides: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Opaque:
+    """Overlay /etc: the directory `path` of the upper layer hides the host's directory of
+    the same name: the sandbox sees only what the upper layer has there."""
+
+    path: str
+    reason: str = ""
+
+
+FileOp = MakeDir | WriteFile | Symlink | CopyTree | AddUser | MakeImage | Whiteout | Opaque
+
+
+@dataclass(frozen=True)
+class Mount:
+    target: str  # path in the sandbox
+    source: str  # host path; "" for tmpfs
+    readonly: bool = False
+    tmpfs_kib: int = 0
+    reason: str = ""
+    image: bool = False  # source is a raw file-system image (loop-mounted)
+    file: bool = False  # source is a file: the init makes the target a file of its own first
+
+
+@dataclass(frozen=True)
+class Plan:
+    config: SandboxConfig
+    config_path: str
+    state_dir: str
+    run_dir: str
+    evidence: tuple[PathEvidence, ...]
+    hidden: tuple[PathEvidence, ...]
+    mounts: tuple[Mount, ...]
+    files: tuple[FileOp, ...]
+    init: tuple[str, ...]
+    init_env: tuple[tuple[str, str], ...]
+    domain_xml: str = ""
+    unit_files: tuple[tuple[str, str], ...] = field(default=())
+
+
+def seen_at(target: str) -> str:
+    """Where the sandbox sees a mount: one staged for an overlay /etc ends up on /etc."""
+    if target.startswith(f"{ETC_STAGE_MOUNTS}/"):
+        return target[len(ETC_STAGE_MOUNTS):]
+    return target
