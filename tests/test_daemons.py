@@ -89,11 +89,11 @@ DAEMONS: dict[str, Daemon] = {
                   "status: NOERROR", "nsd"),
     "prosody": Daemon("prosody.service", f'printf "%s" "{XMPP_OPEN}" | {NC} 5222',
                       "stream:features", "prosody"),
-    # Any answer will do (Access-Reject: the default configuration has no users).
+    # Any answer will do (Access-Reject: the default configuration has no users). Its eap
+    # module names the snakeoil key, which freerad reads through its group ssl-cert.
     "freeradius": Daemon("freeradius.service",
                          "radtest -t pap vss-probe secret 127.0.0.1 0 testing123 "
-                         "| grep 'Received Access-'", "Received Access-", "freeradius",
-                         given=("--private", "/etc/ssl/private")),
+                         "| grep 'Received Access-'", "Received Access-", "freeradius"),
     # Its SOCKS5 port answers a greeting offering "no authentication" with 05 00.
     "tor": Daemon("tor.service",
                   f"printf '\\005\\001\\000' | {NC} 9050 | od -An -tx1", "05 00", "tor",
@@ -107,20 +107,10 @@ DAEMONS: dict[str, Daemon] = {
 }
 
 # Cases that fail, each with its class and cause (see the module's docstring).
-FREERADIUS = ("(b): /etc/ssl/private/ssl-cert-snakeoil.key (root:ssl-cert 0640 in a 0710 "
-              "directory), named by its eap module, is hidden as a host secret: freerad reads "
-              "it only through its supplementary group ssl-cert, which is no evidence ('Unable "
-              "to check file \"/etc/ssl/private/ssl-cert-snakeoil.key\"')")
 XFAIL: dict[tuple[str, str], str] = {
-    ("freeradius", "plain"): FREERADIUS, ("freeradius", "copy"): FREERADIUS,
 }
 # Where naming the missed paths is not enough either.
-XFAIL_GIVEN: dict[tuple[str, str], str] = {
-    ("freeradius", "plain"): (
-        "(a): a fresh instance leaves the host's snakeoil key out (its own secret), and the "
-        "postinst that makes one (ssl-cert's, a dependency) would write its certificate into "
-        "/etc/ssl/certs, which is the host's, shared read-only"),
-}
+XFAIL_GIVEN: dict[tuple[str, str], str] = {}
 
 MODES = {"plain": (), "copy": ("-C",)}
 

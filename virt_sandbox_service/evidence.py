@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from . import confrefs
 from .errors import UserError
 from .unitfile import UnitFile, UnitName, load_unit
 
@@ -325,6 +326,7 @@ def gather(
     for package, via in found.items():
         assert pkgdb is not None  # _packages() returns nothing without one
         claims += _package_claims(pkgdb, package, via)
+    claims += _named_secret_claims(units, pkgdb, list(found), root)
     claims += _baseline(generic)
     claims += [_Claim(p, Access.PRIVATE, None, "--private", _PRIVATE_OVERRIDE)
                for p in private_paths]
@@ -497,6 +499,33 @@ def _environment_file_claims(unit: UnitFile, section: str, where: str) -> list[_
         private = _under(path, "/etc") or _under(path, "/var")
         access = Access.PRIVATE if private else Access.SHARED
         out.append(_evidence(path, access, False, f"{key}= in {where}"))
+    return out
+
+
+# --- host secrets its configuration names -------------------------------------------------------
+
+NAMED_REASON = "named in {where} (the service's configuration), readable by {user} on the host"
+
+
+def _named_secret_claims(units: Sequence[UnitFile], pkgdb: PackageDB | None,
+                         packages: Sequence[str], root: Path) -> list[_Claim]:
+    """What the packages' conffiles and the units' ConfigurationDirectory= name that is not
+    world-readable but the unit's user reads on the host: the service's own (confrefs.py)."""
+    conffiles = [c for p in packages for c in pkgdb.conffiles(p)] if pkgdb else []
+    out = []
+    for unit in units:
+        section = _EXEC_SECTION.get(unit.name.rpartition(".")[2])
+        if section is None:
+            continue
+        user = unit.value(section, "User")
+        who = None if _yes(unit.value(section, "DynamicUser")) else confrefs.reader(
+            user, root / "etc")
+        if who is None:
+            continue
+        dirs = [f"/etc/{w.split(':')[0]}" for w in _words(unit, section, "ConfigurationDirectory")]
+        for n in confrefs.secrets_named(confrefs.config_files(conffiles, dirs, root), who, root):
+            reason = NAMED_REASON.format(where=n.where, user=user or "root")
+            out.append(_evidence(n.path, Access.PRIVATE, n.is_dir, reason))
     return out
 
 

@@ -61,7 +61,10 @@ def host_made_secrets(evidence: Sequence[PathEvidence],
     not world-readable and in no file list (the host's ssh host keys, its snakeoil key, a
     secret its postinst generated) is left out of the instance's copy, for the package's
     postinst to make anew. With -C, the host's are copied."""
-    listed = {e.path for e in evidence}
+    # A secret its configuration names (confrefs.py) is still the postinst's to make anew
+    # where it lies in the service's own directories.
+    listed = {e.path for e in evidence
+              if not all(r.startswith("named in ") for r in e.reasons)}
     found: list[PathEvidence] = []
     for top in (e for e in evidence if e.is_dir and e.access is Access.PRIVATE
                 and e.path.startswith("/etc/")):
