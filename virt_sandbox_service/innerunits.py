@@ -15,7 +15,7 @@ from . import confine
 from .config import Driver, SandboxConfig
 from .limits import confined_caps
 from .network import networkd_file, parse_network
-from .plantypes import NOTIFY_SOCKET, FileOp, MakeDir, Symlink, WriteFile
+from .plantypes import NOTIFY_SOCKET, FileOp, MakeDir, Symlink, WriteFile, managed
 
 FAILED_UNIT = "virt-sandbox-service-failed@.service"
 
@@ -28,8 +28,9 @@ MASKED_UNITS = (
 
 
 def systemd_ops(config: SandboxConfig, sysd: str, unit_dir: str,
-                 unit_fragments: tuple[tuple[str, str], ...],
-                 unit_needs: tuple[tuple[str, str], ...]) -> list[FileOp]:
+                unit_fragments: tuple[tuple[str, str], ...],
+                unit_needs: tuple[tuple[str, str], ...]) -> list[FileOp]:
+    """All of it is the tool's own (managed)."""
     wants = os.path.join(sysd, "multi-user.target.wants")
     ops: list[FileOp] = [
         MakeDir(wants, reason="the confined unit(s), and nothing else, are enabled"),
@@ -54,7 +55,7 @@ def systemd_ops(config: SandboxConfig, sysd: str, unit_dir: str,
                          reason="tells the host which unit failed (start fails with it)"))
     for unit, why in MASKED_UNITS:
         ops.append(Symlink(os.path.join(sysd, unit), "/dev/null", reason=f"masked: {why}"))
-    return ops
+    return managed(ops)
 
 
 def _networkd_ops(config: SandboxConfig, sysd: str, unit_dir: str) -> list[FileOp]:

@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-from lxml import etree
 
 from . import host, image, layers
 from .apply import files
 from .apply import libvirt as lv
 from .apply import systemd as sd
-from .apply.files import write_file
 from .config import (
     IDMAP_COUNT,
     Driver,
@@ -30,7 +28,6 @@ from .config import (
     validate_name,
 )
 from .create import config_lock
-from .domain import kvm as kvm_domain
 from .errors import HostError, UserError
 from .limits import (
     CAP_NUMBERS,
@@ -41,7 +38,6 @@ from .limits import (
     kvm_tasks_refusal,
     parse_limits,
     sched_params,
-    set_tunables,
 )
 from .network import guest_mac, parse_network
 from .plan import EVIDENCE_FILE, seen_at
@@ -104,7 +100,12 @@ def delete(paths: Paths, name: str, *, force: bool = False) -> None:
 
 
 def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
-    """Change limits in the config, the defined domain and, if it runs, live."""
+    """A config change plus a reconcile: the new limits go into the config, the domain is
+    re-derived from it (reconcile.py) and, if the sandbox runs, applied live where libvirt
+    can. A sandbox made by an older version is brought up to date with it, and says so."""
+    from . import reconcile
+    from .apply.txn import Transaction
+
     cfg = load_config(paths, name)
     changes = parse_limits(args, os.cpu_count() or 1)
     if not changes:
@@ -116,15 +117,27 @@ def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
     new = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
     conn = lv.connect(cfg.uri)
     dom = backend(cfg).domain(conn, cfg)
-    with config_lock(paths):
-        root = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
-        if kvm:
-            kvm_domain.set_tunables(root, new)
-        else:
-            set_tunables(root, new, host.detect_memory_kib())
-        lv.redefine(conn, etree.tostring(root, encoding="unicode"))
-        write_file(paths.config_file(name), new.to_json())
-    if dom.isActive():
+    running = bool(dom.isActive())
+    facts = reconcile.host_facts(conn)
+    evidence, hidden = reconcile.recorded_evidence(cfg)
+    units = reconcile.units_of(cfg)
+    with config_lock(paths), reconcile.private_trees(cfg, running) as trees, \
+            Transaction() as txn:
+        before = reconcile.reconcile(
+            paths, cfg, conn, reconcile.desired(cfg, paths, facts, evidence, hidden, units),
+            trees=trees, check=True, txn=txn)
+        reconcile.write_undoable(paths.config_file(name), new.to_json(), txn)
+        reconcile.reconcile(
+            paths, new, conn, reconcile.desired(new, paths, facts, evidence, hidden, units),
+            trees=trees, check=False, txn=txn)
+    if before.differences:
+        what = ", ".join(sorted({d.what for d in before.differences}))
+        print(f"virt-sandbox-service: note: '{name}' was made by an older version: its "
+              f"definitions were brought up to date with the limits ({what}; as upgrade does)",
+              file=sys.stderr)
+        if running:
+            print(f"virt-sandbox-service: note: {reconcile.next_start(name)}", file=sys.stderr)
+    if running:
         (_apply_live_kvm if kvm else _apply_live)(dom, new, set(changes))
     return [f"{k}={v}" for k, v in changes.items()]
 

@@ -49,6 +49,7 @@ from .plantypes import EXIT_STATUS_FILE as EXIT_STATUS_FILE
 from .plantypes import GO_FIFO as GO_FIFO
 from .plantypes import HOST_CHANNEL as HOST_CHANNEL
 from .plantypes import NOTIFY_SOCKET as NOTIFY_SOCKET
+from .plantypes import OVERLAY_OPTIONS as OVERLAY_OPTIONS
 from .plantypes import AddUser as AddUser
 from .plantypes import CopyTree as CopyTree
 from .plantypes import FileOp as FileOp
@@ -60,6 +61,7 @@ from .plantypes import Plan as Plan
 from .plantypes import Symlink as Symlink
 from .plantypes import Whiteout as Whiteout
 from .plantypes import WriteFile as WriteFile
+from .plantypes import managed as managed
 from .plantypes import seen_at as seen_at
 
 MARKER = ".virt-sandbox-service"
@@ -138,9 +140,9 @@ def _etc_ops(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEviden
                    + (facts.etc_rc_dirs if config.kind is Kind.SERVICE else ()))
         ops = [CopyTree("/etc", etc, exclude, reason="the host's configuration, without its "
                         "secrets and its boot's .wants")]
-        ops += [MakeDir(state_path(config.state_dir, d, "/etc"),
-                        reason="mount point: the host's tree, shared read-only")
-                for d in facts.shared_etc]
+        ops += managed(MakeDir(state_path(config.state_dir, d, "/etc"),
+                               reason="mount point: the host's tree, shared read-only")
+                       for d in facts.shared_etc)
     ops += _identity_ops(config, etc)
     if config.kind is Kind.SERVICE:
         ops += systemd_ops(config, sysd, facts.system_unit_dir, unit_fragments, unit_needs)
@@ -157,7 +159,7 @@ def _rc_ops(config: SandboxConfig, facts: HostFacts) -> list[FileOp]:
         ops.append(MakeDir(path, reason="no host init script starts in the sandbox"))
         if config.etc_overlay:
             ops.append(Opaque(path, reason="the host's SysV boot links are not the sandbox's"))
-    return ops
+    return managed(ops)
 
 
 def _identity_ops(config: SandboxConfig, etc: str) -> list[FileOp]:
@@ -175,12 +177,12 @@ def _identity_ops(config: SandboxConfig, etc: str) -> list[FileOp]:
 def _upper_ops(config: SandboxConfig, evidence: tuple[PathEvidence, ...],
                hidden: tuple[PathEvidence, ...], wants: tuple[str, ...]) -> list[FileOp]:
     """Overlay /etc: the upper layer (see the module's docstring)."""
-    ops: list[FileOp] = [
+    ops: list[FileOp] = managed([
         MakeDir(os.path.join(config.state_dir, "etc"),
                 reason="the upper layer of the sandbox's /etc: the instance's own files"),
         MakeDir(os.path.join(config.state_dir, ETC_WORK), 0o700,
                 reason="the overlay's work directory (same file system as the upper layer)"),
-    ]
+    ])
     extra = []
     if config.kind is Kind.SERVICE:
         extra.append(PathEvidence("/etc/systemd/system", Access.PRIVATE, True,
@@ -375,9 +377,9 @@ def _loader_ops(config: SandboxConfig, facts: HostFacts) -> list[FileOp]:
     if config.driver is not Driver.LXC or facts.ld_preload:
         return []
     path = empty_preload(config.state_dir)
-    return [MakeDir(os.path.dirname(path), 0o755, reason="the loader files bound on /etc"),
-            WriteFile(path, "", 0o644, reason="an empty preload list, bound read-only on "
-                      "/etc/ld.so.preload")]
+    return managed([MakeDir(os.path.dirname(path), 0o755, reason="the loader files bound on /etc"),
+                    WriteFile(path, "", 0o644, reason="an empty preload list, bound read-only "
+                              "on /etc/ld.so.preload")])
 
 
 def _user_mounts(config: SandboxConfig) -> list[Mount]:
@@ -415,7 +417,7 @@ def _mount_ops(config: SandboxConfig) -> list[FileOp]:
             if _in(s.target, top) and s.target != top:
                 ops.append(MakeDir(state_path(config.state_dir, s.target, top), 0o755,
                                    reason=f"mount point of -m {s.type.value}:{s.target}"))
-    return ops
+    return managed(ops)
 
 
 def _user_ops(config: SandboxConfig,

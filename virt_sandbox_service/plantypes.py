@@ -5,7 +5,8 @@ planner (plan.py), the sandbox's init (initscript.py) and the backends share it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 
 from .config import SandboxConfig
 from .evidence import PathEvidence
@@ -28,6 +29,11 @@ ETC_STAGE_MOUNTS = f"{ETC_STAGE}/mnt"  # + the target under /etc
 ETC_MERGED = f"{ETC_STAGE}/merged"  # where the init builds the overlay before moving it
 OVERLAY_OPTIONS = "redirect_dir=off,index=off,metacopy=off,xino=off"  # a plain upper layer
 
+# `managed` on an operation: the tool's own part of the sandbox's trees, which `upgrade`
+# re-derives from the config (reconcile.py): a managed file or link is rewritten when it
+# differs, a managed directory is made when missing (and made opaque, for Opaque). What is
+# not managed is the instance's data, or an admin's: never touched after create.
+
 
 @dataclass(frozen=True)
 class MakeDir:
@@ -36,6 +42,7 @@ class MakeDir:
     uid: int = 0
     gid: int = 0
     reason: str = ""
+    managed: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class WriteFile:
     content: str
     mode: int = 0o644
     reason: str = ""
+    managed: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class Symlink:
     path: str
     target: str
     reason: str = ""
+    managed: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,9 +115,16 @@ class Opaque:
 
     path: str
     reason: str = ""
+    managed: bool = False
 
 
 FileOp = MakeDir | WriteFile | Symlink | CopyTree | AddUser | MakeImage | Whiteout | Opaque
+
+
+def managed(ops: Iterable[FileOp]) -> list[FileOp]:
+    """The operations, marked as the tool's own (see `managed` above)."""
+    return [replace(op, managed=True) if isinstance(op, MakeDir | WriteFile | Symlink | Opaque)
+            else op for op in ops]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,13 @@ For each sandbox, in order:
    copy is still what it was given or what was packaged, is the host's version copied in: an
    admin's edit is never overwritten.
 
+4. Definitions: the domain (its init included), the host unit and the tool's own files in
+   the sandbox's trees are re-derived from the config and compared with what is in place;
+   what differs is replaced (reconcile.py), never the instance's data or an admin's
+   drop-ins. A running sandbox takes them at its next start.
+
+With check, nothing is changed: each step only says what it would do.
+
 The comparisons (migrate, classify, diff_text, new_private_paths) are pure; files are read
 through conffiles (the host) and apply.tree (the sandbox's trees, never following a symlink
 the sandbox made), and every change registers its undo on one Transaction per sandbox.
@@ -21,21 +28,20 @@ the sandbox made), and every change registers its undo on one Transaction per sa
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import enum
 import json
 import os
 import stat
-from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import create, image
+from . import create, reconcile
+from .apply import libvirt as lv
 from .apply import tree
-from .apply.files import write_file
 from .apply.txn import Transaction
 from .conffiles import (
     FileState,
@@ -210,50 +216,54 @@ class Report:
     new_private: tuple[NewPath, ...] = ()
     conffiles: tuple[ConffileDrift, ...] = ()
     error: str | None = None
+    definitions: reconcile.Outcome = field(default_factory=reconcile.Outcome)
+    checked: bool = False  # --check: nothing was changed
 
     @property
     def drift(self) -> bool:
-        return any(c.status is not Drift.UNCHANGED and not c.applied for c in self.conffiles)
+        """Anything that differs and was not brought up to date (an admin's edit of a
+        conffile included: it is shown, never replaced)."""
+        return (any(c.status is not Drift.UNCHANGED and not c.applied for c in self.conffiles)
+                or any(not p.made for p in self.new_private)
+                or (self.migrated_from is not None and self.checked)
+                or (bool(self.definitions.differences) and not self.definitions.applied))
 
 
 def upgrade(paths: Paths, name: str, *, apply_host_changes: bool = False,
-            host: HostView | None = None) -> Report:
-    """Upgrade one sandbox (see the module's docstring). All or nothing: a failure undoes it."""
+            host: HostView | None = None, check: bool = False) -> Report:
+    """Upgrade one sandbox (see the module's docstring). All or nothing: a failure undoes it.
+    With `check`, nothing is changed."""
+    if check and apply_host_changes:
+        raise UserError("--check changes nothing, --apply-host-changes changes conffiles",
+                        "give one of them")
     host = host or HostView()
     cfg, text, written = load_migrated(paths, name)
     got = create.gather(request_from_config(cfg))
     state = Path(cfg.state_dir)
-    with create.config_lock(paths), private_trees(cfg) as trees, Transaction() as txn:
+    conn = lv.connect(cfg.uri)
+    facts = reconcile.host_facts(conn)
+    with create.config_lock(paths), reconcile.private_trees(cfg) as trees, \
+            Transaction() as txn:
+        assert trees is not None  # private_trees refuses a running -i sandbox here
         _check_unchanged(paths, name, text)
         _check_ours(state, name)
-        if written != FORMAT_VERSION:
+        if written != FORMAT_VERSION and not check:
             _write_undoable(paths.config_file(name), cfg.to_json(), txn)
         record = _read_record(state)
         known = {e["path"] for e in record["evidence"]} if "evidence" in record else None
-        made = _make_new_private(cfg, trees, got.evidence, known, host, txn)
+        made = _make_new_private(cfg, trees, got.evidence, known, host, txn, dry=check)
         drift, given = _conffiles(cfg, trees, got.evidence, record.get("conffiles"), host,
                                   apply_host_changes, txn)
         pending = {p.path for p in made if not p.made}
-        record.update(evidence=[_item(e) for e in got.evidence if e.path not in pending],
-                      conffiles=given)
-        _write_undoable(state / EVIDENCE_FILE, json.dumps(record, indent=2) + "\n", txn)
+        evidence = tuple(e for e in got.evidence if e.path not in pending)
+        record.update(evidence=[_item(e) for e in evidence], conffiles=given)
+        if not check:
+            _write_undoable(state / EVIDENCE_FILE, json.dumps(record, indent=2) + "\n", txn)
+        desired = reconcile.desired(cfg, paths, facts, evidence, got.hidden, got.units)
+        outcome = reconcile.reconcile(paths, cfg, conn, desired, trees=trees, check=check,
+                                      txn=txn)
     return Report(name, FORMAT_VERSION, written if written != FORMAT_VERSION else None,
-                  tuple(made), tuple(drift))
-
-
-@contextlib.contextmanager
-def private_trees(cfg: SandboxConfig) -> Iterator[Path]:
-    """Where the instance's etc/ and var/ are: its state dir, or (-i) its image mounted in a
-    private mount namespace for the time of the upgrade; a running one is refused."""
-    if cfg.image_size is None:
-        yield Path(cfg.state_dir)
-        return
-    from .apply import libvirt as lv
-
-    dom = lv.lookup(lv.connect(cfg.uri), cfg.name)
-    image.refuse_running(cfg.name, dom is not None and bool(dom.isActive()), "upgrade")
-    with image.mounted(image.image_path(cfg.state_dir), writable=True) as root:
-        yield root
+                  tuple(made), tuple(drift), definitions=outcome, checked=check)
 
 
 def _check_unchanged(paths: Paths, name: str, text: str) -> None:
@@ -291,17 +301,7 @@ def _item(e: PathEvidence) -> dict[str, object]:
             "reasons": list(e.reasons)}
 
 
-def _write_undoable(path: Path, text: str, txn: Transaction) -> None:
-    try:
-        old: str | None = path.read_text()
-    except FileNotFoundError:
-        old = None
-    write_file(path, text, 0o644)
-    if old is None:
-        txn.did(f"wrote {path}", path.unlink)
-    else:
-        previous = old
-        txn.did(f"wrote {path}", lambda: write_file(path, previous))
+_write_undoable = reconcile.write_undoable
 
 
 def _host_meta(host: HostView, path: str, shift: int) -> tuple[int, int, int]:
@@ -315,7 +315,7 @@ def _host_meta(host: HostView, path: str, shift: int) -> tuple[int, int, int]:
 
 def _make_new_private(cfg: SandboxConfig, trees: Path, evidence: Sequence[PathEvidence],
                       known: Collection[str] | None, host: HostView,
-                      txn: Transaction) -> list[NewPath]:
+                      txn: Transaction, dry: bool = False) -> list[NewPath]:
     var = trees / "var"
     shift = cfg.id_base or 0
 
@@ -335,6 +335,10 @@ def _make_new_private(cfg: SandboxConfig, trees: Path, evidence: Sequence[PathEv
             out.append(NewPath(e.path, e.is_dir, e.reasons, False,
                                "outside /etc and /var: needs a mount of its own; recreate the "
                                "sandbox to get it"))
+            continue
+        if dry:
+            out.append(NewPath(e.path, e.is_dir, e.reasons, False,
+                               "to be made (upgrade without --check makes it)"))
             continue
         rel = e.path[len("/var/"):]
         uid, gid = e.owner if e.owner else (0, 0)
@@ -419,12 +423,13 @@ def _install(cfg: SandboxConfig, etc: Path, rel: str, path: str, inst: FileState
 
 
 def upgrade_many(paths: Paths, names: Sequence[str], *, apply_host_changes: bool = False,
-                 host: HostView | None = None) -> list[Report]:
+                 host: HostView | None = None, check: bool = False) -> list[Report]:
     """Each sandbox on its own: one that fails is reported and does not stop the others."""
     out = []
     for name in names:
         try:
-            out.append(upgrade(paths, name, apply_host_changes=apply_host_changes, host=host))
+            out.append(upgrade(paths, name, apply_host_changes=apply_host_changes, host=host,
+                               check=check))
         except SandboxError as e:
             out.append(Report(name, error=e.message + (f" ({e.hint})" if e.hint else "")))
     return out
@@ -447,6 +452,8 @@ def report_json(r: Report) -> dict[str, Any]:
         "conffiles": [{"path": c.path, "package": c.package, "status": c.status.value,
                        "applied": c.applied, "diff": c.diff or None, "note": c.note or None}
                       for c in r.conffiles],
+        "definitions": reconcile.outcome_json(r.definitions),
+        "checked": r.checked,
         "drift": r.drift,
         "error": r.error,
     }
@@ -480,20 +487,27 @@ def format_report(r: Report) -> str:
     if any(c.applied for c in r.conffiles):
         lines.append(f"{r.name}: a running sandbox reads the new files when reloaded: "
                      f"virt-sandbox-service reload {r.name}")
+    lines += reconcile.format_outcome(r.name, r.definitions)
     return "\n".join(lines)
 
 
-CHECK_DRIFT = 3  # exit status of --check when some sandbox drifts
+CHECK_DRIFT = 3  # exit status of --check when some sandbox differs from this version's
 
 
 def command(paths: Paths, names: Sequence[str], *, apply_host_changes: bool, check: bool,
             as_json: bool, single: bool) -> int:
-    """The CLI's upgrade: prints the reports; 1 if any sandbox failed, 3 for drift with
-    --check, else 0. A single NAME's failure is raised (one line and a hint)."""
+    """The CLI's upgrade: prints the reports; 1 if any sandbox failed, 3 with --check when
+    anything differs (which --check leaves as it is), else 0. A single NAME's failure is
+    raised (one line and a hint)."""
+    if check and apply_host_changes:
+        raise UserError("--check changes nothing, --apply-host-changes changes conffiles",
+                        "give one of them")
     if single:
-        reports = [upgrade(paths, names[0], apply_host_changes=apply_host_changes)]
+        reports = [upgrade(paths, names[0], apply_host_changes=apply_host_changes,
+                           check=check)]
     else:
-        reports = upgrade_many(paths, names, apply_host_changes=apply_host_changes)
+        reports = upgrade_many(paths, names, apply_host_changes=apply_host_changes,
+                               check=check)
     if as_json:
         print(json.dumps([report_json(r) for r in reports], indent=2))
     else:

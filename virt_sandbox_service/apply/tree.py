@@ -132,3 +132,58 @@ def write(base: Path, rel: str, data: bytes, mode: int, uid: int, gid: int,
 def remove_file(base: Path, rel: str) -> None:
     with contextlib.suppress(FileNotFoundError), _parent(base, rel) as (fd, leaf):
         os.unlink(leaf, dir_fd=fd)
+
+
+def read_link(base: Path, rel: str) -> str | None:
+    """The target of the symlink at rel; None where there is none (or something else)."""
+    try:
+        with _parent(base, rel) as (fd, leaf):
+            return os.readlink(leaf, dir_fd=fd)
+    except (OSError, UnsafePath):
+        return None
+
+
+def symlink(base: Path, rel: str, target: str, uid: int, gid: int,
+            parents: ParentMeta) -> None:
+    """Make (or replace) the symlink rel -> target; a link there is replaced, not followed."""
+    with _parent(base, rel, parents) as (fd, leaf):
+        tmp = f".{leaf}.vss-tmp{os.getpid()}"
+        os.symlink(target, tmp, dir_fd=fd)
+        try:
+            os.chown(tmp, uid, gid, dir_fd=fd, follow_symlinks=False)
+            os.replace(tmp, leaf, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+            raise
+
+
+OPAQUE_XATTR = "trusted.overlay.opaque"  # overlayfs(5): the directory hides the lower one's
+
+
+def is_opaque(base: Path, rel: str) -> bool | None:
+    """Whether the directory rel is an opaque overlay directory; None if it is no directory."""
+    try:
+        with _parent(base, rel) as (fd, leaf):
+            dfd = _open_dir(leaf, fd, rel)
+    except (OSError, UnsafePath):
+        return None
+    try:
+        return os.getxattr(dfd, OPAQUE_XATTR) == b"y"
+    except OSError:
+        return False
+    finally:
+        os.close(dfd)
+
+
+def set_opaque(base: Path, rel: str, opaque: bool) -> None:
+    with _parent(base, rel) as (fd, leaf):
+        dfd = _open_dir(leaf, fd, rel)
+        try:
+            if opaque:
+                os.setxattr(dfd, OPAQUE_XATTR, b"y")
+            else:
+                with contextlib.suppress(OSError):
+                    os.removexattr(dfd, OPAQUE_XATTR)
+        finally:
+            os.close(dfd)
