@@ -241,15 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simple(sub, "connect", cmd_connect,
                 "an interactive login shell in a running sandbox (a KVM sandbox's root "
                 "login console); Ctrl-] detaches, the sandbox keeps running")
-    up = sub.add_parser("upgrade", help="after host package changes: migrate the config, add "
-                        "newly needed private paths, report conffile drift",
-                        description="bring sandboxes up to date after the host's packages "
-                                    "changed; reports, and never overwrites an admin's edit")
+    up = sub.add_parser("upgrade", help="after host package or tool changes: migrate the "
+                        "config, add newly needed private paths, report conffile drift, "
+                        "bring the domain, init, host unit and the tool's own files up to date",
+                        description="bring sandboxes up to date after the host's packages or "
+                                    "this tool changed: re-derive their definitions from their "
+                                    "configs and replace what differs; never the instance's "
+                                    "data or an admin's edit")
     up.add_argument("name", nargs="?", help="sandbox name")
     up.add_argument("--all", action="store_true", help="every sandbox")
     up.add_argument("--apply-host-changes", action="store_true",
                     help="copy the host's version over conffiles the instance did not edit")
-    up.add_argument("--check", action="store_true", help="exit 3 if anything drifts")
+    up.add_argument("--check", action="store_true",
+                    help="change nothing; exit 3 if anything differs from this version's")
     up.add_argument("--json", action="store_true", help="machine-readable output")
     up.set_defaults(func=cmd_upgrade)
     lim = _add_simple(sub, "limit", cmd_limit,
