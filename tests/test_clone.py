@@ -61,12 +61,12 @@ def test_clone_onto_existing_name_fails_cleanly(env: Env) -> None:
     env.run("create", "-u", "apache2.service", b, check=True)
     before = env.snapshot()
     proc = env.run("clone", a, b)
-    assert proc.returncode == 1 and f"a sandbox named '{b}' already exists" in proc.stderr
+    assert proc.returncode == 2 and f"a sandbox named '{b}' already exists" in proc.stderr
     assert env.snapshot() == before
     proc = env.run("clone", "nosuch", unique_name("x"))
-    assert proc.returncode == 1 and "no sandbox named 'nosuch'" in proc.stderr
+    assert proc.returncode == 2 and "no sandbox named 'nosuch'" in proc.stderr
     proc = env.run("clone", a, "bad/name")
-    assert proc.returncode == 1 and "must not contain '/'" in proc.stderr
+    assert proc.returncode == 2 and "must not contain '/'" in proc.stderr
     assert env.snapshot() == before
 
 

@@ -150,7 +150,7 @@ def test_userns_refused_cleanly_or_maps_root(env: Env) -> None:
     before = env.snapshot()
     proc = env.run("create", "--userns", name, "--", "/bin/sh", "-c", "touch /var/tmp/made")
     if problem:
-        assert proc.returncode == 1 and "--userns is not possible" in proc.stderr
+        assert proc.returncode == 2 and "--userns is not possible" in proc.stderr
         assert env.snapshot() == before
         return
     assert proc.returncode == 0, proc.stderr

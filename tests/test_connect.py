@@ -180,7 +180,7 @@ def test_connect_refuses_a_stopped_sandbox(env: Env) -> None:
     env.run("create", "-u", "apache2.service", name, check=True)
     with terminal(env, "connect", name) as t:
         t.expect(rf"error: sandbox '{name}' is not running")
-        assert t.wait() == 1
+        assert t.wait() == 2
 
 
 def write_config(env: Env, name: str, uri: str) -> None:
@@ -194,7 +194,7 @@ def write_config(env: Env, name: str, uri: str) -> None:
 def test_connect_needs_a_terminal(env: Env) -> None:
     write_config(env, "ct1", "lxc:///")
     proc = env.run("connect", "ct1")  # stdin is not a terminal here
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "connect needs a terminal" in proc.stderr and "execute ct1 --" in proc.stderr
     (env.base / "config" / "sandboxes" / "ct1.json").unlink()
 

@@ -54,7 +54,7 @@ def test_kill_9_midway_then_delete_cleans_up(env: Env, step: str) -> None:
     proc.wait(timeout=30)
     # The name is taken until deleted: a second create says so, clearly.
     again = env.run("create", "-u", "apache2.service", name)
-    assert again.returncode == 1 and "already exists" in again.stderr
+    assert again.returncode == 2 and "already exists" in again.stderr
     env.run("delete", name, check=True)
     only_infrastructure(before, env.snapshot())
     assert other in domain_names() and env.state(other).is_dir()

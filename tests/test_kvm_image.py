@@ -100,7 +100,7 @@ def test_unit_sandbox_serves_from_its_image(env: Env) -> None:
     assert (proc.returncode, proc.stdout) == (0, "from-image\n"), proc.stderr
     for cmd in (("clone", name, name + "c"), ("upgrade", name)):
         refused = env.run(*cmd)  # a second writer of the image would corrupt it
-        assert refused.returncode == 1 and "is running" in refused.stderr, refused.stderr
+        assert refused.returncode == 2 and "is running" in refused.stderr, refused.stderr
     env.run("stop", name, check=True, timeout=120)
     assert in_image(img, "var/www/html/index.html") == "from-image\n"
     # The guest's systemd stopped apache2 itself, and its journal is in the image.

@@ -109,10 +109,10 @@ def clone_starts_with_its_own_identity(env: Env, src: str) -> None:
     # Bad cases: one clear line each.
     with terminal(env, "connect", dst) as t:
         t.expect(rf"error: sandbox '{dst}' is not running")
-        assert t.wait() == 1
+        assert t.wait() == 2
     with terminal(env, "connect", "nosuchbox") as t:
         t.expect(r"error: no sandbox named 'nosuchbox'")
-        assert t.wait() == 1
+        assert t.wait() == 2
     env.run("delete", dst, check=True)
     assert dst not in kvm_domains()
 
@@ -192,7 +192,7 @@ def test_kvm_image_of_another_file_system_is_refused(env: Env, tmp_path: Path) -
     before = env.snapshot()
     proc = env.run("create", "-c", URI, "-m", f"host-image:/mnt={image}", unique_name("kimg"),
                    "--", "/bin/true")
-    assert proc.returncode == 1 and "holds no ext2/3/4 file system" in proc.stderr
+    assert proc.returncode == 2 and "holds no ext2/3/4 file system" in proc.stderr
     assert env.snapshot() == before
 
 

@@ -126,7 +126,7 @@ def test_delete_refuses_running_then_force(env: Env) -> None:
     create_apache(env, name, "x\n")
     env.run("start", "--detach", name, check=True)
     proc = env.run("delete", name)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert f"error: sandbox '{name}' is running" in proc.stderr
     assert name in domain_names()
     env.run("delete", "--force", name, check=True)
@@ -140,7 +140,7 @@ def test_delete_never_removes_a_directory_it_did_not_make(env: Env) -> None:
     marker = env.state(name) / ".virt-sandbox-service"
     marker.write_text("someone-else\n")
     proc = env.run("delete", name)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "was not made by virt-sandbox-service" in proc.stderr
     assert env.state(name).is_dir() and name in domain_names()
     marker.write_text(f"{name}\n")

@@ -87,6 +87,6 @@ def test_long_image_path_is_refused_for_lxc_only(tmp_path: Path) -> None:
 def test_mount_target_missing_on_read_only_root(env: Env) -> None:
     before = env.snapshot()
     proc = env.run("create", "-m", "ram:/no-such-top-dir=8M", unique_name("m"), "--", "/bin/true")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "mount target /no-such-top-dir does not exist" in proc.stderr
     assert env.snapshot() == before

@@ -162,6 +162,6 @@ def test_unknown_network_is_refused(env: Env) -> None:
     before = env.snapshot()
     proc = env.run("create", "-u", "apache2.service", "-N", "source=no-such-net-xyz",
                    unique_name("nn"))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "libvirt network 'no-such-net-xyz' does not exist" in proc.stderr
     assert env.snapshot() == before

@@ -169,10 +169,12 @@ class Bad:
     needle: str  # must appear in the first stderr line
     arrange: str | None = None  # a per-case change made before the "before" snapshot
     bug: str | None = None  # a known product bug: strict xfail, so a fix shows up as XPASS
+    status: int = 2  # bad input (run: 125, its own failures); a damaged sandbox is 1
 
 
-def bad(*args: str, needle: str, arrange: str | None = None, bug: str | None = None) -> Bad:
-    return Bad(tuple(args), needle, arrange, bug)
+def bad(*args: str, needle: str, arrange: str | None = None, bug: str | None = None,
+        status: int = 2) -> Bad:
+    return Bad(tuple(args), needle, arrange, bug, 125 if args[0] == "run" else status)
 
 
 A = "apache2.service"
@@ -356,7 +358,8 @@ BAD: list[Bad] = [
     bad("create", "--private", "/sys", "-u", A, "nx82", needle="--private /sys"),
     bad("create", "-u", A, "nx83", "--dry-run", needle="--dry-run"),
     bad("delete", "{stopped}", needle="not a directory", arrange="state_is_file"),
-    bad("start", "--detach", "{stopped}", needle="{stopped_state}", arrange="state_is_file"),
+    bad("start", "--detach", "{stopped}", needle="{stopped_state}", arrange="state_is_file",
+        status=1),
     bad("clone", "-p", "/dev/null", "{stopped}", "nx123", needle="not a directory"),
     bad("run", "--", "", needle="command"),
     bad("inspect", "{badtype}", needle="uri", arrange="uri_not_string_config"),
@@ -517,7 +520,7 @@ def test_bad_input_is_refused_and_changes_nothing(world: World, case: Bad) -> No
         undo()
     err = proc.stderr
     assert "Traceback" not in err, err
-    assert proc.returncode == 1, f"exit {proc.returncode}: {err}{proc.stdout}"
+    assert proc.returncode == case.status, f"exit {proc.returncode}: {err}{proc.stdout}"
     line = first_line(err)
     assert line.startswith(f"{PROG}: error: "), err
     assert world.fill(case.needle) in line, err
@@ -531,7 +534,8 @@ def test_unknown_options_are_refused_and_change_nothing(world: World,
     proc = world.env.run(*(world.fill(a) for a in args), timeout=60)
     assert proc.returncode != 0, proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr
-    if proc.returncode == 2:  # argparse
+    if "usage:" in proc.stderr:  # argparse (2; run's 125)
+        assert proc.returncode == (125 if args[0] == "run" else 2), proc.stderr
         assert "usage:" in proc.stderr and ": error: " in proc.stderr, proc.stderr
     else:  # the option exists by now: then it must be the tool's own one-line error
         assert first_line(proc.stderr).startswith(f"{PROG}: error: "), proc.stderr

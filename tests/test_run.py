@@ -118,7 +118,7 @@ def test_sandbox_view_is_read_only_root_private_tmp_no_network(env: Env, uri: st
 @pytest.mark.libvirt
 def test_run_needs_a_command(env: Env) -> None:
     proc = env.run("run", "--")
-    assert proc.returncode == 1
+    assert proc.returncode == 125
     assert proc.stderr.startswith("virt-sandbox-service: error: run needs a command after --")
 
 
@@ -126,5 +126,5 @@ def test_run_needs_a_command(env: Env) -> None:
 @pytest.mark.kvm
 def test_kvm_run_refuses_too_little_memory(env: Env) -> None:
     proc = env.run("run", "-c", "qemu:///system", "--memory", "16M", "--", "/bin/true")
-    assert proc.returncode == 1
+    assert proc.returncode == 125
     assert "too little for a KVM sandbox" in proc.stderr.splitlines()[0]

@@ -95,7 +95,7 @@ def test_lxc_run_on_a_network_sees_its_address(
 def test_bad_run_options_are_one_clear_error(env: Env, options: list[str], needle: str) -> None:
     before = env.snapshot()
     proc = run_with(env, "lxc:///", options, ["/bin/true"])
-    assert proc.returncode == 1
+    assert proc.returncode == 125
     first, *rest = proc.stderr.splitlines()
     assert first.startswith("virt-sandbox-service: error: ") and needle in first, proc.stderr
     assert all(line.startswith("virt-sandbox-service: hint: ") for line in rest)
@@ -131,5 +131,5 @@ def test_kvm_run_with_a_mount_and_a_network(
 @pytest.mark.kvm
 def test_kvm_run_refuses_what_kvm_cannot_do(env: Env) -> None:
     proc = env.run("run", "-c", KVM, "--tasks", "100", "--", "/bin/true")
-    assert proc.returncode == 1
+    assert proc.returncode == 125
     assert "--tasks is for LXC sandboxes" in proc.stderr.splitlines()[0]

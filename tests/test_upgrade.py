@@ -65,7 +65,7 @@ def test_upgrade_refuses_a_config_from_a_newer_version(env: Env) -> None:
     sandboxes.mkdir(parents=True)
     (sandboxes / "new1.json").write_text(json.dumps(data))
     proc = env.run("upgrade", "new1")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert f"has format version {FORMAT_VERSION + 1}, newer than this" in proc.stderr
     assert "upgrade virt-sandbox-service" in proc.stderr
     proc = env.run("upgrade", "--all", "--json")
@@ -77,7 +77,7 @@ def test_upgrade_refuses_a_config_from_a_newer_version(env: Env) -> None:
 def test_upgrade_needs_a_name_or_all(env: Env) -> None:
     for args in ((), ("--all", "x")):
         proc = env.run("upgrade", *args)
-        assert proc.returncode == 1 and "give a sandbox NAME or --all" in proc.stderr
+        assert proc.returncode == 2 and "give a sandbox NAME or --all" in proc.stderr
 
 
 OLD, NEW, EDIT = FileState(b"a\n"), FileState(b"b\n"), FileState(b"a\nmine\n")

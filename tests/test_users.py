@@ -254,7 +254,7 @@ def test_bad_user_input_changes_nothing(env: Env, options: tuple[str, ...],
                                         needle: str) -> None:
     before = env.snapshot()
     proc = env.run("create", *options, unique_name("bad"), "--", "/bin/true")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert needle in proc.stderr.splitlines()[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert env.snapshot() == before
@@ -265,7 +265,7 @@ def test_bad_user_input_changes_nothing(env: Env, options: tuple[str, ...],
 def test_unit_sandboxes_refuse_user_options(env: Env) -> None:
     before = env.snapshot()
     proc = env.run("create", "-u", "apache2.service", "-U", "33", unique_name("bad"))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "-U is for generic sandboxes" in proc.stderr.splitlines()[0]
     assert "User=" in proc.stderr
     assert env.snapshot() == before

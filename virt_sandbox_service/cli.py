@@ -1,7 +1,9 @@
 """The command line: argparse, one function per subcommand, errors turned into exit codes.
 
 Errors print one line ("virt-sandbox-service: error: ...") and a hint; tracebacks only with
---debug. Ctrl-C exits 130 after the running step rolled back what it did.
+--debug. Exit statuses (errors.EXIT_STATUS): 2 for usage and bad input, 1 for a host or runtime
+failure, 130 after Ctrl-C once the running step rolled back what it did; `run` answers 125 for
+any failure of its own, since every other status may be its command's.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from types import FrameType
 
 from . import __version__
 from .config import DEFAULT_URI, Paths, load_config, shown
-from .errors import SandboxError
+from .errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_RUN_FAILED,
+    EXIT_USAGE,
+    SandboxError,
+    UserError,
+)
 from .limits import LimitArgs
 
 PROG = "virt-sandbox-service"
@@ -79,8 +88,8 @@ def after_dashes(words: list[str], usage: str) -> tuple[str, ...]:
     if words and words[0] == "--":
         words = words[1:]
     if words and words[0].startswith("-"):
-        raise SandboxError(f"unexpected {shown(words[0])} after the sandbox name",
-                           f"options go before the name; a command goes after --: {usage}")
+        raise UserError(f"unexpected {shown(words[0])} after the sandbox name",
+                        f"options go before the name; a command goes after --: {usage}")
     return tuple(words)
 
 
@@ -148,7 +157,7 @@ def cmd_execute(args: argparse.Namespace, paths: Paths) -> int:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        raise SandboxError("execute needs a command after --", "e.g. execute web1 -- apachectl -S")
+        raise UserError("execute needs a command after --", "e.g. execute web1 -- apachectl -S")
     dom = rt.domain(connect(cfg.uri), cfg)
     sys.stdout.flush()
     return int(rt.execute(dom, command, rt.sandbox_env(cfg), jail=jail(cfg)))
@@ -177,7 +186,7 @@ def cmd_upgrade(args: argparse.Namespace, paths: Paths) -> int:
     from .upgrade import all_names, command
 
     if bool(args.name) == args.all:
-        raise SandboxError("give a sandbox NAME or --all", "e.g. upgrade web1, or upgrade --all")
+        raise UserError("give a sandbox NAME or --all", "e.g. upgrade web1, or upgrade --all")
     return command(paths, [args.name] if args.name else all_names(paths),
                    apply_host_changes=args.apply_host_changes, check=args.check,
                    as_json=args.json, single=bool(args.name))
@@ -396,10 +405,17 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(words)
+    except SystemExit as e:  # argparse printed the usage error; run keeps 125 for its own
+        if e.code == EXIT_USAGE and _subcommand(words) == "run":
+            return EXIT_RUN_FAILED
+        raise
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format=f"{PROG}: %(message)s")
     signal.signal(signal.SIGTERM, _sigterm)
+    own = (lambda status: EXIT_RUN_FAILED) if args.cmd == "run" else (lambda status: status)
     try:
         return int(args.func(args, Paths.from_env()))
     except SandboxError as e:
@@ -408,18 +424,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {e.message}", file=sys.stderr)
         if e.hint:
             print(f"{PROG}: hint: {e.hint}", file=sys.stderr)
-        return 1
+        return own(e.exit_status)
     except KeyboardInterrupt:
         # A create or clone has rolled back by now; start/stop leave the sandbox consistent.
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as e:  # a bug or an unexpected host failure: one line, details on --debug
         if args.debug:
             raise
         print(f"{PROG}: error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
         print(f"{PROG}: hint: rerun with --debug for the traceback, and report it",
               file=sys.stderr)
-        return 1
+        return own(EXIT_FAILURE)
+
+
+def _subcommand(words: Sequence[str]) -> str | None:
+    """The subcommand of a command line argparse refused: the first word that is not one of
+    the top-level options (none of which takes a value)."""
+    return next((w for w in words if not w.startswith("-")), None)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Paths, SandboxConfig
+from .errors import EXIT_INTERRUPTED as EXIT_INTERRUPTED  # re-exported: runtime, tests
+from .errors import EXIT_NOT_CONFIGURED as EXIT_NOT_CONFIGURED
 
 if TYPE_CHECKING:
     import jinja2
@@ -22,14 +24,13 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "units"
 UNIT_SUFFIX = "_sandbox.service"
 START_TIMEOUT = 90
 STOP_TIMEOUT = 60
-# `start` exits with this when a confined unit failed while the sandbox started (LSB "program
-# is not configured", shown by systemd as 6/NOTCONFIGURED). A configuration error does not go
-# away by retrying, so the unit does not restart on it; a crash later exits 1 and restarts.
-EXIT_NOT_CONFIGURED = 6
-# `start` exits with this after SIGTERM/SIGINT (cli.main's status for an interruption): when
-# systemd stops a unit that is still starting, `start` stops the domain and exits 130. That is
-# the stop systemd asked for, not a failure (systemd itself counts a death by SIGTERM as clean).
-EXIT_INTERRUPTED = 130
+# `start` exits with EXIT_NOT_CONFIGURED when a confined unit failed while the sandbox started
+# (shown by systemd as 6/NOTCONFIGURED). A configuration error does not go away by retrying, so
+# the unit does not restart on it; a crash later exits 1 and restarts.
+# `start` exits with EXIT_INTERRUPTED after SIGTERM/SIGINT (cli.main's status for an
+# interruption): when systemd stops a unit that is still starting, `start` stops the domain and
+# exits 130. That is the stop systemd asked for, not a failure (systemd itself counts a death by
+# SIGTERM as clean).
 
 
 def unit_name(name: str) -> str:

@@ -52,7 +52,7 @@ from ..config import (
     check_arg_text,
     driver_for_uri,
 )
-from ..errors import HostError, UserError
+from ..errors import EXIT_RUN_FAILED, HostError, UserError
 from ..initscript import _guest_binds, confine_argv, confine_mount
 from ..limits import (
     LimitArgs,
@@ -66,7 +66,7 @@ from ..mounts import MountType, parse_mount
 from ..plan import TMPFS, Mount, Plan, _user_mounts
 
 RUN_PREFIX = "vss-run-"
-EXIT_SETUP_FAILED = 125  # like env(1) and podman: the sandbox, not the command, failed
+EXIT_SETUP_FAILED = EXIT_RUN_FAILED  # like env(1) and podman: the sandbox, not the command, failed
 KVM_BOOT_TIMEOUT = 300.0  # seconds without any sign of the guest before we give up
 # The container's init: fds 3-6 are our stdin, stdout, stderr and the status pipe.
 # exec in a subshell: the shell's own notes ("Killed") go to the console, not to our stderr.
