@@ -173,7 +173,8 @@ def run(conn: libvirt.virConnect, p: Plan, facts: HostFacts) -> str:
     with tempfile.TemporaryFile() as out:
         try:
             dom = conn.createXMLWithFiles(xml, [out.fileno()],
-                                          libvirt.VIR_DOMAIN_START_AUTODESTROY)
+                                          libvirt.VIR_DOMAIN_START_AUTODESTROY
+                                          | libvirt.VIR_DOMAIN_START_VALIDATE)
         except libvirt.libvirtError as e:
             raise HostError("libvirt could not start the sandbox to run the package's "
                             f"postinst: {e.get_error_message()}",

@@ -12,6 +12,14 @@ from .txn import Transaction
 # libvirt prints its errors to stderr by default; we report them ourselves, once.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
+# libvirt checks each document against its own schema (domain.rng, nwfilter.rng) before it
+# defines or starts it, so a malformed domain is refused with the schema's reason instead of
+# parts of it being silently dropped. Domains: libvirt >= 1.3.3 (defineXMLFlags, createXML);
+# network filters: >= 7.7 (nwfilterDefineXMLFlags).
+DEFINE_VALIDATE = libvirt.VIR_DOMAIN_DEFINE_VALIDATE
+START_VALIDATE = libvirt.VIR_DOMAIN_START_VALIDATE
+NWFILTER_VALIDATE_SINCE = 7_007_000
+
 
 def connect(uri: str) -> libvirt.virConnect:
     try:
@@ -87,9 +95,16 @@ def ensure_nwfilter(conn: libvirt.virConnect, name: str, xml: str) -> None:
             new.insert(0, uuid)
         xml = etree.tostring(new, encoding="unicode")
     try:
-        conn.nwfilterDefineXML(xml)
+        define_nwfilter(conn, xml)
     except libvirt.libvirtError as e:
         raise HostError(f"libvirt refused network filter {name}: {e.get_error_message()}") from e
+
+
+def define_nwfilter(conn: libvirt.virConnect, xml: str) -> None:
+    if conn.getLibVersion() >= NWFILTER_VALIDATE_SINCE:
+        conn.nwfilterDefineXMLFlags(xml, libvirt.VIR_NWFILTER_DEFINE_VALIDATE)
+    else:
+        conn.nwfilterDefineXML(xml)
 
 
 def _filter_rules(root: etree._Element) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -99,7 +114,7 @@ def _filter_rules(root: etree._Element) -> list[tuple[str, list[tuple[str, str]]
 
 def define(conn: libvirt.virConnect, xml: str, txn: Transaction) -> libvirt.virDomain:
     try:
-        dom = conn.defineXML(xml)
+        dom = conn.defineXMLFlags(xml, DEFINE_VALIDATE)
     except libvirt.libvirtError as e:
         raise HostError(f"libvirt refused the domain: {e.get_error_message()}") from e
     txn.did(f"defined domain {dom.name()}", dom.undefine)
@@ -109,7 +124,7 @@ def define(conn: libvirt.virConnect, xml: str, txn: Transaction) -> libvirt.virD
 def redefine(conn: libvirt.virConnect, xml: str) -> None:
     """Replace the persistent definition of an existing domain (same name and UUID)."""
     try:
-        conn.defineXML(xml)
+        conn.defineXMLFlags(xml, DEFINE_VALIDATE)
     except libvirt.libvirtError as e:
         raise HostError(f"libvirt refused the changed domain: {e.get_error_message()}") from e
 

@@ -219,7 +219,7 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig) -> int:
     try:
         try:
             conn.createXMLWithFiles(xml, [*stdio, status_w],
-                                    libvirt.VIR_DOMAIN_START_AUTODESTROY)
+                                    libvirt.VIR_DOMAIN_START_AUTODESTROY | lv.START_VALIDATE)
         except libvirt.libvirtError as e:
             raise HostError(f"libvirt could not start the sandbox: {e.get_error_message()}",
                             "'virt-sandbox-service doctor' checks the host") from e
@@ -278,7 +278,7 @@ def _run_kvm(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths) -> int:
         xml = kvm.build_run(run_plan(cfg, facts), facts, METADATA_NS, str(chan),
                             str(chan / "console.log"))
         try:
-            dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
+            dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED | lv.START_VALIDATE)
         except libvirt.libvirtError as e:
             raise HostError(f"libvirt could not start the sandbox: {e.get_error_message()}",
                             "'virt-sandbox-service doctor' checks the host") from e
