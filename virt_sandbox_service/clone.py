@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import host, image
+from . import host, image, registry
 from .apply import files
 from .apply import libvirt as lv
 from .apply.txn import Transaction
@@ -31,9 +31,6 @@ from .create import (
     CreateRequest,
     apply_plan,
     check_free,
-    choose_id_base,
-    choose_label,
-    config_lock,
     evidence_json,
     reserve,
     tool_path,
@@ -92,8 +89,7 @@ def journal_dirs(cfg: SandboxConfig) -> tuple[str, ...]:
 
 def clone_config(src: SandboxConfig, req: CloneRequest, paths: Paths) -> SandboxConfig:
     """Same sandbox, new identity (caller holds the config lock for label and id range)."""
-    mode, label = choose_label(CreateRequest(name=req.dest, uri=src.uri, security=req.security),
-                               paths)
+    mode, label = registry.choose_label(paths, src.uri, req.security)
     parent = Path(req.state_parent) if req.state_parent else Path(src.state_dir).parent
     extra = dict(src.extra)
     extra.update({"cloned_from": src.name,
@@ -102,7 +98,7 @@ def clone_config(src: SandboxConfig, req: CloneRequest, paths: Paths) -> Sandbox
     return dataclasses.replace(
         src, name=req.dest, state_dir=str(parent / req.dest), security_mode=mode,
         security_label=label, machine_id=uuid.uuid4().hex,
-        id_base=choose_id_base(paths) if src.id_base is not None else None,
+        id_base=registry.choose_id_base(paths) if src.id_base is not None else None,
         extra=tuple(sorted(extra.items())))
 
 
@@ -158,7 +154,7 @@ def clone(req: CloneRequest, paths: Paths) -> Plan:
     dest_req = CreateRequest(name=req.dest, uri=src.uri)
     check_free(dest_req, paths, parent / req.dest, conn)
     with Transaction() as txn:
-        with config_lock(paths):
+        with registry.config_lock(paths):
             check_free(dest_req, paths, parent / req.dest, conn)
             cfg = clone_config(src, req, paths)
             p = clone_plan(src, cfg, paths, facts)

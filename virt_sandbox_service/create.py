@@ -7,19 +7,17 @@ Transaction so that a failure or Ctrl-C undoes exactly what was done.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import capneeds, conffiles, host, image, labels, layers, maintscripts, unitfile, users
+from . import capneeds, conffiles, host, image, layers, maintscripts, registry, unitfile, users
 from . import evidence as ev
 from .apply import files
 from .apply import labels as file_labels
@@ -28,14 +26,11 @@ from .apply import systemd as sd
 from .apply.txn import Transaction
 from .config import (
     DEFAULT_URI,
-    IDMAP_COUNT,
-    IDMAP_FIRST,
     Driver,
     Kind,
     Paths,
     SandboxConfig,
     SecurityMode,
-    all_configs,
     check_arg_text,
     driver_for_uri,
     shown,
@@ -58,6 +53,10 @@ from .limits import (
 from .mounts import MountSpec, MountType, check_loop_path, parse_mount
 from .network import OUR_FILTER, filter_xml, parse_network
 from .plan import EVIDENCE_FILE, Plan, WriteFile, plan, state_path
+
+# The registry's names, where they were before registry.py.
+from .registry import config_lock as config_lock
+from .registry import parse_security as parse_security
 from .runtime.lxc import remove_cgroups
 from .units import render_sandbox_unit, unit_name
 from .users import UserArgs
@@ -216,37 +215,6 @@ def check_kvm_image(path: str) -> None:
                         "make it with mkfs.ext4, or use -c lxc:/// for other file systems")
 
 
-def parse_security(text: str) -> tuple[SecurityMode, str | None]:
-    """'-s dynamic', '-s static,label=u:r:t:s0:c1,c2' -> (mode, label)."""
-    mode_text, _, rest = text.partition(",")
-    mode = {"dynamic": SecurityMode.DYNAMIC, "static": SecurityMode.STATIC}.get(mode_text)
-    if mode is None:
-        raise UserError(f"'{mode_text}' is not a valid security mode (dynamic, static)",
-                        "write -s dynamic or -s static,label=USER:ROLE:TYPE:LEVEL")
-    label = None
-    if rest:
-        key, eq, value = rest.partition("=")
-        if key != "label" or not eq:
-            raise UserError(f"'{rest}' is not a security option", "the only one is label=LABEL")
-        labels.parse_label(value)
-        label = value
-    if mode is SecurityMode.STATIC and label is None:
-        raise UserError("-s static needs label=USER:ROLE:TYPE:LEVEL")
-    return mode, label
-
-
-@contextmanager
-def config_lock(paths: Paths) -> Iterator[None]:
-    """Serialises creates and deletes: name checks and label allocation see a stable set."""
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def check_free(req: CreateRequest, paths: Paths, state_dir: Path, conn: object | None) -> None:
     if paths.config_file(req.name).exists():
         raise UserError(f"a sandbox named '{req.name}' already exists",
@@ -273,17 +241,6 @@ def check_networks(conn: object, networks: tuple[str, ...]) -> None:
 def ensure_our_filter(conn: object, networks: tuple[str, ...]) -> None:
     if any(parse_network(n).filter == OUR_FILTER for n in networks):
         lv.ensure_nwfilter(conn, OUR_FILTER, filter_xml())
-
-
-def choose_id_base(paths: Paths) -> int:
-    """The first block of IDMAP_COUNT host ids no other sandbox maps (caller holds the lock)."""
-    used = {c.id_base for c in all_configs(paths) if c.id_base is not None}
-    base = IDMAP_FIRST
-    while base in used:
-        base += IDMAP_COUNT
-    if base + IDMAP_COUNT > 2**32 - 2:
-        raise UserError("no free user-namespace id range is left", "delete unused sandboxes")
-    return base
 
 
 def etc_overlay(req: CreateRequest, parent: Path, overlayfs: bool,
@@ -328,7 +285,7 @@ def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.Unit
         caps_drop=parse_caps(req.cap_drop, req.cap_add),
         caps_add=norm_caps(req.cap_add),
         syscalls_allow=parse_syscall_allow(req.syscall_allow),
-        id_base=choose_id_base(paths) if req.userns else None,
+        id_base=registry.choose_id_base(paths) if req.userns else None,
         mounts=req.mounts,
         networks=req.networks,
         uid=run_as.uid if run_as else None, gid=run_as.gid if run_as else None,
@@ -337,19 +294,6 @@ def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.Unit
         etc_overlay=overlay,
         **parse_limits(req.limits, os.cpu_count() or 1),  # type: ignore[arg-type]
     )
-
-
-def choose_label(req: CreateRequest, paths: Paths) -> tuple[SecurityMode, str]:
-    mode, label = parse_security(req.security) if req.security else (SecurityMode.DYNAMIC, None)
-    in_use = [c.security_label for c in all_configs(paths)]
-    if label is not None:
-        _, level = labels.parse_label(label)
-        if level and label in in_use:
-            raise UserError(f"label {label} is already used by another sandbox",
-                            "choose another category pair, or -s dynamic")
-        return mode, label
-    level = labels.allocate(in_use)
-    return mode, labels.process_label(driver_for_uri(req.uri), level)
 
 
 @dataclass(frozen=True)
@@ -391,7 +335,7 @@ def fresh_possible(req: CreateRequest, pkgdb: ev.PackageDB | None) -> bool:
 
 def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts, got: Gathered) -> Plan:
     """Everything create will do, decided from the request and the host. Reads only."""
-    mode, label = choose_label(req, paths)
+    mode, label = registry.choose_label(paths, req.uri, req.security)
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
     overlay = etc_overlay(req, parent, facts.overlayfs, got.evidence)
     config = build_config(req, paths, got.units, label, mode, overlay)
