@@ -47,7 +47,7 @@ from .apply.txn import Transaction
 from .config import Paths, SandboxConfig
 from .create import tool_path
 from .domain import domain_xml
-from .errors import UserError
+from .errors import HostError, UserError
 from .evidence import PathEvidence
 from .limits import confined_caps
 from .plan import EVIDENCE_FILE, FileOp, MakeDir, Opaque, Plan, Symlink, WriteFile, plan
@@ -265,7 +265,11 @@ class _Run:
     def differs(self, d: Difference, fix: Callable[[], None], undo: Callable[[], None]) -> None:
         self.found.append(d)
         if not self.check:
-            fix()
+            try:
+                fix()
+            except OSError as e:
+                raise HostError(f"cannot update {d.what} {d.where}: {e.strerror or e}",
+                                "nothing was changed (what was done is undone)") from e
             self.txn.did(f"reconciled {d.what} {d.where}", undo)
 
     def locate(self, path: str) -> tuple[Path, str, int] | None:
