@@ -265,7 +265,8 @@ def etc_overlay(req: CreateRequest, parent: Path, overlayfs: bool,
 
 
 def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.UnitFile],
-                 label: str, mode: SecurityMode, overlay: bool = False) -> SandboxConfig:
+                 label: str, mode: SecurityMode, overlay: bool = False,
+                 machine_id: str = "") -> SandboxConfig:
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
     run_as = check_user(req)
     return SandboxConfig(
@@ -281,7 +282,7 @@ def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.Unit
         copy=req.copy,
         security_mode=mode,
         security_label=label,
-        machine_id=uuid.uuid4().hex,
+        machine_id=machine_id or uuid.uuid4().hex,
         caps_drop=parse_caps(req.cap_drop, req.cap_add),
         caps_add=norm_caps(req.cap_add),
         syscalls_allow=parse_syscall_allow(req.syscall_allow),
@@ -305,25 +306,30 @@ class Gathered:
     hidden: tuple[ev.PathEvidence, ...]
     # Where a fresh instance is made (fresh_possible): the packages whose postinst make it.
     fresh_packages: tuple[str, ...] = ()
+    machine_id: str = ""  # the sandbox's, which %m in its units resolved to
 
 
-def gather(req: CreateRequest) -> Gathered:
+def gather(req: CreateRequest, machine_id: str | None = None) -> Gathered:
+    """machine_id: the sandbox's (a new one for a create); %m in its units resolves to it, and
+    %H and %l to its name, its host name: what the sandbox's own systemd will read."""
+    machine_id = machine_id or uuid.uuid4().hex
     names = [unitfile.resolve_unit_name(u, req.name) for u in req.units]
-    units = tuple(unitfile.load_unit(n) for n in names)
+    units = tuple(unitfile.load_unit(n, hostname=req.name, machine_id=machine_id)
+                  for n in names)
     pkgdb = ev.detect_package_db()
     evidence = ev.gather(units, pkgdb, packages=req.packages, private=req.private,
                          shared=req.shared, generic=not units)
     allowed = [e.path for e in evidence if e.path.startswith("/etc")]
     hidden = ev.hidden_secrets(Path("/etc"), allowed)
     if not fresh_possible(req, pkgdb) or pkgdb is None:
-        return Gathered(units, evidence, hidden)
+        return Gathered(units, evidence, hidden, machine_id=machine_id)
     if not req.copy:
         hidden += maintscripts.host_made_secrets(evidence)  # its secrets are its own
     # The units' own packages and -P's, not what they depend on: a dependency's postinst was
     # run by the host for the host's /usr, which every sandbox shares read-only.
     own = tuple(pkg for pkg, via in ev._packages(units, pkgdb, req.packages).items()
                 if via is None)
-    return Gathered(units, evidence, hidden, own)
+    return Gathered(units, evidence, hidden, own, machine_id)
 
 
 def fresh_possible(req: CreateRequest, pkgdb: ev.PackageDB | None) -> bool:
@@ -338,7 +344,7 @@ def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts, got: Gath
     mode, label = registry.choose_label(paths, req.uri, req.security)
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
     overlay = etc_overlay(req, parent, facts.overlayfs, got.evidence)
-    config = build_config(req, paths, got.units, label, mode, overlay)
+    config = build_config(req, paths, got.units, label, mode, overlay, got.machine_id)
     fragments = tuple((u.name, _fragment(u)) for u in got.units)
     missing = capneeds.lacking(list(got.units), confined_caps(config))
     if missing:

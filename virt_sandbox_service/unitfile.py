@@ -195,7 +195,7 @@ class UnitFile:
         if letter in table:
             return table[letter]
         where = f"{entry.key}= ({entry.file}:{entry.line})"
-        if letter in "Hlm":
+        if letter in "Hlmq":
             raise UserError(f"unit '{self.name}' uses %{letter} in {where}, "
                             "but the sandbox's host name and machine ID are not known here",
                             "pass hostname= and machine_id= to load_unit()")
@@ -214,16 +214,90 @@ class UnitFile:
             "j": last, "J": unescape(last),
             "f": "/" + unescape(instance or parsed.prefix).lstrip("/"),
             "y": str(self.path), "Y": str(self.path.parent),
-            # The system manager's directories and user, not the host's live values.
+            # The system manager's directories and user, not the host's live values. Its home
+            # is its $HOME, which the kernel (and libvirt's LXC init) set to "/" for PID 1;
+            # its shell is root's in /etc/passwd (systemd 252, compared in test_specifiers.py).
             "t": "/run", "S": "/var/lib", "C": "/var/cache", "L": "/var/log", "E": "/etc",
-            "T": "/tmp", "V": "/var/tmp", "h": "/root", "u": "root", "U": "0", "g": "root",
-            "G": "0", "s": "/bin/sh",
+            "T": "/tmp", "V": "/var/tmp", "h": "/", "u": "root", "U": "0", "g": "root",
+            "G": "0", "s": _root_shell(),
         }
         if self.hostname is not None:
-            table |= {"H": self.hostname, "l": self.hostname.partition(".")[0]}
+            short = self.hostname.partition(".")[0]
+            table |= {"H": self.hostname, "l": short, "q": _pretty_hostname() or short}
         if self.machine_id is not None:
             table["m"] = self.machine_id
+        # What the sandbox's systemd reads where the unit runs: the host's kernel (LXC shares
+        # it; a KVM sandbox boots it), its /etc/os-release (the host root is the sandbox's).
+        table |= {"a": _architecture(), "v": os.uname().release, "b": _boot_id(),
+                  "d": f"/run/credentials/{self.name}"}
+        release = _os_release()
+        table |= {letter: release.get(key, "") for letter, key in _OS_RELEASE_SPECIFIERS}
         return table
+
+
+_OS_RELEASE_SPECIFIERS = (("o", "ID"), ("w", "VERSION_ID"), ("W", "VARIANT_ID"),
+                          ("B", "BUILD_ID"), ("M", "IMAGE_ID"), ("A", "IMAGE_VERSION"))
+# uname's machine -> systemd's architecture name (ConditionArchitecture= in systemd.unit(5)).
+_ARCHITECTURES = {
+    "x86_64": "x86-64", "i386": "x86", "i486": "x86", "i586": "x86", "i686": "x86",
+    "aarch64": "arm64", "aarch64_be": "arm64-be", "ppc64le": "ppc64-le", "ppc64": "ppc64",
+    "ppc": "ppc", "s390x": "s390x", "s390": "s390", "riscv64": "riscv64",
+    "riscv32": "riscv32", "sparc64": "sparc64", "loongarch64": "loongarch64",
+    "alpha": "alpha", "ia64": "ia64", "parisc": "parisc",
+}
+
+
+def _architecture() -> str:
+    machine = os.uname().machine
+    if re.fullmatch(r"armv\d+.*b", machine):
+        return "arm-be"
+    if machine.startswith("arm"):
+        return "arm"
+    return _ARCHITECTURES.get(machine, machine)
+
+
+def _root_shell() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(0).pw_shell or "/bin/sh"
+    except KeyError:
+        return "/bin/sh"
+
+
+def _boot_id() -> str:
+    """The running kernel's boot ID, as systemd formats it (no dashes)."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip().replace("-", "")
+
+
+def _key_values(path: str) -> dict[str, str]:
+    """An os-release(5)/machine-info(5) file: KEY=VALUE lines with shell quoting."""
+    import shlex
+
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            try:
+                words = shlex.split(value)
+            except ValueError:  # unbalanced quotes: as written
+                words = [value]
+            out[key] = words[0] if words else ""
+    return out
+
+
+def _os_release() -> dict[str, str]:
+    return _key_values("/etc/os-release") or _key_values("/usr/lib/os-release")
+
+
+def _pretty_hostname() -> str:
+    return _key_values("/etc/machine-info").get("PRETTY_HOSTNAME", "")
 
 
 def load_unit(

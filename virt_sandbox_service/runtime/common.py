@@ -135,7 +135,8 @@ def _lacking(cfg: SandboxConfig, failed: list[str]) -> tuple[str, str]:
     units = []
     for name in failed:
         try:
-            units.append(unitfile.load_unit(name))
+            units.append(unitfile.load_unit(name, hostname=cfg.name,
+                                            machine_id=cfg.machine_id))
         except (SandboxError, OSError):  # an unreadable unit must not hide the failure
             continue
     missing = capneeds.lacking(units, confined_caps(cfg))
