@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
 import shutil
 import stat
+import struct
 from pathlib import Path
 
 from .. import image
@@ -177,7 +177,8 @@ def write_file(path: Path, content: str, mode: int = 0o644) -> None:
 
 
 def copy_tree(src: str, dst: str, exclude: frozenset[str], shift: int = 0) -> None:
-    """Copy keeping owners (plus `shift`), modes, times and symlinks; sockets, fifos and
+    """Copy keeping owners (plus `shift`), modes, times, symlinks, extended attributes and
+    ACLs (security labels and file capabilities included; see _keep_xattrs); sockets, fifos and
     devices are skipped (a sandbox must not get the host's device nodes through a copy),
     except overlay whiteouts (0/0 character devices), which are copied with the opaque mark
     of directories: the upper layer of an overlay /etc copies whole (clone)."""
@@ -202,6 +203,7 @@ class _TreeCopy:
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src), dst)
             os.lchown(dst, st.st_uid + self.shift, st.st_gid + self.shift)
+            _keep_xattrs(src, dst, self.shift)
         elif stat.S_ISREG(st.st_mode):
             self._file(src, dst, st)
         elif stat.S_ISDIR(st.st_mode):
@@ -209,6 +211,7 @@ class _TreeCopy:
         elif stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             os.mknod(dst, stat.S_IFCHR | 0o000, 0)
             _keep_meta(dst, st, self.shift)
+            _keep_xattrs(src, dst, self.shift)
 
     def _dir(self, src: str, dst: str, st: os.stat_result) -> None:
         os.makedirs(dst, exist_ok=True)
@@ -225,9 +228,10 @@ class _TreeCopy:
                 # domains). A file that no longer exists is not part of the copy.
                 if os.path.lexists(entry.path):
                     raise
-        with contextlib.suppress(OSError):  # no mark, or no xattrs where it is: nothing to keep
-            os.setxattr(dst, OPAQUE_XATTR, os.getxattr(src, OPAQUE_XATTR))
-        _keep_meta(dst, st, self.shift)
+        os.chown(dst, st.st_uid + self.shift, st.st_gid + self.shift)
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+        _keep_xattrs(src, dst, self.shift)  # after chown and chmod, which change ACLs, caps
+        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     def _file(self, src: str, dst: str, st: os.stat_result) -> None:
         fin = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -239,6 +243,8 @@ class _TreeCopy:
                 self._data(fin, fout, st.st_size)
                 os.fchown(fout, st.st_uid + self.shift, st.st_gid + self.shift)
                 os.fchmod(fout, stat.S_IMODE(st.st_mode))
+                # After fchown, which drops security.capability, and fchmod (the ACL mask).
+                _keep_xattrs(fin, fout, self.shift)
                 os.utime(fout, ns=(st.st_atime_ns, st.st_mtime_ns))
             finally:
                 os.close(fout)
@@ -282,6 +288,53 @@ def can_reflink(directory: Path) -> bool:
             return True
         except OSError:
             return False
+
+
+ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
+_ACL_HEADER, _ACL_ENTRY = struct.Struct("<I"), struct.Struct("<HHI")
+_ACL_USER, _ACL_GROUP = 0x02, 0x08  # acl_ea.h: the tags whose entries carry an id
+
+
+def _keep_xattrs(src: str | int, dst: str | int, shift: int = 0) -> None:
+    """Give dst every extended attribute src has: security labels (security.selinux, also
+    where this host has no SELinux: a relabel-free copy for one that has), file capabilities
+    (security.capability), POSIX ACLs (their user and group ids moved by `shift`, as the
+    owners are), trusted.* and user.*; of overlayfs's own, only the opaque mark (the others
+    describe the overlay the source belonged to). A symlink is not followed. An
+    attribute the destination cannot hold fails the copy, naming it: -C and clone promise
+    the same access and labels as the host's."""
+    follow = not isinstance(src, str) or not os.path.islink(src)
+    try:
+        names = os.listxattr(src, follow_symlinks=follow)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return  # the source's file system has none
+        raise
+    for name in names:
+        if name.startswith("trusted.overlay.") and name != OPAQUE_XATTR:
+            continue
+        value = os.getxattr(src, name, follow_symlinks=follow)
+        if shift and name in ACL_XATTRS:
+            value = _shift_acl(value, shift)
+        try:
+            os.setxattr(dst, name, value, follow_symlinks=follow)
+        except OSError as e:
+            where = dst if isinstance(dst, str) else os.readlink(f"/proc/self/fd/{dst}")
+            raise HostError(f"cannot keep the extended attribute {name} on {where}: "
+                            f"{e.strerror}", "put the state directory (-p) on a file system "
+                            "with extended attributes and ACLs, such as ext4 or XFS") from e
+
+
+def _shift_acl(value: bytes, shift: int) -> bytes:
+    """A POSIX ACL xattr (acl_ea.h: a version word, then tag/perm/id entries) with its named
+    users' and groups' ids moved by `shift`."""
+    out = bytearray(value[:_ACL_HEADER.size])
+    for offset in range(_ACL_HEADER.size, len(value), _ACL_ENTRY.size):
+        tag, perm, ident = _ACL_ENTRY.unpack_from(value, offset)
+        if tag in (_ACL_USER, _ACL_GROUP):
+            ident += shift
+        out += _ACL_ENTRY.pack(tag, perm, ident)
+    return bytes(out)
 
 
 def _keep_meta(path: str, st: os.stat_result, shift: int = 0) -> None:
