@@ -77,7 +77,7 @@ def configs(tmp_path: Path) -> dict[str, str]:
 
 
 def test_sandbox_names_for_commands_that_take_one(configs: dict[str, str]) -> None:
-    for command in ("start", "stop", "delete", "inspect", "execute", "connect", "upgrade",
+    for command in ("start", "stop", "delete", "inspect", "execute", "connect", "upgrade", "learn",
                     "limit", "reload"):
         assert complete(command, "we", env=configs) == ["web1", "web2"], command
     assert complete("start", "", env=configs) == ["mail", "web1", "web2"]

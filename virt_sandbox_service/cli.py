@@ -192,6 +192,12 @@ def cmd_upgrade(args: argparse.Namespace, paths: Paths) -> int:
                    as_json=args.json, single=bool(args.name))
 
 
+def cmd_learn(args: argparse.Namespace, paths: Paths) -> int:
+    from .learn import command
+
+    return command(paths, args.name, add=args.add, seconds=args.seconds)
+
+
 def cmd_completion(args: argparse.Namespace, paths: Paths) -> int:
     from .completion import bash
 
@@ -265,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="change nothing; exit 3 if anything differs from this version's")
     up.add_argument("--json", action="store_true", help="machine-readable output")
     up.set_defaults(func=cmd_upgrade)
+    lrn = _add_simple(sub, "learn", cmd_learn,
+                      "start the units once over copy-up overlays of the host's /etc, /var "
+                      "and /srv, record what they open (fanotify) as evidence, show what the "
+                      "sandbox lacks")
+    lrn.add_argument("--seconds", type=positive_seconds, default=10, metavar="N",
+                     help="how long to watch the units after the start (default 10)")
+    lrn.add_argument("--add", action="store_true",
+                     help="also copy what it lacks under /var from the host into the "
+                          "instance (the sandbox must be stopped)")
     lim = _add_simple(sub, "limit", cmd_limit,
                       "change a sandbox's limits, live if it runs and for its next start")
     _add_limit_options(lim)

@@ -268,6 +268,7 @@ _SHARED_OVERRIDE = 4
 _TMPFS_ROOTS = ("/run", "/tmp")
 # Package manager state and the host's programs are never a service's data.
 _NOT_SERVICE_DATA = ("/var/lib/dpkg", "/var/lib/rpm", "/var/lib/apt", "/var/cache/apt")
+NOT_SERVICE_DATA = _NOT_SERVICE_DATA  # learn leaves it out of what it observed too
 _SYSTEMD_BASELINE = ("/var/lib/systemd", "/var/log/journal", "/var/tmp", "/var/cache",
                      "/var/log", "/var/lib")
 # Kernel filesystems: the sandbox has its own instances; nothing there can be copied or shared.

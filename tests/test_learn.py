@@ -1,0 +1,164 @@
+"""learn: the units started once over copy-up overlays of the host's /etc, /var and /srv,
+their opens observed with fanotify, recorded as evidence ("observed"), and what the sandbox
+lacks shown and, with --add, added (virt_sandbox_service/learn.py). Real libvirtd, real
+daemons; nothing of the run is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from virt_sandbox_service.learn import instance_has, interesting, would_add
+
+from .conftest import Env, domain_names, need, unique_name
+
+APACHE_OPENS = ("/etc/apache2/apache2.conf", "/etc/apache2/ports.conf",
+                "/etc/apache2/envvars", "/var/log/apache2/error.log")
+
+
+def test_would_add_what_no_private_path_covers_and_the_hidden_secrets() -> None:
+    evidence: list[dict[str, object]] = [
+        {"path": "/var/log/apache2", "access": "private", "reasons": ["package apache2"]},
+        {"path": "/etc/apache2", "access": "private", "reasons": ["package apache2"]},
+        {"path": "/var/www", "access": "shared"},
+        {"path": "/var/lib", "access": "private", "reasons": ["needed by systemd in the sandbox"]}]
+    hidden: list[dict[str, object]] = [{"path": "/etc/ssl/private"}]
+    observed = ["/etc/apache2/apache2.conf", "/etc/mime.types", "/var/log/apache2/error.log",
+                "/var/www/html/index.html", "/var/lib/x/db", "/var/lib/x/db/1",
+                "/etc/ssl/private/k.key", "/srv/site/index.html"]
+    assert would_add(observed, evidence, hidden) == [
+        "/etc/ssl/private/k.key", "/srv/site/index.html", "/var/lib/x/db",
+        "/var/www/html/index.html"]
+    # What the instance has of its own (a fresh instance's keys) is never to add.
+    mine = {"/etc/ssl/private/k.key", "/var/www/html/index.html"}
+    assert would_add(observed, evidence, hidden, mine.__contains__) == [
+        "/srv/site/index.html", "/var/lib/x/db"]
+    # What the service wrote it makes itself (a log it appends to).
+    assert would_add(observed, evidence, hidden, mine.__contains__, {"/var/lib/x/db"}) == [
+        "/srv/site/index.html", "/var/lib/x/db/1"]
+
+
+def test_the_instance_has_its_own_file_but_not_a_whiteout(tmp_path: Path) -> None:
+    need(os.geteuid() == 0, "needs root (mknod of a whiteout)")
+    (tmp_path / "etc/ssh").mkdir(parents=True)
+    (tmp_path / "etc/ssh/ssh_host_ed25519_key").write_text("its own\n")
+    os.mknod(tmp_path / "etc/ssh/ssh_host_rsa_key", stat.S_IFCHR | 0o000, os.makedev(0, 0))
+    assert instance_has(str(tmp_path), "/etc/ssh/ssh_host_ed25519_key")
+    assert not instance_has(str(tmp_path), "/etc/ssh/ssh_host_rsa_key")
+    assert not instance_has(str(tmp_path), "/etc/ssh/ssh_host_ecdsa_key")
+
+
+def test_only_the_three_trees_and_not_systemds_plumbing_are_interesting() -> None:
+    assert interesting("/etc/apache2/apache2.conf") and interesting("/srv/x")
+    assert not interesting("/etc") and not interesting("/usr/lib/x")
+    assert not interesting("/etc/ld.so.cache") and not interesting("/var/lib/systemd/x")
+    assert not interesting("/etcetera/x")
+    assert not interesting("/var/lib/dpkg/alternatives/php")  # the package manager's
+
+
+def leaves_nothing(env: Env) -> None:
+    assert not [d for d in domain_names() if d.startswith("vss-learn-")]
+    assert "-learn-" not in Path("/proc/self/mountinfo").read_text()
+    run = env.base / "run"
+    assert not list(run.glob(".*-learn-*"))
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_learn_observes_what_apache2_really_opens_and_records_it(env: Env) -> None:
+    need(Path("/lib/systemd/system/apache2.service").exists(), "apache2 is installed")
+    name = unique_name("lrn")
+    env.run("create", "-u", "apache2.service", name, check=True)
+    proc = env.run("learn", "--seconds", "4", name, check=True, timeout=120)
+    for path in APACHE_OPENS:
+        assert f"have  {path}\n" in proc.stdout, proc.stdout
+    assert "nothing to add" in proc.stdout
+    record = json.loads((env.state(name) / "evidence.json").read_text())
+    by_path = {e["path"]: e for e in record["evidence"]}
+    for path in APACHE_OPENS:
+        assert "observed" in by_path[path]["reasons"]
+    assert "/etc/passwd" not in by_path  # systemd's and libc's plumbing is left out
+    shown = env.run("inspect", name, check=True).stdout
+    assert "observed; package apache2 (dpkg file list); conffile of apache2" in shown
+    leaves_nothing(env)
+
+
+@pytest.fixture
+def admin_unit() -> Iterator[tuple[str, Path]]:
+    """An administrator's own unit on the host, whose service reads a file under /var that
+    no directive or package names: the static evidence cannot know it."""
+    tag = unique_name("vsslearn")
+    data = Path(f"/var/lib/{tag}")
+    data.mkdir(mode=0o750)
+    (data / "seed").write_text("seed-of-" + tag + "\n")
+    unit = Path(f"/etc/systemd/system/{tag}.service")
+    unit.write_text("[Service]\nExecStart=/bin/sh -c 'read x < /var/lib/" + tag +
+                    "/seed && echo \"$x\" && exec sleep 1000'\n")
+    yield f"{tag}.service", data
+    unit.unlink()
+    shutil.rmtree(data)
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_learn_finds_what_the_evidence_missed_and_add_makes_it_start(
+        env: Env, admin_unit: tuple[str, Path]) -> None:
+    unit, data = admin_unit
+    name = unique_name("lrn")
+    env.run("create", "-u", unit, name, check=True)
+    failed = env.run("start", "--detach", name, timeout=120)
+    assert failed.returncode != 0 and f"{unit} failed" in failed.stderr, failed.stderr
+    shown = env.run("learn", "--seconds", "3", name, check=True, timeout=120).stdout
+    assert f"add   {data}/seed" in shown, shown
+    assert f"--private {data}/seed" in shown
+    assert not (env.state(name) / "var" / data.relative_to("/") / "seed").exists()
+    env.run("learn", "--seconds", "3", "--add", name, check=True, timeout=120)
+    copied = env.state(name) / "var" / data.relative_to("/var") / "seed"
+    assert copied.read_text() == (data / "seed").read_text()
+    assert oct((copied.parent).stat().st_mode & 0o777) == "0o750"
+    config = json.loads((env.base / "config" / "sandboxes" / f"{name}.json").read_text())
+    assert f"{data}/seed" in json.dumps(config)
+    env.run("start", "--detach", name, check=True, timeout=120)
+    out = env.run("execute", name, "--", "journalctl", "-u", unit, "--no-pager", check=True)
+    assert f"seed-of-{data.name}" in out.stdout
+    env.run("stop", name, check=True, timeout=120)
+    leaves_nothing(env)
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_learn_refuses_a_generic_sandbox_and_a_running_add(env: Env) -> None:
+    name = unique_name("lrg")
+    env.run("create", name, "--", "/bin/sleep", "1000", check=True)
+    proc = env.run("learn", name)
+    assert proc.returncode != 0
+    assert proc.stderr.splitlines()[0] == (f"virt-sandbox-service: error: sandbox '{name}' "
+                                           "runs a command, not units: there is no service "
+                                           "to learn")
+    missing = env.run("learn", "no-such-sandbox")
+    assert missing.returncode != 0 and "no sandbox named 'no-such-sandbox'" in missing.stderr
+    need(Path("/lib/systemd/system/apache2.service").exists(), "apache2 is installed")
+    web = unique_name("lrw")
+    env.run("create", "-u", "apache2.service", web, check=True)
+    env.run("start", "--detach", web, check=True, timeout=120)
+    before = (env.state(web) / "evidence.json").read_text()
+    running = env.run("learn", "--add", web)
+    assert running.returncode != 0 and "is running" in running.stderr
+    assert (env.state(web) / "evidence.json").read_text() == before
+    env.run("stop", web, check=True, timeout=120)
+
+
+def test_learn_needs_no_dependency_beyond_the_standard_library() -> None:
+    """fanotify through ctypes: nothing new to install."""
+    text = (Path(__file__).parent.parent / "virt_sandbox_service" / "learn.py").read_text()
+    imports = {line.split()[1] for line in text.splitlines()
+               if line.startswith(("import ", "from ")) and not line.startswith("from .")}
+    assert imports <= {"__future__", "contextlib", "ctypes", "dataclasses", "json", "os",
+                       "select", "shutil", "stat", "struct", "subprocess", "tempfile", "time",
+                       "collections.abc", "pathlib", "libvirt"}

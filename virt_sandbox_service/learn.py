@@ -1,0 +1,406 @@
+"""learn: what a sandbox's service really opens, observed once, as evidence.
+
+The static evidence (unit directives, file lists, configuration, the postinst's work) can
+miss what a daemon opens only because of how it is set up on this host. `learn NAME` starts
+the sandbox's units once in a transient LXC domain that sees the host's whole /etc, /var and
+/srv as copy-up overlays (the host's files below, a temporary upper layer above: what the
+service writes is thrown away, the host is never written), watches with fanotify which paths
+there the confined units' processes open, and compares them with what the sandbox has:
+a path under /var or /srv that is not private, or a host secret under /etc that the sandbox
+hides, would be added. The observed paths are recorded in evidence.json with the reason
+"observed" (shown by `inspect`); `--add` also copies those to add from the host into the
+instance's private /var (and remembers them in its config as --private). The anchors are the
+Slim toolkit's sensor (fanotify on a container's file systems during a probe run) and
+firejail's --build (run once, write down what was used).
+
+Why overlays mounted by this command on the host, not by the sandbox's init: fanotify must
+watch them before the first process starts, so they are marked (FAN_MARK_FILESYSTEM on each
+overlay's own superblock, which only this run uses) before the domain exists; they are
+unmounted (lazily) when the run ends, and the temporary directory is removed, also on error.
+The run's root, namespaces, capabilities and seccomp filter are the sandbox's own plan's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import json
+import os
+import select
+import shutil
+import stat
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+
+from . import capneeds, unitfile
+from .apply import files
+from .apply.txn import Transaction
+from .config import Driver, Kind, Paths, SandboxConfig, driver_for_uri, load_config
+from .errors import HostError, UserError
+from .evidence import NOT_SERVICE_DATA, SKELETON_REASONS
+from .host import HostFacts, detect
+from .limits import confined_caps
+from .plan import ETC_WORK, EVIDENCE_FILE, OVERLAY_OPTIONS, Mount, Plan, plan
+
+TREES = ("/etc", "/var", "/srv")
+OBSERVED = "observed"
+# fanotify(7): notification class, O_CLOEXEC|O_NONBLOCK fds; open events, also of directories.
+FAN_CLOEXEC, FAN_NONBLOCK = 0x1, 0x2
+FAN_MARK_ADD, FAN_MARK_FILESYSTEM = 0x1, 0x100
+FAN_OPEN, FAN_OPEN_EXEC, FAN_ONDIR = 0x20, 0x1000, 0x40000000
+FAN_MODIFY, FAN_CLOSE_WRITE = 0x2, 0x8  # written: what the service makes itself
+EVENT = struct.Struct("<IBBHQii")  # struct fanotify_event_metadata
+# Opened by any service's systemd plumbing, never evidence of the service's own needs.
+NOISE = ("/etc/ld.so.cache", "/etc/ld.so.preload", "/etc/localtime", "/etc/nsswitch.conf",
+         "/etc/passwd", "/etc/group", "/etc/machine-id", "/etc/hostname", "/etc/hosts",
+         "/etc/systemd", "/var/lib/systemd", "/var/log/journal")
+
+
+@dataclass(frozen=True)
+class Learned:
+    observed: tuple[str, ...]  # every path the units' processes opened, sorted
+    add: tuple[str, ...]  # of those, what the sandbox lacks
+
+
+@dataclass(frozen=True)
+class Seen:
+    opened: frozenset[str]
+    written: frozenset[str]  # opened and then written: a log, a pid file, a new database
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+    libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int,
+                                   ctypes.c_char_p]
+    return libc
+
+
+class Watch:
+    """A fanotify group watching whole file systems for opens (needs CAP_SYS_ADMIN)."""
+
+    def __init__(self) -> None:
+        self._libc = _libc()
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_LARGEFILE
+        self.fd = self._libc.fanotify_init(FAN_CLOEXEC | FAN_NONBLOCK, flags)
+        if self.fd < 0:
+            raise HostError(f"fanotify is not available: {os.strerror(ctypes.get_errno())}",
+                            "learn needs a kernel with fanotify (CONFIG_FANOTIFY) and root")
+        self.devs: dict[int, str] = {}  # st_dev of a watched file system -> its place
+
+    def add(self, path: str, shown: str) -> None:
+        mask = FAN_OPEN | FAN_OPEN_EXEC | FAN_ONDIR | FAN_MODIFY | FAN_CLOSE_WRITE
+        if self._libc.fanotify_mark(self.fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, mask, -100,
+                                    os.fsencode(path)) < 0:
+            raise HostError(f"fanotify cannot watch {path}: "
+                            f"{os.strerror(ctypes.get_errno())}")
+        self.devs[os.stat(path).st_dev] = shown
+
+    def read(self, timeout: float) -> list[tuple[int, str, bool]]:
+        """(pid, path as the sandbox sees it, whether it was a write) of the events queued
+        within `timeout`."""
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return []
+        try:
+            data = os.read(self.fd, 256 * 1024)
+        except BlockingIOError:
+            return []
+        out = []
+        for off in _offsets(data):
+            _len, _v, _r, _m, mask, fd, pid = EVENT.unpack_from(data, off)
+            if fd < 0:
+                continue  # FAN_NOFD: the queue overflowed
+            try:
+                top = self.devs.get(os.fstat(fd).st_dev)
+                rel = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                top = None
+            finally:
+                os.close(fd)
+            if top is None:
+                continue
+            # The link is the path in the sandbox's mount namespace (/etc/...); where the
+            # kernel gives it relative to the overlay's root instead, the tree is prefixed.
+            if not (rel == top or rel.startswith(top + "/")):
+                rel = top + "/" + rel.lstrip("/")
+            out.append((pid, os.path.normpath(rel),
+                        bool(mask & (FAN_MODIFY | FAN_CLOSE_WRITE))))
+        return out
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _offsets(data: bytes) -> Iterator[int]:
+    off = 0
+    while off + EVENT.size <= len(data):
+        yield off
+        off += max(EVENT.unpack_from(data, off)[0], EVENT.size)
+
+
+def in_units(pid: int, units: Sequence[str]) -> bool:
+    """Whether the process runs in one of the units' cgroups (read while it runs)."""
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+    return any(f"/{u}" in line.split(":", 2)[-1].split("/system.slice")[-1]
+               for line in text.splitlines() for u in units)
+
+
+def interesting(path: str) -> bool:
+    return (any(path == t or path.startswith(t + "/") for t in TREES)
+            and path not in TREES
+            and not any(path == n or path.startswith(n + "/")
+                        for n in (*NOISE, *NOT_SERVICE_DATA)))
+
+
+def _reasons(entry: dict[str, object]) -> list[str]:
+    reasons = entry.get("reasons")
+    return [str(r) for r in reasons] if isinstance(reasons, list) else []
+
+
+def instance_has(state: str, path: str) -> bool:
+    """Whether the instance's private tree holds `path` itself (a fresh instance's own ssh
+    host keys, say), not a whiteout (a character device 0/0) hiding the host's."""
+    try:
+        st = os.lstat(os.path.join(state, path.lstrip("/")))
+    except OSError:
+        return False
+    return not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0)
+
+
+def would_add(observed: Sequence[str], evidence: Sequence[dict[str, object]],
+              hidden: Sequence[dict[str, object]],
+              has: Callable[[str], bool] = lambda _p: False,
+              written: Collection[str] = ()) -> list[str]:
+    """What the sandbox lacks of `observed`: under /var or /srv, what no private path
+    covers; under /etc, what a host secret the sandbox hides covers; never what the
+    instance has of its own (`has`), nor what the service wrote (a log it appends to is
+    made anew in the sandbox). Tops only."""
+    # /var/lib, /var/log, ... exist for systemd's sake: they hold nothing of the host's.
+    private = [str(e["path"]) for e in evidence if e.get("access") in ("private", "tmpfs")
+               and not set(_reasons(e)) <= SKELETON_REASONS]
+    secrets = [str(h["path"]) for h in hidden]
+
+    def covered(path: str, tops: Sequence[str]) -> bool:
+        return any(path == t or path.startswith(t.rstrip("/") + "/") for t in tops)
+
+    out: list[str] = []
+    for path in sorted(observed):
+        lacks = covered(path, secrets) if path.startswith("/etc/") else not covered(
+            path, private)
+        if lacks and path not in written and not has(path) and not covered(path, out):
+            out.append(path)
+    return out
+
+
+def check(cfg: SandboxConfig, add: bool, conn: libvirt.virConnect) -> None:
+    if cfg.kind is not Kind.SERVICE:
+        raise UserError(f"sandbox '{cfg.name}' runs a command, not units: there is no "
+                        "service to learn", "learn is for sandboxes made with -u UNIT")
+    if driver_for_uri(cfg.uri) is not Driver.LXC:
+        raise UserError(f"learn is for LXC sandboxes; '{cfg.name}' is a KVM sandbox",
+                        "learn on an LXC sandbox of the same unit, then create this one "
+                        "with --private for what it found")
+    if add:
+        from .apply.libvirt import lookup
+
+        dom = lookup(conn, cfg.name)
+        if dom is not None and dom.isActive():
+            raise UserError(f"sandbox '{cfg.name}' is running: --add changes its private "
+                            "files", f"stop it first: virt-sandbox-service stop {cfg.name}")
+
+
+def observe(cfg: SandboxConfig, facts: HostFacts, conn: libvirt.virConnect, paths: Paths,
+            seconds: float) -> Seen:
+    """Start the units once over copy-up overlays of the host's trees; what they opened."""
+    units = tuple(unitfile.load_unit(u) for u in cfg.units)
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{cfg.name}-learn-", dir=paths.run_dir)
+    run = replace_for_learning(cfg, tmp)
+    merged: list[str] = []
+    watch = Watch()
+    try:
+        fragments = tuple((u.name, _fragment(u)) for u in units)
+        needs = tuple((u, c) for u, c, _ in capneeds.lacking(list(units), confined_caps(run)))
+        with Transaction() as txn:
+            files.create_state_dir(plan(run, facts, (), (), "", f"{tmp}/run", fragments,
+                                        needs), txn)
+        for u in units:
+            if u.generated is not None:
+                Path(run.state_dir, "etc", _fragment(u)[len("/etc/"):]).write_text(u.generated)
+        os.makedirs(f"{tmp}/run", exist_ok=True)
+        mounts = []
+        for tree in TREES:
+            if os.path.isdir(tree):
+                merged.append(_overlay(tree, run.state_dir, tmp))
+                watch.add(merged[-1], tree)
+                mounts.append(Mount(tree, merged[-1], reason="learn: the host's, copy-up"))
+        p = plan(dataclasses.replace(run, etc_overlay=False), facts, (), (), "", f"{tmp}/run",
+                 fragments, needs)
+        # Where the plan binds the private /etc: everything on top of it comes after.
+        at = next(i for i, m in enumerate(p.mounts) if m.target in TREES)
+        others = tuple(m for m in p.mounts if m.target not in TREES)
+        p = dataclasses.replace(p, mounts=(*others[:at], *mounts, *others[at:]))
+        return _run(conn, p, facts, watch, cfg.units, seconds)
+    finally:
+        watch.close()
+        for m in merged:
+            subprocess.run(["umount", "-l", m], check=False, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        from .runtime.lxc import remove_cgroups
+
+        remove_cgroups(run.name)
+
+
+def replace_for_learning(cfg: SandboxConfig, tmp: str) -> SandboxConfig:
+    return dataclasses.replace(cfg, name=f"vss-learn-{os.urandom(4).hex()}",
+                               state_dir=f"{tmp}/state", etc_overlay=True, networks=(),
+                               mounts=(), image_size=None, private=(), shared=())
+
+
+def _fragment(unit: unitfile.UnitFile) -> str:
+    return str(unit.path) if unit.generated is None else f"/etc/systemd/system/{unit.name}"
+
+
+def _overlay(tree: str, state: str, tmp: str) -> str:
+    """The host's `tree` below, the run's own upper layer above, mounted under tmp."""
+    name = tree.strip("/")
+    upper, work, target = f"{state}/{name}", f"{tmp}/{name}-work", f"{tmp}/{name}-merged"
+    if name == "etc":
+        work = f"{state}/{ETC_WORK}"
+    for d in (upper, work, target):
+        os.makedirs(d, exist_ok=True)
+    opts = f"lowerdir={tree},upperdir={upper},workdir={work},{OVERLAY_OPTIONS}"
+    proc = subprocess.run(["mount", "-t", "overlay", "-o", opts, "overlay", target],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise HostError(f"cannot mount the copy-up overlay of {tree}: {proc.stderr.strip()}",
+                        "learn needs overlayfs ('virt-sandbox-service doctor')")
+    return target
+
+
+def _run(conn: libvirt.virConnect, p: Plan, facts: HostFacts, watch: Watch,
+         units: Sequence[str], seconds: float) -> Seen:
+    from .domain import METADATA_NS, lxc
+
+    xml = lxc.build(p, facts, METADATA_NS)
+    seen: set[str] = set()
+    written: set[str] = set()
+    with tempfile.TemporaryFile() as out:
+        try:
+            dom = conn.createXMLWithFiles(xml, [out.fileno()],
+                                          libvirt.VIR_DOMAIN_START_AUTODESTROY)
+        except libvirt.libvirtError as e:
+            raise HostError(f"libvirt could not start the learning run: "
+                            f"{e.get_error_message()}",
+                            "'virt-sandbox-service doctor' checks the host") from e
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                for pid, path, wrote in watch.read(0.2):
+                    if interesting(path) and in_units(pid, units):
+                        (written if wrote else seen).add(path)
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+    return Seen(frozenset(seen | written), frozenset(written))
+
+
+def record(cfg: SandboxConfig, learned: Learned, added: Sequence[str]) -> None:
+    """evidence.json: "observed" joins the reasons of each observed path the evidence has;
+    what --add copied becomes private evidence; what the sandbox still lacks is listed
+    under "learned" (not evidence yet: clone and upgrade re-plan from the evidence)."""
+    path = Path(cfg.state_dir) / EVIDENCE_FILE
+    data = json.loads(path.read_text())
+    by_path = {e["path"]: e for e in data["evidence"]}
+    for seen in learned.observed:
+        entry = by_path.get(seen)
+        if entry is None and seen in added:
+            entry = {"path": seen, "access": "private", "dir": os.path.isdir(seen),
+                     "reasons": ["added by learn --add"]}
+            data["evidence"].append(entry)
+        if entry is not None and OBSERVED not in entry["reasons"]:
+            entry["reasons"].insert(0, OBSERVED)
+    data["evidence"].sort(key=lambda e: e["path"].split("/"))
+    data["learned"] = [{"path": p, "reasons": [f"{OBSERVED}: the sandbox lacks it"]}
+                       for p in learned.add if p not in added]
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def apply_add(cfg: SandboxConfig, paths: Paths, learned: Learned) -> list[str]:
+    """Copy what to add under /var from the host into the instance's private /var and
+    remember it as --private; the rest (under /etc or /srv) needs a new create."""
+    done = []
+    for path in learned.add:
+        if not path.startswith("/var/") or not os.path.lexists(path):
+            continue
+        dst = Path(cfg.state_dir) / path.lstrip("/")
+        if not os.path.lexists(dst):
+            _make_parents(path, Path(cfg.state_dir))
+            files.copy_tree(path, str(dst), frozenset())
+        done.append(path)
+    if done:
+        new = dataclasses.replace(cfg, private=tuple(dict.fromkeys((*cfg.private, *done))))
+        files.write_file(paths.config_file(cfg.name), new.to_json(), 0o644)
+    return done
+
+
+def _make_parents(path: str, state: Path) -> None:
+    """The parents of a /var path in the private /var, with the host's owners and modes."""
+    parent = os.path.dirname(path)
+    chain = []
+    while parent not in ("/", "/var"):
+        chain.append(parent)
+        parent = os.path.dirname(parent)
+    for p in reversed(chain):
+        dst = state / p.lstrip("/")
+        if not dst.exists():
+            st = os.stat(p)
+            dst.mkdir(mode=0o700)
+            os.chown(dst, st.st_uid, st.st_gid)
+            dst.chmod(st.st_mode & 0o7777)
+
+
+def command(paths: Paths, name: str, *, add: bool, seconds: float) -> int:
+    from .apply.libvirt import connect
+
+    cfg = load_config(paths, name)
+    conn = connect(cfg.uri)
+    check(cfg, add, conn)
+    facts = detect()
+    seen = observe(cfg, facts, conn, paths, seconds)
+    observed = sorted(seen.opened)
+    data = json.loads((Path(cfg.state_dir) / EVIDENCE_FILE).read_text())
+    lacking = would_add(observed, data["evidence"], data.get("hidden", []),
+                        lambda p: instance_has(cfg.state_dir, p), seen.written)
+    learned = Learned(tuple(observed), tuple(lacking))
+    done = apply_add(cfg, paths, learned) if add else []
+    record(cfg, learned, done)
+    print(f"{name}: {', '.join(cfg.units)} opened {len(observed)} paths under "
+          f"{', '.join(TREES)} (recorded in {EVIDENCE_FILE} as '{OBSERVED}')")
+    for path in observed:
+        lacks = any(path == t or path.startswith(t + "/") for t in learned.add)
+        print(f"  {'add ' if lacks else 'have'}  {path}")
+    if not learned.add:
+        print("nothing to add: the sandbox has every path its service opened")
+        return 0
+    for path in done:
+        print(f"added {path}: the host's, copied into the instance's private /var")
+    rest = [p for p in learned.add if p not in done]
+    if rest:
+        var = [p for p in rest if p.startswith("/var/")]
+        how = f"'learn --add {name}' copies those under /var, or " if var and not add else ""
+        print(f"to add: {how}create the sandbox again with "
+              + " ".join(f"--private {p}" for p in rest))
+    return 0
