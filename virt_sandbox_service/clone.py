@@ -32,10 +32,9 @@ from .create import (
     apply_plan,
     check_free,
     evidence_json,
+    finish,
     reserve,
-    tool_path,
 )
-from .domain import domain_xml
 from .errors import UserError
 from .evidence import Access, PathEvidence
 from .plan import (
@@ -51,7 +50,6 @@ from .plan import (
     empty_preload,
     plan,
 )
-from .units import render_sandbox_unit, unit_name
 
 # Files of the source's /etc that carry its identity: rewritten for the clone.
 IDENTITY = ("hostname", "machine-id", "hosts")
@@ -129,10 +127,7 @@ def clone_plan(src: SandboxConfig, cfg: SandboxConfig, paths: Paths,
     p = dataclasses.replace(p, files=tuple(ops))
     record = WriteFile(os.path.join(cfg.state_dir, EVIDENCE_FILE), evidence_json(p),
                        reason="why each path is private, hidden or shared (from the source)")
-    return dataclasses.replace(
-        p, files=(*p.files, record), domain_xml=domain_xml(p, facts),
-        unit_files=((str(paths.unit_dir / unit_name(cfg.name)),
-                     render_sandbox_unit(cfg, tool_path(), paths)),))
+    return finish(dataclasses.replace(p, files=(*p.files, record)), paths, facts)
 
 
 def clone(req: CloneRequest, paths: Paths) -> Plan:

@@ -345,25 +345,40 @@ def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts, got: Gath
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
     overlay = etc_overlay(req, parent, facts.overlayfs, got.evidence)
     config = build_config(req, paths, got.units, label, mode, overlay, got.machine_id)
-    fragments = tuple((u.name, _fragment(u)) for u in got.units)
     missing = capneeds.lacking(list(got.units), confined_caps(config))
     if missing:
         line, hint = capneeds.describe(missing)
         print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
               file=sys.stderr)
-    p = plan(config, facts, got.evidence, got.hidden, str(paths.config_file(req.name)),
-             str(paths.run_dir / req.name), fragments,
-             tuple((unit, cap) for unit, cap, _ in missing))
+    p = plan_units(config, paths, facts, got.evidence, got.hidden, got.units)
     record = WriteFile(os.path.join(config.state_dir, EVIDENCE_FILE), evidence_json(p),
                        reason="why each path is private, hidden or shared")
+    return dataclasses.replace(p, files=(*p.files, record))
+
+
+def plan_units(config: SandboxConfig, paths: Paths, facts: host.HostFacts,
+               evidence: tuple[ev.PathEvidence, ...], hidden: tuple[ev.PathEvidence, ...],
+               units: Sequence[unitfile.UnitFile]) -> Plan:
+    """The plan of a unit sandbox's (or a generic one's: no units) config, finished: what
+    create makes, and what upgrade and limit compare with what is in place (reconcile.py)."""
+    missing = capneeds.lacking(list(units), confined_caps(config))
+    p = plan(config, facts, evidence, hidden, str(paths.config_file(config.name)),
+             str(paths.run_dir / config.name), tuple((u.name, _fragment(u)) for u in units),
+             tuple((unit, cap) for unit, cap, _ in missing))
     generated = tuple(
         WriteFile(state_path(config.state_dir, _fragment(u), "/etc"), u.generated,
-                  reason=f"{u.name}: made by systemd's sysv generator from {u.source}")
-        for u in got.units if u.generated is not None)
-    unit_path = str(paths.unit_dir / unit_name(req.name))
+                  reason=f"{u.name}: made by systemd's sysv generator from {u.source}",
+                  managed=True)
+        for u in units if u.generated is not None)
+    return finish(dataclasses.replace(p, files=(*p.files, *generated)), paths, facts)
+
+
+def finish(p: Plan, paths: Paths, facts: host.HostFacts) -> Plan:
+    """The plan's generated texts: its libvirt domain and its host unit."""
     return dataclasses.replace(
-        p, files=(*p.files, *generated, record), domain_xml=domain_xml(p, facts),
-        unit_files=((unit_path, render_sandbox_unit(config, tool_path(), paths)),))
+        p, domain_xml=domain_xml(p, facts),
+        unit_files=((str(paths.unit_dir / unit_name(p.config.name)),
+                     render_sandbox_unit(p.config, tool_path(), paths)),))
 
 
 def _fragment(unit: unitfile.UnitFile) -> str:

@@ -38,20 +38,17 @@ from typing import Any
 import libvirt
 from lxml import etree
 
-from . import capneeds, host, image, unitfile
+from . import host, image, unitfile
 from .apply import libvirt as lv
 from .apply import systemd as sd
 from .apply import tree
 from .apply.files import write_file
 from .apply.txn import Transaction
 from .config import Paths, SandboxConfig
-from .create import tool_path
-from .domain import domain_xml
+from .create import plan_units
 from .errors import HostError, UserError
 from .evidence import PathEvidence
-from .limits import confined_caps
-from .plan import EVIDENCE_FILE, FileOp, MakeDir, Opaque, Plan, Symlink, WriteFile, plan
-from .units import render_sandbox_unit, unit_name
+from .plan import EVIDENCE_FILE, FileOp, MakeDir, Opaque, Plan, Symlink, WriteFile
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,9 @@ class Outcome:
 
 
 def units_of(cfg: SandboxConfig) -> tuple[unitfile.UnitFile, ...]:
-    return tuple(unitfile.load_unit(u) for u in cfg.units)
+    """The confined units as the sandbox's systemd reads them (its name, its machine-id)."""
+    return tuple(unitfile.load_unit(u, hostname=cfg.name, machine_id=cfg.machine_id)
+                 for u in cfg.units)
 
 
 def recorded_evidence(cfg: SandboxConfig) -> tuple[tuple[PathEvidence, ...],
@@ -92,15 +91,8 @@ def host_facts(conn: libvirt.virConnect) -> host.HostFacts:
 def desired(cfg: SandboxConfig, paths: Paths, facts: host.HostFacts,
             evidence: tuple[PathEvidence, ...], hidden: tuple[PathEvidence, ...],
             units: tuple[unitfile.UnitFile, ...]) -> Plan:
-    """The plan this version makes of the config, with its domain and host unit."""
-    missing = capneeds.lacking(list(units), confined_caps(cfg))
-    p = plan(cfg, facts, evidence, hidden, str(paths.config_file(cfg.name)),
-             str(paths.run_dir / cfg.name), tuple((u.name, str(u.path)) for u in units),
-             tuple((unit, cap) for unit, cap, _ in missing))
-    return dataclasses.replace(
-        p, domain_xml=domain_xml(p, facts),
-        unit_files=((str(paths.unit_dir / unit_name(cfg.name)),
-                     render_sandbox_unit(cfg, tool_path(), paths)),))
+    """The plan this version makes of the config, with its domain and host unit: create's."""
+    return plan_units(cfg, paths, facts, evidence, hidden, units)
 
 
 @contextlib.contextmanager

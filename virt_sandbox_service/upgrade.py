@@ -238,7 +238,7 @@ def upgrade(paths: Paths, name: str, *, apply_host_changes: bool = False,
                         "give one of them")
     host = host or HostView()
     cfg, text, written = load_migrated(paths, name)
-    got = create.gather(request_from_config(cfg))
+    got = create.gather(request_from_config(cfg), cfg.machine_id)
     state = Path(cfg.state_dir)
     conn = lv.connect(cfg.uri)
     facts = reconcile.host_facts(conn)
