@@ -1,6 +1,6 @@
 """Issue 7: nothing lost, nothing left behind, under bad input, crashes, daemon faults and load.
 
-(a) Bad input to every command and option: exit status 1, a first stderr line naming the
+(a) Bad input to every command and option: exit status 2 (run: 125), a first stderr line naming the
     problem, no traceback, and the host exactly as before (Env.snapshot: the tool's config,
     state, unit and run dirs and this env's domains). Adds to tests/test_bad_input.py.
 (b) kill -9 of `delete --force` at each of its steps: `delete` again leaves nothing of the
@@ -664,22 +664,8 @@ def kill_delete_and_check(env: Env, name: str, point: str, other: str) -> None:
           f"cgroups {killed_state['cgroups']}")
     assert landed, f"delete finished before the kill point '{point}'"
     assert_untouched(env, other)
-    # Known product bugs are reported as xfail (the caller cleans up); anything else fails.
-    bugs = []
-    cgroups = left.pop("cgroups")
-    run_left = [f for f in left["files"]  # type: ignore[attr-defined]
-                if f == f"run/{name}" or f.startswith(f"run/{name}/")]
-    left["files"] = [f for f in left["files"] if f not in run_left]  # type: ignore[attr-defined]
-    assert left == {"files": [], "domain": None, "processes": []}, left
-    if cgroups:
-        bugs.append(f"BUG: cgroups {cgroups} stay after kill -9 at '{point}' and a second "
-                    "delete: delete removes cgroups only when it stops a running sandbox")
-    if run_left:
-        bugs.append(f"BUG: {run_left} stay after kill -9 at '{point}': delete removes the "
-                    "config before the run dir, and with no config a second delete only says "
-                    "'no sandbox named ...'")
-    if bugs:
-        pytest.xfail("; ".join(bugs))
+    # Nothing of it stays: no file (the run dir included), domain, process or cgroup.
+    assert left == {"files": [], "domain": None, "cgroups": [], "processes": []}, left
 
 
 def test_delete_after_the_sandbox_stopped_by_itself_leaves_no_cgroup(env: Env) -> None:

@@ -364,33 +364,48 @@ def _force_stop(dom: libvirt.virDomain) -> None:
             raise HostError(f"cannot stop {dom.name()}: {e.get_error_message()}") from e
 
 
-def remove_cgroups(name: str) -> None:
+# After its domain ended, a sandbox's last processes may still be in their exit path for a
+# moment (a delete killed midway and run again comes straight after the destroy): its cgroups
+# are removed as they empty, for at most this long.
+CGROUP_DRAIN_SECONDS = 3.0
+
+
+def remove_cgroups(name: str, drain: float = CGROUP_DRAIN_SECONDS) -> None:
     """Remove the empty cgroup directories a stopped sandbox left behind: those its systemd
     made in cgroup2, and those its init made in the v1 pids hierarchy for --tasks.
 
     Only directories our sandbox init made (machine/lxc-PID-NAME.libvirt-lxc, see plan.py) are
-    touched, and only when empty: rmdir fails on a cgroup that still has processes.
+    touched, and only when empty: rmdir fails on a cgroup that still has processes. One that
+    stays populated longer than `drain` seconds stays, with a warning naming it.
     """
     layout = host.cgroup_layout()
     roots = [host.v1_mount("pids")]
     if layout.kind == "hybrid":
         roots.append(layout.unified_mount)
     pattern = re.compile(rf"lxc-\d+-{re.escape(name)}\.libvirt-lxc")
-    for root in roots:
-        machine = root / "machine" if root is not None else None
-        if machine is None or not machine.is_dir():
-            continue
-        for top in machine.iterdir():
-            if pattern.fullmatch(top.name):
-                _rmdir_tree(top)
+    tops = [top for root in roots if root is not None and (root / "machine").is_dir()
+            for top in (root / "machine").iterdir() if pattern.fullmatch(top.name)]
+    deadline = time.monotonic() + drain
+    while True:
+        tops = [top for top in tops if not _rmdir_tree(top)]
+        if not tops or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    for top in tops:
+        print(f"virt-sandbox-service: warning: cgroup {top} still has processes; it stays",
+              file=sys.stderr)
 
 
-def _rmdir_tree(top: Path) -> None:
+def _rmdir_tree(top: Path) -> bool:
+    """rmdir top and what is below it, deepest first; whether top is gone."""
     for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
         try:
             os.rmdir(dirpath)
+        except FileNotFoundError:
+            pass
         except OSError as e:
             log.debug("cgroup %s stays: %s", dirpath, e)
+    return not top.exists()
 
 
 def set_tasks_live(dom: libvirt.virDomain, tasks: int) -> None:
