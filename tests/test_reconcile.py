@@ -278,3 +278,25 @@ def test_check_and_apply_host_changes_are_refused_together(env: Env) -> None:
     proc = env.run("upgrade", "--check", "--apply-host-changes", name)
     assert proc.returncode != 0
     assert "--check changes nothing, --apply-host-changes changes conffiles" in proc.stderr
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_an_older_copied_etc_loses_the_hosts_boot_links_only(env: Env, older: Path) -> None:
+    """A trimmed copy of /etc made before the SysV links were left out has the host's: the
+    sandbox's systemd would start each host init script linked there. Those go; a link of
+    the instance's own stays."""
+    host_links = sorted(p.name for p in Path("/etc/rc3.d").iterdir() if p.is_symlink())
+    need(bool(host_links), "needs SysV boot links in the host's /etc/rc3.d")
+    name = unique_name("oldc")
+    run_older(env, older, "create", "--etc", "copy", "-u", "apache2.service", name)
+    rc3 = env.state(name) / "etc/rc3.d"
+    assert sorted(p.name for p in rc3.iterdir()) == host_links  # copied then
+    (rc3 / "S99mine").symlink_to("../init.d/mine")
+    check = env.run("upgrade", "--check", name)
+    assert check.returncode == CHECK_DRIFT
+    assert f"differs: link {rc3 / host_links[0]}: the host's SysV boot link" in check.stdout
+    assert "S99mine" not in check.stdout
+    env.run("upgrade", name, check=True)
+    assert [p.name for p in rc3.iterdir()] == ["S99mine"]
+    assert env.run("upgrade", "--check", name).returncode == 0

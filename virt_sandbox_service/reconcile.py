@@ -44,7 +44,7 @@ from .apply import systemd as sd
 from .apply import tree
 from .apply.files import write_file
 from .apply.txn import Transaction
-from .config import Paths, SandboxConfig
+from .config import Kind, Paths, SandboxConfig
 from .create import plan_units
 from .errors import HostError, UserError
 from .evidence import PathEvidence
@@ -363,6 +363,8 @@ def reconcile(paths: Paths, cfg: SandboxConfig, conn: libvirt.virConnect, p: Pla
     for op in p.files:
         if getattr(op, "managed", False):
             run.file_op(op)
+    if cfg.kind is Kind.SERVICE and not cfg.etc_overlay:
+        _host_boot_links(run)
     _domain(run, conn, dom, p)
     reload_needed = False
     for path, text in p.unit_files:
@@ -375,6 +377,40 @@ def reconcile(paths: Paths, cfg: SandboxConfig, conn: libvirt.virConnect, p: Pla
             "not compared (run upgrade once it is stopped)" if run.skipped_trees else "")
     return Outcome(tuple(run.found), applied=not check and bool(run.found), running=running,
                    note=note)
+
+
+# The host's SysV boot links: a trimmed copy of /etc made before they were left out has them,
+# and systemd's sysv generator then starts each host init script linked there in the sandbox.
+RC_DIRS = tuple(f"/etc/rc{r}.d" for r in "0123456S")
+
+
+def _host_boot_links(run: _Run) -> None:
+    """A copied /etc: each link in its rc?.d that is the host's own (same name, same
+    target) goes; a link of the instance's own (another name or target) stays."""
+    for rc in RC_DIRS:
+        where = run.locate(os.path.join(run.cfg.state_dir, rc.lstrip("/")))
+        if where is None:
+            continue
+        base, rel, shift = where
+        for entry in tree.list_dir(base, rel):
+            try:
+                hosts = os.readlink(os.path.join(rc, entry))
+            except OSError:
+                continue
+            if tree.read_link(base, f"{rel}/{entry}") != hosts:
+                continue
+            _drop_host_link(run, base, f"{rel}/{entry}", hosts, shift)
+
+
+def _drop_host_link(run: _Run, base: Path, link: str, target: str, shift: int) -> None:
+    def parents(_: str) -> tuple[int, int, int]:
+        return 0o755, shift, shift
+
+    run.differs(Difference("link", os.path.join(run.cfg.state_dir, link),
+                           f"the host's SysV boot link (-> {target}): systemd's sysv "
+                           "generator would start that host init script in the sandbox"),
+                lambda: tree.remove_file(base, link),
+                lambda: tree.symlink(base, link, target, shift, shift, parents))
 
 
 def _domain(run: _Run, conn: libvirt.virConnect, dom: libvirt.virDomain | None,

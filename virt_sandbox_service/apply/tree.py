@@ -187,3 +187,16 @@ def set_opaque(base: Path, rel: str, opaque: bool) -> None:
                     os.removexattr(dfd, OPAQUE_XATTR)
         finally:
             os.close(dfd)
+
+
+def list_dir(base: Path, rel: str) -> list[str]:
+    """The names in the directory rel; [] where there is none (or a symlink in the way)."""
+    try:
+        with _parent(base, rel) as (fd, leaf):
+            dfd = _open_dir(leaf, fd, rel)
+    except (OSError, UnsafePath):
+        return []
+    try:
+        return sorted(os.listdir(dfd))
+    finally:
+        os.close(dfd)
