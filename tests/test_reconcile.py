@@ -300,3 +300,19 @@ def test_an_older_copied_etc_loses_the_hosts_boot_links_only(env: Env, older: Pa
     env.run("upgrade", name, check=True)
     assert [p.name for p in rc3.iterdir()] == ["S99mine"]
     assert env.run("upgrade", "--check", name).returncode == 0
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_something_not_the_tools_in_place_of_its_file_is_left_and_shown(env: Env) -> None:
+    name = unique_name("rck")
+    env.run("create", "-u", "apache2.service", name, check=True)
+    zz = env.state(name) / ZZ
+    zz.unlink()
+    zz.mkdir()
+    (zz / "admin").write_text("kept\n")
+    done = env.run("upgrade", name)
+    assert done.returncode == 0, done.stderr
+    assert f"{name}: left as it is: file {zz}: a directory in its place" in done.stdout
+    assert (zz / "admin").read_text() == "kept\n"
+    assert env.run("upgrade", "--check", name).returncode == CHECK_DRIFT

@@ -57,6 +57,7 @@ class Difference:
     where: str  # the domain's name, the unit file, a path in the state directory
     detail: str
     diff: str = ""
+    kept: bool = False  # not the tool's to replace (something else is there): left as it is
 
 
 @dataclass(frozen=True)
@@ -311,8 +312,8 @@ class _Run:
         if cur.data == want:
             return
         if cur.exists and cur.data is None and not cur.kind.startswith("symlink"):
-            self.found.append(Difference("file", shown, f"{cur.kind} in its place; not "
-                                         f"replaced ({op.reason})"))
+            self.found.append(Difference("file", shown, f"{cur.kind} in its place ("
+                                         f"{op.reason})", kept=True))
             return
         old = cur.data.decode(errors="replace") if cur.data is not None else ""
         detail = f"{'differs' if cur.exists else 'missing'} ({op.reason})"
@@ -334,8 +335,8 @@ class _Run:
         if cur == op.target:
             return
         if cur is None and tree.lexists(base, rel):
-            self.found.append(Difference("link", shown, f"something else in its place; not "
-                                         f"replaced ({op.reason})"))
+            self.found.append(Difference("link", shown, f"something else in its place ("
+                                         f"{op.reason})", kept=True))
             return
         detail = (f"points to {cur}, not {op.target}" if cur is not None
                   else f"missing: -> {op.target}") + f" ({op.reason})"
@@ -375,8 +376,8 @@ def reconcile(paths: Paths, cfg: SandboxConfig, conn: libvirt.virConnect, p: Pla
             sd.daemon_reload()
     note = ("its private trees are in its image, which the running sandbox holds: they were "
             "not compared (run upgrade once it is stopped)" if run.skipped_trees else "")
-    return Outcome(tuple(run.found), applied=not check and bool(run.found), running=running,
-                   note=note)
+    return Outcome(tuple(run.found), applied=not check and any(not d.kept for d in run.found),
+                   running=running, note=note)
 
 
 # The host's SysV boot links: a trimmed copy of /etc made before they were left out has them,
@@ -494,7 +495,8 @@ def format_outcome(name: str, o: Outcome) -> list[str]:
     lines = []
     verb = "updated" if o.applied else "differs:"
     for d in o.differences:
-        lines.append(f"{name}: {verb} {d.what} {d.where}: {d.detail}")
+        lines.append(f"{name}: {'left as it is:' if d.kept else verb} {d.what} {d.where}: "
+                     f"{d.detail}")
         lines += [f"  {line}" for line in d.diff.splitlines()]
     if not o.differences:
         lines.append(f"{name}: definitions up to date (domain, init, host unit, sandbox files)")
@@ -511,5 +513,6 @@ def format_outcome(name: str, o: Outcome) -> list[str]:
 
 def outcome_json(o: Outcome) -> dict[str, Any]:
     return {"differences": [{"what": d.what, "where": d.where, "detail": d.detail,
-                             "diff": d.diff or None} for d in o.differences],
+                             "diff": d.diff or None, "kept": d.kept}
+                            for d in o.differences],
             "applied": o.applied, "running": o.running, "note": o.note or None}

@@ -226,7 +226,8 @@ class Report:
         return (any(c.status is not Drift.UNCHANGED and not c.applied for c in self.conffiles)
                 or any(not p.made for p in self.new_private)
                 or (self.migrated_from is not None and self.checked)
-                or (bool(self.definitions.differences) and not self.definitions.applied))
+                or any(not self.definitions.applied or d.kept
+                       for d in self.definitions.differences))
 
 
 def upgrade(paths: Paths, name: str, *, apply_host_changes: bool = False,
