@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from virt_sandbox_service.learn import instance_has, interesting, would_add
+from virt_sandbox_service.learn import instance_has, interesting, services_in, would_add
 
 from .conftest import Env, domain_names, need, unique_name
 
@@ -60,6 +60,14 @@ def test_only_the_three_trees_and_not_systemds_plumbing_are_interesting() -> Non
     assert not interesting("/etc/ld.so.cache") and not interesting("/var/lib/systemd/x")
     assert not interesting("/etcetera/x")
     assert not interesting("/var/lib/dpkg/alternatives/php")  # the package manager's
+
+
+def test_the_services_a_process_runs_in_from_its_cgroups() -> None:
+    base = "0::/machine/lxc-1-web1.libvirt-lxc/sandbox/system.slice/"
+    assert services_in(base + "apache2.service\n") == ["apache2.service"]
+    assert services_in(base + "system-postfix.slice/postfix@-.service\n"
+                       "4:memory:/machine/lxc-1-web1.libvirt-lxc\n") == ["postfix@-.service"]
+    assert services_in("0::/machine/lxc-1-web1.libvirt-lxc/sandbox/init.scope\n") == []
 
 
 def leaves_nothing(env: Env) -> None:

@@ -147,14 +147,33 @@ def _offsets(data: bytes) -> Iterator[int]:
         off += max(EVENT.unpack_from(data, off)[0], EVENT.size)
 
 
+# The sandbox's own plumbing: its systemd's services and the failure reporter.
+PLUMBING = ("systemd-", "dbus.", "virt-sandbox-service")
+
+
 def in_units(pid: int, units: Sequence[str]) -> bool:
-    """Whether the process runs in one of the units' cgroups (read while it runs)."""
+    """Whether the process runs in one of the units' cgroups, or in another service the
+    sandbox's systemd started for them (postfix.service starts postfix@-.service, tor.service
+    tor@default.service: only the confined units are enabled there), not in its own
+    plumbing. Read while the process runs."""
     try:
         text = Path(f"/proc/{pid}/cgroup").read_text()
     except OSError:
         return False
-    return any(f"/{u}" in line.split(":", 2)[-1].split("/system.slice")[-1]
-               for line in text.splitlines() for u in units)
+    return any(u in units or (u.endswith(".service") and not u.startswith(PLUMBING))
+               for u in services_in(text))
+
+
+def services_in(cgroups: str) -> list[str]:
+    """The service units named in a /proc/PID/cgroup text (below a system.slice)."""
+    out = []
+    for line in cgroups.splitlines():
+        _, found, rest = line.partition("/system.slice/")
+        # A template's instances sit in a slice of their own (system-postfix.slice/).
+        unit = next((u for u in rest.split("/") if not u.endswith(".slice")), "")
+        if found and unit:
+            out.append(unit)
+    return out
 
 
 def interesting(path: str) -> bool:
@@ -299,8 +318,8 @@ def _run(conn: libvirt.virConnect, p: Plan, facts: HostFacts, watch: Watch,
     written: set[str] = set()
     with tempfile.TemporaryFile() as out:
         try:
-            dom = conn.createXMLWithFiles(xml, [out.fileno()],
-                                          libvirt.VIR_DOMAIN_START_AUTODESTROY)
+            dom = conn.createXMLWithFiles(xml, [out.fileno()], libvirt.VIR_DOMAIN_START_AUTODESTROY
+                                          | libvirt.VIR_DOMAIN_START_VALIDATE)
         except libvirt.libvirtError as e:
             raise HostError(f"libvirt could not start the learning run: "
                             f"{e.get_error_message()}",
