@@ -91,7 +91,7 @@ _virt_sandbox_service() {
     local opts='' values='' positionals=''
     case $cmd in
         create)
-            opts='-h --help -c --connect -u --unit -p --path -P --package --private --shared -C --copy -s --security --memory --cpu-weight --cpu-quota --blkio-weight --tasks --cap-drop --cap-add --syscall-allow -m --mount -N --network --userns -U --uid -G --gid --username --homedir -i --imagesize --etc --dry-run'
+            opts='-h --help -c --connect -u --unit -p --path -P --package --private --shared -C --copy -s --security --memory --cpu-weight --cpu-quota --blkio-weight --tasks --cap-drop --cap-add --syscall-allow -m --mount -N --network --userns -U --uid -G --gid --username --homedir -i --imagesize --etc --dry-run --json'
             values='-c=_vss_uris --connect=_vss_uris -u=_vss_units --unit=_vss_units -p=_vss_files --path=_vss_files -P=_vss_packages --package=_vss_packages --private=_vss_files --shared=_vss_files -s=_vss_security --security=_vss_security --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --cap-drop=_vss_caps --cap-add=_vss_caps --syscall-allow=_vss_syscall_groups -m=- --mount=- -N=- --network=- -U=_vss_users --uid=_vss_users -G=_vss_groups --gid=_vss_groups --username=- --homedir=_vss_files -i=- --imagesize=- --etc=words:overlay,copy'
             positionals='- REST'
             ;;
@@ -166,7 +166,7 @@ _virt_sandbox_service() {
             positionals=words:bash
             ;;
         doctor)
-            opts='-h --help --fix'
+            opts='-h --help --fix --json'
             values=''
             positionals=''
             ;;

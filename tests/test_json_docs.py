@@ -1,4 +1,5 @@
-"""The JSON OUTPUT section of the man page is exactly what list, inspect and upgrade print.
+"""The JSON OUTPUT section of the man page is exactly what list, inspect, upgrade, doctor and
+create --dry-run print.
 
 Every key the commands produce must be documented with its type, and every documented key
 must be produced, except keys under an alternative the test sandbox does not take (the
@@ -43,6 +44,8 @@ def type_ok(value: Any, typ: str) -> bool:
             return True
         if alt == "object of strings" and isinstance(value, dict) \
                 and all(isinstance(v, str) for v in value.values()):
+            return True
+        if alt == "object of values" and isinstance(value, dict):
             return True
         m = re.fullmatch(r"array of (\w+?)s", alt)
         if m and isinstance(value, list) and all(type_ok(v, m.group(1)) for v in value):
@@ -103,8 +106,16 @@ def test_checker_finds_each_kind_of_mismatch() -> None:
 
 
 def test_every_json_command_has_a_section() -> None:
-    assert set(documented()) == {"list --json", "inspect --json", "upgrade --json"}
+    assert set(documented()) == {"list --json", "inspect --json", "upgrade --json",
+                                 "doctor --json", "create --dry-run --json"}
     assert all(len(keys) > 5 for keys in documented().values())
+    from virt_sandbox_service.cli import build_parser
+
+    from .test_docs import subparsers
+
+    with_json = {name for name, sub in subparsers(build_parser()).items()
+                 if any("--json" in a.option_strings for a in sub._actions)}
+    assert with_json == {"list", "inspect", "upgrade", "doctor", "create"}
 
 
 @pytest.mark.root
@@ -137,6 +148,10 @@ def test_documented_keys_are_exactly_the_produced_ones(env: Env) -> None:
         "list --json": listed,
         "inspect --json": inspected,
         "upgrade --json": json.loads(env.run("upgrade", "--json", name, check=True).stdout),
+        "doctor --json": [json.loads(env.run("doctor", "--json").stdout)],
+        "create --dry-run --json": [json.loads(env.run(
+            "create", "--dry-run", "--json", "-C", "-u", "apache2.service", unique_name("js"),
+            check=True).stdout)],
     }
     found = [f"{title}: {p}" for title, objects in outputs.items()
              for p in problems(doc[title], objects)]

@@ -49,11 +49,14 @@ def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
         user=UserArgs(args.uid, args.gid, args.username, args.homedir),
         image_size=args.imagesize, etc=args.etc,
     )
+    if args.json and not args.dry_run:
+        raise UserError("--json goes with --dry-run", "create --dry-run --json ... prints the "
+                        "plan as JSON; a create itself prints one line")
     plan = create(req, paths, dry_run=args.dry_run)
     if args.dry_run:
-        from .planprint import format_plan
+        from .planprint import format_plan, plan_json
 
-        print(format_plan(plan))
+        print(json.dumps(plan_json(plan), indent=2) if args.json else format_plan(plan))
     else:
         print(f"created sandbox {args.name}: start it with 'virt-sandbox-service start "
               f"{args.name}' or 'systemctl start {args.name}_sandbox.service'")
@@ -215,10 +218,10 @@ def cmd_reload(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, paths: Paths) -> int:
-    from .doctor import checks, format_checks
+    from .doctor import checks, checks_json, format_checks
 
     result = checks(fix=args.fix)
-    print(format_checks(result))
+    print(json.dumps(checks_json(result), indent=2) if args.json else format_checks(result))
     return 0 if all(c.ok for c in result) else 1
 
 
@@ -295,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="check this host's readiness for sandboxes")
     doc.add_argument("--fix", action="store_true",
                      help="apply the additive host fixes doctor names (cgroup layout)")
+    doc.add_argument("--json", action="store_true", help="machine-readable output")
     doc.set_defaults(func=cmd_doctor)
     return p
 
@@ -361,6 +365,7 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         "files above it (LXC default), or a trimmed copy of the host's "
                         "(KVM, -i, --userns)")
     c.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    c.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     c.add_argument("name", help="sandbox name")
     c.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (generic sandbox)")
     c.set_defaults(func=cmd_create)

@@ -188,3 +188,10 @@ def format_checks(result: list[Check]) -> str:
         if c.hint:
             lines.append(f"    {'':16} hint: {c.hint}")
     return "\n".join(lines)
+
+
+def checks_json(result: list[Check]) -> dict[str, object]:
+    """doctor --json (schema: the man page's JSON OUTPUT)."""
+    return {"ready": all(c.ok for c in result),
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail, "hint": c.hint or None}
+                       for c in result]}
