@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Env, domain_names, unique_name
+from .conftest import Env, domain_names, need, unique_name
 
 pytestmark = [pytest.mark.root, pytest.mark.libvirt]
 
@@ -154,3 +154,19 @@ def test_create_copy_takes_host_content(env: Env) -> None:
     assert copied.read_bytes() == host_index.read_bytes()
     st_host, st_copy = os.stat(host_index), os.stat(copied)
     assert (st_host.st_uid, st_host.st_mode) == (st_copy.st_uid, st_copy.st_mode)
+
+
+def test_list_without_systemd_says_so(env: Env) -> None:
+    """Where no systemd runs (this machine), list cannot know the host unit's state: "-" in
+    the table, null in the JSON; with systemd it asks (test_systemd_lifecycle.py)."""
+    from virt_sandbox_service.apply.systemd import systemd_running
+
+    need(not systemd_running(), "a host without systemd as PID 1")
+    name = unique_name("ls")
+    env.run("create", name, "--", "/bin/true", check=True)
+    row = next(r for r in json.loads(env.run("list", "--json", check=True).stdout)
+               if r["name"] == name)
+    assert (row["unit_active"], row["unit_enabled"]) == (None, None)
+    lines = env.run("list", check=True).stdout.splitlines()
+    assert lines[0].split() == ["NAME", "DRIVER", "UNITS", "STATE", "HOST", "UNIT", "ADDRESS"]
+    assert next(ln for ln in lines if ln.startswith(name)).split()[-2:] == ["-", "-"]

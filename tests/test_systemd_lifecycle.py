@@ -13,6 +13,7 @@ not), domains through libvirt-python, the sandbox's own journal with `journalctl
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -227,6 +228,29 @@ def test_enabled_sandbox_comes_back_after_reboot(
         assert token in page
         assert h.systemctl("is-enabled", unit).stdout.strip() == "enabled"
         assert h.systemctl("is-active", unit).stdout.strip() == "active"
+
+
+@pytest.mark.systemd
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_list_shows_the_host_units_state(systemd_host: SystemdHost) -> None:
+    """list asks the host's systemd over D-Bus: the same answer as systemctl's."""
+    h = systemd_host
+    with h.sandbox(*APACHE) as name:
+        unit = unit_name(name)
+
+        def row() -> dict[str, object]:
+            rows = json.loads(h.cli("list", "--json").stdout)
+            return next(r for r in rows if r["name"] == name)
+
+        assert (row()["unit_active"], row()["unit_enabled"]) == ("inactive", "disabled")
+        started(h, unit)
+        assert h.systemctl("enable", unit).returncode == 0
+        assert (row()["unit_active"], row()["unit_enabled"]) == ("active", "enabled")
+        assert h.show(unit, "ActiveState", "UnitFileState") == {
+            "ActiveState": "active", "UnitFileState": "enabled"}
+        line = next(ln for ln in h.cli("list").stdout.splitlines() if ln.startswith(name))
+        assert "active,enabled" in line.split()
 
 
 @pytest.mark.systemd

@@ -217,7 +217,7 @@ def sandbox_rows(paths: Paths) -> list[dict[str, Any]]:
             print(f"virt-sandbox-service: warning: {cfg.message}", file=sys.stderr)
             rows.append({"name": name, "driver": None, "kind": None, "units": [],
                          "command": [], "state": "damaged", "address": None, "addresses": [],
-                         "unit": unit_name(name)})
+                         "unit": unit_name(name), **_unit_state(name)})
             continue
         if cfg.uri not in conns:
             conns[cfg.uri] = lv.connect(cfg.uri)
@@ -232,15 +232,23 @@ def sandbox_rows(paths: Paths) -> list[dict[str, Any]]:
             "address": next(iter(addresses(cfg, dom)), None),
             "addresses": addresses(cfg, dom),
             "unit": unit_name(cfg.name),
+            **_unit_state(cfg.name),
         })
     return rows
 
 
+def _unit_state(name: str) -> dict[str, str | None]:
+    """The host unit as the host's systemd sees it (null where none runs)."""
+    active, enabled = sd.unit_state(unit_name(name))
+    return {"unit_active": active, "unit_enabled": enabled}
+
+
 def format_list(rows: list[dict[str, Any]]) -> str:
-    header = ("NAME", "DRIVER", "UNITS", "STATE", "ADDRESS")
+    header = ("NAME", "DRIVER", "UNITS", "STATE", "HOST UNIT", "ADDRESS")
     table = [header] + [
         (r["name"], r["driver"] or "-", " ".join(r["units"]) or "-- " + " ".join(r["command"]),
-         r["state"], r["address"] or "-")
+         r["state"], ",".join(filter(None, (r["unit_active"], r["unit_enabled"]))) or "-",
+         r["address"] or "-")
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]

@@ -18,6 +18,21 @@ def systemd_running() -> bool:
     return os.path.isdir("/run/systemd/system")
 
 
+def unit_state(unit: str) -> tuple[str | None, str | None]:
+    """The host unit's ActiveState and UnitFileState ("enabled", "disabled", ...), asked of
+    the host's systemd over D-Bus; (None, None) where no systemd runs or it cannot say."""
+    if not systemd_running():
+        return None, None
+    from pystemd.systemd1 import Unit
+
+    try:
+        with Unit(unit.encode()) as u:
+            return u.Unit.ActiveState.decode(), u.Unit.UnitFileState.decode() or None
+    except Exception as e:
+        log.debug("state of %s: %s", unit, e)
+        return None, None
+
+
 def install_unit(path: Path, text: str, txn: Transaction) -> None:
     if os.path.lexists(path):
         raise UserError(f"unit file {path} already exists", "delete the old sandbox first")
