@@ -183,6 +183,21 @@ def test_daemon_works_given_what_the_evidence_missed(env: Env, daemon: str, mode
     round_trip(env, daemon, (*MODES[mode], *DAEMONS[daemon].given))
 
 
+@pytest.mark.parametrize("daemon", [*DAEMONS, "chrony"])
+def test_learn_finds_nothing_the_evidence_missed(env: Env, daemon: str) -> None:
+    """`learn` (the units once over copy-up overlays of the host's trees, fanotify) sees
+    each daemon open its files, and the plain create's sandbox has every one of them."""
+    unit, package = (("chrony.service", "chrony") if daemon == "chrony"
+                     else (DAEMONS[daemon].unit, DAEMONS[daemon].package))
+    need(installed(package), f"{package} is installed by scripts/test-daemons.sh")
+    name = unique_name(daemon.replace(".", "")[:6])
+    env.run("create", "-u", unit, name, check=True)
+    out = env.run("learn", "--seconds", "4", name, check=True, timeout=120).stdout
+    assert " 0 paths" not in out.splitlines()[0], out  # it saw the service at work
+    assert "nothing to add" in out, out
+    env.run("delete", name, check=True)
+
+
 def test_a_fresh_ssh_instance_has_host_keys_of_its_own(env: Env) -> None:
     d = DAEMONS["ssh"]
     need(installed(d.package), "openssh-server is installed by scripts/test-daemons.sh")
