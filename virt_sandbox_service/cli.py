@@ -320,58 +320,97 @@ def _add_simple(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: 
     return sp
 
 
+CREATE_USAGE = ("%(prog)s [OPTIONS] -u UNIT [-u UNIT]... NAME\n"
+                "       %(prog)s [OPTIONS] NAME -- CMD [ARGS]...")
+CREATE_EXAMPLES = """examples:
+  virt-sandbox-service create -u apache2.service web1
+      confine the host's apache2 in sandbox web1: a fresh instance of its packages
+  virt-sandbox-service create -C -u apache2.service web2
+      the same, starting from the host's current data (its sites, its keys)
+  virt-sandbox-service create --dry-run -u nginx.service web3
+      show the plan: what is private, shared and hidden, and why; change nothing
+  virt-sandbox-service create -c qemu:///system -u apache2.service vm1
+      the same as a micro-VM booting the host's kernel
+  virt-sandbox-service create -U www-data -i 256M web4 -- /usr/bin/python3 -m http.server 8000
+      a generic sandbox running one command as www-data, its state in a 256M image
+  virt-sandbox-service create --memory 512M --cap-add sys_time -u chrony.service ntp1
+      with a memory limit, and the capability a time daemon needs
+
+then: virt-sandbox-service start NAME, or systemctl start NAME_sandbox.service"""
+RUN_USAGE = "%(prog)s [OPTIONS] -- CMD [ARGS]..."
+RUN_EXAMPLES = """examples:
+  virt-sandbox-service run -- /bin/sh -c 'echo out; echo err >&2; exit 7'
+      exits 7; out on stdout, err on stderr
+  virt-sandbox-service run --memory 256M -m host-bind:/mnt=/srv/data -- /usr/bin/python3 /mnt/job.py
+      with a memory limit and a host directory at /mnt
+  virt-sandbox-service run -c qemu:///system -- /bin/uname -r
+      in a micro-VM
+
+exit status: the command's; 125 when run itself failed, 126 when the command cannot be
+executed, 127 when it was not found"""
+
+
 def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    c = sub.add_parser("create", help="create a sandbox",
+    c = sub.add_parser("create", help="create a sandbox", usage=CREATE_USAGE,
                        description="create a unit sandbox (-u UNIT NAME) or a generic one "
-                                   "(NAME -- CMD ARGS)")
-    c.add_argument("-c", "--connect", default=DEFAULT_URI, metavar="URI",
-                   help=f"libvirt URI (default {DEFAULT_URI})")
-    c.add_argument("-u", "--unit", action="append", metavar="UNIT",
-                   help="host systemd unit to confine; foo@.service instantiates foo@NAME")
-    c.add_argument("-p", "--path", metavar="PATH",
-                   help="directory holding the sandbox's state (default "
-                        "/var/lib/virt-sandbox-service); remembered in its config")
-    c.add_argument("-P", "--package", action="append", metavar="PACKAGE",
-                   help="package whose file list is evidence, when it cannot be detected")
-    c.add_argument("--private", action="append", metavar="PATH",
-                   help="make PATH private to the instance")
-    c.add_argument("--shared", action="append", metavar="PATH",
-                   help="show the host's PATH read-only, overriding the evidence")
-    c.add_argument("-C", "--copy", action="store_true",
-                   help="start from the host's current data (its private directories, and "
-                        "its version of what the packages' scripts make); without -C a unit "
-                        "sandbox is a fresh instance, set up by its packages' own postinst")
-    c.add_argument("-s", "--security", metavar="SECURITY",
-                   help="dynamic (default) or static,label=USER:ROLE:TYPE:LEVEL")
-    _add_limit_options(c)
-    _add_cap_options(c)
-    _add_mount_network_options(c, "a dir of its own")
-    c.add_argument("--userns", action="store_true",
-                   help="map root inside to an unprivileged host id range of its own")
-    c.add_argument("-U", "--uid", metavar="UID",
-                   help="generic sandbox: run the command as this user (number or host name)")
-    c.add_argument("-G", "--gid", metavar="GID",
-                   help="with -U: its group (number or host name; default the user's)")
-    c.add_argument("--username", metavar="NAME",
-                   help="with -U: its name in the sandbox (default the host's, or uUID)")
-    c.add_argument("--homedir", metavar="DIR",
-                   help="with -U: its home, made writable for it (default the host's, "
-                        "or /var/home/NAME)")
-    c.add_argument("-i", "--imagesize", metavar="SIZE",
-                   help="keep the private /etc and /var in an ext4 image of SIZE (e.g. 64M, "
-                        "1G) instead of directories (LXC: loop-mounted; KVM: a disk)")
-    c.add_argument("--etc", choices=("overlay", "copy"),
-                   help="the private /etc: an overlay on the host's with the instance's own "
-                        "files above it (LXC default), or a trimmed copy of the host's "
-                        "(KVM, -i, --userns)")
-    c.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
-    c.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
+                                   "(NAME -- CMD ARGS)",
+                       epilog=CREATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = c.add_argument_group("what it runs")
+    what.add_argument("-u", "--unit", action="append", metavar="UNIT",
+                      help="host systemd unit to confine; foo@.service instantiates foo@NAME")
+    what.add_argument("-c", "--connect", default=DEFAULT_URI, metavar="URI",
+                      help=f"libvirt URI (default {DEFAULT_URI})")
+    data = c.add_argument_group("its private data")
+    data.add_argument("-C", "--copy", action="store_true",
+                      help="start from the host's current data (its private directories, and "
+                           "its version of what the packages' scripts make); without -C a unit "
+                           "sandbox is a fresh instance, set up by its packages' own postinst")
+    data.add_argument("-p", "--path", metavar="PATH",
+                      help="directory holding the sandbox's state (default "
+                           "/var/lib/virt-sandbox-service); remembered in its config")
+    data.add_argument("-P", "--package", action="append", metavar="PACKAGE",
+                      help="package whose file list is evidence, when it cannot be detected")
+    data.add_argument("--private", action="append", metavar="PATH",
+                      help="make PATH private to the instance")
+    data.add_argument("--shared", action="append", metavar="PATH",
+                      help="show the host's PATH read-only, overriding the evidence")
+    data.add_argument("-i", "--imagesize", metavar="SIZE",
+                      help="keep the private /etc and /var in an ext4 image of SIZE (e.g. 64M, "
+                           "1G) instead of directories (LXC: loop-mounted; KVM: a disk)")
+    data.add_argument("--etc", choices=("overlay", "copy"),
+                      help="the private /etc: an overlay on the host's with the instance's own "
+                           "files above it (LXC default), or a trimmed copy of the host's "
+                           "(KVM, -i, --userns)")
+    conf = c.add_argument_group("identity and confinement")
+    conf.add_argument("-s", "--security", metavar="SECURITY",
+                      help="dynamic (default) or static,label=USER:ROLE:TYPE:LEVEL")
+    conf.add_argument("--userns", action="store_true",
+                      help="map root inside to an unprivileged host id range of its own")
+    _add_cap_options(conf)
+    _add_limit_options(c.add_argument_group("limits (change them later with limit)"))
+    _add_mount_network_options(c.add_argument_group("mounts and networks"), "a dir of its own")
+    user = c.add_argument_group("the command's user (generic sandboxes)")
+    user.add_argument("-U", "--uid", metavar="UID",
+                      help="generic sandbox: run the command as this user (number or host name)")
+    user.add_argument("-G", "--gid", metavar="GID",
+                      help="with -U: its group (number or host name; default the user's)")
+    user.add_argument("--username", metavar="NAME",
+                      help="with -U: its name in the sandbox (default the host's, or uUID)")
+    user.add_argument("--homedir", metavar="DIR",
+                      help="with -U: its home, made writable for it (default the host's, "
+                           "or /var/home/NAME)")
+    out = c.add_argument_group("output")
+    out.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    out.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     c.add_argument("name", help="sandbox name")
     c.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (generic sandbox)")
     c.set_defaults(func=cmd_create)
 
 
-def _add_limit_options(p: argparse.ArgumentParser) -> None:
+Options = argparse._ActionsContainer  # a parser or one of its argument groups
+
+
+def _add_limit_options(p: Options) -> None:
     p.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512M or 2G")
     p.add_argument("--cpu-weight", metavar="N", help="relative CPU weight (shares), 2..262144")
     p.add_argument("--cpu-quota", metavar="PERCENT",
@@ -381,7 +420,7 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
                    help="most processes plus threads at once (pids.max), 32..4194304")
 
 
-def _add_cap_options(p: argparse.ArgumentParser) -> None:
+def _add_cap_options(p: Options) -> None:
     p.add_argument("--cap-drop", action="append", metavar="CAP",
                    help="also drop this capability (the sandbox's processes keep only chown, "
                         "dac_override, fowner, fsetid, kill, net_bind_service, setfcap, "
@@ -395,7 +434,7 @@ def _add_cap_options(p: argparse.ArgumentParser) -> None:
                         "call")
 
 
-def _add_mount_network_options(p: argparse.ArgumentParser, fresh: str) -> None:
+def _add_mount_network_options(p: Options, fresh: str) -> None:
     p.add_argument("-m", "--mount", action="append", metavar="TYPE:DST=SRC",
                    help=f"host-bind:DST=SRC (empty SRC: {fresh}), host-image:DST=IMG, "
                         "guest-bind:DST=SRC, ram:DST=SIZE")
@@ -405,16 +444,18 @@ def _add_mount_network_options(p: argparse.ArgumentParser, fresh: str) -> None:
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    r = sub.add_parser("run", help="run a command in a transient sandbox",
+    r = sub.add_parser("run", help="run a command in a transient sandbox", usage=RUN_USAGE,
                        description="run a command in a transient sandbox (host root "
                                    "read-only, private /run /tmp, no network unless -N) and "
                                    "return its exit status; its stdout and stderr stay apart. "
-                                   "Limits, capabilities, -m and -N work as for create")
+                                   "Limits, capabilities, -m and -N work as for create",
+                       epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("-c", "--connect", default=DEFAULT_URI, metavar="URI",
                    help=f"libvirt URI: lxc:/// or qemu:///system (default {DEFAULT_URI})")
-    _add_limit_options(r)
-    _add_cap_options(r)
-    _add_mount_network_options(r, "a temporary dir, removed after")
+    _add_limit_options(r.add_argument_group("limits"))
+    _add_cap_options(r.add_argument_group("confinement"))
+    _add_mount_network_options(r.add_argument_group("mounts and networks"),
+                               "a temporary dir, removed after")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
     r.set_defaults(func=cmd_run)
 
