@@ -80,3 +80,37 @@ def test_a_lacking_unit_fails_at_start_with_a_line_naming_it() -> None:
     assert "does not give CAP_SYS_TIME" in text and "--cap-add sys_time" in text
     assert "ExecStartPre=/bin/sh -c" in text
     assert "ExecStartPre" not in confinement_dropin(cfg())
+
+
+DEVICE_UNIT = """\
+[Unit]
+BindsTo=dev-ttyS9.device sys-subsystem-net-devices-%i.device
+After=dev-ttyS9.device
+Requires=network.target
+
+[Service]
+ExecStart=/usr/sbin/devd
+DeviceAllow=/dev/net/tun rwm
+DeviceAllow=/dev/null rw
+DeviceAllow=char-* rw
+"""
+
+
+def test_devices_and_host_interfaces_a_unit_cannot_run_without(tmp_path: Path) -> None:
+    (tmp_path / "devd@.service").write_text(DEVICE_UNIT)
+    u = load_unit("devd@eth9.service", [tmp_path])
+    assert capneeds.devices(u) == [
+        ("/dev/ttyS9", "BindsTo=dev-ttyS9.device"),
+        ("/sys/subsystem/net/devices/eth9", "BindsTo=sys-subsystem-net-devices-eth9.device"),
+        ("/dev/net/tun", "DeviceAllow=")]
+    line, hint = capneeds.describe_devices(capneeds.lacking_devices([u]))
+    assert line == ("devd@eth9.service needs the device /dev/ttyS9 (BindsTo=dev-ttyS9.device); "
+                    "devd@eth9.service needs the host's network interface eth9 "
+                    "(BindsTo=sys-subsystem-net-devices-eth9.device); devd@eth9.service needs "
+                    "the device /dev/net/tun (DeviceAllow=), which the sandbox does not have")
+    assert hint.startswith("-N source=NET gives the sandbox an interface of its own")
+    assert "no option gives one yet" in hint
+
+
+def test_a_unit_without_device_needs_has_none(tmp_path: Path) -> None:
+    assert capneeds.devices(unit(tmp_path)) == []

@@ -207,3 +207,29 @@ def test_a_fresh_ssh_instance_has_host_keys_of_its_own(env: Env) -> None:
     served = check_until(env, name, d).split()
     host = Path("/etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
     assert served[served.index("ssh-ed25519") + 1] != host[1]
+
+
+def test_a_daemon_that_needs_a_device_fails_naming_it(env: Env) -> None:
+    """qemu-guest-agent binds to its virtio port (BindsTo=dev-virtio\\x2dports-...device),
+    which no sandbox has: create warns, start fails with one line naming the device and a
+    hint, and delete leaves nothing."""
+    need(Path("/lib/systemd/system/qemu-guest-agent.service").exists(),
+         "qemu-guest-agent is installed by scripts/setup.sh")
+    device = "/dev/virtio-ports/org.qemu.guest_agent.0"
+    before = env.snapshot()
+    name = unique_name("qga")
+    made = env.run("create", "-u", "qemu-guest-agent.service", name, check=True)
+    assert f"qemu-guest-agent.service needs the device {device}" in made.stderr
+    started = env.run("start", "--detach", name, timeout=120)
+    assert started.returncode != 0
+    # The unit's (empty) log comes first; then the error and its hint.
+    ours = [line for line in started.stderr.splitlines()
+            if line.startswith("virt-sandbox-service: ")]
+    first, hint = ours[0], ours[1]
+    assert first == (f"virt-sandbox-service: error: qemu-guest-agent.service failed in sandbox "
+                     f"'{name}': qemu-guest-agent.service needs the device {device} (BindsTo="
+                     "dev-virtio\\x2dports-org.qemu.guest_agent.0.device), which the sandbox "
+                     "does not have")
+    assert hint.startswith("virt-sandbox-service: hint: a sandbox is given no host device")
+    env.run("delete", name, check=True)
+    assert env.snapshot()["domains"] == before["domains"]

@@ -14,7 +14,7 @@ import os
 import struct
 
 from .confine import CAP_NUMBERS
-from .unitfile import UnitFile
+from .unitfile import UnitFile, UnitName, unescape
 
 EXEC_PREFIXES = "@-:+!|"
 VFS_CAP_XATTR = "security.capability"
@@ -86,3 +86,55 @@ def describe(missing: list[tuple[str, str, str]]) -> tuple[str, str]:
     caps = sorted({cap for _, cap, _ in missing})
     return ("; ".join(parts) + ", which the sandbox's processes do not have",
             "give it with " + " ".join(f"--cap-add {c}" for c in caps))
+
+
+# --- devices and the host's network interfaces ---------------------------------------------
+
+# What libvirt's LXC driver gives every container in its /dev; a sandbox has no other host
+# device, and no udev: a .device unit never becomes active in it.
+LXC_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
+               "/dev/tty", "/dev/console", "/dev/ptmx", "/dev/pts", "/dev/shm")
+NET_DEVICE_PREFIX = "/sys/subsystem/net/devices/"  # sys-subsystem-net-devices-IF.device
+
+
+def devices(unit: UnitFile) -> list[tuple[str, str]]:
+    """(device path, the directive naming it) that the unit cannot run without: a .device
+    unit it BindsTo=/Requires=/Requisite= (qemu-guest-agent's virtio port, a
+    sys-subsystem-net-devices-IF.device), or a device node DeviceAllow= names."""
+    out: list[tuple[str, str]] = []
+    for key in ("BindsTo", "Requires", "Requisite"):
+        for name in " ".join(unit.values("Unit", key)).split():
+            parsed = UnitName.parse(name)
+            if parsed is not None and parsed.type == "device":
+                out.append(("/" + unescape(str(parsed).removesuffix(".device")),
+                            f"{key}={name}"))
+    for value in unit.values("Service", "DeviceAllow"):
+        node = value.split()[0] if value.split() else ""
+        if node.startswith("/dev/") and not any(
+                node == d or node.startswith(d + "/") for d in LXC_DEVICES):
+            out.append((node, "DeviceAllow="))
+    return list(dict.fromkeys(out))
+
+
+def lacking_devices(units: list[UnitFile]) -> list[tuple[str, str, str]]:
+    """(unit, device, why) for each device a unit needs: a sandbox has none of the host's."""
+    return [(u.name, dev, why) for u in units for dev, why in devices(u)]
+
+
+def describe_devices(missing: list[tuple[str, str, str]]) -> tuple[str, str]:
+    """One line naming the devices and host interfaces lacking, and the hint."""
+    parts, nets = [], []
+    for unit, dev, why in missing:
+        if dev.startswith(NET_DEVICE_PREFIX):
+            nets.append(dev.removeprefix(NET_DEVICE_PREFIX))
+            parts.append(f"{unit} needs the host's network interface {nets[-1]} ({why})")
+        else:
+            parts.append(f"{unit} needs the device {dev} ({why})")
+    hints = []
+    if nets:
+        hints.append("-N source=NET gives the sandbox an interface of its own on a libvirt "
+                     "network; the host's own interfaces and network stay the host's")
+    if len(nets) < len(missing):
+        hints.append("a sandbox is given no host device and no option gives one yet: run "
+                     "this service on the host")
+    return "; ".join(parts) + ", which the sandbox does not have", "; ".join(hints)

@@ -350,6 +350,11 @@ def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts, got: Gath
         line, hint = capneeds.describe(missing)
         print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
               file=sys.stderr)
+    devices = capneeds.lacking_devices(list(got.units))
+    if devices:
+        line, hint = capneeds.describe_devices(devices)
+        print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
+              file=sys.stderr)
     p = plan_units(config, paths, facts, got.evidence, got.hidden, got.units)
     record = WriteFile(os.path.join(config.state_dir, EVIDENCE_FILE), evidence_json(p),
                        reason="why each path is private, hidden or shared")

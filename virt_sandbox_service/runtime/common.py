@@ -140,10 +140,14 @@ def _lacking(cfg: SandboxConfig, failed: list[str]) -> tuple[str, str]:
         except (SandboxError, OSError):  # an unreadable unit must not hide the failure
             continue
     missing = capneeds.lacking(units, confined_caps(cfg))
-    if not missing:
-        return "", ""
-    line, hint = capneeds.describe(missing)
-    return f": {line}", f"{hint} (create it again with it); "
+    if missing:
+        line, hint = capneeds.describe(missing)
+        return f": {line}", f"{hint} (create it again with it); "
+    devices = capneeds.lacking_devices(units)
+    if devices:
+        line, hint = capneeds.describe_devices(devices)
+        return f": {line}", f"{hint}; "
+    return "", ""
 
 
 def copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain, flags: int,
