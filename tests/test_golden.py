@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -328,14 +329,24 @@ def test_network_filter_xml_validates_against_libvirt_schema() -> None:
     assert schema.validate(etree.fromstring(filter_xml().encode())), schema.error_log.last_error
 
 
-def test_apparmor_host_gets_libvirts_profile() -> None:
-    """Where libvirt's LXC driver has the apparmor model, the domain asks for libvirt's
-    dynamic profile (TEMPLATE.lxc); elsewhere no AppArmor label."""
+def test_apparmor_host_gets_a_profile_of_its_own() -> None:
+    """Where libvirt's LXC driver has the apparmor model, the domain names the sandbox's own
+    profile (apparmor.py: libvirt's dynamic one refuses its /etc binds and its init's mounts),
+    named after its machine-id in the libvirt-UUID form; elsewhere no AppArmor label."""
+    from virt_sandbox_service import apparmor
+
     cfg, evidence, facts = CASES["apache2"]
     aa = dataclasses.replace(facts, secmodels=("apparmor", "dac"))
     p = plan(cfg, aa, evidence, HIDDEN, "/c.json", "/run/x", ())
-    doc = etree.fromstring(domain_xml(p, aa).encode())
+    xml = domain_xml(p, aa)
+    doc = etree.fromstring(xml.encode())
     label = doc.find("seclabel[@model='apparmor']")
-    assert label is not None and label.get("type") == "dynamic"
+    assert label is not None and label.get("type") == "static" and label.get("relabel") == "no"
+    name = apparmor.profile_name(cfg.machine_id)
+    assert label.findtext("label") == name and apparmor.profiles_of(xml) == (name,)
+    # libvirt changes to libvirt-<domain UUID> whatever the label says: they must agree.
+    assert doc.findtext("uuid") == apparmor.domain_uuid(cfg.machine_id) == name[len("libvirt-"):]
+    assert re.fullmatch(r"libvirt-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", name)
+    assert f"profile {name} flags=" in apparmor.profile_text(name)
     assert etree.RelaxNG(etree.parse(str(SCHEMA))).validate(doc)
     assert etree.fromstring(make("apache2")[1].encode()).find("seclabel") is None

@@ -41,7 +41,7 @@ from pathlib import Path
 import libvirt
 
 from . import capneeds, unitfile
-from .apply import files
+from .apply import apparmor, files
 from .apply.txn import Transaction
 from .config import Driver, Kind, Paths, SandboxConfig, driver_for_uri, load_config
 from .errors import HostError, UserError
@@ -284,6 +284,7 @@ def observe(cfg: SandboxConfig, facts: HostFacts, conn: libvirt.virConnect, path
 
 def replace_for_learning(cfg: SandboxConfig, tmp: str) -> SandboxConfig:
     return dataclasses.replace(cfg, name=f"vss-learn-{os.urandom(4).hex()}",
+                               machine_id=os.urandom(16).hex(),  # a domain UUID of its own
                                state_dir=f"{tmp}/state", etc_overlay=True, networks=(),
                                mounts=(), image_size=None, private=(), shared=())
 
@@ -316,7 +317,7 @@ def _run(conn: libvirt.virConnect, p: Plan, facts: HostFacts, watch: Watch,
     xml = lxc.build(p, facts, METADATA_NS)
     seen: set[str] = set()
     written: set[str] = set()
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryFile() as out, apparmor.loaded(xml):
         try:
             dom = conn.createXMLWithFiles(xml, [out.fileno()], libvirt.VIR_DOMAIN_START_AUTODESTROY
                                           | libvirt.VIR_DOMAIN_START_VALIDATE)

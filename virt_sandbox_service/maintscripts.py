@@ -37,6 +37,7 @@ from pathlib import Path
 
 import libvirt
 
+from .apply import apparmor
 from .config import Kind, SandboxConfig
 from .errors import HostError
 from .evidence import Access, PathEvidence
@@ -130,7 +131,9 @@ def setup_plan(cfg: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidenc
                 hidden: tuple[PathEvidence, ...], run_dir: str, command: str) -> Plan:
     """The transient domain's plan: the sandbox's own, as a generic one running `command`,
     with the host's dpkg and debconf databases read-only under SETUP."""
+    # A domain of its own: its own UUID (from machine_id, see apparmor.py) beside the sandbox's.
     setup = dataclasses.replace(cfg, name=f"vss-setup-{os.urandom(4).hex()}",
+                                machine_id=os.urandom(16).hex(),
                                 kind=Kind.GENERIC, units=(), networks=(),
                                 command=(facts.sh, "-c", command))
     p = plan(setup, facts, evidence, hidden, "", run_dir)
@@ -170,7 +173,7 @@ def run(conn: libvirt.virConnect, p: Plan, facts: HostFacts) -> str:
     from .domain import METADATA_NS, lxc
 
     xml = lxc.build(p, facts, METADATA_NS)
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryFile() as out, apparmor.loaded(xml):
         try:
             dom = conn.createXMLWithFiles(xml, [out.fileno()],
                                           libvirt.VIR_DOMAIN_START_AUTODESTROY

@@ -14,7 +14,7 @@ from typing import Any
 import libvirt
 
 from . import host, image, layers
-from .apply import files
+from .apply import apparmor, files
 from .apply import libvirt as lv
 from .apply import systemd as sd
 from .config import (
@@ -90,6 +90,7 @@ def delete(paths: Paths, name: str, *, force: bool = False) -> None:
         sd.daemon_reload()
         if dom is not None:
             lv.undefine(dom)
+        apparmor.unload_machine(cfg.machine_id)  # loaded by its last start, if any
         rt.remove_cgroups(name)  # also after a stop by someone else, or a failed start
         files.remove_state_dir(Path(cfg.state_dir), name)
         # The run dir is the sandbox's host channel: whatever it made there goes, and no link

@@ -7,6 +7,7 @@ from lxml import etree
 
 from ..domain import METADATA_NS
 from ..errors import HostError, UserError
+from . import apparmor
 from .txn import Transaction
 
 # libvirt prints its errors to stderr by default; we report them ourselves, once.
@@ -113,6 +114,10 @@ def _filter_rules(root: etree._Element) -> list[tuple[str, list[tuple[str, str]]
 
 
 def define(conn: libvirt.virConnect, xml: str, txn: Transaction) -> libvirt.virDomain:
+    # libvirt checks at define that a static AppArmor label names a loaded profile.
+    names = apparmor.load_for(xml)
+    if names:
+        txn.did(f"loaded AppArmor profile {' '.join(names)}", lambda: apparmor.unload(names))
     try:
         dom = conn.defineXMLFlags(xml, DEFINE_VALIDATE)
     except libvirt.libvirtError as e:
@@ -123,6 +128,7 @@ def define(conn: libvirt.virConnect, xml: str, txn: Transaction) -> libvirt.virD
 
 def redefine(conn: libvirt.virConnect, xml: str) -> None:
     """Replace the persistent definition of an existing domain (same name and UUID)."""
+    apparmor.load_for(xml)
     try:
         conn.defineXMLFlags(xml, DEFINE_VALIDATE)
     except libvirt.libvirtError as e:

@@ -11,6 +11,7 @@ from typing import cast
 from lxml import etree
 from lxml.builder import ElementMaker
 
+from .. import apparmor
 from ..config import IDMAP_COUNT
 from ..host import HostFacts
 from ..limits import caps_element, set_tunables
@@ -25,6 +26,7 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
     cfg = plan.config
     dom = E.domain(
         E.name(cfg.name),
+        *([E.uuid(apparmor.domain_uuid(cfg.machine_id))] if cfg.machine_id else []),
         E.title(f"virt-sandbox-service: {what(plan)}"),
         metadata(plan, metadata_ns),
         _os(plan),
@@ -43,7 +45,9 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
                         E.gid(start="0", target=str(cfg.id_base), count=str(IDMAP_COUNT)))
         dom.insert(list(dom).index(dom.find("os")) + 1, idmap)
     set_tunables(dom, cfg, facts.memory_kib)
-    for label in (selinux_label(plan, facts), apparmor_label(facts.secmodels)):
+    # AppArmor: a profile of the sandbox's own, named after its machine-id (apparmor.py).
+    profile = apparmor.profile_name(cfg.machine_id) if cfg.machine_id else None
+    for label in (selinux_label(plan, facts), apparmor_label(facts.secmodels, profile)):
         if label is not None:
             dom.append(label)
     return etree.tostring(dom, pretty_print=True, encoding="unicode")

@@ -41,8 +41,10 @@ from ..limits import Jail, jail
 from . import common, lxc
 from .enter import (
     confine_self,
+    enter_lsm_label,
     init_pid,
     join_pids_cgroup,
+    lsm_label,
     match_bounding_set,
     open_namespaces,
     prepare_confinement,
@@ -176,9 +178,11 @@ def _child(dom: libvirt.virDomain, init: int, fds: list[int], sock: socket.socke
         libvirt_lxc.lxcEnterCGroup(dom, 0)
         join_pids_cgroup(init)
         prepare_confinement(confinement)
+        label = lsm_label(init)
         _enter_namespaces(fds)
         pid = os.fork()  # a new PID namespace applies to children only
         if pid == 0:
+            enter_lsm_label(label)
             confine_self(confinement)
             _shell(sock, login, env, winsize)
         sock.close()

@@ -66,6 +66,46 @@ def confine_self(jail: Jail | None) -> None:
         confine.apply(*jail)
 
 
+def lsm_label(init: int | None) -> tuple[str, str] | None:
+    """The LSM label the sandbox's init runs with ("apparmor" or "selinux", label), read from
+    the host's /proc before entering: what execute, connect and reload run there must carry it,
+    as everything the sandbox runs itself does. None where no LSM confines the sandbox."""
+    if init is None:
+        return None
+    for lsm, path in (("apparmor", f"/proc/{init}/attr/apparmor/current"),
+                      ("selinux", f"/proc/{init}/attr/current")):
+        if not (host.apparmor_enabled() if lsm == "apparmor" else host.selinux_enabled()):
+            continue
+        try:
+            label = Path(path).read_text().strip("\0\n ")
+            ours = Path(path.replace(f"/{init}/", "/self/")).read_text().strip("\0\n ")
+        except OSError:
+            continue
+        if lsm == "apparmor":  # "libvirt-UUID (enforce)": the profile's name
+            label = label.rsplit(" (", 1)[0]
+        if label and label not in ("unconfined", ours):
+            return lsm, label
+    return None
+
+
+def enter_lsm_label(label: tuple[str, str] | None) -> None:
+    """In the process that is about to exec inside the sandbox: its next program runs with
+    the sandbox's label (aa_change_onexec / setexeccon, through /proc/self/attr)."""
+    if label is None:
+        return
+    lsm, text = label
+    if lsm == "apparmor":
+        own = Path("/proc/self/attr/apparmor/exec")
+        path, data = (own if own.exists() else Path("/proc/self/attr/exec")), f"exec {text}"
+    else:
+        path, data = Path("/proc/self/attr/exec"), text
+    try:
+        path.write_text(data)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot take the sandbox's {lsm} label {text}: "
+                               f"{e.strerror}") from e
+
+
 def pids_cgroup(pid: int) -> Path | None:
     """The host path of the v1 pids cgroup `pid` is in; None at the hierarchy's root (where
     libvirt leaves containers started without --tasks) or without a pids hierarchy."""

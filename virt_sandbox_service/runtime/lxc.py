@@ -25,6 +25,7 @@ from pathlib import Path
 import libvirt
 
 from .. import host
+from ..apply import apparmor
 from ..apply.files import make_whiteout
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
@@ -60,8 +61,10 @@ from .common import raise_stopped as _raise_stopped
 from .common import report_inner_failure as _report_inner_failure
 from .enter import (
     confine_self,
+    enter_lsm_label,
     init_pid,
     join_pids_cgroup,
+    lsm_label,
     match_bounding_set,
     open_namespaces,
     pids_cgroup,
@@ -187,6 +190,8 @@ def hide_new_secrets(cfg: SandboxConfig) -> list[str]:
 
 
 def _create(dom: libvirt.virDomain, cfg: SandboxConfig) -> None:
+    # The sandbox's own AppArmor profile, where libvirt applies AppArmor (see apparmor.py).
+    apparmor.load_for(dom.XMLDesc(0))
     try:
         dom.create()
     except libvirt.libvirtError as e:
@@ -469,6 +474,7 @@ def _child_enter_and_run(dom: libvirt.virDomain, fds: list[int], argv: list[str]
         if init is not None:
             match_bounding_set(init)
         prepare_confinement(jail)
+        label = lsm_label(init)
         by_type = {os.readlink(f"/proc/self/fd/{fd}").split(":")[0]: fd for fd in fds}
         for ns in NS_ORDER:
             if ns in namespaces and ns in by_type and _libc.setns(by_type[ns], 0) != 0:
@@ -484,6 +490,7 @@ def _child_enter_and_run(dom: libvirt.virDomain, fds: list[int], argv: list[str]
         pid = os.fork()
         if pid == 0:
             os.chdir("/")
+            enter_lsm_label(label)
             confine_self(jail)
             try:
                 os.execvpe(argv[0], argv, env)

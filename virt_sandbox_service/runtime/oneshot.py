@@ -29,6 +29,7 @@ own clean-up instead; if `run` is killed with SIGKILL, the VM still ends with it
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import selectors
 import shutil
@@ -36,6 +37,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ from pathlib import Path
 import libvirt
 
 from .. import host
+from ..apply import apparmor
 from ..apply import libvirt as lv
 from ..config import (
     Driver,
@@ -199,6 +202,8 @@ def _sandbox_env() -> tuple[tuple[str, str], ...]:
 def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig) -> int:
     from ..domain import METADATA_NS, lxc
 
+    if not cfg.machine_id:  # its AppArmor profile is named after it (apparmor.py)
+        cfg = dataclasses.replace(cfg, machine_id=uuid.uuid4().hex)
     sh = host.find_tool(("/bin/sh", "/usr/bin/sh"), "/bin/sh", "dash")
     facts = host.HostFacts(sh=sh, selinux=host.selinux_enabled(),
                            memory_kib=host._mem_total_kib(),
@@ -217,15 +222,16 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig) -> int:
     status_r, status_w = os.pipe()
     stdio = [_usable_fd(fd) for fd in (0, 1, 2)]
     try:
-        try:
-            conn.createXMLWithFiles(xml, [*stdio, status_w],
-                                    libvirt.VIR_DOMAIN_START_AUTODESTROY | lv.START_VALIDATE)
-        except libvirt.libvirtError as e:
-            raise HostError(f"libvirt could not start the sandbox: {e.get_error_message()}",
-                            "'virt-sandbox-service doctor' checks the host") from e
-        os.close(status_w)
-        status_w = -1
-        text = _read_line(status_r)
+        with apparmor.loaded(xml):
+            try:
+                conn.createXMLWithFiles(xml, [*stdio, status_w],
+                                        libvirt.VIR_DOMAIN_START_AUTODESTROY | lv.START_VALIDATE)
+            except libvirt.libvirtError as e:
+                raise HostError(f"libvirt could not start the sandbox: {e.get_error_message()}",
+                                "'virt-sandbox-service doctor' checks the host") from e
+            os.close(status_w)
+            status_w = -1
+            text = _read_line(status_r)
     finally:
         for fd in (status_r, status_w, *stdio):
             if fd > 2:
