@@ -114,3 +114,15 @@ def test_devices_and_host_interfaces_a_unit_cannot_run_without(tmp_path: Path) -
 
 def test_a_unit_without_device_needs_has_none(tmp_path: Path) -> None:
     assert capneeds.devices(unit(tmp_path)) == []
+
+
+def test_an_address_the_sandbox_lacks_is_read_from_the_units_log() -> None:
+    log = ("error: Bind to port 22 on 192.0.2.77 failed: Cannot assign requested address.\n"
+           "fatal: Cannot bind any address.\n")
+    line, hint = capneeds.host_network("ssh.service", log) or ("", "")
+    assert line == ("ssh.service binds the address 192.0.2.77, which the sandbox's network "
+                    "does not have (Cannot assign requested address)")
+    assert hint.startswith("-N source=NET,address=192.0.2.77/PREFIX")
+    six = capneeds.host_network("w.service", "bind([2001:db8::5]:80): EADDRNOTAVAIL")
+    assert six is not None and "the address 2001:db8::5," in six[0]
+    assert capneeds.host_network("w.service", "listening on 127.0.0.1:80\nready") is None

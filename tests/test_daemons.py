@@ -233,3 +233,25 @@ def test_a_daemon_that_needs_a_device_fails_naming_it(env: Env) -> None:
     assert hint.startswith("virt-sandbox-service: hint: a sandbox is given no host device")
     env.run("delete", name, check=True)
     assert env.snapshot()["domains"] == before["domains"]
+
+
+def test_a_daemon_bound_to_an_address_of_the_hosts_network_fails_naming_it(env: Env) -> None:
+    """sshd told to listen on an address the sandbox's network lacks (TEST-NET-1, as an
+    address of the host's network would be): start fails with one line naming the address
+    and the option that gives the sandbox one (its log is the only evidence)."""
+    d = DAEMONS["ssh"]
+    need(installed(d.package), "openssh-server is installed by scripts/test-daemons.sh")
+    name = unique_name("sshna")
+    env.run("create", "-u", d.unit, name, check=True)
+    conf = env.state(name) / "etc" / "ssh" / "sshd_config"
+    conf.write_text(conf.read_text() + "ListenAddress 192.0.2.77\n")
+    started = env.run("start", "--detach", name, timeout=120)
+    assert started.returncode != 0
+    ours = [line for line in started.stderr.splitlines()
+            if line.startswith("virt-sandbox-service: ")]
+    assert ours[0] == (f"virt-sandbox-service: error: ssh.service failed in sandbox '{name}': "
+                       "ssh.service binds the address 192.0.2.77, which the sandbox's network "
+                       "does not have (Cannot assign requested address)")
+    assert ours[1].startswith("virt-sandbox-service: hint: -N source=NET,address=192.0.2.77/"
+                              "PREFIX gives the sandbox that address")
+    env.run("delete", name, check=True)

@@ -11,6 +11,7 @@ skipped for an unmet condition), and a failed start names it with the option tha
 from __future__ import annotations
 
 import os
+import re
 import struct
 
 from .confine import CAP_NUMBERS
@@ -138,3 +139,26 @@ def describe_devices(missing: list[tuple[str, str, str]]) -> tuple[str, str]:
         hints.append("a sandbox is given no host device and no option gives one yet: run "
                      "this service on the host")
     return "; ".join(parts) + ", which the sandbox does not have", "; ".join(hints)
+
+
+# --- the host's network, from the failed unit's own log ------------------------------------
+
+# EADDRNOTAVAIL: the daemon binds an address of the host's network, which a sandbox (loopback,
+# or interfaces of its own with -N) does not have. Nothing in a unit file says so in advance.
+_NO_ADDRESS = re.compile(r"Cannot assign requested address|EADDRNOTAVAIL")
+_ADDRESS = re.compile(r"(?<![\w.:])((?:\d{1,3}\.){3}\d{1,3}"
+                      r"|[0-9a-fA-F]*:[0-9a-fA-F:]+:[0-9a-fA-F]*)(?![\w.:])")
+
+
+def host_network(unit: str, log: str) -> tuple[str, str] | None:
+    """From a failed unit's log: one line naming the host address it could not bind, and
+    the option that gives the sandbox such an address; None if the log shows no such bind."""
+    line = next((ln for ln in log.splitlines() if _NO_ADDRESS.search(ln)), None)
+    if line is None:
+        return None
+    found = [a for a in _ADDRESS.findall(line) if not a.startswith("127.") and a != "::1"]
+    what = f"the address {found[0]}" if found else "an address"
+    return (f"{unit} binds {what}, which the sandbox's network does not have (Cannot assign "
+            "requested address)",
+            f"-N source=NET,address={found[0] if found else 'IP'}/PREFIX gives the sandbox "
+            "that address on a libvirt network of its own; the host's network stays the host's")

@@ -99,7 +99,7 @@ def fail_start(cfg: SandboxConfig, failed: list[str], since: float,
     then free to mount), and fail the start."""
     stop()
     report_inner_failure(cfg, failed, since)
-    why, hint = _lacking(cfg, failed)
+    why, hint = _lacking(cfg, failed, since)
     raise InnerFailure(f"{', '.join(failed)} failed in sandbox '{cfg.name}'{why}",
                        hint + log_hint(cfg, failed[0]))
 
@@ -126,9 +126,10 @@ def confirm_up(cfg: SandboxConfig, ask: Callable[[], list[UnitState]],
         fail_start(cfg, failed, since, stop)
 
 
-def _lacking(cfg: SandboxConfig, failed: list[str]) -> tuple[str, str]:
+def _lacking(cfg: SandboxConfig, failed: list[str], since: float) -> tuple[str, str]:
     """What the failed units need that the sandbox does not give (capneeds.py), if anything:
-    the error's tail and the start of its hint."""
+    the error's tail and the start of its hint. An address of the host's network shows only
+    in the unit's log (this start's lines)."""
     from .. import capneeds, unitfile
     from ..limits import confined_caps
 
@@ -147,6 +148,12 @@ def _lacking(cfg: SandboxConfig, failed: list[str]) -> tuple[str, str]:
     if devices:
         line, hint = capneeds.describe_devices(devices)
         return f": {line}", f"{hint}; "
+    for name in failed if cfg.image_size is None else ():  # -i: the journal is in the image
+        proc = run(["journalctl", "-D", journal_dir(cfg), "-u", name, f"--since=@{since:.6f}",
+                    "-n", "30", "--no-pager", "-o", "cat"], check=False, timeout=10)
+        address = capneeds.host_network(name, proc.stdout.decode(errors="replace"))
+        if address:
+            return f": {address[0]}", f"{address[1]}; "
     return "", ""
 
 
