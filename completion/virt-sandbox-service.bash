@@ -3,7 +3,7 @@
 # edit (tests/test_completion.py fails when this file and the parser differ).
 
 _vss_commands='create clone start stop delete list inspect execute connect upgrade learn limit run reload completion doctor'
-_vss_global_options='-h --help --version --debug'
+_vss_global_options='-h --help --version --debug -q --quiet'
 _vss_caps() { printf '%s\n' chown dac_override dac_read_search fowner fsetid kill setgid setuid setpcap linux_immutable net_bind_service net_broadcast net_admin net_raw ipc_lock ipc_owner sys_module sys_rawio sys_chroot sys_ptrace sys_pacct sys_admin sys_boot sys_nice sys_resource sys_time sys_tty_config mknod lease audit_write audit_control setfcap mac_override mac_admin syslog wake_alarm block_suspend audit_read perfmon bpf checkpoint_restore; }
 _vss_syscall_groups() { printf '%s\n' @mount @handles @namespaces @module @reboot @clock @swap @acct @rawio @bpf @perf @keyring @userfaultfd @io_uring @ptrace @syslog @quota @numa @obsolete @sockets; }
 

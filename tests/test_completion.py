@@ -57,7 +57,7 @@ def test_every_value_and_positional_has_a_deliberate_completer() -> None:
 
 def test_every_subcommand_and_option_is_completed() -> None:
     assert complete("") == list(subparsers())
-    assert complete("-") == ["-h", "--help", "--version", "--debug"]
+    assert complete("-") == ["-h", "--help", "--version", "--debug", "-q", "--quiet"]
     assert complete("--debug", "ins") == ["inspect"]
     for name, sub in subparsers().items():
         options = [o for a in sub._actions for o in a.option_strings]

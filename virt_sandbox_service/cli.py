@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from . import __version__
+from . import __version__, progress
 from .config import DEFAULT_URI, Paths, load_config, shown
 from .errors import (
     EXIT_FAILURE,
@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "sandboxes managed by systemd.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--debug", action="store_true", help="log each step; show tracebacks")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress lines for long steps (shown only on a terminal anyway)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     _add_create(sub)
     cl = sub.add_parser("clone", help="a new sandbox from an existing one, with its own identity",
@@ -476,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format=f"{PROG}: %(message)s")
     signal.signal(signal.SIGTERM, _sigterm)
+    progress.set_quiet(args.quiet or args.cmd == "run")  # run's stderr is its command's
     own = (lambda status: EXIT_RUN_FAILED) if args.cmd == "run" else (lambda status: status)
     try:
         return int(args.func(args, Paths.from_env()))

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import progress
 from .errors import HostError
 
 log = logging.getLogger(__name__)
@@ -400,7 +401,8 @@ def ensure(directory: Path | None = None, kernel: GuestKernel | None = None) -> 
         cached = _current(d, k, inputs)
         if cached is not None:
             return cached
-        return _build(d, k, busybox, inputs)
+        with progress.step(f"building the KVM guest's boot files for kernel {k.version}"):
+            return _build(d, k, busybox, inputs)
 
 
 def _current(d: Path, k: GuestKernel, inputs: list[Path]) -> BootFiles | None:

@@ -10,7 +10,7 @@ import stat
 import struct
 from pathlib import Path
 
-from .. import image
+from .. import image, progress
 from ..errors import HostError, UserError
 from ..plan import (
     MARKER,
@@ -71,7 +71,8 @@ def apply_op(op: FileOp, shift: int = 0) -> None:
             os.symlink(op.target, op.path)
             os.lchown(op.path, shift, shift)
         elif isinstance(op, CopyTree):
-            copy_tree(op.src, op.dst, frozenset(op.exclude), shift)
+            with progress.step(f"copying {op.src}"):
+                copy_tree(op.src, op.dst, frozenset(op.exclude), shift)
         elif isinstance(op, AddUser):
             add_user(op, shift)
         elif isinstance(op, MakeImage):
@@ -133,6 +134,11 @@ def add_user(op: AddUser, shift: int = 0) -> None:
 
 def make_image(op: MakeImage) -> None:
     """-i: the private trees into the image (see image.py)."""
+    with progress.step(f"writing the image {op.path}"):
+        _make_image(op)
+
+
+def _make_image(op: MakeImage) -> None:
     state = os.path.dirname(op.path)
     if not op.source:
         image.build(state, op.size)

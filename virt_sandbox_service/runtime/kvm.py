@@ -34,6 +34,7 @@ from pathlib import Path
 
 import libvirt
 
+from .. import progress
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
 from ..limits import Jail
@@ -57,7 +58,7 @@ from .common import (
 from .common import print_error as _print_error
 from .common import raise_stopped as _raise_stopped
 from .common import report_inner_failure as _report_inner_failure
-from .notify import notify_host_manager
+from .notify import notify_host_manager, status
 
 log = logging.getLogger(__name__)
 POLL = 0.05
@@ -86,6 +87,7 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
     for leftover in (READY_FILE, ".ready", FAILED_FILE, EXIT_FILE):
         (rdir / leftover).unlink(missing_ok=True)
     since = time.time()
+    status(f"Starting sandbox {cfg.name}: booting its VM.")
     try:
         dom.create()
     except libvirt.libvirtError as e:
@@ -93,7 +95,8 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
                         "'virt-sandbox-service doctor' checks the host") from e
     try:
         if cfg.kind is Kind.SERVICE:
-            _wait_ready(dom, cfg, rdir, timeout, since)
+            with progress.step(f"booting sandbox {cfg.name}"):
+                _wait_ready(dom, cfg, rdir, timeout, since)
     except InnerFailure as e:
         _print_error(e)
         return EXIT_NOT_CONFIGURED
@@ -110,6 +113,7 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
 def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, rdir: Path, timeout: float,
                 since: float) -> None:
     deadline = time.monotonic() + timeout
+    status(f"Starting sandbox {cfg.name}: waiting for its systemd to boot.")
     while (text := read_channel(rdir / READY_FILE)) is None:
         if not _active(dom):
             raise HostError(f"sandbox '{cfg.name}' stopped while starting",
@@ -123,6 +127,7 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, rdir: Path, timeout:
               if line.startswith("VSS_FAILED=")]
     if failed:
         fail_start(cfg, failed, since, lambda: _graceful_stop(dom, 10))
+    status(f"Starting sandbox {cfg.name}: checking {', '.join(cfg.units)}.")
     _wait_units_up(dom, cfg, rdir, deadline, since)
 
 

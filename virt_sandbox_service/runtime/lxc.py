@@ -24,7 +24,7 @@ from pathlib import Path
 
 import libvirt
 
-from .. import host
+from .. import host, progress
 from ..apply import apparmor
 from ..apply.files import make_whiteout
 from ..config import Kind, Paths, SandboxConfig
@@ -70,7 +70,7 @@ from .enter import (
     pids_cgroup,
     prepare_confinement,
 )
-from .notify import NotifyListener, notify_host_manager
+from .notify import NotifyListener, notify_host_manager, status
 
 log = logging.getLogger(__name__)
 POLL = 0.05  # seconds between domain state checks: cheap, and well under any human wait
@@ -102,12 +102,15 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
     try:
         try:
             # Inside: a Ctrl-C that lands as libvirt returns must not leave it running.
-            _create(dom, cfg)
-            if cfg.kind is Kind.SERVICE:
-                readiness.prepare()  # while the sandbox boots
-                _wait_ready(dom, cfg, listener, timeout, since)
-            if cfg.networks:
-                _wait_addresses(dom, cfg)
+            status(f"Starting sandbox {cfg.name}: its domain.")
+            with progress.step(f"starting sandbox {cfg.name}"):
+                _create(dom, cfg)
+                if cfg.kind is Kind.SERVICE:
+                    readiness.prepare()  # while the sandbox boots
+                    _wait_ready(dom, cfg, listener, timeout, since)
+                if cfg.networks:
+                    status(f"Starting sandbox {cfg.name}: waiting for its addresses.")
+                    _wait_addresses(dom, cfg)
         except InnerFailure as e:
             _print_error(e)
             return EXIT_NOT_CONFIGURED
@@ -203,6 +206,7 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyList
                 timeout: float, since: float) -> None:
     deadline = time.monotonic() + timeout
     failed: list[str] = []
+    status(f"Starting sandbox {cfg.name}: waiting for its systemd to boot.")
     while time.monotonic() < deadline:
         msg = listener.receive(POLL)
         if msg is None:
@@ -221,6 +225,7 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyList
                         log_hint(cfg))
     if failed:
         fail_start(cfg, failed, since, lambda: _graceful_stop(dom, 10))
+    status(f"Starting sandbox {cfg.name}: checking {', '.join(cfg.units)}.")
     _wait_units_up(dom, cfg, listener, deadline, since)
 
 

@@ -63,3 +63,9 @@ def notify_host_manager(**states: str) -> None:
     from pystemd.daemon import notify
 
     notify(False, *[f"{k.upper()}={v}" for k, v in states.items()])
+
+
+def status(text: str) -> None:
+    """STATUS= for the systemd that runs us: what `systemctl status` shows while a sandbox
+    starts (a TCG boot takes seconds)."""
+    notify_host_manager(status=text)
