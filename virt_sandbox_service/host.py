@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from .errors import HostError
+from .resources import data_path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # /etc trees the host's package tools manage (update-alternatives, update-ca-certificates,
@@ -133,7 +134,7 @@ def kvm_facts() -> KvmFacts:
 
 
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
-VIRTIOFSD_RO = Path(__file__).resolve().parent.parent / "libexec" / "virtiofsd-ro"
+VIRTIOFSD_RO = data_path("libexec", "virtiofsd-ro")
 
 
 def virtiofs_wrapper(env: dict[str, str] | None = None) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from . import progress
 from .errors import HostError
+from .resources import data_path
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ APPLETS = (
     "sleep", "test", "[", "basename", "sync", "kill", "fsfreeze",
 )
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
-INIT_SOURCE = Path(__file__).resolve().parent.parent / "initrd" / "init"
+INIT_SOURCE = data_path("initrd", "init")
 XEN_ELFNOTE_PHYS32_ENTRY = 18  # the PVH entry point note qemu looks for
 
 

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 from .config import Paths, SandboxConfig
 from .errors import EXIT_INTERRUPTED as EXIT_INTERRUPTED  # re-exported: runtime, tests
 from .errors import EXIT_NOT_CONFIGURED as EXIT_NOT_CONFIGURED
+from .resources import data_path
 
 if TYPE_CHECKING:
     import jinja2
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "units"
+TEMPLATES = data_path("units")
 UNIT_SUFFIX = "_sandbox.service"
 START_TIMEOUT = 90
 STOP_TIMEOUT = 60
@@ -69,9 +70,7 @@ def _env() -> jinja2.Environment:
 
 
 def _template_dir() -> Path:
-    # Installed as a package the templates sit beside the module; in a checkout, at the top.
-    packaged = Path(__file__).resolve().parent / "units"
-    return packaged if packaged.is_dir() else TEMPLATES
+    return TEMPLATES
 
 
 def path_environment(paths: Paths) -> list[tuple[str, str]]:

@@ -1,0 +1,16 @@
+"""The files the package ships besides its modules: the host unit template (data/units/), the
+KVM guest's init (data/initrd/init) and the read-only virtiofsd wrapper
+(data/libexec/virtiofsd-ro). Found through importlib.resources, so they are where the package
+is: a checkout, a wheel installed by pip, a Debian package; never looked up in the source tree.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+
+def data_path(*parts: str) -> Path:
+    """A shipped file or directory, as a path on disk (the package is installed unzipped: the
+    guest init and the wrapper are handed to libvirt and qemu by path)."""
+    return Path(str(files(__package__ or "virt_sandbox_service").joinpath("data", *parts)))
