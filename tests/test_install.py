@@ -5,6 +5,7 @@ never in the checkout. Installed into a throw-away venv and run from outside the
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import venv
 from collections.abc import Iterator
@@ -23,9 +24,13 @@ SHIPPED = (("units", "sandbox.service.j2"), ("initrd", "init"), ("libexec", "vir
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A venv with the project pip-installed from the checkout (a wheel built from it)."""
-    where = tmp_path_factory.mktemp("installed") / "venv"
+    top = tmp_path_factory.mktemp("installed")
+    where, source = top / "venv", top / "source"
+    # A copy of the checkout: pip builds in the source tree, and the checkout stays clean.
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", "tests", "bench"))
     venv.create(where, with_pip=True)
-    proc = subprocess.run([str(where / "bin" / "pip"), "install", "--quiet", str(ROOT)],
+    proc = subprocess.run([str(where / "bin" / "pip"), "install", "--quiet", str(source)],
                           capture_output=True, text=True, timeout=600)
     need(proc.returncode == 0, f"pip install of the checkout failed: {proc.stderr[-800:]}")
     yield where
