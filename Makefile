@@ -1,5 +1,5 @@
 # The two entry points of the README. Both install what they need first (idempotent).
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo test bench clean-demo deb
 
 setup:
 	bash scripts/setup.sh
@@ -15,3 +15,6 @@ bench: setup
 
 clean-demo:
 	bash scripts/demo.sh --clean
+
+deb:
+	bash scripts/deb.sh
