@@ -15,6 +15,7 @@ APT_PACKAGES=(
   qemu-guest-agent cpio
   selinux-policy-dev checkpolicy semodule-utils selinux-policy-default setools
   apache2-utils iproute2
+  python3-libvirt python3-lxml python3-jinja2 python3-pystemd
 )
 
 need_apt=()
