@@ -69,6 +69,15 @@ def test_an_older_init_and_a_missing_mount_are_differences() -> None:
     assert "echo" not in found[1].diff  # the init is shown once, on its own
 
 
+def test_the_defined_uuid_is_kept_over_a_derived_one() -> None:
+    derived = GENERATED.replace("<name>w</name>",
+                                "<name>w</name><uuid>11111111-2222-4333-8444-555555555555</uuid>")
+    xml, found = compare_domain("w", DEFINED.format(init="new"), derived)
+    assert found == []
+    assert etree.fromstring(xml.encode()).findtext("uuid") == \
+        "0b2c1f5e-6d7a-4b0c-9e8f-1a2b3c4d5e6f"
+
+
 def test_a_mac_the_config_gives_is_not_replaced() -> None:
     new = etree.fromstring(GENERATED.replace(
         '<source network="n"/>', '<mac address="52:54:00:00:00:01"/><source network="n"/>'

@@ -161,11 +161,14 @@ def _strip_added(d: etree._Element, g: etree._Element | None, path: str = "") ->
 
 
 def keep_identity(new: etree._Element, defined: etree._Element) -> None:
-    """What libvirt gave the domain stays: its uuid, and each interface's MAC address where
-    the config names none."""
+    """The domain's identity stays: its uuid (libvirt cannot change it, and a sandbox made
+    before uuids were derived from the machine-id has a random one), and each interface's MAC
+    address where the config names none."""
     uuid = defined.find("uuid")
     name = new.find("name")
-    if uuid is not None and new.find("uuid") is None and name is not None:
+    if uuid is not None and name is not None:
+        for old in new.findall("uuid"):
+            new.remove(old)
         name.addnext(etree.fromstring(etree.tostring(uuid)))
     old_ifaces = defined.findall("devices/interface")
     for i, iface in enumerate(new.findall("devices/interface")):
