@@ -98,3 +98,12 @@ def test_freeradius_evidence_gives_it_the_snakeoil_key() -> None:
     hidden = evidence.hidden_secrets(Path("/etc"), [p for p in found if p.startswith("/etc")])
     assert "/etc/ssl/private/ssl-cert-snakeoil.key" not in {h.path for h in hidden}
     assert "/etc/shadow" in {h.path for h in hidden}  # freerad is in group shadow too
+
+
+def test_a_unit_run_as_root_gets_no_secret_its_configuration_names() -> None:
+    """apache2 (root) names the snakeoil key in its disabled default-ssl site: no evidence."""
+    need(Path("/lib/systemd/system/apache2.service").exists(), "apache2 is installed")
+    need(Path("/etc/ssl/private/ssl-cert-snakeoil.key").exists(), "ssl-cert made its key")
+    found = {e.path for e in evidence.gather([unitfile.load_unit("apache2.service")],
+                                             evidence.detect_package_db())}
+    assert "/etc/ssl/private/ssl-cert-snakeoil.key" not in found

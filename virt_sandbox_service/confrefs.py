@@ -4,11 +4,12 @@ A key named in a daemon's configuration (freeradius's eap module:
 `private_key_file = /etc/ssl/private/ssl-cert-snakeoil.key`, 0640 root:ssl-cert in a 0710
 directory, which freerad reads through its supplementary group ssl-cert) is not world-readable,
 so the sandbox would hide it as a host secret and the daemon would refuse to start. That the
-configuration names it, on a line that is not a comment, and that the unit's user can read it
-on the host (as owner, or through its primary or supplementary groups; any file for a unit run
-as root) is the evidence that it is the service's: it is given to the instance, as its own
-copy. The host's account databases are never given this way (every user's password hash):
-an administrator can still say `--private /etc/shadow`.
+configuration names it, on a line that is not a comment, and that the unit's User= can read it
+on the host (as owner, or through its primary or supplementary groups) is the evidence that it
+is the service's: it is given to the instance, as its own copy. A unit run as root reads
+everything, so for it this is no evidence (evidence.py asks only for a User= of its own).
+The host's account databases are never given this way (every user's password hash): an
+administrator can still say `--private /etc/shadow`.
 
 World-readable paths need nothing: the sandbox sees them already. The configuration is the
 packages' conffiles and the files under the units' ConfigurationDirectory=; only text files,

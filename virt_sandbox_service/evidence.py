@@ -11,240 +11,31 @@ nothing.
 
 from __future__ import annotations
 
-import enum
 import os
 import posixpath
-import re
 import shlex
-import shutil
 import stat
-import subprocess
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from . import confrefs
 from .errors import UserError
+
+# The path vocabulary, the host-secret walk and the package databases live in modules of
+# their own (pathevidence.py, hostsecrets.py, pkgdb.py); importers keep finding them here.
+from .hostsecrets import _colon_file
+from .hostsecrets import hidden_secrets as hidden_secrets
+from .pathevidence import Access as Access
+from .pathevidence import PathEvidence as PathEvidence
+from .pathevidence import _norm, _under
+from .pkgdb import _USRMERGE, _aliases
+from .pkgdb import DpkgDB as DpkgDB
+from .pkgdb import PackageDB as PackageDB
+from .pkgdb import RpmDB as RpmDB
+from .pkgdb import detect_package_db as detect_package_db
+from .pkgdb import parse_dpkg_status as parse_dpkg_status
 from .unitfile import UnitFile, UnitName, load_unit
-
-
-class Access(enum.StrEnum):
-    PRIVATE = "private"  # the instance gets its own copy/dir (lives in the sandbox's state dir)
-    TMPFS = "tmpfs"  # lives on the sandbox's private /run or /tmp tmpfs (nothing to persist)
-    HIDDEN = "hidden"  # a host secret the sandbox must not see (not copied into its /etc)
-    SHARED = "shared"  # the host's file, seen read-only
-
-
-@dataclass(frozen=True)
-class PathEvidence:
-    path: str  # absolute, normalised, as seen inside the sandbox
-    access: Access
-    is_dir: bool
-    reasons: tuple[str, ...]
-    owner: tuple[int, int] | None = None  # uid/gid on the host, if the path exists there
-    mode: int | None = None  # permission bits on the host, if the path exists there
-
-
-class PackageDB(Protocol):
-    kind: str  # "dpkg" or "rpm"
-
-    def owner(self, path: str) -> str | None: ...
-    def files(self, package: str) -> list[str]: ...
-    def conffiles(self, package: str) -> list[str]: ...
-    def exists(self, package: str) -> bool: ...
-    # The installed packages `package` depends on that are built from its own source
-    # package (samba -> samba-common): the service's files split over several packages.
-    def same_source_dependencies(self, package: str) -> list[str]: ...
-
-
-# --- package databases ----------------------------------------------------------------------
-
-# With merged /usr a file may be recorded under either name.
-_USRMERGE = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-
-
-def _aliases(path: str) -> list[str]:
-    for top in _USRMERGE:
-        if path.startswith(top + "/"):
-            return [path, "/usr" + path]
-        if path.startswith("/usr" + top + "/"):
-            return [path, path[len("/usr") :]]
-    return [path]
-
-
-@dataclass(frozen=True)
-class _Installed:
-    source: str
-    depends: tuple[str, ...]
-
-
-class DpkgDB:
-    """Reads /var/lib/dpkg/info/<pkg>[:<arch>].list and .conffiles, and /var/lib/dpkg/status
-    (once), directly: stable formats."""
-
-    kind = "dpkg"
-
-    def __init__(self, root: Path = Path("/")) -> None:
-        self._info = root / "var/lib/dpkg/info"
-        self._status_file = root / "var/lib/dpkg/status"
-        self._stems: list[str] | None = None
-        self._status: dict[str, _Installed] | None = None
-
-    def owner(self, path: str) -> str | None:
-        wanted = [b"\n" + os.fsencode(p) + b"\n" for p in _aliases(path)]
-        for stem in self._search_order(path):
-            data = b"\n" + self._read(stem, "list")
-            if any(w in data for w in wanted):
-                return stem.partition(":")[0]
-        return None
-
-    def files(self, package: str) -> list[str]:
-        return [line for stem in self._stems_of(package) for line in self._lines(stem, "list")]
-
-    def conffiles(self, package: str) -> list[str]:
-        # A line is "path" or, for newer dpkg, "path flag..." (e.g. remove-on-upgrade).
-        out = []
-        for stem in self._stems_of(package):
-            for line in self._lines(stem, "conffiles"):
-                out += [word for word in line.split() if word.startswith("/")][:1]
-        return out
-
-    def exists(self, package: str) -> bool:
-        return bool(self._stems_of(package))
-
-    def same_source_dependencies(self, package: str) -> list[str]:
-        installed = self._installed()
-        me = installed.get(package.partition(":")[0])
-        if me is None:
-            return []
-        return [d for d in me.depends
-                if d in installed and installed[d].source == me.source and d != package]
-
-    def _installed(self) -> dict[str, _Installed]:
-        if self._status is None:
-            try:
-                text = self._status_file.read_text(errors="replace")
-            except OSError:
-                text = ""
-            self._status = parse_dpkg_status(text)
-        return self._status
-
-    def _all_stems(self) -> list[str]:
-        if self._stems is None:
-            names = os.listdir(self._info) if self._info.is_dir() else []
-            self._stems = sorted(n[: -len(".list")] for n in names if n.endswith(".list"))
-        return self._stems
-
-    def _stems_of(self, package: str) -> list[str]:
-        # Multi-arch packages name their files "pkg:arch.list"; "pkg:arch" may also be asked.
-        if "/" in package or package.startswith("."):
-            return []
-        if (self._info / f"{package}.list").is_file():
-            return [package]
-        return [s for s in self._all_stems() if s.partition(":")[0] == package]
-
-    def _search_order(self, path: str) -> list[str]:
-        # A file usually belongs to a package named like it (ssh.service -> openssh-server):
-        # look there first, so a create does not read all ~3000 lists.
-        word = re.split(r"[.@_-]", posixpath.basename(path))[0]
-        stems = self._all_stems()
-        likely = [s for s in stems if word and word in s]
-        return likely + [s for s in stems if not (word and word in s)]
-
-    def _read(self, stem: str, suffix: str) -> bytes:
-        try:
-            return (self._info / f"{stem}.{suffix}").read_bytes()
-        except FileNotFoundError:
-            return b""
-
-    def _lines(self, stem: str, suffix: str) -> list[str]:
-        return [os.fsdecode(line) for line in self._read(stem, suffix).splitlines() if line]
-
-
-# "name", "name:arch", "name (>= 1.0)", "name [amd64]": the name is the first word.
-_DEP_NAME = re.compile(r"\s*([a-z0-9][a-z0-9+.-]*)")
-
-
-def parse_dpkg_status(text: str) -> dict[str, _Installed]:
-    """name -> (source package, Depends and Pre-Depends names) of each installed package.
-
-    The source is the Source: field's first word, the package's own name without one; every
-    alternative of an "a | b" dependency is kept (the caller keeps only installed ones).
-    """
-    out: dict[str, _Installed] = {}
-    for stanza in text.split("\n\n"):
-        fields: dict[str, str] = {}
-        for line in stanza.splitlines():
-            if line[:1] not in (" ", "\t", "") and ":" in line:
-                key, _, value = line.partition(":")
-                fields[key] = value.strip()
-        name = fields.get("Package")
-        if not name or not fields.get("Status", "").endswith(" installed"):
-            continue
-        source = (fields.get("Source") or name).split()[0]
-        depends = [m.group(1)
-                   for field in ("Pre-Depends", "Depends")
-                   for alternative in re.split(r"[,|]", fields.get(field, ""))
-                   if (m := _DEP_NAME.match(alternative))]
-        # Multi-arch packages have a stanza per architecture: one entry, their union.
-        known = out.get(name)
-        both = (*known.depends, *depends) if known else tuple(depends)
-        out[name] = _Installed(source, tuple(dict.fromkeys(both)))
-    return out
-
-
-class RpmDB:
-    """Asks rpm (-qf, -ql, -qc); its database format is not meant to be read directly."""
-
-    kind = "rpm"
-
-    def __init__(self, root: Path = Path("/")) -> None:
-        self._root = root
-        self._sources: dict[str, str] | None = None  # installed package -> its source RPM
-
-    def owner(self, path: str) -> str | None:
-        out = self._query("-qf", "--queryformat", "%{NAME}\\n", path)
-        return out[0] if out else None
-
-    def files(self, package: str) -> list[str]:
-        return [line for line in self._query("-ql", package) if line.startswith("/")]
-
-    def conffiles(self, package: str) -> list[str]:
-        return [line for line in self._query("-qc", package) if line.startswith("/")]
-
-    def exists(self, package: str) -> bool:
-        return bool(self._query("-q", package))
-
-    def same_source_dependencies(self, package: str) -> list[str]:
-        # rpm requires capabilities, not packages; a package provides its own name, so the
-        # capabilities named like an installed package of the same source RPM are those.
-        source = self._query("-q", "--queryformat", "%{SOURCERPM}\\n", package)
-        if not source or source[0] in ("", "(none)"):
-            return []
-        if self._sources is None:
-            pairs = (line.split() for line in
-                     self._query("-qa", "--queryformat", "%{NAME} %{SOURCERPM}\\n"))
-            self._sources = {p[0]: p[1] for p in pairs if len(p) == 2}
-        required = [line.split()[0] for line in self._query("-q", "--requires", package)
-                    if line.strip()]
-        return [r for r in dict.fromkeys(required)
-                if r != package and self._sources.get(r) == source[0]]
-
-    def _query(self, *args: str) -> list[str]:
-        root = ["--root", str(self._root)] if self._root != Path("/") else []
-        proc = subprocess.run(["rpm", *root, *args], capture_output=True, text=True, check=False)
-        return proc.stdout.splitlines() if proc.returncode == 0 else []
-
-
-def detect_package_db(root: Path = Path("/")) -> PackageDB | None:
-    """The host's package database: dpkg, rpm, or None. Detected, not assumed."""
-    if (root / "var/lib/dpkg/status").is_file():
-        return DpkgDB(root)
-    if (root / "var/lib/rpm").is_dir() and shutil.which("rpm"):
-        return RpmDB(root)
-    return None
-
 
 # --- evidence -----------------------------------------------------------------------------------
 
@@ -282,19 +73,6 @@ for _top in _USRMERGE:
     _NEVER_PRIVATE[_top] = _NEVER_PRIVATE["/usr"]
 # What a unit's path list never makes private or shared: the trees the sandbox builds itself.
 _WHOLE_TREES = frozenset({*_NEVER_PRIVATE, "/var"})
-
-
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
-def _norm(path: str) -> str:
-    """Normalise; /var/run and /var/lock are /run and /run/lock inside the sandbox too."""
-    path = "/" + posixpath.normpath(path).lstrip("/")
-    for old, new in (("/var/run", "/run"), ("/var/lock", "/run/lock")):
-        if _under(path, old):
-            return new + path[len(old) :]
-    return path
 
 
 def _evidence(path: str, access: Access, is_dir: bool | None, reason: str) -> _Claim:
@@ -511,7 +289,8 @@ NAMED_REASON = "named in {where} (the service's configuration), readable by {use
 def _named_secret_claims(units: Sequence[UnitFile], pkgdb: PackageDB | None,
                          packages: Sequence[str], root: Path) -> list[_Claim]:
     """What the packages' conffiles and the units' ConfigurationDirectory= name that is not
-    world-readable but the unit's user reads on the host: the service's own (confrefs.py)."""
+    world-readable but the unit's User= (not root) reads on the host: the service's own
+    (confrefs.py)."""
     conffiles = [c for p in packages for c in pkgdb.conffiles(p)] if pkgdb else []
     out = []
     for unit in units:
@@ -519,13 +298,16 @@ def _named_secret_claims(units: Sequence[UnitFile], pkgdb: PackageDB | None,
         if section is None:
             continue
         user = unit.value(section, "User")
-        who = None if _yes(unit.value(section, "DynamicUser")) else confrefs.reader(
-            user, root / "etc")
+        # Only a user of its own: root reads everything, so its reading is no evidence (and
+        # apache2's disabled default-ssl.conf would give every sandbox the snakeoil key).
+        if user in (None, "", "root", "0") or _yes(unit.value(section, "DynamicUser")):
+            continue
+        who = confrefs.reader(user, root / "etc")
         if who is None:
             continue
         dirs = [f"/etc/{w.split(':')[0]}" for w in _words(unit, section, "ConfigurationDirectory")]
         for n in confrefs.secrets_named(confrefs.config_files(conffiles, dirs, root), who, root):
-            reason = NAMED_REASON.format(where=n.where, user=user or "root")
+            reason = NAMED_REASON.format(where=n.where, user=user)
             out.append(_evidence(n.path, Access.PRIVATE, n.is_dir, reason))
     return out
 
@@ -725,83 +507,3 @@ def _lstat(root: Path, path: str) -> os.stat_result | None:
         return os.lstat(root / path.lstrip("/"))
     except OSError:
         return None
-
-
-# --- host secrets -------------------------------------------------------------------------------
-
-
-def hidden_secrets(etc_dir: Path, allowed: Collection[str]) -> tuple[PathEvidence, ...]:
-    """What under the host's /etc is not world-readable and not the service's own.
-
-    A hidden directory is reported once, not its children, unless an allowed path lies under
-    it: then its other children are examined one by one. Symlinks are not followed.
-    """
-    allow = {_norm(a) for a in allowed}
-    if "/etc" in allow:
-        return ()
-    ancestors = {parent for a in allow for parent in _parents(a)}
-    walker = _SecretWalker(allow, ancestors, _IdNames(etc_dir))
-    walker.walk(etc_dir, "/etc")
-    return tuple(sorted(walker.found, key=lambda e: e.path.split("/")))
-
-
-def _parents(path: str) -> list[str]:
-    out = []
-    while path not in ("/", ""):
-        path = posixpath.dirname(path)
-        out.append(path)
-    return out
-
-
-class _IdNames:
-    """uid/gid -> name from the given /etc (the host's), falling back to the number."""
-
-    def __init__(self, etc_dir: Path) -> None:
-        self.users = {f[2]: f[0] for f in _colon_file(etc_dir / "passwd") if len(f) > 2}
-        self.groups = {f[2]: f[0] for f in _colon_file(etc_dir / "group") if len(f) > 2}
-
-    def describe(self, st: os.stat_result) -> str:
-        user = self.users.get(str(st.st_uid), str(st.st_uid))
-        group = self.groups.get(str(st.st_gid), str(st.st_gid))
-        return f"{stat.S_IMODE(st.st_mode):04o} {user}:{group}"
-
-
-def _colon_file(path: Path) -> list[list[str]]:
-    try:
-        return [line.split(":") for line in path.read_text(errors="replace").splitlines()]
-    except OSError:
-        return []
-
-
-class _SecretWalker:
-    def __init__(self, allow: set[str], ancestors: set[str], names: _IdNames) -> None:
-        self.allow = allow
-        self.ancestors = ancestors
-        self.names = names
-        self.found: list[PathEvidence] = []
-
-    def walk(self, directory: Path | str, shown: str) -> None:
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
-            return
-        for entry in entries:
-            self._visit(entry, f"{shown}/{entry.name}")
-
-    def _visit(self, entry: os.DirEntry[str], path: str) -> None:
-        if path in self.allow:
-            return  # allowed, and so is everything under it
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            return
-        if stat.S_ISLNK(st.st_mode):
-            return
-        is_dir = stat.S_ISDIR(st.st_mode)
-        # Descend into a hidden directory only to reach an allowed path below it.
-        if not st.st_mode & 0o004 and not (is_dir and path in self.ancestors):
-            reason = f"not world-readable on the host ({self.names.describe(st)})"
-            self.found.append(PathEvidence(path, Access.HIDDEN, is_dir, (reason,),
-                                           (st.st_uid, st.st_gid), stat.S_IMODE(st.st_mode)))
-        elif is_dir:
-            self.walk(entry.path, path)
