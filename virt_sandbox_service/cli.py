@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "and /srv, record what they open (fanotify) as evidence, show what the "
                       "sandbox lacks")
     lrn.add_argument("--seconds", type=positive_seconds, default=10, metavar="N",
-                     help="how long to watch the units after the start (default 10)")
+                     help="how long to watch the units from their first open (default 10)")
     lrn.add_argument("--add", action="store_true",
                      help="also copy what it lacks under /var from the host into the "
                           "instance (the sandbox must be stopped)")

@@ -51,6 +51,7 @@ from .limits import confined_caps
 from .plan import ETC_WORK, EVIDENCE_FILE, OVERLAY_OPTIONS, Mount, Plan, plan
 
 TREES = ("/etc", "/var", "/srv")
+STARTUP_LIMIT = 60.0  # seconds to wait for the units' first open
 OBSERVED = "observed"
 # fanotify(7): notification class, O_CLOEXEC|O_NONBLOCK fds; open events, also of directories.
 FAN_CLOEXEC, FAN_NONBLOCK = 0x1, 0x2
@@ -326,10 +327,17 @@ def _run(conn: libvirt.virConnect, p: Plan, facts: HostFacts, watch: Watch,
                             f"{e.get_error_message()}",
                             "'virt-sandbox-service doctor' checks the host") from e
         try:
-            deadline = time.monotonic() + seconds
+            # `seconds` from the units' first open: a slow or busy host's boot is not
+            # counted (up to STARTUP_LIMIT for it).
+            deadline = time.monotonic() + STARTUP_LIMIT
+            started = False
             while time.monotonic() < deadline:
                 for pid, path, wrote in watch.read(0.2):
-                    if interesting(path) and in_units(pid, units):
+                    if not in_units(pid, units):
+                        continue
+                    if not started:
+                        started, deadline = True, time.monotonic() + seconds
+                    if interesting(path):
                         (written if wrote else seen).add(path)
         finally:
             with contextlib.suppress(libvirt.libvirtError):
