@@ -267,6 +267,9 @@ def test_a_failed_upgrade_leaves_the_sandbox_as_it_was(env: Env) -> None:
     name = unique_name("rcf")
     env.run("create", "-u", "apache2.service", name, check=True)
     tampered = tamper(env, name)
+    every = env.run("upgrade", "--check", "--all")
+    assert every.returncode == CHECK_DRIFT, every.stdout + every.stderr
+    assert f"{name}: differs: domain {name}" in every.stdout
     proc = subprocess.run([*CLI, "upgrade", name], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, **env.vars, "PYTHONPATH": str(ROOT),
                                "VSS_FAULT_AFTER": f"reconciled domain {name}"})
