@@ -54,6 +54,10 @@ ln -sfn "$venv/bin/virt-sandbox-service" /usr/local/bin/virt-sandbox-service
 install -D -m 644 "$here/man/virt-sandbox-service.1" /usr/local/share/man/man1/virt-sandbox-service.1
 install -D -m 644 "$here/completion/virt-sandbox-service.bash" /usr/share/bash-completion/completions/virt-sandbox-service
 
+# Building the test host's image (scripts/testhost-image.sh, in a chroot): no daemons to start
+# and no host to fix; the booted guest runs this script again.
+if [ "${VSS_SETUP_IMAGE:-}" = 1 ]; then exit 0; fi
+
 # Daemons: nothing on this kind of machine starts them (PID 1 is not systemd). Where systemd
 # runs the host, it already manages them and we leave it alone.
 if [ ! -d /run/systemd/system ]; then

@@ -332,6 +332,68 @@ class SystemdHost:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def pid1_is_systemd() -> bool:
+    """This machine is a standard host: systemd is its PID 1 (sd_booted()'s test, plus /proc/1)."""
+    try:
+        return RUN_SYSTEMD.joinpath("system").is_dir() and \
+            Path("/proc/1/comm").read_text().strip() == "systemd"
+    except OSError:
+        return False
+
+
+class LocalSystemd(SystemdHost):
+    """The same interface on a standard host, whose own PID 1 is systemd (the test host VM,
+    tests/testhost.py): the units are the host's, driven by its real systemd and libvirtd. No
+    boot or power-off here (that would end the test run): the VM's harness reboots the guest
+    from outside (tests/test_testhost.py)."""
+
+    def __init__(self) -> None:  # no cgroups or overlay of its own: nothing is booted
+        self.machine, self.boot_timeout, self.leader = "local", 0.0, 1
+        self.base = Path(tempfile.mkdtemp(prefix="vss-systemd-local-", dir=WORK_PARENT))
+        self.shared = self.base / "shared"
+        self.env = {}
+        for key, sub in (("VSS_STATE_DIR", "state"), ("VSS_CONFIG_DIR", "config"),
+                         ("VSS_RUN_DIR", "run")):
+            (self.shared / sub).mkdir(parents=True)
+            self.env[key] = str(self.shared / sub)
+        self.console_log = self.base / "console.log"
+        self.proc = None
+        self.sandboxes, self.all_sandboxes = [], []
+        self.timings = {}
+        self._made_run_systemd = False
+        self._cgroups = []
+
+    def boot(self) -> float:
+        return 0.0
+
+    def shutdown(self, timeout: float = 30.0) -> float:
+        pytest.skip("powering off the host the tests run on: tests/test_testhost.py reboots "
+                    "the standard test host from outside instead")
+
+    def run(self, cmd: Sequence[str], *, check: bool = True, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        full_env = {"PATH": INNER_PATH, "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", **self.env,
+                    **(env or {})}
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
+                              check=False, stdin=subprocess.DEVNULL, env=full_env)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{shlex.join(cmd)} exited {proc.returncode}:\n"
+                                 f"{proc.stdout}{proc.stderr}")
+        return proc
+
+    def close(self) -> None:
+        errors: list[str] = []
+        for name in list(self.sandboxes):
+            self.systemctl("stop", f"{name}_sandbox.service", timeout=90)
+            r = self.cli("delete", "--force", name, check=False, timeout=60)
+            if r.returncode == 0:
+                self.sandboxes.remove(name)
+        errors += _remove_domains(self.sandboxes)
+        shutil.rmtree(self.base, ignore_errors=True)
+        if errors:
+            raise RuntimeError("clean-up: " + "; ".join(errors))
+
+
 def _own_cgroups(machine: str) -> list[Path]:
     """A fresh child of our cgroup in the cgroup2 and name=systemd hierarchies, where mounted."""
     mounts: dict[str, Path] = {}
@@ -421,9 +483,13 @@ def systemd_host_fixture(request: pytest.FixtureRequest) -> Iterator[SystemdHost
     """
     from .conftest import need
 
-    reason = unavailable()
-    need(reason is None, reason or "")
-    host = SystemdHost()
+    host: SystemdHost
+    if pid1_is_systemd():
+        host = LocalSystemd()
+    else:
+        reason = unavailable()
+        need(reason is None, reason or "")
+        host = SystemdHost()
     try:
         host.boot()
         yield host

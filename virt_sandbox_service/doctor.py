@@ -21,7 +21,7 @@ class Check:
 
 def checks(fix: bool = False) -> list[Check]:
     out = [_root(), *_libvirt(), _cgroups(fix), _blkio(), _overlay(), _userns(), *_kvm(),
-           _selinux(), _confinement(), _pkgdb(), _systemd()]
+           _selinux(fix), _confinement(), _pkgdb(), _systemd()]
     return out
 
 
@@ -133,9 +133,25 @@ def _kvm_root_share(wrapper: str) -> Check:
                  "VSS_KVM_ROOT_SHARE=9p)")
 
 
-def _selinux() -> Check:
+def _selinux(fix: bool = False) -> Check:
     if host.selinux_enabled():
-        return Check("selinux", True, "enabled: sandboxes get an MCS label enforced by libvirt")
+        from .apply import selinux_policy
+        from .errors import SandboxError
+
+        problems = selinux_policy.problems()
+        if problems and fix:
+            try:
+                done = selinux_policy.fix()
+            except SandboxError as e:
+                return Check("selinux", False, f"enabled; fixing failed: {e}", e.hint or "")
+            problems = selinux_policy.problems()
+            if not problems:
+                return Check("selinux", True, "enabled; fixed: " + "; ".join(done))
+        if problems:
+            return Check("selinux", False, "enabled, but " + "; ".join(problems),
+                         "run 'virt-sandbox-service doctor --fix' (see policy/README.md)")
+        return Check("selinux", True, "enabled: sandboxes get an MCS label enforced by libvirt, "
+                     "with the types of the policy module virt_sandbox_service")
     return Check("selinux", True, "not enabled: MCS labels are allocated and shown, not enforced")
 
 

@@ -301,6 +301,8 @@ class CgroupLayout:
     unified_mount: Path | None
     unified_controllers: tuple[str, ...]
     v1_hierarchies: tuple[str, ...]
+    # The host's mount points below /sys that libvirt's container /sys hides (LXC_SYS_OWN).
+    sys_mounts: tuple[str, ...] = ()
 
     @property
     def userns_problem(self) -> str | None:
@@ -315,6 +317,15 @@ class CgroupLayout:
                 str(self.unified_mount).startswith("/sys/fs/cgroup/"):
             return (f"libvirt's LXC driver cannot start user-namespaced containers beside the "
                     f"cgroup2 mount at {self.unified_mount} of this hybrid cgroup layout")
+        # The same code, on a standard systemd host (seen on Debian 12 with libvirt 9.0, the
+        # test host VM): the sandbox's root is the host's, bound with its submounts, and the
+        # fresh sysfs libvirt mounts on /sys hides those below it (cgroup2, and tracefs,
+        # debugfs, configfs, fusectl that systemd mounts); remounting one fails with EINVAL:
+        # "Failed to make mount /sys/kernel/tracing readonly: Invalid argument".
+        if self.sys_mounts:
+            return (f"libvirt's LXC driver cannot start user-namespaced containers whose root "
+                    f"is this host's: its own /sys hides the host's mounts "
+                    f"{', '.join(self.sys_mounts)}, and it fails to remount them read-only")
         return None
 
     @property
@@ -377,10 +388,20 @@ def blkio_weight_supported() -> bool:
     return False
 
 
+# What libvirt's LXC driver mounts itself below /sys, and so skips (lxcBasicMounts). Not
+# /sys/fs/cgroup: with everything else unmounted, a pure cgroup v2 host's cgroup2 there fails
+# the same way ("Failed to make mount /sys/fs/cgroup readonly"), seen on the test host.
+LXC_SYS_OWN = ("/sys/kernel/security", "/sys/fs/selinux")
+
+
 def cgroup_layout() -> CgroupLayout:
     unified: Path | None = None
     v1: list[str] = []
+    sys_mounts: list[str] = []
     for target, fstype, _opts in _mounts():
+        if target.startswith("/sys/") and not any(
+                target == own or target.startswith(own + "/") for own in LXC_SYS_OWN):
+            sys_mounts.append(target)
         if fstype == "cgroup2":
             unified = Path(target)
         elif fstype == "cgroup":
@@ -392,7 +413,8 @@ def cgroup_layout() -> CgroupLayout:
         except OSError:
             controllers = ()
     kind = "hybrid" if unified and v1 else ("v2" if unified else "v1")
-    return CgroupLayout(kind, unified, controllers, tuple(sorted(v1)))
+    return CgroupLayout(kind, unified, controllers, tuple(sorted(v1)),
+                        tuple(sorted(set(sys_mounts))))
 
 
 def fix_cgroup_controllers(layout: CgroupLayout) -> list[str]:

@@ -143,10 +143,12 @@ def _tasks_prologue() -> list[str]:
     """--tasks: libvirt (9.0) leaves LXC containers at the root of the v1 pids hierarchy, so
     make a cgroup of our own there, mirroring libvirt's path, with the limit on it and the
     init in its child (the cgroup namespace root made next). A limit nothing can hold must
-    not be a silent no-op: then the sandbox does not boot."""
+    not be a silent no-op: then the sandbox does not boot. On a pure cgroup v2 host (a
+    cgroup2 /sys/fs/cgroup here) the host holds the limit on the domain's scope instead
+    (runtime/lxc.py, through systemd's TasksMax=)."""
     e = TASKS_ENV
     return [
-        f"if [ -n \"${{{e}:-}}\" ]; then",
+        f"if [ -n \"${{{e}:-}}\" ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then",
         f"  base=$({CPU_CGROUP_PATH})",
         f"  base=${{base%/{PAYLOAD_CGROUP}}}; pd={TASKS_MOUNT}",
         "  mkdir -p $pd && mount -t cgroup -o pids pids $pd &&",

@@ -10,7 +10,7 @@ while IFS=: read -r _ ctl path; do
   fi
   echo $$ > "$p/cgroup.procs"
 done < /proc/self/cgroup
-if [ -n "${VSS_TASKS_MAX:-}" ]; then
+if [ -n "${VSS_TASKS_MAX:-}" ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
   base=$(sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\(.*\)$/\1/p;T;q' /proc/self/cgroup)
   base=${base%/sandbox}; pd=/run/.vss-pids
   mkdir -p $pd && mount -t cgroup -o pids pids $pd &&

@@ -70,3 +70,23 @@ def disable_and_remove(unit_dir: Path, unit: str) -> None:
     path = unit_dir / unit
     if path.exists() or path.is_symlink():
         path.unlink()
+
+
+def set_tasks_max(cgroup: Path, tasks: int) -> None:
+    """pids.max of a cgroup libvirt made for a domain: through systemd (TasksMax=, runtime)
+    where it manages that cgroup as a unit, so that it does not put its own value back;
+    directly elsewhere."""
+    if systemd_running() and cgroup.name.endswith((".scope", ".service", ".slice")):
+        from pystemd.systemd1 import Manager
+
+        try:
+            with Manager() as manager:
+                manager.Manager.SetUnitProperties(cgroup.name.encode(), True,
+                                                  {b"TasksMax": tasks})
+            return
+        except Exception as e:
+            raise HostError(f"systemd could not limit {cgroup.name} to {tasks} tasks: {e}") from e
+    try:
+        (cgroup / "pids.max").write_text(f"{tasks}\n")
+    except OSError as e:
+        raise HostError(f"cannot limit {cgroup} to {tasks} tasks: {e.strerror}") from e

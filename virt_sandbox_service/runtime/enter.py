@@ -121,8 +121,16 @@ def pids_cgroup(pid: int) -> Path | None:
 
 def join_pids_cgroup(init: int) -> None:
     """Move this process into the pids cgroup of the sandbox's init (made for --tasks): a
-    process entering the sandbox counts against its tasks limit like the sandbox's own."""
+    process entering the sandbox counts against its tasks limit like the sandbox's own.
+
+    On a pure cgroup v2 host, into the init's own cgroup: there libvirt's lxcEnterCGroup
+    (9.0) leaves the process where it was (seen on the test host VM: what `execute` ran
+    stayed in the caller's session scope, outside the sandbox's memory and tasks limits)."""
     cg = pids_cgroup(init)
+    if cg is None and host.cgroup_layout().kind == "v2":
+        own = Path(f"/proc/{init}/cgroup").read_text().splitlines()
+        rel = next((line[3:] for line in own if line.startswith("0::")), "/")
+        cg = Path("/sys/fs/cgroup") / rel.lstrip("/") if rel != "/" else None
     if cg is not None:
         (cg / "cgroup.procs").write_text(f"{os.getpid()}\n")
 

@@ -26,6 +26,7 @@ import libvirt
 
 from .. import host, progress
 from ..apply import apparmor
+from ..apply import systemd as sd
 from ..apply.files import make_whiteout
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
@@ -105,6 +106,7 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
             status(f"Starting sandbox {cfg.name}: its domain.")
             with progress.step(f"starting sandbox {cfg.name}"):
                 _create(dom, cfg)
+                _hold_tasks_v2(dom, cfg)
                 if cfg.kind is Kind.SERVICE:
                     readiness.prepare()  # while the sandbox boots
                     _wait_ready(dom, cfg, listener, timeout, since)
@@ -200,6 +202,25 @@ def _create(dom: libvirt.virDomain, cfg: SandboxConfig) -> None:
     except libvirt.libvirtError as e:
         raise HostError(f"libvirt could not start '{cfg.name}': {e.get_error_message()}",
                         "'virt-sandbox-service doctor' checks the host") from e
+
+
+def _hold_tasks_v2(dom: libvirt.virDomain, cfg: SandboxConfig) -> None:
+    """--tasks on a pure cgroup v2 host. libvirt (9.0) has no tasks limit and enables no
+    pids controller below the domain's scope, so the limit goes on the scope itself, which
+    holds every process of the sandbox. It is set as soon as the domain exists: before the
+    sandbox's systemd has started any unit (on hybrid hosts the init does it, initscript.py)."""
+    if not cfg.tasks or host.cgroup_layout().kind != "v2":
+        return
+    own = Path(f"/proc/{init_pid(dom)}/cgroup").read_text()
+    rel = next((line[3:] for line in own.splitlines() if line.startswith("0::")), "/")
+    root = Path("/sys/fs/cgroup")
+    at = root / rel.lstrip("/")
+    while at != root and not (at / "pids.max").exists():
+        at = at.parent
+    if at == root:
+        raise HostError(f"no pids controller holds sandbox '{cfg.name}' ({rel})",
+                        "create it without --tasks; 'virt-sandbox-service doctor' checks")
+    sd.set_tasks_max(at, cfg.tasks)
 
 
 def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyListener,

@@ -1,0 +1,148 @@
+"""The standard test host tier: what this machine cannot be, booted as a VM and tested inside.
+
+tests/testhost.py boots Debian 12 under QEMU (TCG) with systemd as PID 1, pure cgroup v2,
+libvirtd started by systemd, and AppArmor or SELinux (enforcing) active; the project is
+installed inside by its own scripts/setup.sh. Each guest runs a selection of the tests that
+need such a host (INNER, marked `standard_host` where they cannot run anywhere else), and the
+host side checks what needs the VM from outside: a reboot, and that nothing is left behind.
+
+Times (boot, set-up, each selection) are printed at the end and recorded in the README.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import need
+from .testhost import GUEST_TREE, PROJECT, TestHost, build_image
+
+pytestmark = [pytest.mark.testhost, pytest.mark.root]
+
+# What each guest runs inside, and why there.
+INNER = {
+    # Debian/Ubuntu's default: the lifecycle against the real PID 1, cgroup v2, --tasks,
+    # --userns's finding, libvirt's AppArmor with our profile, and the escape suite under it.
+    "apparmor": ("tests/test_standard_host.py", "tests/test_systemd_lifecycle.py",
+                 "tests/test_escapes.py"),
+    # Fedora/RHEL's way: MCS labels enforced, the policy module loaded.
+    "selinux": ("tests/test_standard_host.py",),
+}
+TIMINGS: dict[str, float] = {}
+
+
+def _unavailable() -> str | None:
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 is not installed (scripts/setup.sh installs qemu-system-x86)"
+    if os.geteuid() != 0:
+        return "the test host image is built as root (mmdebstrap, setfiles, mkfs.ext4 -d)"
+    return None
+
+
+@pytest.fixture(scope="module", params=sorted(INNER))
+def guest(request: pytest.FixtureRequest) -> Iterator[TestHost]:
+    reason = _unavailable()
+    need(reason is None, reason or "")
+    lsm = str(request.param)
+    t0 = time.monotonic()
+    cache = build_image()
+    TIMINGS.setdefault("image (build or reuse)", time.monotonic() - t0)
+    host = TestHost(cache, lsm)
+    try:
+        host.boot()
+        TIMINGS[f"{lsm} boot"] = host.boot_seconds
+        host.copy_in(PROJECT)
+        t0 = time.monotonic()
+        host.ssh(f"cd {GUEST_TREE} && bash scripts/setup.sh", timeout=900)
+        TIMINGS[f"{lsm} set-up"] = time.monotonic() - t0
+        yield host
+    finally:
+        host.close()
+        left = [str(host.rundir)] if host.rundir.exists() else []
+        if host.proc is not None and host.proc.poll() is None:
+            left.append(f"QEMU pid {host.proc.pid}")
+        _report(request)
+        assert not left, f"the test host left {left} behind"
+
+
+def _report(request: pytest.FixtureRequest) -> None:
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not TIMINGS:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("\nstandard test host timings: " +
+                            ", ".join(f"{k} {v:.0f} s" for k, v in TIMINGS.items()))
+
+
+def test_the_selection_passes_inside(guest: TestHost) -> None:
+    """The guest's selection, with VSS_REQUIRE_ALL=1: inside, nothing may skip for a missing
+    part (the other LSM's tests skip by their marks, naming the guest that runs them)."""
+    t0 = time.monotonic()
+    r = guest.ssh(f"cd {GUEST_TREE} && VSS_TESTHOST_LSM={guest.lsm} VSS_REQUIRE_ALL=1 "
+                  f"VSS_ALLOW_DAEMON_RESTART=1 .venv/bin/python -m pytest -q -p no:cacheprovider "
+                  f"{' '.join(INNER[guest.lsm])} 2>&1", timeout=2400, check=False)
+    TIMINGS[f"{guest.lsm} selection"] = time.monotonic() - t0
+    tail = "\n".join(r.stdout.splitlines()[-60:])
+    assert r.returncode == 0, f"inside the {guest.lsm} test host:\n{tail}"
+    assert " passed" in tail and " failed" not in tail, tail
+
+
+def test_an_enabled_sandbox_comes_back_after_the_hosts_reboot(guest: TestHost) -> None:
+    """`systemctl enable` of a sandbox's unit, then a real reboot of the host: it is running
+    and serving again once the host is up, started by the host's own systemd at boot."""
+    if guest.lsm != "apparmor":
+        pytest.skip("one reboot is enough: the AppArmor guest does it")
+    name = "rebootweb"
+    guest.ssh(f"virt-sandbox-service create -u apache2.service {name} && "
+              f"echo served-by-{name} > /var/lib/virt-sandbox-service/{name}/var/www/html/"
+              f"index.html && systemctl enable --now {name}_sandbox.service", timeout=600)
+    try:
+        TIMINGS["guest reboot"] = guest.reboot()
+        deadline = time.monotonic() + 300
+        while True:
+            state = guest.ssh(f"systemctl is-active {name}_sandbox.service", check=False)
+            if state.stdout.strip() in ("active", "failed") or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        assert state.stdout.strip() == "active", guest.ssh(
+            f"journalctl -b -u {name}_sandbox.service --no-pager | tail -30", check=False).stdout
+        page = guest.ssh(f"virt-sandbox-service execute {name} -- curl -sS -m 10 "
+                         "http://localhost/", check=False)
+        assert f"served-by-{name}" in page.stdout, page
+    finally:
+        guest.ssh(f"systemctl disable --now {name}_sandbox.service; "
+                  f"virt-sandbox-service delete --force {name}", check=False, timeout=300)
+
+
+def test_the_demo_runs_there(guest: TestHost) -> None:
+    """The README's second command, on a standard host."""
+    if guest.lsm != "apparmor":
+        pytest.skip("the demo runs once, in the AppArmor guest")
+    t0 = time.monotonic()
+    r = guest.ssh(f"cd {GUEST_TREE} && make demo 2>&1", timeout=1200, check=False)
+    TIMINGS["demo"] = time.monotonic() - t0
+    try:
+        assert r.returncode == 0, r.stdout[-3000:]
+    finally:
+        guest.ssh(f"cd {GUEST_TREE} && make clean-demo", check=False, timeout=600)
+
+
+def test_the_image_is_not_changed_by_a_run() -> None:
+    """Every guest write went to QEMU's throw-away snapshot: the cached image's content is what
+    the builder wrote (its mtime is the build's)."""
+    need(_unavailable() is None, _unavailable() or "")
+    cache = build_image()
+    image = cache / "image.raw"
+    built = (cache / "inputs").stat().st_mtime
+    assert image.stat().st_mtime <= built + 1, "a guest wrote to the cached image"
+    leftovers = [p for p in Path("/var/tmp").glob("vss-testhost-*") if p.is_dir()]
+    assert not leftovers, leftovers
+    r = subprocess.run(["pgrep", "-f", str(image)], capture_output=True, text=True, check=False)
+    assert r.stdout.strip() == "", f"QEMU still running on the image: {r.stdout}"
