@@ -141,6 +141,28 @@ def test_learn_finds_what_the_evidence_missed_and_add_makes_it_start(
 
 @pytest.mark.root
 @pytest.mark.libvirt
+def test_add_never_follows_a_link_the_sandbox_made(env: Env, admin_unit: tuple[str, Path],
+                                                   tmp_path: Path) -> None:
+    """The sandbox's root may leave a link in its private /var pointing at the host: --add
+    refuses, copies nothing anywhere, and leaves the config as it was."""
+    unit, data = admin_unit
+    name = unique_name("lrl")
+    env.run("create", "-u", unit, name, check=True)
+    elsewhere = tmp_path / "host-dir"
+    elsewhere.mkdir()
+    (env.state(name) / "var" / data.relative_to("/var")).symlink_to(elsewhere)
+    config = env.base / "config" / "sandboxes" / f"{name}.json"
+    before = config.read_text()
+    proc = env.run("learn", "--seconds", "3", "--add", name, timeout=120)
+    assert proc.returncode != 0
+    assert "is not a directory (a link the sandbox made?)" in proc.stderr, proc.stderr
+    assert list(elsewhere.iterdir()) == []
+    assert config.read_text() == before
+    leaves_nothing(env)
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
 def test_learn_refuses_a_generic_sandbox_and_a_running_add(env: Env) -> None:
     name = unique_name("lrg")
     env.run("create", name, "--", "/bin/sleep", "1000", check=True)
@@ -167,6 +189,7 @@ def test_learn_needs_no_dependency_beyond_the_standard_library() -> None:
     text = (Path(__file__).parent.parent / "virt_sandbox_service" / "learn.py").read_text()
     imports = {line.split()[1] for line in text.splitlines()
                if line.startswith(("import ", "from ")) and not line.startswith("from .")}
-    assert imports <= {"__future__", "contextlib", "ctypes", "dataclasses", "json", "os",
+    assert imports <= {"__future__", "contextlib", "ctypes", "dataclasses", "functools",
+                       "json", "os",
                        "select", "shutil", "stat", "struct", "subprocess", "tempfile", "time",
                        "collections.abc", "pathlib", "libvirt"}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import json
 import os
 import select
@@ -368,36 +369,59 @@ def record(cfg: SandboxConfig, learned: Learned, added: Sequence[str]) -> None:
 
 def apply_add(cfg: SandboxConfig, paths: Paths, learned: Learned) -> list[str]:
     """Copy what to add under /var from the host into the instance's private /var and
-    remember it as --private; the rest (under /etc or /srv) needs a new create."""
+    remember it as --private; the rest (under /etc or /srv) needs a new create. All or
+    nothing: a failure undoes the copies and the config. A link the sandbox made on the way
+    is never followed (the sandbox is stopped: nothing changes under our feet)."""
     done = []
-    for path in learned.add:
-        if not path.startswith("/var/") or not os.path.lexists(path):
-            continue
-        dst = Path(cfg.state_dir) / path.lstrip("/")
-        if not os.path.lexists(dst):
-            _make_parents(path, Path(cfg.state_dir))
-            files.copy_tree(path, str(dst), frozenset())
-        done.append(path)
-    if done:
-        new = dataclasses.replace(cfg, private=tuple(dict.fromkeys((*cfg.private, *done))))
-        files.write_file(paths.config_file(cfg.name), new.to_json(), 0o644)
+    cfg_path = paths.config_file(cfg.name)
+    with Transaction() as txn:
+        for path in learned.add:
+            if not path.startswith("/var/") or not os.path.lexists(path):
+                continue
+            dst = Path(cfg.state_dir) / path.lstrip("/")
+            _make_parents(path, Path(cfg.state_dir), txn)
+            if not os.path.lexists(dst):
+                files.copy_tree(path, str(dst), frozenset())
+                txn.did(f"copied {path}", functools.partial(_remove, dst))
+            done.append(path)
+        if done:
+            old = cfg_path.read_text()
+            new = dataclasses.replace(cfg, private=tuple(dict.fromkeys((*cfg.private, *done))))
+            files.write_file(cfg_path, new.to_json(), 0o644)
+            txn.did(f"wrote {cfg_path}", lambda: files.write_file(cfg_path, old, 0o644))
     return done
 
 
-def _make_parents(path: str, state: Path) -> None:
-    """The parents of a /var path in the private /var, with the host's owners and modes."""
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _make_parents(path: str, state: Path, txn: Transaction) -> None:
+    """The parents of a /var path in the private /var, with the host's owners and modes;
+    refuses a link on the way (the sandbox's root may have made it, pointing at the host)."""
     parent = os.path.dirname(path)
     chain = []
     while parent not in ("/", "/var"):
         chain.append(parent)
         parent = os.path.dirname(parent)
-    for p in reversed(chain):
+    for p in ["/var", *reversed(chain)]:
         dst = state / p.lstrip("/")
-        if not dst.exists():
-            st = os.stat(p)
+        try:
+            st = os.lstat(dst)
+        except FileNotFoundError:
+            host = os.stat(p)
             dst.mkdir(mode=0o700)
-            os.chown(dst, st.st_uid, st.st_gid)
-            dst.chmod(st.st_mode & 0o7777)
+            txn.did(f"made {dst}", dst.rmdir)
+            os.chown(dst, host.st_uid, host.st_gid)
+            dst.chmod(host.st_mode & 0o7777)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise HostError(f"cannot add {path}: {dst} in the sandbox's state is not a "
+                            "directory (a link the sandbox made?)",
+                            f"look at it, or create the sandbox again with --private {path}")
 
 
 def command(paths: Paths, name: str, *, add: bool, seconds: float) -> int:
