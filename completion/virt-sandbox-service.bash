@@ -151,7 +151,7 @@ _virt_sandbox_service() {
             positionals=_vss_names
             ;;
         run)
-            opts='-h --help -c --connect --memory --cpu-weight --cpu-quota --blkio-weight --tasks --cap-drop --cap-add --syscall-allow -m --mount -N --network'
+            opts='-h --help -c --connect -t --tty --memory --cpu-weight --cpu-quota --blkio-weight --tasks --cap-drop --cap-add --syscall-allow -m --mount -N --network'
             values='-c=_vss_uris --connect=_vss_uris --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --cap-drop=_vss_caps --cap-add=_vss_caps --syscall-allow=_vss_syscall_groups -m=- --mount=- -N=- --network=-'
             positionals=REST
             ;;

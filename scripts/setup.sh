@@ -14,7 +14,7 @@ APT_PACKAGES=(
   python3-dev gcc make libxml2-utils groff-base man-db
   qemu-guest-agent cpio
   selinux-policy-dev checkpolicy semodule-utils selinux-policy-default setools
-  apache2-utils iproute2
+  apache2-utils iproute2 tmux
   python3-libvirt python3-lxml python3-jinja2 python3-pystemd
 )
 

@@ -176,7 +176,7 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         limits=_limit_args(args), cap_drop=tuple(args.cap_drop or ()),
         cap_add=tuple(args.cap_add or ()), syscall_allow=tuple(args.syscall_allow or ()),
         mounts=tuple(args.mount or ()),
-        networks=tuple(args.network or ())))
+        networks=tuple(args.network or ())), tty=args.tty)
 
 
 def cmd_connect(args: argparse.Namespace, paths: Paths) -> int:
@@ -347,6 +347,8 @@ RUN_EXAMPLES = """examples:
       with a memory limit and a host directory at /mnt
   virt-sandbox-service run -c qemu:///system -- /bin/uname -r
       in a micro-VM
+  virt-sandbox-service run -t -- /bin/bash
+      an interactive shell on a terminal of its own (job control, window size, Ctrl-C)
 
 exit status: the command's; 125 when run itself failed, 126 when the command cannot be
 executed, 127 when it was not found"""
@@ -454,6 +456,10 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("-c", "--connect", default=DEFAULT_URI, metavar="URI",
                    help=f"libvirt URI: lxc:/// or qemu:///system (default {DEFAULT_URI})")
+    r.add_argument_group("terminal").add_argument(
+        "-t", "--tty", action="store_true",
+        help="give the command a terminal of its own, relayed to ours (raw; window size, "
+             "Ctrl-C, Ctrl-Z are the command's); LXC only; stdout and stderr then share it")
     _add_limit_options(r.add_argument_group("limits"))
     _add_cap_options(r.add_argument_group("confinement"))
     _add_mount_network_options(r.add_argument_group("mounts and networks"),

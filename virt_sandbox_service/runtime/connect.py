@@ -118,7 +118,7 @@ def connect(cfg: SandboxConfig, stdin: int = 0, stdout: int = 1) -> int:
           "(the sandbox keeps running).", file=sys.stderr, flush=True)
     try:
         with _raw(stdin), _forward_winch(stdin, master):
-            detached = _relay(master, stdin, stdout, pid)
+            detached = _relay(master, stdin, stdout, lambda: _exited(pid))
     finally:
         os.close(master)  # hangs up the shell if it still runs (a detach)
     if detached:
@@ -282,9 +282,11 @@ def _forward_winch(stdin: int, master: int) -> Iterator[None]:
         signal.signal(signal.SIGWINCH, old)
 
 
-def _relay(master: int, stdin: int, stdout: int, pid: int) -> bool:
+def _relay(master: int, stdin: int, stdout: int, ended: Callable[[], bool],
+           escape_char: bytes | None = ESCAPE) -> bool:
     """Copy bytes both ways until the shell's side closes (False) or the caller types the
-    escape character or its terminal goes away (True: detached)."""
+    escape character or its terminal goes away (True: detached). `ended`: whether the shell
+    is gone (asked when nothing moves); no `escape_char`: every byte is the shell's (run -t)."""
     os.set_blocking(master, False)
     pending = b""  # typed, not yet taken by the pty (never block on it: the shell may be
     # blocked writing output we have not read yet)
@@ -301,7 +303,8 @@ def _relay(master: int, stdin: int, stdout: int, pid: int) -> bool:
                 data = b""
             if not data:
                 return True
-            before, escape, _ = data.partition(ESCAPE)
+            before, escape, _ = (data.partition(escape_char) if escape_char
+                                 else (data, b"", b""))
             pending += before
             if escape:
                 _flush(master, pending)
@@ -309,7 +312,7 @@ def _relay(master: int, stdin: int, stdout: int, pid: int) -> bool:
         if master in w:
             with contextlib.suppress(BlockingIOError):
                 pending = pending[os.write(master, pending):]
-        if not r and not w and _exited(pid):
+        if not r and not w and ended():
             # The shell is gone but something it started still holds the terminal: end
             # here (closing the master hangs that up, as a logout would).
             return False

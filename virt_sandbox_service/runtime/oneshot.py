@@ -13,6 +13,13 @@ our stdout and stderr, so the streams stay apart and byte-exact by construction,
 stays a terminal, and stdin is passed through as it is. Seen to cost nothing over a plain
 `virsh create` of the same domain.
 
+With -t (`--tty`) the command gets a terminal instead: a pty of the container's own devpts,
+made inside by a few lines of python before the command (PTY_HELPER: setsid, the slave as
+its controlling terminal and fds 0-2), whose master comes back to us over a socket passed as
+fd 3 (SCM_RIGHTS). From there it is `connect`'s terminal (runtime/connect.py): ours raw,
+bytes relayed both ways, window size and SIGWINCH passed on; Ctrl-C, Ctrl-Z and Ctrl-]
+are bytes for the command, not signals for us. The status pipe is unchanged.
+
 KVM: a VM cannot share file descriptors with the host, so four virtio-serial ports carry
 stdin, stdout, stderr and the status; their host ends are unix sockets in a private run
 directory, connected while the domain is still paused (nothing the guest writes is lost). The
@@ -30,11 +37,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
+import select
 import selectors
 import shutil
+import signal
 import socket
 import sys
+import termios
 import threading
 import time
 import uuid
@@ -78,6 +89,27 @@ KVM_BOOT_TIMEOUT = 300.0  # seconds without any sign of the guest before we give
 # one write away. The command never needs them: they go before it runs, and, confined, it
 # cannot mount them again. Its limits stay on libvirt's cgroup for it.
 HIDE_CGROUPS = (f"umount -R /sys/fs/cgroup 2>&5 || {{ echo {EXIT_SETUP_FAILED} >&6; exit 1; }}; ")
+# -t: the helper (fd 3: the socket) sends the master back; its setup errors go to fd 5.
+LXC_TTY_INIT = ("unset LISTEN_FDS LISTEN_PID LISTEN_FDNAMES; "
+                '(exec "$@" 2>&5 4>&- 5>&- 6>&-); rc=$?; echo $rc >&6; exit $rc')
+PTY_HELPER = """\
+import fcntl, os, socket, sys, termios
+master, slave = os.openpty()
+with socket.socket(fileno=3) as sock:
+    socket.send_fds(sock, [b"pty"], [master])
+os.close(master)
+os.setsid()
+fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+for fd in (0, 1, 2):
+    os.dup2(slave, fd)
+os.close(slave)
+try:
+    os.execvp(sys.argv[1], sys.argv[1:])
+except OSError as e:
+    print(f"{sys.argv[1]}: {e.strerror}", file=sys.stderr)
+    sys.exit(126 if e.errno == 13 else 127)
+"""
+TTY_HANGUP_WAIT = 2.0  # seconds for a command whose terminal went away to end
 LXC_INIT = ("unset LISTEN_FDS LISTEN_PID LISTEN_FDNAMES; "
             '(exec "$@" <&3 >&4 2>&5 3<&- 4>&- 5>&- 6>&-); rc=$?; echo $rc >&6; exit $rc')
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -98,13 +130,17 @@ class RunOptions:
     networks: tuple[str, ...] = ()
 
 
-def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None = None) -> int:
-    """Run argv in a transient sandbox; return its exit status (125: the sandbox failed)."""
+def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None = None,
+        *, tty: bool = False) -> int:
+    """Run argv in a transient sandbox; return its exit status (125: the sandbox failed).
+    tty: on a terminal of its own, relayed to ours (ours must be one)."""
     opts = options or RunOptions()
     if not argv:
         raise UserError("run needs a command after --", "e.g. run -- /bin/echo hello")
     check_arg_text(argv)
     driver = driver_for_uri(uri)
+    if tty:
+        check_tty(driver)
     name = RUN_PREFIX + os.urandom(4).hex()
     cfg = run_config(name, uri, argv, paths, opts)
     if cfg.memory is not None and driver is Driver.KVM and cfg.memory < KVM_MIN_MEMORY:
@@ -120,8 +156,18 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
     sys.stderr.flush()
     with _fresh_dirs(cfg):
         if driver is Driver.LXC:
-            return _run_lxc(conn, cfg)
+            return _run_lxc(conn, cfg, tty)
         return _run_kvm(conn, cfg, paths)
+
+
+def check_tty(driver: Driver) -> None:
+    if driver is not Driver.LXC:
+        raise UserError("run -t is not available for KVM sandboxes yet",
+                        "use run -c lxc:/// -t, or connect to a KVM sandbox's login console")
+    if not os.isatty(0):
+        raise UserError("run -t needs a terminal: standard input is not one",
+                        "drop -t (the command then gets our stdin, stdout and stderr as they "
+                        "are)")
 
 
 def run_config(name: str, uri: str, argv: Sequence[str], paths: Paths,
@@ -199,7 +245,7 @@ def _sandbox_env() -> tuple[tuple[str, str], ...]:
 # --- LXC ---------------------------------------------------------------------------------------
 
 
-def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig) -> int:
+def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, tty: bool = False) -> int:
     from ..domain import METADATA_NS, lxc
 
     if not cfg.machine_id:  # its AppArmor profile is named after it (apparmor.py)
@@ -216,11 +262,15 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig) -> int:
                     for b in _guest_binds(cfg))
     # The command runs confined (see confine.py), like a generic sandbox's.
     jail = confine_argv(facts, init_caps(cfg), cfg.syscalls_allow)
-    plan = run_plan(cfg, facts, init=(sh, "-c", binds + HIDE_CGROUPS + LXC_INIT, "vss-run", *jail,
-                                      *cfg.command), env=_sandbox_env())
+    pty = (facts.python, "-I", "-S", "-c", PTY_HELPER) if tty else ()
+    plan = run_plan(cfg, facts, init=(sh, "-c", binds + HIDE_CGROUPS
+                                      + (LXC_TTY_INIT if tty else LXC_INIT), "vss-run",
+                                      *pty, *jail, *cfg.command), env=_sandbox_env())
     xml = lxc.build(plan, facts, METADATA_NS)
     status_r, status_w = os.pipe()
-    stdio = [_usable_fd(fd) for fd in (0, 1, 2)]
+    ours, theirs = socket.socketpair() if tty else (None, None)
+    stdio = ([theirs.detach(), os.open(os.devnull, os.O_RDWR), _usable_fd(2)] if theirs
+             else [_usable_fd(fd) for fd in (0, 1, 2)])
     try:
         with apparmor.loaded(xml):
             try:
@@ -231,8 +281,14 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig) -> int:
                                 "'virt-sandbox-service doctor' checks the host") from e
             os.close(status_w)
             status_w = -1
-            text = _read_line(status_r)
+            if ours is not None:
+                os.close(stdio.pop(0))  # the helper's end is the container's alone now
+                text = _tty_session(ours, status_r)
+            else:
+                text = _read_line(status_r)
     finally:
+        if ours is not None:
+            ours.close()
         for fd in (status_r, status_w, *stdio):
             if fd > 2:
                 os.close(fd)
@@ -241,6 +297,33 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig) -> int:
     except ValueError:
         raise HostError("the sandbox ended without reporting the command's exit status",
                         "'virt-sandbox-service doctor' checks the host") from None
+
+
+def _tty_session(sock: socket.socket, status_r: int) -> str:
+    """Relay our terminal to the command's pty (its master arrives on sock) until it ends;
+    its status line. The init failing before the pty exists: its status, with no relay."""
+    from .connect import _forward_winch, _raw, _relay, _winsize
+
+    r, _, _ = select.select([sock.fileno(), status_r], [], [])
+    got: list[int] = []
+    if sock.fileno() in r:
+        _, got, _, _ = socket.recv_fds(sock, 16, 1)
+    if not got:
+        return _read_line(status_r)
+    master = got[0]
+    try:
+        fcntl.ioctl(master, termios.TIOCSWINSZ, _winsize(0))
+        with _raw(0), _forward_winch(0, master):
+            hung_up = _relay(master, 0, 1, lambda: _readable(status_r), escape_char=None)
+    finally:
+        os.close(master)  # a hang-up for the command if our terminal went away
+    if hung_up and not _readable(status_r, TTY_HANGUP_WAIT):
+        return f"{128 + signal.SIGHUP}\n"
+    return _read_line(status_r)
+
+
+def _readable(fd: int, timeout: float = 0) -> bool:
+    return bool(select.select([fd], [], [], timeout)[0])
 
 
 def _usable_fd(fd: int) -> int:
