@@ -128,7 +128,7 @@ def test_userns_is_refused_where_libvirt_fails_and_the_raw_failure_is_libvirts(
     assert r.returncode != 0 and "user-namespaced" in r.stderr and hidden[0] in r.stderr, r
     assert name not in menv.snapshot()["domains"] and not menv.state(name).exists()
     xml = f"""<domain type='lxc'><name>{name}raw</name><memory>65536</memory>
-      <os><type>exe</type><init>/bin/true</init></os>
+      <os><type>exe</type><init>/bin/true</init></os><features><privnet/></features>
       <idmap><uid start='0' target='300000' count='65536'/>
              <gid start='0' target='300000' count='65536'/></idmap>
       <devices><filesystem type='mount'><source dir='/'/><target dir='/'/><readonly/>

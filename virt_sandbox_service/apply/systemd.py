@@ -70,6 +70,14 @@ def disable_and_remove(unit_dir: Path, unit: str) -> None:
     path = unit_dir / unit
     if path.exists() or path.is_symlink():
         path.unlink()
+    if systemd_running():  # a failed state outlives its file: `systemctl --failed` forgets it
+        from pystemd.systemd1 import Manager
+
+        try:
+            with Manager() as manager:
+                manager.Manager.ResetFailedUnit(unit.encode())
+        except Exception as e:  # not loaded, or never failed
+            log.debug("ResetFailedUnit(%s): %s", unit, e)
 
 
 def set_tasks_max(cgroup: Path, tasks: int) -> None:
