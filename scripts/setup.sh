@@ -51,6 +51,10 @@ fi
 "$venv/bin/python" -m compileall -q "$here/virt_sandbox_service" >/dev/null
 # root's PATH: generated units reference this absolute path.
 ln -sfn "$venv/bin/virt-sandbox-service" /usr/local/bin/virt-sandbox-service
+# The generator of sandbox files' units (virt_sandbox_service/generator.py).
+install -d /usr/lib/systemd/system-generators
+ln -sfn "$venv/bin/virt-sandbox-service-generator" \
+  /usr/lib/systemd/system-generators/virt-sandbox-service-generator
 install -D -m 644 "$here/man/virt-sandbox-service.1" /usr/local/share/man/man1/virt-sandbox-service.1
 install -D -m 644 "$here/completion/virt-sandbox-service.bash" /usr/share/bash-completion/completions/virt-sandbox-service
 

@@ -18,6 +18,7 @@ TEST_DAEMONS=(
   proftpd-core varnish prosody tor
   freeradius freeradius-utils       # radtest
   netcat-openbsd curl               # banners, HTTP
+  ansible-core                      # examples/ansible: its playbook runs in tests/test_apply.py
 )
 need=()
 for p in "${TEST_DAEMONS[@]}"; do

@@ -51,3 +51,15 @@ def test_readme_commands_exist() -> None:
     commands = set(subparsers(build_parser()))
     used = set(re.findall(r"virt-sandbox-service ([a-z]+)", readme))
     assert used <= commands | {"doctor"}, used - commands
+
+
+def test_every_sandbox_file_key_is_in_the_man_page_and_readme() -> None:
+    from virt_sandbox_service.sandboxfile import INSTALL_KEYS, KEYS
+
+    section = man_text().split(".SH SANDBOX FILES", 1)[1].split(".SH ", 1)[0]
+    readme = (ROOT / "README.md").read_text()
+    missing = [k for k in (*KEYS, *INSTALL_KEYS) if f"{k}=" not in section]
+    missing += [f"README {k}" for k in KEYS if f"{k}=" not in readme]
+    assert not missing, missing
+    for key, spec in KEYS.items():  # each key next to its option
+        assert re.search(rf"^\.B {key}=\n{re.escape(spec.option)}", section, re.M), key

@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from . import __version__, progress
 from .config import DEFAULT_URI, Paths, load_config, shown
@@ -27,28 +28,19 @@ from .errors import (
     UserError,
 )
 from .limits import LimitArgs
+from .sandboxfile import ETC_CHOICES
+
+if TYPE_CHECKING:
+    from .create import CreateRequest
 
 PROG = "virt-sandbox-service"
 Handler = Callable[[argparse.Namespace, Paths], int]
 
 
 def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
-    from .create import CreateRequest, create
-    from .users import UserArgs
+    from .create import create
 
-    command = after_dashes(args.command, "create NAME -- CMD ARGS")
-    req = CreateRequest(
-        name=args.name, uri=args.connect, units=tuple(args.unit or ()), command=command,
-        state_parent=args.path, packages=tuple(args.package or ()),
-        private=tuple(args.private or ()), shared=tuple(args.shared or ()), copy=args.copy,
-        security=args.security, limits=_limit_args(args),
-        cap_drop=tuple(args.cap_drop or ()), cap_add=tuple(args.cap_add or ()),
-        syscall_allow=tuple(args.syscall_allow or ()),
-        userns=args.userns, mounts=tuple(args.mount or ()),
-        networks=tuple(args.network or ()),
-        user=UserArgs(args.uid, args.gid, args.username, args.homedir),
-        image_size=args.imagesize, etc=args.etc,
-    )
+    req = create_request(args)
     if args.json and not args.dry_run:
         raise UserError("--json goes with --dry-run", "create --dry-run --json ... prints the "
                         "plan as JSON; a create itself prints one line")
@@ -61,6 +53,26 @@ def cmd_create(args: argparse.Namespace, paths: Paths) -> int:
         print(f"created sandbox {args.name}: start it with 'virt-sandbox-service start "
               f"{args.name}' or 'systemctl start {args.name}_sandbox.service'")
     return 0
+
+
+def create_request(args: argparse.Namespace) -> CreateRequest:
+    """create's options as its request; a sandbox file (sandboxfile.py) comes here too."""
+    from .create import CreateRequest
+    from .users import UserArgs
+
+    command = after_dashes(args.command, "create NAME -- CMD ARGS")
+    return CreateRequest(
+        name=args.name, uri=args.connect, units=tuple(args.unit or ()), command=command,
+        state_parent=args.path, packages=tuple(args.package or ()),
+        private=tuple(args.private or ()), shared=tuple(args.shared or ()), copy=args.copy,
+        security=args.security, limits=_limit_args(args),
+        cap_drop=tuple(args.cap_drop or ()), cap_add=tuple(args.cap_add or ()),
+        syscall_allow=tuple(args.syscall_allow or ()),
+        userns=args.userns, mounts=tuple(args.mount or ()),
+        networks=tuple(args.network or ()),
+        user=UserArgs(args.uid, args.gid, args.username, args.homedir),
+        image_size=args.imagesize, etc=args.etc,
+    )
 
 
 def _limit_args(args: argparse.Namespace) -> LimitArgs:
@@ -195,6 +207,12 @@ def cmd_upgrade(args: argparse.Namespace, paths: Paths) -> int:
                    as_json=args.json, single=bool(args.name))
 
 
+def cmd_apply(args: argparse.Namespace, paths: Paths) -> int:
+    from .declare import command
+
+    return command(paths, args.paths, check=args.check, prune=args.prune)
+
+
 def cmd_learn(args: argparse.Namespace, paths: Paths) -> int:
     from .learn import command
 
@@ -276,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="change nothing; exit 3 if anything differs from this version's")
     up.add_argument("--json", action="store_true", help="machine-readable output")
     up.set_defaults(func=cmd_upgrade)
+    _add_apply(sub)
     lrn = _add_simple(sub, "learn", cmd_learn,
                       "start the units once over copy-up overlays of the host's /etc, /var "
                       "and /srv, record what they open (fanotify) as evidence, show what the "
@@ -381,7 +400,7 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     data.add_argument("-i", "--imagesize", metavar="SIZE",
                       help="keep the private /etc and /var in an ext4 image of SIZE (e.g. 64M, "
                            "1G) instead of directories (LXC: loop-mounted; KVM: a disk)")
-    data.add_argument("--etc", choices=("overlay", "copy"),
+    data.add_argument("--etc", choices=ETC_CHOICES,
                       help="the private /etc: an overlay on the host's with the instance's own "
                            "files above it (LXC default), or a trimmed copy of the host's "
                            "(KVM, -i, --userns)")
@@ -445,6 +464,39 @@ def _add_mount_network_options(p: Options, fresh: str) -> None:
     p.add_argument("-N", "--network", action="append", metavar="OPTS",
                    help="an interface: source=NET[,address=IP/PREFIX][,route=NET/PREFIX%%GW]"
                         "[,mac=MAC][,dhcp][,filter=NAME[,port=N]...] (default: loopback only)")
+
+
+APPLY_EXAMPLES = """examples:
+  virt-sandbox-service apply
+      converge to every /etc/virt-sandbox-service/sandboxes.d/NAME.sandbox
+  virt-sandbox-service apply --check web1.sandbox
+      show what applying web1.sandbox would change; exit 3 if anything
+  virt-sandbox-service apply --prune /etc/virt-sandbox-service/sandboxes.d
+      also delete the sandboxes made from files there that are gone
+
+a file holds create's options as keys of a [Sandbox] section, e.g.
+  [Sandbox]
+  Unit=apache2.service
+  Memory=512M
+see the man page, SANDBOX FILES"""
+
+
+def _add_apply(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    a = sub.add_parser("apply", help="converge sandboxes to their sandbox files (NAME.sandbox)",
+                       description="create the sandboxes the files describe that are missing, "
+                                   "bring those that differ in line (as upgrade does), leave "
+                                   "the rest; a bad file is reported and does not stop the "
+                                   "others", epilog=APPLY_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("paths", nargs="*", metavar="PATH",
+                   help="sandbox files, or directories of them (default: the sandboxes.d "
+                        "directory, /etc/virt-sandbox-service/sandboxes.d)")
+    a.add_argument("--check", "--dry-run", action="store_true",
+                   help="change nothing; show what would change, exit 3 if anything would")
+    a.add_argument("--prune", action="store_true",
+                   help="also delete (stopping it) each sandbox made from a file in a given "
+                        "directory, or a given file, that is no longer there")
+    a.set_defaults(func=cmd_apply)
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

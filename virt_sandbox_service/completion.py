@@ -43,6 +43,7 @@ POSITIONAL_COMPLETERS = {
     "source": "_vss_names",
     "dest": "",
     "command": "REST",
+    "paths": "_vss_files",  # apply's sandbox files and directories
 }
 POSITIONAL_OVERRIDES = {("create", "name"): ""}  # a new name: nothing to offer
 

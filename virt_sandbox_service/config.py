@@ -168,6 +168,14 @@ class SandboxConfig:
     cpu_quota: int | None = None  # percent of one CPU, 1..100*cores
     blkio_weight: int | None = None  # 100..1000
     tasks: int | None = None  # most processes plus threads at once (pids.max)
+    # Tuning (limits.py): memtune's soft_limit and swap_hard_limit (memory plus swap), in
+    # bytes; the host CPUs and NUMA nodes it runs on (cpuset lists, "" = any); device I/O
+    # throttles as "KIND:DEVICE:VALUE" (limits.Throttle).
+    memory_soft: int | None = None
+    memory_swap: int | None = None
+    cpuset: str = ""
+    numa_nodes: str = ""
+    io_throttle: tuple[str, ...] = ()
     caps_drop: tuple[str, ...] = ()  # Linux capabilities the sandbox's processes never get
     # Capabilities given back to the confined processes (--cap-add) beyond confine.CONFINED_CAPS,
     # and seccomp groups or calls let through (--syscall-allow); see confine.py.
@@ -292,6 +300,9 @@ class Paths:
     state_parent: Path = Path("/var/lib/virt-sandbox-service")
     unit_dir: Path = Path("/etc/systemd/system")
     run_dir: Path = Path("/run/virt-sandbox-service")
+    # The sandbox files `apply` and the generator read (sandboxfile.py); None: sandboxes.d in
+    # config_dir.
+    files_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Paths:
@@ -302,7 +313,12 @@ class Paths:
             state_parent=Path(env.get("VSS_STATE_DIR", str(d.state_parent))),
             unit_dir=Path(env.get("VSS_UNIT_DIR", str(d.unit_dir))),
             run_dir=Path(env.get("VSS_RUN_DIR", str(d.run_dir))),
+            files_dir=Path(env["VSS_SANDBOXES_DIR"]) if env.get("VSS_SANDBOXES_DIR") else None,
         )
+
+    @property
+    def sandbox_files_dir(self) -> Path:
+        return self.files_dir or self.config_dir / "sandboxes.d"
 
     @property
     def sandboxes_dir(self) -> Path:

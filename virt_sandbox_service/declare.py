@@ -1,0 +1,252 @@
+"""apply: converge the host to sandbox files (sandboxfile.py), one file at a time.
+
+For each file: it is read and every value checked (FILE:LINE on error) before anything
+changes; then
+- no sandbox of that name: it is made by `create` itself (the same request the CLI builds),
+  and its config remembers the file (`extra` sandbox_file), which is what --prune goes by;
+- a sandbox of that name: the config the file asks for is built by create's own
+  build_config, with the sandbox's identity (machine-id, label, id range) kept, and compared
+  with its config. What can change in place (limits, capabilities, system calls, mounts,
+  networks, a generic sandbox's command) is written to the config and the sandbox is
+  reconciled to it (reconcile.py, as `upgrade` and `limit` do: domain, init, host unit and
+  the tool's files, in one Transaction with the config write); what cannot (its units, URI,
+  state path, private data choices, identity) is refused with the way out. With nothing
+  changed the definitions are still reconciled, so an apply also converges after a tool
+  upgrade or a hand edit of the host unit; a second apply then changes nothing and says so.
+A failing file is reported on one line and does not stop the others; the exit status is the
+worst of them (2 bad input, 1 host failure), else 3 with --check when anything would change.
+Sandboxes are deleted only with --prune: those made from a file in a given directory (or a
+given file) that is no longer there. Never a sandbox made by `create` by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import sandboxfile
+from .config import Paths, SandboxConfig, SecurityMode, all_configs, load_config
+from .create import CreateRequest
+from .errors import SandboxError, UserError
+from .reconcile import Outcome
+
+SOURCE = "sandbox_file"  # the config's `extra` key naming the file a sandbox was made from
+CHECK_DRIFT = 3
+# Config fields a reconcile brings a sandbox to (its domain, init and host unit follow them).
+IN_PLACE = frozenset({"memory", "cpu_weight", "cpu_quota", "blkio_weight", "tasks",
+                      "caps_drop", "caps_add", "syscalls_allow", "mounts", "networks",
+                      "command", "extra"})
+# A config field -> the file's key, for messages.
+FIELD_KEYS = {"units": "Unit", "kind": "Unit", "uri": "Connect", "state_dir": "Path",
+              "copy": "Copy", "packages": "Package", "private": "Private", "shared": "Shared",
+              "security_mode": "Security", "security_label": "Security",
+              "id_base": "UserNamespace", "uid": "User", "gid": "Group",
+              "username": "UserName", "homedir": "HomeDir", "image_size": "ImageSize",
+              "etc_overlay": "Etc", "memory": "Memory", "cpu_weight": "CPUWeight",
+              "cpu_quota": "CPUQuota", "blkio_weight": "BlockIOWeight", "tasks": "Tasks",
+              "caps_drop": "CapabilityDrop", "caps_add": "CapabilityAdd",
+              "syscalls_allow": "SyscallAllow", "mounts": "Mount", "networks": "Network",
+              "command": "Exec", "extra": "(the file it is managed from)"}
+
+
+@dataclass
+class Result:
+    name: str
+    lines: list[str] = field(default_factory=list)
+    changed: bool = False
+    error: SandboxError | None = None
+
+
+def read(path: Path) -> tuple[sandboxfile.SandboxFile, CreateRequest]:
+    """The file, every value checked on its line, as create's request (checked as create
+    checks it). Reads only."""
+    from . import create
+    from .cli import create_request
+
+    sf = sandboxfile.parse(path)
+    sandboxfile.check_values(sf)
+    try:
+        req = create_request(sandboxfile.namespace(sf))
+        create.validate(req)
+    except UserError as e:
+        raise UserError(f"{path}: {e.message}", e.hint) from None
+    return sf, req
+
+
+def wanted_config(req: CreateRequest, have: SandboxConfig, paths: Paths,
+                  source: str) -> SandboxConfig:
+    """The config create would make of `req`, with the identity `have` already holds."""
+    from . import create, registry, unitfile
+
+    units = [unitfile.load_unit(unitfile.resolve_unit_name(u, req.name), hostname=req.name,
+                                machine_id=have.machine_id) for u in req.units]
+    mode, label = (registry.parse_security(req.security) if req.security
+                   else (SecurityMode.DYNAMIC, None))
+    overlay = have.etc_overlay if req.etc is None else req.etc == "overlay"
+    cfg = create.build_config(req, paths, units, label or have.security_label, mode, overlay,
+                              have.machine_id)
+    extra = (*(kv for kv in have.extra if kv[0] != SOURCE), (SOURCE, source))
+    return dataclasses.replace(
+        cfg, id_base=have.id_base if cfg.id_base is not None else None, extra=extra,
+        format_version=have.format_version)
+
+
+def changes(have: SandboxConfig, want: SandboxConfig) -> list[str]:
+    return [f.name for f in dataclasses.fields(SandboxConfig)
+            if getattr(have, f.name) != getattr(want, f.name)]
+
+
+def apply_file(paths: Paths, path: Path, *, check: bool) -> Result:
+    sf, req = read(path)
+    source = str(path.resolve())
+    res = Result(sf.name)
+    if not paths.config_file(sf.name).exists():
+        res.changed = True
+        if check:
+            res.lines.append(f"{sf.name}: would be created from {path}")
+            return res
+        _create(paths, req, source)
+        res.lines.append(f"{sf.name}: created from {path}")
+        return res
+    have = load_config(paths, sf.name)
+    want = wanted_config(req, have, paths, source)
+    diff = changes(have, want)
+    fixed = [f for f in diff if f not in IN_PLACE]
+    if fixed:
+        keys = ", ".join(sorted({FIELD_KEYS.get(f, f) + "=" for f in fixed}))
+        raise UserError(f"{path}: sandbox '{sf.name}' differs in {keys}, which cannot change "
+                        "in place",
+                        f"delete it (virt-sandbox-service delete {sf.name}) and apply again, "
+                        "or set the file back")
+    verb = "would change" if check else "changed"
+    for f in diff:
+        res.lines.append(f"{sf.name}: {verb} {FIELD_KEYS.get(f, f)}: "
+                         f"{_shown(getattr(have, f))} -> {_shown(getattr(want, f))}")
+    outcome = _converge(paths, have, want, check=check)
+    res.changed = bool(diff or outcome.differences)
+    if outcome.differences:
+        from .reconcile import format_outcome
+
+        res.lines += [line for line in format_outcome(sf.name, outcome)
+                      if "upgrade" not in line]  # its hint is upgrade's; apply's is apply
+    elif diff and outcome.running and not check:
+        from .reconcile import next_start
+
+        res.lines.append(next_start(sf.name))
+    if not res.changed:
+        res.lines.append(f"{sf.name}: unchanged ({path})")
+    return res
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple):
+        return " ".join(str(v) for v in value) or "(none)"
+    return "(none)" if value is None else str(value)
+
+
+def _create(paths: Paths, req: CreateRequest, source: str) -> None:
+    """create, then the file it came from recorded in its config (under the lock)."""
+    from .apply.files import write_file
+    from .create import config_lock, create
+
+    create(req, paths)
+    with config_lock(paths):
+        cfg = load_config(paths, req.name)
+        cfg = dataclasses.replace(cfg, extra=(*cfg.extra, (SOURCE, source)))
+        write_file(paths.config_file(req.name), cfg.to_json(), 0o644)
+
+
+def _converge(paths: Paths, have: SandboxConfig, want: SandboxConfig, *, check: bool
+              ) -> Outcome:
+    """Write `want` (if it differs) and reconcile the sandbox to it, in one Transaction."""
+    from . import create, reconcile
+    from .apply import libvirt as lv
+    from .apply.txn import Transaction
+
+    conn = lv.connect(have.uri)
+    if want.networks != have.networks:
+        create.check_networks(conn, want.networks)
+    facts = reconcile.host_facts(conn)
+    evidence, hidden = reconcile.recorded_evidence(have)
+    units = reconcile.units_of(have)
+    p = reconcile.desired(want, paths, facts, evidence, hidden, units)
+    dom = lv.lookup(conn, have.name)
+    running = dom is not None and bool(dom.isActive())
+    with create.config_lock(paths), reconcile.private_trees(have, running) as trees, \
+            Transaction() as txn:
+        if not check and want != have:
+            create.ensure_our_filter(conn, want.networks)
+            reconcile.write_undoable(paths.config_file(have.name), want.to_json(), txn)
+        return reconcile.reconcile(paths, want, conn, p, trees=trees, check=check, txn=txn)
+
+
+def prune_absent(paths: Paths, given: list[Path], *, check: bool) -> list[Result]:
+    """Sandboxes made from a file in a given directory (or a given file) that is gone."""
+    from .manage import delete
+
+    dirs = {p.resolve() for p in given if p.is_dir()}
+    named = {p.resolve() for p in given if not p.is_dir()}
+    out = []
+    for cfg in all_configs(paths):
+        source = dict(cfg.extra).get(SOURCE)
+        if source is None or Path(source).exists():
+            continue
+        if Path(source).parent not in dirs and Path(source) not in named:
+            continue
+        res = Result(cfg.name, changed=True)
+        try:
+            if not check:
+                delete(paths, cfg.name, force=True)
+            res.lines.append(f"{cfg.name}: {'would be deleted' if check else 'deleted'} "
+                             f"({source} is gone)")
+        except SandboxError as e:
+            res.error = e
+        out.append(res)
+    return out
+
+
+def command(paths: Paths, given: list[str], *, check: bool, prune: bool) -> int:
+    """The CLI's apply: each file on its own; the worst exit status, else 3 for --check when
+    anything would change, else 0."""
+    targets = [Path(p) for p in given] or [paths.sandbox_files_dir]
+    missing = [p for p in targets if not p.exists() and p != paths.sandbox_files_dir]
+    if missing:
+        raise UserError(f"{missing[0]}: no such file or directory",
+                        f"give sandbox files (NAME{sandboxfile.SUFFIX}) or directories of them")
+    results = []
+    seen: dict[str, Path] = {}
+    for path in sandboxfile.find([p for p in targets if p.exists()]):
+        try:
+            _check_twice(seen, path)
+            results.append(apply_file(paths, path, check=check))
+        except SandboxError as e:
+            results.append(Result(path.stem, error=e))
+        _show(results[-1])
+    if prune:
+        results += [_show(r) for r in prune_absent(paths, targets, check=check)]
+    if not results:
+        print(f"no sandbox files in {', '.join(map(str, targets))}")
+    errors = [r.error.exit_status for r in results if r.error is not None]
+    if errors:
+        return max(errors)
+    return CHECK_DRIFT if check and any(r.changed for r in results) else 0
+
+
+def _show(r: Result) -> Result:
+    for line in r.lines:
+        print(line, flush=True)
+    if r.error is not None:
+        print(f"virt-sandbox-service: error: {r.error.message}", file=sys.stderr)
+        if r.error.hint:
+            print(f"virt-sandbox-service: hint: {r.error.hint}", file=sys.stderr)
+    return r
+
+
+def _check_twice(seen: dict[str, Path], path: Path) -> None:
+    name = path.stem
+    if name in seen and seen[name].resolve() != path.resolve():
+        raise UserError(f"{path}: sandbox '{name}' is also described by {seen[name]}",
+                        "keep one file per sandbox")
+    seen[name] = path
