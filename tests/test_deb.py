@@ -27,6 +27,7 @@ SHIPPED = (
     "usr/share/man/man1/virt-sandbox-service.1.gz",
     "usr/share/bash-completion/completions/virt-sandbox-service",
     "usr/share/virt-sandbox-service/policy/virt_sandbox_service.te",
+    "usr/lib/systemd/system-generators/virt-sandbox-service-generator",
 )
 
 
@@ -88,3 +89,22 @@ def test_the_packaged_tool_creates_starts_and_deletes(deb: Path, env: Env,
     assert page.stdout == "200"
     run("delete", "--force", name)
     assert not env.state(name).exists()
+
+
+def test_the_packaged_generator_writes_a_sandbox_files_unit(deb: Path, tmp_path: Path) -> None:
+    """Unpacked, run by Debian's python3 as systemd runs a generator (three directories)."""
+    root = tmp_path / "root"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    gen = root / "usr/lib/systemd/system-generators/virt-sandbox-service-generator"
+    assert gen.read_text().startswith("#!/usr/bin/python3\n") and os.access(gen, os.X_OK)
+    files = tmp_path / "sandboxes.d"
+    files.mkdir()
+    (files / "pkg1.sandbox").write_text("[Sandbox]\nExec=/usr/bin/true\n")
+    out = [tmp_path / d for d in ("n", "e", "l")]
+    for d in out:
+        d.mkdir()
+    environ = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+               "PYTHONPATH": str(root / DIST), "VSS_SANDBOXES_DIR": str(files)}
+    subprocess.run([str(gen), *map(str, out)], check=True, env=environ, cwd="/", timeout=60)
+    assert "ExecStart=" in (out[0] / "pkg1_sandbox.service").read_text()
+    assert "apply" in (out[0] / "pkg1_sandbox.service.d" / "50-sandbox-file.conf").read_text()
