@@ -43,6 +43,10 @@ def test_apply_creates_and_a_second_apply_changes_nothing(env: Env) -> None:
     name = unique_name("ap")
     files = env.base / "files"
     path = sandbox_file(files, name, SERVER + "Memory=256M\n")
+    empty = env.snapshot()
+    r = env.run("apply", "--check", str(files))
+    assert (r.returncode, r.stdout) == (3, f"{name}: would be created from {path}\n"), r.stderr
+    assert env.snapshot() == empty
     r = env.run("apply", str(files), check=True)
     assert r.stdout == f"{name}: created from {path}\n"
     cfg = config(env, name)

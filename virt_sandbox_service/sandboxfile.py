@@ -25,11 +25,13 @@ parsers (which may look at the host, as create's do).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .config import validate_abs_path, validate_name
 from .errors import UserError
@@ -163,9 +165,13 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
 
 def namespace(sf: SandboxFile) -> argparse.Namespace:
     """The Namespace `create` would have parsed from the equivalent command line."""
-    ns = argparse.Namespace(**{k.dest: _default(k) for k in KEYS.values()})
-    ns.name = sf.name
-    ns.dry_run = ns.json = False
+    from .cli import build_parser
+
+    # create's own defaults, for every option (one a file leaves out is as on the CLI).
+    ns = build_parser().parse_args(["create", sf.name])
+    for key in KEYS.values():
+        if key.kind in ("list", "words"):
+            setattr(ns, key.dest, [])
     for e in sf.entries:
         key = KEYS[e.key]
         value = _value(sf, e, key)
@@ -173,16 +179,8 @@ def namespace(sf: SandboxFile) -> argparse.Namespace:
             setattr(ns, key.dest, [*getattr(ns, key.dest), value] if e.value else [])
         else:
             setattr(ns, key.dest, value)
-    if ns.connect is None:
-        from .config import DEFAULT_URI
-
-        ns.connect = DEFAULT_URI
     ns.command = ["--", *ns.command] if ns.command else []
     return ns
-
-
-def _default(key: Key) -> object:
-    return {"list": [], "flag": False, "words": []}.get(key.kind)
 
 
 def _value(sf: SandboxFile, e: Entry, key: Key) -> object:
@@ -221,8 +219,11 @@ def _checks() -> dict[str, Callable[[str], object]]:
     from .network import parse_network
 
     def limit(dest: str) -> Callable[[str], object]:
-        return lambda v: limits.check_enforceable(limits.parse_limits(
-            limits.LimitArgs(**{dest: v}), os.cpu_count() or 1))
+        def check(value: str) -> None:
+            given: dict[str, Any] = {dest: value}
+            limits.check_enforceable(limits.parse_limits(
+                dataclasses.replace(limits.LimitArgs(), **given), os.cpu_count() or 1))
+        return check
 
     return {
         "Unit": lambda v: unitfile.resolve_unit_name(v, "x"),
