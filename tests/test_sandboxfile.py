@@ -40,6 +40,17 @@ def test_every_create_option_has_its_key() -> None:
     assert dests == {k.dest for k in sandboxfile.KEYS.values()}
 
 
+def test_the_fields_apply_cannot_change_in_place_are_config_fields() -> None:
+    import dataclasses
+
+    from virt_sandbox_service import declare
+    from virt_sandbox_service.config import SandboxConfig
+
+    fields = {f.name for f in dataclasses.fields(SandboxConfig)}
+    assert fields >= declare.FIXED and "memory" not in declare.FIXED
+    assert set(declare.FIELD_KEYS) <= fields
+
+
 def test_a_file_is_the_request_create_would_build(tmp_path: Path) -> None:
     path = write(tmp_path, "web9", """# comment
 [Sandbox]

@@ -34,10 +34,14 @@ from .reconcile import Outcome
 
 SOURCE = "sandbox_file"  # the config's `extra` key naming the file a sandbox was made from
 CHECK_DRIFT = 3
-# Config fields a reconcile brings a sandbox to (its domain, init and host unit follow them).
-IN_PLACE = frozenset({"memory", "cpu_weight", "cpu_quota", "blkio_weight", "tasks",
-                      "caps_drop", "caps_add", "syscalls_allow", "mounts", "networks",
-                      "command", "extra"})
+# Config fields only a new create can change: its identity, what its trees were made from,
+# where they are. Every other field (limits, capabilities, system calls, mounts, networks, a
+# generic sandbox's command; and a tunable added later) is in the definitions a reconcile
+# re-derives (domain, init, host unit), so it changes in place.
+FIXED = frozenset({"name", "kind", "uri", "state_dir", "units", "packages", "private", "shared",
+                   "copy", "security_mode", "security_label", "machine_id", "id_base", "uid",
+                   "gid", "username", "homedir", "image_size", "etc_overlay",
+                   "format_version"})
 # A config field -> the file's key, for messages.
 FIELD_KEYS = {"units": "Unit", "kind": "Unit", "uri": "Connect", "state_dir": "Path",
               "copy": "Copy", "packages": "Package", "private": "Private", "shared": "Shared",
@@ -113,7 +117,7 @@ def apply_file(paths: Paths, path: Path, *, check: bool) -> Result:
     have = load_config(paths, sf.name)
     want = wanted_config(req, have, paths, source)
     diff = changes(have, want)
-    fixed = [f for f in diff if f not in IN_PLACE]
+    fixed = [f for f in diff if f in FIXED]
     if fixed:
         keys = ", ".join(sorted({FIELD_KEYS.get(f, f) + "=" for f in fixed}))
         raise UserError(f"{path}: sandbox '{sf.name}' differs in {keys}, which cannot change "
