@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -170,6 +171,45 @@ def test_a_unit_sandbox_gets_the_generators_unit(env: Env, tmp_path: Path) -> No
     assert text(out[0] / unit) == text(env.base / "units" / unit)
     r = env.run("apply", str(path), timeout=300)
     assert (r.returncode, r.stdout) == (0, f"{name}: unchanged ({path})\n"), r.stderr
+
+
+def test_the_generators_exec_start_pre_makes_then_converges_the_sandbox(env: Env,
+                                                                        tmp_path: Path) -> None:
+    """What systemd runs before each start of the generated unit: the drop-in's
+    ExecStartPre=, with the unit's Environment= (its paths). The first start makes the
+    sandbox; after an edit of the file, the next start brings it in line; else nothing."""
+    name = unique_name("ap")
+    files = env.base / "files"
+    sandbox_file(files, name, SERVER + "Memory=256M\n")
+    out = [tmp_path / d for d in ("n", "e", "l")]
+    for d in out:
+        d.mkdir()
+    subprocess.run([sys.executable, "-m", "virt_sandbox_service.generator", *map(str, out)],
+                   env={**os.environ, **env.vars, "VSS_SANDBOXES_DIR": str(files),
+                        "PYTHONPATH": str(ROOT)}, check=True, timeout=60)
+    unit = (out[0] / f"{name}_sandbox.service").read_text()
+    environment = dict(line.removeprefix("Environment=").split("=", 1)
+                       for line in unit.splitlines() if line.startswith("Environment="))
+    assert environment == env.vars
+    dropin = (out[0] / f"{name}_sandbox.service.d" / "50-sandbox-file.conf").read_text()
+    (pre,) = [line.removeprefix("ExecStartPre=") for line in dropin.splitlines()
+              if line.startswith("ExecStartPre=")]
+    argv = shlex.split(pre)
+    assert argv[1:3] == ["-q", "apply"]
+
+    def start() -> str:
+        # The tool as the generator found it runs this checkout's code (set-up's link).
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, **environment, "PYTHONPATH": str(ROOT)})
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert start() == f"{name}: created from {files / name}.sandbox\n"
+    assert memory_kib(name) == 256 << 10
+    assert "unchanged" in start()
+    sandbox_file(files, name, SERVER + "Memory=320M\n")
+    assert f"{name}: changed Memory" in start()
+    assert memory_kib(name) == 320 << 10
 
 
 def test_the_ansible_example_ships_a_file_and_applies_it(env: Env) -> None:
