@@ -147,6 +147,29 @@ def test_prune_deletes_only_what_a_gone_file_made(env: Env) -> None:
     assert sorted(env.snapshot()["domains"]) == sorted([kept, by_hand])  # type: ignore[arg-type]
 
 
+def test_a_sandbox_made_by_hand_is_adopted_by_its_file(env: Env) -> None:
+    """A file for a sandbox create made: apply records the file (so --prune may delete it
+    once the file is gone), changes nothing else, and says so."""
+    name = unique_name("ap")
+    env.run("create", "--memory", "256M", name, "--", "/usr/bin/python3", "-m",
+            "http.server", "8000", check=True)
+    files = env.base / "files"
+    path = sandbox_file(files, name, SERVER + "Memory=256M\n")
+    unit = (env.base / "units" / f"{name}_sandbox.service").read_text()
+    r = env.run("apply", "--check", str(files))
+    assert (r.returncode, r.stdout) == (3, f"{name}: would be managed from {path}\n"), r.stderr
+    assert "sandbox_file" not in str(config(env, name)["extra"])
+    r = env.run("apply", str(files))
+    assert (r.returncode, r.stdout) == (0, f"{name}: now managed from {path}\n"), r.stderr
+    assert ["sandbox_file", str(path)] in config(env, name)["extra"]  # type: ignore[operator]
+    assert (env.base / "units" / f"{name}_sandbox.service").read_text() == unit
+    assert env.run("apply", str(files)).stdout == f"{name}: unchanged ({path})\n"
+    path.unlink()
+    r = env.run("apply", "--prune", str(files))
+    assert (r.returncode, r.stdout) == (0, f"{name}: deleted ({path} is gone)\n"), r.stderr
+    assert not (env.base / "config" / "sandboxes" / f"{name}.json").exists()
+
+
 def test_a_unit_sandbox_gets_the_generators_unit(env: Env, tmp_path: Path) -> None:
     """apply makes a unit sandbox through create; the unit the generator wrote for its file
     before it existed is the one create then writes (the tool's path aside)."""

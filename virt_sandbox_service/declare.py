@@ -52,7 +52,7 @@ FIELD_KEYS = {"units": "Unit", "kind": "Unit", "uri": "Connect", "state_dir": "P
               "cpu_quota": "CPUQuota", "blkio_weight": "BlockIOWeight", "tasks": "Tasks",
               "caps_drop": "CapabilityDrop", "caps_add": "CapabilityAdd",
               "syscalls_allow": "SyscallAllow", "mounts": "Mount", "networks": "Network",
-              "command": "Exec", "extra": "(the file it is managed from)"}
+              "command": "Exec"}
 
 
 @dataclass
@@ -126,6 +126,9 @@ def apply_file(paths: Paths, path: Path, *, check: bool) -> Result:
                         "or set the file back")
     verb = "would change" if check else "changed"
     for f in diff:
+        if f == "extra":  # made by hand (or from another file): from now on, this file's
+            res.lines.append(f"{sf.name}: {'would be' if check else 'now'} managed from {path}")
+            continue
         res.lines.append(f"{sf.name}: {verb} {FIELD_KEYS.get(f, f)}: "
                          f"{_shown(getattr(have, f))} -> {_shown(getattr(want, f))}")
     outcome = _converge(paths, have, want, check=check)
