@@ -37,7 +37,10 @@ def test_every_create_option_has_its_key() -> None:
     create = next(a for a in cli.build_parser()._subparsers._group_actions  # type: ignore[union-attr]
                   ).choices["create"]
     dests = {a.dest for a in create._actions} - {"help", "dry_run", "json", "name"}
-    assert dests == {k.dest for k in sandboxfile.KEYS.values()}
+    keys = {k.dest for k in sandboxfile.KEYS.values()}
+    assert dests == keys, (f"create options without a sandbox-file key: {dests - keys} (add "
+                           "them to sandboxfile.KEYS, the man page's SANDBOX FILES and the "
+                           f"README's key list); keys of no option: {keys - dests}")
 
 
 def test_the_fields_apply_cannot_change_in_place_are_config_fields() -> None:
