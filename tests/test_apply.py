@@ -108,6 +108,24 @@ def test_a_change_create_alone_can_make_is_refused(env: Env) -> None:
     assert env.snapshot() == before
 
 
+def test_a_change_the_host_cannot_take_changes_nothing(env: Env) -> None:
+    """A Network= on a libvirt network that does not exist: refused before anything is
+    written, naming the file and the network."""
+    name = unique_name("ap")
+    files = env.base / "files"
+    sandbox_file(files, name, SERVER)
+    env.run("apply", str(files), check=True)
+    before = env.snapshot()
+    text = (env.base / "config" / "sandboxes" / f"{name}.json").read_text()
+    path = sandbox_file(files, name, SERVER + "Network=source=vss-no-such-net\n")
+    r = env.run("apply", str(files))
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"virt-sandbox-service: error: {path}: libvirt network "
+                               "'vss-no-such-net' does not exist\n"), r.stderr
+    assert env.snapshot() == before
+    assert (env.base / "config" / "sandboxes" / f"{name}.json").read_text() == text
+
+
 def test_one_bad_file_does_not_stop_the_others(env: Env) -> None:
     good, bad = unique_name("ap"), unique_name("ap")
     files = env.base / "files"

@@ -50,6 +50,8 @@ FIELD_KEYS = {"units": "Unit", "kind": "Unit", "uri": "Connect", "state_dir": "P
               "username": "UserName", "homedir": "HomeDir", "image_size": "ImageSize",
               "etc_overlay": "Etc", "memory": "Memory", "cpu_weight": "CPUWeight",
               "cpu_quota": "CPUQuota", "blkio_weight": "BlockIOWeight", "tasks": "Tasks",
+              "memory_soft": "MemorySoft", "memory_swap": "MemorySwap", "cpuset": "CPUSet",
+              "numa_nodes": "NUMANodes", "io_throttle": "DeviceReadBps=/DeviceWriteBps",
               "caps_drop": "CapabilityDrop", "caps_add": "CapabilityAdd",
               "syscalls_allow": "SyscallAllow", "mounts": "Mount", "networks": "Network",
               "command": "Exec"}
@@ -229,7 +231,7 @@ def command(paths: Paths, given: list[str], *, check: bool, prune: bool) -> int:
             _check_twice(seen, path)
             results.append(apply_file(paths, path, check=check))
         except SandboxError as e:
-            results.append(Result(path.stem, error=e))
+            results.append(Result(path.stem, error=_named(e, path)))
         _show(results[-1])
     if prune:
         results += [_show(r) for r in prune_absent(paths, targets, check=check)]
@@ -239,6 +241,13 @@ def command(paths: Paths, given: list[str], *, check: bool, prune: bool) -> int:
     if errors:
         return max(errors)
     return CHECK_DRIFT if check and any(r.changed for r in results) else 0
+
+
+def _named(e: SandboxError, path: Path) -> SandboxError:
+    """The error, naming the file it came from (one line each when several files fail)."""
+    if e.message.startswith(str(path)):
+        return e
+    return type(e)(f"{path}: {e.message}", e.hint)
 
 
 def _show(r: Result) -> Result:
