@@ -91,6 +91,30 @@ def test_an_edited_value_is_reconciled(env: Env) -> None:
     assert env.run("upgrade", "--check", name).returncode == 0
 
 
+def test_a_running_sandbox_takes_a_new_limit_live(env: Env) -> None:
+    name = unique_name("ap")
+    files = env.base / "files"
+    sandbox_file(files, name, SERVER + "Memory=256M\n")
+    env.run("apply", str(files), check=True)
+    env.run("start", "--detach", name, check=True, timeout=180)
+    path = sandbox_file(files, name, SERVER + "Memory=320M\n")
+    r = env.run("apply", str(path))
+    assert r.returncode == 0, r.stderr
+    assert f"{name}: applied live: Memory" in r.stdout
+    assert f"{name}: it is running: the new definitions take effect at its next start" in \
+        r.stdout
+    conn = libvirt.open("lxc:///")
+    try:
+        dom = conn.lookupByName(name)
+        assert dom.isActive()
+        live = dom.memoryParameters(libvirt.VIR_DOMAIN_AFFECT_LIVE)["hard_limit"]
+        defined = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    finally:
+        conn.close()
+    assert live == 320 << 10 and f"<memory unit='KiB'>{320 << 10}</memory>" in defined
+    env.run("stop", name, check=True, timeout=120)
+
+
 def test_a_change_create_alone_can_make_is_refused(env: Env) -> None:
     name = unique_name("ap")
     files = env.base / "files"

@@ -26,8 +26,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import libvirt
+
 from . import sandboxfile
-from .config import Paths, SandboxConfig, SecurityMode, all_configs, load_config
+from .config import Driver, Paths, SandboxConfig, SecurityMode, all_configs, load_config
 from .create import CreateRequest
 from .errors import SandboxError, UserError
 from .reconcile import Outcome
@@ -42,6 +44,8 @@ FIXED = frozenset({"name", "kind", "uri", "state_dir", "units", "packages", "pri
                    "copy", "security_mode", "security_label", "machine_id", "id_base", "uid",
                    "gid", "username", "homedir", "image_size", "etc_overlay",
                    "format_version"})
+# The limits `limit` changes live in a running sandbox (manage.py); apply does the same.
+LIVE_LIMITS = frozenset({"memory", "cpu_weight", "cpu_quota", "blkio_weight", "tasks"})
 # A config field -> the file's key, for messages.
 FIELD_KEYS = {"units": "Unit", "kind": "Unit", "uri": "Connect", "state_dir": "Path",
               "copy": "Copy", "packages": "Package", "private": "Private", "shared": "Shared",
@@ -133,7 +137,7 @@ def apply_file(paths: Paths, path: Path, *, check: bool) -> Result:
             continue
         res.lines.append(f"{sf.name}: {verb} {FIELD_KEYS.get(f, f)}: "
                          f"{_shown(getattr(have, f))} -> {_shown(getattr(want, f))}")
-    outcome = _converge(paths, have, want, check=check)
+    outcome, live = _converge(paths, have, want, check=check)
     res.changed = bool(diff or outcome.differences)
     if outcome.differences:
         from .reconcile import format_outcome
@@ -144,6 +148,9 @@ def apply_file(paths: Paths, path: Path, *, check: bool) -> Result:
         from .reconcile import next_start
 
         res.lines.append(next_start(sf.name))
+    if live:
+        res.lines.append(f"{sf.name}: applied live: "
+                         + ", ".join(FIELD_KEYS[f] for f in sorted(live)))
     if not res.changed:
         res.lines.append(f"{sf.name}: unchanged ({path})")
     return res
@@ -168,8 +175,9 @@ def _create(paths: Paths, req: CreateRequest, source: str) -> None:
 
 
 def _converge(paths: Paths, have: SandboxConfig, want: SandboxConfig, *, check: bool
-              ) -> Outcome:
-    """Write `want` (if it differs) and reconcile the sandbox to it, in one Transaction."""
+              ) -> tuple[Outcome, set[str]]:
+    """Write `want` (if it differs) and reconcile the sandbox to it, in one Transaction;
+    then a running sandbox's changed limits live. The limits applied live come back too."""
     from . import create, reconcile
     from .apply import libvirt as lv
     from .apply.txn import Transaction
@@ -188,7 +196,22 @@ def _converge(paths: Paths, have: SandboxConfig, want: SandboxConfig, *, check: 
         if not check and want != have:
             create.ensure_our_filter(conn, want.networks)
             reconcile.write_undoable(paths.config_file(have.name), want.to_json(), txn)
-        return reconcile.reconcile(paths, want, conn, p, trees=trees, check=check, txn=txn)
+        outcome = reconcile.reconcile(paths, want, conn, p, trees=trees, check=check, txn=txn)
+    live = _limits_live(dom, have, want) if running and not check and dom else set()
+    return outcome, live
+
+
+def _limits_live(dom: libvirt.virDomain, have: SandboxConfig, want: SandboxConfig
+                 ) -> set[str]:
+    """A running sandbox's changed limits, live where libvirt can, as `limit` applies them
+    (the rest of the new definition waits for its next start)."""
+    from . import manage
+
+    changed = set(changes(have, want)) & LIVE_LIMITS
+    if changed:
+        live = manage._apply_live_kvm if want.driver is Driver.KVM else manage._apply_live
+        live(dom, want, changed)
+    return changed
 
 
 def prune_absent(paths: Paths, given: list[Path], *, check: bool) -> list[Result]:
