@@ -91,8 +91,8 @@ _virt_sandbox_service() {
     local opts='' values='' positionals=''
     case $cmd in
         create)
-            opts='-h --help -u --unit -c --connect -C --copy -p --path -P --package --private --shared -i --imagesize --etc -s --security --userns --cap-drop --cap-add --syscall-allow --memory --cpu-weight --cpu-quota --blkio-weight --tasks -m --mount -N --network -U --uid -G --gid --username --homedir --dry-run --json'
-            values='-u=_vss_units --unit=_vss_units -c=_vss_uris --connect=_vss_uris -p=_vss_files --path=_vss_files -P=_vss_packages --package=_vss_packages --private=_vss_files --shared=_vss_files -i=- --imagesize=- --etc=words:overlay,copy -s=_vss_security --security=_vss_security --cap-drop=_vss_caps --cap-add=_vss_caps --syscall-allow=_vss_syscall_groups --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- -m=- --mount=- -N=- --network=- -U=_vss_users --uid=_vss_users -G=_vss_groups --gid=_vss_groups --username=- --homedir=_vss_files'
+            opts='-h --help -u --unit -c --connect -C --copy -p --path -P --package --private --shared -i --imagesize --etc -s --security --userns --cap-drop --cap-add --syscall-allow --memory --cpu-weight --cpu-quota --blkio-weight --tasks --memory-soft --memory-swap --cpuset --numa-nodes --device-read-bps --device-write-bps --device-read-iops --device-write-iops -m --mount -N --network -U --uid -G --gid --username --homedir --dry-run --json'
+            values='-u=_vss_units --unit=_vss_units -c=_vss_uris --connect=_vss_uris -p=_vss_files --path=_vss_files -P=_vss_packages --package=_vss_packages --private=_vss_files --shared=_vss_files -i=- --imagesize=- --etc=words:overlay,copy -s=_vss_security --security=_vss_security --cap-drop=_vss_caps --cap-add=_vss_caps --syscall-allow=_vss_syscall_groups --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --memory-soft=- --memory-swap=- --cpuset=- --numa-nodes=- --device-read-bps=- --device-write-bps=- --device-read-iops=- --device-write-iops=- -m=- --mount=- -N=- --network=- -U=_vss_users --uid=_vss_users -G=_vss_groups --gid=_vss_groups --username=- --homedir=_vss_files'
             positionals='- REST'
             ;;
         clone)
@@ -151,13 +151,13 @@ _virt_sandbox_service() {
             positionals=_vss_names
             ;;
         limit)
-            opts='-h --help --memory --cpu-weight --cpu-quota --blkio-weight --tasks'
-            values='--memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=-'
+            opts='-h --help --memory --cpu-weight --cpu-quota --blkio-weight --tasks --memory-soft --memory-swap --cpuset --numa-nodes --device-read-bps --device-write-bps --device-read-iops --device-write-iops'
+            values='--memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --memory-soft=- --memory-swap=- --cpuset=- --numa-nodes=- --device-read-bps=- --device-write-bps=- --device-read-iops=- --device-write-iops=-'
             positionals=_vss_names
             ;;
         run)
-            opts='-h --help -c --connect -t --tty --memory --cpu-weight --cpu-quota --blkio-weight --tasks --cap-drop --cap-add --syscall-allow -m --mount -N --network'
-            values='-c=_vss_uris --connect=_vss_uris --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --cap-drop=_vss_caps --cap-add=_vss_caps --syscall-allow=_vss_syscall_groups -m=- --mount=- -N=- --network=-'
+            opts='-h --help -c --connect -t --tty --memory --cpu-weight --cpu-quota --blkio-weight --tasks --memory-soft --memory-swap --cpuset --numa-nodes --device-read-bps --device-write-bps --device-read-iops --device-write-iops --cap-drop --cap-add --syscall-allow -m --mount -N --network'
+            values='-c=_vss_uris --connect=_vss_uris --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --memory-soft=- --memory-swap=- --cpuset=- --numa-nodes=- --device-read-bps=- --device-write-bps=- --device-read-iops=- --device-write-iops=- --cap-drop=_vss_caps --cap-add=_vss_caps --syscall-allow=_vss_syscall_groups -m=- --mount=- -N=- --network=-'
             positionals=REST
             ;;
         reload)

@@ -88,6 +88,15 @@ CASES: dict[str, tuple[SandboxConfig, tuple[PathEvidence, ...], HostFacts]] = {
         (*APACHE_EVIDENCE, ev("/srv/web2", reason="--private"),
          ev("/var/www", Access.SHARED, reason="--shared")),
         dataclasses.replace(FACTS, selinux=True)),
+    "tuning": (
+        config(name="gen3", kind=Kind.GENERIC, units=(), command=("/bin/true",),
+               state_dir="/var/lib/virt-sandbox-service/gen3", memory=512 * 1024**2,
+               memory_soft=256 * 1024**2, memory_swap=1024**3, cpuset="1", numa_nodes="0",
+               blkio_weight=300,
+               io_throttle=("read_bytes_sec:/dev/vda:1048576", "read_iops_sec:/dev/vda:100",
+                            "write_bytes_sec:/dev/vdb:2097152",
+                            "write_iops_sec:/dev/vdb:50")),
+        (ev("/var/tmp", reason="writable temporary space", mode=0o1777),), FACTS),
     "network-filter": (
         config(name="web4", state_dir="/var/lib/virt-sandbox-service/web4",
                networks=("source=vssnet,address=192.0.2.10/24,address=2001:db8::10/64,"

@@ -77,7 +77,13 @@ def create_request(args: argparse.Namespace) -> CreateRequest:
 
 def _limit_args(args: argparse.Namespace) -> LimitArgs:
     return LimitArgs(memory=args.memory, cpu_weight=args.cpu_weight, cpu_quota=args.cpu_quota,
-                     blkio_weight=args.blkio_weight, tasks=args.tasks)
+                     blkio_weight=args.blkio_weight, tasks=args.tasks,
+                     memory_soft=args.memory_soft, memory_swap=args.memory_swap,
+                     cpuset=args.cpuset, numa_nodes=args.numa_nodes,
+                     device_read_bps=tuple(args.device_read_bps or ()),
+                     device_write_bps=tuple(args.device_write_bps or ()),
+                     device_read_iops=tuple(args.device_read_iops or ()),
+                     device_write_iops=tuple(args.device_write_iops or ()))
 
 
 def cmd_limit(args: argparse.Namespace, paths: Paths) -> int:
@@ -441,6 +447,22 @@ def _add_limit_options(p: Options) -> None:
     p.add_argument("--blkio-weight", metavar="N", help="relative block I/O weight, 100..1000")
     p.add_argument("--tasks", metavar="N",
                    help="most processes plus threads at once (pids.max), 32..4194304")
+    p.add_argument("--memory-soft", metavar="SIZE",
+                   help="memory it is pushed back to under host memory pressure (soft limit)")
+    p.add_argument("--memory-swap", metavar="SIZE",
+                   help="memory plus swap limit (with --memory; equal to it: no swap)")
+    p.add_argument("--cpuset", metavar="LIST",
+                   help="run only on these host CPUs, e.g. 1 or 0-1,3 (KVM: vCPU and qemu "
+                        "pinned)")
+    p.add_argument("--numa-nodes", metavar="LIST",
+                   help="take memory only from these host NUMA nodes (strict), e.g. 0")
+    for kind, unit in (("read-bps", "RATE"), ("write-bps", "RATE"), ("read-iops", "N"),
+                       ("write-iops", "N")):
+        what = "bytes" if unit == "RATE" else "I/O operations"
+        p.add_argument(f"--device-{kind}", action="append", metavar=f"DEV:{unit}",
+                       help=f"at most this many {kind.split('-')[0]} {what} a second on host "
+                            f"disk DEV, e.g. /dev/vda:{'10M' if unit == 'RATE' else '100'} "
+                            "(repeatable; limit: 0 removes)")
 
 
 def _add_cap_options(p: Options) -> None:

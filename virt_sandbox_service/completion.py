@@ -34,6 +34,9 @@ VALUE_COMPLETERS = {
     "GID": "_vss_groups",
     "NAME": "",
     "DIR": "_vss_files",
+    "LIST": "",  # --cpuset, --numa-nodes
+    "DEV:RATE": "",  # the device throttles
+    "DEV:N": "",
 }
 # Positional argument (dest) -> completer; "(subcommand, dest)" entries override the dest's.
 # "REST" is a command line of its own (-- CMD ARGS): a command, then files. An argument with

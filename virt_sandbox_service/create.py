@@ -43,6 +43,7 @@ from .errors import UserError
 from .limits import (
     LimitArgs,
     check_enforceable,
+    check_memory_tune,
     confined_caps,
     kvm_tasks_refusal,
     norm_caps,
@@ -146,7 +147,10 @@ def validate_options(req: CreateRequest, own_trees: tuple[str, ...] | None = Non
     kvm = driver_for_uri(req.uri) is Driver.KVM
     if kvm:
         _validate_kvm(req)
-    check_enforceable(parse_limits(req.limits, os.cpu_count() or 1))
+    limits = parse_limits(req.limits, os.cpu_count() or 1)
+    check_enforceable(limits)
+    check_memory_tune(limits.get("memory"), limits.get("memory_soft"),
+                      limits.get("memory_swap"))
     parse_caps(req.cap_drop, req.cap_add)
     parse_syscall_allow(req.syscall_allow)
     for spec in map(parse_mount, req.mounts):
@@ -293,7 +297,7 @@ def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.Unit
         username=run_as.name if run_as else "", homedir=run_as.home if run_as else "",
         image_size=check_image(req),
         etc_overlay=overlay,
-        **parse_limits(req.limits, os.cpu_count() or 1),  # type: ignore[arg-type]
+        **parse_limits(req.limits, os.cpu_count() or 1),
     )
 
 

@@ -388,6 +388,22 @@ def blkio_weight_supported() -> bool:
     return False
 
 
+def swap_limit_supported() -> bool:
+    """Whether the memory cgroup accounts swap (what <memtune><swap_hard_limit> needs): v1's
+    memory.memsw.* (swapaccount=1), or cgroup2's memory.swap.max below its root."""
+    for top, fstype, opts in _mounts():
+        if fstype == "cgroup" and "memory" in opts.split(","):
+            if (Path(top) / "memory.memsw.limit_in_bytes").exists():
+                return True
+        elif fstype == "cgroup2":
+            try:
+                if any((d / "memory.swap.max").exists() for d in Path(top).iterdir()):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 # What libvirt's LXC driver mounts itself below /sys, and so skips (lxcBasicMounts). Not
 # /sys/fs/cgroup: with everything else unmounted, a pure cgroup v2 host's cgroup2 there fails
 # the same way ("Failed to make mount /sys/fs/cgroup readonly"), seen on the test host.

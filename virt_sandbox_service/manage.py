@@ -32,10 +32,14 @@ from .errors import HostError, UserError
 from .limits import (
     CAP_NUMBERS,
     LimitArgs,
+    blkio_live_params,
     check_enforceable,
+    check_memory_tune,
+    cpu_map,
     effective_caps,
     init_caps,
     kvm_tasks_refusal,
+    merge_throttles,
     parse_limits,
     sched_params,
 )
@@ -115,7 +119,10 @@ def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
     kvm = cfg.driver is Driver.KVM
     if "tasks" in changes and kvm:
         raise kvm_tasks_refusal()
-    new = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
+    if "io_throttle" in changes:
+        changes["io_throttle"] = merge_throttles(cfg.io_throttle, changes["io_throttle"])
+    new = dataclasses.replace(cfg, **changes)
+    check_memory_tune(new.memory, new.memory_soft, new.memory_swap)
     conn = lv.connect(cfg.uri)
     dom = backend(cfg).domain(conn, cfg)
     running = bool(dom.isActive())
@@ -140,6 +147,7 @@ def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
             print(f"virt-sandbox-service: note: {reconcile.next_start(name)}", file=sys.stderr)
     if running:
         (_apply_live_kvm if kvm else _apply_live)(dom, new, set(changes))
+        _apply_tuning_live(dom, cfg, new, set(changes))
     return [f"{k}={v}" for k, v in changes.items()]
 
 
@@ -162,6 +170,55 @@ def _apply_live_kvm(dom: libvirt.virDomain, cfg: SandboxConfig, changed: set[str
     except libvirt.libvirtError as e:
         raise HostError(f"the new limits are saved but could not be applied live: "
                         f"{e.get_error_message()}", "they apply at the next start") from e
+
+
+def _apply_tuning_live(dom: libvirt.virDomain, old: SandboxConfig, new: SandboxConfig,
+                       changed: set[str]) -> None:
+    """The tuning controls on a running sandbox, where libvirt changes them live; where it
+    cannot for the driver (an LXC sandbox's CPUs), a note: the next start has them."""
+    live = libvirt.VIR_DOMAIN_AFFECT_LIVE
+    memory = {k: v // 1024 for k, v in (("soft_limit", new.memory_soft),
+                                         ("swap_hard_limit", new.memory_swap))
+              if v and f"memory_{k.split('_')[0]}" in changed}
+    try:
+        if memory:
+            dom.setMemoryParameters(memory, live)
+        blkio = blkio_live_params(old, new)
+        if blkio:
+            _blkiotune_live(new.uri, dom.name(), blkio)
+            if new.driver is Driver.LXC:
+                rt.copy_throttles_live(dom)
+        if "numa_nodes" in changed and new.numa_nodes:
+            dom.setNumaParameters({"numa_nodeset": new.numa_nodes}, live)
+        if "cpuset" in changed and new.cpuset:
+            if new.driver is Driver.KVM:
+                cpus = cpu_map(new.cpuset)
+                dom.pinVcpuFlags(0, cpus, live)
+                dom.pinEmulator(cpus, live)
+            else:
+                print(f"virt-sandbox-service: note: libvirt pins the CPUs of LXC sandbox "
+                      f"'{dom.name()}' when it starts: --cpuset applies at its next start",
+                      file=sys.stderr)
+    except libvirt.libvirtError as e:
+        raise HostError(f"the new limits are saved but could not be applied live: "
+                        f"{e.get_error_message()}", "they apply at the next start") from e
+
+
+def _blkiotune_live(uri: str, name: str, params: dict[str, str]) -> None:
+    """Device throttles, live, through virsh: libvirt-python's setBlkioParameters first reads
+    every blkio parameter to learn their types, and on a host without BFQ that read fails on
+    the device weights ("blkio device weight is valid only for bfq or cfq scheduler", seen
+    with libvirt 9.0 LXC), although the throttles work; virsh sends only what it is given."""
+    from .util import run
+
+    argv = ["virsh", "-q", "-c", uri, "blkiotune", name, "--live"]
+    for key, value in params.items():
+        argv += [f"--{key.replace('_', '-')}", value]
+    try:
+        run(argv)
+    except HostError as e:
+        raise HostError(f"the new limits are saved but could not be applied live: {e}",
+                        "they apply at the next start") from e
 
 
 def _apply_live(dom: libvirt.virDomain, cfg: SandboxConfig, changed: set[str]) -> None:

@@ -72,6 +72,14 @@ KEYS: dict[str, Key] = {
     "CPUQuota": Key("cpu_quota", "--cpu-quota", "text"),
     "BlockIOWeight": Key("blkio_weight", "--blkio-weight", "text"),
     "Tasks": Key("tasks", "--tasks", "text"),
+    "MemorySoft": Key("memory_soft", "--memory-soft", "text"),
+    "MemorySwap": Key("memory_swap", "--memory-swap", "text"),
+    "CPUSet": Key("cpuset", "--cpuset", "text"),
+    "NUMANodes": Key("numa_nodes", "--numa-nodes", "text"),
+    "DeviceReadBps": Key("device_read_bps", "--device-read-bps", "list"),
+    "DeviceWriteBps": Key("device_write_bps", "--device-write-bps", "list"),
+    "DeviceReadIOPS": Key("device_read_iops", "--device-read-iops", "list"),
+    "DeviceWriteIOPS": Key("device_write_iops", "--device-write-iops", "list"),
     "Mount": Key("mount", "-m", "list"),
     "Network": Key("network", "-N", "list"),
     "User": Key("uid", "-U", "text"),
@@ -220,7 +228,7 @@ def _checks() -> dict[str, Callable[[str], object]]:
 
     def limit(dest: str) -> Callable[[str], object]:
         def check(value: str) -> None:
-            given: dict[str, Any] = {dest: value}
+            given: dict[str, Any] = {dest: (value,) if dest.startswith("device_") else value}
             limits.check_enforceable(limits.parse_limits(
                 dataclasses.replace(limits.LimitArgs(), **given), os.cpu_count() or 1))
         return check
@@ -240,6 +248,9 @@ def _checks() -> dict[str, Callable[[str], object]]:
         "Memory": limit("memory"), "CPUWeight": limit("cpu_weight"),
         "CPUQuota": limit("cpu_quota"), "BlockIOWeight": limit("blkio_weight"),
         "Tasks": limit("tasks"),
+        **{key: limit(KEYS[key].dest) for key in (
+            "MemorySoft", "MemorySwap", "CPUSet", "NUMANodes", "DeviceReadBps",
+            "DeviceWriteBps", "DeviceReadIOPS", "DeviceWriteIOPS")},
         "Mount": parse_mount,
         "Network": parse_network,
     }

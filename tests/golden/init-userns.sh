@@ -9,6 +9,10 @@ while IFS=: read -r _ ctl path; do
     cat "$d/cpuset.cpus" > "$p/cpuset.cpus"
     cat "$d/cpuset.mems" > "$p/cpuset.mems"
   fi
+  for f in "$d"/blkio.throttle.*_device; do
+    [ -f "$f" ] || continue
+    while read -r dev rate; do echo "$dev $rate" > "$p/${f##*/}"; done < "$f"
+  done
   echo $$ > "$p/cgroup.procs"
 done < /proc/self/cgroup
 if [ -n "${VSS_TASKS_MAX:-}" ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then

@@ -28,7 +28,7 @@ from ..config import Kind, SandboxConfig
 from ..errors import UserError
 from ..host import HostFacts
 from ..image import IMAGE_MOUNT
-from ..limits import CPU_PERIOD_US
+from ..limits import CPU_PERIOD_US, blkiotune_element, memtune_element, numatune_element
 from ..mounts import MountType, parse_mount
 from ..network import guest_args, guest_mac, host_device, kvm_interface_element, parse_network
 from ..plan import Mount, Plan, command
@@ -276,23 +276,27 @@ def tunables(cfg: SandboxConfig) -> tuple[etree._Element | None, etree._Element 
     the emulator and I/O threads serving 9p), which is the sandbox's CPU time; a vCPU quota
     would leave the host-side file I/O of the sandbox uncapped.
     """
-    blk = cpu = None
-    if cfg.blkio_weight:
-        blk = E.blkiotune(E.weight(str(cfg.blkio_weight)))
-    if cfg.cpu_weight or cfg.cpu_quota:
+    blk = blkiotune_element(cfg)
+    cpu = None
+    if cfg.cpu_weight or cfg.cpu_quota or cfg.cpuset:
         cpu = E.cputune()
         if cfg.cpu_weight:
             cpu.append(E.shares(str(cfg.cpu_weight)))
         if cfg.cpu_quota:
             cpu.append(E.global_period(str(CPU_PERIOD_US)))
             cpu.append(E.global_quota(str(cfg.cpu_quota * CPU_PERIOD_US // 100)))
+        if cfg.cpuset:  # the one vCPU, and qemu's own threads (9p, virtiofs, the monitor)
+            cpu.append(E.vcpupin(vcpu="0", cpuset=cfg.cpuset))
+            cpu.append(E.emulatorpin(cpuset=cfg.cpuset))
     return blk, cpu
 
 
 def _insert_tunables(dom: etree._Element, cfg: SandboxConfig) -> None:
     """In libvirt's order: <blkiotune> after <memory>, <cputune> after <vcpu>."""
     blk, cpu = tunables(cfg)
-    for anchor_tag, el in (("memory", blk), ("vcpu", cpu)):
+    # addnext in reverse: memory, blkiotune, memtune; vcpu, cputune, numatune.
+    for anchor_tag, el in (("memory", memtune_element(cfg, hard=False)), ("memory", blk),
+                           ("vcpu", numatune_element(cfg)), ("vcpu", cpu)):
         anchor = dom.find(anchor_tag)
         if el is None:
             continue
@@ -305,7 +309,7 @@ def _insert_tunables(dom: etree._Element, cfg: SandboxConfig) -> None:
 def set_tunables(dom: etree._Element, cfg: SandboxConfig) -> None:
     """`limit` on a defined KVM domain: its memory (the guest's RAM, effective at the next
     boot: the guest has no balloon), <blkiotune> and <cputune>, replacing what was there."""
-    for tag in ("blkiotune", "cputune"):
+    for tag in ("blkiotune", "cputune", "memtune", "numatune"):
         for old in dom.findall(tag):
             dom.remove(old)
     memory = dom.find("memory")

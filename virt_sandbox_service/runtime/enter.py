@@ -109,12 +109,18 @@ def enter_lsm_label(label: tuple[str, str] | None) -> None:
 def pids_cgroup(pid: int) -> Path | None:
     """The host path of the v1 pids cgroup `pid` is in; None at the hierarchy's root (where
     libvirt leaves containers started without --tasks) or without a pids hierarchy."""
-    mount = host.v1_mount("pids")
+    return v1_cgroup(pid, "pids")
+
+
+def v1_cgroup(pid: int, controller: str) -> Path | None:
+    """The host path of the v1 `controller` cgroup `pid` is in; None at the hierarchy's root
+    or without such a hierarchy."""
+    mount = host.v1_mount(controller)
     if mount is None:
         return None
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
         _, ctl, path = line.split(":", 2)
-        if "pids" in ctl.split(",") and path != "/":
+        if controller in ctl.split(",") and path != "/":
             return mount / path.lstrip("/")
     return None
 

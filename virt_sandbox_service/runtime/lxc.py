@@ -70,6 +70,7 @@ from .enter import (
     open_namespaces,
     pids_cgroup,
     prepare_confinement,
+    v1_cgroup,
 )
 from .notify import NotifyListener, notify_host_manager, status
 
@@ -453,6 +454,27 @@ def set_tasks_live(dom: libvirt.virDomain, tasks: int) -> None:
         target.write_text(f"{tasks}\n")
     except OSError as e:
         raise HostError(f"cannot write {target}: {e.strerror}") from e
+
+
+def copy_throttles_live(dom: libvirt.virDomain) -> None:
+    """After libvirt changed the device I/O throttles of a running sandbox's cgroup, the same
+    in the child its init moved into (plan._cgroup_prologue): v1's throttles do not reach a
+    child. Writing "MAJ:MIN 0" removes one."""
+    cg = v1_cgroup(init_pid(dom), "blkio")
+    if cg is None or cg.name != PAYLOAD_CGROUP:
+        return
+    for parent in cg.parent.glob("blkio.throttle.*_device"):
+        want, have = _throttle_rules(parent), _throttle_rules(cg / parent.name)
+        for dev in sorted(set(want) | set(have)):
+            if want.get(dev, "0") != have.get(dev, "0"):
+                try:
+                    (cg / parent.name).write_text(f"{dev} {want.get(dev, '0')}\n")
+                except OSError as e:
+                    raise HostError(f"cannot write {cg / parent.name}: {e.strerror}") from e
+
+
+def _throttle_rules(path: Path) -> dict[str, str]:
+    return dict(line.split()[:2] for line in path.read_text().splitlines() if line.strip())
 
 
 # --- execute ---------------------------------------------------------------------------------

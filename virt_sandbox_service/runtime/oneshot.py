@@ -202,7 +202,7 @@ def run_config(name: str, uri: str, argv: Sequence[str], paths: Paths,
                          caps_add=norm_caps(opts.cap_add),
                          syscalls_allow=parse_syscall_allow(opts.syscall_allow),
                          mounts=opts.mounts, networks=opts.networks,
-                         **limits)  # type: ignore[arg-type]
+                         **limits)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,306 @@
+"""Tuning controls (limits.py): device I/O throttles, CPU pinning, NUMA memory policy, the
+memory soft limit and memory-plus-swap limit; at create, in run and live in limit.
+
+Each effect is measured where this host can show it: a throttled dd against its rate (dd's
+own timing), the pinned CPUs in the sandbox's tasks' Cpus_allowed_list, the limits in the
+host's cgroup files of the running sandbox. Bad values: one error line and a hint, exit 2
+(run: 125, as for all its own failures), nothing left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from virt_sandbox_service.limits import (
+    LimitArgs,
+    Throttle,
+    blkio_live_params,
+    merge_throttles,
+    parse_limits,
+)
+
+from .conftest import CLI, ROOT, Env, need, unique_name
+
+root_libvirt = [pytest.mark.root, pytest.mark.libvirt]
+MIB = 2**20
+
+
+def root_disk() -> str:
+    """The whole disk under /var/tmp (where the tests' files are), e.g. /dev/vda."""
+    dev = os.stat("/var/tmp").st_dev
+    sysfs = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}").resolve()
+    if (sysfs / "partition").exists():
+        sysfs = sysfs.parent
+    path = f"/dev/{sysfs.name}"
+    need(os.path.exists(path) and stat.S_ISBLK(os.stat(path).st_mode),
+         f"needs /var/tmp on a block device node in /dev ({path})")
+    return path
+
+
+def dd_seconds(stderr: str) -> float:
+    m = re.search(r"copied, ([\d.]+) s", stderr)
+    assert m, stderr
+    return float(m.group(1))
+
+
+@pytest.fixture
+def data_file() -> Iterator[Path]:
+    path = Path(f"/var/tmp/vss-tuning-{os.getpid()}.bin")
+    path.write_bytes(os.urandom(4 * MIB))
+    yield path
+    path.unlink()
+
+
+# --- parsing (pure) ------------------------------------------------------------------------------
+
+
+def test_lists_are_normalised_and_throttles_merge() -> None:
+    disk = root_disk()
+    out = parse_limits(LimitArgs(cpuset="1,0", device_read_bps=(f"{disk}:2M",),
+                                 device_write_iops=(f"{disk}:50",)), 2)
+    assert out["cpuset"] == "0-1"
+    assert out["io_throttle"] == (f"read_bytes_sec:{disk}:{2 * MIB}",
+                                  f"write_iops_sec:{disk}:50")
+    merged = merge_throttles(out["io_throttle"], (f"read_bytes_sec:{disk}:0",
+                                                  f"read_iops_sec:{disk}:10"))
+    assert merged == (f"read_iops_sec:{disk}:10", f"write_iops_sec:{disk}:50")
+    assert Throttle.parse("read_bytes_sec:/dev/disk/by-path/pci-0000:00:04.0:5") == \
+        Throttle("read_bytes_sec", "/dev/disk/by-path/pci-0000:00:04.0", 5)
+
+
+BAD = [
+    (["--cpuset", "7"], "--cpuset '7' names CPU 7, which this host does not have online"),
+    (["--cpuset", "1-0"], "--cpuset '1-0': the range 1-0 runs backwards"),
+    (["--cpuset", "one"], "--cpuset 'one' is not a list of CPUs"),
+    (["--numa-nodes", "9"], "--numa-nodes '9' names NUMA node 9, which this host does not"),
+    (["--device-read-bps", "/dev/vss-no-such-disk:1M"],
+     "--device-read-bps: /dev/vss-no-such-disk: No such file or directory"),
+    (["--device-write-bps", "/etc/passwd:1M"], "--device-write-bps: /etc/passwd is not a "
+                                              "block device"),
+    (["--device-read-iops", "DISK:lots"], "--device-read-iops 'lots' is not a whole number"),
+    (["--device-read-bps", "1M"], "--device-read-bps '1M' is not DEVICE:RATE"),
+    (["--memory-swap", "1G"], "--memory-swap needs --memory: it bounds memory plus swap"),
+    (["--memory", "512M", "--memory-swap", "256M"], "--memory-swap (256M) is below --memory"),
+    (["--memory", "256M", "--memory-soft", "512M"], "--memory-soft (512M) is above --memory"),
+    (["--memory-soft", "lots"], "--memory-soft 'lots' is not a size"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_values_are_one_line_before_anything(env: Env, options: list[str],
+                                                 message: str) -> None:
+    options = [o.replace("DISK", root_disk()) for o in options]
+    before = env.snapshot()
+    proc = env.run("create", *options, "tune1", "--", "/bin/true")
+    assert proc.returncode == 2, proc
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("virt-sandbox-service: hint: "), lines
+    assert message in lines[0], lines[0]
+    assert env.snapshot() == before
+
+
+def test_run_refuses_bad_values_with_its_own_status(env: Env) -> None:
+    proc = env.run("run", "--cpuset", "99", "--", "/bin/true")
+    assert proc.returncode == 125
+    assert "--cpuset '99' names CPU 99" in proc.stderr
+
+
+# --- measured: run -------------------------------------------------------------------------------
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+@pytest.mark.parametrize(("option", "value", "dd_args", "low", "high"), [
+    # 4 MiB at 1 MiB/s: 4 s (the kernel lets a first slice through: at least 3 s).
+    ("--device-read-bps", "1M", ["bs=64k", "count=64", "iflag=direct"], 3.0, 8.0),
+    # 40 reads of 4 KiB at 10 a second: 4 s.
+    ("--device-read-iops", "10", ["bs=4k", "count=40", "iflag=direct"], 3.0, 8.0),
+], ids=["read-bps", "read-iops"])
+def test_a_throttled_read_is_held_to_its_rate(env: Env, data_file: Path, option: str,
+                                              value: str, dd_args: list[str], low: float,
+                                              high: float) -> None:
+    disk = root_disk()
+    dd = ["/bin/dd", f"if={data_file}", "of=/dev/null", *dd_args]
+    free = env.run("run", "--", *dd, check=True)
+    slow = env.run("run", f"{option}", f"{disk}:{value}", "--", *dd, check=True)
+    fast, held = dd_seconds(free.stderr), dd_seconds(slow.stderr)
+    assert low <= held <= high, (held, slow.stderr)
+    assert fast < held / 3, (fast, held)
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_a_throttled_write_is_held_to_its_rate(env: Env, tmp_path: Path) -> None:
+    disk = root_disk()
+    out = Path(f"/var/tmp/vss-tuning-w-{os.getpid()}")
+    out.mkdir()
+    try:
+        dd = ["/bin/dd", "if=/dev/zero", "of=/mnt/f", "bs=64k", "count=64", "oflag=direct"]
+        proc = env.run("run", "-m", f"host-bind:/mnt={out}", "--device-write-bps",
+                       f"{disk}:1M", "--", *dd, check=True)
+        assert 3.0 <= dd_seconds(proc.stderr) <= 8.0, proc.stderr
+        assert (out / "f").stat().st_size == 4 * MIB
+    finally:
+        for f in out.iterdir():
+            f.unlink()
+        out.rmdir()
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_a_pinned_run_has_only_its_cpus(env: Env) -> None:
+    need((os.cpu_count() or 1) >= 2, "needs two CPUs")
+    proc = env.run("run", "--cpuset", "1", "--", "/bin/sh", "-c",
+                   "grep Cpus_allowed_list /proc/1/status /proc/self/status", check=True)
+    assert re.findall(r"Cpus_allowed_list:\s*(\S+)", proc.stdout) == ["1", "1"], proc.stdout
+    free = env.run("run", "--", "/bin/grep", "Cpus_allowed_list", "/proc/self/status",
+                   check=True)
+    assert free.stdout.split()[-1] == "0-1"
+
+
+def v1_dir(pid_cgroup: str, controller: str) -> Path:
+    """The host directory of a v1 cgroup, from a process's /proc/PID/cgroup text."""
+    path = next(line.split(":", 2)[2] for line in pid_cgroup.splitlines()
+                if controller in line.split(":")[1].split(","))
+    return Path("/sys/fs/cgroup") / controller / path.lstrip("/")
+
+
+def cgroup_file(pid_cgroup: str, controller: str, name: str) -> str:
+    return (v1_dir(pid_cgroup, controller) / name).read_text().strip()
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_memory_and_numa_controls_reach_the_runs_cgroup(env: Env) -> None:
+    need(Path("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+         "needs the cgroup v1 memory controller with swap accounting")
+    proc = subprocess.Popen(
+        [*CLI, "run", "--memory", "256M", "--memory-soft", "128M", "--memory-swap", "384M",
+         "--numa-nodes", "0", "--", "/bin/sh", "-c", "cat /proc/self/cgroup; echo END; "
+         "read -r _"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, **env.vars, "PYTHONPATH": str(ROOT)})
+    assert proc.stdin and proc.stdout
+    text = ""
+    while "END" not in text:
+        line = proc.stdout.readline()
+        assert line, "run ended early"
+        text += line
+    try:
+        assert cgroup_file(text, "memory", "memory.soft_limit_in_bytes") == str(128 * MIB)
+        assert cgroup_file(text, "memory", "memory.limit_in_bytes") == str(256 * MIB)
+        assert cgroup_file(text, "memory", "memory.memsw.limit_in_bytes") == str(384 * MIB)
+        assert cgroup_file(text, "cpuset", "cpuset.mems") == "0"
+    finally:
+        proc.communicate("\n", timeout=120)
+    assert proc.returncode == 0
+
+
+# --- live: limit on a running sandbox -------------------------------------------------------------
+
+
+def dd_in(cgroup: Path, source: Path) -> float:
+    """dd's seconds for a direct read of `source` by a process in that blkio cgroup (where
+    the sandbox's own processes are)."""
+    proc = subprocess.run(["/bin/sh", "-c", f'echo $$ > "{cgroup}/cgroup.procs"; exec dd '
+                           f'if="{source}" of=/dev/null bs=64k iflag=direct'],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return dd_seconds(proc.stderr)
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_a_created_sandbox_is_throttled_and_limit_changes_it_live(env: Env,
+                                                                  data_file: Path) -> None:
+    disk = root_disk()
+    st = os.stat(disk)
+    devno = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    name = unique_name("tun")
+    env.run("create", "--memory", "256M", "--device-read-bps", f"{disk}:1M", name, "--",
+            "/bin/sleep", "infinity", check=True)
+    env.run("start", "--detach", name, check=True, timeout=300)
+    try:
+        cg = Path(f"/proc/{init_pid_of(env, name)}/cgroup").read_text()
+        payload = v1_dir(cg, "blkio")  # the child its init moved into
+        assert payload.name == "sandbox", payload
+        assert f"{devno} {MIB}" in (payload / "blkio.throttle.read_bps_device").read_text()
+        assert 3.0 <= dd_in(payload, data_file) <= 8.0  # 4 MiB at 1 MiB/s
+        proc = env.run("limit", "--device-read-bps", f"{disk}:0", "--device-write-iops",
+                       f"{disk}:40", "--memory-soft", "100M", "--cpuset", "1", name,
+                       check=True)
+        assert "applies at its next start" in proc.stderr  # LXC: libvirt pins at start
+        assert devno not in (payload / "blkio.throttle.read_bps_device").read_text()
+        assert f"{devno} 40" in (payload / "blkio.throttle.write_iops_device").read_text()
+        assert f"{devno} 40" in \
+            (payload.parent / "blkio.throttle.write_iops_device").read_text()
+        assert dd_in(payload, data_file) < 1.5
+        # libvirt's cgroup, above the child: v1's memory controller is hierarchical.
+        memory = v1_dir(cg, "memory").parent
+        assert (memory / "memory.soft_limit_in_bytes").read_text().strip() == str(100 * MIB)
+        env.run("stop", name, check=True, timeout=300)
+        env.run("start", "--detach", name, check=True, timeout=300)
+        status = Path(f"/proc/{init_pid_of(env, name)}/status").read_text()
+        assert re.search(r"Cpus_allowed_list:\s*1$", status, re.M), status
+    finally:
+        env.run("stop", name, timeout=300)
+
+
+def init_pid_of(env: Env, name: str) -> int:
+    import libvirt
+
+    from virt_sandbox_service.runtime.enter import init_pid
+
+    conn = libvirt.open("lxc:///")
+    try:
+        return init_pid(conn.lookupByName(name))
+    finally:
+        conn.close()
+
+
+def test_live_blkio_parameters_name_only_the_changes() -> None:
+    from virt_sandbox_service.config import Kind, SandboxConfig
+
+    old = SandboxConfig(name="x", kind=Kind.GENERIC, uri="lxc:///", state_dir="/s",
+                        io_throttle=("read_bytes_sec:/dev/vda:5", "write_iops_sec:/dev/vda:7"))
+    new = SandboxConfig(name="x", kind=Kind.GENERIC, uri="lxc:///", state_dir="/s",
+                        io_throttle=("write_iops_sec:/dev/vda:7", "read_iops_sec:/dev/vdb:9"))
+    assert blkio_live_params(old, new) == {"device_read_bytes_sec": "/dev/vda,0",
+                                           "device_read_iops_sec": "/dev/vdb,9"}
+
+
+@pytest.mark.root
+@pytest.mark.kvm
+def test_a_pinned_kvm_run_has_its_qemu_threads_on_its_cpus(env: Env) -> None:
+    # Every thread of the VM's qemu (the vCPU and the emulator's: 9p, the monitor) on CPU 1.
+    need((os.cpu_count() or 1) >= 2, "needs two CPUs")
+    import libvirt
+
+    try:
+        conn = libvirt.open("qemu:///system")
+    except libvirt.libvirtError:
+        need(False, "needs libvirtd with the QEMU driver (scripts/setup.sh)")
+    proc = subprocess.Popen([*CLI, "run", "-c", "qemu:///system", "--cpuset", "1", "--",
+                             "/bin/sh", "-c", "echo UP; read -r _"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, **env.vars, "PYTHONPATH": str(ROOT)})
+    assert proc.stdin and proc.stdout
+    try:
+        assert proc.stdout.readline() == "UP\n"
+        ours = [d for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+                if d.name().startswith("vss-run-") and '<emulatorpin cpuset="1"/>' in
+                d.XMLDesc(0).replace("'", '"')]
+        assert len(ours) == 1, [d.name() for d in ours]
+        pid = int(Path(f"/run/libvirt/qemu/{ours[0].name()}.pid").read_text())
+        allowed = {re.search(r"Cpus_allowed_list:\s*(\S+)", t.joinpath("status").read_text())
+                   .group(1) for t in Path(f"/proc/{pid}/task").iterdir()}  # type: ignore[union-attr]
+        assert allowed == {"1"}, allowed
+    finally:
+        proc.communicate("\n", timeout=300)
+        conn.close()
+    assert proc.returncode == 0
