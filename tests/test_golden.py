@@ -95,7 +95,9 @@ CASES: dict[str, tuple[SandboxConfig, tuple[PathEvidence, ...], HostFacts]] = {
                blkio_weight=300,
                io_throttle=("read_bytes_sec:/dev/vda:1048576", "read_iops_sec:/dev/vda:100",
                             "write_bytes_sec:/dev/vdb:2097152",
-                            "write_iops_sec:/dev/vdb:50")),
+                            "write_iops_sec:/dev/vdb:50"),
+               networks=("source=vssnet,address=192.0.2.30/24,inbound=1M:2M:256K,"
+                         "outbound=512K",)),
         (ev("/var/tmp", reason="writable temporary space", mode=0o1777),), FACTS),
     "network-filter": (
         config(name="web4", state_dir="/var/lib/virt-sandbox-service/web4",

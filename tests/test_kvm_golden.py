@@ -61,7 +61,8 @@ CASES: dict[str, SandboxConfig] = {
         name="ktun", state_dir="/var/lib/virt-sandbox-service/ktun", memory=512 * 1024**2,
         memory_soft=256 * 1024**2, memory_swap=2 * 1024**3, cpuset="0-1", numa_nodes="0",
         cpu_quota=50, io_throttle=("read_bytes_sec:/dev/vda:1048576",
-                                   "write_iops_sec:/dev/vda:100")),
+                                   "write_iops_sec:/dev/vda:100"),
+        networks=("source=vssnet,address=192.0.2.31/24,inbound=1M,outbound=256K:1M",)),
     "kvm-network": config(name="knet", state_dir="/var/lib/virt-sandbox-service/knet",
                           networks=("source=vssnet,address=192.0.2.10/24%192.0.2.255,"
                                     "address=2001:db8::10/64,route=0.0.0.0/0%192.0.2.1,"

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import stat
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,6 +238,8 @@ def test_a_created_sandbox_is_throttled_and_limit_changes_it_live(env: Env,
                        f"{disk}:40", "--memory-soft", "100M", "--cpuset", "1", name,
                        check=True)
         assert "applies at its next start" in proc.stderr  # LXC: libvirt pins at start
+        assert "older version" not in proc.stderr  # the definition was this version's
+        env.run("upgrade", "--check", name, check=True)  # and is, with the new limits
         assert devno not in (payload / "blkio.throttle.read_bps_device").read_text()
         assert f"{devno} 40" in (payload / "blkio.throttle.write_iops_device").read_text()
         assert f"{devno} 40" in \
@@ -304,3 +309,129 @@ def test_a_pinned_kvm_run_has_its_qemu_threads_on_its_cpus(env: Env) -> None:
         proc.communicate("\n", timeout=300)
         conn.close()
     assert proc.returncode == 0
+
+
+# --- network bandwidth (-N ...,inbound=,outbound=) ----------------------------------------------
+
+RECEIVER = """import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+n, t0 = 0, None
+while data := s.recv(65536):
+    t0 = t0 or time.monotonic()
+    n += len(data)
+print(n, time.monotonic() - t0)
+"""
+SENDER = """import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.sendall(b"x" * int(sys.argv[3]))
+s.close()
+"""
+TRANSFER = 2 * MIB
+
+
+def _serve_once(host: str, send: int, out: list[float]) -> tuple[socket.socket, threading.Thread]:
+    """A host-side peer on the test bridge: sends `send` bytes, or (0) receives and records
+    bytes a second from the first byte to EOF."""
+    srv = socket.create_server((host, 0))
+    srv.settimeout(120)
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            if send:
+                conn.sendall(b"y" * send)
+                return
+            n, t0 = 0, None
+            while data := conn.recv(65536):
+                t0 = t0 or time.monotonic()
+                n += len(data)
+            out.append(n / (time.monotonic() - (t0 or 0)))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return srv, thread
+
+
+def _transfer(env: Env, net: str, subnet: int, direction: str, limit: str | None) -> float:
+    """Bytes a second of one transfer of TRANSFER bytes in `direction` (of the sandbox)."""
+    from .test_network import V4
+
+    host = V4.format(subnet, 1)
+    rates: list[float] = []
+    srv, thread = _serve_once(host, TRANSFER if direction == "inbound" else 0, rates)
+    port = str(srv.getsockname()[1])
+    spec = f"source={net},address={V4.format(subnet, 20)}/24"
+    spec += f",{direction}={limit}" if limit else ""
+    code = RECEIVER if direction == "inbound" else SENDER
+    proc = env.run("run", "-N", spec, "--", "/usr/bin/python3", "-c", code, host, port,
+                   str(TRANSFER), check=True, timeout=300)
+    thread.join(60)
+    srv.close()
+    if direction == "inbound":
+        n, seconds = proc.stdout.split()
+        assert int(n) == TRANSFER
+        return int(n) / float(seconds)
+    assert rates, "the host received nothing"
+    return rates[0]
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+@pytest.mark.parametrize("direction", ["inbound", "outbound"])
+def test_a_bandwidth_limited_transfer_is_held_to_its_rate(env: Env, direction: str) -> None:
+    from virt_sandbox_service import host
+
+    from .test_network import isolated_network
+
+    missing = host.bandwidth_missing(direction)
+    need(not missing, f"needs a kernel with {', '.join(missing)} (libvirt's tc shaping)")
+
+    bridge = isolated_network("vssbw")
+    net, subnet = next(bridge)
+    try:
+        free = _transfer(env, net, subnet, direction, None)
+        held = _transfer(env, net, subnet, direction, "512K")
+    finally:
+        next(bridge, None)
+    limit = 512 * 1024
+    assert held <= 1.2 * limit, (direction, held)
+    assert held >= 0.3 * limit, (direction, held)  # policing costs TCP some, not all
+    assert free > 4 * limit, (direction, free)
+
+
+@pytest.mark.parametrize("direction", ["inbound", "outbound"])
+def test_bandwidth_the_kernel_cannot_hold_is_refused_up_front(env: Env, direction: str) -> None:
+    from virt_sandbox_service import host
+
+    missing = host.bandwidth_missing(direction)
+    need(bool(missing), "this kernel has everything libvirt's tc shaping needs")
+    before = env.snapshot()
+    proc = env.run("create", "-N", f"source=default,address=192.0.2.9/24,{direction}=1M",
+                   "bw1", "--", "/bin/true")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0] == (
+        f"virt-sandbox-service: error: -N ...,{direction}= cannot be enforced on this host: "
+        f"its kernel lacks {', '.join(missing)} (libvirt shapes an interface with tc)")
+    assert env.snapshot() == before
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("inbound=fast", "inbound average 'fast' is not a size"),
+    ("outbound=1M:512K", "outbound peak '512K' in"),
+    ("inbound=1M:2M:1K:1", "inbound='1M:2M:1K:1' in"),
+])
+def test_bad_bandwidth_values(spec: str, message: str) -> None:
+    from virt_sandbox_service.errors import UserError
+    from virt_sandbox_service.network import parse_network
+
+    with pytest.raises(UserError) as e:
+        parse_network(f"source=n,{spec}")
+    assert message in e.value.message
+    assert e.value.hint
+
+
+def test_bandwidth_in_kib() -> None:
+    from virt_sandbox_service.network import parse_network
+
+    spec = parse_network("source=n,inbound=1M:2M:1500,outbound=100K")
+    assert (spec.inbound, spec.outbound) == ((1024, 2048, 2), (100,))

@@ -485,7 +485,8 @@ def _add_mount_network_options(p: Options, fresh: str) -> None:
                         "guest-bind:DST=SRC, ram:DST=SIZE")
     p.add_argument("-N", "--network", action="append", metavar="OPTS",
                    help="an interface: source=NET[,address=IP/PREFIX][,route=NET/PREFIX%%GW]"
-                        "[,mac=MAC][,dhcp][,filter=NAME[,port=N]...] (default: loopback only)")
+                        "[,mac=MAC][,dhcp][,filter=NAME[,port=N]...][,inbound=AVG[:PEAK[:BURST]]]"
+                        "[,outbound=...] (default: loopback only)")
 
 
 APPLY_EXAMPLES = """examples:

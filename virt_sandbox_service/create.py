@@ -52,7 +52,7 @@ from .limits import (
     parse_syscall_allow,
 )
 from .mounts import MountSpec, MountType, check_loop_path, parse_mount
-from .network import OUR_FILTER, filter_xml, parse_network
+from .network import OUR_FILTER, NetSpec, filter_xml, parse_network
 from .plan import EVIDENCE_FILE, Plan, WriteFile, plan, state_path
 
 # The registry's names, where they were before registry.py.
@@ -140,6 +140,20 @@ def check_user(req: CreateRequest) -> users.RunAs | None:
     return run_as
 
 
+def check_bandwidth(net: NetSpec) -> None:
+    """-N ...,inbound=/outbound=: refused up front where the kernel lacks what libvirt's tc
+    commands need (libvirt would fail the start with tc's "qdisc kind is unknown")."""
+    from . import host
+
+    for direction in ("inbound", "outbound"):
+        missing = host.bandwidth_missing(direction) if getattr(net, direction) else []
+        if missing:
+            raise UserError(f"-N ...,{direction}= cannot be enforced on this host: its kernel "
+                            f"lacks {', '.join(missing)} (libvirt shapes an interface with tc)",
+                            f"leave {direction}= out, or use a kernel with them (Debian's has "
+                            "them as modules)")
+
+
 def validate_options(req: CreateRequest, own_trees: tuple[str, ...] | None = None) -> None:
     """The sandbox options create and one-shot `run` share: limits, capabilities, mounts
     (`own_trees`: where the sandbox makes mount points itself), networks, and what a KVM
@@ -158,6 +172,7 @@ def validate_options(req: CreateRequest, own_trees: tuple[str, ...] | None = Non
         if not kvm:
             check_loop_path(spec)
     for net in map(parse_network, req.networks):
+        check_bandwidth(net)
         if net.dhcp and req.command:
             raise UserError("-N ...,dhcp needs a unit sandbox (its systemd-networkd is the "
                             "DHCP client)", "give a generic sandbox address=IP/PREFIX")

@@ -388,6 +388,53 @@ def blkio_weight_supported() -> bool:
     return False
 
 
+# What libvirt's <bandwidth> runs through tc on the host end of an interface (virnetdevbandwidth):
+# inbound shapes with htb and sfq, outbound polices with an ingress qdisc, a u32 filter and
+# the police action. (kernel config option, module) for each.
+BANDWIDTH_NEEDS = {
+    "inbound": (("CONFIG_NET_SCH_HTB", "sch_htb"), ("CONFIG_NET_SCH_SFQ", "sch_sfq")),
+    "outbound": (("CONFIG_NET_SCH_INGRESS", "sch_ingress"), ("CONFIG_NET_CLS_U32", "cls_u32"),
+                 ("CONFIG_NET_ACT_POLICE", "act_police")),
+}
+
+
+def bandwidth_missing(direction: str) -> list[str]:
+    """The kernel options `direction`'s <bandwidth> needs that this kernel has neither built
+    in nor as a module (from its config; nothing when the config cannot be read)."""
+    config = _kernel_config()
+    if config is None:
+        return []
+    modules = _kernel_modules()
+    return [opt for opt, mod in BANDWIDTH_NEEDS[direction]
+            if not re.search(rf"^{opt}=[ym]$", config, re.M) or
+            (f"{opt}=m" in config and mod not in modules)]
+
+
+def _kernel_config() -> str | None:
+    import gzip
+
+    release = os.uname().release
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            return f.read()
+    except OSError:
+        pass
+    try:
+        return Path(f"/boot/config-{release}").read_text()
+    except OSError:
+        return None
+
+
+def _kernel_modules() -> set[str]:
+    """The module names the running kernel can load (modules.dep), '-' as '_'."""
+    try:
+        text = Path(f"/lib/modules/{os.uname().release}/modules.dep").read_text()
+    except OSError:
+        return set()
+    return {Path(line.split(":", 1)[0]).name.split(".ko")[0].replace("-", "_")
+            for line in text.splitlines()}
+
+
 def swap_limit_supported() -> bool:
     """Whether the memory cgroup accounts swap (what <memtune><swap_hard_limit> needs): v1's
     memory.memsw.* (swapaccount=1), or cgroup2's memory.swap.max below its root."""

@@ -380,14 +380,19 @@ def set_tunables(dom: etree._Element, cfg: SandboxConfig, host_memory_kib: int) 
             dom.remove(old)
     anchor = dom.find("metadata")
     index = list(dom).index(anchor) + 1 if anchor is not None else 1
+    # In the order libvirt writes them back (reconcile compares the text): memory,
+    # blkiotune, memtune, vcpu, cputune, numatune.
     elements = [_el("memory", str(cfg.memory // 1024 if cfg.memory else host_memory_kib),
                     unit="KiB")]
-    tune = memtune_element(cfg, hard=True)
-    if tune is not None:
-        elements.append(tune)
     blk = blkiotune_element(cfg)
     if blk is not None:
         elements.append(blk)
+    tune = memtune_element(cfg, hard=True)
+    if tune is not None:
+        elements.append(tune)
+    if cfg.cpuset:
+        # LXC: the container's cpuset cgroup and its processes' affinity (libvirt's cpumask).
+        elements.append(_el("vcpu", "1", placement="static", cpuset=cfg.cpuset))
     if cfg.cpu_weight or cfg.cpu_quota:
         cpu = etree.Element("cputune")
         if cfg.cpu_weight:
@@ -396,9 +401,6 @@ def set_tunables(dom: etree._Element, cfg: SandboxConfig, host_memory_kib: int) 
             cpu.append(_el("period", str(CPU_PERIOD_US)))
             cpu.append(_el("quota", str(cfg.cpu_quota * CPU_PERIOD_US // 100)))
         elements.append(cpu)
-    if cfg.cpuset:
-        # LXC: the container's cpuset cgroup and its processes' affinity (libvirt's cpumask).
-        elements.append(_el("vcpu", "1", placement="static", cpuset=cfg.cpuset))
     numa = numatune_element(cfg)
     if numa is not None:
         elements.append(numa)

@@ -1,13 +1,15 @@
 """-N network specs and network filters.
 
     -N source=NET[,mac=MAC][,address=IP/PREFIX[%BROADCAST]]...[,route=NET/PREFIX%GATEWAY]...
-       [,dhcp][,filter=NAME[,port=N]...]
+       [,dhcp][,filter=NAME[,port=N]...][,inbound=AVG[:PEAK[:BURST]]][,outbound=...]
 
 Each -N is one interface on the libvirt network NET. Addresses and routes are set inside the
 sandbox by libvirt (LXC) or by the guest's init and systemd-networkd (KVM: see guest_args);
 `dhcp` enables systemd-networkd's DHCP client in a unit sandbox. `filter`
 attaches a libvirt nwfilter; `vss-listen-only` is ours (see filter_xml): the sandbox may
-answer on the given ports and ask DNS, nothing else.
+answer on the given ports and ask DNS, nothing else. `inbound` and `outbound` (into and out
+of the sandbox: rates a second and a burst size, e.g. 1M:2M:256K) become the interface's
+<bandwidth>, which libvirt applies with tc on the host end of the interface.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from lxml import etree
 from .errors import UserError
 
 HINT = ("write -N source=NET[,address=IP/PREFIX][,route=NET/PREFIX%GATEWAY][,mac=MAC][,dhcp]"
-        "[,filter=NAME[,port=N]...]")
+        "[,filter=NAME[,port=N]...][,inbound=AVG[:PEAK[:BURST]]][,outbound=...]")
+# libvirt's <bandwidth> attributes: average and peak in KiB a second, burst in KiB.
+BANDWIDTH_ATTRS = ("average", "peak", "burst")
+BANDWIDTH_MAX_KIB = 2**32 - 1
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 OUR_FILTER = "vss-listen-only"
 
@@ -58,6 +63,8 @@ class NetSpec:
     routes: tuple[Route, ...] = ()
     filter: str | None = None
     ports: tuple[int, ...] = field(default=())
+    inbound: tuple[int, ...] = ()  # KiB: average, then peak and burst if given
+    outbound: tuple[int, ...] = ()
 
 
 def parse_network(text: str) -> NetSpec:
@@ -65,6 +72,7 @@ def parse_network(text: str) -> NetSpec:
     addresses: list[Address] = []
     routes: list[Route] = []
     ports: list[int] = []
+    rates: dict[str, tuple[int, ...]] = {}
     for item in text.split(","):
         key, eq, value = item.partition("=")
         if key == "dhcp" and not eq:
@@ -83,6 +91,8 @@ def parse_network(text: str) -> NetSpec:
             filt = value
         elif key == "port":
             ports.append(_port(value, text))
+        elif key in ("inbound", "outbound"):
+            rates[key] = _bandwidth(key, value, text)
         else:
             raise UserError(f"'{key}' is not a network option in '{text}'", HINT)
     if source is None:
@@ -92,7 +102,40 @@ def parse_network(text: str) -> NetSpec:
     if filt == OUR_FILTER and not ports:
         raise UserError(f"filter={OUR_FILTER} needs the ports to answer on, e.g. port=80",
                         HINT)
-    return NetSpec(source, mac, dhcp, tuple(addresses), tuple(routes), filt, tuple(ports))
+    return NetSpec(source, mac, dhcp, tuple(addresses), tuple(routes), filt, tuple(ports),
+                   rates.get("inbound", ()), rates.get("outbound", ()))
+
+
+def _bandwidth(key: str, value: str, text: str) -> tuple[int, ...]:
+    """AVG[:PEAK[:BURST]], sizes a second (and a size), as libvirt's KiB."""
+    from .config import parse_size
+
+    hint = f"e.g. {key}=1M (a second), or {key}=1M:4M:256K (average, peak, burst)"
+    parts = value.split(":")
+    if len(parts) > 3:
+        raise UserError(f"{key}='{value}' in '{text}' is not AVG[:PEAK[:BURST]]", hint)
+    kib = []
+    for name, part in zip(BANDWIDTH_ATTRS, parts, strict=False):
+        number = -(-parse_size(part, f"{key} {name}") // 1024)  # whole KiB, rounded up
+        if number > BANDWIDTH_MAX_KIB:
+            raise UserError(f"{key} {name} '{part}' in '{text}' is too large", hint)
+        kib.append(number)
+    if len(kib) > 1 and kib[1] < kib[0]:
+        raise UserError(f"{key} peak '{parts[1]}' in '{text}' is below its average '{parts[0]}'",
+                        hint)
+    return tuple(kib)
+
+
+def bandwidth_element(spec: NetSpec) -> etree._Element | None:
+    """<bandwidth> of an interface; None without inbound= or outbound=."""
+    if not spec.inbound and not spec.outbound:
+        return None
+    bw = etree.Element("bandwidth")
+    for direction, values in (("inbound", spec.inbound), ("outbound", spec.outbound)):
+        if values:
+            etree.SubElement(bw, direction, {a: str(v) for a, v in zip(BANDWIDTH_ATTRS, values,
+                                                                       strict=False)})
+    return bw
 
 
 def _mac(value: str, text: str) -> str:
@@ -158,6 +201,7 @@ def interface_element(spec: NetSpec, device: str) -> etree._Element:
         etree.SubElement(iface, "route", family=r.family, address=r.network,
                          prefix=str(r.prefix), gateway=r.gateway)
     _filterref(iface, spec)
+    _bandwidth_el(iface, spec)
     return iface
 
 
@@ -166,6 +210,12 @@ def _filterref(iface: etree._Element, spec: NetSpec) -> None:
         ref = etree.SubElement(iface, "filterref", filter=spec.filter)
         for port in spec.ports:
             etree.SubElement(ref, "parameter", name="PORT", value=str(port))
+
+
+def _bandwidth_el(iface: etree._Element, spec: NetSpec) -> None:
+    bw = bandwidth_element(spec)
+    if bw is not None:
+        iface.append(bw)
 
 
 def guest_mac(sandbox: str, index: int, spec: NetSpec) -> str:
@@ -189,6 +239,7 @@ def kvm_interface_element(spec: NetSpec, device: str, mac: str) -> etree._Elemen
     etree.SubElement(iface, "target", dev=device)
     etree.SubElement(iface, "model", type="virtio")
     _filterref(iface, spec)
+    _bandwidth_el(iface, spec)
     etree.SubElement(iface, "address", type="virtio-mmio")
     return iface
 
