@@ -101,7 +101,7 @@ _virt_sandbox_service() {
             positionals='_vss_names -'
             ;;
         start)
-            opts='-h --help --detach --timeout'
+            opts='-h --help --detach --timeout -t --tty'
             values=--timeout=-
             positionals=_vss_names
             ;;

@@ -85,7 +85,21 @@ def term(env: Env, tmp_path: Path) -> Iterator[Tmux]:
     t.expect(r"^\$ ")
     yield t
     t.close()
-    assert domain_names(under=env.base) == []
+    assert running(env) == []
+
+
+def running(env: Env) -> list[str]:
+    """The domains of this test's sandboxes and runs that still run."""
+    import libvirt
+
+    conn = libvirt.open("lxc:///")
+    try:
+        return [n for n in domain_names(under=env.base) + [
+            d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            if d.name().startswith("vss-run-") and str(env.base) in d.XMLDesc(0)]
+            if conn.lookupByName(n).isActive()]
+    finally:
+        conn.close()
 
 
 def finished(t: Tmux) -> int:
@@ -180,3 +194,46 @@ def test_run_t_is_refused_for_kvm_before_anything(env: Env) -> None:
     assert proc.returncode == 125
     assert "run -t is not available for KVM sandboxes yet" in proc.stderr
     assert len(proc.stderr.splitlines()) == 2
+
+
+def test_start_t_gives_a_generic_sandbox_our_terminal(env: Env, term: Tmux) -> None:
+    # The command's terminal is the sandbox's console (a pty of its own devpts), of which it
+    # is the controlling process: job control, Ctrl-C, our size and its changes, its status.
+    env.run("create", "sttest", "--", "/bin/bash", "--norc", "--noprofile", "-i", check=True)
+    cli = " ".join(map(shlex.quote, CLI))
+    term.type(f"S0=$(stty -g); {cli} start -t sttest; echo RC=$?; "
+              '[ "$(stty -g)" = "$S0" ] && echo TERMINAL-RESTORED')
+    term.expect(r"bash-[\d.]+# $")
+    term.type("tty; stty size")
+    term.expect(r"^/dev/pts/\d+\r?$")
+    term.expect(r"^30 100\r?$")
+    term.type("sleep 300")
+    time.sleep(1)
+    term.key("C-z")
+    term.expect(r"Stopped\s+sleep 300")
+    term.type("fg")
+    term.expect(r"^sleep 300\r?$")
+    time.sleep(0.5)
+    term.key("C-c")
+    term.type("echo AFTER-FG $?")
+    term.expect(r"^AFTER-FG 130\r?$")
+    term.tmux("resize-window", "-t", "t", "-x", "70", "-y", "20")
+    time.sleep(0.5)
+    term.type("stty size; exit 4")
+    term.expect(r"^20 70\r?$")
+    assert finished(term) == 4
+    assert "no job control" not in term.screen()
+
+
+def test_start_t_is_refused_before_anything(env: Env) -> None:
+    env.run("create", "stgen", "--", "/bin/true", check=True)
+    proc = env.run("start", "-t", "--detach", "stgen")
+    assert proc.returncode == 2 and "start -t stays in the foreground" in proc.stderr
+    proc = env.run("start", "-t", "stgen")  # stdin is not a terminal here
+    assert proc.returncode == 2 and "start -t needs a terminal" in proc.stderr
+    kvm = env.run("create", "-c", "qemu:///system", "--dry-run", "stkvm", "--", "/bin/true")
+    if kvm.returncode == 0:  # a KVM sandbox: its console is the guest's (connect)
+        env.run("create", "-c", "qemu:///system", "stkvm", "--", "/bin/true", check=True)
+        proc = env.run("start", "-t", "stkvm")
+        assert proc.returncode == 2 and "start -t is for generic LXC sandboxes" in proc.stderr
+    assert running(env) == []

@@ -129,8 +129,12 @@ def cmd_start(args: argparse.Namespace, paths: Paths) -> int:
     from .runtime import backend
 
     cfg = load_config(paths, args.name)
+    if args.tty:
+        from .runtime.console import check_start_tty
+
+        check_start_tty(cfg, args.detach)
     return int(backend(cfg).start(connect(cfg.uri), cfg, paths, detach=args.detach,
-                                  timeout=args.timeout))
+                                  timeout=args.timeout, tty=args.tty))
 
 
 def cmd_stop(args: argparse.Namespace, paths: Paths) -> int:
@@ -340,6 +344,9 @@ def _add_simple(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: 
                              "foreground (the unit's ExecStart stays in the foreground)")
         sp.add_argument("--timeout", type=positive_seconds, default=90,
                         help="seconds to wait for ready")
+        sp.add_argument("-t", "--tty", action="store_true",
+                        help="a generic LXC sandbox in the foreground: its command's terminal "
+                             "(the sandbox's console) is ours, raw, with our window size")
     if name == "stop":
         sp.add_argument("--timeout", type=positive_seconds, default=30,
                         help="seconds for a clean shutdown before the domain is destroyed")

@@ -11,6 +11,7 @@ sandbox keeps CAP_SYS_ADMIN or the calls of the seccomp filter.
 
 from __future__ import annotations
 
+import os
 import shlex
 
 from . import image, users
@@ -116,10 +117,15 @@ def init_command(config: SandboxConfig, facts: HostFacts, mounts: tuple[Mount, .
                 *_overlay_binds(config, facts, mounts), *_guest_binds(config)]
     if config.kind is Kind.GENERIC:
         # sh stays PID 1 so the command's exit status reaches the host (libvirt reports none).
+        # The command leads a session of its own with the console (a pty of the sandbox's
+        # devpts) as its controlling terminal: libvirt's init has none, so a shell there had
+        # no job control and Ctrl-C on `start -t` reached nothing. util-linux's setsid, beside
+        # its unshare (setsid -c: TIOCSCTTY on the console, which no session holds).
+        setsid = os.path.join(os.path.dirname(facts.unshare), "setsid")
         script = "\n".join([
             *prologue,
             f"if [ -p {GO_FIFO} ]; then read -r _ < {GO_FIFO}; fi",
-            f'{q(facts.unshare)} --cgroup {jail} "$@"; rc=$?',
+            f'{q(facts.unshare)} --cgroup {q(setsid)} -c {jail} "$@"; rc=$?',
             f"echo $rc > {EXIT_STATUS_FILE}; exit $rc",
         ])
         return (facts.sh, "-c", script, "sandbox-init", *command(config, facts)), ()

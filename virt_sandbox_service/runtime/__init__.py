@@ -2,7 +2,7 @@
 
 One module per backend, each with the same functions:
     domain(conn, cfg) -> virDomain
-    start(conn, cfg, paths, *, detach, timeout) -> int
+    start(conn, cfg, paths, *, detach, timeout, tty) -> int
     stop(conn, cfg, paths, timeout) -> bool
     execute(dom, argv, env) -> int
     reload(dom, cfg, units) -> int

@@ -111,9 +111,10 @@ def _copy_out(stream: libvirt.virStream, stdout: int, ended: threading.Event) ->
         ended.set()
 
 
-def _copy_in(stream: libvirt.virStream, stdin: int, ended: threading.Event) -> bool:
-    """Caller's terminal -> console. True on Ctrl-] or when the terminal went away; False
-    when the console ended first."""
+def _copy_in(stream: libvirt.virStream, stdin: int, ended: threading.Event,
+             escape_char: bytes | None = ESCAPE) -> bool:
+    """Caller's terminal -> console. True on Ctrl-] (`escape_char`; None: none) or when the
+    terminal went away; False when the console ended first."""
     while not ended.is_set():
         r, _, _ = select.select([stdin], [], [], 0.2)
         if not r:
@@ -124,7 +125,8 @@ def _copy_in(stream: libvirt.virStream, stdin: int, ended: threading.Event) -> b
             return True
         if not data:
             return True
-        before, escape, _ = data.partition(ESCAPE)
+        before, escape, _ = (data.partition(escape_char) if escape_char
+                             else (data, b"", b""))
         try:
             while before:
                 sent = stream.send(before)
@@ -134,6 +136,91 @@ def _copy_in(stream: libvirt.virStream, stdin: int, ended: threading.Event) -> b
         if escape:
             return True
     return False
+
+
+# --- start -t: a generic LXC sandbox's console as our terminal ---------------------------------
+
+
+def check_start_tty(cfg: SandboxConfig, detach: bool) -> None:
+    """start -t: before anything starts."""
+    from ..config import Driver, Kind
+
+    if detach:
+        raise UserError("start -t stays in the foreground: it cannot go with --detach",
+                        f"drop one of them; 'connect {cfg.name}' gives a running sandbox a shell")
+    if cfg.kind is not Kind.GENERIC or cfg.driver is not Driver.LXC:
+        raise UserError(f"start -t is for generic LXC sandboxes: '{cfg.name}' is not one",
+                        f"use 'virt-sandbox-service connect {cfg.name}' for a shell in it")
+    if not os.isatty(0):
+        raise UserError("start -t needs a terminal: standard input is not one",
+                        "drop -t (the command's output then goes to our standard output)")
+
+
+def attach_lxc_console(conn: libvirt.virConnect, dom: libvirt.virDomain, init: int,
+                       attached: threading.Event
+                       ) -> tuple[threading.Thread, contextlib.AbstractContextManager[None]]:
+    """A thread relaying the sandbox's console (its command's controlling terminal, a pty of
+    the sandbox's own devpts that libvirt's controller holds) and our terminal both ways, and
+    the context that keeps ours raw with its window size on the console. Every byte is the
+    command's (Ctrl-C, Ctrl-Z, Ctrl-]); the relay ends with the sandbox."""
+    from .connect import _raw, _winsize
+
+    def relay() -> None:
+        try:
+            stream = open_lxc_console(conn, dom)
+        finally:
+            attached.set()
+        ended = threading.Event()
+        threading.Thread(target=_copy_in, args=(stream, 0, ended, None), daemon=True).start()
+        _copy_out(stream, 1, ended)
+
+    @contextlib.contextmanager
+    def terminal() -> Iterator[None]:
+        def push(signum: int = 0, frame: FrameType | None = None) -> None:
+            _set_console_size(init, _winsize(0))
+
+        old = signal.signal(signal.SIGWINCH, push)
+        try:
+            with _raw(0):
+                push()
+                yield
+        finally:
+            signal.signal(signal.SIGWINCH, old)
+
+    return threading.Thread(target=relay, daemon=True), terminal()
+
+
+def open_lxc_console(conn: libvirt.virConnect, dom: libvirt.virDomain) -> libvirt.virStream:
+    stream = conn.newStream(0)
+    try:
+        dom.openConsole(None, stream, 0)
+    except libvirt.libvirtError as e:
+        raise HostError(f"cannot open the console of sandbox '{dom.name()}': "
+                        f"{e.get_error_message()}") from e
+    return stream
+
+
+def _set_console_size(init: int, winsize: bytes) -> None:
+    """The console's window size, set on its slave side inside the sandbox (the kernel sends
+    SIGWINCH to its foreground job). /dev/console there may be a link into its devpts, which
+    must resolve inside the sandbox's root, not ours."""
+    import fcntl
+    import termios
+
+    root = f"/proc/{init}/root"
+    path = "/dev/console"
+    with contextlib.suppress(OSError):
+        target = os.readlink(root + path)
+        path = target if target.startswith("/") else os.path.join("/dev", target)
+    try:
+        fd = os.open(root + path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as e:
+        log.debug("console size of %d: %s", init, e)
+        return
+    try:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, winsize)
+    finally:
+        os.close(fd)
 
 
 def stty_command(rows: int, cols: int) -> list[str]:

@@ -73,7 +73,7 @@ STDIN_WAIT = 0.2
 
 
 def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
-          detach: bool = False, timeout: float = 90) -> int:
+          detach: bool = False, timeout: float = 90, tty: bool = False) -> int:
     from .. import initrd
 
     dom = domain(conn, cfg)

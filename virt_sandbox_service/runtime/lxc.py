@@ -9,6 +9,7 @@ under the unit) and returns when the domain ends, with the right exit status.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -80,7 +81,7 @@ REASK = 0.5  # seconds between poweroff requests to a sandbox that has not begun
 
 
 def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
-          detach: bool = False, timeout: float = 90) -> int:
+          detach: bool = False, timeout: float = 90, tty: bool = False) -> int:
     dom = domain(conn, cfg)
     if dom.isActive():
         raise UserError(f"sandbox '{cfg.name}' is already running",
@@ -127,7 +128,7 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
         print(f"sandbox {cfg.name} is ready", flush=True)
         if detach:
             return 0
-        return _foreground(conn, dom, cfg, paths, listener, since)
+        return _foreground(conn, dom, cfg, paths, listener, since, tty)
     finally:
         listener.close()
 
@@ -270,13 +271,35 @@ def _wait_units_up(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyL
 
 
 def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxConfig,
-                paths: Paths, listener: NotifyListener, since: float) -> int:
+                paths: Paths, listener: NotifyListener, since: float, tty: bool = False) -> int:
     attached = threading.Event()
-    pump = threading.Thread(target=_copy_console, args=(conn, dom, attached), daemon=True)
+    terminal: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if tty:  # our terminal is the console's, both ways (runtime/console.py)
+        from . import console
+
+        pump, terminal = console.attach_lxc_console(conn, dom, init_pid(dom), attached)
+    else:
+        pump = threading.Thread(target=_copy_console, args=(conn, dom, attached), daemon=True)
     pump.start()
     fifo = run_dir(paths, cfg.name) / os.path.basename(GO_FIFO)
     go = _let_go(fifo, attached)
     old = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with terminal:
+            return _watch(conn, dom, cfg, paths, listener, since)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        # The console's last lines (the sandbox's shutdown) are still on their way.
+        pump.join(CONSOLE_DRAIN)
+        if go is not None:
+            os.close(go)
+            fifo.unlink(missing_ok=True)  # a later start without a console must not wait
+
+
+def _watch(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxConfig,
+           paths: Paths, listener: NotifyListener, since: float) -> int:
+    """Until the sandbox stops: its unit failures, a stop asked for, then its exit status."""
     try:
         while _active(dom):
             msg = listener.receive(POLL * 4)
@@ -288,14 +311,6 @@ def _foreground(conn: libvirt.virConnect, dom: libvirt.virDomain, cfg: SandboxCo
     except Stopped:
         stop(conn, cfg, paths)
         return 0
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        # The console's last lines (the sandbox's shutdown) are still on their way.
-        pump.join(CONSOLE_DRAIN)
-        if go is not None:
-            os.close(go)
-            fifo.unlink(missing_ok=True)  # a later start without a console must not wait
     return _exit_status(cfg, paths)
 
 
