@@ -139,6 +139,7 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
         raise UserError("run needs a command after --", "e.g. run -- /bin/echo hello")
     check_arg_text(argv)
     driver = driver_for_uri(uri)
+    check_privilege(uri, driver, os.geteuid())
     if tty:
         check_tty(driver)
     name = RUN_PREFIX + os.urandom(4).hex()
@@ -158,6 +159,22 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
         if driver is Driver.LXC:
             return _run_lxc(conn, cfg, tty)
         return _run_kvm(conn, cfg, paths)
+
+
+def check_privilege(uri: str, driver: Driver, euid: int) -> None:
+    """What each URI needs of who runs it, said before anything is tried. A run's micro-VM is
+    built for qemu:///system (the boot files in the system cache, qemu as root reading the
+    host's files over 9p or virtiofs, its channels in the system run directory); a normal
+    user's session daemon can give none of that yet."""
+    if uri.rstrip("/").endswith("/session"):
+        raise UserError(f"run -c {uri} is not available yet: a run's micro-VM needs the "
+                        "system daemon (qemu as root, to read the host's files for it)",
+                        "as root: run -c qemu:///system" if euid == 0 else
+                        "ask an administrator to run it, as root, with -c qemu:///system")
+    if euid != 0:
+        what = ("libvirt's LXC driver starts containers only for root" if driver is Driver.LXC
+                else "qemu:///system is the root-only system daemon")
+        raise UserError(f"run -c {uri} needs root: {what}", "run it as root (sudo)")
 
 
 def check_tty(driver: Driver) -> None:
