@@ -435,3 +435,34 @@ def test_bandwidth_in_kib() -> None:
 
     spec = parse_network("source=n,inbound=1M:2M:1500,outbound=100K")
     assert (spec.inbound, spec.outbound) == ((1024, 2048, 2), (100,))
+
+
+@pytest.mark.root
+@pytest.mark.kvm
+def test_limit_pins_a_running_kvm_sandbox_live(env: Env) -> None:
+    # Live through libvirt (pinVcpuFlags, pinEmulator, setMemoryParameters, blkiotune):
+    # every qemu thread on CPU 1 at once, the soft limit set, the definition in step.
+    need((os.cpu_count() or 1) >= 2, "needs two CPUs")
+    import libvirt
+
+    try:
+        conn = libvirt.open("qemu:///system")
+    except libvirt.libvirtError:
+        need(False, "needs libvirtd with the QEMU driver (scripts/setup.sh)")
+    name = unique_name("ktun")
+    env.run("create", "-c", "qemu:///system", name, "--", "/bin/sleep", "infinity",
+            check=True, timeout=600)
+    env.run("start", "--detach", name, check=True, timeout=600)
+    try:
+        pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+        env.run("limit", "--cpuset", "1", "--memory-soft", "100M", "--device-read-bps",
+                f"{root_disk()}:2M", name, check=True)
+        allowed = {re.findall(r"Cpus_allowed_list:\s*(\S+)", (t / "status").read_text())[0]
+                   for t in Path(f"/proc/{pid}/task").iterdir()}
+        assert allowed == {"1"}, allowed
+        params = conn.lookupByName(name).memoryParameters(libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        assert params["soft_limit"] == 100 * 1024
+        env.run("upgrade", "--check", name, check=True)
+    finally:
+        env.run("stop", name, timeout=300)
+        conn.close()
