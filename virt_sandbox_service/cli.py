@@ -541,7 +541,8 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument_group("terminal").add_argument(
         "-t", "--tty", action="store_true",
         help="give the command a terminal of its own, relayed to ours (raw; window size, "
-             "Ctrl-C, Ctrl-Z are the command's); LXC only; stdout and stderr then share it")
+             "Ctrl-C, Ctrl-Z are the command's; KVM: the size at its start only); stdout and "
+             "stderr then share it")
     _add_limit_options(r.add_argument_group("limits"))
     _add_cap_options(r.add_argument_group("confinement"))
     _add_mount_network_options(r.add_argument_group("mounts and networks"),

@@ -143,6 +143,8 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
     if tty:
         check_tty(driver)
     name = RUN_PREFIX + os.urandom(4).hex()
+    if tty and driver is Driver.KVM:
+        argv = kvm_tty_argv(argv, host.find_tool(("/usr/bin/script",), "script", "util-linux"))
     cfg = run_config(name, uri, argv, paths, opts)
     if cfg.memory is not None and driver is Driver.KVM and cfg.memory < KVM_MIN_MEMORY:
         raise UserError(f"--memory {opts.limits.memory} is too little for a KVM sandbox (at "
@@ -158,6 +160,11 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
     with _fresh_dirs(cfg):
         if driver is Driver.LXC:
             return _run_lxc(conn, cfg, tty)
+        if tty:
+            from .connect import _raw
+
+            with _raw(0):
+                return _run_kvm(conn, cfg, paths)
         return _run_kvm(conn, cfg, paths)
 
 
@@ -178,13 +185,25 @@ def check_privilege(uri: str, driver: Driver, euid: int) -> None:
 
 
 def check_tty(driver: Driver) -> None:
-    if driver is not Driver.LXC:
-        raise UserError("run -t is not available for KVM sandboxes yet",
-                        "use run -c lxc:/// -t, or connect to a KVM sandbox's login console")
     if not os.isatty(0):
         raise UserError("run -t needs a terminal: standard input is not one",
                         "drop -t (the command then gets our stdin, stdout and stderr as they "
                         "are)")
+
+
+def kvm_tty_argv(argv: Sequence[str], script: str) -> list[str]:
+    """run -t in a VM: no fd crosses into a guest, so the pty is made there by util-linux's
+    script(1) on the host root the guest sees (the command leads a session on it: job control,
+    Ctrl-C from the raw bytes we send down the stdin port), at our window size when it starts
+    (the ports carry no size change: a resize does not reach it); -e: its exit status."""
+    import shlex
+    import struct
+
+    from .connect import _winsize
+
+    rows, cols = struct.unpack("HHHH", _winsize(0))[:2]
+    inner = f"stty rows {rows} cols {cols} 2>/dev/null; exec {shlex.join(argv)}"
+    return [script, "-qfec", inner, "/dev/null"]
 
 
 def run_config(name: str, uri: str, argv: Sequence[str], paths: Paths,
