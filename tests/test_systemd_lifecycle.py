@@ -32,7 +32,10 @@ from .conftest import need
 from .systemd_host import CLI, SystemdHost, systemd_host_fixture  # noqa: F401 (fixture)
 from .test_golden import CASES
 
-STOP_BUDGET = 15.0  # seconds; the unit's TimeoutStopSec= is much longer
+# How much slower this host runs than the 2-core machine the budgets were set on: the
+# standard test host VM runs under TCG (tests/test_testhost.py sets VSS_TIME_SCALE there).
+SCALE = float(os.environ.get("VSS_TIME_SCALE", "1"))
+STOP_BUDGET = 15.0 * SCALE  # seconds; the unit's TimeoutStopSec= is much longer
 APACHE = ("-u", "apache2.service")
 
 
@@ -192,7 +195,7 @@ def test_killed_sandbox_init_is_restarted(systemd_host: SystemdHost,
 
         t0 = time.monotonic()
         os.kill(init_pid(conn, name), signal.SIGKILL)
-        deadline = t0 + 30
+        deadline = t0 + 30 * SCALE
         while True:
             now = h.show(unit, "ActiveState", "NRestarts", "MainPID")
             # Type=notify: active again means the restarted sandbox sent a NEW READY=1.
@@ -264,7 +267,7 @@ def test_stop_while_starting_leaves_no_domain(systemd_host: SystemdHost,
     with h.sandbox(*APACHE) as name:
         unit = unit_name(name)
         assert h.systemctl("start", "--no-block", unit).returncode == 0
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 20 * SCALE
         while not domain_running(conn, name):  # the domain is up, READY=1 not yet sent
             assert time.monotonic() < deadline, "the domain never started"
             time.sleep(0.01)
@@ -274,7 +277,7 @@ def test_stop_while_starting_leaves_no_domain(systemd_host: SystemdHost,
         assert r.returncode == 0, r.stderr
         assert not domain_running(conn, name)
         # A clean power-off of the half-booted sandbox, not a destroy after a timeout.
-        assert took < 5, h.journal("-u", unit)
+        assert took < 5 * SCALE, h.journal("-u", unit)
         assert h.show(unit, "ActiveState")["ActiveState"] == "inactive"
         started(h, unit)  # and it can start again
 
