@@ -390,6 +390,8 @@ ARGPARSE: list[tuple[str, ...]] = [
     ("reload", "{stopped}", "-u"),
     ("doctor", "--bogus"),
     ("completion", "fish"),
+    ("learn", "--seconds", "soon", "{stopped}"),
+    ("apply", "--bogus"),
 ]
 
 
