@@ -425,11 +425,16 @@ def evidence_json(p: Plan) -> str:
 
 
 def tool_path() -> str:
-    """The absolute path generated units run. Set-up links it into /usr/local/bin."""
+    """The absolute path generated units run: this tool's own command (as it was called, so a
+    link such as set-up's /usr/local/bin one stays a link), never another installation's. Run
+    as `python -m virt_sandbox_service.cli` (the tests), the command set-up linked."""
+    own = os.path.abspath(sys.argv[0])
+    if os.path.basename(own) == "virt-sandbox-service":
+        return own
     linked = "/usr/local/bin/virt-sandbox-service"
     if os.path.exists(linked):
         return linked
-    return os.path.abspath(sys.argv[0])
+    return shutil.which("virt-sandbox-service") or own
 
 
 def reserve(p: Plan, txn: Transaction) -> None:
