@@ -737,8 +737,11 @@ class Probe:
             return absent("not attempted outside a sandbox")
         own = next((line.split(":", 2)[2] for line in (read_text("/proc/self/cgroup") or "")
                     .splitlines() if line.startswith("0::")), "/").strip()
-        limits = ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                  f"/sys/fs/cgroup{own.rstrip('/')}/memory.max", "/sys/fs/cgroup/memory.max")
+        # The sandbox's own limit: on cgroup v2 its cgroup namespace's root. A unit's own
+        # cgroup below it is systemd's delegated subtree (writable by design, and bounded by
+        # the root's limit), so it is tried last.
+        limits = ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max",
+                  f"/sys/fs/cgroup{own.rstrip('/')}/memory.max")
         found = next(((p, v) for p in limits if (v := read_text(p)) is not None), None)
         if found is None:
             return absent("no memory cgroup visible")

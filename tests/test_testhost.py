@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -146,7 +144,5 @@ def test_the_image_is_not_changed_by_a_run() -> None:
     image = cache / "image.raw"
     built = (cache / "inputs").stat().st_mtime
     assert image.stat().st_mtime <= built + 1, "a guest wrote to the cached image"
-    leftovers = [p for p in Path("/var/tmp").glob("vss-testhost-*") if p.is_dir()]
-    assert not leftovers, leftovers
-    r = subprocess.run(["pgrep", "-f", str(image)], capture_output=True, text=True, check=False)
-    assert r.stdout.strip() == "", f"QEMU still running on the image: {r.stdout}"
+    # What each guest leaves (its run directory, its QEMU) is checked as it closes: the
+    # `guest` fixture's teardown fails otherwise.

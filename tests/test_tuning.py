@@ -384,7 +384,8 @@ def test_a_bandwidth_limited_transfer_is_held_to_its_rate(env: Env, direction: s
     from .test_network import isolated_network
 
     missing = host.bandwidth_missing(direction)
-    need(not missing, f"needs a kernel with {', '.join(missing)} (libvirt's tc shaping)")
+    if missing:  # a kernel's build options: no set-up can add them, so this is a plain skip
+        pytest.skip(f"needs a kernel with {', '.join(missing)} (libvirt's tc shaping)")
 
     bridge = isolated_network("vssbw")
     net, subnet = next(bridge)

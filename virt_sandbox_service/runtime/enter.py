@@ -106,6 +106,9 @@ def enter_lsm_label(label: tuple[str, str] | None) -> None:
                                f"{e.strerror}") from e
 
 
+CLONE_NEWCGROUP = 0x02000000
+
+
 def pids_cgroup(pid: int) -> Path | None:
     """The host path of the v1 pids cgroup `pid` is in; None at the hierarchy's root (where
     libvirt leaves containers started without --tasks) or without a pids hierarchy."""
@@ -133,12 +136,24 @@ def join_pids_cgroup(init: int) -> None:
     (9.0) leaves the process where it was (seen on the test host VM: what `execute` ran
     stayed in the caller's session scope, outside the sandbox's memory and tasks limits)."""
     cg = pids_cgroup(init)
-    if cg is None and host.cgroup_layout().kind == "v2":
+    v2 = cg is None and host.cgroup_layout().kind == "v2"
+    if v2:
         own = Path(f"/proc/{init}/cgroup").read_text().splitlines()
         rel = next((line[3:] for line in own if line.startswith("0::")), "/")
         cg = Path("/sys/fs/cgroup") / rel.lstrip("/") if rel != "/" else None
     if cg is not None:
         (cg / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    if v2:
+        # And its cgroup namespace: from the host's, the sandbox's own cgroup2 mount shows
+        # the sandbox's limits as writable files (the escape suite raised memory.max that way
+        # on the test host); inside it, nsdelegate keeps its namespace root's files read-only.
+        fd = os.open(f"/proc/{init}/ns/cgroup", os.O_RDONLY)
+        try:
+            if _libc.setns(fd, CLONE_NEWCGROUP) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns(cgroup): {os.strerror(err)}")
+        finally:
+            os.close(fd)
 
 
 def open_namespaces(dom: libvirt.virDomain, wait: float = 5.0) -> list[int]:
