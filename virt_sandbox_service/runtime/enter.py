@@ -109,6 +109,12 @@ def enter_lsm_label(label: tuple[str, str] | None) -> None:
 CLONE_NEWCGROUP = 0x02000000
 
 
+def v2_cgroup(pid: int) -> str:
+    """The cgroup v2 path of `pid` as the host sees it ("/" where it has none)."""
+    own = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    return next((line[3:] for line in own if line.startswith("0::")), "/")
+
+
 def pids_cgroup(pid: int) -> Path | None:
     """The host path of the v1 pids cgroup `pid` is in; None at the hierarchy's root (where
     libvirt leaves containers started without --tasks) or without a pids hierarchy."""
@@ -138,8 +144,7 @@ def join_pids_cgroup(init: int) -> None:
     cg = pids_cgroup(init)
     v2 = cg is None and host.cgroup_layout().kind == "v2"
     if v2:
-        own = Path(f"/proc/{init}/cgroup").read_text().splitlines()
-        rel = next((line[3:] for line in own if line.startswith("0::")), "/")
+        rel = v2_cgroup(init)
         cg = Path("/sys/fs/cgroup") / rel.lstrip("/") if rel != "/" else None
     if cg is not None:
         (cg / "cgroup.procs").write_text(f"{os.getpid()}\n")

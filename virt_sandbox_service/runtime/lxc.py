@@ -72,6 +72,7 @@ from .enter import (
     pids_cgroup,
     prepare_confinement,
     v1_cgroup,
+    v2_cgroup,
 )
 from .notify import NotifyListener, notify_host_manager, status
 
@@ -213,8 +214,7 @@ def _hold_tasks_v2(dom: libvirt.virDomain, cfg: SandboxConfig) -> None:
     sandbox's systemd has started any unit (on hybrid hosts the init does it, initscript.py)."""
     if not cfg.tasks or host.cgroup_layout().kind != "v2":
         return
-    own = Path(f"/proc/{init_pid(dom)}/cgroup").read_text()
-    rel = next((line[3:] for line in own.splitlines() if line.startswith("0::")), "/")
+    rel = v2_cgroup(init_pid(dom))
     root = Path("/sys/fs/cgroup")
     at = root / rel.lstrip("/")
     while at != root and not (at / "pids.max").exists():
