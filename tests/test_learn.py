@@ -14,12 +14,36 @@ from pathlib import Path
 
 import pytest
 
-from virt_sandbox_service.learn import instance_has, interesting, services_in, would_add
+from virt_sandbox_service.learn import (
+    Attribution,
+    instance_has,
+    interesting,
+    services_in,
+    would_add,
+)
 
 from .conftest import Env, domain_names, need, unique_name
 
 APACHE_OPENS = ("/etc/apache2/apache2.conf", "/etc/apache2/ports.conf",
                 "/etc/apache2/envvars", "/var/log/apache2/error.log")
+
+
+def test_a_process_is_judged_at_its_first_event_and_kept_after_it_exits() -> None:
+    """A short-lived helper's write and close are often read after it has exited: its
+    verdict, taken at its first event, still holds then. A process gone before its first
+    event was read is nobody's."""
+    alive = {10: True, 11: False}
+    looked: list[int] = []
+
+    def lookup(pid: int, _units: object) -> bool | None:
+        looked.append(pid)
+        return alive.get(pid)
+
+    theirs = Attribution(["php8.2-fpm.service"], lookup)
+    assert theirs(10) and not theirs(11) and not theirs(12)
+    alive.clear()  # all have exited now
+    assert theirs(10) and not theirs(11)
+    assert looked == [10, 11, 12]
 
 
 def test_would_add_what_no_private_path_covers_and_the_hidden_secrets() -> None:

@@ -153,17 +153,37 @@ def _offsets(data: bytes) -> Iterator[int]:
 PLUMBING = ("systemd-", "dbus.", "virt-sandbox-service")
 
 
-def in_units(pid: int, units: Sequence[str]) -> bool:
+def in_units(pid: int, units: Sequence[str]) -> bool | None:
     """Whether the process runs in one of the units' cgroups, or in another service the
     sandbox's systemd started for them (postfix.service starts postfix@-.service, tor.service
     tor@default.service: only the confined units are enabled there), not in its own
-    plumbing. Read while the process runs."""
+    plumbing. Read while the process runs: None once it has gone."""
     try:
         text = Path(f"/proc/{pid}/cgroup").read_text()
     except OSError:
-        return False
+        return None
     return any(u in units or (u.endswith(".service") and not u.startswith(PLUMBING))
                for u in services_in(text))
+
+
+class Attribution:
+    """Which processes are the units', each decided once, at its first event, and kept: a
+    short-lived helper (an ExecStartPost= running update-alternatives) has often exited by
+    the time its later events (the write to the log it opened, its close) are read, and
+    those still count as the units'."""
+
+    def __init__(self, units: Sequence[str],
+                 lookup: Callable[[int, Sequence[str]], bool | None] = in_units) -> None:
+        self.units, self.lookup = units, lookup
+        self.known: dict[int, bool] = {}
+
+    def __call__(self, pid: int) -> bool:
+        if pid not in self.known:
+            verdict = self.lookup(pid, self.units)
+            if verdict is None:
+                return False  # gone before its first event was read: nothing to go by
+            self.known[pid] = verdict
+        return self.known[pid]
 
 
 def services_in(cgroups: str) -> list[str]:
@@ -331,10 +351,10 @@ def _run(conn: libvirt.virConnect, p: Plan, facts: HostFacts, watch: Watch,
             # `seconds` from the units' first open: a slow or busy host's boot is not
             # counted (up to STARTUP_LIMIT for it).
             deadline = time.monotonic() + STARTUP_LIMIT
-            started = False
+            started, theirs = False, Attribution(units)
             while time.monotonic() < deadline:
                 for pid, path, wrote in watch.read(0.2):
-                    if not in_units(pid, units):
+                    if not theirs(pid):
                         continue
                     if not started:
                         started, deadline = True, time.monotonic() + seconds
