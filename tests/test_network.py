@@ -116,15 +116,22 @@ def test_listen_only_filter(env: Env, test_network: tuple[str, int]) -> None:
             name, check=True)
     env.run("start", "--detach", name, check=True)
     # Servers on the host's end of the bridge, which the sandbox must not reach.
-    servers = [subprocess.Popen(["python3", "-m", "http.server", "--bind", ip, "18080"],
+    def serve(ip: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["python3", "-m", "http.server", "--bind", ip, "18080"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-               for ip in (host_ip, host_ip6)]
+
+    servers = [serve(ip) for ip in (host_ip, host_ip6)]
     try:
         # The servers are up (the host reaches them), so a failure below is the filter's.
-        deadline = time.monotonic() + 10
+        # A new bridge's IPv6 address is tentative until duplicate address detection ends
+        # (a bind fails with EADDRNOTAVAIL until then): a server that exited is started again.
+        deadline = time.monotonic() + 20
         while curl(host_ip, 18080).returncode or curl(host_ip6, 18080).returncode:
             assert time.monotonic() < deadline, "the test's own servers did not come up"
-            time.sleep(0.1)
+            for i, ip in enumerate((host_ip, host_ip6)):
+                if servers[i].poll() is not None:
+                    servers[i] = serve(ip)
+            time.sleep(0.2)
         assert curl(V4.format(subnet, 20)).returncode == 0  # port 80 answers, over IPv4
         v6 = curl(V6.format(subnet, 20))  # and over IPv6 (neighbour discovery passes)
         assert v6.returncode == 0, v6.stderr
