@@ -736,3 +736,38 @@ def test_the_service_users_own_paths_are_not_host_secrets(units: Path, tmp_path:
     ev = by_path(gather([unit(units, "r.service", "User=rootgrp\n")], None, generic=True,
                         root=root))
     assert not [p for p in ev if p.startswith("/etc")]
+
+
+# --- data owned by the service's users ----------------------------------------------------------
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown needs root")
+def test_what_the_service_users_own_under_var_and_srv_is_its_data(units: Path,
+                                                                  tmp_path: Path) -> None:
+    """User=svc (4242) and the package's own user (pkg, 4300: its home /var/lib/app is in the
+    package's file list) own data wherever it is; a static user (www-data, 33) serves many
+    packages, so what it owns is nobody's in particular; the topmost owned entry only, never
+    through a link, never /var/tmp."""
+    root = tmp_path / "root"
+    write(root / "etc/passwd", "root:x:0:0::/root:/bin/sh\nsvc:x:4242:4243::/:/bin/false\n"
+                               "pkg:x:4300:4300::/var/lib/app:/bin/false\n"
+                               "www-data:x:33:33::/var/lib/app:/bin/false\n"
+                               "other:x:4400:4400::/home/other:/bin/sh\n")
+    for path, owner in [("var/spool/svc/q/1", (4242, 4243)), ("var/spool/svc/q/2", (0, 0)),
+                        ("srv/db/data", (0, 4243)), ("var/lib/app/db", (4300, 4300)),
+                        ("var/log/www/access.log", (33, 33)), ("var/tmp/svc.tmp", (4242, 4243)),
+                        ("var/lib/other/x", (4400, 4400)), ("var/lib/deep/a/b/c/d", (4242, 0))]:
+        os.chown(write(root / path, "x"), *owner)
+    os.chown(root / "var/spool/svc", 4242, 4243)
+    os.chown(root / "srv/db", 0, 4243)
+    (root / "var/lib/link").symlink_to(root / "var/spool/svc")
+    write(units / "app.service", "[Service]\nUser=svc\n")
+    ev = by_path(gather([load_unit("app.service", [units])], fake_db(), packages=["app"],
+                        root=root, generic=True))
+    owned = {p: e for p, e in ev.items() if any("the service's data" in r for r in e.reasons)}
+    assert set(owned) == {"/var/spool/svc", "/srv/db", "/var/lib/app/db"}
+    assert all(e.access is Access.PRIVATE for e in owned.values())
+    assert any("user svc (User= of app.service)" in r for r in owned["/var/spool/svc"].reasons)
+    assert any("svc's own group" in r for r in owned["/srv/db"].reasons)
+    assert any("its home /var/lib/app is in the file list of app" in r
+               for r in owned["/var/lib/app/db"].reasons)

@@ -102,6 +102,7 @@ def gather(
     for unit, where in [(u, u.name) for u in units] + parts:
         claims += _unit_claims(unit, root, where)
         claims += _own_user_claims(unit, root, where)
+        claims += _owned_data_claims(unit, list(found), pkgdb, root, where)
     for package, via in found.items():
         assert pkgdb is not None  # _packages() returns nothing without one
         claims += _package_claims(pkgdb, package, via)
@@ -343,6 +344,112 @@ def _own_user_claims(unit: UnitFile, root: Path, where: str) -> list[_Claim]:
                              f"owned by {whose}, User= of {where}: the service's, "
                              "not a host secret"))
     return out
+
+
+# Where a service keeps data of its own, owned by its user; /var/tmp is anyone's scratch.
+_DATA_TREES = ("/var", "/srv")
+_NOT_DATA = ("/var/tmp", "/var/crash")
+_DATA_DEPTH = 4  # /var/spool/postfix/private: deeper than that is inside something found
+
+
+@dataclass(frozen=True)
+class _User:
+    name: str
+    uid: int
+    gid: int | None  # the primary group, when no other user shares it
+    why: str
+
+
+def _service_users(unit: UnitFile, packages: Sequence[str], pkgdb: PackageDB | None,
+                   root: Path, where: str) -> list[_User]:
+    """The users a service runs as, from evidence: the unit's User=, and the system users the
+    packages made whose home is one of the packages' own paths (slapd starts as root and
+    drops to openldap, home /var/lib/ldap; mosquitto to mosquitto, /var/lib/mosquitto).
+    Never root, nobody, or a user below SYS_UID_MIN: those are the distribution's static
+    users, each shared by several packages (www-data owns nginx's logs as well as apache2's
+    cache)."""
+    passwd = [f for f in _colon_file(root / "etc/passwd")
+              if len(f) > 5 and f[2].isdigit() and f[3].isdigit()]
+    primaries = [f[3] for f in passwd]
+    section = _EXEC_SECTION.get(unit.name.rpartition(".")[2])
+    named = unit.value(section, "User") if section else None
+    dynamic = section is not None and _yes(unit.value(section, "DynamicUser"))
+    listed = {_norm(f) for p in packages for f in (pkgdb.files(p) if pkgdb else ())}
+    shared_below = _sys_uid_min(root)
+    out = []
+    for f in passwd:
+        if int(f[2]) < shared_below or int(f[2]) == _OVERFLOW_ID:
+            continue  # Debian's static users (www-data, 33) serve many packages at once
+        if named and not dynamic and named in (f[0], f[2]):
+            why = f"User= of {where}"
+        elif f[5] not in ("/", "") and _norm(f[5]) in listed and _is_service_data(_norm(f[5])):
+            why = f"its home {f[5]} is in the file list of {', '.join(packages)}"
+        else:
+            continue
+        gid = int(f[3]) if primaries.count(f[3]) == 1 and f[3] not in ("0", "65534") else None
+        out.append(_User(f[0], int(f[2]), gid, why))
+    return out
+
+
+def _sys_uid_min(root: Path) -> int:
+    """login.defs' SYS_UID_MIN: where the users packages make start (100 when unset)."""
+    try:
+        lines = (root / "etc/login.defs").read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        words = line.split()
+        if len(words) >= 2 and words[0] == "SYS_UID_MIN" and words[1].isdigit():
+            return int(words[1])
+    return 100
+
+
+def _owned_data_claims(unit: UnitFile, packages: Sequence[str], pkgdb: PackageDB | None,
+                       root: Path, where: str) -> list[_Claim]:
+    """What under /var and /srv belongs to the service's users (owner, or their own primary
+    group): its data, wherever the package or the admin put it (/var/spool/postfix,
+    /srv/ftp, a database moved to /srv/db). The topmost such entries, on the tree's own
+    file system, never through a link."""
+    out = []
+    for user in _service_users(unit, packages, pkgdb, root, where):
+        gids = {user.gid} if user.gid is not None else set()
+        for tree in _DATA_TREES:
+            for path, st in _owned_by(root, tree, {user.uid}, gids, _DATA_DEPTH):
+                whose = (f"user {user.name}" if st.st_uid == user.uid
+                         else f"{user.name}'s own group")
+                out.append(_evidence(path, Access.PRIVATE, stat.S_ISDIR(st.st_mode),
+                                     f"owned by {whose} ({user.why}): the service's data"))
+    return out
+
+
+def _owned_by(root: Path, tree: str, uids: set[int], gids: set[int],
+              depth: int) -> list[tuple[str, os.stat_result]]:
+    try:
+        top = os.lstat(root / tree.lstrip("/"))
+    except OSError:
+        return []
+    out: list[tuple[str, os.stat_result]] = []
+    todo = [(tree, depth)]
+    while todo:
+        shown, left = todo.pop()
+        try:
+            entries = sorted(os.scandir(root / shown.lstrip("/")), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            path = f"{shown}/{entry.name}"
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (stat.S_ISLNK(st.st_mode) or st.st_dev != top.st_dev
+                    or any(_under(path, n) for n in (*_NOT_DATA, *_NOT_SERVICE_DATA))):
+                continue
+            if st.st_uid in uids or st.st_gid in gids:
+                out.append((path, st))
+            elif stat.S_ISDIR(st.st_mode) and left > 1:
+                todo.append((path, left - 1))
+    return sorted(out, key=lambda e: e[0])
 
 
 def _yes(value: str | None) -> bool:
