@@ -121,6 +121,49 @@ def test_tasks_limit_holds_on_cgroup_v2(menv: Env, conn: libvirt.virConnect) -> 
         menv.run("stop", name, timeout=120)
 
 
+WRITE_LIMIT = ("for f in /sys/fs/cgroup/memory.max /sys/fs/cgroup/*/memory.max; do "
+               "[ -f $f ] && echo 2147483648 > $f && echo WROTE $f; done; true")
+
+
+@IN_SELINUX_GUEST
+def test_the_memory_limit_sits_above_the_sandboxs_cgroup_namespace(
+        menv: Env, conn: libvirt.virConnect, tmp_path: Path) -> None:
+    """The attack: root in a cgroup namespace whose root cgroup holds the memory limit
+    mounts cgroup2 and raises it (this kernel's nsdelegate does not refuse the write, though
+    cgroup-v2.rst says it should). The layer: the init moves into a child before unsharing,
+    so the limit libvirt set is above the root, out of sight; the same write from the
+    sandbox (its unit's cgroup, or `execute`) reaches no memory.max, and the limit stays."""
+    bare = Path("/sys/fs/cgroup") / unique_name("vss-nsroot-")
+    bare.mkdir()
+    try:
+        (bare / "memory.max").write_text("104857600\n")
+        mnt = tmp_path / "cg"
+        mnt.mkdir()
+        script = (f"echo $$ > {bare}/cgroup.procs && exec unshare -C -m sh -c "
+                  f"'mount -t cgroup2 none {mnt} && echo 2147483648 > {mnt}/memory.max'")
+        subprocess.run(["sh", "-c", script], check=True, timeout=30)
+        assert (bare / "memory.max").read_text().strip() == "2147483648"  # the attack works
+    finally:
+        bare.rmdir()
+    name = unique_name("mem")
+    menv.run("create", "--memory", "300M", *APACHE, name, check=True)
+    menv.run("start", "--detach", name, check=True, timeout=120)
+    try:
+        cg = Path("/sys/fs/cgroup") / Path(f"/proc/{init_pid(conn, name)}/cgroup").read_text()\
+            .strip().split("::", 1)[1].lstrip("/")
+        holder = next(d for d in (cg, *cg.parents) if (d / "memory.max").exists()
+                      and (d / "memory.max").read_text().strip() != "max")
+        assert holder.name == "libvirt" and cg.is_relative_to(holder) and cg != holder, (cg, holder)
+        # Its systemd mounted the namespace's cgroup2 at /sys/fs/cgroup.
+        r = menv.run("execute", name, "--", "/bin/sh", "-c",
+                     f"grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts && {WRITE_LIMIT}",
+                     timeout=120)
+        assert r.returncode == 0 and "WROTE" not in r.stdout, r
+        assert (holder / "memory.max").read_text().strip() == str(300 * 1024 * 1024)
+    finally:
+        menv.run("stop", name, timeout=120)
+
+
 # --- user namespaces ------------------------------------------------------------------------
 
 

@@ -181,7 +181,11 @@ def _cgroup_prologue(facts: HostFacts) -> list[str]:
       I/O throttles do not reach a child (measured: a 1M/s read throttle on the parent, 700
       MB/s in the child), so they are copied to it (and `limit` changes both);
     - in cgroup2, move to a path mirroring libvirt's v1 one, so a systemd inside manages its
-      own subtree and not the host's system.slice;
+      own subtree and not the host's system.slice; where libvirt did give the container a
+      cgroup2 path (a pure v2 host: .../machine-lxc-N-NAME.scope/libvirt, with the limits
+      on it), into a child of it, as in v1: a cgroup namespace's root is writable from inside
+      (nsdelegate did not refuse writes to its memory.max on Debian 12's 6.1 kernel, though
+      cgroup-v2.rst says it should), so the limits must sit above that root;
     - unmount libvirt's cgroup mounts; the caller then unshares the cgroup namespace.
     """
     q = shlex.quote
@@ -203,7 +207,8 @@ def _cgroup_prologue(facts: HostFacts) -> list[str]:
         *_tasks_prologue(),
         "cg=$(sed -n 's/^0::\\(.*\\)$/\\1/p' /proc/self/cgroup)",
         "if [ \"$cg\" = / ]; then "
-        f"cg=$({CPU_CGROUP_PATH}); fi",
+        f"cg=$({CPU_CGROUP_PATH}); "
+        f"elif [ -n \"$cg\" ]; then cg=\"${{cg%/}}/{PAYLOAD_CGROUP}\"; fi",
         f"{q(facts.umount)} -R /sys/fs/cgroup",
         "if [ -n \"$cg\" ] && [ \"$cg\" != / ]; then",
         "  mount -t cgroup2 cgroup2 /sys/fs/cgroup && mkdir -p \"/sys/fs/cgroup$cg\" &&",

@@ -28,7 +28,7 @@ if [ -n "${VSS_TASKS_MAX:-}" ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; th
 fi
 unset VSS_TASKS_MAX
 cg=$(sed -n 's/^0::\(.*\)$/\1/p' /proc/self/cgroup)
-if [ "$cg" = / ]; then cg=$(sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\(.*\)$/\1/p;T;q' /proc/self/cgroup); fi
+if [ "$cg" = / ]; then cg=$(sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\(.*\)$/\1/p;T;q' /proc/self/cgroup); elif [ -n "$cg" ]; then cg="${cg%/}/sandbox"; fi
 /bin/umount -R /sys/fs/cgroup
 if [ -n "$cg" ] && [ "$cg" != / ]; then
   mount -t cgroup2 cgroup2 /sys/fs/cgroup && mkdir -p "/sys/fs/cgroup$cg" &&
