@@ -150,7 +150,7 @@ def test_tor_directives_of_the_unit_part_of_it(dpkg: PackageDB) -> None:
     where = "tor@default.service (PartOf=tor.service)"
     for path in ("/var/lib/tor", "/var/log/tor"):
         assert ev[path].access is Access.PRIVATE
-        assert ev[path].reasons == (f"ReadWriteDirectories= in {where}",)
+        assert ev[path].reasons[0] == f"ReadWriteDirectories= in {where}"
     assert ev["/run/tor"].reasons == (f"PIDFile= in {where}",)
     # ReadWriteDirectories=-/proc and ReadOnlyDirectories=/: kernel and whole trees, never.
     assert "/proc" not in ev and "/" not in ev
@@ -356,6 +356,15 @@ class FakeDB:
 
     def same_source_dependencies(self, package: str) -> list[str]:
         return self._same_source.get(package, [])
+
+    def etc_owners(self) -> dict[str, dict[str, int]]:
+        found: dict[str, dict[str, int]] = {}
+        for package, files in self._files.items():
+            for f in files:
+                if f.startswith("/etc/") and f.count("/") >= 3:
+                    counts = found.setdefault("/etc/" + f.split("/")[2], {})
+                    counts[package] = counts.get(package, 0) + 1
+        return found
 
 
 @pytest.fixture
@@ -771,3 +780,29 @@ def test_what_the_service_users_own_under_var_and_srv_is_its_data(units: Path,
     assert any("svc's own group" in r for r in owned["/srv/db"].reasons)
     assert any("its home /var/lib/app is in the file list of app" in r
                for r in owned["/var/lib/app/db"].reasons)
+
+
+def test_paths_the_configuration_names_under_var_and_srv(units: Path, tmp_path: Path) -> None:
+    """Named in a conffile or in a file under a directory of /etc the packages ship most of:
+    under /var's state trees private, elsewhere (/srv, /var/www) the host's, read-only; not
+    what does not exist, a whole tree, a comment, or what a directory everybody ships into
+    (/etc/logrotate.d, where other packages' files name their logs) says."""
+    root = tmp_path / "root"
+    write(root / "etc/app/app.conf", "# old: /var/lib/app/old\ndb = /var/lib/app/db\n"
+                                     "log=/var/log/applog.log, root /srv/site/\n"
+                                     "tmp /var/tmp/x scratch /var/log\n")
+    write(root / "etc/app/sites/admin.conf", "DocumentRoot \"/var/www/admin\"\n")
+    write(root / "etc/logrotate.d/other", "/var/log/other.log {\n}\n")
+    for path in ("var/lib/app/db/x", "var/lib/app/old/x", "var/log/applog.log", "srv/site/i",
+                 "var/tmp/x", "var/www/admin/i", "var/log/other.log"):
+        write(root / path, "x")
+    db = FakeDB(files={"app": ["/etc/app", "/etc/app/app.conf", "/etc/logrotate.d/app"],
+                       "other": ["/etc/logrotate.d/other", "/etc/logrotate.d/more"]},
+                conffiles={"app": ["/etc/app/app.conf"]}, owners={})
+    write(units / "app.service", "[Service]\nExecStart=/bin/true\n")
+    ev = by_path(gather([load_unit("app.service", [units])], db, packages=["app"], root=root,
+                        generic=True))
+    named = {p: e.access for p, e in ev.items()
+             if any(r.startswith("named in /etc/app/") for r in e.reasons)}
+    assert named == {"/var/lib/app/db": Access.PRIVATE, "/var/log/applog.log": Access.PRIVATE,
+                     "/srv/site": Access.SHARED, "/var/www/admin": Access.SHARED}

@@ -98,6 +98,60 @@ def named_paths(text: str) -> list[str]:
     return [os.path.normpath(p) for p in dict.fromkeys(out) if ".." not in p.split("/")]
 
 
+# An absolute path under /var or /srv, delimited as _PATH is.
+_DATA_PATH = re.compile(r"(?<![\w./$})-])(/(?:var|srv)/[A-Za-z0-9._+@%:/-]+)")
+
+
+def data_named(files: Iterable[str], root: Path = Path("/")) -> list[Named]:
+    """The paths under /var and /srv that `files` name on lines that are not comments and
+    that exist on the host (never through a link); each once, with the first file naming it.
+    A DocumentRoot in /srv, a database directory moved to /var/lib/x, a log file."""
+    found: dict[str, Named] = {}
+    for conf in files:
+        text = _read_text(root / conf.lstrip("/"))
+        if text is None:
+            continue
+        for line in text.splitlines():
+            if line.lstrip().startswith(_COMMENT):
+                continue
+            for m in _DATA_PATH.findall(line):
+                path = os.path.normpath(m.rstrip(".:/"))
+                if path in found or ".." in path.split("/") or path.count("/") < 2:
+                    continue
+                st = _no_link_stat(root, path)
+                if st is not None:
+                    found[path] = Named(path, conf, stat.S_ISDIR(st.st_mode))
+    return list(found.values())
+
+
+def _no_link_stat(root: Path, path: str) -> os.stat_result | None:
+    parts = path.strip("/").split("/")
+    st = None
+    for i in range(1, len(parts) + 1):
+        try:
+            st = os.lstat(root.joinpath(*parts[:i]))
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return None
+    return st
+
+
+def config_tree(tops: Iterable[str], root: Path = Path("/"), limit: int = 2000) -> list[str]:
+    """The regular files under `tops`, the packages' own directories in /etc (/etc/apache2,
+    with the administrator's sites beside the shipped ones), up to `limit` files."""
+    out: list[str] = []
+    for top in sorted(tops):
+        for dirpath, dirs, files in os.walk(root / top.lstrip("/")):
+            dirs.sort()
+            rel = os.path.relpath(dirpath, root)
+            out += [f"/{rel}/{n}" for n in sorted(files)
+                    if not os.path.islink(os.path.join(dirpath, n))]
+            if len(out) >= limit:
+                return out[:limit]
+    return out
+
+
 def config_files(conffiles: Iterable[str], config_dirs: Iterable[str],
                  root: Path = Path("/")) -> list[str]:
     """The conffiles and the regular files under the configuration directories."""

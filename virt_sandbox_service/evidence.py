@@ -107,6 +107,7 @@ def gather(
         assert pkgdb is not None  # _packages() returns nothing without one
         claims += _package_claims(pkgdb, package, via)
     claims += _named_secret_claims(units, pkgdb, list(found), root)
+    claims += _named_data_claims(units, pkgdb, list(found), root)
     claims += _baseline(generic)
     claims += [_Claim(p, Access.PRIVATE, None, "--private", _PRIVATE_OVERRIDE)
                for p in private_paths]
@@ -310,6 +311,39 @@ def _named_secret_claims(units: Sequence[UnitFile], pkgdb: PackageDB | None,
         for n in confrefs.secrets_named(confrefs.config_files(conffiles, dirs, root), who, root):
             reason = NAMED_REASON.format(where=n.where, user=user)
             out.append(_evidence(n.path, Access.PRIVATE, n.is_dir, reason))
+    return out
+
+
+# /var's trees of variable state: a path the configuration names there is written (a log, a
+# database); elsewhere under /var and in /srv it is content the service reads (a DocumentRoot).
+_STATE_TREES = ("/var/lib", "/var/cache", "/var/log", "/var/spool", "/var/mail", "/var/backups")
+_NAMED_DATA_REASON = "named in {where} (the service's configuration)"
+
+
+def _named_data_claims(units: Sequence[UnitFile], pkgdb: PackageDB | None,
+                       packages: Sequence[str], root: Path) -> list[_Claim]:
+    """What the service's configuration (conffiles, the files under the packages' /etc
+    directories, ConfigurationDirectory=) names under /var and /srv that exists on the host:
+    under /var's state trees its own (private: fresh, or copied with -C); elsewhere the
+    host's, read-only (an administrator's DocumentRoot /srv/www/site)."""
+    conffiles = [c for p in packages for c in pkgdb.conffiles(p)] if pkgdb else []
+    dirs = [f"/etc/{w.split(':')[0]}" for u in units
+            for section in [_EXEC_SECTION.get(u.name.rpartition(".")[2])] if section
+            for w in _words(u, section, "ConfigurationDirectory")]
+    # The /etc directories these packages ship most of what is in (by the package lists).
+    own = ([top for top, counts in pkgdb.etc_owners().items()
+            if 2 * sum(n for p, n in counts.items() if p in packages) > sum(counts.values())]
+           if pkgdb and packages else [])
+    files = list(dict.fromkeys([*confrefs.config_files(conffiles, dirs, root),
+                                *confrefs.config_tree(own, root)]))
+    out = []
+    for n in confrefs.data_named(files, root):
+        if n.path in _STATE_TREES or any(_under(n.path, t) for t in (
+                *_NOT_DATA, *_NOT_SERVICE_DATA, "/var/run", "/var/lock")):
+            continue  # a whole tree says nothing of the service; scratch and runtime
+        state = any(_under(n.path, t) for t in _STATE_TREES)
+        out.append(_evidence(n.path, Access.PRIVATE if state else Access.SHARED, n.is_dir,
+                             _NAMED_DATA_REASON.format(where=n.where)))
     return out
 
 

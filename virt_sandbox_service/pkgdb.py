@@ -25,6 +25,10 @@ class PackageDB(Protocol):
     # The installed packages `package` depends on that are built from its own source
     # package (samba -> samba-common): the service's files split over several packages.
     def same_source_dependencies(self, package: str) -> list[str]: ...
+    # For each /etc/X, how many paths under it each package ships: whose the directory is
+    # (/etc/apache2 is apache2's, with php8.2-fpm's one conf beside; /etc/logrotate.d is
+    # everybody's).
+    def etc_owners(self) -> dict[str, dict[str, int]]: ...
 
 
 # --- package databases ----------------------------------------------------------------------
@@ -59,6 +63,7 @@ class DpkgDB:
         self._status_file = root / "var/lib/dpkg/status"
         self._stems: list[str] | None = None
         self._status: dict[str, _Installed] | None = None
+        self._etc: dict[str, dict[str, int]] | None = None
 
     def owner(self, path: str) -> str | None:
         wanted = [b"\n" + os.fsencode(p) + b"\n" for p in _aliases(path)]
@@ -81,6 +86,18 @@ class DpkgDB:
 
     def exists(self, package: str) -> bool:
         return bool(self._stems_of(package))
+
+    def etc_owners(self) -> dict[str, dict[str, int]]:
+        if self._etc is None:
+            found: dict[str, dict[str, int]] = {}
+            for stem in self._all_stems():
+                name = stem.partition(":")[0]
+                for line in self._lines(stem, "list"):
+                    if line.startswith("/etc/") and line.count("/") >= 3:
+                        counts = found.setdefault("/etc/" + line.split("/")[2], {})
+                        counts[name] = counts.get(name, 0) + 1
+            self._etc = found
+        return self._etc
 
     def same_source_dependencies(self, package: str) -> list[str]:
         installed = self._installed()
@@ -171,6 +188,7 @@ class RpmDB:
     def __init__(self, root: Path = Path("/")) -> None:
         self._root = root
         self._sources: dict[str, str] | None = None  # installed package -> its source RPM
+        self._etc: dict[str, dict[str, int]] | None = None
 
     def owner(self, path: str) -> str | None:
         out = self._query("-qf", "--queryformat", "%{NAME}\\n", path)
@@ -184,6 +202,17 @@ class RpmDB:
 
     def exists(self, package: str) -> bool:
         return bool(self._query("-q", package))
+
+    def etc_owners(self) -> dict[str, dict[str, int]]:
+        if self._etc is None:
+            found: dict[str, dict[str, int]] = {}
+            for line in self._query("-qa", "--queryformat", "[%{NAME} %{FILENAMES}\\n]"):
+                name, _, path = line.partition(" ")
+                if path.startswith("/etc/") and path.count("/") >= 3:
+                    counts = found.setdefault("/etc/" + path.split("/")[2], {})
+                    counts[name] = counts.get(name, 0) + 1
+            self._etc = found
+        return self._etc
 
     def same_source_dependencies(self, package: str) -> list[str]:
         # rpm requires capabilities, not packages; a package provides its own name, so the
