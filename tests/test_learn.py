@@ -149,6 +149,9 @@ def test_learn_finds_what_the_evidence_missed_and_add_makes_it_start(
     shown = env.run("learn", "--seconds", "3", name, check=True, timeout=120).stdout
     assert f"add   {data}/seed" in shown, shown
     assert f"--private {data}/seed" in shown
+    inspected = env.run("inspect", name, check=True).stdout
+    assert "learned (opened by the service, missing here" in inspected
+    assert f"  {data}/seed" in inspected.split("learned (")[1], inspected
     assert not (env.state(name) / "var" / data.relative_to("/") / "seed").exists()
     env.run("learn", "--seconds", "3", "--add", name, check=True, timeout=120)
     copied = env.state(name) / "var" / data.relative_to("/var") / "seed"

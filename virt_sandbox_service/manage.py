@@ -374,6 +374,8 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
                     "reasons": ["the host's root filesystem, read-only"]}]
         + [e for e in record.get("evidence", []) if e["access"] == "shared"],
         "hidden": record.get("hidden", []),
+        # What `learn` saw the service open that the sandbox lacks (not evidence yet).
+        "learned": record.get("learned", []),
     }
 
 
@@ -499,4 +501,8 @@ def format_inspect(d: dict[str, Any]) -> str:
         lines.append(f"{title}:")
         for e in d[title]:
             lines.append(f"  {e['path']:<40} {e['access']:<8} {'; '.join(e['reasons'])}")
+    if d.get("learned"):
+        lines.append("learned (opened by the service, missing here: 'learn --add NAME', or "
+                     "create again with --private):")
+        lines += [f"  {e['path']:<40} {'; '.join(e['reasons'])}" for e in d["learned"]]
     return "\n".join(lines)
