@@ -361,3 +361,27 @@ def test_apparmor_host_gets_a_profile_of_its_own() -> None:
     assert f"profile {name} flags=" in apparmor.profile_text(name)
     assert etree.RelaxNG(etree.parse(str(SCHEMA))).validate(doc)
     assert etree.fromstring(make("apache2")[1].encode()).find("seclabel") is None
+
+
+DRY_RUN_CASES = ("apache2", "generic-user-image", "limits-selinux-overrides")
+
+
+def dry_run(case: str) -> tuple[str, str]:
+    """What `create --dry-run` prints for the case, as text and as --json."""
+    import json
+
+    from virt_sandbox_service.planprint import format_plan, plan_json
+
+    p, xml, unit = make(case)
+    p = dataclasses.replace(p, domain_xml=xml, unit_files=(
+        (f"/etc/systemd/system/{p.config.name}_sandbox.service", unit),))
+    return format_plan(p) + "\n", json.dumps(plan_json(p), indent=2) + "\n"
+
+
+@pytest.mark.parametrize("case", DRY_RUN_CASES)
+def test_dry_run_golden(case: str, regenerate: bool) -> None:
+    """--dry-run is the plan, whole: every file, mount, the domain and the unit, each with its
+    reason; a change in any of them shows here."""
+    text, js = dry_run(case)
+    check_golden(GOLDEN / f"dryrun-{case}.txt", text, regenerate)
+    check_golden(GOLDEN / f"dryrun-{case}.json", js, regenerate)
