@@ -46,7 +46,6 @@ from .common import (
     Stopped,
     confirm_up,
     copy_console,
-    domain,
     exit_status,
     fail_start,
     log_hint,
@@ -55,6 +54,7 @@ from .common import (
     run_dir,
     stop_marker,
 )
+from .common import domain as domain  # part of the Backend protocol
 from .common import print_error as _print_error
 from .common import raise_stopped as _raise_stopped
 from .common import report_inner_failure as _report_inner_failure

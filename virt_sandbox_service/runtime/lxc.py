@@ -50,7 +50,6 @@ from .common import (
     Stopped,
     confirm_up,
     copy_console,
-    domain,
     exit_status,
     fail_start,
     log_hint,
@@ -58,6 +57,7 @@ from .common import (
     run_dir,
     stop_marker,
 )
+from .common import domain as domain  # part of the Backend protocol
 from .common import print_error as _print_error
 from .common import raise_stopped as _raise_stopped
 from .common import report_inner_failure as _report_inner_failure
@@ -590,7 +590,9 @@ def sandbox_env(cfg: SandboxConfig) -> dict[str, str]:
     return env
 
 
-__all__ = ["EXIT_STATUS_FILE", "HOST_CHANNEL", "execute", "start", "stop"]
+# The Backend protocol (runtime/__init__.py), and what other modules import.
+__all__ = ["EXIT_STATUS_FILE", "HOST_CHANNEL", "domain", "execute", "reload", "sandbox_env",
+           "start", "stop"]
 
 
 def reload(dom: libvirt.virDomain, cfg: SandboxConfig, units: list[str]) -> int:
