@@ -18,6 +18,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from . import __version__, progress
+from .cliopts import add_cap_options, add_limit_options, add_mount_network_options
 from .config import DEFAULT_URI, Paths, load_config, shown
 from .errors import (
     EXIT_FAILURE,
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "instance (the sandbox must be stopped)")
     lim = _add_simple(sub, "limit", cmd_limit,
                       "change a sandbox's limits, live if it runs and for its next start")
-    _add_limit_options(lim)
+    add_limit_options(lim)
     _add_run(sub)
     rl = _add_simple(sub, "reload", cmd_reload, "reload the confined units inside the sandbox")
     rl.add_argument("-u", "--unit", action="append", metavar="UNIT",
@@ -422,9 +423,9 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                       help="dynamic (default) or static,label=USER:ROLE:TYPE:LEVEL")
     conf.add_argument("--userns", action="store_true",
                       help="map root inside to an unprivileged host id range of its own")
-    _add_cap_options(conf)
-    _add_limit_options(c.add_argument_group("limits (change them later with limit)"))
-    _add_mount_network_options(c.add_argument_group("mounts and networks"), "a dir of its own")
+    add_cap_options(conf)
+    add_limit_options(c.add_argument_group("limits (change them later with limit)"))
+    add_mount_network_options(c.add_argument_group("mounts and networks"), "a dir of its own")
     user = c.add_argument_group("the command's user (generic sandboxes)")
     user.add_argument("-U", "--uid", metavar="UID",
                       help="generic sandbox: run the command as this user (number or host name)")
@@ -441,59 +442,6 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     c.add_argument("name", help="sandbox name")
     c.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (generic sandbox)")
     c.set_defaults(func=cmd_create)
-
-
-Options = argparse._ActionsContainer  # a parser or one of its argument groups
-
-
-def _add_limit_options(p: Options) -> None:
-    p.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512M or 2G")
-    p.add_argument("--cpu-weight", metavar="N", help="relative CPU weight (shares), 2..262144")
-    p.add_argument("--cpu-quota", metavar="PERCENT",
-                   help="CPU time cap in percent of one CPU, e.g. 50 or 150")
-    p.add_argument("--blkio-weight", metavar="N", help="relative block I/O weight, 100..1000")
-    p.add_argument("--tasks", metavar="N",
-                   help="most processes plus threads at once (pids.max), 32..4194304")
-    p.add_argument("--memory-soft", metavar="SIZE",
-                   help="memory it is pushed back to under host memory pressure (soft limit)")
-    p.add_argument("--memory-swap", metavar="SIZE",
-                   help="memory plus swap limit (with --memory; equal to it: no swap)")
-    p.add_argument("--cpuset", metavar="LIST",
-                   help="run only on these host CPUs, e.g. 1 or 0-1,3 (KVM: vCPU and qemu "
-                        "pinned)")
-    p.add_argument("--numa-nodes", metavar="LIST",
-                   help="take memory only from these host NUMA nodes (strict), e.g. 0")
-    for kind, unit in (("read-bps", "RATE"), ("write-bps", "RATE"), ("read-iops", "N"),
-                       ("write-iops", "N")):
-        what = "bytes" if unit == "RATE" else "I/O operations"
-        p.add_argument(f"--device-{kind}", action="append", metavar=f"DEV:{unit}",
-                       help=f"at most this many {kind.split('-')[0]} {what} a second on host "
-                            f"disk DEV, e.g. /dev/vda:{'10M' if unit == 'RATE' else '100'} "
-                            "(repeatable; limit: 0 removes)")
-
-
-def _add_cap_options(p: Options) -> None:
-    p.add_argument("--cap-drop", action="append", metavar="CAP",
-                   help="also drop this capability (the sandbox's processes keep only chown, "
-                        "dac_override, fowner, fsetid, kill, net_bind_service, setfcap, "
-                        "setgid, setpcap, setuid, sys_chroot, audit_write; see inspect)")
-    p.add_argument("--cap-add", action="append", metavar="CAP",
-                   help="give the sandbox's processes this capability too (e.g. sys_time "
-                        "for a time daemon; it also allows the calls that exist for it)")
-    p.add_argument("--syscall-allow", action="append", metavar="GROUP|CALL",
-                   help="let a call the sandbox's seccomp filter denies through: a group "
-                        "(@mount, @keyring, @bpf, @io_uring, ...; see the man page) or one "
-                        "call")
-
-
-def _add_mount_network_options(p: Options, fresh: str) -> None:
-    p.add_argument("-m", "--mount", action="append", metavar="TYPE:DST=SRC",
-                   help=f"host-bind:DST=SRC (empty SRC: {fresh}), host-image:DST=IMG, "
-                        "guest-bind:DST=SRC, ram:DST=SIZE")
-    p.add_argument("-N", "--network", action="append", metavar="OPTS",
-                   help="an interface: source=NET[,address=IP/PREFIX][,route=NET/PREFIX%%GW]"
-                        "[,mac=MAC][,dhcp][,filter=NAME[,port=N]...][,inbound=AVG[:PEAK[:BURST]]]"
-                        "[,outbound=...] (default: loopback only)")
 
 
 APPLY_EXAMPLES = """examples:
@@ -543,9 +491,9 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="give the command a terminal of its own, relayed to ours (raw; window size, "
              "Ctrl-C, Ctrl-Z are the command's; KVM: the size at its start only); stdout and "
              "stderr then share it")
-    _add_limit_options(r.add_argument_group("limits"))
-    _add_cap_options(r.add_argument_group("confinement"))
-    _add_mount_network_options(r.add_argument_group("mounts and networks"),
+    add_limit_options(r.add_argument_group("limits"))
+    add_cap_options(r.add_argument_group("confinement"))
+    add_mount_network_options(r.add_argument_group("mounts and networks"),
                                "a temporary dir, removed after")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
     r.set_defaults(func=cmd_run)
