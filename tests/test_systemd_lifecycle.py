@@ -26,6 +26,7 @@ import libvirt
 import pytest
 
 from virt_sandbox_service.config import Paths
+from virt_sandbox_service.errors import EXIT_USAGE
 from virt_sandbox_service.units import EXIT_NOT_CONFIGURED, render_sandbox_unit, unit_name
 
 from .conftest import need
@@ -178,6 +179,29 @@ def test_broken_inner_service_fails_start_with_its_reason(
         assert state == {"ActiveState": "failed", "ExecMainStatus": str(EXIT_NOT_CONFIGURED),
                          "NRestarts": "0"}
         assert not domain_running(conn, name)
+
+
+@pytest.mark.systemd
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_a_config_that_does_not_parse_fails_once(systemd_host: SystemdHost) -> None:
+    """Bad input at start (exit 2: the sandbox's config is not valid JSON) is not retried:
+    starting again cannot mend it (RestartPreventExitStatus=)."""
+    h = systemd_host
+    with h.sandbox(*APACHE) as name:
+        unit = unit_name(name)
+        config = h.shared / "config" / "sandboxes" / f"{name}.json"
+        good = config.read_text()
+        config.write_text("{ not json")
+        try:
+            assert h.systemctl("start", unit).returncode != 0
+            time.sleep(3)  # past RestartSec=1: a restart would have come by now
+            state = h.show(unit, "ActiveState", "ExecMainStatus", "NRestarts")
+            assert state == {"ActiveState": "failed", "ExecMainStatus": str(EXIT_USAGE),
+                             "NRestarts": "0"}, state
+        finally:
+            config.write_text(good)
+            h.systemctl("reset-failed", unit)
 
 
 @pytest.mark.systemd

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from .config import Paths, SandboxConfig
 from .errors import EXIT_INTERRUPTED as EXIT_INTERRUPTED  # re-exported: runtime, tests
 from .errors import EXIT_NOT_CONFIGURED as EXIT_NOT_CONFIGURED
+from .errors import EXIT_USAGE
 from .resources import data_path
 
 if TYPE_CHECKING:
@@ -95,5 +96,6 @@ def render_sandbox_unit(config: SandboxConfig, exe: str, paths: Paths) -> str:
         start_timeout=START_TIMEOUT,
         stop_timeout=STOP_TIMEOUT,
         not_configured=EXIT_NOT_CONFIGURED,
+        usage=EXIT_USAGE,
         interrupted=EXIT_INTERRUPTED,
     )
