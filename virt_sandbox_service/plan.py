@@ -45,9 +45,11 @@ from .mounts import MountType, parse_mount
 from .plantypes import ETC_STAGE as ETC_STAGE
 from .plantypes import ETC_STAGE_MOUNTS as ETC_STAGE_MOUNTS
 from .plantypes import ETC_WORK as ETC_WORK
+from .plantypes import EVIDENCE_FILE as EVIDENCE_FILE
 from .plantypes import EXIT_STATUS_FILE as EXIT_STATUS_FILE
 from .plantypes import GO_FIFO as GO_FIFO
 from .plantypes import HOST_CHANNEL as HOST_CHANNEL
+from .plantypes import MARKER as MARKER
 from .plantypes import NOTIFY_SOCKET as NOTIFY_SOCKET
 from .plantypes import OVERLAY_OPTIONS as OVERLAY_OPTIONS
 from .plantypes import AddUser as AddUser
@@ -63,10 +65,6 @@ from .plantypes import Whiteout as Whiteout
 from .plantypes import WriteFile as WriteFile
 from .plantypes import managed as managed
 from .plantypes import seen_at as seen_at
-
-MARKER = ".virt-sandbox-service"
-EVIDENCE_FILE = "evidence.json"  # in the state dir: why each path is private, hidden or shared
-
 
 # The host's own virtualization config: every sandbox's domain definition (written by
 # libvirtd, even while we copy). No confined service needs it, and none may read its

@@ -9,11 +9,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from .config import SandboxConfig
-from .evidence import PathEvidence
+from .pathevidence import PathEvidence
 
 # Inside the sandbox: a directory bound from the host's run dir, carrying the notify socket the
 # sandbox's systemd reports readiness on and the generic command's exit status.
+# In the state dir: marks a directory as a sandbox's (delete removes only such), and the
+# record of why each path is private, hidden or shared.
+MARKER = ".virt-sandbox-service"
+EVIDENCE_FILE = "evidence.json"
 HOST_CHANNEL = "/run/sandbox-host"
+# The namespace of our <metadata> element in a domain's XML.
+METADATA_NS = "https://virt-sandbox-service.org/xmlns/domain/1"
 NOTIFY_SOCKET = f"{HOST_CHANNEL}/notify"
 EXIT_STATUS_FILE = f"{HOST_CHANNEL}/exit-status"
 # A generic sandbox started in the foreground: a FIFO the host makes; the init runs the command

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import image, progress
 from ..errors import HostError, UserError
-from ..plan import (
+from ..plantypes import (
     MARKER,
     AddUser,
     CopyTree,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import libvirt
 from lxml import etree
 
-from ..domain import METADATA_NS
 from ..errors import HostError, UserError
+from ..plantypes import METADATA_NS
 from . import apparmor
 from .txn import Transaction
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from ..config import Driver
 from ..host import HostFacts
 from ..plan import Plan
+from ..plantypes import METADATA_NS as METADATA_NS
 from . import kvm, lxc
-
-METADATA_NS = "https://virt-sandbox-service.org/xmlns/domain/1"
 
 
 def domain_xml(plan: Plan, facts: HostFacts) -> str:

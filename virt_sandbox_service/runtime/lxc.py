@@ -31,10 +31,10 @@ from ..apply import systemd as sd
 from ..apply.files import make_whiteout
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
-from ..evidence import hidden_secrets
+from ..hostsecrets import hidden_secrets
 from ..limits import Jail, jail
 from ..network import parse_network
-from ..plan import (
+from ..plantypes import (
     ETC_WORK,
     EVIDENCE_FILE,
     EXIT_STATUS_FILE,
