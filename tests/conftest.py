@@ -147,3 +147,16 @@ def tool_env(base: Path) -> Iterator[Env]:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     yield from tool_env(tmp_path / "vss")
+
+
+@pytest.fixture(scope="session")
+def built_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make deb`'s package of the committed tree, built once per run (test_deb.py examines
+    and runs it; the standard test host installs it)."""
+    out = tmp_path_factory.mktemp("deb")
+    proc = subprocess.run(["make", "-C", str(ROOT), "deb"], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "VSS_DEB_OUT": str(out)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (found,) = out.glob("virt-sandbox-service_*_all.deb")
+    return found
+

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Env, need, unique_name
+from .conftest import Env, need, unique_name
 
 pytestmark = [pytest.mark.root, pytest.mark.libvirt]
 DIST = "usr/lib/python3/dist-packages"
@@ -38,13 +37,8 @@ def installed(package: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    out = tmp_path_factory.mktemp("deb")
-    proc = subprocess.run(["make", "-C", str(ROOT), "deb"], capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "VSS_DEB_OUT": str(out)})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    (found,) = out.glob("virt-sandbox-service_*_all.deb")
-    yield found
+def deb(built_deb: Path) -> Path:
+    return built_deb
 
 
 def test_the_package_holds_everything_in_its_place(deb: Path) -> None:

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -134,6 +135,35 @@ def test_the_demo_runs_there(guest: TestHost) -> None:
         assert r.returncode == 0, r.stdout[-3000:]
     finally:
         guest.ssh(f"cd {GUEST_TREE} && make clean-demo", check=False, timeout=600)
+
+
+def test_the_package_installs_and_runs_there(guest: TestHost, built_deb: Path) -> None:
+    """`make deb`'s package, installed with dpkg on a standard host (its Depends are there
+    from set-up; the guest has no network), runs as /usr/bin/virt-sandbox-service with
+    Debian's python3: create, start, serve, stop, delete; then purged, it leaves nothing."""
+    if guest.lsm != "apparmor":
+        pytest.skip("the package is tried once, in the AppArmor guest")
+    t0 = time.monotonic()
+    guest.ssh("cat > /tmp/vss.deb", input=built_deb.read_bytes())
+    tool, name = "/usr/bin/virt-sandbox-service", "debweb"
+    try:
+        guest.ssh("dpkg -i /tmp/vss.deb", timeout=300)
+        guest.ssh(f"{tool} create -u apache2.service {name} && "
+                  f"echo served-by-deb > /var/lib/virt-sandbox-service/{name}/var/www/html/"
+                  f"index.html && {tool} start --detach {name}", timeout=600)
+        page = guest.ssh(f"{tool} execute {name} -- curl -sS -m 10 http://localhost/",
+                         check=False)
+        assert "served-by-deb" in page.stdout, page
+        unit = guest.ssh(f"systemctl cat {name}_sandbox.service", check=False).stdout
+        assert f"ExecStart={tool} " in unit, unit
+        guest.ssh(f"{tool} stop {name} && {tool} delete {name}", timeout=300)
+    finally:
+        guest.ssh(f"{tool} delete --force {name}; dpkg -P virt-sandbox-service; "
+                  "rm -f /tmp/vss.deb", check=False, timeout=300)
+        TIMINGS["package"] = time.monotonic() - t0
+    left = guest.ssh(f"ls {tool} /usr/lib/python3/dist-packages/virt_sandbox_service "
+                     "/var/lib/virt-sandbox-service/" + name, check=False)
+    assert left.returncode != 0 and not left.stdout.strip(), left
 
 
 def test_the_image_is_not_changed_by_a_run() -> None:
