@@ -328,3 +328,52 @@ def test_generated_unit_passes_systemd_analyze_verify(case: str, paths: Paths,
     ours = [line for line in (r.stdout + r.stderr).splitlines()
             if path.name in line or str(tmp_path) in line]
     assert r.returncode == 0 and not ours, f"{path.read_text()}\n{r.stdout}{r.stderr}"
+
+
+# Every unit the tests confine: the daemons of tests/test_daemons.py and the others.
+UNITS_USED = ("apache2.service", "ssh.service", "cron.service", "postfix@-.service",
+              "chrony.service", "slapd.service", "unbound.service", "mosquitto.service",
+              "php8.2-fpm.service", "rsyslog.service", "smbd.service", "proftpd.service",
+              "varnish.service", "nsd.service", "prosody.service", "freeradius.service",
+              "tor@default.service", "nginx.service")
+DIRECTORIES = ("StateDirectory", "RuntimeDirectory", "LogsDirectory", "CacheDirectory",
+               "ConfigurationDirectory")
+
+
+def _ours(unit: str, hostname: str, machine_id: str) -> dict[str, str]:
+    """What unitfile.py reads of the directives evidence uses, in systemctl show's form."""
+    from virt_sandbox_service.unitfile import load_unit
+
+    u = load_unit(unit, hostname=hostname, machine_id=machine_id)
+    out = {key: " ".join(w.split(":")[0] for v in u.values("Service", key) for w in v.split())
+           for key in DIRECTORIES}
+    pid = u.value("Service", "PIDFile") or ""
+    out["PIDFile"] = "/run/" + pid.removeprefix("/var/run/") if pid.startswith("/var/run/") \
+        else pid
+    out["User"] = u.value("Service", "User") or ""
+    out["Group"] = u.value("Service", "Group") or ""
+    return out
+
+
+@pytest.mark.systemd
+@pytest.mark.root
+def test_the_unit_reader_agrees_with_systemd_on_every_unit_used(
+        systemd_host: SystemdHost) -> None:
+    """unitfile.py against systemd's own answer (`systemctl show` in the test host) for each
+    unit the tests confine that is installed: the directives evidence is made of, after
+    drop-ins, resets and specifiers."""
+    h = systemd_host
+    hostname = h.run(["cat", "/proc/sys/kernel/hostname"]).stdout.strip()
+    machine_id = h.run(["cat", "/etc/machine-id"]).stdout.strip()
+    compared, differ = [], []
+    for unit in UNITS_USED:
+        loaded = h.show(unit, "LoadState")
+        if loaded.get("LoadState") != "loaded":
+            continue  # not installed here
+        theirs = h.show(unit, *DIRECTORIES, "PIDFile", "User", "Group")
+        ours = _ours(unit, hostname, machine_id)
+        compared.append(unit)
+        differ += [f"{unit} {k}: ours {ours[k]!r}, systemd {theirs.get(k, '')!r}"
+                   for k in ours if ours[k] != theirs.get(k, "")]
+    assert len(compared) >= 4, compared  # apache2, ssh, cron, postfix@- at least
+    assert not differ, "\n".join(differ)
