@@ -39,6 +39,9 @@ SELINUX_INCOMPLETE = pytest.mark.xfail(
 IN_SELINUX_GUEST = pytest.mark.xfail(
     LSM == "selinux", strict=True, reason="no LXC sandbox starts in enforcing mode yet "
     "(policy/AVC-debian12.txt)")
+# Until then a start there waits for a READY=1 that MCS keeps from coming (policy/README.md):
+# a shorter wait keeps the guest's selection short, and still fails as it must.
+START = ("start", "--detach", "--timeout", "40") if LSM == "selinux" else ("start", "--detach")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,7 @@ def started(menv: Env, *create: str) -> str:
     name = unique_name("std")
     menv.run("create", *create[:-1] if create and create[-1] == "--" else create, name,
              check=True, timeout=300)
-    menv.run("start", "--detach", name, check=True, timeout=300)
+    menv.run(*START, name, check=True, timeout=300)
     return name
 
 
@@ -106,7 +109,7 @@ def test_doctor_sees_a_host_that_needs_no_workaround(menv: Env) -> None:
 def test_tasks_limit_holds_on_cgroup_v2(menv: Env, conn: libvirt.virConnect) -> None:
     name = unique_name("tasks")
     menv.run("create", "--tasks", "40", name, "--", "/bin/sleep", "infinity", check=True)
-    menv.run("start", "--detach", name, check=True, timeout=120)
+    menv.run(*START, name, check=True, timeout=120)
     try:
         cg = Path("/sys/fs/cgroup") / Path(f"/proc/{init_pid(conn, name)}/cgroup").read_text()\
             .strip().split("::", 1)[1].lstrip("/")
@@ -147,7 +150,7 @@ def test_the_memory_limit_sits_above_the_sandboxs_cgroup_namespace(
         bare.rmdir()
     name = unique_name("mem")
     menv.run("create", "--memory", "300M", *APACHE, name, check=True)
-    menv.run("start", "--detach", name, check=True, timeout=120)
+    menv.run(*START, name, check=True, timeout=120)
     try:
         cg = Path("/sys/fs/cgroup") / Path(f"/proc/{init_pid(conn, name)}/cgroup").read_text()\
             .strip().split("::", 1)[1].lstrip("/")
