@@ -41,7 +41,7 @@ IN_SELINUX_GUEST = pytest.mark.xfail(
     "(policy/AVC-debian12.txt)")
 # Until then a start there waits for a READY=1 that MCS keeps from coming (policy/README.md):
 # a shorter wait keeps the guest's selection short, and still fails as it must.
-START = ("start", "--detach", "--timeout", "40") if LSM == "selinux" else ("start", "--detach")
+START = ("start", "--detach", "--timeout", "20") if LSM == "selinux" else ("start", "--detach")
 
 
 @pytest.fixture(scope="module")
