@@ -88,13 +88,14 @@ def _colon_file(path: Path) -> list[list[str]]:
         return []
 
 
-def named_paths(text: str) -> list[str]:
-    """The absolute /etc paths named on the lines of `text` that are not comments."""
+def named_paths(text: str, pattern: re.Pattern[str] = _PATH) -> list[str]:
+    """The absolute paths (under /etc, or what `pattern` matches) named on the lines of
+    `text` that are not comments."""
     out: list[str] = []
     for line in text.splitlines():
         if line.lstrip().startswith(_COMMENT):
             continue
-        out += [m.rstrip(".:/") for m in _PATH.findall(line)]
+        out += [m.rstrip(".:/") for m in pattern.findall(line)]
     return [os.path.normpath(p) for p in dict.fromkeys(out) if ".." not in p.split("/")]
 
 
@@ -111,16 +112,12 @@ def data_named(files: Iterable[str], root: Path = Path("/")) -> list[Named]:
         text = _read_text(root / conf.lstrip("/"))
         if text is None:
             continue
-        for line in text.splitlines():
-            if line.lstrip().startswith(_COMMENT):
+        for path in named_paths(text, _DATA_PATH):
+            if path in found or path.count("/") < 2:
                 continue
-            for m in _DATA_PATH.findall(line):
-                path = os.path.normpath(m.rstrip(".:/"))
-                if path in found or ".." in path.split("/") or path.count("/") < 2:
-                    continue
-                st = _no_link_stat(root, path)
-                if st is not None:
-                    found[path] = Named(path, conf, stat.S_ISDIR(st.st_mode))
+            st = _no_link_stat(root, path)
+            if st is not None:
+                found[path] = Named(path, conf, stat.S_ISDIR(st.st_mode))
     return list(found.values())
 
 
