@@ -26,7 +26,7 @@ import libvirt
 import pytest
 
 from virt_sandbox_service.config import Paths
-from virt_sandbox_service.errors import EXIT_USAGE
+from virt_sandbox_service.errors import EXIT_USAGE, UserError
 from virt_sandbox_service.units import EXIT_NOT_CONFIGURED, render_sandbox_unit, unit_name
 
 from .conftest import need
@@ -367,13 +367,21 @@ def test_the_unit_reader_agrees_with_systemd_on_every_unit_used(
     machine_id = h.run(["cat", "/etc/machine-id"]).stdout.strip()
     compared, differ = [], []
     for unit in UNITS_USED:
-        loaded = h.show(unit, "LoadState")
-        if loaded.get("LoadState") != "loaded":
-            continue  # not installed here
+        installed = h.show(unit, "LoadState").get("LoadState") == "loaded"
+        try:
+            ours = _ours(unit, hostname, machine_id)
+        except UserError as e:
+            # Which units a host has varies (the test host image has fewer daemons than this
+            # machine): what must not vary is that the reader finds exactly what systemd loads.
+            differ += [f"{unit}: systemd loads it, ours: {e}"] if installed else []
+            continue
+        if not installed:
+            differ.append(f"{unit}: ours reads it, systemd does not load it")
+            continue
         theirs = h.show(unit, *DIRECTORIES, "PIDFile", "User", "Group")
-        ours = _ours(unit, hostname, machine_id)
         compared.append(unit)
         differ += [f"{unit} {k}: ours {ours[k]!r}, systemd {theirs.get(k, '')!r}"
                    for k in ours if ours[k] != theirs.get(k, "")]
-    assert len(compared) >= 4, compared  # apache2, ssh, cron, postfix@- at least
+    # scripts/setup.sh installs apache2 on every host the tests run on.
+    assert "apache2.service" in compared, compared
     assert not differ, "\n".join(differ)
