@@ -94,9 +94,9 @@ chroot "$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_al
   e2scrub_reap.service fstrim.timer man-db.timer systemd-networkd-wait-online.service >&2
 
 echo "testhost: installing the project with its own set-up" >&2
-mkdir -p "$root/root/vss"
+mkdir -p "$root/opt/vss"
 tar -C "$here" --exclude=.venv --exclude=.git --exclude='__pycache__' --exclude='*.egg-info' \
-  -cf - . | tar -C "$root/root/vss" -xf -
+  -cf - . | tar -C "$root/opt/vss" -xf -
 mount --bind /proc "$root/proc"
 mount --bind /dev "$root/dev"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
@@ -105,7 +105,7 @@ cp /etc/resolv.conf "$root/etc/resolv.conf"
 cp /etc/ssl/certs/ca-certificates.crt "$root/tmp/host-ca.crt"
 chroot "$root" env -u PIP_FIND_LINKS PIP_CERT=/tmp/host-ca.crt REQUESTS_CA_BUNDLE=/tmp/host-ca.crt \
   SSL_CERT_FILE=/tmp/host-ca.crt VSS_SETUP_IMAGE=1 \
-  bash /root/vss/scripts/setup.sh >&2
+  bash /opt/vss/scripts/setup.sh >&2
 rm -f "$root/tmp/host-ca.crt"
 printf 'nameserver 10.0.2.3\n' > "$root/etc/resolv.conf"
 umount "$root/dev" "$root/proc"

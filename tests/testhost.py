@@ -35,7 +35,11 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 IMAGE_SCRIPT = PROJECT / "scripts" / "testhost-image.sh"
-GUEST_TREE = "/root/vss"  # where the work tree is copied in; the image's venv points here
+# Where the work tree is copied in (the image's venv points here): under /opt, as an
+# administrator installs a tool, so SELinux labels it usr_t like any installed program. The
+# sandbox's init reads confine.py from it and its systemd runs the generator, which a tree in
+# /root (user_home_t, private to the user) would keep from any confined sandbox.
+GUEST_TREE = "/opt/vss"
 QEMU = "qemu-system-x86_64"
 
 # Kernel command lines. Debian's kernel lists apparmor before selinux in CONFIG_LSM, so the major
