@@ -69,3 +69,29 @@ def test_init_command_without_mounts_has_no_etc_stage() -> None:
     cfg, _, _ = CASES["apache2-overlay"]
     (_, _, script), _ = init_command(cfg, FACTS)
     assert "mount --rbind" not in script and "mount -t overlay" in script
+
+
+def test_on_selinux_the_overlay_etc_is_mounted_with_the_sandboxs_file_context() -> None:
+    """With SELinux the overlay /etc carries the sandbox's file type at its MCS pair (else it
+    shows the host's labels: the sandbox may not replace ld.so.cache, and what it writes gets
+    etc_t at s0), mounted by mount(2) itself: libmount drops context= inside the container."""
+    import dataclasses
+
+    from virt_sandbox_service.config import SandboxConfig
+    from virt_sandbox_service.initscript import RAW_MOUNT, _overlay_binds
+
+    cfg = SandboxConfig(name="w", kind=Kind.GENERIC, uri="lxc:///", state_dir="/s/w",
+                        command=("/bin/true",), etc_overlay=True,
+                        security_label="system_u:system_r:svirt_lxc_net_t:s0:c1,c2")
+    plain = _overlay_binds(cfg, FACTS, ())[0]
+    assert plain.startswith("mkdir ") and "mount -t overlay" in plain and "context=" not in plain
+    facts = dataclasses.replace(FACTS, selinux=True, sandbox_file_type="svirt_sandbox_file_t")
+    line = _overlay_binds(cfg, facts, ())[0]
+    argv = shlex.split(line.split("&&", 1)[1].rsplit("||", 1)[0])
+    assert argv[:5] == [facts.python, "-I", "-S", "-c", RAW_MOUNT]
+    assert argv[5:7] == ["overlay", argv[6]] and argv[6].endswith("merged")
+    assert argv[7].endswith(',context="system_u:object_r:svirt_sandbox_file_t:s0:c1,c2"')
+    assert "lowerdir=/etc," in argv[7]
+    # A label without a level (no MCS pair to give): no context, as without SELinux.
+    bare = dataclasses.replace(cfg, security_label="")
+    assert "context=" not in _overlay_binds(bare, facts, ())[0]

@@ -32,7 +32,9 @@ def test_script_configures_each_package_as_a_first_installation() -> None:
                  "DEBCONF_SYSTEMRC=$S/debconf.conf", "DEBIAN_FRONTEND=noninteractive"):
         assert name in text
     for stub in ("systemctl", "update-rc.d", "deb-systemd-helper", "dpkg-trigger"):
-        assert f"$S/bin/{stub}" in text
+        # A link to the host's true: an enforcing SELinux host lets the sandbox execute
+        # none of the files it writes itself.
+        assert f"ln -s /bin/true $S/bin/{stub}" in text
     assert "x postinst failed" in text and "exit 1" in text
     assert "passwords.dat" not in text  # never the host's debconf passwords
 
@@ -142,3 +144,39 @@ def test_a_failing_postinst_fails_the_create_with_its_output_and_leaves_nothing(
     finally:
         Path("/var/tmp/.vss-allow").unlink(missing_ok=True)
         subprocess.run(["dpkg", "--purge", pkg], check=False, capture_output=True)
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_a_set_up_sandbox_that_ends_before_its_script_fails_at_once(
+        env: Env, tmp_path: Path) -> None:
+    """Its init fails first (as a mount the LSM refuses does): create says so at once and
+    names libvirt's log, instead of waiting maintscripts.TIMEOUT for a status never written
+    (before, five minutes and "exit unknown")."""
+    import dataclasses
+    import time
+
+    import libvirt
+
+    from virt_sandbox_service import host
+    from virt_sandbox_service.config import Paths, load_config
+    from virt_sandbox_service.errors import HostError
+
+    name = unique_name("early")
+    env.run("create", name, "--", "/bin/true", check=True)
+    cfg = load_config(Paths.from_env(env.vars), name)
+    facts = host.detect()
+    p = maintscripts.setup_plan(cfg, facts, (), (), str(tmp_path), "true")
+    p = dataclasses.replace(p, init=("/bin/sh", "-c", "exit 125"))
+    conn = libvirt.open("lxc:///")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(HostError) as e:
+            maintscripts.run(conn, p, facts)
+        took = time.monotonic() - t0
+    finally:
+        conn.close()
+        env.run("delete", name)
+    assert "ended before the set-up ran" in e.value.message, e.value.message
+    assert f"/var/log/libvirt/lxc/{p.config.name}.log" in e.value.message
+    assert took < maintscripts.TIMEOUT / 5, took  # it noticed the end, not the time-out

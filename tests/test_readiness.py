@@ -198,3 +198,17 @@ def test_kvm_start_fails_while_a_unit_restarts_after_ready(env: Env,
     assert f"{restarting_unit} failed in sandbox '{name}'" in proc.stderr
     assert "Traceback" not in proc.stderr and "is ready" not in proc.stdout
     assert state(env, name) == "stopped"
+
+
+def test_the_notify_socket_is_made_at_the_low_end_of_the_callers_range() -> None:
+    """Under MCS a sandbox (s0:cA,cB) may send only to a socket whose level it dominates: the
+    listener's socket is made at s0, not at the administrator's s0-s0:c0.c1023."""
+    from virt_sandbox_service.runtime.notify import low_level_context
+
+    assert low_level_context("unconfined_u:unconfined_r:unconfined_t:s0-s0:c0.c1023") == \
+        "unconfined_u:unconfined_r:unconfined_t:s0"
+    assert low_level_context("system_u:system_r:init_t:s0-s15:c0.c1023") == \
+        "system_u:system_r:init_t:s0"
+    assert low_level_context("system_u:system_r:svirt_lxc_net_t:s0:c1,c2") is None
+    assert low_level_context("unconfined") is None  # AppArmor's, or none at all
+    assert low_level_context("") is None

@@ -476,6 +476,7 @@ def fresh_instance(req: CreateRequest, p: Plan, paths: Paths, conn: object,
     sp = maintscripts.setup_plan(cfg, facts, got.evidence, got.hidden, rdir,
                                  maintscripts.script(postinsts))
     try:
+        file_labels.label_channel(cfg, rdir)
         maintscripts.run(conn, sp, facts)
     finally:
         shutil.rmtree(rdir, ignore_errors=True)

@@ -39,6 +39,9 @@ class HostFacts:
     python: str = "/usr/bin/python3"
     confine: str = "/usr/lib/python3/dist-packages/virt_sandbox_service/confine.py"
     selinux: bool = False
+    # SELinux: the type of an LXC sandbox's files (lxc_contexts' `file` entry, else our
+    # module's); the init mounts its overlay /etc with it (initscript._overlay_binds).
+    sandbox_file_type: str = ""
     # The security models libvirt's driver applies (libvirt_secmodels): "apparmor" makes LXC
     # domains carry libvirt's AppArmor label. Read from the connection, not by detect().
     secmodels: tuple[str, ...] = ()
@@ -78,6 +81,10 @@ def find_tool(names: tuple[str, ...], what: str, package: str) -> str:
 
 def detect(selinux: bool | None = None) -> HostFacts:
     """Read the facts from this machine. `selinux` comes from libvirt's capabilities if known."""
+    from .config import Driver
+    from .labels import sandbox_file_type
+
+    selinux = selinux_enabled() if selinux is None else selinux
     return HostFacts(
         systemd=find_tool(("/lib/systemd/systemd", "/usr/lib/systemd/systemd"), "systemd",
                           "systemd"),
@@ -88,7 +95,9 @@ def detect(selinux: bool | None = None) -> HostFacts:
         env=find_tool(("env",), "env", "coreutils"),
         python=find_tool(("/usr/bin/python3", "python3"), "python3", "python3"),
         confine=confine_script(),
-        selinux=selinux_enabled() if selinux is None else selinux,
+        selinux=selinux,
+        sandbox_file_type=sandbox_file_type(Driver.LXC, sandbox_file_context_text(False))
+        if selinux else "",
         memory_kib=_mem_total_kib(),
         system_unit_dir=next((d for d in ("/lib/systemd/system", "/usr/lib/systemd/system")
                               if os.path.isdir(d)), "/lib/systemd/system"),

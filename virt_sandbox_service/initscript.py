@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 
-from . import image, users
+from . import image, labels, users
 from .config import Kind, SandboxConfig
 from .host import HostFacts
 from .limits import TASKS_ENV, init_caps
@@ -44,7 +44,11 @@ def _overlay_binds(config: SandboxConfig, facts: HostFacts,
     q = shlex.quote
     top, m = f"{ETC_STAGE}/state", ETC_MERGED
     opts = f"lowerdir=/etc,upperdir={top}/etc,workdir={top}/{ETC_WORK},{OVERLAY_OPTIONS}"
-    lines = [f"mkdir {m} && mount -t overlay -o {opts} overlay {m} || exit 125"]
+    context = _overlay_context(config, facts)
+    mount = (f"mount -t overlay -o {q(opts)} overlay {m}" if not context else
+             " ".join(map(q, (facts.python, "-I", "-S", "-c", RAW_MOUNT, "overlay", m,
+                              f'{opts},context="{context}"'))))
+    lines = [f"mkdir {m} && {mount} || exit 125"]
     staged = [mt for mt in mounts if seen_at(mt.target) != mt.target]
     for mt in staged:
         at = q(m + seen_at(mt.target)[len("/etc"):])
@@ -55,6 +59,27 @@ def _overlay_binds(config: SandboxConfig, facts: HostFacts,
     lines.append(" ".join([q(facts.umount), "-l", top, *(q(mt.target) for mt in staged)]))
     lines.append(f"rm -r --one-file-system {ETC_STAGE}")
     return lines
+
+
+# mount(2) itself, for a mount with an SELinux context: mount(8)'s libmount drops context=
+# options when libselinux thinks SELinux is disabled, as it does inside the container.
+RAW_MOUNT = """import ctypes, os, sys
+fstype, target, data = sys.argv[1:]
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.mount(fstype.encode(), target.encode(), fstype.encode(), 0, data.encode()) != 0:
+    sys.exit(f"mount {fstype} on {target}: {os.strerror(ctypes.get_errno())}")
+"""
+
+
+def _overlay_context(config: SandboxConfig, facts: HostFacts) -> str:
+    """SELinux: the overlay /etc as files of the sandbox's own (its type, its MCS pair), as
+    container engines mount theirs. Without it the overlay shows the host's labels (etc_t,
+    ld_so_cache_t): the sandbox may not replace what it must, and what it writes gets
+    etc_t at s0 instead of its category. Overlayfs still reaches the host's /etc below with
+    the init's own credentials, so the sandbox reads nothing more through it."""
+    if not facts.selinux or not facts.sandbox_file_type:
+        return ""
+    return labels.file_context(config.security_label, facts.sandbox_file_type) or ""
 
 
 def _image_binds(config: SandboxConfig, facts: HostFacts) -> list[str]:

@@ -42,7 +42,8 @@ from pathlib import Path
 import libvirt
 
 from . import capneeds, unitfile
-from .apply import apparmor, files
+from .apply import apparmor, files, kernelfs
+from .apply.libvirt import is_active
 from .apply.txn import Transaction
 from .config import Driver, Kind, Paths, SandboxConfig, driver_for_uri, load_config
 from .errors import HostError, UserError
@@ -339,6 +340,7 @@ def _run(conn: libvirt.virConnect, p: Plan, facts: HostFacts, watch: Watch,
     xml = lxc.build(p, facts, METADATA_NS)
     seen: set[str] = set()
     written: set[str] = set()
+    kernelfs.load()
     with tempfile.TemporaryFile() as out, apparmor.loaded(xml):
         try:
             dom = conn.createXMLWithFiles(xml, [out.fileno()], libvirt.VIR_DOMAIN_START_AUTODESTROY
@@ -352,7 +354,8 @@ def _run(conn: libvirt.virConnect, p: Plan, facts: HostFacts, watch: Watch,
             # counted (up to STARTUP_LIMIT for it).
             deadline = time.monotonic() + STARTUP_LIMIT
             started, theirs = False, Attribution(units)
-            while time.monotonic() < deadline:
+            # A domain that ended (its init failed) has nothing more to show.
+            while time.monotonic() < deadline and is_active(dom):
                 for pid, path, wrote in watch.read(0.2):
                     if not theirs(pid):
                         continue

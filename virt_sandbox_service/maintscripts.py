@@ -37,7 +37,8 @@ from pathlib import Path
 
 import libvirt
 
-from .apply import apparmor
+from .apply import apparmor, kernelfs
+from .apply.libvirt import is_active
 from .config import Kind, SandboxConfig
 from .errors import HostError
 from .evidence import Access, PathEvidence
@@ -52,6 +53,7 @@ DPKG_INFO = "/var/lib/dpkg/info"
 # init scripts in the sandbox: answered as done.
 STUBBED = ("dpkg-trigger", "update-alternatives", "ldconfig", "deb-systemd-helper",
            "update-rc.d", "systemctl", "invoke-rc.d", "dpkg-statoverride")
+TRUE = "/bin/true"  # coreutils, on the host root every sandbox sees
 TIMEOUT = 300.0
 OUTPUT_LIMIT = 64 * 1024
 
@@ -106,9 +108,12 @@ def script(postinsts: Sequence[tuple[str, str]]) -> str:
         f"S={SETUP}",
         "exec >&3 2>&3 3>&-",
         "mkdir -p $S/bin $S/debconf",
-        *(f"printf '#!/bin/sh\\nexit 0\\n' > $S/bin/{c}" for c in STUBBED),
+        # Links to the host's true: nothing the sandbox writes is run as a program (SELinux
+        # lets it execute none of its own files, policy/README.md).
+        *(f"ln -s {TRUE} $S/bin/{c}" for c in STUBBED),
+        # For invoke-rc.d, which is stubbed: were it reached another way, it forbids.
         "printf '#!/bin/sh\\nexit 101\\n' > $S/policy-rc.d",
-        "chmod +x $S/bin/* $S/policy-rc.d",
+        "chmod +x $S/policy-rc.d",
         "cp $S/host-debconf/config.dat $S/host-debconf/templates.dat $S/debconf/ 2>/dev/null",
         "printf '%s\\n' 'Config: configdb' 'Templates: templatedb' '' 'Name: configdb' "
         "'Driver: File' \"Filename: $S/debconf/config.dat\" '' 'Name: templatedb' "
@@ -173,6 +178,7 @@ def run(conn: libvirt.virConnect, p: Plan, facts: HostFacts) -> str:
     from .domain import METADATA_NS, lxc
 
     xml = lxc.build(p, facts, METADATA_NS)
+    kernelfs.load()
     with tempfile.TemporaryFile() as out, apparmor.loaded(xml):
         try:
             dom = conn.createXMLWithFiles(xml, [out.fileno()],
@@ -185,6 +191,12 @@ def run(conn: libvirt.virConnect, p: Plan, facts: HostFacts) -> str:
         status = _wait(dom, Path(p.run_dir) / os.path.basename(EXIT_STATUS_FILE))
         out.seek(0)
         text = out.read(OUTPUT_LIMIT).decode(errors="replace")
+    if not status and not text.strip():
+        # The init failed before the script ran (a mount, the LSM): only libvirt saw it.
+        raise HostError("the sandbox that runs the package's own set-up ended before the "
+                        f"set-up ran (libvirt's log: /var/log/libvirt/lxc/{p.config.name}.log)",
+                        "'virt-sandbox-service doctor' checks the host; create it with -C "
+                        "to start from the host's data instead")
     if status != "0":
         raise HostError("the package's own set-up of a fresh instance failed "
                         f"(exit {status or 'unknown'}):\n{text.rstrip()}",
@@ -194,12 +206,16 @@ def run(conn: libvirt.virConnect, p: Plan, facts: HostFacts) -> str:
 
 def _wait(dom: libvirt.virDomain, status_file: Path) -> str:
     """The exit status the domain's init wrote (read without following a link the sandbox
-    made); "" if it did not within TIMEOUT (then the domain is destroyed)."""
+    made); "" if it did not: the domain ended without writing one (its init failed before
+    running the script: libvirt's log has why), or it ran past TIMEOUT (then it is destroyed)."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         text = read_channel(status_file)
         if text is not None and text.endswith("\n"):
             return text.strip()
+        if not is_active(dom):
+            text = read_channel(status_file)  # written just before it ended
+            return text.strip() if text is not None and text.endswith("\n") else ""
         time.sleep(0.05)
     with contextlib.suppress(libvirt.libvirtError):
         dom.destroy()

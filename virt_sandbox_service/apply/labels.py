@@ -61,3 +61,17 @@ def label_private_trees(config: SandboxConfig, selinux: bool | None = None) -> i
         return 0
     text = host.sandbox_file_context_text(config.driver is Driver.KVM)
     return label_trees(labels.tree_contexts(config, text))
+
+
+def label_channel(config: SandboxConfig, path: str, selinux: bool | None = None) -> None:
+    """The host channel (runtime.common.run_dir), bound into the sandbox at /run/sandbox-host:
+    the sandbox's file context, set as the tool makes it. What the sandbox writes there
+    (its exit status, READY) and the FIFO it reads must be of its type, or an enforcing host
+    refuses them; the host side, unconfined, reads and writes any."""
+    if not (host.selinux_enabled() if selinux is None else selinux):
+        return
+    text = host.sandbox_file_context_text(config.driver is Driver.KVM)
+    context = labels.file_context(config.security_label,
+                                  labels.sandbox_file_type(config.driver, text))
+    if context is not None:
+        set_context(path, context)

@@ -143,6 +143,18 @@ def undefine(dom: libvirt.virDomain) -> None:
             raise HostError(f"cannot undefine {dom.name()}: {e.get_error_message()}") from e
 
 
+def is_active(dom: libvirt.virDomain) -> bool:
+    """Whether the domain runs (a transient one that ended is gone: "no"). A lost connection
+    to libvirtd is an error, not a "no"."""
+    try:
+        return bool(dom.isActive())
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+        raise HostError(f"libvirt: {e.get_error_message()}",
+                        "is libvirtd running? the sandbox itself keeps running") from e
+
+
 def state_name(dom: libvirt.virDomain) -> str:
     state, _reason = dom.state()
     return {

@@ -35,6 +35,7 @@ from pathlib import Path
 import libvirt
 
 from .. import progress
+from ..apply.libvirt import is_active as _active
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
 from ..limits import Jail
@@ -271,17 +272,6 @@ def _graceful_stop(dom: libvirt.virDomain, timeout: float) -> None:
             return
         time.sleep(POLL)
     _force_stop(dom)
-
-
-def _active(dom: libvirt.virDomain) -> bool:
-    """Whether the domain runs. A lost connection to libvirtd is an error, not a "no"."""
-    try:
-        return bool(dom.isActive())
-    except libvirt.libvirtError as e:
-        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return False
-        raise HostError(f"libvirt: {e.get_error_message()}",
-                        "is libvirtd running? the sandbox itself keeps running") from e
 
 
 def _force_stop(dom: libvirt.virDomain) -> None:

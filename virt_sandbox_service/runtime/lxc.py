@@ -26,7 +26,8 @@ from pathlib import Path
 import libvirt
 
 from .. import host, progress
-from ..apply import apparmor
+from ..apply import apparmor, kernelfs
+from ..apply import labels as apply_labels
 from ..apply import systemd as sd
 from ..apply.files import make_whiteout
 from ..config import Kind, Paths, SandboxConfig
@@ -42,7 +43,7 @@ from ..plantypes import (
     HOST_CHANNEL,
 )
 from ..units import EXIT_NOT_CONFIGURED
-from . import readiness
+from . import readiness, stdiorelay
 from .common import (
     EXIT_FILE,
     InnerFailure,
@@ -96,6 +97,7 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
     remove_cgroups(cfg.name)
     rdir = run_dir(paths, cfg.name)
     rdir.mkdir(parents=True, exist_ok=True)
+    apply_labels.label_channel(cfg, str(rdir))
     stop_marker(paths, cfg.name).unlink(missing_ok=True)
     (rdir / EXIT_FILE).unlink(missing_ok=True)
     go = rdir / os.path.basename(GO_FIFO)
@@ -201,6 +203,7 @@ def hide_new_secrets(cfg: SandboxConfig) -> list[str]:
 def _create(dom: libvirt.virDomain, cfg: SandboxConfig) -> None:
     # The sandbox's own AppArmor profile, where libvirt applies AppArmor (see apparmor.py).
     apparmor.load_for(dom.XMLDesc(0))
+    kernelfs.load()
     try:
         dom.create()
     except libvirt.libvirtError as e:
@@ -436,12 +439,21 @@ def execute(dom: libvirt.virDomain, argv: list[str], env: dict[str, str], *,
     # not visible; nothing to match.
     init = init_pid(dom) if sees_controller(dom) else None
     fds = open_namespaces(dom)
+    relay = stdiorelay.Relay() if stdiorelay.needed() else None
     pid = os.fork()
     if pid == 0:
+        if relay is not None:
+            relay.child_side()
         _child_enter_and_run(dom, fds, argv, env, namespaces, cgroup, init, jail)
     for fd in fds:
         os.close(fd)
-    return _wait_status(pid)
+    if relay is None:
+        return _wait_status(pid)
+    relay.parent_side()
+    try:
+        return _wait_status(pid)
+    finally:
+        relay.finish()
 
 
 def _child_enter_and_run(dom: libvirt.virDomain, fds: list[int], argv: list[str],

@@ -3,9 +3,50 @@
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+
+SOCKCREATE = "/proc/thread-self/attr/sockcreate"
+
+
+def low_level_context(context: str) -> str | None:
+    """`user:role:type:s0-s0:c0.c1023` -> `user:role:type:s0`: the same identity at the low
+    end of its range. None for a context without a range (no MLS/MCS, nothing to lower)."""
+    parts = context.split(":", 3)
+    if len(parts) < 4 or "-" not in parts[3]:
+        return None
+    return ":".join([*parts[:3], parts[3].split("-", 1)[0]])
+
+
+@contextlib.contextmanager
+def sockets_at_low_level() -> Iterator[None]:
+    """Sockets made inside are labelled at the low end of this process's MLS range (s0).
+    An administrator's shell runs at s0-s0:c0.c1023; under MCS a sandbox at s0:cA,cB may send
+    only to a socket whose level it dominates, so one made at the full range refuses it
+    (SELinux's mlsconstrain on unix sockets). Nothing changes where SELinux is off."""
+    try:
+        with open("/proc/thread-self/attr/current") as f:
+            current = f.read().strip("\0\n ")
+    except OSError:
+        current = ""
+    low = low_level_context(current)
+    if low is None:
+        yield
+        return
+    try:
+        with open(SOCKCREATE, "w") as f:
+            f.write(low)
+    except OSError:
+        yield  # not ours to lower (the policy forbids setsockcreate): as before
+        return
+    try:
+        yield
+    finally:
+        with open(SOCKCREATE, "w") as f:
+            f.write("")  # back to the default: the process's own context
 
 
 class NotifyListener:
@@ -13,7 +54,8 @@ class NotifyListener:
         self.path = path
         if path.exists() or path.is_symlink():
             path.unlink()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with sockets_at_low_level():
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         # The socket path may be longer than sun_path allows; bind relative to its directory.
         cwd = os.open(".", os.O_RDONLY)
         try:

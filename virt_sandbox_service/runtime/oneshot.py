@@ -56,7 +56,7 @@ from pathlib import Path
 import libvirt
 
 from .. import host
-from ..apply import apparmor
+from ..apply import apparmor, kernelfs
 from ..apply import libvirt as lv
 from ..config import (
     Driver,
@@ -308,6 +308,7 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, tty: bool = False) ->
     stdio = ([theirs.detach(), os.open(os.devnull, os.O_RDWR), _usable_fd(2)] if theirs
              else [_usable_fd(fd) for fd in (0, 1, 2)])
     try:
+        kernelfs.load()
         with apparmor.loaded(xml):
             try:
                 conn.createXMLWithFiles(xml, [*stdio, status_w],
