@@ -177,6 +177,11 @@ ALLOWED = [
     ("virtd_t", "unconfined_t", "fd", "use"),
     ("svirt_lxc_net_t", "systemd_unit_t", "file", "open"),
     ("svirt_lxc_net_t", "fs_t", "filesystem", "mount"),
+    # Its overlay /etc, mounted with context= its own file context (initscript.py).
+    ("svirt_lxc_net_t", "fs_t", "filesystem", "relabelfrom"),
+    ("svirt_lxc_net_t", "svirt_sandbox_file_t", "filesystem", "relabelto"),
+    # execute's stdio, relayed through sockets the administrator made at s0.
+    ("svirt_lxc_net_t", "unconfined_t", "unix_stream_socket", "write"),
 ]
 
 # What the sandbox must not do, although it runs as root over the host's root filesystem.
@@ -196,6 +201,8 @@ DENIED = [
     ("svirt_lxc_net_t", "sysctl_fs_t", "file", "write"),
     ("svirt_lxc_net_t", "ld_so_cache_t", "file", "unlink"),
     ("svirt_lxc_net_t", "user_home_dir_t", "dir", "search"),
+    # The tool loads what the init mounts (apply/kernelfs.py); the sandbox loads no module.
+    ("svirt_lxc_net_t", "kernel_t", "system", "module_request"),
 ]
 
 
@@ -305,3 +312,22 @@ def test_file_contexts_agree_with_the_fc(module_fc: Path) -> None:
     # The tool's own records next to the trees stay host-only.
     assert fc_type(module_fc, "/var/lib/virt-sandbox-service/web1/evidence.json") == \
         "virt_sandbox_service_var_lib_t"
+
+
+def test_a_changed_source_makes_the_loaded_module_stale(tmp_path: Path) -> None:
+    """doctor reloads the module when its sources changed since it was loaded (semodule keeps
+    no version): the digest written at load time no longer matches."""
+    from virt_sandbox_service.apply import selinux_policy as sp
+
+    src = tmp_path / "policy"
+    shutil.copytree(ROOT / "policy", src)
+    marker = tmp_path / "digest"
+    assert not sp.module_current(src, marker)  # loaded before digests were kept: reload
+    marker.write_text(sp.sources_digest(src) + "\n")
+    assert sp.module_current(src, marker)
+    (src / "README.md").write_text("not a source")  # other files do not count
+    assert sp.module_current(src, marker)
+    te = src / f"{sp.MODULE}.te"
+    te.write_text(te.read_text() + "\n# a new rule\n")
+    assert not sp.module_current(src, marker)
+    assert sp.module_current(None, marker)  # no sources installed: nothing to compare

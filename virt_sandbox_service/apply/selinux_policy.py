@@ -14,6 +14,7 @@ EINVAL for one the loaded policy does not know.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -29,6 +30,11 @@ MODULE = "virt_sandbox_service"
 PROCESS_TYPE = "svirt_lxc_net_t"
 FILE_TYPE = "svirt_sandbox_file_t"
 DEVEL_MAKEFILE = Path("/usr/share/selinux/devel/Makefile")
+# The digest of the sources last loaded: semodule keeps no version of its own (it ignores
+# policy_module's), and an upgrade of the tool may change the rules its runtime relies on.
+# A dot name, which no sandbox name (config.NAME_RE) can be.
+LOADED_DIGEST = Path("/var/lib/virt-sandbox-service/.selinux-module.sha256")
+SOURCE_SUFFIXES = (".te", ".fc", ".if")
 
 
 def policy_sources() -> Path | None:
@@ -38,6 +44,23 @@ def policy_sources() -> Path | None:
         if (p / f"{MODULE}.te").is_file():
             return p
     return None
+
+
+def sources_digest(src: Path) -> str:
+    """sha256 over the module's source files, names and contents, in a stable order."""
+    h = hashlib.sha256()
+    for f in sorted(src.glob(f"{MODULE}.*")):
+        if f.suffix in SOURCE_SUFFIXES:
+            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def module_current(src: Path | None, marker: Path = LOADED_DIGEST) -> bool:
+    """Whether the loaded module was built from these sources (no sources here: nothing to
+    compare, it is taken as current)."""
+    if src is None:
+        return True
+    return _read(marker).strip() == sources_digest(src)
 
 
 def context_valid(context: str) -> bool:
@@ -79,6 +102,9 @@ def problems() -> list[str]:
     out = []
     if not module_loaded():
         out.append(f"the policy module {MODULE} is not loaded")
+    elif not module_current(policy_sources()):
+        out.append(f"the loaded policy module {MODULE} is older than {policy_sources()} "
+                   "(the tool was upgraded since it was loaded)")
     entries = lxc_context_entries(_read(lxc_contexts_path()))
     bad = [f"{k} = {v}" for k, v in entries.items() if k in ("process", "file")
            and not context_valid(v)]
@@ -92,7 +118,7 @@ def fix() -> list[str]:
     done: list[str] = []
     if not host.selinux_enabled():
         return done
-    if not module_loaded():
+    if not module_loaded() or not module_current(policy_sources()):
         done.append(_load_module())
     path = lxc_contexts_path()
     text = _read(path)
@@ -112,10 +138,12 @@ def _load_module() -> str:
                         "install selinux-policy-dev (Debian) or selinux-policy-devel (Fedora)")
     with tempfile.TemporaryDirectory(prefix="vss-policy-") as tmp:
         for f in src.glob(f"{MODULE}.*"):
-            if f.suffix in (".te", ".fc", ".if"):
+            if f.suffix in SOURCE_SUFFIXES:
                 shutil.copy(f, tmp)
         run(["make", "-s", "-f", str(DEVEL_MAKEFILE), "-C", tmp, f"{MODULE}.pp"], timeout=600)
         run(["semodule", "-i", f"{tmp}/{MODULE}.pp"], timeout=600)
+    LOADED_DIGEST.parent.mkdir(parents=True, exist_ok=True)
+    LOADED_DIGEST.write_text(sources_digest(src) + "\n")
     return f"loaded the SELinux policy module {MODULE}"
 
 
