@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,7 +115,10 @@ def _own_user_claims(unit: UnitFile, root: Path, where: str) -> list[_Claim]:
     if not uids and not gids:
         return []
     out = []
-    for path, st in _owned_under(root / "etc", "/etc", uids, gids):
+    # Not world-readable (what the host's users may all read is no one's in particular).
+    unreadable = _owned(uids, gids)
+    for path, st in _topmost(root, "/etc", lambda st: not st.st_mode & 0o004
+                             and unreadable(st)):
         whose = f"user {entry[0]}" if st.st_uid in uids else f"{entry[0]}'s primary group"
         out.append(_evidence(path, Access.SHARED, stat.S_ISDIR(st.st_mode),
                              f"owned by {whose}, User= of {where}: the service's, "
@@ -191,7 +194,8 @@ def _owned_data_claims(unit: UnitFile, packages: Sequence[str], pkgdb: PackageDB
     for user in _service_users(unit, packages, pkgdb, root, where):
         gids = {user.gid} if user.gid is not None else set()
         for tree in _DATA_TREES:
-            for path, st in _owned_by(root, tree, {user.uid}, gids, _DATA_DEPTH):
+            for path, st in _topmost(root, tree, _owned({user.uid}, gids), _DATA_DEPTH,
+                                     (*_NOT_DATA, *_NOT_SERVICE_DATA)):
                 whose = (f"user {user.name}" if st.st_uid == user.uid
                          else f"{user.name}'s own group")
                 out.append(_evidence(path, Access.PRIVATE, stat.S_ISDIR(st.st_mode),
@@ -199,8 +203,12 @@ def _owned_data_claims(unit: UnitFile, packages: Sequence[str], pkgdb: PackageDB
     return out
 
 
-def _owned_by(root: Path, tree: str, uids: set[int], gids: set[int],
-              depth: int) -> list[tuple[str, os.stat_result]]:
+def _topmost(root: Path, tree: str, match: Callable[[os.stat_result], bool],
+             depth: int | None = None,
+             skip: Sequence[str] = ()) -> list[tuple[str, os.stat_result]]:
+    """The topmost entries below `tree` (as the sandbox sees it; read under `root`) that
+    `match`: nothing below a match is looked at. Never through a link, never onto another
+    file system, never into `skip`; `depth` levels at most (None: all)."""
     try:
         top = os.lstat(root / tree.lstrip("/"))
     except OSError:
@@ -210,7 +218,7 @@ def _owned_by(root: Path, tree: str, uids: set[int], gids: set[int],
     while todo:
         shown, left = todo.pop()
         try:
-            entries = sorted(os.scandir(root / shown.lstrip("/")), key=lambda e: e.name)
+            entries = list(os.scandir(root / shown.lstrip("/")))
         except OSError:
             continue
         for entry in entries:
@@ -220,33 +228,14 @@ def _owned_by(root: Path, tree: str, uids: set[int], gids: set[int],
             except OSError:
                 continue
             if (stat.S_ISLNK(st.st_mode) or st.st_dev != top.st_dev
-                    or any(_under(path, n) for n in (*_NOT_DATA, *_NOT_SERVICE_DATA))):
+                    or any(_under(path, n) for n in skip)):
                 continue
-            if st.st_uid in uids or st.st_gid in gids:
+            if match(st):
                 out.append((path, st))
-            elif stat.S_ISDIR(st.st_mode) and left > 1:
-                todo.append((path, left - 1))
+            elif stat.S_ISDIR(st.st_mode) and (left is None or left > 1):
+                todo.append((path, None if left is None else left - 1))
     return sorted(out, key=lambda e: e[0])
 
 
-def _owned_under(directory: Path, shown: str, uids: set[int],
-                 gids: set[int]) -> list[tuple[str, os.stat_result]]:
-    """The topmost entries that are not world-readable and owned by uids or gids (no links)."""
-    out: list[tuple[str, os.stat_result]] = []
-    try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except OSError:
-        return out
-    for entry in entries:
-        path = f"{shown}/{entry.name}"
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            continue
-        if not st.st_mode & 0o004 and (st.st_uid in uids or st.st_gid in gids):
-            out.append((path, st))
-        elif stat.S_ISDIR(st.st_mode):
-            out += _owned_under(Path(entry.path), path, uids, gids)
-    return out
+def _owned(uids: set[int], gids: set[int]) -> Callable[[os.stat_result], bool]:
+    return lambda st: st.st_uid in uids or st.st_gid in gids
