@@ -16,7 +16,7 @@ import pytest
 from virt_sandbox_service import cli, sandboxfile
 from virt_sandbox_service.errors import UserError
 
-from .conftest import ROOT, need
+from .conftest import ROOT, Env, need, unique_name
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -181,6 +181,47 @@ def test_generator_verify_catches_a_broken_dropin(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=120,
                        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{out}:"})
     assert "relative/path" in v.stdout + v.stderr
+
+
+def test_the_generator_makes_no_units_inside_a_sandbox(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An LXC sandbox's systemd runs the host's generators, ours too: inside, the host's
+    sandbox files must not become units that start sandboxes from within one. Inside is
+    where the host channel exists (below: it does in a real sandbox); outside, the same
+    file makes the unit."""
+    from virt_sandbox_service import generator
+
+    files = tmp_path / "sandboxes.d"
+    files.mkdir()
+    write(files, "gx", "[Sandbox]\nExec=/bin/true\n")
+    monkeypatch.setenv("VSS_SANDBOXES_DIR", str(files))
+    outside, inside = tmp_path / "outside", tmp_path / "inside"
+    for out in (outside, inside):
+        out.mkdir()
+    channel = tmp_path / "sandbox-host"
+    assert generator.main([str(outside)], channel=channel) == 0
+    assert (outside / "gx_sandbox.service").exists()
+    channel.mkdir()
+    assert generator.main([str(inside)], channel=channel) == 0
+    assert not any(inside.iterdir())
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_the_host_channel_exists_inside_every_lxc_sandbox(env: Env) -> None:
+    """What the generator's guard relies on."""
+    from virt_sandbox_service.plantypes import HOST_CHANNEL
+
+    name = unique_name("gen")
+    env.run("create", name, "--", "/bin/sleep", "infinity", check=True)
+    try:
+        env.run("start", "--detach", name, check=True)
+        r = env.run("execute", name, "--", "/bin/sh", "-c",
+                    f"test -d {HOST_CHANNEL} && echo inside")
+        assert r.stdout.strip() == "inside", r
+    finally:
+        env.run("stop", name)
+        env.run("delete", name)
 
 
 def test_generator_without_files_writes_nothing(tmp_path: Path) -> None:

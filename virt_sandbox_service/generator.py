@@ -25,6 +25,7 @@ from pathlib import Path
 from . import sandboxfile
 from .config import DEFAULT_URI, Kind, Paths, SandboxConfig, driver_for_uri
 from .errors import UserError
+from .plantypes import HOST_CHANNEL
 from .units import render_sandbox_unit, unit_arg, unit_name, unit_text
 
 PROG = "virt-sandbox-service-generator"
@@ -90,11 +91,21 @@ def run(out: Path, paths: Paths) -> int:
     return status
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def in_sandbox(channel: Path = Path(HOST_CHANNEL)) -> bool:
+    """Whether this systemd is a sandbox's own: an LXC sandbox's systemd runs the host's
+    generators (the host root is its root), and the host's sandbox files would become units
+    there that start sandboxes from inside one. The host channel exists only in a sandbox
+    (its /run is private); a KVM guest masks the generators anyway."""
+    return channel.is_dir()
+
+
+def main(argv: Sequence[str] | None = None, channel: Path = Path(HOST_CHANNEL)) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) not in (1, 3):
         print(f"usage: {PROG} NORMAL_DIR [EARLY_DIR LATE_DIR]", file=sys.stderr)
         return 2
+    if in_sandbox(channel):
+        return 0
     return run(Path(args[0]), Paths.from_env())
 
 
