@@ -95,12 +95,23 @@ def lxc_context_entries(text: str) -> dict[str, str]:
     return out
 
 
+def platform_provides_types() -> bool:
+    """The host's own policy already runs LXC sandboxes (Fedora/RHEL with container-selinux:
+    svirt_lxc_net_t is an alias of its container_t, and lxc_contexts names valid types). Our
+    module declares those names and cannot be loaded beside it."""
+    entries = lxc_context_entries(_read(lxc_contexts_path()))
+    return (context_valid(f"system_u:system_r:{PROCESS_TYPE}:s0")
+            and all(context_valid(entries.get(k, "")) for k in ("process", "file")))
+
+
 def problems() -> list[str]:
     """What keeps sandboxes from running confined here; [] when ready (or no SELinux)."""
     if not host.selinux_enabled():
         return []
     out = []
     if not module_loaded():
+        if platform_provides_types():
+            return []  # Fedora/RHEL: container-selinux's types (see policy/README.md)
         out.append(f"the policy module {MODULE} is not loaded")
     elif not module_current(policy_sources()):
         out.append(f"the loaded policy module {MODULE} is older than {policy_sources()} "
@@ -118,7 +129,11 @@ def fix() -> list[str]:
     done: list[str] = []
     if not host.selinux_enabled():
         return done
-    if not module_loaded() or not module_current(policy_sources()):
+    if module_loaded() and not module_current(policy_sources()):
+        done.append(_load_module())
+    elif not module_loaded():
+        if platform_provides_types():
+            return done  # nothing to load, and loading would clash (policy/README.md)
         done.append(_load_module())
     path = lxc_contexts_path()
     text = _read(path)
