@@ -250,6 +250,27 @@ def test_execute_enters_the_sandboxs_label(menv: Env, conn: libvirt.virConnect) 
 
 
 @selinux
+def test_connect_enters_the_sandboxs_label(menv: Env, conn: libvirt.virConnect) -> None:
+    """A login shell from `connect` runs with the sandbox's label, on a terminal of the
+    sandbox's own, and gets its pty master back to the caller across MCS."""
+    from .test_connect import terminal
+
+    name = started(menv, *APACHE)
+    try:
+        want = attr(init_pid(conn, name))
+        with terminal(menv, "connect", name) as t:
+            t.expect(r"Escape character is \^\]")
+            t.send("echo \"L<$(tr -d '\\000' </proc/self/attr/current)>\"; tty\r")
+            got, tty = t.expect(r"L<(system_u:[^>\r\n]+)>\r\n([^\r\n]*)\r\n")
+            t.send("exit 3\r")
+            assert t.wait() == 3
+        assert got == want
+        assert tty.startswith("/dev/pts/"), tty
+    finally:
+        menv.run("stop", name, timeout=120)
+
+
+@selinux
 def test_mcs_denies_another_sandboxs_file_that_permissions_allow(
         menv: Env, conn: libvirt.virConnect, tmp_path: Path) -> None:
     """A directory shared into two sandboxes: what web2 writes there (mode 0666) carries its

@@ -49,6 +49,7 @@ from .enter import (
     open_namespaces,
     prepare_confinement,
 )
+from .notify import sockets_at_low_level
 
 ESCAPE = b"\x1d"  # Ctrl-], as in virsh console and telnet
 FALLBACK_SHELL = "/bin/sh"
@@ -150,7 +151,10 @@ def _spawn(dom: libvirt.virDomain, init: int, login: Login, env: dict[str, str],
     """Start the shell in the sandbox on a pty of its own; returns (pty master, child pid)."""
 
     fds = open_namespaces(dom)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The shell sends its pty's master back through this: made at s0, which a sandbox at its
+    # MCS pair may write to (notify.sockets_at_low_level).
+    with sockets_at_low_level():
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:
         ours.close()
