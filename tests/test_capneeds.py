@@ -99,7 +99,7 @@ DeviceAllow=char-* rw
 def test_devices_and_host_interfaces_a_unit_cannot_run_without(tmp_path: Path) -> None:
     (tmp_path / "devd@.service").write_text(DEVICE_UNIT)
     u = load_unit("devd@eth9.service", [tmp_path])
-    assert capneeds.devices(u) == [
+    assert capneeds.needed_devices(u) == [
         ("/dev/ttyS9", "BindsTo=dev-ttyS9.device"),
         ("/sys/subsystem/net/devices/eth9", "BindsTo=sys-subsystem-net-devices-eth9.device"),
         ("/dev/net/tun", "DeviceAllow=")]
@@ -109,11 +109,15 @@ def test_devices_and_host_interfaces_a_unit_cannot_run_without(tmp_path: Path) -
                     "(BindsTo=sys-subsystem-net-devices-eth9.device); devd@eth9.service needs "
                     "the device /dev/net/tun (DeviceAllow=), which the sandbox does not have")
     assert hint.startswith("-N source=NET gives the sandbox an interface of its own")
-    assert "no option gives one yet" in hint
+    assert "--device /dev/net/tun gives the sandbox the device node" in hint
+    assert "bound to a .device unit cannot start in a sandbox" in hint  # /dev/ttyS9
+    # Given with --device, a DeviceAllow= node is no longer lacking; a .device unit still is.
+    left = capneeds.lacking_devices([u], ("char:/dev/net/tun", "char:/dev/ttyS9"))
+    assert [dev for _u, dev, _why in left] == ["/dev/ttyS9", "/sys/subsystem/net/devices/eth9"]
 
 
 def test_a_unit_without_device_needs_has_none(tmp_path: Path) -> None:
-    assert capneeds.devices(unit(tmp_path)) == []
+    assert capneeds.needed_devices(unit(tmp_path)) == []
 
 
 def test_an_address_the_sandbox_lacks_is_read_from_the_units_log() -> None:

@@ -122,6 +122,12 @@ CASES: dict[str, tuple[SandboxConfig, tuple[PathEvidence, ...], HostFacts]] = {
                caps_drop=tuple(c for c in DEFAULT_DROP if c != "sys_time"),
                syscalls_allow=("@keyring",), state_dir="/var/lib/virt-sandbox-service/ntp1"),
         (ev("/var/lib/chrony", reason="package chrony (dpkg file list)"),), FACTS),
+    # --device: a VPN daemon's tun node and a disk, as libvirt's capabilities hostdevs.
+    "devices": (
+        config(name="vpn1", kind=Kind.GENERIC, units=(),
+               command=("/usr/sbin/openvpn", "--config", "/etc/openvpn/server.conf"),
+               devices=("char:/dev/net/tun", "block:/dev/loop7"),
+               state_dir="/var/lib/virt-sandbox-service/vpn1"), (), FACTS),
 }
 
 

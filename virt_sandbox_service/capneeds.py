@@ -14,6 +14,7 @@ import os
 import re
 import struct
 
+from . import devices
 from .confine import CAP_NUMBERS
 from .unitfile import UnitFile, UnitName, unescape
 
@@ -93,12 +94,11 @@ def describe(missing: list[tuple[str, str, str]]) -> tuple[str, str]:
 
 # What libvirt's LXC driver gives every container in its /dev; a sandbox has no other host
 # device, and no udev: a .device unit never becomes active in it.
-LXC_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
-               "/dev/tty", "/dev/console", "/dev/ptmx", "/dev/pts", "/dev/shm")
+LXC_DEVICES = (*devices.LXC_DEVICES, "/dev/pts", "/dev/shm")
 NET_DEVICE_PREFIX = "/sys/subsystem/net/devices/"  # sys-subsystem-net-devices-IF.device
 
 
-def devices(unit: UnitFile) -> list[tuple[str, str]]:
+def needed_devices(unit: UnitFile) -> list[tuple[str, str]]:
     """(device path, the directive naming it) that the unit cannot run without: a .device
     unit it BindsTo=/Requires=/Requisite= (qemu-guest-agent's virtio port, a
     sys-subsystem-net-devices-IF.device), or a device node DeviceAllow= names."""
@@ -117,9 +117,14 @@ def devices(unit: UnitFile) -> list[tuple[str, str]]:
     return list(dict.fromkeys(out))
 
 
-def lacking_devices(units: list[UnitFile]) -> list[tuple[str, str, str]]:
-    """(unit, device, why) for each device a unit needs: a sandbox has none of the host's."""
-    return [(u.name, dev, why) for u in units for dev, why in devices(u)]
+def lacking_devices(units: list[UnitFile],
+                    given: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+    """(unit, device, why) for each device a unit needs that the sandbox was not given with
+    --device (`given`: the config's KIND:PATH entries). A .device unit the unit binds to
+    stays lacking even so: without udev it never becomes active in a sandbox."""
+    nodes = {devices.parse(d).path for d in given}
+    return [(u.name, dev, why) for u in units for dev, why in needed_devices(u)
+            if not (dev in nodes and why == "DeviceAllow=")]
 
 
 def describe_devices(missing: list[tuple[str, str, str]]) -> tuple[str, str]:
@@ -135,9 +140,13 @@ def describe_devices(missing: list[tuple[str, str, str]]) -> tuple[str, str]:
     if nets:
         hints.append("-N source=NET gives the sandbox an interface of its own on a libvirt "
                      "network; the host's own interfaces and network stay the host's")
-    if len(nets) < len(missing):
-        hints.append("a sandbox is given no host device and no option gives one yet: run "
-                     "this service on the host")
+    nodes = [dev for _u, dev, why in missing if why == "DeviceAllow="]
+    if nodes:
+        hints.append(" ".join(f"--device {d}" for d in dict.fromkeys(nodes))
+                     + " gives the sandbox the device node")
+    if len(nets) + len(nodes) < len(missing):
+        hints.append("a unit bound to a .device unit cannot start in a sandbox (it has no "
+                     "udev to make the device unit active): run this service on the host")
     return "; ".join(parts) + ", which the sandbox does not have", "; ".join(hints)
 
 

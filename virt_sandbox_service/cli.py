@@ -18,7 +18,12 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from . import __version__, progress
-from .cliopts import add_cap_options, add_limit_options, add_mount_network_options
+from .cliopts import (
+    add_cap_options,
+    add_device_option,
+    add_limit_options,
+    add_mount_network_options,
+)
 from .config import DEFAULT_URI, Paths, load_config, shown
 from .errors import (
     EXIT_FAILURE,
@@ -72,7 +77,7 @@ def create_request(args: argparse.Namespace) -> CreateRequest:
         userns=args.userns, mounts=tuple(args.mount or ()),
         networks=tuple(args.network or ()),
         user=UserArgs(args.uid, args.gid, args.username, args.homedir),
-        image_size=args.imagesize, etc=args.etc,
+        image_size=args.imagesize, etc=args.etc, devices=tuple(args.device or ()),
     )
 
 
@@ -424,6 +429,7 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     conf.add_argument("--userns", action="store_true",
                       help="map root inside to an unprivileged host id range of its own")
     add_cap_options(conf)
+    add_device_option(conf)
     add_limit_options(c.add_argument_group("limits (change them later with limit)"))
     add_mount_network_options(c.add_argument_group("mounts and networks"), "a dir of its own")
     user = c.add_argument_group("the command's user (generic sandboxes)")

@@ -48,6 +48,13 @@ def add_cap_options(p: Options) -> None:
                         "call")
 
 
+def add_device_option(p: Options) -> None:
+    p.add_argument("--device", action="append", metavar="PATH",
+                   help="give the sandbox this host device node (a character or block device "
+                        "under /dev, e.g. /dev/net/tun), at the same path; LXC only "
+                        "(repeatable)")
+
+
 def add_mount_network_options(p: Options, fresh: str) -> None:
     p.add_argument("-m", "--mount", action="append", metavar="TYPE:DST=SRC",
                    help=f"host-bind:DST=SRC (empty SRC: {fresh}), host-image:DST=IMG, "

@@ -181,6 +181,8 @@ class SandboxConfig:
     # and seccomp groups or calls let through (--syscall-allow); see confine.py.
     caps_add: tuple[str, ...] = ()
     syscalls_allow: tuple[str, ...] = ()
+    # Host device nodes given with --device, as KIND:PATH (devices.py); LXC only.
+    devices: tuple[str, ...] = ()
     mounts: tuple[str, ...] = ()  # -m TYPE:DST=SRC specs, as given (see mounts.py)
     networks: tuple[str, ...] = ()  # -N specs, as given (see network.py); none: loopback only
     # User namespace: host uid/gid that root inside maps to (IDMAP_COUNT ids); None = none.

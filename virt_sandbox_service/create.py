@@ -17,7 +17,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import capneeds, conffiles, host, image, layers, maintscripts, registry, unitfile, users
+from . import (
+    capneeds,
+    conffiles,
+    devices,
+    host,
+    image,
+    layers,
+    maintscripts,
+    registry,
+    unitfile,
+    users,
+)
 from . import evidence as ev
 from .apply import files
 from .apply import labels as file_labels
@@ -85,6 +96,7 @@ class CreateRequest:
     user: UserArgs = field(default_factory=UserArgs)
     image_size: str | None = None
     etc: str | None = None  # "overlay", "copy"; None: overlay where it can be (etc_overlay)
+    devices: tuple[str, ...] = ()  # --device PATH (devices.py)
 
 
 def validate(req: CreateRequest) -> None:
@@ -111,6 +123,7 @@ def validate(req: CreateRequest) -> None:
     check_command(req.command)
     check_user(req)
     check_image(req)
+    devices.check_all(req.devices)
 
 
 def check_image(req: CreateRequest) -> int | None:
@@ -213,6 +226,9 @@ def _validate_kvm(req: CreateRequest) -> None:
             check_kvm_image(spec.source)
     if req.limits.tasks is not None:
         raise kvm_tasks_refusal()
+    if req.devices:
+        raise UserError("--device is for LXC sandboxes: a KVM sandbox is a VM, which gets "
+                        "virtual hardware, not the host's device nodes", "use -c lxc:///")
 
 
 # An ext2/3/4 superblock: its magic 0xEF53 (little-endian) at byte 1080 of the image.
@@ -305,6 +321,7 @@ def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.Unit
         caps_drop=parse_caps(req.cap_drop, req.cap_add),
         caps_add=norm_caps(req.cap_add),
         syscalls_allow=parse_syscall_allow(req.syscall_allow),
+        devices=devices.check_all(req.devices),
         id_base=registry.choose_id_base(paths) if req.userns else None,
         mounts=req.mounts,
         networks=req.networks,
@@ -369,9 +386,9 @@ def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts, got: Gath
         line, hint = capneeds.describe(missing)
         print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
               file=sys.stderr)
-    devices = capneeds.lacking_devices(list(got.units))
-    if devices:
-        line, hint = capneeds.describe_devices(devices)
+    lacking = capneeds.lacking_devices(list(got.units), config.devices)
+    if lacking:
+        line, hint = capneeds.describe_devices(lacking)
         print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
               file=sys.stderr)
     p = plan_units(config, paths, facts, got.evidence, got.hidden, got.units)

@@ -57,7 +57,8 @@ FIELD_KEYS = {"units": "Unit", "kind": "Unit", "uri": "Connect", "state_dir": "P
               "memory_soft": "MemorySoft", "memory_swap": "MemorySwap", "cpuset": "CPUSet",
               "numa_nodes": "NUMANodes", "io_throttle": "DeviceReadBps=/DeviceWriteBps",
               "caps_drop": "CapabilityDrop", "caps_add": "CapabilityAdd",
-              "syscalls_allow": "SyscallAllow", "mounts": "Mount", "networks": "Network",
+              "syscalls_allow": "SyscallAllow", "devices": "Device", "mounts": "Mount",
+              "networks": "Network",
               "command": "Exec"}
 
 

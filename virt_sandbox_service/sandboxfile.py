@@ -67,6 +67,7 @@ KEYS: dict[str, Key] = {
     "CapabilityDrop": Key("cap_drop", "--cap-drop", "list"),
     "CapabilityAdd": Key("cap_add", "--cap-add", "list"),
     "SyscallAllow": Key("syscall_allow", "--syscall-allow", "list"),
+    "Device": Key("device", "--device", "list"),
     "Memory": Key("memory", "--memory", "text"),
     "CPUWeight": Key("cpu_weight", "--cpu-weight", "text"),
     "CPUQuota": Key("cpu_quota", "--cpu-quota", "text"),

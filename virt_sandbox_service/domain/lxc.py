@@ -11,7 +11,7 @@ from typing import cast
 from lxml import etree
 from lxml.builder import ElementMaker
 
-from .. import apparmor
+from .. import apparmor, devices
 from ..config import IDMAP_COUNT
 from ..host import HostFacts
 from ..limits import caps_element, set_tunables
@@ -37,7 +37,8 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
         E.on_crash("destroy"),
         E.devices(*_filesystems(plan.mounts),
                   *[interface_element(parse_network(n), host_device(cfg.name, i))
-                    for i, n in enumerate(cfg.networks)], _console()),
+                    for i, n in enumerate(cfg.networks)],
+                  *map(_hostdev, cfg.devices), _console()),
         type="lxc",
     )
     if cfg.id_base is not None:
@@ -51,6 +52,15 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
         if label is not None:
             dom.append(label)
     return etree.tostring(dom, pretty_print=True, encoding="unicode")
+
+
+def _hostdev(spec: str) -> etree._Element:
+    """--device: libvirt makes the node at the same path in the container's /dev and allows
+    it in the container's device cgroup (misc: a character device; storage: a block one)."""
+    dev = devices.parse(spec)
+    source = E.source(E.char(dev.path) if dev.kind == "char" else E.block(dev.path))
+    return cast(etree._Element, E.hostdev(source, mode="capabilities",
+                                          type="misc" if dev.kind == "char" else "storage"))
 
 
 def _os(plan: Plan) -> etree._Element:

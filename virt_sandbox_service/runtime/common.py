@@ -144,7 +144,7 @@ def _lacking(cfg: SandboxConfig, failed: list[str], since: float) -> tuple[str, 
     if missing:
         line, hint = capneeds.describe(missing)
         return f": {line}", f"{hint} (create it again with it); "
-    devices = capneeds.lacking_devices(units)
+    devices = capneeds.lacking_devices(units, cfg.devices)
     if devices:
         line, hint = capneeds.describe_devices(devices)
         return f": {line}", f"{hint}; "
