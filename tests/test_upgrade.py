@@ -29,6 +29,7 @@ from virt_sandbox_service.conffiles import (
 from virt_sandbox_service.config import FORMAT_VERSION, Kind, Paths, SandboxConfig
 from virt_sandbox_service.errors import UserError
 from virt_sandbox_service.evidence import Access, PathEvidence
+from virt_sandbox_service.plan import other_path
 from virt_sandbox_service.upgrade import Drift, classify, diff_text, migrate, new_private_paths
 
 from .conftest import Env, unique_name
@@ -335,20 +336,46 @@ def test_newly_needed_private_paths_are_added(env: Env, tmp_path: Path,
 @pytest.mark.root
 @pytest.mark.libvirt
 def test_private_path_added_to_the_config_is_made(env: Env) -> None:
+    """Under /var: made in the private /var. Outside /etc and /var: the host's copied to the
+    state and bound by the reconciled domain over the host's (which must exist: the host
+    root is read-only in the sandbox, there is nothing to mount on otherwise)."""
+    import libvirt
+
     name, paths, state = create_apache(env)
-    cfg_file = paths.config_file(name)
-    data = json.loads(cfg_file.read_text())
-    data["private"] = ["/var/lib/vss-upgrade-test/data", "/srv/vss-upgrade-test"]
-    cfg_file.write_text(json.dumps(data))
-    proc = env.run("upgrade", "--json", name)
-    assert proc.returncode == 0, proc.stderr
-    (report,) = json.loads(proc.stdout)
-    made = {p["path"]: p for p in report["new_private"]}
-    assert made["/var/lib/vss-upgrade-test/data"]["made"] is True
-    assert made["/var/lib/vss-upgrade-test/data"]["reasons"] == ["--private"]
-    assert made["/srv/vss-upgrade-test"]["made"] is False
-    assert "needs a mount" in made["/srv/vss-upgrade-test"]["note"]
-    assert (state / "var/lib/vss-upgrade-test/data").is_dir()
-    text = env.run("upgrade", name, check=True).stdout
-    assert "vss-upgrade-test/data" not in text  # made once
-    assert "private directory /srv/vss-upgrade-test not added: outside /etc and /var" in text
+    srv = Path("/srv") / unique_name("vss-upgrade-")
+    srv.mkdir()
+    (srv / "index.html").write_text("site of " + srv.name + "\n")
+    try:
+        cfg_file = paths.config_file(name)
+        data = json.loads(cfg_file.read_text())
+        data["private"] = ["/var/lib/vss-upgrade-test/data", "/srv/vss-upgrade-test", str(srv)]
+        cfg_file.write_text(json.dumps(data))
+        proc = env.run("upgrade", "--json", name)
+        assert proc.returncode == 0, proc.stderr
+        (report,) = json.loads(proc.stdout)
+        made = {p["path"]: p for p in report["new_private"]}
+        assert made["/var/lib/vss-upgrade-test/data"]["made"] is True
+        assert made["/var/lib/vss-upgrade-test/data"]["reasons"] == ["--private"]
+        assert (state / "var/lib/vss-upgrade-test/data").is_dir()
+        assert made["/srv/vss-upgrade-test"]["made"] is False
+        assert "no such directory to mount it on" in made["/srv/vss-upgrade-test"]["note"]
+        assert made[str(srv)]["made"] is True
+        copy = Path(other_path(str(state), str(srv)))
+        assert (copy / "index.html").read_text() == f"site of {srv.name}\n"
+        conn = libvirt.open("lxc:///")
+        try:
+            xml = conn.lookupByName(name).XMLDesc(0)
+        finally:
+            conn.close()
+        assert f"<target dir='{srv}'/>" in xml and f"<source dir='{copy}'/>" in xml, xml
+        text = env.run("upgrade", name, check=True).stdout
+        assert "vss-upgrade-test/data" not in text and srv.name not in text  # made once
+        assert "private directory /srv/vss-upgrade-test not added" in text
+        # The sandbox serves its own copy: the host's may change, the sandbox's does not.
+        env.run("start", "--detach", name, check=True, timeout=120)
+        (srv / "index.html").write_text("changed on the host\n")
+        r = env.run("execute", name, "--", "cat", f"{srv}/index.html", check=True)
+        assert r.stdout == f"site of {srv.name}\n"
+        env.run("stop", name, timeout=120)
+    finally:
+        shutil.rmtree(srv)

@@ -8,8 +8,9 @@ service writes is thrown away, the host is never written), watches with fanotify
 there the confined units' processes open, and compares them with what the sandbox has:
 a path under /var or /srv that is not private, or a host secret under /etc that the sandbox
 hides, would be added. The observed paths are recorded in evidence.json with the reason
-"observed" (shown by `inspect`); `--add` also copies those to add from the host into the
-instance's private /var (and remembers them in its config as --private). The anchors are the
+"observed" (shown by `inspect`); `--add` also copies those to add under /var from the host
+into the instance's private /var, and those under /srv into its state with a mount of their
+own (through upgrade), and remembers them in its config as --private. The anchors are the
 Slim toolkit's sensor (fanotify on a container's file systems during a probe run) and
 firejail's --build (run once, write down what was used).
 
@@ -391,11 +392,15 @@ def record(cfg: SandboxConfig, learned: Learned, added: Sequence[str]) -> None:
 
 
 def apply_add(cfg: SandboxConfig, paths: Paths, learned: Learned) -> list[str]:
-    """Copy what to add under /var from the host into the instance's private /var and
-    remember it as --private; the rest (under /etc or /srv) needs a new create. All or
+    """Copy what to add under /var from the host into the instance's private /var, and
+    remember it as --private; what to add outside /etc and /var (/srv) is remembered so too,
+    and `upgrade` copies it into the state and gives the domain its mount (the sandbox is
+    stopped). Under /etc (a host secret the sandbox hides) it needs a new create. All or
     nothing: a failure undoes the copies and the config. A link the sandbox made on the way
     is never followed (the sandbox is stopped: nothing changes under our feet)."""
     done = []
+    outside = [p for p in learned.add if not p.startswith(("/var/", "/etc/"))
+               and os.path.lexists(p) and not os.path.islink(p)]
     cfg_path = paths.config_file(cfg.name)
     with Transaction() as txn:
         for path in learned.add:
@@ -407,12 +412,28 @@ def apply_add(cfg: SandboxConfig, paths: Paths, learned: Learned) -> list[str]:
                 files.copy_tree(path, str(dst), frozenset())
                 txn.did(f"copied {path}", functools.partial(_remove, dst))
             done.append(path)
+        done += outside
         if done:
             old = cfg_path.read_text()
             new = dataclasses.replace(cfg, private=tuple(dict.fromkeys((*cfg.private, *done))))
             files.write_file(cfg_path, new.to_json(), 0o644)
             txn.did(f"wrote {cfg_path}", lambda: files.write_file(cfg_path, old, 0o644))
+        if outside:
+            _mount_outside(paths, cfg.name, outside)
     return done
+
+
+def _mount_outside(paths: Paths, name: str, outside: list[str]) -> None:
+    """upgrade makes the new private paths of the config (all or nothing, its own undo)."""
+    from . import upgrade
+
+    report = upgrade.upgrade(paths, name)
+    made = {p.path for p in report.new_private if p.made}
+    missing = [p for p in outside if p not in made]
+    if missing:  # raised inside learn's transaction: the config is put back too
+        notes = {p.path: p.note for p in report.new_private}
+        raise HostError(f"cannot add {missing[0]}: {notes.get(missing[0], 'not made')}",
+                        f"create the sandbox again with --private {missing[0]}")
 
 
 def _remove(path: Path) -> None:
@@ -471,11 +492,13 @@ def command(paths: Paths, name: str, *, add: bool, seconds: float) -> int:
         print("nothing to add: the sandbox has every path its service opened")
         return 0
     for path in done:
-        print(f"added {path}: the host's, copied into the instance's private /var")
+        where = "private /var" if path.startswith("/var/") else "state, with a mount of its own"
+        print(f"added {path}: the host's, copied into the instance's {where}")
     rest = [p for p in learned.add if p not in done]
     if rest:
-        var = [p for p in rest if p.startswith("/var/")]
-        how = f"'learn --add {name}' copies those under /var, or " if var and not add else ""
+        addable = [p for p in rest if not p.startswith("/etc/")]
+        how = (f"'learn --add {name}' copies those outside /etc, or " if addable and not add
+               else "")
         print(f"to add: {how}create the sandbox again with "
               + " ".join(f"--private {p}" for p in rest))
     return 0

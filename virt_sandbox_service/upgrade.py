@@ -32,6 +32,7 @@ import difflib
 import enum
 import json
 import os
+import shutil
 import stat
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from typing import Any
 from . import create, reconcile
 from .apply import libvirt as lv
 from .apply import tree
+from .apply.files import copy_tree
 from .apply.txn import Transaction
 from .conffiles import (
     FileState,
@@ -333,9 +335,7 @@ def _make_new_private(cfg: SandboxConfig, trees: Path, evidence: Sequence[PathEv
     out = []
     for e in new_private_paths(evidence, known, exists):
         if not _in_tree(e.path, "/var"):
-            out.append(NewPath(e.path, e.is_dir, e.reasons, False,
-                               "outside /etc and /var: needs a mount of its own; recreate the "
-                               "sandbox to get it"))
+            out.append(_make_own_mount(cfg, e, host, txn, dry))
             continue
         if dry:
             out.append(NewPath(e.path, e.is_dir, e.reasons, False,
@@ -356,6 +356,34 @@ def _make_new_private(cfg: SandboxConfig, trees: Path, evidence: Sequence[PathEv
             txn.did(f"copied {e.path} to {var / rel}", partial(tree.remove_file, var, rel))
         out.append(NewPath(e.path, e.is_dir, e.reasons, True))
     return out
+
+
+def _make_own_mount(cfg: SandboxConfig, e: PathEvidence, host: HostView, txn: Transaction,
+                    dry: bool) -> NewPath:
+    """A new private path outside /etc and /var (/srv/www, /opt/app/data): the host's copied
+    to state/paths/ (plan.other_path), which the reconciled domain then binds over it. The
+    host root is read-only in the sandbox, so the host must have the path to mount on."""
+    source = host.path(e.path)
+    if not os.path.lexists(source) or os.path.islink(source):
+        return NewPath(e.path, e.is_dir, e.reasons, False,
+                       "outside /etc and /var, and the host has no such "
+                       f"{'directory' if e.is_dir else 'file'} to mount it on: make it on "
+                       "the host, then upgrade again")
+    if dry:
+        return NewPath(e.path, e.is_dir, e.reasons, False,
+                       "to be made, with a mount of its own (upgrade without --check)")
+    dst = other_path(cfg.state_dir, e.path)
+    os.makedirs(os.path.dirname(dst), mode=0o700, exist_ok=True)
+    copy_tree(str(source), dst, frozenset(), cfg.id_base or 0)
+    txn.did(f"copied {e.path} to {dst}", partial(_remove_copy, Path(dst)))
+    return NewPath(e.path, os.path.isdir(source), e.reasons, True)
+
+
+def _remove_copy(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _conffiles(cfg: SandboxConfig, trees: Path, evidence: Sequence[PathEvidence],
