@@ -21,6 +21,7 @@ from virt_sandbox_service.learn import (
     services_in,
     would_add,
 )
+from virt_sandbox_service.plan import other_path
 
 from .conftest import Env, domain_names, need, unique_name
 
@@ -121,20 +122,29 @@ def test_learn_observes_what_apache2_really_opens_and_records_it(env: Env) -> No
     leaves_nothing(env)
 
 
-@pytest.fixture
-def admin_unit() -> Iterator[tuple[str, Path]]:
-    """An administrator's own unit on the host, whose service reads a file under /var that
+def _admin_unit(top: str) -> Iterator[tuple[str, Path]]:
+    """An administrator's own unit on the host, whose service reads a file under `top` that
     no directive or package names: the static evidence cannot know it."""
     tag = unique_name("vsslearn")
-    data = Path(f"/var/lib/{tag}")
+    data = Path(top) / tag
     data.mkdir(mode=0o750)
     (data / "seed").write_text("seed-of-" + tag + "\n")
     unit = Path(f"/etc/systemd/system/{tag}.service")
-    unit.write_text("[Service]\nExecStart=/bin/sh -c 'read x < /var/lib/" + tag +
-                    "/seed && echo \"$x\" && exec sleep 1000'\n")
+    unit.write_text(f"[Service]\nExecStart=/bin/sh -c 'read x < {data}/seed && echo \"$x\" "
+                    "&& exec sleep 1000'\n")
     yield f"{tag}.service", data
     unit.unlink()
     shutil.rmtree(data)
+
+
+@pytest.fixture
+def admin_unit() -> Iterator[tuple[str, Path]]:
+    yield from _admin_unit("/var/lib")
+
+
+@pytest.fixture
+def admin_srv_unit() -> Iterator[tuple[str, Path]]:
+    yield from _admin_unit("/srv")
 
 
 @pytest.mark.root
@@ -159,6 +169,28 @@ def test_learn_finds_what_the_evidence_missed_and_add_makes_it_start(
     assert oct((copied.parent).stat().st_mode & 0o777) == "0o750"
     config = json.loads((env.base / "config" / "sandboxes" / f"{name}.json").read_text())
     assert f"{data}/seed" in json.dumps(config)
+    env.run("start", "--detach", name, check=True, timeout=120)
+    out = env.run("execute", name, "--", "journalctl", "-u", unit, "--no-pager", check=True)
+    assert f"seed-of-{data.name}" in out.stdout
+    env.run("stop", name, check=True, timeout=120)
+    leaves_nothing(env)
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_add_gives_what_the_service_lacks_under_srv_a_mount_of_its_own(
+        env: Env, admin_srv_unit: tuple[str, Path]) -> None:
+    """Outside /etc and /var the host root is read-only in the sandbox: --add copies the
+    host's into the state and the domain binds it over the host's (through upgrade)."""
+    unit, data = admin_srv_unit
+    name = unique_name("lrs")
+    env.run("create", "-u", unit, name, check=True)
+    shown = env.run("learn", "--seconds", "3", "--add", name, check=True, timeout=180).stdout
+    assert f"added {data}" in shown and "with a mount of its own" in shown, shown
+    copy = Path(other_path(str(env.state(name)), str(data)))
+    assert (copy / "seed").read_text() == (data / "seed").read_text()
+    # The sandbox reads its own copy from now on, not the host's (read-only to it before).
+    (data / "seed").write_text("changed on the host\n")
     env.run("start", "--detach", name, check=True, timeout=120)
     out = env.run("execute", name, "--", "journalctl", "-u", unit, "--no-pager", check=True)
     assert f"seed-of-{data.name}" in out.stdout
