@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,13 @@ from pathlib import Path
 import pytest
 
 from .systemd_host import pid1_is_systemd
+
+# Started in the background by a non-interactive shell (nohup CMD &), this process inherits
+# SIGINT ignored, and so would every CLI the tests run, though the Ctrl-C tests signal them:
+# a handler here makes their SIGINT the default again (exec resets handlers, not SIG_IGN).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
