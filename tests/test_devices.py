@@ -3,6 +3,7 @@ sandbox the node appears and opens inside, where without it there is none."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -71,8 +72,9 @@ def test_the_device_appears_and_opens_inside_and_only_with_it(env: Env) -> None:
                 assert r.returncode == 0 and r.stdout.strip() == "opened", r
             else:
                 assert r.returncode != 0 and "opened" not in r.stdout, r
-        cfg = env.run("inspect", "--json", names[True], check=True).stdout
-        assert f"char:{TUN}" in cfg
+        shown = json.loads(env.run("inspect", "--json", names[True], check=True).stdout)
+        assert shown["devices"] == [{"path": TUN, "kind": "char"}]
+        assert f"devices:      {TUN}" in env.run("inspect", names[True], check=True).stdout
     finally:
         for name in names.values():
             env.run("stop", name)

@@ -186,9 +186,9 @@ def test_add_gives_what_the_service_lacks_under_srv_a_mount_of_its_own(
     name = unique_name("lrs")
     env.run("create", "-u", unit, name, check=True)
     shown = env.run("learn", "--seconds", "3", "--add", name, check=True, timeout=180).stdout
-    assert f"added {data}" in shown and "with a mount of its own" in shown, shown
-    copy = Path(other_path(str(env.state(name)), str(data)))
-    assert (copy / "seed").read_text() == (data / "seed").read_text()
+    assert f"added {data}/seed" in shown and "with a mount of its own" in shown, shown
+    copy = Path(other_path(str(env.state(name)), f"{data}/seed"))  # the top of what it read
+    assert copy.read_text() == (data / "seed").read_text()
     # The sandbox reads its own copy from now on, not the host's (read-only to it before).
     (data / "seed").write_text("changed on the host\n")
     env.run("start", "--detach", name, check=True, timeout=120)

@@ -13,7 +13,7 @@ from typing import Any
 
 import libvirt
 
-from . import host, image, layers
+from . import devices, host, image, layers
 from .apply import apparmor, files
 from .apply import libvirt as lv
 from .apply import systemd as sd
@@ -365,6 +365,7 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
             "host_id_start": cfg.id_base, "count": IDMAP_COUNT},
         "network_filters": sorted({n.filter for n in map(parse_network, cfg.networks)
                                    if n.filter}),
+        "devices": [{"path": d.path, "kind": d.kind} for d in map(devices.parse, cfg.devices)],
         "etc": _etc_info(cfg),
         "read_only": [seen_at(m["target"]) for m in record.get("mounts", [])
                       if m.get("readonly")],
@@ -441,6 +442,7 @@ def _security_summary(d: dict[str, Any]) -> list[str]:
         f"  caps kept:    {' '.join(d['capabilities']['kept'])}",
         f"  limits:       {limits}",
         f"  net filters:  {' '.join(d['network_filters']) or 'none'}",
+        f"  devices:      {' '.join(x['path'] for x in d['devices']) or 'none of the host'}",
         f"  read-only:    {' '.join(d['read_only'])}",
     ]
 
