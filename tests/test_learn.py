@@ -147,6 +147,16 @@ def admin_srv_unit() -> Iterator[tuple[str, Path]]:
     yield from _admin_unit("/srv")
 
 
+@pytest.fixture
+def admin_etc_unit() -> Iterator[tuple[str, Path]]:
+    """Its file is a host secret (0600 under /etc): the sandbox hides it at create."""
+    for unit, data in _admin_unit("/etc"):
+        (data / "seed").chmod(0o600)
+        (data / "other").write_text("not for the sandbox\n")
+        data.chmod(0o700)
+        yield unit, data
+
+
 @pytest.mark.root
 @pytest.mark.libvirt
 def test_learn_finds_what_the_evidence_missed_and_add_makes_it_start(
@@ -194,6 +204,30 @@ def test_add_gives_what_the_service_lacks_under_srv_a_mount_of_its_own(
     env.run("start", "--detach", name, check=True, timeout=120)
     out = env.run("execute", name, "--", "journalctl", "-u", unit, "--no-pager", check=True)
     assert f"seed-of-{data.name}" in out.stdout
+    env.run("stop", name, check=True, timeout=120)
+    leaves_nothing(env)
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_add_gives_a_hidden_host_secret_the_service_reads_a_copy_of_its_own(
+        env: Env, admin_etc_unit: tuple[str, Path]) -> None:
+    """A host secret under /etc that the service reads: hidden at create (so the start fails),
+    shown as to add, and with --add the whiteout goes and the host's is copied into the
+    private /etc, recorded as evidence so that the next start does not hide it again."""
+    unit, data = admin_etc_unit
+    name = unique_name("lre")
+    env.run("create", "-u", unit, name, check=True)
+    failed = env.run("start", "--detach", name, timeout=120)
+    assert failed.returncode != 0, failed.stdout
+    shown = env.run("learn", "--seconds", "3", "--add", name, check=True, timeout=180).stdout
+    assert f"added {data}" in shown and "private /etc" in shown, shown
+    env.run("start", "--detach", name, check=True, timeout=120)
+    out = env.run("execute", name, "--", "journalctl", "-u", unit, "--no-pager", check=True)
+    assert f"seed-of-{data.name}" in out.stdout
+    # Only what it read: the hidden directory's other secret stays out of its sight.
+    r = env.run("execute", name, "--", "ls", "-A", str(data))
+    assert r.stdout.split() == ["seed"], r
     env.run("stop", name, check=True, timeout=120)
     leaves_nothing(env)
 

@@ -393,21 +393,31 @@ def record(cfg: SandboxConfig, learned: Learned, added: Sequence[str]) -> None:
 
 def apply_add(cfg: SandboxConfig, paths: Paths, learned: Learned) -> list[str]:
     """Copy what to add under /var from the host into the instance's private /var, and
-    remember it as --private; what to add outside /etc and /var (/srv) is remembered so too,
-    and `upgrade` copies it into the state and gives the domain its mount (the sandbox is
-    stopped). Under /etc (a host secret the sandbox hides) it needs a new create. All or
-    nothing: a failure undoes the copies and the config. A link the sandbox made on the way
-    is never followed (the sandbox is stopped: nothing changes under our feet)."""
+    under /etc (a host secret the sandbox hides: its whiteout goes) into its private /etc,
+    and remember it as --private (and, through record(), as its evidence, which keeps a
+    later start from hiding it again); what to add outside /etc and /var (/srv) is
+    remembered so too, and `upgrade` copies it into the state and gives the domain its mount
+    (the sandbox is stopped). With -i, /etc needs a new create. All or nothing: a failure
+    undoes the copies and the config. A link the sandbox made on the way is never followed
+    (the sandbox is stopped: nothing changes under our feet)."""
     done = []
     outside = [p for p in learned.add if not p.startswith(("/var/", "/etc/"))
                and os.path.lexists(p) and not os.path.islink(p)]
     cfg_path = paths.config_file(cfg.name)
     with Transaction() as txn:
         for path in learned.add:
-            if not path.startswith("/var/") or not os.path.lexists(path):
+            top = "/var" if path.startswith("/var/") else "/etc" if path.startswith("/etc/") \
+                else None
+            # -i: the private trees are in the image, which only a new create remakes.
+            if top is None or not os.path.lexists(path) or (
+                    top == "/etc" and cfg.image_size is not None):
                 continue
             dst = Path(cfg.state_dir) / path.lstrip("/")
-            _make_parents(path, Path(cfg.state_dir), txn)
+            _make_parents(path, Path(cfg.state_dir), txn, top)
+            if _is_whiteout(dst):  # /etc: the host secret the sandbox hid, now its own copy
+                dst.unlink()
+                txn.did(f"removed the whiteout of {path}",
+                        functools.partial(_rehide, dst, path))
             if not os.path.lexists(dst):
                 files.copy_tree(path, str(dst), frozenset())
                 txn.did(f"copied {path}", functools.partial(_remove, dst))
@@ -443,24 +453,49 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _make_parents(path: str, state: Path, txn: Transaction) -> None:
-    """The parents of a /var path in the private /var, with the host's owners and modes;
-    refuses a link on the way (the sandbox's root may have made it, pointing at the host)."""
+def _make_dir_like(host_path: str, dst: Path, txn: Transaction) -> None:
+    host = os.stat(host_path)
+    dst.mkdir(mode=0o700)
+    txn.did(f"made {dst}", dst.rmdir)
+    os.chown(dst, host.st_uid, host.st_gid)
+    dst.chmod(host.st_mode & 0o7777)
+
+
+def _rehide(dst: Path, path: str) -> None:
+    files.make_whiteout(str(dst), path)
+
+
+def _is_whiteout(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _make_parents(path: str, state: Path, txn: Transaction, top: str = "/var") -> None:
+    """The parents of a path in the private tree `top` (/var or /etc), with the host's
+    owners and modes; refuses a link on the way (the sandbox's root may have made it,
+    pointing at the host)."""
     parent = os.path.dirname(path)
     chain = []
-    while parent not in ("/", "/var"):
+    while parent not in ("/", top):
         chain.append(parent)
         parent = os.path.dirname(parent)
-    for p in ["/var", *reversed(chain)]:
+    for p in [top, *reversed(chain)]:
         dst = state / p.lstrip("/")
         try:
             st = os.lstat(dst)
         except FileNotFoundError:
-            host = os.stat(p)
-            dst.mkdir(mode=0o700)
-            txn.did(f"made {dst}", dst.rmdir)
-            os.chown(dst, host.st_uid, host.st_gid)
-            dst.chmod(host.st_mode & 0o7777)
+            _make_dir_like(p, dst, txn)
+            continue
+        if top == "/etc" and _is_whiteout(dst):
+            # A hidden directory of the host's: it becomes an opaque one of the instance's,
+            # which shows only what is added into it, never the host's other files there.
+            dst.unlink()
+            txn.did(f"removed the whiteout of {p}", functools.partial(_rehide, dst, p))
+            _make_dir_like(p, dst, txn)
+            os.setxattr(dst, files.OPAQUE_XATTR, b"y")
             continue
         if not stat.S_ISDIR(st.st_mode):
             raise HostError(f"cannot add {path}: {dst} in the sandbox's state is not a "
@@ -492,13 +527,12 @@ def command(paths: Paths, name: str, *, add: bool, seconds: float) -> int:
         print("nothing to add: the sandbox has every path its service opened")
         return 0
     for path in done:
-        where = "private /var" if path.startswith("/var/") else "state, with a mount of its own"
+        where = ("private /var" if path.startswith("/var/") else "private /etc"
+                 if path.startswith("/etc/") else "state, with a mount of its own")
         print(f"added {path}: the host's, copied into the instance's {where}")
     rest = [p for p in learned.add if p not in done]
     if rest:
-        addable = [p for p in rest if not p.startswith("/etc/")]
-        how = (f"'learn --add {name}' copies those outside /etc, or " if addable and not add
-               else "")
+        how = f"'learn --add {name}' copies them, or " if not add else ""
         print(f"to add: {how}create the sandbox again with "
               + " ".join(f"--private {p}" for p in rest))
     return 0
