@@ -420,7 +420,7 @@ def apply_add(cfg: SandboxConfig, paths: Paths, learned: Learned) -> list[str]:
                         functools.partial(_rehide, dst, path))
             if not os.path.lexists(dst):
                 files.copy_tree(path, str(dst), frozenset())
-                txn.did(f"copied {path}", functools.partial(_remove, dst))
+                txn.did(f"copied {path}", functools.partial(files.remove_copy, dst))
             done.append(path)
         done += outside
         if done:
@@ -444,13 +444,6 @@ def _mount_outside(paths: Paths, name: str, outside: list[str]) -> None:
         notes = {p.path: p.note for p in report.new_private}
         raise HostError(f"cannot add {missing[0]}: {notes.get(missing[0], 'not made')}",
                         f"create the sandbox again with --private {missing[0]}")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
 
 
 def _make_dir_like(host_path: str, dst: Path, txn: Transaction) -> None:

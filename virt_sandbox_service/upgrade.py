@@ -32,7 +32,6 @@ import difflib
 import enum
 import json
 import os
-import shutil
 import stat
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from typing import Any
 from . import create, reconcile
 from .apply import libvirt as lv
 from .apply import tree
-from .apply.files import copy_tree
+from .apply.files import copy_tree, remove_copy
 from .apply.txn import Transaction
 from .conffiles import (
     FileState,
@@ -375,15 +374,8 @@ def _make_own_mount(cfg: SandboxConfig, e: PathEvidence, host: HostView, txn: Tr
     dst = other_path(cfg.state_dir, e.path)
     os.makedirs(os.path.dirname(dst), mode=0o700, exist_ok=True)
     copy_tree(str(source), dst, frozenset(), cfg.id_base or 0)
-    txn.did(f"copied {e.path} to {dst}", partial(_remove_copy, Path(dst)))
+    txn.did(f"copied {e.path} to {dst}", partial(remove_copy, Path(dst)))
     return NewPath(e.path, os.path.isdir(source), e.reasons, True)
-
-
-def _remove_copy(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _conffiles(cfg: SandboxConfig, trees: Path, evidence: Sequence[PathEvidence],

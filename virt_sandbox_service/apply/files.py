@@ -182,6 +182,14 @@ def write_file(path: Path, content: str, mode: int = 0o644) -> None:
             tmp.unlink()
 
 
+def remove_copy(path: Path) -> None:
+    """Undo of a copy_tree: the copied tree or file (never what a link points at)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def copy_tree(src: str, dst: str, exclude: frozenset[str], shift: int = 0) -> None:
     """Copy keeping owners (plus `shift`), modes, times, symlinks, extended attributes and
     ACLs (security labels and file capabilities included; see _keep_xattrs); sockets, fifos and

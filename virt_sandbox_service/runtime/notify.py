@@ -21,18 +21,22 @@ def low_level_context(context: str) -> str | None:
     return ":".join([*parts[:3], parts[3].split("-", 1)[0]])
 
 
+def current_context() -> str:
+    """This thread's LSM label; "" where no LSM answers."""
+    try:
+        with open("/proc/thread-self/attr/current") as f:
+            return f.read().strip("\0\n ")
+    except OSError:
+        return ""
+
+
 @contextlib.contextmanager
 def sockets_at_low_level() -> Iterator[None]:
     """Sockets made inside are labelled at the low end of this process's MLS range (s0).
     An administrator's shell runs at s0-s0:c0.c1023; under MCS a sandbox at s0:cA,cB may send
     only to a socket whose level it dominates, so one made at the full range refuses it
     (SELinux's mlsconstrain on unix sockets). Nothing changes where SELinux is off."""
-    try:
-        with open("/proc/thread-self/attr/current") as f:
-            current = f.read().strip("\0\n ")
-    except OSError:
-        current = ""
-    low = low_level_context(current)
+    low = low_level_context(current_context())
     if low is None:
         yield
         return

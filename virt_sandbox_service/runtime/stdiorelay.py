@@ -14,18 +14,14 @@ import os
 import socket
 import threading
 
-from .notify import low_level_context, sockets_at_low_level
+from .notify import current_context, low_level_context, sockets_at_low_level
 
 CHUNK = 65536
 DRAIN = 2.0  # seconds to finish copying output after the command exits (see finish)
 
 
 def needed() -> bool:
-    try:
-        with open("/proc/thread-self/attr/current") as f:
-            return low_level_context(f.read().strip("\0\n ")) is not None
-    except OSError:
-        return False
+    return low_level_context(current_context()) is not None
 
 
 class Relay:
