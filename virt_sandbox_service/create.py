@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import libvirt
+
 from . import (
     capneeds,
     conffiles,
@@ -250,7 +252,8 @@ def check_kvm_image(path: str) -> None:
                         "make it with mkfs.ext4, or use -c lxc:/// for other file systems")
 
 
-def check_free(req: CreateRequest, paths: Paths, state_dir: Path, conn: object | None) -> None:
+def check_free(req: CreateRequest, paths: Paths, state_dir: Path,
+               conn: libvirt.virConnect | None) -> None:
     if paths.config_file(req.name).exists():
         raise UserError(f"a sandbox named '{req.name}' already exists",
                         "choose another name, or delete it first")
@@ -265,7 +268,7 @@ def check_free(req: CreateRequest, paths: Paths, state_dir: Path, conn: object |
         check_networks(conn, req.networks)
 
 
-def check_networks(conn: object, networks: tuple[str, ...]) -> None:
+def check_networks(conn: libvirt.virConnect, networks: tuple[str, ...]) -> None:
     """Each -N's libvirt network exists, and its filter unless it is ours (made on use)."""
     for net in map(parse_network, networks):
         lv.check_network(conn, net.source)
@@ -273,7 +276,7 @@ def check_networks(conn: object, networks: tuple[str, ...]) -> None:
             lv.check_nwfilter(conn, net.filter)
 
 
-def ensure_our_filter(conn: object, networks: tuple[str, ...]) -> None:
+def ensure_our_filter(conn: libvirt.virConnect, networks: tuple[str, ...]) -> None:
     if any(parse_network(n).filter == OUR_FILTER for n in networks):
         lv.ensure_nwfilter(conn, OUR_FILTER, filter_xml())
 
@@ -463,7 +466,7 @@ def reserve(p: Plan, txn: Transaction) -> None:
     txn.did(f"wrote {cfg_path}", cfg_path.unlink)
 
 
-def apply_plan(p: Plan, conn: object, txn: Transaction) -> None:
+def apply_plan(p: Plan, conn: libvirt.virConnect, txn: Transaction) -> None:
     """Everything after the reservation; runs without the lock, so creates overlap."""
     ensure_our_filter(conn, p.config.networks)
     files.create_state_dir(p, txn)
@@ -474,7 +477,7 @@ def apply_plan(p: Plan, conn: object, txn: Transaction) -> None:
     sd.daemon_reload()
 
 
-def fresh_instance(req: CreateRequest, p: Plan, paths: Paths, conn: object,
+def fresh_instance(req: CreateRequest, p: Plan, paths: Paths, conn: libvirt.virConnect,
                    facts: host.HostFacts, got: Gathered) -> None:
     """An LXC unit sandbox: the packages' own postinst sets the new instance up, as on a first
     installation (maintscripts.py); what it made is recorded as evidence. With -C, what it

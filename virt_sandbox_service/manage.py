@@ -193,8 +193,7 @@ def _apply_tuning_live(dom: libvirt.virDomain, old: SandboxConfig, new: SandboxC
         if "cpuset" in changed and new.cpuset:
             if new.driver is Driver.KVM:
                 cpus = cpu_map(new.cpuset)
-                dom.pinVcpuFlags(0, cpus, live)
-                dom.pinEmulator(cpus, live)
+                lv.pin_cpus(dom, cpus, live)
             else:
                 print(f"virt-sandbox-service: note: libvirt pins the CPUs of LXC sandbox "
                       f"'{dom.name()}' when it starts: --cpuset applies at its next start",
@@ -246,8 +245,7 @@ def addresses(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> list[str]:
     if dom is not None and any(parse_network(n).dhcp for n in cfg.networks):
         with contextlib.suppress(libvirt.libvirtError):
             if dom.isActive():
-                leases = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
-                out += [f"{a['addr']}/{a['prefix']}" for i in leases.values()
+                out += [f"{a['addr']}/{a['prefix']}" for i in lv.lease_addresses(dom).values()
                         for a in i.get("addrs") or []]
     return out
 

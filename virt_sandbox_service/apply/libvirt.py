@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import libvirt
 from lxml import etree
 
@@ -122,7 +124,7 @@ def define(conn: libvirt.virConnect, xml: str, txn: Transaction) -> libvirt.virD
         dom = conn.defineXMLFlags(xml, DEFINE_VALIDATE)
     except libvirt.libvirtError as e:
         raise HostError(f"libvirt refused the domain: {e.get_error_message()}") from e
-    txn.did(f"defined domain {dom.name()}", dom.undefine)
+    txn.did(f"defined domain {dom.name()}", lambda: undefine(dom))
     return dom
 
 
@@ -156,7 +158,7 @@ def is_active(dom: libvirt.virDomain) -> bool:
 
 
 def state_name(dom: libvirt.virDomain) -> str:
-    state, _reason = dom.state()
+    state, _reason = domain_state(dom)
     return {
         libvirt.VIR_DOMAIN_RUNNING: "running",
         libvirt.VIR_DOMAIN_BLOCKED: "running",
@@ -165,3 +167,32 @@ def state_name(dom: libvirt.virDomain) -> str:
         libvirt.VIR_DOMAIN_SHUTOFF: "stopped",
         libvirt.VIR_DOMAIN_CRASHED: "crashed",
     }.get(state, "unknown")
+
+
+# A few of libvirt-python's generated annotations do not match what its C glue takes or
+# returns. mypy follows the binding's annotations (pyproject.toml), so these calls go through
+# the wrappers below, each typed as the call really behaves.
+
+def domain_state(dom: libvirt.virDomain) -> tuple[int, int]:
+    """(state, reason); the annotation says str."""
+    state, reason = cast(list[int], dom.state())
+    return state, reason
+
+
+def open_first_console(dom: libvirt.virDomain, stream: libvirt.virStream, flags: int) -> None:
+    """Open the domain's first console: libvirt takes no device name for it (None), which
+    the annotation (str) leaves out."""
+    dom.openConsole(cast(str, None), stream, flags)
+
+
+def pin_cpus(dom: libvirt.virDomain, cpus: tuple[bool, ...], flags: int) -> None:
+    """Pin vCPU 0 and the emulator threads; the glue takes a tuple of booleans, one per host
+    CPU, where the annotation says bytes."""
+    dom.pinVcpuFlags(0, cast(bytes, cpus), flags)
+    dom.pinEmulator(cast(bytes, cpus), flags)
+
+
+def lease_addresses(dom: libvirt.virDomain) -> dict[str, dict[str, Any]]:
+    """The DHCP leases of the domain's interfaces, by interface (the annotation says str)."""
+    got = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
+    return cast(dict[str, dict[str, Any]], got)

@@ -164,7 +164,7 @@ def copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain, flags: int,
     `attached` is set once the console is open (or could not be)."""
     try:
         stream = conn.newStream(0)
-        dom.openConsole(None, stream, flags)
+        lv.open_first_console(dom, stream, flags)
         if attached is not None:
             attached.set()
         while True:

@@ -82,7 +82,7 @@ def open_console(conn: libvirt.virConnect, dom: libvirt.virDomain,
     try:
         dom.openConsole(LOGIN_CONSOLE, stream, 0)
     except libvirt.libvirtError as e:
-        message = e.get_error_message()
+        message = e.get_error_message() or ""
         if "Active console session" in message:
             raise UserError(f"another connect is attached to the console of sandbox '{name}'",
                             "detach it (Ctrl-]) first; there is one console") from e
@@ -193,7 +193,7 @@ def attach_lxc_console(conn: libvirt.virConnect, dom: libvirt.virDomain, init: i
 def open_lxc_console(conn: libvirt.virConnect, dom: libvirt.virDomain) -> libvirt.virStream:
     stream = conn.newStream(0)
     try:
-        dom.openConsole(None, stream, 0)
+        lv.open_first_console(dom, stream, 0)
     except libvirt.libvirtError as e:
         raise HostError(f"cannot open the console of sandbox '{dom.name()}': "
                         f"{e.get_error_message()}") from e

@@ -6,6 +6,7 @@ import ctypes
 import os
 import time
 from pathlib import Path
+from typing import cast
 
 import libvirt
 
@@ -172,8 +173,8 @@ def open_namespaces(dom: libvirt.virDomain, wait: float = 5.0) -> list[int]:
     deadline = time.monotonic() + wait
     while True:
         try:
-            fds: list[int] = libvirt_lxc.lxcOpenNamespace(dom, 0)
-            return fds
+            # The annotation says int; the glue returns the list of descriptors.
+            return cast(list[int], libvirt_lxc.lxcOpenNamespace(dom, 0))
         except libvirt.libvirtError as e:
             early = e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and \
                 "not yet available" in (e.get_error_message() or "")

@@ -306,7 +306,7 @@ def agent(dom: libvirt.virDomain, command: str, arguments: dict[str, object],
                 raise HostError(f"the guest agent of '{dom.name()}' does not answer",
                                 "install qemu-guest-agent on the host (the guest runs the "
                                 "host's own), then restart the sandbox") from e
-            raise AgentError(e.get_error_message()) from e
+            raise AgentError(e.get_error_message() or "the guest agent failed") from e
 
 
 class AgentError(HostError):
