@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from virt_sandbox_service.config import (
@@ -33,6 +35,56 @@ def test_config_round_trips_losslessly() -> None:
     cfg = sample()
     assert SandboxConfig.from_json(cfg.to_json()) == cfg
     assert SandboxConfig.from_json(cfg.to_json()).to_json() == cfg.to_json()
+
+
+MOUNTS = ("host-bind:/srv/data=/tmp", "host-bind:/var/cache/x=", "ram:/var/cache/y=64M",
+          "guest-bind:/opt=/var/lib/apache2", "host-image:/srv/img=/nonexistent/data.img")
+NETWORKS = ("source=default,dhcp",
+            "source=vssnet,mac=52:54:00:AB:CD:EF,address=192.0.2.10/24%192.0.2.255,"
+            "address=2001:db8::10/64,route=0.0.0.0/0%192.0.2.1,filter=vss-listen-only,port=80,"
+            "port=443,inbound=1M:2M:256K,outbound=1000")
+
+
+def typed_sample() -> SandboxConfig:
+    from virt_sandbox_service.mounts import parse_mount_syntax
+    from virt_sandbox_service.network import parse_network
+
+    return dataclasses.replace(sample(), mounts=tuple(map(parse_mount_syntax, MOUNTS)),
+                               networks=tuple(map(parse_network, NETWORKS)))
+
+
+def test_mounts_and_networks_are_parsed_once_and_saved_canonically() -> None:
+    """The config holds parsed specs; its JSON holds their canonical text, which parses back
+    to equal specs (and to the same text again). Loading never looks at the host: the image
+    above does not exist."""
+    import json
+
+    cfg = typed_sample()
+    saved = json.loads(cfg.to_json())
+    assert saved["mounts"][2] == "ram:/var/cache/y=67108864"
+    assert saved["networks"][1].startswith("source=vssnet,mac=52:54:00:ab:cd:ef,address=")
+    assert saved["networks"][1].endswith(",inbound=1024K:2048K:256K,outbound=1K")
+    again = SandboxConfig.from_json(cfg.to_json())
+    assert again == cfg and again.to_json() == cfg.to_json()
+    assert again.mounts[4].source == "/nonexistent/data.img"
+
+
+def test_a_config_saved_with_the_users_spelling_loads() -> None:
+    """Configs written before the specs were typed hold them as the user gave them."""
+    import json
+
+    data = json.loads(sample().to_json())
+    data["mounts"], data["networks"] = list(MOUNTS), list(NETWORKS)
+    assert SandboxConfig.from_json(json.dumps(data)) == typed_sample()
+
+
+def test_a_bad_saved_spec_is_one_error_naming_the_file() -> None:
+    import json
+
+    data = json.loads(sample().to_json())
+    data["mounts"] = ["ram:/x"]
+    with pytest.raises(UserError, match=r"web1\.json: mount 'ram:/x' is not TYPE:DST=SRC"):
+        SandboxConfig.from_json(json.dumps(data), "web1.json")
 
 
 def test_config_rejects_unknown_keys_naming_them() -> None:
@@ -129,6 +181,8 @@ def test_config_from_another_format_version_is_refused() -> None:
     ("memory", True, "'memory' must be a whole number, not bool"),
     ("units", "apache2.service", "'units' must be a list"),
     ("units", [1], "'units' must be a list of strings"),
+    ("mounts", "ram:/x=1M", "'mounts' must be a list"),
+    ("networks", [{"source": "x"}], "'networks' must be a list of strings"),
 ])
 def test_config_field_types_are_checked(key: str, value: object, needle: str) -> None:
     import json

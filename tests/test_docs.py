@@ -63,3 +63,17 @@ def test_every_sandbox_file_key_is_in_the_man_page_and_readme() -> None:
     assert not missing, missing
     for key, spec in KEYS.items():  # each key next to its option
         assert re.search(rf"^\.B {key}=\n{re.escape(spec.option)}", section, re.M), key
+
+
+def test_the_man_pages_key_list_is_the_settings_table(regenerate: bool) -> None:
+    """The SANDBOX FILES key list is made from settings.py; --regenerate-output rewrites it."""
+    from virt_sandbox_service import settings
+
+    text = MAN.read_text()
+    head, _, rest = text.partition(settings.BEGIN_KEYS)
+    block, _, tail = rest.partition(settings.END_KEYS)
+    assert rest and tail, "the man page lost the key list's markers"
+    if regenerate:
+        MAN.write_text(head + settings.BEGIN_KEYS + settings.man_keys() + settings.END_KEYS + tail)
+        return
+    assert block == settings.man_keys(), "pytest --regenerate-output rewrites the key list"

@@ -54,7 +54,18 @@ APACHE_EVIDENCE = (
 HIDDEN = (ev("/etc/shadow", Access.HIDDEN, False, "not world-readable on the host (0640)"),)
 
 
+def typed_specs(kw: dict[str, object]) -> dict[str, object]:
+    """-m and -N specs written as a user writes them, parsed as a saved config's are."""
+    from virt_sandbox_service.mounts import parse_mount_syntax
+    from virt_sandbox_service.network import parse_network
+
+    parsers = {"mounts": parse_mount_syntax, "networks": parse_network}
+    return {k: tuple(map(parsers[k], v)) if k in parsers else v  # type: ignore[call-overload]
+            for k, v in kw.items()}
+
+
 def config(**kw: object) -> SandboxConfig:
+    kw = typed_specs(kw)
     base = SandboxConfig(
         name="web1", kind=Kind.SERVICE, uri="lxc:///",
         state_dir="/var/lib/virt-sandbox-service/web1", units=("apache2.service",),

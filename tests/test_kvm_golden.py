@@ -22,7 +22,7 @@ from virt_sandbox_service.plan import Plan, plan
 from virt_sandbox_service.runtime.oneshot import run_plan
 
 from .conftest import GOLDEN
-from .test_golden import check_golden
+from .test_golden import check_golden, typed_specs
 
 SCHEMA = Path("/usr/share/libvirt/schemas/domain.rng")
 FACTS = HostFacts(memory_kib=2 * 1024 * 1024, tsc_khz=2596152,
@@ -36,6 +36,7 @@ def ev(path: str, reason: str = "package apache2 (dpkg file list)") -> PathEvide
 
 
 def config(**kw: object) -> SandboxConfig:
+    kw = typed_specs(kw)
     base = SandboxConfig(
         name="kweb1", kind=Kind.SERVICE, uri="qemu:///system",
         state_dir="/var/lib/virt-sandbox-service/kweb1", units=("apache2.service",),
@@ -173,7 +174,7 @@ def test_unsafe_mount_target_is_refused() -> None:
 
 
 def test_interfaces_are_virtio_mmio_and_the_guest_finds_them_by_mac() -> None:
-    from virt_sandbox_service.network import guest_mac, parse_network
+    from virt_sandbox_service.network import guest_mac
 
     doc = etree.fromstring(make("kvm-network").encode())
     ifaces = doc.findall("devices/interface")
@@ -181,9 +182,9 @@ def test_interfaces_are_virtio_mmio_and_the_guest_finds_them_by_mac() -> None:
     assert all(i.find("model").get("type") == "virtio" for i in ifaces)
     assert all(i.find("address").get("type") == "virtio-mmio" for i in ifaces)
     assert all(i.find("ip") is None and i.find("route") is None for i in ifaces)
-    derived = guest_mac("knet", 0, parse_network(CASES["kvm-network"].networks[0]))
-    assert derived.startswith("52:54:00:") and derived != guest_mac("knet2", 0, parse_network(
-        CASES["kvm-network"].networks[0]))
+    derived = guest_mac("knet", 0, CASES["kvm-network"].networks[0])
+    assert derived.startswith("52:54:00:") and derived != guest_mac(
+        "knet2", 0, CASES["kvm-network"].networks[0])
     assert [i.find("mac").get("address") for i in ifaces] == [derived, "52:54:00:00:00:0b"]
     assert ifaces[0].find("filterref").get("filter") == "vss-listen-only"
     words = doc.findtext("os/cmdline", "").split()

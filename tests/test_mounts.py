@@ -77,7 +77,7 @@ def test_long_image_path_is_refused_for_lxc_only(tmp_path: Path) -> None:
     spec = parse_mount(f"host-image:/mnt={long}")
     with pytest.raises(UserError, match="loop-mounts only paths shorter than 64"):
         check_loop_path(spec)
-    lxc = CreateRequest(name="x", command=("/bin/true",), mounts=(f"host-image:/mnt={long}",))
+    lxc = CreateRequest(name="x", command=("/bin/true",), mounts=(spec,))
     with pytest.raises(UserError, match="loop-mounts only paths shorter than 64"):
         validate_options(lxc)
 

@@ -83,7 +83,7 @@ Mount=ram:/var/b=1M
 """)
     req = request(path)
     assert req.command == ("/usr/bin/python3", "-m", "http.server", "8000")  # type: ignore[attr-defined]
-    assert req.mounts == ("ram:/var/b=1M",)  # type: ignore[attr-defined]
+    assert [m.text for m in req.mounts] == ["ram:/var/b=1048576"]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -17,13 +17,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import __version__, progress
-from .cliopts import (
-    add_cap_options,
-    add_device_option,
-    add_limit_options,
-    add_mount_network_options,
-)
+from . import __version__, progress, settings
 from .config import DEFAULT_URI, Paths, load_config, shown
 from .errors import (
     EXIT_FAILURE,
@@ -34,10 +28,11 @@ from .errors import (
     UserError,
 )
 from .limits import LimitArgs
-from .sandboxfile import ETC_CHOICES
 
 if TYPE_CHECKING:
     from .create import CreateRequest
+    from .mounts import MountSpec
+    from .network import NetSpec
 
 PROG = "virt-sandbox-service"
 Handler = Callable[[argparse.Namespace, Paths], int]
@@ -74,11 +69,25 @@ def create_request(args: argparse.Namespace) -> CreateRequest:
         security=args.security, limits=_limit_args(args),
         cap_drop=tuple(args.cap_drop or ()), cap_add=tuple(args.cap_add or ()),
         syscall_allow=tuple(args.syscall_allow or ()),
-        userns=args.userns, mounts=tuple(args.mount or ()),
-        networks=tuple(args.network or ()),
+        userns=args.userns, mounts=_mounts(args), networks=_networks(args),
         user=UserArgs(args.uid, args.gid, args.username, args.homedir),
         image_size=args.imagesize, etc=args.etc, devices=tuple(args.device or ()),
     )
+
+
+def _mounts(args: argparse.Namespace) -> tuple[MountSpec, ...]:
+    """-m specs, parsed once here: what comes after works on the parsed specs."""
+    if not args.mount:
+        return ()  # (a plain run imports no more than it needs)
+    from .mounts import parse_mount
+    return tuple(map(parse_mount, args.mount))
+
+
+def _networks(args: argparse.Namespace) -> tuple[NetSpec, ...]:
+    if not args.network:
+        return ()
+    from .network import parse_network
+    return tuple(map(parse_network, args.network))
 
 
 def _limit_args(args: argparse.Namespace) -> LimitArgs:
@@ -203,8 +212,7 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     return run(args.connect, command, paths, RunOptions(
         limits=_limit_args(args), cap_drop=tuple(args.cap_drop or ()),
         cap_add=tuple(args.cap_add or ()), syscall_allow=tuple(args.syscall_allow or ()),
-        mounts=tuple(args.mount or ()),
-        networks=tuple(args.network or ())), tty=args.tty)
+        mounts=_mounts(args), networks=_networks(args)), tty=args.tty)
 
 
 def cmd_connect(args: argparse.Namespace, paths: Paths) -> int:
@@ -322,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "instance (the sandbox must be stopped)")
     lim = _add_simple(sub, "limit", cmd_limit,
                       "change a sandbox's limits, live if it runs and for its next start")
-    add_limit_options(lim)
+    settings.add(lim, "limits")
     _add_run(sub)
     rl = _add_simple(sub, "reload", cmd_reload, "reload the confined units inside the sandbox")
     rl.add_argument("-u", "--unit", action="append", metavar="UNIT",
@@ -397,51 +405,15 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                        description="create a unit sandbox (-u UNIT NAME) or a generic one "
                                    "(NAME -- CMD ARGS)",
                        epilog=CREATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    what = c.add_argument_group("what it runs")
-    what.add_argument("-u", "--unit", action="append", metavar="UNIT",
-                      help="host systemd unit to confine; foo@.service instantiates foo@NAME")
-    what.add_argument("-c", "--connect", default=DEFAULT_URI, metavar="URI",
-                      help=f"libvirt URI (default {DEFAULT_URI})")
-    data = c.add_argument_group("its private data")
-    data.add_argument("-C", "--copy", action="store_true",
-                      help="start from the host's current data (its private directories, and "
-                           "its version of what the packages' scripts make); without -C a unit "
-                           "sandbox is a fresh instance, set up by its packages' own postinst")
-    data.add_argument("-p", "--path", metavar="PATH",
-                      help="directory holding the sandbox's state (default "
-                           "/var/lib/virt-sandbox-service); remembered in its config")
-    data.add_argument("-P", "--package", action="append", metavar="PACKAGE",
-                      help="package whose file list is evidence, when it cannot be detected")
-    data.add_argument("--private", action="append", metavar="PATH",
-                      help="make PATH private to the instance")
-    data.add_argument("--shared", action="append", metavar="PATH",
-                      help="show the host's PATH read-only, overriding the evidence")
-    data.add_argument("-i", "--imagesize", metavar="SIZE",
-                      help="keep the private /etc and /var in an ext4 image of SIZE (e.g. 64M, "
-                           "1G) instead of directories (LXC: loop-mounted; KVM: a disk)")
-    data.add_argument("--etc", choices=ETC_CHOICES,
-                      help="the private /etc: an overlay on the host's with the instance's own "
-                           "files above it (LXC default), or a trimmed copy of the host's "
-                           "(KVM, -i, --userns)")
+    # The options themselves are rows of the settings table (settings.py).
+    settings.add(c.add_argument_group("what it runs"), "what")
+    settings.add(c.add_argument_group("its private data"), "data")
     conf = c.add_argument_group("identity and confinement")
-    conf.add_argument("-s", "--security", metavar="SECURITY",
-                      help="dynamic (default) or static,label=USER:ROLE:TYPE:LEVEL")
-    conf.add_argument("--userns", action="store_true",
-                      help="map root inside to an unprivileged host id range of its own")
-    add_cap_options(conf)
-    add_device_option(conf)
-    add_limit_options(c.add_argument_group("limits (change them later with limit)"))
-    add_mount_network_options(c.add_argument_group("mounts and networks"), "a dir of its own")
-    user = c.add_argument_group("the command's user (generic sandboxes)")
-    user.add_argument("-U", "--uid", metavar="UID",
-                      help="generic sandbox: run the command as this user (number or host name)")
-    user.add_argument("-G", "--gid", metavar="GID",
-                      help="with -U: its group (number or host name; default the user's)")
-    user.add_argument("--username", metavar="NAME",
-                      help="with -U: its name in the sandbox (default the host's, or uUID)")
-    user.add_argument("--homedir", metavar="DIR",
-                      help="with -U: its home, made writable for it (default the host's, "
-                           "or /var/home/NAME)")
+    for group in ("identity", "caps", "device"):
+        settings.add(conf, group)
+    settings.add(c.add_argument_group("limits (change them later with limit)"), "limits")
+    settings.add(c.add_argument_group("mounts and networks"), "mounts", fresh="a dir of its own")
+    settings.add(c.add_argument_group("the command's user (generic sandboxes)"), "user")
     out = c.add_argument_group("output")
     out.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     out.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
@@ -497,10 +469,10 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="give the command a terminal of its own, relayed to ours (raw; window size, "
              "Ctrl-C, Ctrl-Z are the command's; KVM: the size at its start only); stdout and "
              "stderr then share it")
-    add_limit_options(r.add_argument_group("limits"))
-    add_cap_options(r.add_argument_group("confinement"))
-    add_mount_network_options(r.add_argument_group("mounts and networks"),
-                               "a temporary dir, removed after")
+    settings.add(r.add_argument_group("limits"), "limits")
+    settings.add(r.add_argument_group("confinement"), "caps")
+    settings.add(r.add_argument_group("mounts and networks"), "mounts",
+                 fresh="a temporary dir, removed after")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
     r.set_defaults(func=cmd_run)
 

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .mounts import MountSpec
+    from .network import NetSpec
 
 FORMAT_VERSION = 1
 IDMAP_COUNT = 65536
@@ -183,8 +188,10 @@ class SandboxConfig:
     syscalls_allow: tuple[str, ...] = ()
     # Host device nodes given with --device, as KIND:PATH (devices.py); LXC only.
     devices: tuple[str, ...] = ()
-    mounts: tuple[str, ...] = ()  # -m TYPE:DST=SRC specs, as given (see mounts.py)
-    networks: tuple[str, ...] = ()  # -N specs, as given (see network.py); none: loopback only
+    # -m and -N specs, parsed (mounts.py, network.py); saved as their canonical text. No
+    # networks: loopback only.
+    mounts: tuple[MountSpec, ...] = ()
+    networks: tuple[NetSpec, ...] = ()
     # User namespace: host uid/gid that root inside maps to (IDMAP_COUNT ids); None = none.
     id_base: int | None = None
     # Generic sandboxes: the user the command runs as (-U, -G, --username, --homedir; see
@@ -218,7 +225,9 @@ class SandboxConfig:
         data: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, tuple):
+            if f.name in _SPEC_FIELDS:
+                value = [v.text for v in value]
+            elif isinstance(value, tuple):
                 value = [list(v) if isinstance(v, tuple) else v for v in value]
             data[f.name] = value
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
@@ -272,13 +281,22 @@ def _from_json_value(key: str, value: Any, source: str = "config") -> Any:
         if not all(isinstance(p, list) and len(p) == 2 for p in pairs):
             raise UserError(f"{source}: 'extra' must be a list of [key, value] pairs")
         return tuple((str(k), str(v)) for k, v in pairs)
-    expected = _FIELD_TYPES[key]
+    types, optional = _field_types()
+    expected = types[key]
+    if key in _SPEC_FIELDS:
+        items = _typed(key, value, list, source)
+        if not all(isinstance(i, str) for i in items):
+            raise UserError(f"{source}: '{key}' must be a list of strings")
+        try:
+            return tuple(map(_SPEC_FIELDS[key](), items))
+        except UserError as e:
+            raise UserError(f"{source}: {e.message}", "was the file edited by hand?") from None
     if expected is tuple:
         items = _typed(key, value, list, source)
         if not all(isinstance(i, str) for i in items):
             raise UserError(f"{source}: '{key}' must be a list of strings")
         return tuple(items)
-    if value is None and key in _OPTIONAL:
+    if value is None and key in optional:
         return None
     return _typed(key, value, expected, source)
 
@@ -344,11 +362,32 @@ def read_config_text(paths: Paths, name: str) -> tuple[Path, str]:
                         "see 'virt-sandbox-service list' for the sandboxes there are") from None
 
 
+def _mount_parser() -> Callable[[str], Any]:
+    from .mounts import parse_mount_syntax
+    return parse_mount_syntax
+
+
+def _network_parser() -> Callable[[str], Any]:
+    from .network import parse_network
+    return parse_network
+
+
+# Fields of parsed specs, saved as their canonical text, and the (pure) parser of that text;
+# imported on use: mounts.py needs this module's validators.
+_SPEC_FIELDS: dict[str, Callable[[], Callable[[str], Any]]] = {
+    "mounts": _mount_parser, "networks": _network_parser}
+
+
+@functools.cache
 def _field_types() -> tuple[dict[str, type], frozenset[str]]:
     """Each config field's JSON type, from the dataclass annotations (declared once)."""
     import typing
 
-    hints = typing.get_type_hints(SandboxConfig)
+    from .mounts import MountSpec
+    from .network import NetSpec
+
+    hints = typing.get_type_hints(SandboxConfig, localns={"MountSpec": MountSpec,
+                                                          "NetSpec": NetSpec})
     types: dict[str, type] = {}
     optional = set()
     for name, hint in hints.items():
@@ -360,8 +399,6 @@ def _field_types() -> tuple[dict[str, type], frozenset[str]]:
         types[name] = tuple if origin is tuple else origin
     return types, frozenset(optional)
 
-
-_FIELD_TYPES, _OPTIONAL = _field_types()
 
 
 def load_config(paths: Paths, name: str) -> SandboxConfig:

@@ -64,8 +64,8 @@ from .limits import (
     parse_limits,
     parse_syscall_allow,
 )
-from .mounts import MountSpec, MountType, check_loop_path, parse_mount
-from .network import OUR_FILTER, NetSpec, filter_xml, parse_network
+from .mounts import MountSpec, MountType, check_loop_path
+from .network import OUR_FILTER, NetSpec, filter_xml
 from .plan import EVIDENCE_FILE, Plan, WriteFile, plan, state_path
 
 # The registry's names, where they were before registry.py.
@@ -93,8 +93,8 @@ class CreateRequest:
     cap_add: tuple[str, ...] = ()
     syscall_allow: tuple[str, ...] = ()
     userns: bool = False
-    mounts: tuple[str, ...] = ()
-    networks: tuple[str, ...] = ()
+    mounts: tuple[MountSpec, ...] = ()  # parsed where they came in (cli.create_request)
+    networks: tuple[NetSpec, ...] = ()
     user: UserArgs = field(default_factory=UserArgs)
     image_size: str | None = None
     etc: str | None = None  # "overlay", "copy"; None: overlay where it can be (etc_overlay)
@@ -150,7 +150,7 @@ def check_user(req: CreateRequest) -> users.RunAs | None:
     run_as = users.resolve(req.user, req.userns)
     if run_as is not None:
         users.check_home(run_as.home, tuple((s.target, s.source)
-                                            for s in map(parse_mount, req.mounts)
+                                            for s in req.mounts
                                             if s.type.value == "host-bind"))
     return run_as
 
@@ -182,11 +182,11 @@ def validate_options(req: CreateRequest, own_trees: tuple[str, ...] | None = Non
                       limits.get("memory_swap"))
     parse_caps(req.cap_drop, req.cap_add)
     parse_syscall_allow(req.syscall_allow)
-    for spec in map(parse_mount, req.mounts):
+    for spec in req.mounts:
         check_mount_target(spec, OWN_TREES if own_trees is None else own_trees)
         if not kvm:
             check_loop_path(spec)
-    for net in map(parse_network, req.networks):
+    for net in req.networks:
         check_bandwidth(net)
         if net.dhcp and req.command:
             raise UserError("-N ...,dhcp needs a unit sandbox (its systemd-networkd is the "
@@ -223,7 +223,7 @@ def _validate_kvm(req: CreateRequest) -> None:
     if req.userns:
         raise UserError("--userns is for LXC sandboxes: a KVM sandbox is a VM with a kernel "
                         "of its own", "leave --userns out, or use -c lxc:///")
-    for spec in map(parse_mount, req.mounts):
+    for spec in req.mounts:
         if spec.type is MountType.HOST_IMAGE:
             check_kvm_image(spec.source)
     if req.limits.tasks is not None:
@@ -268,16 +268,16 @@ def check_free(req: CreateRequest, paths: Paths, state_dir: Path,
         check_networks(conn, req.networks)
 
 
-def check_networks(conn: libvirt.virConnect, networks: tuple[str, ...]) -> None:
+def check_networks(conn: libvirt.virConnect, networks: Sequence[NetSpec]) -> None:
     """Each -N's libvirt network exists, and its filter unless it is ours (made on use)."""
-    for net in map(parse_network, networks):
+    for net in networks:
         lv.check_network(conn, net.source)
         if net.filter and net.filter != OUR_FILTER:
             lv.check_nwfilter(conn, net.filter)
 
 
-def ensure_our_filter(conn: libvirt.virConnect, networks: tuple[str, ...]) -> None:
-    if any(parse_network(n).filter == OUR_FILTER for n in networks):
+def ensure_our_filter(conn: libvirt.virConnect, networks: Sequence[NetSpec]) -> None:
+    if any(n.filter == OUR_FILTER for n in networks):
         lv.ensure_nwfilter(conn, OUR_FILTER, filter_xml())
 
 

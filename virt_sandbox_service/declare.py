@@ -159,7 +159,8 @@ def apply_file(paths: Paths, path: Path, *, check: bool) -> Result:
 
 def _shown(value: object) -> str:
     if isinstance(value, tuple):
-        return " ".join(str(v) for v in value) or "(none)"
+        # mounts and networks: their canonical -m/-N text
+        return " ".join(getattr(v, "text", str(v)) for v in value) or "(none)"
     return "(none)" if value is None else str(value)
 
 

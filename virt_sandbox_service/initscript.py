@@ -18,7 +18,7 @@ from . import image, labels, users
 from .config import Kind, SandboxConfig
 from .host import HostFacts
 from .limits import TASKS_ENV, init_caps
-from .mounts import MountType, parse_mount
+from .mounts import MountType
 from .plantypes import (
     ETC_MERGED,
     ETC_STAGE,
@@ -94,7 +94,7 @@ def _image_binds(config: SandboxConfig, facts: HostFacts) -> list[str]:
 def _guest_binds(config: SandboxConfig) -> list[str]:
     q = shlex.quote
     return [f"mount --bind {q(s.source)} {q(s.target)}"
-            for s in map(parse_mount, config.mounts) if s.type is MountType.GUEST_BIND]
+            for s in config.mounts if s.type is MountType.GUEST_BIND]
 
 
 PAYLOAD_CGROUP = "sandbox"

@@ -14,7 +14,7 @@ import os
 from . import confine
 from .config import Driver, SandboxConfig
 from .limits import confined_caps
-from .network import networkd_file, parse_network
+from .network import networkd_file
 from .plantypes import NOTIFY_SOCKET, FileOp, MakeDir, Symlink, WriteFile, managed
 
 FAILED_UNIT = "virt-sandbox-service-failed@.service"
@@ -62,7 +62,7 @@ def systemd_ops(config: SandboxConfig, sysd: str, unit_dir: str,
 
 def _networkd_ops(config: SandboxConfig, sysd: str, unit_dir: str) -> list[FileOp]:
     """-N ...,dhcp: systemd-networkd in the sandbox runs the DHCP client on that interface."""
-    dhcp = [i for i, n in enumerate(config.networks) if parse_network(n).dhcp]
+    dhcp = [i for i, n in enumerate(config.networks) if n.dhcp]
     if config.driver is Driver.KVM:
         return []  # the guest init writes networkd files matched by MAC (initrd/init)
     if not dhcp:

@@ -17,7 +17,6 @@ from lxml import etree
 from . import confine
 from .config import Driver, Kind, SandboxConfig, parse_size
 from .errors import UserError
-from .network import parse_network
 
 # Every capability libvirt's LXC driver can switch (domaincommon.rng, featurecapabilities).
 ALL_CAPS = (
@@ -353,7 +352,7 @@ def init_caps(cfg: SandboxConfig) -> tuple[str, ...]:
     """What the sandbox's systemd (or a generic sandbox's command) keeps after its init."""
     extra: set[str] = set()
     if cfg.kind is Kind.SERVICE and cfg.driver is Driver.LXC and any(
-            parse_network(n).dhcp for n in cfg.networks):
+            n.dhcp for n in cfg.networks):
         extra = set(NETWORKD_CAPS) - set(cfg.caps_drop)
     keep = set(confined_caps(cfg)) | extra
     return tuple(c for c in CAP_NUMBERS if c in keep)

@@ -43,7 +43,7 @@ from .limits import (
     parse_limits,
     sched_params,
 )
-from .network import guest_mac, parse_network
+from .network import guest_mac
 from .plan import EVIDENCE_FILE, seen_at
 from .runtime import backend, common
 from .runtime import lxc as rt
@@ -241,8 +241,8 @@ def _apply_live(dom: libvirt.virDomain, cfg: SandboxConfig, changed: set[str]) -
 
 def addresses(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> list[str]:
     """Static addresses from the config; DHCP leases from libvirt while it runs."""
-    out = [f"{a.ip}/{a.prefix}" for n in map(parse_network, cfg.networks) for a in n.addresses]
-    if dom is not None and any(parse_network(n).dhcp for n in cfg.networks):
+    out = [f"{a.ip}/{a.prefix}" for n in cfg.networks for a in n.addresses]
+    if dom is not None and any(n.dhcp for n in cfg.networks):
         with contextlib.suppress(libvirt.libvirtError):
             if dom.isActive():
                 out += [f"{a['addr']}/{a['prefix']}" for i in lv.lease_addresses(dom).values()
@@ -254,7 +254,7 @@ def _network_info(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> Any:
     if not cfg.networks:
         return "none (loopback only, private network namespace)"
     info = []
-    for i, spec in enumerate(map(parse_network, cfg.networks)):
+    for i, spec in enumerate(cfg.networks):
         # A KVM guest's MAC is always fixed (derived unless given): the guest finds it by it.
         mac = guest_mac(cfg.name, i, spec) if cfg.driver is Driver.KVM else spec.mac
         info.append({"interface": f"eth{i}", "network": spec.source, "mac": mac,
@@ -361,7 +361,7 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
         "layers": layers.live(_running_init(cfg, dom), cfg),
         "user_namespace": None if cfg.id_base is None else {
             "host_id_start": cfg.id_base, "count": IDMAP_COUNT},
-        "network_filters": sorted({n.filter for n in map(parse_network, cfg.networks)
+        "network_filters": sorted({n.filter for n in cfg.networks
                                    if n.filter}),
         "devices": [{"path": d.path, "kind": d.kind} for d in map(devices.parse, cfg.devices)],
         "etc": _etc_info(cfg),

@@ -1,5 +1,9 @@
 """-m TYPE:DST=SRC mount specs: parsed and checked here, turned into Mounts by plan.py.
 
+A spec is parsed once, where it enters (the command line, a sandbox file, a saved config),
+into a MountSpec; everything after works on that. Its `text` is its canonical spelling, the
+form a config saves: parsing it again gives an equal spec.
+
     host-bind:/dst=/src    the host's /src, read-write, at /dst
     host-bind:/dst=        an empty directory of the instance's own (kept in its state dir)
     host-image:/dst=/img   a raw file-system image (e.g. ext4) mounted through a loop device
@@ -36,8 +40,23 @@ class MountSpec:
     source: str  # host path, sandbox path (guest-bind), "" (fresh dir) or "" for ram
     size: int = 0  # bytes, ram only
 
+    @property
+    def text(self) -> str:
+        value = self.size if self.type is MountType.RAM else self.source
+        return f"{self.type}:{self.target}={value}"
+
 
 def parse_mount(text: str) -> MountSpec:
+    """A spec as a user gives it: its syntax, then the host source it names."""
+    spec = parse_mount_syntax(text)
+    if spec.source and spec.type is not MountType.GUEST_BIND:
+        _check_host_source(text, spec.type, spec.source)
+    return spec
+
+
+def parse_mount_syntax(text: str) -> MountSpec:
+    """The spec's syntax only (pure): a saved config's spec is not checked against the host
+    again each time it is read."""
     kind, colon, rest = text.partition(":")
     target, eq, source = rest.partition("=")
     if not colon or not eq:
@@ -54,10 +73,7 @@ def parse_mount(text: str) -> MountSpec:
         return MountSpec(mtype, target, "", parse_size(source, f"size in '{text}'"))
     if mtype is MountType.HOST_BIND and source == "":
         return MountSpec(mtype, target, "")
-    source = validate_abs_path(source, f"mount source in '{text}'")
-    if mtype is not MountType.GUEST_BIND:
-        _check_host_source(text, mtype, source)
-    return MountSpec(mtype, target, source)
+    return MountSpec(mtype, target, validate_abs_path(source, f"mount source in '{text}'"))
 
 
 def _check_host_source(text: str, mtype: MountType, source: str) -> None:

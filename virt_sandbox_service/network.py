@@ -66,6 +66,22 @@ class NetSpec:
     inbound: tuple[int, ...] = ()  # KiB: average, then peak and burst if given
     outbound: tuple[int, ...] = ()
 
+    @property
+    def text(self) -> str:
+        """The canonical -N spelling, the form a config saves: parse_network of it gives an
+        equal spec."""
+        items = [f"source={self.source}"]
+        items += [f"mac={self.mac}"] if self.mac else []
+        items += ["dhcp"] if self.dhcp else []
+        items += [f"address={a.ip}/{a.prefix}" + (f"%{a.broadcast}" if a.broadcast else "")
+                  for a in self.addresses]
+        items += [f"route={r.network}/{r.prefix}%{r.gateway}" for r in self.routes]
+        items += [f"filter={self.filter}"] if self.filter else []
+        items += [f"port={p}" for p in self.ports]
+        items += [f"{d}={':'.join(f'{k}K' for k in kib)}"
+                  for d, kib in (("inbound", self.inbound), ("outbound", self.outbound)) if kib]
+        return ",".join(items)
+
 
 def parse_network(text: str) -> NetSpec:
     source, mac, dhcp, filt = None, None, False, None

@@ -39,7 +39,7 @@ from .initscript import confine_mount, init_command
 from .innerunits import CONFINEMENT_DROPIN as CONFINEMENT_DROPIN
 from .innerunits import confinement_dropin as confinement_dropin
 from .innerunits import systemd_ops
-from .mounts import MountType, parse_mount
+from .mounts import MountType
 
 # The plan's vocabulary lives in plantypes.py; importers keep finding it here.
 from .plantypes import ETC_STAGE as ETC_STAGE
@@ -382,7 +382,7 @@ def _loader_ops(config: SandboxConfig, facts: HostFacts) -> list[FileOp]:
 
 def _user_mounts(config: SandboxConfig) -> list[Mount]:
     out = []
-    for spec in map(parse_mount, config.mounts):
+    for spec in config.mounts:
         why = f"-m {spec.type.value}"
         if spec.type is MountType.RAM:
             out.append(Mount(spec.target, "", tmpfs_kib=max(spec.size // 1024, 1), reason=why))
@@ -403,7 +403,7 @@ def _mount_ops(config: SandboxConfig) -> list[FileOp]:
     """Directories user mounts need: their own empty dirs, and targets in the private trees
     (the host root is read-only, so a target elsewhere must already exist there)."""
     ops: list[FileOp] = []
-    specs = [parse_mount(m) for m in config.mounts]
+    specs = list(config.mounts)
     fresh = [s for s in specs if s.type is MountType.HOST_BIND and not s.source]
     if fresh:
         ops.append(MakeDir(os.path.join(config.state_dir, "mounts"), 0o755,
@@ -490,7 +490,7 @@ def _staged(mounts: tuple[Mount, ...], trees: tuple[str, ...], prefix: str,
 
 
 def _host_bind_targets(config: SandboxConfig) -> tuple[str, ...]:
-    return tuple(s.target for s in map(parse_mount, config.mounts)
+    return tuple(s.target for s in config.mounts
                  if s.type is MountType.HOST_BIND)
 
 

@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import settings
 from .config import validate_abs_path, validate_name
 from .errors import UserError
+from .settings import ETC_CHOICES as ETC_CHOICES
 
 SUFFIX = ".sandbox"
 SECTION = "Sandbox"
@@ -49,45 +51,9 @@ class Key:
     kind: str  # "list" (repeatable), "flag" (a boolean), "text" (last one wins), "words"
 
 
-# Key -> create's option. tests/test_sandboxfile.py checks that every option of create (but
-# --dry-run, --json and the name) has its key here, so the file cannot fall behind the CLI.
-KEYS: dict[str, Key] = {
-    "Unit": Key("unit", "-u", "list"),
-    "Exec": Key("command", "-- CMD ARGS", "words"),
-    "Connect": Key("connect", "-c", "text"),
-    "Copy": Key("copy", "-C", "flag"),
-    "Path": Key("path", "-p", "text"),
-    "Package": Key("package", "-P", "list"),
-    "Private": Key("private", "--private", "list"),
-    "Shared": Key("shared", "--shared", "list"),
-    "ImageSize": Key("imagesize", "-i", "text"),
-    "Etc": Key("etc", "--etc", "text"),
-    "Security": Key("security", "-s", "text"),
-    "UserNamespace": Key("userns", "--userns", "flag"),
-    "CapabilityDrop": Key("cap_drop", "--cap-drop", "list"),
-    "CapabilityAdd": Key("cap_add", "--cap-add", "list"),
-    "SyscallAllow": Key("syscall_allow", "--syscall-allow", "list"),
-    "Device": Key("device", "--device", "list"),
-    "Memory": Key("memory", "--memory", "text"),
-    "CPUWeight": Key("cpu_weight", "--cpu-weight", "text"),
-    "CPUQuota": Key("cpu_quota", "--cpu-quota", "text"),
-    "BlockIOWeight": Key("blkio_weight", "--blkio-weight", "text"),
-    "Tasks": Key("tasks", "--tasks", "text"),
-    "MemorySoft": Key("memory_soft", "--memory-soft", "text"),
-    "MemorySwap": Key("memory_swap", "--memory-swap", "text"),
-    "CPUSet": Key("cpuset", "--cpuset", "text"),
-    "NUMANodes": Key("numa_nodes", "--numa-nodes", "text"),
-    "DeviceReadBps": Key("device_read_bps", "--device-read-bps", "list"),
-    "DeviceWriteBps": Key("device_write_bps", "--device-write-bps", "list"),
-    "DeviceReadIOPS": Key("device_read_iops", "--device-read-iops", "list"),
-    "DeviceWriteIOPS": Key("device_write_iops", "--device-write-iops", "list"),
-    "Mount": Key("mount", "-m", "list"),
-    "Network": Key("network", "-N", "list"),
-    "User": Key("uid", "-U", "text"),
-    "Group": Key("gid", "-G", "text"),
-    "UserName": Key("username", "--username", "text"),
-    "HomeDir": Key("homedir", "--homedir", "text"),
-}
+# Key -> create's option: the rows of the settings table (settings.py), where each option is
+# declared once for argparse, these files and the man page.
+KEYS: dict[str, Key] = {k: Key(s.dest, s.option, s.kind) for k, s in settings.by_key().items()}
 _TRUE = ("1", "yes", "true", "on")
 _FALSE = ("0", "no", "false", "off")
 
@@ -255,9 +221,6 @@ def _checks() -> dict[str, Callable[[str], object]]:
         "Mount": parse_mount,
         "Network": parse_network,
     }
-
-
-ETC_CHOICES = ("overlay", "copy")  # create's --etc choices
 
 
 def _etc(value: str) -> str:

@@ -100,10 +100,13 @@ def load_migrated(paths: Paths, name: str) -> tuple[SandboxConfig, str, int]:
 
 
 def request_from_config(cfg: SandboxConfig) -> create.CreateRequest:
+    """The request `gather` needs to find the evidence again (the parsed mounts and networks
+    pass as they are)."""
     return create.CreateRequest(
         name=cfg.name, uri=cfg.uri, units=cfg.units, command=cfg.command,
         state_parent=os.path.dirname(cfg.state_dir), packages=cfg.packages,
-        private=cfg.private, shared=cfg.shared, copy=cfg.copy)
+        private=cfg.private, shared=cfg.shared, copy=cfg.copy, mounts=cfg.mounts,
+        networks=cfg.networks)
 
 
 def new_private_paths(evidence: Sequence[PathEvidence], known: Collection[str] | None,

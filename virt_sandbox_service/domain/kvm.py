@@ -29,8 +29,8 @@ from ..errors import UserError
 from ..host import HostFacts
 from ..image import IMAGE_MOUNT
 from ..limits import CPU_PERIOD_US, blkiotune_element, memtune_element, numatune_element
-from ..mounts import MountType, parse_mount
-from ..network import guest_args, guest_mac, host_device, kvm_interface_element, parse_network
+from ..mounts import MountType
+from ..network import guest_args, guest_mac, host_device, kvm_interface_element
 from ..plan import Mount, Plan, command
 from .common import metadata, selinux_label, what
 
@@ -259,11 +259,9 @@ def _filesystems(mounts: tuple[Mount, ...], facts: HostFacts) -> list[etree._Ele
 def _guest_bind_args(plan: Plan) -> list[str]:
     """-m guest-bind:DST=SRC: bind mounts the guest init makes after every other mount (the
     source may itself be one of them)."""
-    # Only guest-bind specs are parsed: parsing the others checks their host sources, and
-    # nothing here reads the host.
-    binds = [m for m in plan.config.mounts if m.startswith(f"{MountType.GUEST_BIND.value}:")]
+    binds = [m for m in plan.config.mounts if m.type is MountType.GUEST_BIND]
     return [f"vss.mount=bind,{_checked(s.source, 'mount source')},"
-            f"{_checked(s.target, 'mount target')}" for s in map(parse_mount, binds)]
+            f"{_checked(s.target, 'mount target')}" for s in binds]
 
 
 # --- resource limits (<blkiotune>, <cputune>) ---------------------------------------------------
@@ -356,12 +354,12 @@ def _login_console() -> etree._Element:
 def _interfaces(cfg: SandboxConfig) -> list[etree._Element]:
     """One virtio-net device per -N, with the MAC the guest finds it by."""
     return [kvm_interface_element(spec, host_device(cfg.name, i), guest_mac(cfg.name, i, spec))
-            for i, spec in enumerate(map(parse_network, cfg.networks))]
+            for i, spec in enumerate(cfg.networks)]
 
 
 def _network_args(cfg: SandboxConfig) -> list[str]:
     """What the guest init configures on each interface (see network.guest_args)."""
-    return [arg for i, spec in enumerate(map(parse_network, cfg.networks))
+    return [arg for i, spec in enumerate(cfg.networks)
             for arg in guest_args(spec, guest_mac(cfg.name, i, spec))]
 
 

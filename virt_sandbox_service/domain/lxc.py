@@ -15,7 +15,7 @@ from .. import apparmor, devices
 from ..config import IDMAP_COUNT
 from ..host import HostFacts
 from ..limits import caps_element, set_tunables
-from ..network import host_device, interface_element, parse_network
+from ..network import host_device, interface_element
 from ..plan import Mount, Plan
 from .common import apparmor_label, metadata, selinux_label, what
 
@@ -36,7 +36,7 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
         E.on_reboot("restart"),
         E.on_crash("destroy"),
         E.devices(*_filesystems(plan.mounts),
-                  *[interface_element(parse_network(n), host_device(cfg.name, i))
+                  *[interface_element(n, host_device(cfg.name, i))
                     for i, n in enumerate(cfg.networks)],
                   *map(_hostdev, cfg.devices), _console()),
         type="lxc",

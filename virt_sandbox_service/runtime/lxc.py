@@ -34,7 +34,6 @@ from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
 from ..hostsecrets import hidden_secrets
 from ..limits import Jail, jail
-from ..network import parse_network
 from ..plantypes import (
     ETC_WORK,
     EVIDENCE_FILE,
@@ -144,7 +143,7 @@ ADDRESS_WAIT = 10.0  # seconds; DAD takes about one second
 def _wait_addresses(dom: libvirt.virDomain, cfg: SandboxConfig) -> None:
     """Ready means reachable: wait until the sandbox's static IPv6 addresses have passed
     duplicate address detection (until then they answer nothing)."""
-    if not any(":" in a.ip for n in map(parse_network, cfg.networks) for a in n.addresses):
+    if not any(":" in a.ip for n in cfg.networks for a in n.addresses):
         return
     deadline = time.monotonic() + ADDRESS_WAIT
     while time.monotonic() < deadline:

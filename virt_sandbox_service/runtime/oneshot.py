@@ -76,7 +76,8 @@ from ..limits import (
     parse_limits,
     parse_syscall_allow,
 )
-from ..mounts import MountType, parse_mount
+from ..mounts import MountSpec, MountType
+from ..network import NetSpec
 from ..plan import TMPFS, Mount, Plan, _user_mounts
 
 RUN_PREFIX = "vss-run-"
@@ -126,8 +127,8 @@ class RunOptions:
     cap_drop: tuple[str, ...] = ()
     cap_add: tuple[str, ...] = ()
     syscall_allow: tuple[str, ...] = ()
-    mounts: tuple[str, ...] = ()
-    networks: tuple[str, ...] = ()
+    mounts: tuple[MountSpec, ...] = ()
+    networks: tuple[NetSpec, ...] = ()
 
 
 def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None = None,
@@ -231,7 +232,7 @@ def run_config(name: str, uri: str, argv: Sequence[str], paths: Paths,
     caps = parse_caps(opts.cap_drop, opts.cap_add) if opts.cap_drop or opts.cap_add else ()
     # A state directory only for host-bind mounts with an empty source (removed after).
     fresh = any(s.type is MountType.HOST_BIND and not s.source
-                for s in map(parse_mount, opts.mounts))
+                for s in opts.mounts)
     return SandboxConfig(name=name, kind=Kind.GENERIC, uri=uri,
                          state_dir=str(paths.state_parent / name) if fresh else "",
                          command=tuple(argv), caps_drop=caps,
@@ -251,7 +252,7 @@ def _fresh_dirs(cfg: SandboxConfig) -> Iterator[None]:
     from ..plan import mount_dir
 
     try:
-        for spec in map(parse_mount, cfg.mounts):
+        for spec in cfg.mounts:
             if spec.type is MountType.HOST_BIND and not spec.source:
                 os.makedirs(mount_dir(cfg.state_dir, spec.target), mode=0o755)
         yield
