@@ -405,13 +405,27 @@ def _active(dom: libvirt.virDomain) -> bool:
         return False
 
 
+# libvirt kills a container's processes with SIGTERM, then SIGKILL, and gives up after some
+# seconds ("Some processes refused to die"). A process in uninterruptible sleep, such as one
+# waiting on a throttled or slow disk, dies only when that I/O ends: ask again, as an admin
+# would, before reporting the sandbox as unstoppable.
+DESTROY_TRIES = 3
+
+
 def _force_stop(dom: libvirt.virDomain) -> None:
-    try:
-        if dom.isActive():
-            dom.destroy()
-    except libvirt.libvirtError as e:
-        if _active(dom):
-            raise HostError(f"cannot stop {dom.name()}: {e.get_error_message()}") from e
+    for attempt in range(1, DESTROY_TRIES + 1):
+        try:
+            if dom.isActive():
+                dom.destroy()
+            return
+        except libvirt.libvirtError as e:
+            if not _active(dom):
+                return
+            if attempt == DESTROY_TRIES:
+                raise HostError(f"cannot stop {dom.name()}: {e.get_error_message()}",
+                                "a process in it is stuck in the kernel (see its state in "
+                                "ps); try again once its I/O ends") from e
+            log.debug("destroy of %s, attempt %d: %s", dom.name(), attempt, e)
 
 
 # --- execute ---------------------------------------------------------------------------------
