@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,6 +244,39 @@ def test_limit_brings_an_older_sandbox_up_to_date(env: Env, older: Path) -> None
     cfg = json.loads((env.base / "config/sandboxes" / f"{name}.json").read_text())
     assert cfg["cpu_weight"] == 700
     assert env.run("upgrade", "--check", name).returncode == 0
+
+
+@pytest.mark.root
+@pytest.mark.kvm
+def test_a_kvm_sandbox_from_before_the_confinement_is_upgraded(env: Env, older: Path) -> None:
+    """That version's KVM sandbox: its domain points at that checkout's virtiofsd wrapper,
+    its tree lacks the confinement drop-in and keeps the host's SysV boot links. After one
+    upgrade it is up to date, and its next boot runs apache2 confined."""
+    need(reachable("qemu:///system"), "needs libvirtd with the QEMU driver (scripts/setup.sh)")
+    name = unique_name("oldk")
+    run_older(env, older, "create", "-c", "qemu:///system", "-u", "apache2.service", name)
+    state = env.state(name)
+    check = env.run("upgrade", "--check", name)
+    assert check.returncode == CHECK_DRIFT, check.stdout + check.stderr
+    assert f"differs: file {state / ZZ}: missing" in check.stdout
+    assert f"{name}: differs: domain {name}" in check.stdout
+    assert not (state / ZZ).exists()  # --check changed nothing
+    done = env.run("upgrade", name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{name}: updated domain {name}" in done.stdout
+    again = env.run("upgrade", "--check", name)
+    assert again.returncode == 0 and f"{name}: definitions up to date" in again.stdout
+    env.run("start", "--detach", name, check=True, timeout=300)
+    try:
+        shown = env.run("execute", name, "--", "/bin/systemctl", "show", "-p", "ActiveState",
+                        "-p", "NoNewPrivileges", "apache2.service", check=True).stdout
+        assert shown.split() == ["NoNewPrivileges=yes", "ActiveState=active"], shown
+        status = env.run("execute", name, "--", "/bin/sh", "-c",
+                         "cat /proc/$(cat /run/apache2/apache2.pid)/status", check=True).stdout
+        bounding = int(re.search(r"^CapBnd:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+        assert not bounding & (1 << 21), "CAP_SYS_ADMIN is still in apache2's bounding set"
+    finally:
+        env.run("stop", name, timeout=120)
 
 
 def tamper(env: Env, name: str) -> etree._Element:
