@@ -540,13 +540,14 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False) -> Plan:
     check_free(req, paths, parent / req.name, conn)  # early, for a clear error; again below
     if req.image_size is not None and driver_for_uri(req.uri) is Driver.LXC:
         image.check_image_path(str(parent / req.name))  # KVM: qemu opens it, no loop device
+    if dry_run:  # reads only: no lock (its file would be a change), no reservation
+        p = make_plan(req, paths, facts, got)
+        layers.warn_if_unprotected(conn, req.uri, req.name)
+        return p
     with Transaction() as txn:
         with config_lock(paths):
             check_free(req, paths, parent / req.name, conn)
             p = make_plan(req, paths, facts, got)
-            if dry_run:
-                layers.warn_if_unprotected(conn, req.uri, req.name)
-                return p
             reserve(p, txn)
         apply_plan(p, conn, txn)
         fresh_instance(req, p, paths, conn, facts, got)
