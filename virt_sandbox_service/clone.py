@@ -22,6 +22,7 @@ from .config import (
     Driver,
     Paths,
     SandboxConfig,
+    SecurityMode,
     driver_for_uri,
     load_config,
     validate_dir_path,
@@ -85,9 +86,11 @@ def journal_dirs(cfg: SandboxConfig) -> tuple[str, ...]:
     return tuple(str(p) for p in journal.iterdir())
 
 
-def clone_config(src: SandboxConfig, req: CloneRequest, paths: Paths) -> SandboxConfig:
-    """Same sandbox, new identity (caller holds the config lock for label and id range)."""
-    mode, label = registry.choose_label(paths, src.uri, req.security)
+def clone_config(src: SandboxConfig, req: CloneRequest, paths: Paths,
+                 security: tuple[SecurityMode, str | None]) -> SandboxConfig:
+    """Same sandbox, new identity (caller holds the config lock for label and id range);
+    `security`: -s, parsed."""
+    mode, label = security[0], registry.choose_label(paths, src.uri, security)
     parent = Path(req.state_parent) if req.state_parent else Path(src.state_dir).parent
     extra = dict(src.extra)
     extra.update({"cloned_from": src.name,
@@ -134,6 +137,8 @@ def clone(req: CloneRequest, paths: Paths) -> Plan:
     validate_name(req.dest)
     if req.state_parent is not None:
         validate_dir_path(req.state_parent, "-p path")
+    security = registry.parse_security(req.security) if req.security else (
+        SecurityMode.DYNAMIC, None)
     src = load_config(paths, req.source)
     facts = host.detect()
     conn = lv.connect(src.uri)
@@ -151,7 +156,7 @@ def clone(req: CloneRequest, paths: Paths) -> Plan:
     with Transaction() as txn:
         with registry.config_lock(paths):
             check_free(dest_req, paths, parent / req.dest, conn)
-            cfg = clone_config(src, req, paths)
+            cfg = clone_config(src, req, paths, security)
             p = clone_plan(src, cfg, paths, facts)
             reserve(p, txn)
         apply_plan(p, conn, txn)

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import libvirt
 
@@ -101,8 +102,30 @@ class CreateRequest:
     devices: tuple[str, ...] = ()  # --device PATH (devices.py)
 
 
-def validate(req: CreateRequest) -> None:
-    """Checks that need nothing but the request itself."""
+@dataclass(frozen=True)
+class Options:
+    """The sandbox options create and run share, each parsed once (validate_options)."""
+
+    limits: tuple[tuple[str, Any], ...] = ()  # config field -> value, the given ones only
+    caps_drop: tuple[str, ...] = ()
+    caps_add: tuple[str, ...] = ()
+    syscalls_allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A create request's values, parsed once by validate; build_config takes them from
+    here instead of parsing them again."""
+
+    options: Options
+    security: tuple[SecurityMode, str | None] = (SecurityMode.DYNAMIC, None)
+    run_as: users.RunAs | None = None
+    image_size: int | None = None
+    devices: tuple[str, ...] = ()
+
+
+def validate(req: CreateRequest) -> Checked:
+    """Checks that need nothing but the request itself; the values, parsed."""
     validate_name(req.name)
     if req.units and req.command:
         raise UserError("give either -u UNIT or a command after --, not both",
@@ -114,18 +137,17 @@ def validate(req: CreateRequest) -> None:
         validate_dir_path(req.state_parent, "-p path")
     for p in (*req.private, *req.shared):
         validate_abs_path(p, "path")
-    validate_options(req)
-    if req.security is not None:
-        parse_security(req.security)
+    options = validate_options(req)
+    security = parse_security(req.security) if req.security is not None else (
+        SecurityMode.DYNAMIC, None)
     if req.userns:
         problem = host.cgroup_layout().userns_problem
         if problem:
             raise UserError(f"--userns is not possible on this host: {problem}",
                             "create the sandbox without --userns; 'doctor' explains")
     check_command(req.command)
-    check_user(req)
-    check_image(req)
-    devices.check_all(req.devices)
+    return Checked(options, security, check_user(req), check_image(req),
+                   devices.check_all(req.devices))
 
 
 def check_image(req: CreateRequest) -> int | None:
@@ -169,7 +191,7 @@ def check_bandwidth(net: NetSpec) -> None:
                             "them as modules)")
 
 
-def validate_options(req: CreateRequest, own_trees: tuple[str, ...] | None = None) -> None:
+def validate_options(req: CreateRequest, own_trees: tuple[str, ...] | None = None) -> Options:
     """The sandbox options create and one-shot `run` share: limits, capabilities, mounts
     (`own_trees`: where the sandbox makes mount points itself), networks, and what a KVM
     sandbox cannot do."""
@@ -180,8 +202,8 @@ def validate_options(req: CreateRequest, own_trees: tuple[str, ...] | None = Non
     check_enforceable(limits)
     check_memory_tune(limits.get("memory"), limits.get("memory_soft"),
                       limits.get("memory_swap"))
-    parse_caps(req.cap_drop, req.cap_add)
-    parse_syscall_allow(req.syscall_allow)
+    options = Options(tuple(limits.items()), parse_caps(req.cap_drop, req.cap_add),
+                      norm_caps(req.cap_add), parse_syscall_allow(req.syscall_allow))
     for spec in req.mounts:
         check_mount_target(spec, OWN_TREES if own_trees is None else own_trees)
         if not kvm:
@@ -191,6 +213,7 @@ def validate_options(req: CreateRequest, own_trees: tuple[str, ...] | None = Non
         if net.dhcp and req.command:
             raise UserError("-N ...,dhcp needs a unit sandbox (its systemd-networkd is the "
                             "DHCP client)", "give a generic sandbox address=IP/PREFIX")
+    return options
 
 
 def check_command(command: tuple[str, ...]) -> None:
@@ -302,11 +325,12 @@ def etc_overlay(req: CreateRequest, parent: Path, overlayfs: bool,
     return req.etc != "copy" and not why_not
 
 
-def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.UnitFile],
-                 label: str, mode: SecurityMode, overlay: bool = False,
+def build_config(req: CreateRequest, checked: Checked, paths: Paths,
+                 units: Sequence[unitfile.UnitFile], label: str, overlay: bool = False,
                  machine_id: str = "") -> SandboxConfig:
+    """The config of a validated request (`checked`: its parsed values) with its label."""
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
-    run_as = check_user(req)
+    run_as, opts = checked.run_as, checked.options
     return SandboxConfig(
         name=req.name,
         kind=Kind.SERVICE if req.units else Kind.GENERIC,
@@ -318,21 +342,21 @@ def build_config(req: CreateRequest, paths: Paths, units: Sequence[unitfile.Unit
         private=tuple(os.path.normpath(p) for p in req.private),
         shared=tuple(os.path.normpath(p) for p in req.shared),
         copy=req.copy,
-        security_mode=mode,
+        security_mode=checked.security[0],
         security_label=label,
         machine_id=machine_id or uuid.uuid4().hex,
-        caps_drop=parse_caps(req.cap_drop, req.cap_add),
-        caps_add=norm_caps(req.cap_add),
-        syscalls_allow=parse_syscall_allow(req.syscall_allow),
-        devices=devices.check_all(req.devices),
+        caps_drop=opts.caps_drop,
+        caps_add=opts.caps_add,
+        syscalls_allow=opts.syscalls_allow,
+        devices=checked.devices,
         id_base=registry.choose_id_base(paths) if req.userns else None,
         mounts=req.mounts,
         networks=req.networks,
         uid=run_as.uid if run_as else None, gid=run_as.gid if run_as else None,
         username=run_as.name if run_as else "", homedir=run_as.home if run_as else "",
-        image_size=check_image(req),
+        image_size=checked.image_size,
         etc_overlay=overlay,
-        **parse_limits(req.limits, os.cpu_count() or 1),
+        **dict(opts.limits),
     )
 
 
@@ -378,12 +402,13 @@ def fresh_possible(req: CreateRequest, pkgdb: ev.PackageDB | None) -> bool:
             and req.image_size is None and pkgdb is not None and pkgdb.kind == "dpkg")
 
 
-def make_plan(req: CreateRequest, paths: Paths, facts: host.HostFacts, got: Gathered) -> Plan:
+def make_plan(req: CreateRequest, checked: Checked, paths: Paths, facts: host.HostFacts,
+              got: Gathered) -> Plan:
     """Everything create will do, decided from the request and the host. Reads only."""
-    mode, label = registry.choose_label(paths, req.uri, req.security)
+    label = registry.choose_label(paths, req.uri, checked.security)
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
     overlay = etc_overlay(req, parent, facts.overlayfs, got.evidence)
-    config = build_config(req, paths, got.units, label, mode, overlay, got.machine_id)
+    config = build_config(req, checked, paths, got.units, label, overlay, got.machine_id)
     missing = capneeds.lacking(list(got.units), confined_caps(config))
     if missing:
         line, hint = capneeds.describe(missing)
@@ -530,8 +555,10 @@ def _record_made(state: Path, new: list[str], packages: list[str], copied: bool)
     record.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False) -> Plan:
-    validate(req)
+def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False,
+           checked: Checked | None = None) -> Plan:
+    """`checked`: what validate(req) gave, where the caller validated already (apply)."""
+    checked = checked or validate(req)
     facts = host.detect()
     got = gather(req)
     conn = lv.connect(req.uri)
@@ -541,13 +568,13 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False) -> Plan:
     if req.image_size is not None and driver_for_uri(req.uri) is Driver.LXC:
         image.check_image_path(str(parent / req.name))  # KVM: qemu opens it, no loop device
     if dry_run:  # reads only: no lock (its file would be a change), no reservation
-        p = make_plan(req, paths, facts, got)
+        p = make_plan(req, checked, paths, facts, got)
         layers.warn_if_unprotected(conn, req.uri, req.name)
         return p
     with Transaction() as txn:
         with config_lock(paths):
             check_free(req, paths, parent / req.name, conn)
-            p = make_plan(req, paths, facts, got)
+            p = make_plan(req, checked, paths, facts, got)
             reserve(p, txn)
         apply_plan(p, conn, txn)
         fresh_instance(req, p, paths, conn, facts, got)

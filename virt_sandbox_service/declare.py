@@ -29,8 +29,8 @@ from pathlib import Path
 import libvirt
 
 from . import sandboxfile
-from .config import Driver, Paths, SandboxConfig, SecurityMode, all_configs, load_config
-from .create import CreateRequest
+from .config import Driver, Paths, SandboxConfig, all_configs, load_config
+from .create import Checked, CreateRequest
 from .errors import SandboxError, UserError
 from .reconcile import Outcome
 
@@ -70,7 +70,7 @@ class Result:
     error: SandboxError | None = None
 
 
-def read(path: Path) -> tuple[sandboxfile.SandboxFile, CreateRequest]:
+def read(path: Path) -> tuple[sandboxfile.SandboxFile, CreateRequest, Checked]:
     """The file, every value checked on its line, as create's request (checked as create
     checks it). Reads only."""
     from . import create
@@ -80,23 +80,23 @@ def read(path: Path) -> tuple[sandboxfile.SandboxFile, CreateRequest]:
     sandboxfile.check_values(sf)
     try:
         req = create_request(sandboxfile.namespace(sf))
-        create.validate(req)
+        checked = create.validate(req)
     except UserError as e:
         raise UserError(f"{path}: {e.message}", e.hint) from None
-    return sf, req
+    return sf, req, checked
 
 
-def wanted_config(req: CreateRequest, have: SandboxConfig, paths: Paths,
+def wanted_config(req: CreateRequest, checked: Checked, have: SandboxConfig, paths: Paths,
                   source: str) -> SandboxConfig:
-    """The config create would make of `req`, with the identity `have` already holds."""
-    from . import create, registry, unitfile
+    """The config create would make of `req` (`checked`: its parsed values), with the
+    identity `have` already holds."""
+    from . import create, unitfile
 
     units = [unitfile.load_unit(unitfile.resolve_unit_name(u, req.name), hostname=req.name,
                                 machine_id=have.machine_id) for u in req.units]
-    mode, label = (registry.parse_security(req.security) if req.security
-                   else (SecurityMode.DYNAMIC, None))
     overlay = have.etc_overlay if req.etc is None else req.etc == "overlay"
-    cfg = create.build_config(req, paths, units, label or have.security_label, mode, overlay,
+    cfg = create.build_config(req, checked, paths, units,
+                              checked.security[1] or have.security_label, overlay,
                               have.machine_id)
     extra = (*(kv for kv in have.extra if kv[0] != SOURCE), (SOURCE, source))
     return dataclasses.replace(
@@ -110,7 +110,7 @@ def changes(have: SandboxConfig, want: SandboxConfig) -> list[str]:
 
 
 def apply_file(paths: Paths, path: Path, *, check: bool) -> Result:
-    sf, req = read(path)
+    sf, req, checked = read(path)
     source = str(path.resolve())
     res = Result(sf.name)
     if not paths.config_file(sf.name).exists():
@@ -118,11 +118,11 @@ def apply_file(paths: Paths, path: Path, *, check: bool) -> Result:
         if check:
             res.lines.append(f"{sf.name}: would be created from {path}")
             return res
-        _create(paths, req, source)
+        _create(paths, req, checked, source)
         res.lines.append(f"{sf.name}: created from {path}")
         return res
     have = load_config(paths, sf.name)
-    want = wanted_config(req, have, paths, source)
+    want = wanted_config(req, checked, have, paths, source)
     diff = changes(have, want)
     fixed = [f for f in diff if f in FIXED]
     if fixed:
@@ -164,12 +164,12 @@ def _shown(value: object) -> str:
     return "(none)" if value is None else str(value)
 
 
-def _create(paths: Paths, req: CreateRequest, source: str) -> None:
+def _create(paths: Paths, req: CreateRequest, checked: Checked, source: str) -> None:
     """create, then the file it came from recorded in its config (under the lock)."""
     from .apply.files import write_file
     from .create import config_lock, create
 
-    create(req, paths)
+    create(req, paths, checked=checked)
     with config_lock(paths):
         cfg = load_config(paths, req.name)
         cfg = dataclasses.replace(cfg, extra=(*cfg.extra, (SOURCE, source)))

@@ -57,18 +57,20 @@ def parse_security(text: str) -> tuple[SecurityMode, str | None]:
     return mode, label
 
 
-def choose_label(paths: Paths, uri: str, security: str | None) -> tuple[SecurityMode, str]:
-    """-s's label, if it is free; else the next free MCS pair (caller holds the lock)."""
-    mode, label = parse_security(security) if security else (SecurityMode.DYNAMIC, None)
+def choose_label(paths: Paths, uri: str,
+                 security: tuple[SecurityMode, str | None]) -> str:
+    """-s's label (parsed: parse_security), if it is free; else the next free MCS pair
+    (caller holds the lock)."""
+    _mode, label = security
     in_use = [c.security_label for c in all_configs(paths)]
     if label is not None:
         _, level = labels.parse_label(label)
         if level and label in in_use:
             raise UserError(f"label {label} is already used by another sandbox",
                             "choose another category pair, or -s dynamic")
-        return mode, label
+        return label
     level = labels.allocate(in_use)
-    return mode, labels.process_label(driver_for_uri(uri), level)
+    return labels.process_label(driver_for_uri(uri), level)
 
 
 def choose_id_base(paths: Paths) -> int:

@@ -52,6 +52,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import libvirt
 
@@ -71,10 +72,6 @@ from ..initscript import _guest_binds, confine_argv, confine_mount
 from ..limits import (
     LimitArgs,
     init_caps,
-    norm_caps,
-    parse_caps,
-    parse_limits,
-    parse_syscall_allow,
 )
 from ..mounts import MountSpec, MountType
 from ..network import NetSpec
@@ -213,31 +210,35 @@ def run_config(name: str, uri: str, argv: Sequence[str], paths: Paths,
     plain run stays as fast as it was); with them, create's own checks run (validate_options),
     with /run, /tmp and /dev/shm as the trees a run makes mount points in (its /etc and /var
     are the host's, read-only)."""
+    limits: dict[str, Any] = {}
+    caps_drop: tuple[str, ...] = ()
+    caps_add: tuple[str, ...] = ()
+    syscalls: tuple[str, ...] = ()
     if opts != RunOptions():
         from ..create import CreateRequest, validate_options
 
-        validate_options(CreateRequest(
+        parsed = validate_options(CreateRequest(
             name=name, uri=uri, command=tuple(argv), limits=opts.limits,
             cap_drop=opts.cap_drop, cap_add=opts.cap_add, syscall_allow=opts.syscall_allow,
             mounts=opts.mounts,
             networks=opts.networks), own_trees=RUN_TREES)
+        limits, syscalls = dict(parsed.limits), parsed.syscalls_allow
+        # create's default drops apply once capabilities are asked for; a plain run keeps
+        # what it always had (libvirt's LXC defaults; everything in a KVM guest).
+        if opts.cap_drop or opts.cap_add:
+            caps_drop, caps_add = parsed.caps_drop, parsed.caps_add
     if opts.limits.tasks is not None:
         # An LXC sandbox's init sets it up (plan._tasks_prologue) and its stop removes the
         # cgroup it made; a run's init does neither yet.
         raise UserError("--tasks is not available for run yet",
                         "bound the run with --memory, or create a sandbox with --tasks")
-    limits = parse_limits(opts.limits, os.cpu_count() or 1)
-    # create's default drops apply once capabilities are asked for; a plain run keeps what
-    # it always had (libvirt's LXC defaults; everything in a KVM guest), at no extra cost.
-    caps = parse_caps(opts.cap_drop, opts.cap_add) if opts.cap_drop or opts.cap_add else ()
     # A state directory only for host-bind mounts with an empty source (removed after).
     fresh = any(s.type is MountType.HOST_BIND and not s.source
                 for s in opts.mounts)
     return SandboxConfig(name=name, kind=Kind.GENERIC, uri=uri,
                          state_dir=str(paths.state_parent / name) if fresh else "",
-                         command=tuple(argv), caps_drop=caps,
-                         caps_add=norm_caps(opts.cap_add),
-                         syscalls_allow=parse_syscall_allow(opts.syscall_allow),
+                         command=tuple(argv), caps_drop=caps_drop, caps_add=caps_add,
+                         syscalls_allow=syscalls,
                          mounts=opts.mounts, networks=opts.networks,
                          **limits)
 
