@@ -17,9 +17,14 @@ import enum
 import os
 import stat
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .config import parse_size, validate_abs_path
 from .errors import UserError
+from .plantypes import Mount
+
+if TYPE_CHECKING:
+    from .config import SandboxConfig
 
 LOOP_NAME_MAX = 64  # LO_NAME_SIZE in linux/loop.h, with its terminating NUL
 HINT = ("write -m TYPE:DST=SRC with TYPE host-bind, host-image, guest-bind or ram, "
@@ -95,3 +100,23 @@ def check_loop_path(spec: MountSpec) -> None:
         raise UserError(f"image path {spec.source} is {size} bytes long; libvirt "
                         f"loop-mounts only paths shorter than {LOOP_NAME_MAX}",
                         "move the image, or link it from a shorter path")
+
+
+def user_mounts(config: SandboxConfig) -> list[Mount]:
+    """The sandbox's -m mounts as the plan's Mounts (guest-bind ones are the init's own)."""
+    out = []
+    for spec in config.mounts:
+        why = f"-m {spec.type.value}"
+        if spec.type is MountType.RAM:
+            out.append(Mount(spec.target, "", tmpfs_kib=max(spec.size // 1024, 1), reason=why))
+        elif spec.type is MountType.HOST_IMAGE:
+            out.append(Mount(spec.target, spec.source, image=True, reason=why))
+        elif spec.type is MountType.HOST_BIND:
+            source = spec.source or mount_dir(config.state_dir, spec.target)
+            out.append(Mount(spec.target, source, reason=why))
+    return out
+
+
+def mount_dir(state: str, target: str) -> str:
+    """The instance's own directory behind an empty-source host-bind mount."""
+    return os.path.join(state, "mounts", target.strip("/").replace("/", "%"))

@@ -39,7 +39,7 @@ from .initscript import confine_mount, init_command
 from .innerunits import CONFINEMENT_DROPIN as CONFINEMENT_DROPIN
 from .innerunits import confinement_dropin as confinement_dropin
 from .innerunits import systemd_ops
-from .mounts import MountType
+from .mounts import MountType, mount_dir, user_mounts
 
 # The plan's vocabulary lives in plantypes.py; importers keep finding it here.
 from .plantypes import ETC_STAGE as ETC_STAGE
@@ -52,6 +52,7 @@ from .plantypes import HOST_CHANNEL as HOST_CHANNEL
 from .plantypes import MARKER as MARKER
 from .plantypes import NOTIFY_SOCKET as NOTIFY_SOCKET
 from .plantypes import OVERLAY_OPTIONS as OVERLAY_OPTIONS
+from .plantypes import TMPFS as TMPFS
 from .plantypes import AddUser as AddUser
 from .plantypes import CopyTree as CopyTree
 from .plantypes import FileOp as FileOp
@@ -71,7 +72,6 @@ from .plantypes import seen_at as seen_at
 # neighbours' definitions.
 HOST_ONLY_ETC = ("/etc/libvirt",)
 
-TMPFS = (("/run", 65536), ("/tmp", 262144), ("/dev/shm", 65536))
 
 
 
@@ -344,7 +344,7 @@ def _mounts(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidenc
     for ev in evidence:
         if ev.access is Access.SHARED and "--shared" in ev.reasons:
             mounts.append(Mount(ev.path, ev.path, readonly=True, reason="--shared"))
-    mounts += _user_mounts(config)
+    mounts += user_mounts(config)
     return tuple(mounts)
 
 
@@ -378,25 +378,6 @@ def _loader_ops(config: SandboxConfig, facts: HostFacts) -> list[FileOp]:
     return managed([MakeDir(os.path.dirname(path), 0o755, reason="the loader files bound on /etc"),
                     WriteFile(path, "", 0o644, reason="an empty preload list, bound read-only "
                               "on /etc/ld.so.preload")])
-
-
-def _user_mounts(config: SandboxConfig) -> list[Mount]:
-    out = []
-    for spec in config.mounts:
-        why = f"-m {spec.type.value}"
-        if spec.type is MountType.RAM:
-            out.append(Mount(spec.target, "", tmpfs_kib=max(spec.size // 1024, 1), reason=why))
-        elif spec.type is MountType.HOST_IMAGE:
-            out.append(Mount(spec.target, spec.source, image=True, reason=why))
-        elif spec.type is MountType.HOST_BIND:
-            source = spec.source or mount_dir(config.state_dir, spec.target)
-            out.append(Mount(spec.target, source, reason=why))
-    return out
-
-
-def mount_dir(state: str, target: str) -> str:
-    """The instance's own directory behind an empty-source host-bind mount."""
-    return os.path.join(state, "mounts", target.strip("/").replace("/", "%"))
 
 
 def _mount_ops(config: SandboxConfig) -> list[FileOp]:

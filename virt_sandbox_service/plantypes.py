@@ -11,6 +11,9 @@ from dataclasses import dataclass, field, replace
 from .config import SandboxConfig
 from .pathevidence import PathEvidence
 
+# The private tmpfs every sandbox gets, and their sizes in KiB.
+TMPFS = (("/run", 65536), ("/tmp", 262144), ("/dev/shm", 65536))
+
 # Inside the sandbox: a directory bound from the host's run dir, carrying the notify socket the
 # sandbox's systemd reports readiness on and the generic command's exit status.
 # In the state dir: marks a directory as a sandbox's (delete removes only such), and the

@@ -9,7 +9,7 @@ from lxml import etree
 from lxml.builder import ElementMaker
 
 from ..host import HostFacts
-from ..plan import Plan
+from ..plantypes import Plan
 
 E = ElementMaker()
 

@@ -28,10 +28,11 @@ from ..config import Kind, SandboxConfig
 from ..errors import UserError
 from ..host import HostFacts
 from ..image import IMAGE_MOUNT
+from ..initscript import command
 from ..limits import CPU_PERIOD_US, blkiotune_element, memtune_element, numatune_element
 from ..mounts import MountType
 from ..network import guest_args, guest_mac, host_device, kvm_interface_element
-from ..plan import Mount, Plan, command
+from ..plantypes import Mount, Plan
 from .common import metadata, selinux_label, what
 
 E = ElementMaker()

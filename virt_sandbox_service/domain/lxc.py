@@ -16,7 +16,7 @@ from ..config import IDMAP_COUNT
 from ..host import HostFacts
 from ..limits import caps_element, set_tunables
 from ..network import host_device, interface_element
-from ..plan import Mount, Plan
+from ..plantypes import Mount, Plan
 from .common import apparmor_label, metadata, selinux_label, what
 
 E = ElementMaker()

@@ -73,9 +73,9 @@ from ..limits import (
     LimitArgs,
     init_caps,
 )
-from ..mounts import MountSpec, MountType
+from ..mounts import MountSpec, MountType, mount_dir, user_mounts
 from ..network import NetSpec
-from ..plan import TMPFS, Mount, Plan, _user_mounts
+from ..plantypes import TMPFS, Mount, Plan
 
 RUN_PREFIX = "vss-run-"
 EXIT_SETUP_FAILED = EXIT_RUN_FAILED  # like env(1) and podman: the sandbox, not the command, failed
@@ -250,8 +250,6 @@ def _fresh_dirs(cfg: SandboxConfig) -> Iterator[None]:
     if not cfg.state_dir:
         yield
         return
-    from ..plan import mount_dir
-
     try:
         for spec in cfg.mounts:
             if spec.type is MountType.HOST_BIND and not spec.source:
@@ -268,7 +266,7 @@ def run_plan(cfg: SandboxConfig, facts: host.HostFacts, *, init: tuple[str, ...]
     mounts = (Mount("/", "/", readonly=True, reason="the host's root filesystem, read-only"),
               *(Mount(t, "", tmpfs_kib=k, reason="private tmpfs") for t, k in TMPFS),
               *((confine_mount(facts),) if cfg.driver is Driver.LXC else ()),
-              *(_user_mounts(cfg) if cfg.mounts else ()))
+              *(user_mounts(cfg) if cfg.mounts else ()))
     return Plan(config=cfg, config_path="", state_dir="", run_dir="", evidence=(), hidden=(),
                 mounts=mounts, files=(), init=init, init_env=env)
 
