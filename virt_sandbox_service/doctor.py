@@ -20,8 +20,8 @@ class Check:
 
 
 def checks(fix: bool = False) -> list[Check]:
-    out = [_root(), *_libvirt(), _cgroups(fix), _blkio(), _overlay(), _userns(), *_kvm(),
-           _selinux(fix), _confinement(), _pkgdb(), _systemd()]
+    out = [_root(), *_libvirt(), _cgroups(fix), _inotify(fix), _blkio(), _overlay(), _userns(),
+           *_kvm(), _selinux(fix), _confinement(), _pkgdb(), _systemd()]
     return out
 
 
@@ -48,6 +48,26 @@ def _libvirt() -> list[Check]:
                              f"{'lxc' if 'lxc' in uri else 'qemu'} and start libvirtd "
                              "(scripts/setup.sh does both)"))
     return out
+
+
+def _inotify(fix: bool) -> Check:
+    """Root's inotify instances, which every sandbox's systemd draws on (hostlimits.py)."""
+    from . import hostlimits
+
+    use = hostlimits.inotify_use()
+    done: list[str] = []
+    if fix and use.limit < hostlimits.FIX_TO:
+        done = hostlimits.raise_limit()
+        use = hostlimits.inotify_use()
+    detail = use.describe() + (f"; fixed: {'; '.join(done)}" if done else "")
+    if use.room < 1:
+        return Check("inotify", False, detail,
+                     "run 'virt-sandbox-service doctor --fix' (raises it to "
+                     f"{hostlimits.FIX_TO}, kept in {hostlimits.SYSCTL_FILE})")
+    return Check("inotify", True, detail,
+                 "" if use.limit >= hostlimits.FIX_TO else
+                 f"'doctor --fix' raises it to {hostlimits.FIX_TO} (about "
+                 f"{hostlimits.FIX_TO // hostlimits.PER_UNIT_SANDBOX} sandboxes)")
 
 
 def _blkio() -> Check:

@@ -61,6 +61,15 @@ def raise_stopped(signum: int, frame: FrameType | None) -> None:
     raise Stopped()
 
 
+def start_failure_hint(cfg: SandboxConfig) -> str:
+    """Where a start failed before the sandbox said anything: the kernel limit its systemd
+    most likely ran out of, if it is used up (hostlimits.py), else its journal."""
+    from ..hostlimits import shortage_hint
+
+    short = shortage_hint() if cfg.kind is Kind.SERVICE else None
+    return f"{short}; {log_hint(cfg)}" if short else log_hint(cfg)
+
+
 def log_hint(cfg: SandboxConfig, unit: str | None = None) -> str:
     """Where the user reads the sandbox's journal: its directory on the host, or (-i) from
     inside, the only place the image is mounted while the sandbox runs."""
@@ -118,7 +127,7 @@ def confirm_up(cfg: SandboxConfig, ask: Callable[[], list[UnitState]],
     except HostError as e:
         if not active():
             raise HostError(f"sandbox '{cfg.name}' stopped while starting",
-                            log_hint(cfg)) from None
+                            start_failure_hint(cfg)) from None
         logging.getLogger(__name__).warning("%s; taking %s for its units being up",
                                             e.message, trusted)
         return

@@ -51,9 +51,9 @@ from .common import (
     copy_console,
     exit_status,
     fail_start,
-    log_hint,
     mark_stopping,
     run_dir,
+    start_failure_hint,
     stop_marker,
 )
 from .common import domain as domain  # part of the Backend protocol
@@ -238,7 +238,7 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyList
         if msg is None:
             if not dom.isActive():
                 raise HostError(f"sandbox '{cfg.name}' stopped while starting",
-                                log_hint(cfg))
+                                start_failure_hint(cfg))
             continue
         if "VSS_FAILED" in msg:
             failed.append(msg["VSS_FAILED"])
@@ -248,7 +248,7 @@ def _wait_ready(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyList
     else:
         _force_stop(dom)
         raise HostError(f"sandbox '{cfg.name}' was not ready after {timeout:g} s",
-                        log_hint(cfg))
+                        start_failure_hint(cfg))
     if failed:
         fail_start(cfg, failed, since, lambda: _graceful_stop(dom, 10))
     status(f"Starting sandbox {cfg.name}: checking {', '.join(cfg.units)}.")
