@@ -11,6 +11,7 @@ test: setup
 	bash scripts/test.sh
 
 bench: setup
+	bash scripts/bench-peers.sh
 	bash bench/run-all.sh
 
 clean-demo:

@@ -1,11 +1,12 @@
-"""Benchmark: twenty apache2 sandboxes at once, each under ab on its own loopback.
+"""Benchmark: a hundred apache2 sandboxes at once, each under ab on its own loopback.
 
 All N sandboxes are created and started, then R rounds run `ab -n REQUESTS -c CONCURRENCY`
 against every sandbox at the same time (inside each one's network namespace, nsenter -n).
 Peer in the same run: N bare `unshare -fpmn` apache2 (no init, no systemd, no libvirt) under
 the same load. Prints and writes bench/results/load.md (and .json); medians over the rounds.
 Asserts nothing (tests/test_reliability.py asserts zero failed requests).
-    .venv/bin/python bench/load.py [--runs 5] [--sandboxes 20] [--requests 2000]
+    .venv/bin/python bench/load.py [--runs 5] [--sandboxes 100] [--requests 500]
+More than about 20 unit sandboxes need root's inotify room raised (doctor --fix).
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ def main() -> None:
     on_sigterm_clean_up()
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5, help="load rounds")
-    ap.add_argument("--sandboxes", type=int, default=20)
-    ap.add_argument("--requests", type=int, default=2000, help="per sandbox and round")
+    ap.add_argument("--sandboxes", type=int, default=100)
+    ap.add_argument("--requests", type=int, default=500, help="per sandbox and round")
     ap.add_argument("--concurrency", type=int, default=10)
     args = ap.parse_args()
     if shutil.which("ab") is None:
