@@ -3,6 +3,7 @@ real sandboxes whose instance data and secrets are their own (plain) or the host
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -106,6 +107,13 @@ def test_a_plain_instance_has_its_own_keys_and_data_and_c_the_hosts(env: Env) ->
     assert "Apache2 Debian Default Page" in page
 
 
+def setup_cgroups() -> set[Path]:
+    """The cgroup directories the set-up sandboxes' init made (cgroup2, and v1 pids)."""
+    return {d for pattern in ("/sys/fs/cgroup/*/machine/lxc-*-vss-setup-*",
+                              "/sys/fs/cgroup/machine/lxc-*-vss-setup-*")
+            for d in map(Path, glob.glob(pattern))}
+
+
 @pytest.mark.root
 @pytest.mark.libvirt
 def test_a_failing_postinst_fails_the_create_with_its_output_and_leaves_nothing(
@@ -133,7 +141,7 @@ def test_a_failing_postinst_fails_the_create_with_its_output_and_leaves_nothing(
         subprocess.run(["dpkg", "-i", str(deb)], check=True, capture_output=True)
         for d in ("config/sandboxes", "state", "units"):  # the tool's own, made at first use
             (env.base / d).mkdir(parents=True, exist_ok=True)
-        before = env.snapshot()
+        before, cgroups = env.snapshot(), setup_cgroups()
         proc = env.run("create", "-u", f"{pkg}.service", unique_name("fp"))
         assert proc.returncode != 0
         assert "set-up of a fresh instance failed (exit 1)" in proc.stderr, proc.stderr
@@ -141,6 +149,7 @@ def test_a_failing_postinst_fails_the_create_with_its_output_and_leaves_nothing(
         assert "cannot initialise the frobnicator" in proc.stderr
         assert "Traceback" not in proc.stderr
         assert env.snapshot() == before
+        assert setup_cgroups() == cgroups  # the set-up sandbox's cgroups went with it
     finally:
         Path("/var/tmp/.vss-allow").unlink(missing_ok=True)
         subprocess.run(["dpkg", "--purge", pkg], check=False, capture_output=True)

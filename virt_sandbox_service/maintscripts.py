@@ -188,7 +188,10 @@ def run(conn: libvirt.virConnect, p: Plan, facts: HostFacts) -> str:
             raise HostError("libvirt could not start the sandbox to run the package's "
                             f"postinst: {e.get_error_message()}",
                             "'virt-sandbox-service doctor' checks the host") from e
-        status = _wait(dom, Path(p.run_dir) / os.path.basename(EXIT_STATUS_FILE))
+        try:
+            status = _wait(dom, Path(p.run_dir) / os.path.basename(EXIT_STATUS_FILE))
+        finally:
+            _end(dom)
         out.seek(0)
         text = out.read(OUTPUT_LIMIT).decode(errors="replace")
     if not status and not text.strip():
@@ -202,6 +205,19 @@ def run(conn: libvirt.virConnect, p: Plan, facts: HostFacts) -> str:
                         f"(exit {status or 'unknown'}):\n{text.rstrip()}",
                         "create it with -C to start from the host's data instead")
     return text
+
+
+def _end(dom: libvirt.virDomain, wait: float = 10.0) -> None:
+    """The set-up domain gone before the caller removes the cgroups its init made (they must
+    be empty to go): it usually ends by itself once its script is done, but not after a
+    failure or Ctrl-C on our side, where autodestroy would end it only when our connection
+    closes, after that clean-up (which then left its cgroup directories behind)."""
+    deadline = time.monotonic() + wait
+    with contextlib.suppress(libvirt.libvirtError, HostError):  # never mask the cause
+        if is_active(dom):
+            dom.destroy()
+        while is_active(dom) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 def _wait(dom: libvirt.virDomain, status_file: Path) -> str:
