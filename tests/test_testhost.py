@@ -54,6 +54,7 @@ INNER = {
                 "test_userns_is_refused_where_libvirt_fails_and_the_raw_failure_is_libvirts"),
 }
 TIMINGS: dict[str, float] = {}
+SLOWEST: dict[str, list[str]] = {}
 # TCG runs the guest about ten times slower than this machine: the few tests that bound a
 # time (a clean stop is not a destroy after a timeout) scale their budgets by it.
 TIME_SCALE = 10
@@ -101,6 +102,8 @@ def _report(request: pytest.FixtureRequest) -> None:
     with capture.global_and_fixture_disabled():
         reporter.write_line("\nstandard test host timings: " +
                             ", ".join(f"{k} {v:.0f} s" for k, v in TIMINGS.items()))
+        for lsm, slowest in SLOWEST.items():
+            reporter.write_line(f"slowest inside the {lsm} guest:\n" + "\n".join(slowest))
 
 
 def test_the_selection_passes_inside(guest: TestHost) -> None:
@@ -110,9 +113,14 @@ def test_the_selection_passes_inside(guest: TestHost) -> None:
     env = (f"VSS_TESTHOST_LSM={guest.lsm} VSS_REQUIRE_ALL=1 VSS_ALLOW_DAEMON_RESTART=1 "
            f"VSS_TIME_SCALE={TIME_SCALE}")
     r = guest.ssh(f"cd {GUEST_TREE} && {env} .venv/bin/python -m pytest -q -p no:cacheprovider "
-                  f"{shlex.join(INNER[guest.lsm])} 2>&1", timeout=2400, check=False)
+                  f"--durations=12 {shlex.join(INNER[guest.lsm])} 2>&1", timeout=2400,
+                  check=False)
     TIMINGS[f"{guest.lsm} selection"] = time.monotonic() - t0
-    tail = "\n".join(r.stdout.splitlines()[-60:])
+    # Its slowest tests, printed with the timings: where a guest's minutes go.
+    lines = r.stdout.splitlines()
+    SLOWEST[guest.lsm] = [x for x in lines if x.split()[1:2] in (["call"], ["setup"],
+                                                                 ["teardown"])][:12]
+    tail = "\n".join(lines[-60:])
     assert r.returncode == 0, f"inside the {guest.lsm} test host:\n{tail}"
     assert " passed" in tail and " failed" not in tail, tail
 
@@ -142,19 +150,6 @@ def test_an_enabled_sandbox_comes_back_after_the_hosts_reboot(guest: TestHost) -
     finally:
         guest.ssh(f"systemctl disable --now {name}_sandbox.service; "
                   f"virt-sandbox-service delete --force {name}", check=False, timeout=300)
-
-
-def test_the_demo_runs_there(guest: TestHost) -> None:
-    """The README's second command, on a standard host."""
-    if guest.lsm != "apparmor":
-        pytest.skip("the demo runs once, in the AppArmor guest")
-    t0 = time.monotonic()
-    r = guest.ssh(f"cd {GUEST_TREE} && make demo 2>&1", timeout=1200, check=False)
-    TIMINGS["demo"] = time.monotonic() - t0
-    try:
-        assert r.returncode == 0, r.stdout[-3000:]
-    finally:
-        guest.ssh(f"cd {GUEST_TREE} && make clean-demo", check=False, timeout=600)
 
 
 def test_the_package_installs_and_runs_there(guest: TestHost, built_deb: Path) -> None:
