@@ -27,6 +27,7 @@ Commands run inside with `nsenter -t LEADER -a` (there is no machined registrati
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 import shlex
@@ -147,6 +148,7 @@ class SystemdHost:
         self.all_sandboxes: list[str] = []
         self.timings: dict[str, float] = {}
         self._made_run_systemd = False
+        self._setup_cgroups = setup_cgroups()
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -249,6 +251,7 @@ class SystemdHost:
                 errors += _remove_domains(self.sandboxes)
                 _remove_sandbox_cgroups(self.all_sandboxes)
                 errors += _remove_cgroup_trees(self._cgroups)
+                errors += _remove_cgroup_trees(sorted(setup_cgroups() - self._setup_cgroups))
                 shutil.rmtree(self.base, ignore_errors=True)
                 if self._made_run_systemd:
                     with contextlib.suppress(OSError):
@@ -453,6 +456,15 @@ def _remove_domains(names: list[str]) -> list[str]:
     finally:
         conn.close()
     return errors
+
+
+def setup_cgroups() -> set[Path]:
+    """The cgroups of the fresh-instance set-up sandboxes (vss-setup-*) that creates inside the
+    test host made: like a sandbox's, they sit in the host's tree, where the CLI inside (its
+    own cgroup namespace) cannot remove them."""
+    return {Path(p) for pattern in ("/sys/fs/cgroup/*/machine/lxc-*-vss-setup-*.libvirt-lxc",
+                                    "/sys/fs/cgroup/machine/lxc-*-vss-setup-*.libvirt-lxc")
+            for p in glob.glob(pattern)}
 
 
 def _remove_sandbox_cgroups(names: list[str]) -> None:

@@ -3,7 +3,6 @@ real sandboxes whose instance data and secrets are their own (plain) or the host
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ from virt_sandbox_service.evidence import Access, PathEvidence
 from virt_sandbox_service.host import HostFacts
 
 from .conftest import Env, need, unique_name
+from .systemd_host import setup_cgroups
 
 
 def ev(path: str, is_dir: bool = True) -> PathEvidence:
@@ -105,13 +105,6 @@ def test_a_plain_instance_has_its_own_keys_and_data_and_c_the_hosts(env: Env) ->
     env.run("start", "--detach", web, check=True)
     page = env.run("execute", web, "--", "curl", "-s", "http://127.0.0.1/", check=True).stdout
     assert "Apache2 Debian Default Page" in page
-
-
-def setup_cgroups() -> set[Path]:
-    """The cgroup directories the set-up sandboxes' init made (cgroup2, and v1 pids)."""
-    return {d for pattern in ("/sys/fs/cgroup/*/machine/lxc-*-vss-setup-*",
-                              "/sys/fs/cgroup/machine/lxc-*-vss-setup-*")
-            for d in map(Path, glob.glob(pattern))}
 
 
 @pytest.mark.root
