@@ -137,8 +137,7 @@ def clone(req: CloneRequest, paths: Paths) -> Plan:
     validate_name(req.dest)
     if req.state_parent is not None:
         validate_dir_path(req.state_parent, "-p path")
-    security = registry.parse_security(req.security) if req.security else (
-        SecurityMode.DYNAMIC, None)
+    security = registry.security_option(req.security)
     src = load_config(paths, req.source)
     facts = host.detect()
     conn = lv.connect(src.uri)

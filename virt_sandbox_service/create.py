@@ -118,7 +118,7 @@ class Checked:
     here instead of parsing them again."""
 
     options: Options
-    security: tuple[SecurityMode, str | None] = (SecurityMode.DYNAMIC, None)
+    security: tuple[SecurityMode, str | None] = registry.DEFAULT_SECURITY
     run_as: users.RunAs | None = None
     image_size: int | None = None
     devices: tuple[str, ...] = ()
@@ -138,8 +138,7 @@ def validate(req: CreateRequest) -> Checked:
     for p in (*req.private, *req.shared):
         validate_abs_path(p, "path")
     options = validate_options(req)
-    security = parse_security(req.security) if req.security is not None else (
-        SecurityMode.DYNAMIC, None)
+    security = registry.security_option(req.security)
     if req.userns:
         problem = host.cgroup_layout().userns_problem
         if problem:

@@ -38,6 +38,14 @@ def config_lock(paths: Paths) -> Iterator[None]:
         os.close(fd)
 
 
+DEFAULT_SECURITY: tuple[SecurityMode, str | None] = (SecurityMode.DYNAMIC, None)
+
+
+def security_option(text: str | None) -> tuple[SecurityMode, str | None]:
+    """-s as given, or its default (dynamic: a free MCS pair) where it is not."""
+    return DEFAULT_SECURITY if text is None else parse_security(text)
+
+
 def parse_security(text: str) -> tuple[SecurityMode, str | None]:
     """'-s dynamic', '-s static,label=u:r:t:s0:c1,c2' -> (mode, label)."""
     mode_text, _, rest = text.partition(",")

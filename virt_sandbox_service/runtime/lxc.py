@@ -389,26 +389,30 @@ def _graceful_stop(dom: libvirt.virDomain, timeout: float) -> None:
     """
     deadline = time.monotonic() + timeout
     init = _InitProcess.of(dom)
-    while time.monotonic() < deadline:
-        if not _active(dom):
-            return
-        if init is None or not init.power_off():
-            try:
-                dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_INITCTL)
-            except libvirt.libvirtError as e:
-                log.debug("initctl shutdown of %s: %s", dom.name(), e)
-        ask_again = min(deadline, time.monotonic() + REASK)
-        while time.monotonic() < ask_again:
-            if init is not None and init.wait(ask_again - time.monotonic()):
-                init.close()
-                init = None
-                _wait_inactive(dom, deadline)
-                break
-            if init is None:
-                if not _active(dom):
-                    return
-                time.sleep(POLL)
-    _force_stop(dom)
+    try:
+        while time.monotonic() < deadline:
+            if not _active(dom):
+                return
+            if init is None or not init.power_off():
+                try:
+                    dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_INITCTL)
+                except libvirt.libvirtError as e:
+                    log.debug("initctl shutdown of %s: %s", dom.name(), e)
+            ask_again = min(deadline, time.monotonic() + REASK)
+            while time.monotonic() < ask_again:
+                if init is not None and init.wait(ask_again - time.monotonic()):
+                    init.close()
+                    init = None
+                    _wait_inactive(dom, deadline)
+                    break
+                if init is None:
+                    if not _active(dom):
+                        return
+                    time.sleep(POLL)
+        _force_stop(dom)
+    finally:  # every way out closes the pidfd (a foreground start lives on after a stop)
+        if init is not None:
+            init.close()
 
 
 def _wait_inactive(dom: libvirt.virDomain, deadline: float) -> None:
