@@ -22,7 +22,7 @@ from virt_sandbox_service.evidence import Access, PathEvidence
 from virt_sandbox_service.host import HostFacts
 from virt_sandbox_service.limits import DEFAULT_DROP
 from virt_sandbox_service.plan import CONFINEMENT_DROPIN, Plan, WriteFile, plan
-from virt_sandbox_service.units import render_sandbox_unit
+from virt_sandbox_service.planner import Inputs, UnitSource, build
 
 from .conftest import GOLDEN, need
 
@@ -146,9 +146,11 @@ def make(name: str) -> tuple[Plan, str, str]:
     cfg, evidence, facts = CASES[name]
     frags = tuple((u, f"/lib/systemd/system/{u.split('@')[0] + '@.service' if '@' in u else u}")
                   for u in cfg.units)
-    p = plan(cfg, facts, evidence, HIDDEN, f"/etc/virt-sandbox-service/sandboxes/{cfg.name}.json",
-             f"/run/virt-sandbox-service/{cfg.name}", frags)
-    return p, domain_xml(p, facts), render_sandbox_unit(cfg, EXE, Paths())
+    p = build(cfg, facts, Inputs(evidence=evidence, hidden=HIDDEN,
+                                 units=tuple(UnitSource(u, f) for u, f in frags),
+                                 paths=Paths(), tool=EXE))
+    (_, unit), = p.unit_files
+    return p, p.domain_xml, unit
 
 
 def check_golden(path: Path, text: str, regenerate: bool) -> None:
@@ -389,9 +391,7 @@ def dry_run(case: str) -> tuple[str, str]:
 
     from virt_sandbox_service.planprint import format_plan, plan_json
 
-    p, xml, unit = make(case)
-    p = dataclasses.replace(p, domain_xml=xml, unit_files=(
-        (f"/etc/systemd/system/{p.config.name}_sandbox.service", unit),))
+    p, _, _ = make(case)
     return format_plan(p) + "\n", json.dumps(plan_json(p), indent=2) + "\n"
 
 

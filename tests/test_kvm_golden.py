@@ -14,12 +14,12 @@ from lxml import etree
 
 from virt_sandbox_service.config import Kind, SandboxConfig
 from virt_sandbox_service.create import EXT_MAGIC, EXT_MAGIC_OFFSET, check_kvm_image
-from virt_sandbox_service.domain import METADATA_NS, domain_xml, kvm
+from virt_sandbox_service.domain import domain_xml, kvm
 from virt_sandbox_service.errors import UserError
 from virt_sandbox_service.evidence import Access, PathEvidence
 from virt_sandbox_service.host import HostFacts
 from virt_sandbox_service.plan import Plan, plan
-from virt_sandbox_service.runtime.oneshot import run_plan
+from virt_sandbox_service.planner import Inputs, build
 
 from .conftest import GOLDEN
 from .test_golden import check_golden, typed_specs
@@ -101,9 +101,8 @@ def make(name: str, kvm: bool = False) -> str:
 
 
 def kvm_build_run(cfg: SandboxConfig, facts: HostFacts) -> str:
-    return kvm.build_run(run_plan(cfg, facts), facts, METADATA_NS,
-                         "/run/virt-sandbox-service/vss-run-0123abcd",
-                         "/run/virt-sandbox-service/vss-run-0123abcd/console.log")
+    return build(cfg, facts, Inputs(run_dir="/run/virt-sandbox-service/vss-run-0123abcd")
+                 ).domain_xml
 
 
 ALL = [*sorted(CASES), "kvm-run"]

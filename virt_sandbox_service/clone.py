@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import host, image, registry
+from . import conffiles, host, image, planner, registry
 from .apply import files
 from .apply import libvirt as lv
 from .apply.txn import Transaction
@@ -32,28 +32,12 @@ from .create import (
     CreateRequest,
     apply_plan,
     check_free,
-    evidence_json,
-    finish,
     reserve,
+    tool_path,
 )
 from .errors import UserError
 from .evidence import Access, PathEvidence
-from .plan import (
-    ETC_WORK,
-    EVIDENCE_FILE,
-    MARKER,
-    CopyTree,
-    FileOp,
-    MakeDir,
-    MakeImage,
-    Plan,
-    WriteFile,
-    empty_preload,
-    plan,
-)
-
-# Files of the source's /etc that carry its identity: rewritten for the clone.
-IDENTITY = ("hostname", "machine-id", "hosts")
+from .plan import EVIDENCE_FILE, Plan
 
 
 @dataclass(frozen=True)
@@ -105,32 +89,14 @@ def clone_config(src: SandboxConfig, req: CloneRequest, paths: Paths,
 
 def clone_plan(src: SandboxConfig, cfg: SandboxConfig, paths: Paths,
                facts: host.HostFacts) -> Plan:
+    """The clone's plan (planner.build): the source's evidence and trees, read here."""
     evidence, hidden = load_evidence(src)
-    p = plan(cfg, facts, evidence, hidden, str(paths.config_file(cfg.name)),
-             str(paths.run_dir / cfg.name), ())
-    identity = {os.path.join(cfg.state_dir, "etc", f) for f in IDENTITY}
-    work = os.path.join(cfg.state_dir, ETC_WORK)  # overlay /etc: made empty, not copied
-    loader = os.path.dirname(empty_preload(cfg.state_dir))  # made as for a new sandbox
-    ops: list[FileOp] = [op for op in p.files
-           if (isinstance(op, MakeDir) and op.path in (cfg.state_dir, work, loader))
-           or (isinstance(op, WriteFile) and (op.path in identity or op.path.endswith(MARKER)
-                                              or op.path.startswith(loader + "/")))]
-    for tree in ("etc", "var", "paths", "home"):
-        source = os.path.join(src.state_dir, tree)
-        if os.path.isdir(source):
-            ops.append(CopyTree(source, os.path.join(cfg.state_dir, tree), journal_dirs(src),
-                                reason=f"{src.name}'s private {tree} ({dict(cfg.extra)['copy']})"))
-    # Identity files last: they overwrite the copied ones.
-    ops.sort(key=lambda op: isinstance(op, WriteFile) and op.path in identity)
-    if src.image_size is not None:  # -i: copy the image, then write the identity into it
-        ops.insert(1, MakeDir(os.path.join(cfg.state_dir, "etc"), 0o755, reason="staging"))
-        ops.append(MakeImage(image.image_path(cfg.state_dir), src.image_size,
-                             source=image.image_path(src.state_dir), drop=("var/log/journal",),
-                             reason=f"{src.name}'s image (sparse copy), its journal emptied"))
-    p = dataclasses.replace(p, files=tuple(ops))
-    record = WriteFile(os.path.join(cfg.state_dir, EVIDENCE_FILE), evidence_json(p),
-                       reason="why each path is private, hidden or shared (from the source)")
-    return finish(dataclasses.replace(p, files=(*p.files, record)), paths, facts)
+    trees = tuple(t for t in ("etc", "var", "paths", "home")
+                  if os.path.isdir(os.path.join(src.state_dir, t)))
+    return planner.build(cfg, facts, planner.Inputs(
+        evidence=evidence, hidden=hidden, conffiles=tuple(conffiles.baseline(evidence).items()),
+        paths=paths, tool=tool_path(),
+        clone_of=planner.CloneSource(src, trees, journal_dirs(src))))
 
 
 def clone(req: CloneRequest, paths: Paths) -> Plan:

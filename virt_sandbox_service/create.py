@@ -28,6 +28,7 @@ from . import (
     image,
     layers,
     maintscripts,
+    planner,
     registry,
     unitfile,
     users,
@@ -52,7 +53,6 @@ from .config import (
     validate_dir_path,
     validate_name,
 )
-from .domain import domain_xml
 from .errors import UserError
 from .limits import (
     LimitArgs,
@@ -67,13 +67,13 @@ from .limits import (
 )
 from .mounts import MountSpec, MountType, check_loop_path
 from .network import OUR_FILTER, NetSpec, filter_xml
-from .plan import EVIDENCE_FILE, Plan, WriteFile, plan, state_path
+from .plan import EVIDENCE_FILE, Plan
 
 # The registry's names, where they were before registry.py.
 from .registry import config_lock as config_lock
 from .registry import parse_security as parse_security
 from .runtime.lxc import remove_cgroups
-from .units import render_sandbox_unit, unit_name
+from .units import unit_name
 from .users import UserArgs
 
 
@@ -418,35 +418,26 @@ def make_plan(req: CreateRequest, checked: Checked, paths: Paths, facts: host.Ho
         line, hint = capneeds.describe_devices(lacking)
         print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
               file=sys.stderr)
-    p = plan_units(config, paths, facts, got.evidence, got.hidden, got.units)
-    record = WriteFile(os.path.join(config.state_dir, EVIDENCE_FILE), evidence_json(p),
-                       reason="why each path is private, hidden or shared")
-    return dataclasses.replace(p, files=(*p.files, record))
+    return plan_units(config, paths, facts, got.evidence, got.hidden, got.units)
 
 
 def plan_units(config: SandboxConfig, paths: Paths, facts: host.HostFacts,
                evidence: tuple[ev.PathEvidence, ...], hidden: tuple[ev.PathEvidence, ...],
                units: Sequence[unitfile.UnitFile]) -> Plan:
-    """The plan of a unit sandbox's (or a generic one's: no units) config, finished: what
-    create makes, and what upgrade and limit compare with what is in place (reconcile.py)."""
-    missing = capneeds.lacking(list(units), confined_caps(config))
-    p = plan(config, facts, evidence, hidden, str(paths.config_file(config.name)),
-             str(paths.run_dir / config.name), tuple((u.name, _fragment(u)) for u in units),
-             tuple((unit, cap) for unit, cap, _ in missing))
-    generated = tuple(
-        WriteFile(state_path(config.state_dir, _fragment(u), "/etc"), u.generated,
-                  reason=f"{u.name}: made by systemd's sysv generator from {u.source}",
-                  managed=True)
-        for u in units if u.generated is not None)
-    return finish(dataclasses.replace(p, files=(*p.files, *generated)), paths, facts)
+    """The plan of a unit sandbox's (or a generic one's: no units) config, whole: what
+    create makes, and what upgrade and limit compare with what is in place (reconcile.py).
+    Here the host is read (the units' needs, the conffiles' baseline, the tool's path);
+    planner.build decides."""
+    return planner.build(config, facts, planner.Inputs(
+        evidence=evidence, hidden=hidden, units=unit_sources(units),
+        unit_needs=tuple((unit, cap) for unit, cap, _ in
+                         capneeds.lacking(list(units), confined_caps(config))),
+        conffiles=tuple(conffiles.baseline(evidence).items()), paths=paths, tool=tool_path()))
 
 
-def finish(p: Plan, paths: Paths, facts: host.HostFacts) -> Plan:
-    """The plan's generated texts: its libvirt domain and its host unit."""
-    return dataclasses.replace(
-        p, domain_xml=domain_xml(p, facts),
-        unit_files=((str(paths.unit_dir / unit_name(p.config.name)),
-                     render_sandbox_unit(p.config, tool_path(), paths)),))
+def unit_sources(units: Sequence[unitfile.UnitFile]) -> tuple[planner.UnitSource, ...]:
+    return tuple(planner.UnitSource(u.name, _fragment(u), u.generated, str(u.source or ""))
+                 for u in units)
 
 
 def _fragment(unit: unitfile.UnitFile) -> str:
@@ -455,17 +446,6 @@ def _fragment(unit: unitfile.UnitFile) -> str:
     if unit.generated is None:
         return str(unit.path)
     return f"/etc/systemd/system/{unit.name}"
-
-
-def evidence_json(p: Plan) -> str:
-    def item(e: ev.PathEvidence) -> dict[str, object]:
-        return {"path": e.path, "access": e.access.value, "dir": e.is_dir,
-                "reasons": list(e.reasons)}
-    data = {"evidence": [item(e) for e in p.evidence], "hidden": [item(e) for e in p.hidden],
-            "mounts": [dataclasses.asdict(m) for m in p.mounts],
-            # What the instance's conffiles were when copied: `upgrade` tells edits by it.
-            "conffiles": conffiles.baseline(p.evidence)}
-    return json.dumps(data, indent=2) + "\n"
 
 
 def tool_path() -> str:
@@ -560,7 +540,7 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False,
     checked = checked or validate(req)
     facts = host.detect()
     got = gather(req)
-    conn = lv.connect(req.uri)
+    conn = lv.connect(req.uri, readonly=dry_run)  # --dry-run: libvirt read, never changed
     facts = dataclasses.replace(facts, secmodels=host.libvirt_secmodels(conn))
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
     check_free(req, paths, parent / req.name, conn)  # early, for a clear error; again below

@@ -56,7 +56,7 @@ from typing import Any
 
 import libvirt
 
-from .. import host
+from .. import host, planner
 from ..apply import apparmor, kernelfs
 from ..apply import libvirt as lv
 from ..config import (
@@ -68,14 +68,14 @@ from ..config import (
     driver_for_uri,
 )
 from ..errors import EXIT_RUN_FAILED, HostError, UserError
-from ..initscript import _guest_binds, confine_argv, confine_mount
+from ..initscript import _guest_binds, confine_argv
 from ..limits import (
     LimitArgs,
     init_caps,
 )
-from ..mounts import MountSpec, MountType, mount_dir, user_mounts
+from ..mounts import MountSpec, MountType, mount_dir
 from ..network import NetSpec
-from ..plantypes import TMPFS, Mount, Plan
+from ..plantypes import TMPFS
 
 RUN_PREFIX = "vss-run-"
 EXIT_SETUP_FAILED = EXIT_RUN_FAILED  # like env(1) and podman: the sandbox, not the command, failed
@@ -259,18 +259,6 @@ def _fresh_dirs(cfg: SandboxConfig) -> Iterator[None]:
         shutil.rmtree(cfg.state_dir, ignore_errors=True)
 
 
-def run_plan(cfg: SandboxConfig, facts: host.HostFacts, *, init: tuple[str, ...] = (),
-             env: tuple[tuple[str, str], ...] = ()) -> Plan:
-    """What a one-shot sandbox sees: the host's root read-only, private tmpfs, and the -m
-    mounts it was given."""
-    mounts = (Mount("/", "/", readonly=True, reason="the host's root filesystem, read-only"),
-              *(Mount(t, "", tmpfs_kib=k, reason="private tmpfs") for t, k in TMPFS),
-              *((confine_mount(facts),) if cfg.driver is Driver.LXC else ()),
-              *(user_mounts(cfg) if cfg.mounts else ()))
-    return Plan(config=cfg, config_path="", state_dir="", run_dir="", evidence=(), hidden=(),
-                mounts=mounts, files=(), init=init, init_env=env)
-
-
 def _sandbox_env() -> tuple[tuple[str, str], ...]:
     env = [("PATH", SANDBOX_PATH), ("HOME", "/root")]
     if "TERM" in os.environ:
@@ -282,8 +270,6 @@ def _sandbox_env() -> tuple[tuple[str, str], ...]:
 
 
 def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, tty: bool = False) -> int:
-    from ..domain import METADATA_NS, lxc
-
     if not cfg.machine_id:  # its AppArmor profile is named after it (apparmor.py)
         cfg = dataclasses.replace(cfg, machine_id=uuid.uuid4().hex)
     sh = host.find_tool(("/bin/sh", "/usr/bin/sh"), "/bin/sh", "dash")
@@ -299,10 +285,9 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, tty: bool = False) ->
     # The command runs confined (see confine.py), like a generic sandbox's.
     jail = confine_argv(facts, init_caps(cfg), cfg.syscalls_allow)
     pty = (facts.python, "-I", "-S", "-c", PTY_HELPER) if tty else ()
-    plan = run_plan(cfg, facts, init=(sh, "-c", binds + HIDE_CGROUPS
-                                      + (LXC_TTY_INIT if tty else LXC_INIT), "vss-run",
-                                      *pty, *jail, *cfg.command), env=_sandbox_env())
-    xml = lxc.build(plan, facts, METADATA_NS)
+    xml = planner.build(cfg, facts, planner.Inputs(
+        init=(sh, "-c", binds + HIDE_CGROUPS + (LXC_TTY_INIT if tty else LXC_INIT), "vss-run",
+              *pty, *jail, *cfg.command), init_env=_sandbox_env())).domain_xml
     status_r, status_w = os.pipe()
     ours, theirs = socket.socketpair() if tty else (None, None)
     stdio = ([theirs.detach(), os.open(os.devnull, os.O_RDWR), _usable_fd(2)] if theirs
@@ -386,7 +371,7 @@ def _read_line(fd: int) -> str:
 
 def _run_kvm(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths) -> int:
     from .. import initrd
-    from ..domain import METADATA_NS, kvm
+    from ..domain import kvm
 
     boot = initrd.ensure()
     kf = host.kvm_facts()
@@ -401,8 +386,7 @@ def _run_kvm(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths) -> int:
     chan.mkdir(parents=True, mode=0o700)
     dom = None
     try:
-        xml = kvm.build_run(run_plan(cfg, facts), facts, METADATA_NS, str(chan),
-                            str(chan / "console.log"))
+        xml = planner.build(cfg, facts, planner.Inputs(run_dir=str(chan))).domain_xml
         try:
             dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED | lv.START_VALIDATE)
         except libvirt.libvirtError as e:
