@@ -7,7 +7,7 @@ import libvirt
 import pytest
 
 from virt_sandbox_service.errors import HostError
-from virt_sandbox_service.runtime import lxc
+from virt_sandbox_service.runtime import lxcstop as lxc
 
 
 class StuckDomain:
