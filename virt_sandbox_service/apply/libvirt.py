@@ -24,9 +24,10 @@ START_VALIDATE = libvirt.VIR_DOMAIN_START_VALIDATE
 NWFILTER_VALIDATE_SINCE = 7_007_000
 
 
-def connect(uri: str) -> libvirt.virConnect:
+def connect(uri: str, readonly: bool = False) -> libvirt.virConnect:
+    """readonly: a connection through which nothing can be changed (--dry-run's)."""
     try:
-        return libvirt.open(uri)
+        return libvirt.openReadOnly(uri) if readonly else libvirt.open(uri)
     except libvirt.libvirtError as e:
         raise HostError(f"cannot connect to libvirt at {uri}: {e.get_error_message()}",
                         "is libvirtd running? 'virt-sandbox-service doctor' checks the host") from e
