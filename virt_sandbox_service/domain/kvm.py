@@ -11,7 +11,9 @@ hardware KVM is usable and where the boot files are.
 
 qemu runs as root (a static DAC label, nothing relabelled): the 9p shares must read and
 write files of any owner, as the LXC driver does, and the host's root-only files (the private
-/etc is a copy made by root) must stay readable to the sandbox's root.
+/etc is a copy made by root) must stay readable to the sandbox's root. A normal user's
+one-shot run (qemu:///session, runtime/session.py) is the exception: its qemu is the user's,
+so it reads the host's root as the user, relabels nothing, and the command runs as the user.
 """
 
 from __future__ import annotations

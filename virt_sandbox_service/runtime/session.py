@@ -18,7 +18,11 @@ be the user's and everything it reads must be readable by the user:
   session daemon manages no cgroups); --memory is the guest's RAM and stays;
 * inside, the command runs as the invoking user (uid, gid and the supplementary groups of
   the host's /etc/group, the guest's view of it), through the same `setpriv` payload as a
-  generic sandbox's -U (users.payload). For root it runs as root, as with qemu:///system.
+  generic sandbox's -U (users.payload).
+
+Root never comes here: libvirt's client starts a session daemon only for a uid other than 0
+and connects root's qemu:///session to the system daemon (seen here: no daemon started, the
+system daemon's qemu user reading the boot files), so root's run is a qemu:///system run.
 
 Every check here reads only; `prepare` runs before the first side effect (the first one being
 libvirt's autostart of the session daemon).
@@ -129,7 +133,6 @@ class SessionRun:
     dirs: UserDirs
     paths: Paths  # the tool's paths for this run: its run and state dirs are the user's
     run_as: RunAs | None  # None: root, as root
-    qemu: str
 
 
 def prepare(paths: Paths, euid: int, env: Mapping[str, str] | None = None,
@@ -148,7 +151,7 @@ def prepare(paths: Paths, euid: int, env: Mapping[str, str] | None = None,
     dirs = user_dirs(env, home)
     for var, path in dirs.bases():
         check_writable(var, path, home, entry.pw_name)
-    qemu = host.find_tool(QEMU_BINARIES, "qemu-system-x86_64 (QEMU)", "qemu-system-x86")
+    host.find_tool(QEMU_BINARIES, "qemu-system-x86_64 (QEMU)", "qemu-system-x86")
     check_boot_readable()
     run_as = None
     if euid != 0:
@@ -159,7 +162,7 @@ def prepare(paths: Paths, euid: int, env: Mapping[str, str] | None = None,
         run_as = RunAs(euid, entry.pw_gid, entry.pw_name, guest_home)
     return SessionRun(dirs, dataclasses.replace(paths, run_dir=dirs.run_dir,
                                                 state_parent=dirs.state_parent),
-                      run_as, qemu)
+                      run_as)
 
 
 def check_options(networks: tuple[NetSpec, ...], limits: LimitArgs) -> None:
