@@ -97,15 +97,29 @@ def make(name: str, kvm: bool = False) -> str:
         cfg = SandboxConfig(name="vss-run-0123abcd", kind=Kind.GENERIC, uri="qemu:///system",
                             state_dir="", command=("/bin/false",))
         return kvm_build_run(cfg, facts)
+    if name == "kvm-run-session":
+        return kvm_build_run(SESSION_RUN, dataclasses.replace(facts, **SESSION_BOOT),
+                             run_dir=SESSION_RUN_DIR, session=True)
     return domain_xml(make_plan(name), facts)
 
 
-def kvm_build_run(cfg: SandboxConfig, facts: HostFacts) -> str:
-    return build(cfg, facts, Inputs(run_dir="/run/virt-sandbox-service/vss-run-0123abcd")
+# A normal user's run through their own daemon (runtime/session.py): boot files in their
+# cache, channels in their runtime directory, the command run as them.
+SESSION_RUN = SandboxConfig(name="vss-run-0123abcd", kind=Kind.GENERIC, uri="qemu:///session",
+                            state_dir="", command=("/bin/id",), uid=1000, gid=1000,
+                            username="alice", homedir="/home/alice")
+SESSION_RUN_DIR = "/run/user/1000/virt-sandbox-service"
+SESSION_BOOT = {"kvm_kernel": "/home/alice/.cache/virt-sandbox-service/kvm/kernel",
+                "kvm_initrd": "/home/alice/.cache/virt-sandbox-service/kvm/initrd.img"}
+
+
+def kvm_build_run(cfg: SandboxConfig, facts: HostFacts,
+                  run_dir: str = "/run/virt-sandbox-service", session: bool = False) -> str:
+    return build(cfg, facts, Inputs(run_dir=f"{run_dir}/vss-run-0123abcd", session=session)
                  ).domain_xml
 
 
-ALL = [*sorted(CASES), "kvm-run"]
+ALL = [*sorted(CASES), "kvm-run", "kvm-run-session"]
 
 
 @pytest.mark.parametrize("case", ALL)
@@ -338,3 +352,32 @@ def test_kvm_images_must_hold_ext_file_systems(tmp_path: Path) -> None:
     bad.write_bytes(b"\0" * 4096)
     with pytest.raises(UserError, match="holds no ext2/3/4 file system"):
         check_kvm_image(str(bad))
+
+
+def test_session_run_asks_nothing_of_root() -> None:
+    """qemu:///session: qemu is the user's, so no relabel, 9p in 'squash' (plain reads as
+    the user), no virtiofs even where the host has virtiofsd, and the command as the user."""
+    facts = dataclasses.replace(FACTS, virtiofsd=VIRTIOFSD_RO, **SESSION_BOOT)
+    doc = etree.fromstring(kvm_build_run(SESSION_RUN, facts, run_dir=SESSION_RUN_DIR,
+                                         session=True).encode())
+    assert [(s.get("type"), s.get("model"), s.get("relabel")) for s in doc.iter("seclabel")] \
+        == [("none", None, None)]
+    shares = list(doc.iter("filesystem"))
+    assert [(f.get("accessmode"), f.find("source").get("dir"), f.find("readonly") is not None)
+            for f in shares] == [("squash", "/", True)]
+    assert doc.find("memoryBacking") is None
+    assert all(c.find("source").get("path").startswith(f"{SESSION_RUN_DIR}/")
+               for c in doc.iter("channel"))
+    assert doc.findtext("os/kernel").startswith("/home/alice/.cache/virt-sandbox-service/")
+    assert not list(doc.iter("interface"))
+    args = [base64.b64decode(w.split("=", 1)[1]).decode() for w in words(doc)
+            if w.startswith("vss.arg=")]
+    assert args[:5] == ["/usr/bin/setpriv", "--reuid=1000", "--regid=1000", "--init-groups",
+                        "--"]
+    assert args[-1] == "/bin/id"
+
+
+def test_system_run_keeps_root_qemu_and_passthrough() -> None:
+    doc = etree.fromstring(make("kvm-run").encode())
+    assert [s.get("model") for s in doc.iter("seclabel")] == ["dac"]
+    assert [f.get("accessmode") for f in doc.iter("filesystem")] == ["passthrough"]

@@ -1,32 +1,50 @@
-"""run by a normal user: what each URI needs is said in one line, before anything is tried.
+"""run by a normal user: -c qemu:///session works through the user's own libvirt daemon; what
+each other URI needs is said in one line, before anything is tried.
 
 A throw-away user (made here, removed after) runs the tool with Debian's own python3 (the
 venv's interpreter may live in root's home, which no other user can enter) and the checkout
-on PYTHONPATH, as an unprivileged user with the tool installed would.
+on PYTHONPATH, as an unprivileged user with the tool installed would. The session run boots
+one micro-VM (under TCG here, about 3 s with the user's boot files built first) whose output
+two tests read; libvirt starts the user's session daemon (`libvirtd --timeout=120`, and its
+virtlogd) for it, and the fixture ends those by PID before the user goes.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, need
+from .conftest import CLI, ROOT, need
 
 pytestmark = [pytest.mark.root]
 SYSTEM_PYTHON = "/usr/bin/python3"
+# What a user's shell would not carry over from root's: each would point the run elsewhere.
+ROOTS_VARS = ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR", "VSS_CACHE_DIR",
+              "VSS_KVM_KERNEL")
+PROBE = ("id -u; id -g; id -G; grep -c ^processor /proc/cpuinfo; "
+         "grep -m1 '^model name' /proc/cpuinfo; echo err >&2; exit 3")
 
 
-@pytest.fixture
-def user() -> Iterator[str]:
+def _need_system_python() -> None:
     need(os.path.exists("/usr/sbin/useradd"), "needs useradd (passwd)")
     probe = subprocess.run([SYSTEM_PYTHON, "-c", "import libvirt, lxml, jinja2"],
                            capture_output=True)
     need(probe.returncode == 0, "needs Debian's python3-libvirt, -lxml, -jinja2 "
                                 "(scripts/setup.sh)")
+
+
+@pytest.fixture
+def user() -> Iterator[str]:
+    """A user without a home directory (useradd -M)."""
+    _need_system_python()
     name = f"vssu{secrets.token_hex(3)}"
     subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True)
     try:
@@ -36,36 +54,123 @@ def user() -> Iterator[str]:
 
 
 def run_as(user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    unset = [w for v in ROOTS_VARS for w in ("-u", v)]
     return subprocess.run(
-        ["runuser", "-u", user, "--", "env", f"PYTHONPATH={ROOT}", "PYTHONDONTWRITEBYTECODE=1",
-         SYSTEM_PYTHON, "-m", "virt_sandbox_service.cli", *args],
-        capture_output=True, text=True, timeout=120, cwd="/")
+        ["runuser", "-u", user, "--", "env", *unset, f"PYTHONPATH={ROOT}",
+         "PYTHONDONTWRITEBYTECODE=1", SYSTEM_PYTHON, "-m", "virt_sandbox_service.cli", *args],
+        capture_output=True, text=True, timeout=180, cwd="/", stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.parametrize(("uri", "message", "hint"), [
+@pytest.mark.parametrize(("uri", "message"), [
     ("lxc:///", "run -c lxc:/// needs root: libvirt's LXC driver starts containers only "
-                "for root", "run it as root (sudo)"),
+                "for root"),
     ("qemu:///system", "run -c qemu:///system needs root: qemu:///system is the root-only "
-                       "system daemon", "run it as root (sudo)"),
-    ("qemu:///session", "run -c qemu:///session is not available yet: a run's micro-VM needs "
-                        "the system daemon (qemu as root, to read the host's files for it)",
-     "ask an administrator to run it, as root, with -c qemu:///system"),
+                       "system daemon"),
 ])
-def test_a_normal_user_is_told_what_each_uri_needs(user: str, uri: str, message: str,
-                                                   hint: str) -> None:
+def test_a_normal_user_is_told_what_each_uri_needs(user: str, uri: str, message: str) -> None:
     proc = run_as(user, "run", "-c", uri, "--", "/bin/date")
     assert proc.returncode == 125, proc
     assert proc.stderr.splitlines() == [f"virt-sandbox-service: error: {message}",
-                                        f"virt-sandbox-service: hint: {hint}"]
+                                        "virt-sandbox-service: hint: run it as root (sudo)"]
     assert proc.stdout == ""
 
 
-def test_root_is_pointed_from_the_session_to_the_system_daemon() -> None:
-    from .conftest import CLI
+def test_a_session_run_without_a_home_says_so_before_anything(user: str) -> None:
+    proc = run_as(user, "run", "-c", "qemu:///session", "--", "/bin/date")
+    assert proc.returncode == 125, proc
+    assert proc.stderr.splitlines()[0] == (
+        "virt-sandbox-service: error: run -c qemu:///session needs your home directory: "
+        f"/home/{user} does not exist")
+    assert f"mkhomedir_helper {user}" in proc.stderr.splitlines()[1]
+    assert subprocess.run(["pgrep", "-u", user], capture_output=True).returncode == 1
 
-    proc = subprocess.run([*CLI, "run", "-c", "qemu:///session", "--", "/bin/date"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+
+# --- a real session run --------------------------------------------------------------------
+
+
+def _end_session_daemons(name: str) -> None:
+    """The session libvirtd and virtlogd that libvirt started for this throw-away user: every
+    process of that uid is ours. SIGTERM by PID, then wait for all of its processes (the
+    powered-off qemu's zombie too) to be gone, so that userdel finds the user unused."""
+    for daemon in ("libvirtd", "virtlogd"):
+        found = subprocess.run(["pgrep", "-u", name, "-x", daemon], capture_output=True,
+                               text=True).stdout.split()
+        for pid in found:
+            os.kill(int(pid), signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while subprocess.run(["pgrep", "-u", name], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, subprocess.run(
+            ["pgrep", "-a", "-u", name], capture_output=True, text=True).stdout
+        time.sleep(0.2)
+
+
+@dataclass
+class SessionRun:
+    user: str
+    proc: subprocess.CompletedProcess[str]
+    seconds: float
+    leftovers: list[str]
+
+
+@pytest.fixture(scope="module")
+def session_run() -> Iterator[SessionRun]:
+    """One session run by a user with a home and a supplementary group (users)."""
+    _need_system_python()
+    need(os.path.exists("/usr/sbin/libvirtd"), "needs libvirtd (libvirt-daemon)")
+    name = f"vssh{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "-m", "-G", "users", "-s", "/bin/sh", name], check=True)
+    try:
+        t0 = time.monotonic()
+        proc = run_as(name, "run", "-c", "qemu:///session", "--", "/bin/sh", "-c", PROBE)
+        seconds = time.monotonic() - t0
+        run_dir = Path(f"/home/{name}/.cache/virt-sandbox-service/run")
+        yield SessionRun(name, proc, seconds, sorted(os.listdir(run_dir))
+                         if run_dir.is_dir() else ["<no run dir>"])
+    finally:
+        try:
+            _end_session_daemons(name)
+        finally:
+            subprocess.run(["userdel", "-r", name], check=True, capture_output=True)
+
+
+@pytest.mark.kvm
+def test_a_normal_users_session_run_runs_as_that_user(session_run: SessionRun) -> None:
+    import grp
+    import pwd
+
+    proc = session_run.proc
+    assert proc.returncode == 3, proc
+    assert proc.stderr == "err\n"
+    entry = pwd.getpwnam(session_run.user)
+    uid, gid, groups = proc.stdout.splitlines()[:3]
+    assert (int(uid), int(gid)) == (entry.pw_uid, entry.pw_gid)
+    assert set(map(int, groups.split())) == {entry.pw_gid, grp.getgrnam("users").gr_gid}
+    assert session_run.leftovers == []  # its channels and console log are gone
+    print(f"session run as {session_run.user}: {session_run.seconds:.1f} s")
+
+
+@pytest.mark.kvm
+def test_a_session_runs_proc_is_the_guests(session_run: SessionRun) -> None:
+    """/proc/cpuinfo is the guest kernel's: one vCPU, and under TCG qemu's CPU model."""
+    from virt_sandbox_service.host import kvm_choice
+
+    lines = session_run.proc.stdout.splitlines()
+    assert lines[3] == "1", session_run.proc
+    host_model = next(x for x in Path("/proc/cpuinfo").read_text().splitlines()
+                      if x.startswith("model name"))
+    if not kvm_choice()[0]:  # TCG (this machine): the model qemu emulates
+        assert "QEMU" in lines[4] and lines[4] != host_model, lines[4]
+
+
+@pytest.mark.kvm
+def test_root_on_qemu_session_gets_a_system_run() -> None:
+    """libvirt serves root's qemu:///session from the system daemon: root's run is a
+    qemu:///system run (root inside), not a refusal."""
+    from .test_run import reachable
+
+    need(reachable("qemu:///system"), "needs libvirtd with the QEMU driver (scripts/setup.sh)")
+    proc = subprocess.run([*CLI, "run", "-c", "qemu:///session", "--", "/bin/sh", "-c",
+                           "id -u; echo e >&2; exit 5"], capture_output=True, text=True,
+                          timeout=180, cwd=ROOT, stdin=subprocess.DEVNULL,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 125
-    assert proc.stderr.splitlines()[1] == ("virt-sandbox-service: hint: as root: run -c "
-                                           "qemu:///system")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (5, "0\n", "e\n"), proc

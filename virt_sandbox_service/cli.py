@@ -393,6 +393,8 @@ RUN_EXAMPLES = """examples:
       with a memory limit and a host directory at /mnt
   virt-sandbox-service run -c qemu:///system -- /bin/uname -r
       in a micro-VM
+  virt-sandbox-service run -c qemu:///session -- /bin/id
+      in a micro-VM of a normal user's own libvirt, as that user (no network)
   virt-sandbox-service run -t -- /bin/bash
       an interactive shell on a terminal of its own (job control, window size, Ctrl-C)
 
@@ -463,7 +465,8 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                    "Limits, capabilities, -m and -N work as for create",
                        epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("-c", "--connect", default=DEFAULT_URI, metavar="URI",
-                   help=f"libvirt URI: lxc:/// or qemu:///system (default {DEFAULT_URI})")
+                   help=f"libvirt URI: lxc:/// or qemu:///system (root), or qemu:///session "
+                        f"(a normal user's own daemon) (default {DEFAULT_URI})")
     r.add_argument_group("terminal").add_argument(
         "-t", "--tty", action="store_true",
         help="give the command a terminal of its own, relayed to ours (raw; window size, "

@@ -69,6 +69,7 @@ class Inputs:
     init: tuple[str, ...] = ()
     init_env: tuple[tuple[str, str], ...] = field(default=())
     run_dir: str = ""  # a transient KVM sandbox's channel directory
+    session: bool = False  # a normal user's run through qemu:///session (runtime/session.py)
 
 
 def build(config: SandboxConfig, facts: HostFacts, inputs: Inputs) -> Plan:
@@ -181,5 +182,6 @@ def transient(config: SandboxConfig, facts: HostFacts, inputs: Inputs) -> Plan:
     from .domain import kvm
 
     return replace(p, domain_xml=kvm.build_run(p, facts, METADATA_NS, inputs.run_dir,
-                                               os.path.join(inputs.run_dir, "console.log")))
+                                               os.path.join(inputs.run_dir, "console.log"),
+                                               session=inputs.session))
 

@@ -11,12 +11,15 @@ hardware KVM is usable and where the boot files are.
 
 qemu runs as root (a static DAC label, nothing relabelled): the 9p shares must read and
 write files of any owner, as the LXC driver does, and the host's root-only files (the private
-/etc is a copy made by root) must stay readable to the sandbox's root.
+/etc is a copy made by root) must stay readable to the sandbox's root. A normal user's
+one-shot run (qemu:///session, runtime/session.py) is the exception: its qemu is the user's,
+so it reads the host's root as the user, relabels nothing, and the command runs as the user.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from collections.abc import Sequence
 from typing import cast
@@ -74,22 +77,29 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
 
 
 def build_run(plan: Plan, facts: HostFacts, metadata_ns: str, channel_dir: str,
-              console_log: str) -> str:
+              console_log: str, *, session: bool = False) -> str:
     """The transient domain of a one-shot `run`: stdio and status over virtio-serial ports
-    whose host ends are unix sockets in `channel_dir`, the console in `console_log`."""
+    whose host ends are unix sockets in `channel_dir`, the console in `console_log`.
+    session: for a user's own daemon (qemu:///session, see runtime/session.py): qemu runs as
+    that user, so nothing is relabelled and the 9p shares are read and written as the user
+    (accessmode 'squash'), never over virtiofs (libvirt starts virtiofsd only as root); the
+    command runs as the config's user (-U's payload)."""
+    if session:
+        facts = dataclasses.replace(facts, virtiofsd="")
     devices = [
         *_controllers(),
-        *_filesystems(plan.mounts, facts),
+        *_filesystems(plan.mounts, facts, squash=session),
         *_interfaces(plan.config),
         *_console(console_log),
         *[_channel(f"vss.{p}", f"{channel_dir}/{p}.sock") for p in RUN_PORTS],
         E.memballoon(model="none"),
     ]
-    return _domain(plan, facts, metadata_ns, "run", plan.config.command, devices)
+    return _domain(plan, facts, metadata_ns, "run", command(plan.config, facts), devices,
+                   session=session)
 
 
 def _domain(plan: Plan, facts: HostFacts, ns: str, kind: str, command: Sequence[str],
-            devices: list[etree._Element]) -> str:
+            devices: list[etree._Element], *, session: bool = False) -> str:
     cfg = plan.config
     if cfg.id_base is not None:
         raise UserError("user namespaces are for LXC sandboxes only",
@@ -115,6 +125,8 @@ def _domain(plan: Plan, facts: HostFacts, ns: str, kind: str, command: Sequence[
         E.on_reboot("destroy"),
         E.on_crash("destroy"),
         E.devices(*devices),
+        # A session daemon runs qemu as its user, who cannot chown anything to root.
+        E.seclabel(type="none") if session else
         E.seclabel(E.label("+0:+0"), type="static", model="dac", relabel="no"),
     ])
     label = selinux_label(plan, facts)
@@ -231,10 +243,12 @@ def _memory_backing(plan: Plan, facts: HostFacts) -> list[etree._Element]:
     return [E.memoryBacking(E.source(type="memfd"), E.access(mode="shared"))]
 
 
-def _filesystems(mounts: tuple[Mount, ...], facts: HostFacts) -> list[etree._Element]:
+def _filesystems(mounts: tuple[Mount, ...], facts: HostFacts, *, squash: bool = False
+                 ) -> list[etree._Element]:
     """One share per mount with a host source (virtio-9p; the root over virtiofs where the
     host can), tagged vss0, vss1... in plan order (the kernel command line says where each
-    goes)."""
+    goes). squash: qemu's security_model=none, for a qemu that is not root (passthrough
+    needs root's chown and setuid)."""
     out = []
     tag = 0
     for m in mounts:
@@ -248,7 +262,8 @@ def _filesystems(mounts: tuple[Mount, ...], facts: HostFacts) -> list[etree._Ele
         # whose inode numbers collide; unremapped, the guest's 9p cache mistakes one
         # directory for another (seen: /proc and /sys, both inode 1).
         fs = E.filesystem(E.source(dir=m.source), E.target(dir=f"vss{tag}"),
-                          type="mount", accessmode="passthrough", multidevs="remap")
+                          type="mount", accessmode="squash" if squash else "passthrough",
+                          multidevs="remap")
         if m.readonly:
             fs.append(E.readonly())
         fs.append(E.address(type="virtio-mmio"))

@@ -76,6 +76,7 @@ from ..limits import (
 from ..mounts import MountSpec, MountType, mount_dir
 from ..network import NetSpec
 from ..plantypes import TMPFS
+from . import session
 
 RUN_PREFIX = "vss-run-"
 EXIT_SETUP_FAILED = EXIT_RUN_FAILED  # like env(1) and podman: the sandbox, not the command, failed
@@ -143,11 +144,18 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
     name = RUN_PREFIX + os.urandom(4).hex()
     if tty and driver is Driver.KVM:
         argv = kvm_tty_argv(argv, host.find_tool(("/usr/bin/script",), "script", "util-linux"))
+    sess = None
+    if session.is_session(uri) and os.geteuid() != 0:
+        sess = session.prepare(paths, os.geteuid(), networks=opts.networks, limits=opts.limits)
+        paths = sess.paths
     cfg = run_config(name, uri, argv, paths, opts)
+    if sess is not None and sess.run_as is not None:
+        r = sess.run_as
+        cfg = dataclasses.replace(cfg, uid=r.uid, gid=r.gid, username=r.name, homedir=r.home)
     if cfg.memory is not None and driver is Driver.KVM and cfg.memory < KVM_MIN_MEMORY:
         raise UserError(f"--memory {opts.limits.memory} is too little for a KVM sandbox (at "
                         f"least {KVM_MIN_MEMORY // 2**20}M: it boots a kernel of its own)")
-    conn = lv.connect(uri)
+    conn = session.connect(uri) if sess is not None else lv.connect(uri)
     if cfg.networks:
         from ..create import check_networks, ensure_our_filter
 
@@ -162,20 +170,16 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
             from .connect import _raw
 
             with _raw(0):
-                return _run_kvm(conn, cfg, paths)
-        return _run_kvm(conn, cfg, paths)
+                return _run_kvm(conn, cfg, paths, sess)
+        return _run_kvm(conn, cfg, paths, sess)
 
 
 def check_privilege(uri: str, driver: Driver, euid: int) -> None:
-    """What each URI needs of who runs it, said before anything is tried. A run's micro-VM is
-    built for qemu:///system (the boot files in the system cache, qemu as root reading the
-    host's files over 9p or virtiofs, its channels in the system run directory); a normal
-    user's session daemon can give none of that yet."""
-    if uri.rstrip("/").endswith("/session"):
-        raise UserError(f"run -c {uri} is not available yet: a run's micro-VM needs the "
-                        "system daemon (qemu as root, to read the host's files for it)",
-                        "as root: run -c qemu:///system" if euid == 0 else
-                        "ask an administrator to run it, as root, with -c qemu:///system")
+    """What each URI needs of who runs it, said before anything is tried. qemu:///session is
+    a normal user's own daemon (runtime/session.py checks what it needs); libvirt serves
+    root's from the system daemon, so root's run is a qemu:///system run."""
+    if session.is_session(uri):
+        return
     if euid != 0:
         what = ("libvirt's LXC driver starts containers only for root" if driver is Driver.LXC
                 else "qemu:///system is the root-only system daemon")
@@ -369,11 +373,13 @@ def _read_line(fd: int) -> str:
 # --- KVM ---------------------------------------------------------------------------------------
 
 
-def _run_kvm(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths) -> int:
+def _run_kvm(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
+             sess: session.SessionRun | None = None) -> int:
+    """sess: a qemu:///session run (boot files in the user's cache, root over 9p)."""
     from .. import initrd
     from ..domain import kvm
 
-    boot = initrd.ensure()
+    boot = initrd.ensure(sess.dirs.boot_dir if sess else None)
     kf = host.kvm_facts()
     facts = host.HostFacts(selinux=host.selinux_enabled(), kvm=kf.kvm, tsc_khz=kf.tsc_khz,
                            kvm_kernel=str(boot.kernel), kvm_initrd=str(boot.initrd),
@@ -386,7 +392,8 @@ def _run_kvm(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths) -> int:
     chan.mkdir(parents=True, mode=0o700)
     dom = None
     try:
-        xml = planner.build(cfg, facts, planner.Inputs(run_dir=str(chan))).domain_xml
+        xml = planner.build(cfg, facts, planner.Inputs(run_dir=str(chan),
+                                                       session=sess is not None)).domain_xml
         try:
             dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED | lv.START_VALIDATE)
         except libvirt.libvirtError as e:
