@@ -93,11 +93,11 @@ class Env:
     def state(self, name: str) -> Path:
         return self.base / "state" / name
 
-    def run(self, *args: str, check: bool = False,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, check: bool = False, timeout: float = 120,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, **self.vars, "PYTHONPATH": str(ROOT)}
         proc = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env,
-                              timeout=timeout, cwd=ROOT)
+                              timeout=timeout, cwd=ROOT, input=input)
         if check and proc.returncode != 0:
             raise AssertionError(f"{args} failed ({proc.returncode}): {proc.stderr}")
         return proc

@@ -182,6 +182,10 @@ ALLOWED = [
     ("svirt_lxc_net_t", "svirt_sandbox_file_t", "filesystem", "relabelto"),
     # execute's stdio, relayed through sockets the administrator made at s0.
     ("svirt_lxc_net_t", "unconfined_t", "unix_stream_socket", "write"),
+    # run's: the same sockets, handed to the sandbox through libvirtd and its controller.
+    ("virtd_t", "unconfined_t", "unix_stream_socket", "read"),
+    ("virtd_t", "unconfined_t", "unix_stream_socket", "write"),
+    ("virtd_lxc_t", "unconfined_t", "unix_stream_socket", "write"),
 ]
 
 # What the sandbox must not do, although it runs as root over the host's root filesystem.

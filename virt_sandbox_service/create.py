@@ -145,6 +145,8 @@ def validate(req: CreateRequest) -> Checked:
             raise UserError(f"--userns is not possible on this host: {problem}",
                             "create the sandbox without --userns; 'doctor' explains")
     check_command(req.command)
+    if driver_for_uri(req.uri) is Driver.KVM:
+        host.check_kvm_lsm()
     return Checked(options, security, check_user(req), check_image(req),
                    devices.check_all(req.devices))
 

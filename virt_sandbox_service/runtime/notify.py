@@ -41,16 +41,24 @@ def sockets_at_low_level() -> Iterator[None]:
         yield
         return
     try:
-        with open(SOCKCREATE, "w") as f:
-            f.write(low)
+        _write_attr(SOCKCREATE, low)
     except OSError:
         yield  # not ours to lower (the policy forbids setsockcreate): as before
         return
     try:
         yield
     finally:
-        with open(SOCKCREATE, "w") as f:
-            f.write("")  # back to the default: the process's own context
+        _write_attr(SOCKCREATE, "")  # back to the default: the process's own context
+
+
+def _write_attr(path: str, value: str) -> None:
+    """A write to an existing /proc attr file. Not open(path, "w"): its O_CREAT asks SELinux
+    for `create` in procfs, which is refused (and logged), so the write never happened."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 class NotifyListener:

@@ -76,7 +76,8 @@ from ..limits import (
 from ..mounts import MountSpec, MountType, mount_dir
 from ..network import NetSpec
 from ..plantypes import TMPFS
-from . import session
+from . import session, stdiorelay
+from .notify import sockets_at_low_level
 
 RUN_PREFIX = "vss-run-"
 EXIT_SETUP_FAILED = EXIT_RUN_FAILED  # like env(1) and podman: the sandbox, not the command, failed
@@ -141,6 +142,8 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
     check_privilege(uri, driver, os.geteuid())
     if tty:
         check_tty(driver)
+    if driver is Driver.KVM and not (session.is_session(uri) and os.geteuid() != 0):
+        host.check_kvm_lsm()
     name = RUN_PREFIX + os.urandom(4).hex()
     if tty and driver is Driver.KVM:
         argv = kvm_tty_argv(argv, host.find_tool(("/usr/bin/script",), "script", "util-linux"))
@@ -283,6 +286,8 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, tty: bool = False) ->
                                                  "python3"),
                            confine=host.confine_script(),
                            secmodels=host.libvirt_secmodels(conn))
+    if facts.selinux and not cfg.security_label:
+        cfg = dataclasses.replace(cfg, security_label=_run_label(conn))
     # -m guest-bind: bound by the init before the command runs, as in a generic sandbox.
     binds = "".join(f"{b} 2>&5 || {{ echo {EXIT_SETUP_FAILED} >&6; exit 1; }}; "
                     for b in _guest_binds(cfg))
@@ -292,10 +297,19 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, tty: bool = False) ->
     xml = planner.build(cfg, facts, planner.Inputs(
         init=(sh, "-c", binds + HIDE_CGROUPS + (LXC_TTY_INIT if tty else LXC_INIT), "vss-run",
               *pty, *jail, *cfg.command), init_env=_sandbox_env())).domain_xml
-    status_r, status_w = os.pipe()
-    ours, theirs = socket.socketpair() if tty else (None, None)
-    stdio = ([theirs.detach(), os.open(os.devnull, os.O_RDWR), _usable_fd(2)] if theirs
-             else [_usable_fd(fd) for fd in (0, 1, 2)])
+    # Under MCS the caller's own stdio (at s0-s0:c0.c1023) is not the sandbox's to use: the
+    # command gets sockets at s0 instead, copied from and to ours (stdiorelay.py).
+    relay = stdiorelay.Relay((2,) if tty else (0, 1, 2)) if stdiorelay.needed() else None
+    with sockets_at_low_level():
+        status, status_end = socket.socketpair()
+        ours, theirs = socket.socketpair() if tty else (None, None)
+    status_r, status_w = status.detach(), status_end.detach()
+    opened = [theirs.detach(), os.open(os.devnull, os.O_RDWR)] if theirs else []
+    if relay is not None:
+        stdio = [*opened, *relay.their_fds()]
+    else:
+        stdio = [*opened, _usable_fd(2)] if opened else [_usable_fd(fd) for fd in (0, 1, 2)]
+        opened += stdio[len(opened):]  # _usable_fd may have opened /dev/null
     try:
         kernelfs.load()
         with apparmor.loaded(xml):
@@ -307,15 +321,19 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, tty: bool = False) ->
                                 "'virt-sandbox-service doctor' checks the host") from e
             os.close(status_w)
             status_w = -1
+            if relay is not None:
+                relay.parent_side()  # closes the command's ends: the container has them
             if ours is not None:
-                os.close(stdio.pop(0))  # the helper's end is the container's alone now
+                os.close(opened.pop(0))  # the helper's end is the container's alone now
                 text = _tty_session(ours, status_r)
             else:
                 text = _read_line(status_r)
     finally:
+        if relay is not None:
+            relay.finish()
         if ours is not None:
             ours.close()
-        for fd in (status_r, status_w, *stdio):
+        for fd in (status_r, status_w, *opened):
             if fd > 2:
                 os.close(fd)
     try:
@@ -323,6 +341,22 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, tty: bool = False) ->
     except ValueError:
         raise HostError("the sandbox ended without reporting the command's exit status",
                         "'virt-sandbox-service doctor' checks the host") from None
+
+
+def _run_label(conn: libvirt.virConnect) -> str:
+    """Under SELinux a run is MCS-confined as a sandbox is (svirt_lxc_net_t at a category
+    pair of its own: libvirt's default label for a domain without one cannot set up its
+    /dev here). The pair is one no sandbox's config and no running domain holds; it is not
+    reserved (the run is gone with its command), so a create may pick it later, as libvirt's
+    own dynamic labels may."""
+    from .. import labels
+    from ..config import all_configs
+
+    in_use = [c.security_label for c in all_configs(Paths.from_env())]
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        with contextlib.suppress(libvirt.libvirtError):
+            in_use.append(dom.securityLabel()[0])
+    return labels.process_label(Driver.LXC, labels.allocate(in_use))
 
 
 def _tty_session(sock: socket.socket, status_r: int) -> str:
