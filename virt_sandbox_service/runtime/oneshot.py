@@ -141,13 +141,12 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
         raise UserError("run needs a command after --", "e.g. run -- /bin/echo hello")
     check_arg_text(argv)
     driver = driver_for_uri(uri)
+    if graphics is not None:  # (LXC's refusal says more than "needs root")
+        check_graphics(uri, driver, session.is_session(uri) and os.geteuid() != 0)
     check_privilege(uri, driver, os.geteuid())
     if tty:
         check_tty(driver)
-    xorg = ""
-    if graphics is not None:
-        check_graphics(uri, driver, session.is_session(uri) and os.geteuid() != 0)
-        xorg = find_xorg()
+    xorg = find_xorg() if graphics is not None else ""
     name = RUN_PREFIX + os.urandom(4).hex()
     if tty and driver is Driver.KVM:
         argv = kvm_tty_argv(argv, host.find_tool(("/usr/bin/script",), "script", "util-linux"))
