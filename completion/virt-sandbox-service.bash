@@ -156,8 +156,8 @@ _virt_sandbox_service() {
             positionals=_vss_names
             ;;
         run)
-            opts='-h --help -c --connect -t --tty --memory --cpu-weight --cpu-quota --blkio-weight --tasks --memory-soft --memory-swap --cpuset --numa-nodes --device-read-bps --device-write-bps --device-read-iops --device-write-iops --cap-drop --cap-add --syscall-allow -m --mount -N --network'
-            values='-c=_vss_uris --connect=_vss_uris --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --memory-soft=- --memory-swap=- --cpuset=- --numa-nodes=- --device-read-bps=- --device-write-bps=- --device-read-iops=- --device-write-iops=- --cap-drop=_vss_caps --cap-add=_vss_caps --syscall-allow=_vss_syscall_groups -m=- --mount=- -N=- --network=-'
+            opts='-h --help -c --connect -t --tty --graphics --graphics-listen --graphics-password-file --memory --cpu-weight --cpu-quota --blkio-weight --tasks --memory-soft --memory-swap --cpuset --numa-nodes --device-read-bps --device-write-bps --device-read-iops --device-write-iops --cap-drop --cap-add --syscall-allow -m --mount -N --network'
+            values='-c=_vss_uris --connect=_vss_uris --graphics=words:vnc,spice --graphics-listen=- --graphics-password-file=_vss_files --memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --memory-soft=- --memory-swap=- --cpuset=- --numa-nodes=- --device-read-bps=- --device-write-bps=- --device-read-iops=- --device-write-iops=- --cap-drop=_vss_caps --cap-add=_vss_caps --syscall-allow=_vss_syscall_groups -m=- --mount=- -N=- --network=-'
             positionals=REST
             ;;
         reload)

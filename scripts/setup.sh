@@ -16,6 +16,9 @@ APT_PACKAGES=(
   selinux-policy-dev checkpolicy semodule-utils selinux-policy-default setools
   apache2-utils iproute2 tmux
   python3-libvirt python3-lxml python3-jinja2 python3-pystemd
+  # run --graphics: the X server the KVM guest starts from the host's root (its modesetting
+  # driver is in it), and xterm, the window tests/test_graphics.py looks for on the screen.
+  xserver-xorg-core xterm
 )
 
 need_apt=()

@@ -17,6 +17,7 @@ from virt_sandbox_service.create import EXT_MAGIC, EXT_MAGIC_OFFSET, check_kvm_i
 from virt_sandbox_service.domain import domain_xml, kvm
 from virt_sandbox_service.errors import UserError
 from virt_sandbox_service.evidence import Access, PathEvidence
+from virt_sandbox_service.graphics import Graphics, GraphicsType
 from virt_sandbox_service.host import HostFacts
 from virt_sandbox_service.plan import Plan, plan
 from virt_sandbox_service.planner import Inputs, build
@@ -97,6 +98,12 @@ def make(name: str, kvm: bool = False) -> str:
         cfg = SandboxConfig(name="vss-run-0123abcd", kind=Kind.GENERIC, uri="qemu:///system",
                             state_dir="", command=("/bin/false",))
         return kvm_build_run(cfg, facts)
+    if name == "kvm-run-graphics":
+        cfg = SandboxConfig(name="vss-run-0123abcd", kind=Kind.GENERIC, uri="qemu:///system",
+                            state_dir="", command=("/usr/bin/xterm",))
+        return build(cfg, dataclasses.replace(facts, xorg="/usr/lib/xorg/Xorg"),
+                     Inputs(run_dir="/run/virt-sandbox-service/vss-run-0123abcd",
+                            graphics=GRAPHICS)).domain_xml
     if name == "kvm-run-session":
         return kvm_build_run(SESSION_RUN, dataclasses.replace(facts, **SESSION_BOOT),
                              run_dir=SESSION_RUN_DIR, session=True)
@@ -119,7 +126,9 @@ def kvm_build_run(cfg: SandboxConfig, facts: HostFacts,
                  ).domain_xml
 
 
-ALL = [*sorted(CASES), "kvm-run", "kvm-run-session"]
+# run --graphics vnc with a password (graphics.py): read from a file, never a CLI argument.
+GRAPHICS = Graphics(GraphicsType.VNC, "127.0.0.1", "s3cret")
+ALL = [*sorted(CASES), "kvm-run", "kvm-run-graphics", "kvm-run-session"]
 
 
 @pytest.mark.parametrize("case", ALL)
@@ -170,6 +179,29 @@ def test_run_domain_has_its_ports_and_no_private_trees() -> None:
     assert ports == ["vss.stdin", "vss.stdout", "vss.stderr", "vss.status"]
     assert [f.find("source").get("dir") for f in doc.iter("filesystem")] == ["/"]
     assert doc.find("devices/serial").get("type") == "file"
+
+
+def test_graphics_run_has_a_display_a_gpu_and_starts_x() -> None:
+    doc = etree.fromstring(make("kvm-run-graphics").encode())
+    gr = doc.find("devices/graphics")
+    assert (gr.get("type"), gr.get("passwd"), gr.find("listen").get("address")) == (
+        "vnc", "s3cret", "127.0.0.1")
+    assert doc.find("devices/video/model").get("type") == "none"  # no PCI VGA of libvirt's
+    args = [a.get("value") for a in doc.iter(f"{{{kvm.QEMU_NS}}}arg")]
+    assert args == ["-global", "virtio-mmio.force-legacy=false",
+                    "-device", "virtio-gpu-device,id=vss-gpu"]
+    assert "vss.xorg=/usr/lib/xorg/Xorg" in doc.findtext("os/cmdline", "").split()
+    # With the root over virtiofs the modern transport is asked for once.
+    facts = dataclasses.replace(FACTS, virtiofsd=VIRTIOFSD_RO, xorg="/usr/lib/xorg/Xorg")
+    cfg = SandboxConfig(name="vss-run-0123abcd", kind=Kind.GENERIC, uri="qemu:///system",
+                        state_dir="", command=("/usr/bin/xterm",))
+    both = etree.fromstring(build(cfg, facts, Inputs(run_dir="/run/x", graphics=GRAPHICS))
+                            .domain_xml.encode())
+    args = [a.get("value") for a in both.iter(f"{{{kvm.QEMU_NS}}}arg")]
+    assert args.count("virtio-mmio.force-legacy=false") == 1
+    # Without --graphics: no display, no GPU, no X.
+    plain = make("kvm-run")
+    assert "<graphics" not in plain and "<video" not in plain and "vss.xorg" not in plain
 
 
 def test_command_line_too_long_is_a_clear_error() -> None:

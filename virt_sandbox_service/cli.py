@@ -209,10 +209,18 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    if args.graphics is None and (args.graphics_listen or args.graphics_password_file):
+        raise UserError("--graphics-listen and --graphics-password-file go with --graphics",
+                        "add --graphics vnc (or spice)")
+    display = None
+    if args.graphics is not None:
+        from .graphics import request
+
+        display = request(args.graphics, args.graphics_listen, args.graphics_password_file)
     return run(args.connect, command, paths, RunOptions(
         limits=_limit_args(args), cap_drop=tuple(args.cap_drop or ()),
         cap_add=tuple(args.cap_add or ()), syscall_allow=tuple(args.syscall_allow or ()),
-        mounts=_mounts(args), networks=_networks(args)), tty=args.tty)
+        mounts=_mounts(args), networks=_networks(args)), tty=args.tty, graphics=display)
 
 
 def cmd_connect(args: argparse.Namespace, paths: Paths) -> int:
@@ -397,6 +405,9 @@ RUN_EXAMPLES = """examples:
       in a micro-VM of a normal user's own libvirt, as that user (no network)
   virt-sandbox-service run -t -- /bin/bash
       an interactive shell on a terminal of its own (job control, window size, Ctrl-C)
+  virt-sandbox-service run --graphics vnc -c qemu:///system -- /usr/bin/xterm
+      a micro-VM with a display running the host's X server; open the address it prints
+      with virt-viewer
 
 exit status: the command's; 125 when run itself failed, 126 when the command cannot be
 executed, 127 when it was not found"""
@@ -472,12 +483,27 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="give the command a terminal of its own, relayed to ours (raw; window size, "
              "Ctrl-C, Ctrl-Z are the command's; KVM: the size at its start only); stdout and "
              "stderr then share it")
+    _add_display(r.add_argument_group("display (KVM)"))
     settings.add(r.add_argument_group("limits"), "limits")
     settings.add(r.add_argument_group("confinement"), "caps")
     settings.add(r.add_argument_group("mounts and networks"), "mounts",
                  fresh="a temporary dir, removed after")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
     r.set_defaults(func=cmd_run)
+
+
+def _add_display(g: settings.Options) -> None:
+    from .graphics import CHOICES, DEFAULT_LISTEN
+
+    g.add_argument("--graphics", metavar="|".join(CHOICES),
+                   help="give the VM a display and a GPU, start the host's X server on it "
+                        "and run the command there (DISPLAY=:0); the address for virt-viewer "
+                        "is printed on stderr")
+    g.add_argument("--graphics-listen", metavar="ADDR",
+                   help=f"the address the display listens on (default {DEFAULT_LISTEN})")
+    g.add_argument("--graphics-password-file", metavar="FILE",
+                   help="the display's password, the first line of FILE (never on the "
+                        "command line, where ps shows it)")
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:

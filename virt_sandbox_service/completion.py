@@ -20,6 +20,9 @@ VALUE_COMPLETERS = {
     "UNIT": "_vss_units",
     "URI": "_vss_uris",
     "PATH": "_vss_files",
+    "FILE": "_vss_files",  # run --graphics-password-file
+    "ADDR": "",  # run --graphics-listen
+    "vnc|spice": "words:vnc,spice",  # run --graphics (checked by graphics.parse_type)
     "PACKAGE": "_vss_packages",
     "SECURITY": "_vss_security",
     "CAP": "_vss_caps",

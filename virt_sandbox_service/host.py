@@ -67,6 +67,8 @@ class HostFacts:
     tsc_khz: int = 0
     kvm_kernel: str = "/var/cache/virt-sandbox-service/kvm/kernel"
     kvm_initrd: str = "/var/cache/virt-sandbox-service/kvm/initrd.img"
+    # run --graphics: the host's X server, which the guest starts (graphics.find_xorg).
+    xorg: str = ""
     # The virtiofsd (our read-only wrapper) serving a KVM guest's root; "": over 9p.
     virtiofsd: str = ""
 

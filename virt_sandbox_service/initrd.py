@@ -39,7 +39,7 @@ from .resources import data_path
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "4"
 DEFAULT_CACHE = Path("/var/cache/virt-sandbox-service/kvm")
 KERNEL_NAME = "kernel"
 INITRD_NAME = "initrd.img"
@@ -62,6 +62,9 @@ NET_MODULES = ("virtio_net",)
 # virtiofs for the host's root where the host has virtiofsd; loaded on first use
 # (lib/modules/load-order-virtiofs).
 VIRTIOFS_MODULES = ("virtiofs",)
+# run --graphics: the virtio GPU (a KMS device on virtio-mmio; graphics.py), loaded only by a
+# guest that starts an X server (lib/modules/load-order-gpu).
+GPU_MODULES = ("virtio_gpu",)
 # busybox applets the init uses (symlinks in the initrd's /bin).
 APPLETS = (
     "sh", "mount", "umount", "mkdir", "insmod", "cat", "echo", "printf", "base64", "mkfifo",
@@ -297,12 +300,14 @@ DIR, REG, LNK = 0o040000, 0o100000, 0o120000
 def initrd_entries(busybox: bytes, init: bytes, modules: list[tuple[str, bytes]],
                    disk_modules: Sequence[tuple[str, bytes]] = (),
                    net_modules: Sequence[tuple[str, bytes]] = (),
-                   virtiofs_modules: Sequence[tuple[str, bytes]] = ()) -> list[Entry]:
+                   virtiofs_modules: Sequence[tuple[str, bytes]] = (),
+                   gpu_modules: Sequence[tuple[str, bytes]] = ()) -> list[Entry]:
     """The initrd's files: /init, /bin/busybox and its applet links, the modules and their
     load order (/lib/modules/load-order, one file name a line), and the groups the init loads
     only when it needs them, each with its own order: the disk modules (disk-order), the
     network's (load-order-net, for a guest with interfaces), virtiofs's (load-order-virtiofs,
-    for a guest whose root is a virtiofs share)."""
+    for a guest whose root is a virtiofs share), the GPU's (load-order-gpu, for run
+    --graphics)."""
     entries = [Entry(d, DIR | 0o755) for d in
                ("bin", "dev", "proc", "sys", "sysroot", "run", "lib", "lib/modules")]
     entries.append(Entry("bin/busybox", REG | 0o755, busybox))
@@ -320,6 +325,7 @@ def initrd_entries(busybox: bytes, init: bytes, modules: list[tuple[str, bytes]]
     entries += _lazy_group("disk-order", disk_modules)
     entries += _lazy_group("load-order-net", net_modules)
     entries += _lazy_group("load-order-virtiofs", virtiofs_modules)
+    entries += _lazy_group("load-order-gpu", gpu_modules)
     return entries
 
 
@@ -369,7 +375,8 @@ def cache_dir() -> Path:
 
 def _fingerprint(paths: Iterable[Path]) -> str:
     # The module lists too: a list changed in the code must rebuild the initrd.
-    h = hashlib.sha256(f"{BUILDER_VERSION} {GUEST_MODULES} {DISK_MODULES}".encode())
+    h = hashlib.sha256(f"{BUILDER_VERSION} {GUEST_MODULES} {DISK_MODULES} {GPU_MODULES}"
+                       .encode())
     for p in paths:
         st = p.stat()
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
@@ -433,16 +440,19 @@ def _build(d: Path, k: GuestKernel, busybox: Path, inputs: list[Path]) -> BootFi
                 if m not in mods and m not in disk_mods]
     fs_mods = [m for m in resolve_modules(VIRTIOFS_MODULES, dep_text, builtin_text, k.version)
                if m not in mods and m not in disk_mods and m not in net_mods]
+    gpu_mods = [m for m in resolve_modules(GPU_MODULES, dep_text, builtin_text, k.version)
+                if m not in mods and m not in disk_mods and m not in net_mods
+                and m not in fs_mods]
     image = k.image.read_bytes()
     elf = extract_vmlinux(image)
     pvh = elf is not None and has_pvh_entry(elf)
     _write_atomic(d / KERNEL_NAME, elf if pvh and elf is not None else image)
     modules = [(m, _module_bytes(k.modules_dir / m)) for m in mods]
-    lazy = [*disk_mods, *net_mods, *fs_mods]
+    lazy = [*disk_mods, *net_mods, *fs_mods, *gpu_mods]
     _write_atomic(d / INITRD_NAME, cpio_newc(initrd_entries(
         busybox.read_bytes(), INIT_SOURCE.read_bytes(), modules,
         *([(m, _module_bytes(k.modules_dir / m)) for m in group]
-          for group in (disk_mods, net_mods, fs_mods)))))
+          for group in (disk_mods, net_mods, fs_mods, gpu_mods)))))
     stamp = _fingerprint([*inputs, *(k.modules_dir / m for m in [*mods, *lazy])])
     _write_atomic(d / STAMP_NAME, "".join(
         f"{line}\n" for line in (f"{stamp} {'pvh' if pvh else 'bzimage'} {k.version}", *mods,

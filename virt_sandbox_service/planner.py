@@ -25,6 +25,7 @@ from .pathevidence import PathEvidence
 from .plantypes import EVIDENCE_FILE, TMPFS, FileOp, Mount, Plan, WriteFile
 
 if TYPE_CHECKING:  # host.py is not imported at run time for a transient plan
+    from .graphics import Graphics
     from .host import HostFacts
 
 # Files of a source's /etc that carry its identity: rewritten for a clone.
@@ -70,6 +71,7 @@ class Inputs:
     init_env: tuple[tuple[str, str], ...] = field(default=())
     run_dir: str = ""  # a transient KVM sandbox's channel directory
     session: bool = False  # a normal user's run through qemu:///session (runtime/session.py)
+    graphics: Graphics | None = None  # run --graphics: a display (graphics.py)
 
 
 def build(config: SandboxConfig, facts: HostFacts, inputs: Inputs) -> Plan:
@@ -183,5 +185,6 @@ def transient(config: SandboxConfig, facts: HostFacts, inputs: Inputs) -> Plan:
 
     return replace(p, domain_xml=kvm.build_run(p, facts, METADATA_NS, inputs.run_dir,
                                                os.path.join(inputs.run_dir, "console.log"),
-                                               session=inputs.session))
+                                               session=inputs.session,
+                                               graphics=inputs.graphics))
 

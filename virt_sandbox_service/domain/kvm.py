@@ -29,6 +29,9 @@ from lxml.builder import ElementMaker
 
 from ..config import Kind, SandboxConfig
 from ..errors import UserError
+from ..graphics import Graphics
+from ..graphics import devices as graphics_devices
+from ..graphics import qemu_args as graphics_qemu_args
 from ..host import HostFacts
 from ..image import IMAGE_MOUNT
 from ..initscript import command
@@ -77,13 +80,16 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
 
 
 def build_run(plan: Plan, facts: HostFacts, metadata_ns: str, channel_dir: str,
-              console_log: str, *, session: bool = False) -> str:
+              console_log: str, *, session: bool = False,
+              graphics: Graphics | None = None) -> str:
     """The transient domain of a one-shot `run`: stdio and status over virtio-serial ports
     whose host ends are unix sockets in `channel_dir`, the console in `console_log`.
     session: for a user's own daemon (qemu:///session, see runtime/session.py): qemu runs as
     that user, so nothing is relabelled and the 9p shares are read and written as the user
     (accessmode 'squash'), never over virtiofs (libvirt starts virtiofsd only as root); the
-    command runs as the config's user (-U's payload)."""
+    command runs as the config's user (-U's payload).
+    graphics: a display and a GPU, and the guest init starts the host's X server (facts.xorg)
+    on it before the command (graphics.py)."""
     if session:
         facts = dataclasses.replace(facts, virtiofsd="")
     devices = [
@@ -92,14 +98,16 @@ def build_run(plan: Plan, facts: HostFacts, metadata_ns: str, channel_dir: str,
         *_interfaces(plan.config),
         *_console(console_log),
         *[_channel(f"vss.{p}", f"{channel_dir}/{p}.sock") for p in RUN_PORTS],
+        *(graphics_devices(graphics) if graphics else ()),
         E.memballoon(model="none"),
     ]
     return _domain(plan, facts, metadata_ns, "run", command(plan.config, facts), devices,
-                   session=session)
+                   session=session, graphics=graphics is not None)
 
 
 def _domain(plan: Plan, facts: HostFacts, ns: str, kind: str, command: Sequence[str],
-            devices: list[etree._Element], *, session: bool = False) -> str:
+            devices: list[etree._Element], *, session: bool = False,
+            graphics: bool = False) -> str:
     cfg = plan.config
     if cfg.id_base is not None:
         raise UserError("user namespaces are for LXC sandboxes only",
@@ -112,7 +120,7 @@ def _domain(plan: Plan, facts: HostFacts, ns: str, kind: str, command: Sequence[
         E.memory(str(memory_kib), unit="KiB"),
         *_memory_backing(plan, facts),
         E.vcpu("1"),
-        _os(plan, facts, kind, command),
+        _os(plan, facts, kind, command, graphics),
         E.features(E.acpi()),
         type=domain_type(facts),
     )
@@ -132,33 +140,40 @@ def _domain(plan: Plan, facts: HostFacts, ns: str, kind: str, command: Sequence[
     label = selinux_label(plan, facts)
     if label is not None:
         dom.append(label)
-    if any(_virtiofs_root(m, facts) for m in plan.mounts):
-        dom.append(_modern_virtio_mmio())
+    args = []
+    if graphics or any(_virtiofs_root(m, facts) for m in plan.mounts):
+        args += ["-global", "virtio-mmio.force-legacy=false"]
+    if graphics:
+        args += graphics_qemu_args()
+    if args:
+        dom.append(_qemu_commandline(args))
     return etree.tostring(dom, pretty_print=True, encoding="unicode")
 
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 
 
-def _modern_virtio_mmio() -> etree._Element:
-    """qemu's virtio-mmio devices are legacy (virtio 0.9) unless told otherwise, and
-    virtiofsd (libvhost-user) refuses legacy devices ("virtio legacy devices aren't
-    supported"). libvirt 9.0 has no element for it: a qemu command-line argument."""
+def _qemu_commandline(args: Sequence[str]) -> etree._Element:
+    """Arguments libvirt 9.0 has no element for. qemu's virtio-mmio devices are legacy
+    (virtio 0.9) unless told otherwise (`-global virtio-mmio.force-legacy=false`): virtiofsd
+    (libvhost-user) refuses legacy devices ("virtio legacy devices aren't supported"), and
+    the virtio GPU is a virtio 1.0 device. The GPU itself: see graphics.py."""
     q = ElementMaker(namespace=QEMU_NS, nsmap={"qemu": QEMU_NS})
-    return cast(etree._Element, q.commandline(q.arg(value="-global"),
-                                              q.arg(value="virtio-mmio.force-legacy=false")))
+    return cast(etree._Element, q.commandline(*(q.arg(value=a) for a in args)))
 
 
-def _os(plan: Plan, facts: HostFacts, kind: str, command: Sequence[str]) -> etree._Element:
+def _os(plan: Plan, facts: HostFacts, kind: str, command: Sequence[str],
+        graphics: bool = False) -> etree._Element:
     return cast(etree._Element, E.os(
         E.type("hvm", arch="x86_64", machine="microvm"),
         E.kernel(facts.kvm_kernel),
         E.initrd(facts.kvm_initrd),
-        E.cmdline(kernel_cmdline(plan, facts, kind, command)),
+        E.cmdline(kernel_cmdline(plan, facts, kind, command, graphics)),
     ))
 
 
-def kernel_cmdline(plan: Plan, facts: HostFacts, kind: str, command: Sequence[str]) -> str:
+def kernel_cmdline(plan: Plan, facts: HostFacts, kind: str, command: Sequence[str],
+                   graphics: bool = False) -> str:
     """The kernel's arguments, then what the guest init reads (see initrd/init)."""
     args = list(BASE_CMDLINE)
     if not facts.kvm and facts.tsc_khz:
@@ -188,6 +203,8 @@ def kernel_cmdline(plan: Plan, facts: HostFacts, kind: str, command: Sequence[st
         args.append(f"vss.mount=private,{IMAGE_MOUNT}")
     args += _guest_bind_args(plan)
     args += _network_args(plan.config)
+    if graphics:  # the guest init starts the host's X server before the command
+        args.append(f"vss.xorg={_checked(facts.xorg, 'X server path')}")
     args += [f"vss.arg={base64.b64encode(a.encode()).decode()}" for a in command]
     text = " ".join(args)
     if len(text) > CMDLINE_MAX:

@@ -68,6 +68,8 @@ from ..config import (
     driver_for_uri,
 )
 from ..errors import EXIT_RUN_FAILED, HostError, UserError
+from ..graphics import Graphics, find_xorg
+from ..graphics import check_driver as check_graphics
 from ..initscript import _guest_binds, confine_argv
 from ..limits import (
     LimitArgs,
@@ -131,19 +133,23 @@ class RunOptions:
 
 
 def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None = None,
-        *, tty: bool = False) -> int:
+        *, tty: bool = False, graphics: Graphics | None = None) -> int:
     """Run argv in a transient sandbox; return its exit status (125: the sandbox failed).
-    tty: on a terminal of its own, relayed to ours (ours must be one)."""
+    tty: on a terminal of its own, relayed to ours (ours must be one).
+    graphics: a VM with a display, the command run on the host's X server there."""
     opts = options or RunOptions()
     if not argv:
         raise UserError("run needs a command after --", "e.g. run -- /bin/echo hello")
     check_arg_text(argv)
     driver = driver_for_uri(uri)
+    if graphics is not None:  # (LXC's refusal says more than "needs root")
+        check_graphics(uri, driver, session.is_session(uri) and os.geteuid() != 0)
     check_privilege(uri, driver, os.geteuid())
     if tty:
         check_tty(driver)
     if driver is Driver.KVM and not (session.is_session(uri) and os.geteuid() != 0):
         host.check_kvm_lsm()
+    xorg = find_xorg() if graphics is not None else ""
     name = RUN_PREFIX + os.urandom(4).hex()
     if tty and driver is Driver.KVM:
         argv = kvm_tty_argv(argv, host.find_tool(("/usr/bin/script",), "script", "util-linux"))
@@ -173,8 +179,8 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
             from .connect import _raw
 
             with _raw(0):
-                return _run_kvm(conn, cfg, paths, sess)
-        return _run_kvm(conn, cfg, paths, sess)
+                return _run_kvm(conn, cfg, paths, sess, graphics, xorg)
+        return _run_kvm(conn, cfg, paths, sess, graphics, xorg)
 
 
 def check_privilege(uri: str, driver: Driver, euid: int) -> None:
@@ -408,8 +414,10 @@ def _read_line(fd: int) -> str:
 
 
 def _run_kvm(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
-             sess: session.SessionRun | None = None) -> int:
-    """sess: a qemu:///session run (boot files in the user's cache, root over 9p)."""
+             sess: session.SessionRun | None = None, graphics: Graphics | None = None,
+             xorg: str = "") -> int:
+    """sess: a qemu:///session run (boot files in the user's cache, root over 9p).
+    graphics: with a display; its address is printed once the domain exists."""
     from .. import initrd
     from ..domain import kvm
 
@@ -417,7 +425,7 @@ def _run_kvm(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
     kf = host.kvm_facts()
     facts = host.HostFacts(selinux=host.selinux_enabled(), kvm=kf.kvm, tsc_khz=kf.tsc_khz,
                            kvm_kernel=str(boot.kernel), kvm_initrd=str(boot.initrd),
-                           virtiofsd=kf.virtiofsd)
+                           virtiofsd=kf.virtiofsd, xorg=xorg)
     if not facts.kvm and os.isatty(2):
         _, why = host.kvm_choice()
         print(f"virt-sandbox-service: warning: {why}: the VM runs under TCG (slow)",
@@ -427,13 +435,16 @@ def _run_kvm(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
     dom = None
     try:
         xml = planner.build(cfg, facts, planner.Inputs(run_dir=str(chan),
-                                                       session=sess is not None)).domain_xml
+                                                       session=sess is not None,
+                                                       graphics=graphics)).domain_xml
         try:
             dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED | lv.START_VALIDATE)
         except libvirt.libvirtError as e:
             raise HostError(f"libvirt could not start the sandbox: {e.get_error_message()}",
                             "'virt-sandbox-service doctor' checks the host") from e
         socks = {p: _connect(chan / f"{p}.sock") for p in kvm.RUN_PORTS}
+        if graphics is not None:
+            _print_display(dom)
         dom.resume()
         rc = KvmSession(dom, socks, chan / "console.log").run()
         dom = None  # the guest powers itself off; libvirt removes the transient domain
@@ -443,6 +454,15 @@ def _run_kvm(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
             with contextlib.suppress(libvirt.libvirtError):
                 dom.destroy()
         shutil.rmtree(chan, ignore_errors=True)
+
+
+def _print_display(dom: libvirt.virDomain) -> None:
+    """Where a viewer connects (the port is libvirt's choice), on stderr, before the boot."""
+    from ..graphics import display_uri
+
+    where = display_uri(dom.XMLDesc(0))
+    print(f"virt-sandbox-service: display: {where or 'none (libvirt gave it no port)'}",
+          file=sys.stderr, flush=True)
 
 
 def _connect(path: Path) -> socket.socket:

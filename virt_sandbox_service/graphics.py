@@ -1,0 +1,165 @@
+"""`run --graphics vnc|spice`: a KVM sandbox with a display, for a graphical program.
+
+The micro-VM gets a virtio GPU and a libvirt <graphics> (VNC or SPICE) on loopback; the
+guest init loads the GPU's modules and starts the HOST's own X server (the guest sees the
+host's root read-only) on it, with the modesetting driver on /dev/dri/card0, waits until it
+accepts clients, and runs the command with DISPLAY=:0 (see initrd/init: start_x). What a
+viewer connects to is printed on stderr once the domain exists (display_uri).
+
+Why the GPU is a qemu command-line device, not a libvirt <video>: qemu's microvm machine has
+no PCI bus, and libvirt 9.0 always makes the primary virtio <video> a `virtio-vga` (PCI),
+whatever its <address>. The virtio-mmio GPU (`virtio-gpu-device`) is added as a qemu argument
+with <video model='none'/> in its place, so libvirt neither adds a VGA of its own beside
+<graphics> nor refuses the screenshot API ("no screens"): qemu's screendump takes the first
+display, which is that GPU. The GPU also needs the modern virtio-mmio transport (as virtiofs
+does; domain/kvm.py).
+
+Checked before anything is started (check_request): the driver (LXC has no display of its
+own), the listen address, the password file (read once; never a password on the command line,
+where ps shows it), and the host's X server and its modesetting driver.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .config import Driver
+from .errors import HostError, UserError
+
+if TYPE_CHECKING:  # lxml only where a domain is built: the CLI imports this for its choices
+    from lxml import etree
+
+DEFAULT_LISTEN = "127.0.0.1"
+GPU_DEVICE = "virtio-gpu-device"  # qemu's virtio GPU on virtio-mmio (microvm has no PCI)
+GPU_ID = "vss-gpu"
+XORG_CANDIDATES = ("/usr/lib/xorg/Xorg", "/usr/bin/Xorg")
+MODESETTING = "usr/lib/xorg/modules/drivers/modesetting_drv.so"
+XORG_PACKAGE = "xserver-xorg-core"
+PASSWORD_MAX = 4096  # a password file larger than this is not a password file
+VNC_PASSWORD_MAX = 8  # VNC's DES challenge uses 8 bytes; qemu would drop the rest silently
+
+
+class GraphicsType(enum.Enum):
+    VNC = "vnc"
+    SPICE = "spice"
+
+
+CHOICES = tuple(t.value for t in GraphicsType)
+
+
+@dataclass(frozen=True)
+class Graphics:
+    """What `run --graphics` asked for; password read from --graphics-password-file."""
+
+    type: GraphicsType
+    listen: str = DEFAULT_LISTEN
+    password: str | None = field(default=None, repr=False)
+
+
+def parse_type(text: str) -> GraphicsType:
+    try:
+        return GraphicsType(text)
+    except ValueError:
+        raise UserError(f"'{text}' is not a valid graphics type ({', '.join(CHOICES)})"
+                        ) from None
+
+
+def parse_listen(text: str) -> str:
+    """An IP address to bind the display to (loopback by default: a display is a keyboard
+    and a screen of the sandbox, open to whoever reaches the port)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise UserError(f"--graphics-listen '{text}' is not an IP address",
+                        f"e.g. {DEFAULT_LISTEN} (the default) or 0.0.0.0 (every address: "
+                        "set a password with --graphics-password-file)") from None
+
+
+def read_password(path: str) -> str:
+    """The first line of FILE (its newline dropped)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(PASSWORD_MAX + 1)
+    except OSError as e:
+        raise UserError(f"cannot read the graphics password file {path}: {e.strerror}",
+                        "name a file this user can read, holding the password on its "
+                        "first line") from None
+    lines = data.decode(errors="replace").splitlines()
+    if len(data) > PASSWORD_MAX or not lines or not lines[0]:
+        raise UserError(f"the graphics password file {path} holds no password on its first "
+                        "line" if len(data) <= PASSWORD_MAX else
+                        f"the graphics password file {path} is larger than {PASSWORD_MAX} "
+                        "bytes", "put the password alone on its first line")
+    return lines[0]
+
+
+def request(kind: str, listen: str | None, password_file: str | None) -> Graphics:
+    """The typed request from run's options, every value checked."""
+    g = Graphics(parse_type(kind), parse_listen(listen) if listen else DEFAULT_LISTEN,
+                 read_password(password_file) if password_file else None)
+    if g.type is GraphicsType.VNC and g.password and \
+            len(g.password.encode()) > VNC_PASSWORD_MAX:
+        raise UserError(f"the password in {password_file} is longer than VNC's "
+                        f"{VNC_PASSWORD_MAX} bytes (the rest would be ignored silently)",
+                        "use at most 8 characters, or --graphics spice")
+    return g
+
+
+def check_driver(uri: str, driver: Driver, session: bool) -> None:
+    if driver is Driver.LXC:
+        raise UserError(f"--graphics needs a KVM sandbox: a container ({uri}) has no display "
+                        "of its own", "add -c qemu:///system")
+    if session:
+        raise UserError("--graphics is not available for qemu:///session runs yet",
+                        "run it as root with -c qemu:///system")
+
+
+def find_xorg(root: str = "/") -> str:
+    """The host's X server, which the guest runs from the host's root; with its
+    modesetting driver (the guest's GPU is a KMS device)."""
+    for path in XORG_CANDIDATES:
+        if os.access(os.path.join(root, path.lstrip("/")), os.X_OK):
+            if not os.path.exists(os.path.join(root, MODESETTING)):
+                break
+            return path
+    else:
+        raise HostError("--graphics needs an X server on the host (Xorg), and there is none",
+                        f"install the '{XORG_PACKAGE}' package (scripts/setup.sh does)")
+    raise HostError(f"--graphics needs Xorg's modesetting driver (/{MODESETTING}), and the "
+                    "host has none", f"install the '{XORG_PACKAGE}' package")
+
+
+# --- the domain ----------------------------------------------------------------------------------
+
+
+def devices(g: Graphics) -> list[etree._Element]:
+    """<graphics> and <video model='none'/> (the GPU itself is qemu_args')."""
+    from lxml.builder import E
+
+    gr = E.graphics(E.listen(type="address", address=g.listen), type=g.type.value,
+                    autoport="yes")
+    if g.password is not None:
+        gr.set("passwd", g.password)
+    return [gr, E.video(E.model(type="none"))]
+
+
+def qemu_args() -> list[str]:
+    return ["-device", f"{GPU_DEVICE},id={GPU_ID}"]
+
+
+def display_uri(domain_xml: str) -> str | None:
+    """What a viewer opens (virt-viewer URI), from the running domain's XML (its port is
+    libvirt's choice: autoport)."""
+    from lxml import etree
+
+    gr = etree.fromstring(domain_xml.encode()).find("devices/graphics")
+    if gr is None or gr.get("port") in (None, "-1"):
+        return None
+    listen = gr.get("listen") or DEFAULT_LISTEN
+    host = f"[{listen}]" if ":" in listen else listen
+    return f"{gr.get('type')}://{host}:{gr.get('port')}"
+
