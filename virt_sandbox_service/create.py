@@ -34,7 +34,7 @@ from . import (
     users,
 )
 from . import evidence as ev
-from .apply import files
+from .apply import domainlogs, files
 from .apply import labels as file_labels
 from .apply import libvirt as lv
 from .apply import systemd as sd
@@ -559,6 +559,7 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False,
             reserve(p, txn)
         apply_plan(p, conn, txn)
         fresh_instance(req, p, paths, conn, facts, got)
+    domainlogs.sweep_transient(conn, req.uri)  # libvirt's logs of earlier set-up domains
     layers.warn_if_unprotected(conn, req.uri, req.name)
     if driver_for_uri(req.uri) is Driver.KVM and not facts.kvm:
         _, why = host.kvm_choice()

@@ -43,7 +43,7 @@ from pathlib import Path
 import libvirt
 
 from . import capneeds, unitfile
-from .apply import apparmor, files, kernelfs
+from .apply import apparmor, domainlogs, files, kernelfs
 from .apply.libvirt import is_active
 from .apply.txn import Transaction
 from .config import Driver, Kind, Paths, SandboxConfig, driver_for_uri, load_config
@@ -304,6 +304,7 @@ def observe(cfg: SandboxConfig, facts: HostFacts, conn: libvirt.virConnect, path
         from .runtime.lxc import remove_cgroups
 
         remove_cgroups(run.name)
+        domainlogs.sweep_transient(conn, cfg.uri)  # libvirt's logs of earlier learn domains
 
 
 def replace_for_learning(cfg: SandboxConfig, tmp: str) -> SandboxConfig:

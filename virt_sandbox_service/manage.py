@@ -14,7 +14,7 @@ from typing import Any
 import libvirt
 
 from . import devices, host, image, layers
-from .apply import apparmor, files
+from .apply import apparmor, domainlogs, files
 from .apply import libvirt as lv
 from .apply import systemd as sd
 from .config import (
@@ -94,6 +94,7 @@ def delete(paths: Paths, name: str, *, force: bool = False) -> None:
         sd.daemon_reload()
         if dom is not None:
             lv.undefine(dom)
+        domainlogs.remove_logs(cfg.uri, name)  # libvirt's, which libvirt never removes
         apparmor.unload_machine(cfg.machine_id)  # loaded by its last start, if any
         rt.remove_cgroups(name)  # also after a stop by someone else, or a failed start
         files.remove_state_dir(Path(cfg.state_dir), name)

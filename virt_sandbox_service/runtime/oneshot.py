@@ -57,7 +57,7 @@ from typing import Any
 import libvirt
 
 from .. import host, planner
-from ..apply import apparmor, kernelfs
+from ..apply import apparmor, domainlogs, kernelfs
 from ..apply import libvirt as lv
 from ..config import (
     Driver,
@@ -174,13 +174,17 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
     sys.stderr.flush()
     with _fresh_dirs(cfg):
         if driver is Driver.LXC:
-            return _run_lxc(conn, cfg, tty)
-        if tty:
+            rc = _run_lxc(conn, cfg, tty)
+        elif tty:
             from .connect import _raw
 
             with _raw(0):
-                return _run_kvm(conn, cfg, paths, sess, graphics, xorg)
-        return _run_kvm(conn, cfg, paths, sess, graphics, xorg)
+                rc = _run_kvm(conn, cfg, paths, sess, graphics, xorg)
+        else:
+            rc = _run_kvm(conn, cfg, paths, sess, graphics, xorg)
+    # Our output is all written; libvirt's logs of earlier runs go (apply/domainlogs.py).
+    domainlogs.sweep_transient(conn, uri)
+    return rc
 
 
 def check_privilege(uri: str, driver: Driver, euid: int) -> None:
