@@ -36,8 +36,8 @@ RESULTS = ROOT / "bench" / "results"
 
 from virt_sandbox_service import host, initrd  # noqa: E402
 from virt_sandbox_service.config import Kind, SandboxConfig  # noqa: E402
-from virt_sandbox_service.domain import METADATA_NS, kvm, lxc  # noqa: E402
-from virt_sandbox_service.runtime.oneshot import run_plan  # noqa: E402
+from virt_sandbox_service.domain import kvm  # noqa: E402
+from virt_sandbox_service.planner import Inputs, build  # noqa: E402
 
 
 def tool_env() -> dict[str, str]:
@@ -72,7 +72,7 @@ def lxc_xml(name: str) -> str:
     cfg = SandboxConfig(name=name, kind=Kind.GENERIC, uri="lxc:///", state_dir="",
                         command=("/bin/true",))
     facts = host.HostFacts(memory_kib=host._mem_total_kib())
-    return lxc.build(run_plan(cfg, facts, init=("/bin/true",)), facts, METADATA_NS)
+    return build(cfg, facts, Inputs(init=("/bin/true",))).domain_xml
 
 
 def qemu_argv(tmp: Path) -> list[str]:
@@ -82,7 +82,8 @@ def qemu_argv(tmp: Path) -> list[str]:
                            kvm_initrd=str(boot.initrd))
     cfg = SandboxConfig(name="vss-raw", kind=Kind.GENERIC, uri="qemu:///system", state_dir="",
                         command=("/bin/false",))
-    cmdline = kvm.kernel_cmdline(run_plan(cfg, facts), facts, "run", cfg.command)
+    cmdline = kvm.kernel_cmdline(build(cfg, facts, Inputs(run_dir="/nonexistent")), facts, "run",
+                                 cfg.command)
     ports = []
     for port in kvm.RUN_PORTS:
         backend = "null" if port == "stdin" else f"file,path={tmp}/{port}"
