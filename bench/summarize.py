@@ -44,6 +44,13 @@ def goal_rows() -> list[str]:
     return rows
 
 
+def _first_table(text: list[str]) -> list[str]:
+    """A markdown file's first table: its summary (what follows it is the detail)."""
+    start = next((i for i, t in enumerate(text) if t.startswith("|")), len(text))
+    end = next((i for i in range(start, len(text)) if not text[i].startswith("|")), len(text))
+    return text[start:end]
+
+
 def fmt(value: object, unit: str) -> str:
     if value is None:
         return "not implemented"
@@ -94,7 +101,7 @@ def main() -> None:
         title = next((t.lstrip("# ") for t in text if t.startswith("# ")), md.stem)
         date = next((t for t in text if t.startswith("Date: ")), "")
         lines += ["", f"## {title}", "", f"From [{md.name}]({md.name}). {date}", ""]
-        lines += [t for t in text if t.startswith("|")]
+        lines += _first_table(text)
         sources.append(f"- [{title}]({md.name})")
     lines += ["", "Sources:", "", *sources, ""]
     (RESULTS / "README.md").write_text("\n".join(lines))
