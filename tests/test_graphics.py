@@ -24,7 +24,7 @@ import pytest
 from lxml import etree
 
 from virt_sandbox_service import graphics
-from virt_sandbox_service.config import Driver
+from virt_sandbox_service.config import Driver, GraphicsType
 from virt_sandbox_service.errors import HostError, UserError
 
 from .conftest import CLI, ROOT, Env, need
@@ -223,6 +223,35 @@ def test_lxc_and_session_are_refused() -> None:
     graphics.check_driver(KVM, Driver.KVM, False)
 
 
+def test_create_takes_a_display_for_a_generic_kvm_sandbox_only() -> None:
+    kvm, lxc = Driver.KVM, Driver.LXC
+    assert graphics.create_request(None, None, KVM, kvm, False) == (None, "")
+    assert graphics.create_request("spice", None, KVM, kvm, False) == (
+        GraphicsType.SPICE, "127.0.0.1")
+    assert graphics.create_request("vnc", "::1", KVM, kvm, False) == (GraphicsType.VNC, "::1")
+    with pytest.raises(UserError, match=r"a container .* has no display") as e:
+        graphics.create_request("vnc", None, "lxc:///", lxc, False)
+    assert e.value.hint == "add -c qemu:///system"
+    with pytest.raises(UserError, match="--graphics is for generic sandboxes") as e:
+        graphics.create_request("vnc", None, KVM, kvm, True)
+    assert "-- /usr/bin/xterm" in (e.value.hint or "")
+    with pytest.raises(UserError, match="--graphics-listen goes with --graphics"):
+        graphics.create_request(None, "127.0.0.1", KVM, kvm, False)
+    with pytest.raises(UserError, match="not an IP address") as e:
+        graphics.create_request("vnc", "localhost", KVM, kvm, False)
+    assert "password-file" not in (e.value.hint or "")  # create has no such option
+
+
+def test_create_has_no_password_option() -> None:
+    """A persistent domain's passwd would sit in its XML, which reconcile cannot read back
+    from libvirt (see config.py): create leaves the password out."""
+    from virt_sandbox_service.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["create", "--graphics-password-file", "/x", "n", "--",
+                                   "/usr/bin/xterm"])
+
+
 # --- bad input through the CLI: one line, 125, nothing done -----------------------------------
 
 
@@ -254,6 +283,30 @@ def assert_refused(env: Env, proc: subprocess.CompletedProcess[str], needle: str
 def test_bad_graphics_options_are_one_clear_error(env: Env, options: list[str],
                                                    needle: str) -> None:
     assert_refused(env, run_cli(env, *options, "--", "/usr/bin/xterm"), needle)
+
+
+BAD_CREATES = [
+    (["--graphics", "vnc", "-c", "lxc:///", "gx1", "--", "/usr/bin/xterm"],
+     "--graphics needs a KVM sandbox"),
+    (["--graphics", "vnc", "-c", KVM, "-u", "apache2.service", "gx2"],
+     "--graphics is for generic sandboxes"),
+    (["--graphics", "x11", "-c", KVM, "gx3", "--", "/usr/bin/xterm"],
+     "'x11' is not a valid graphics type (vnc, spice)"),
+    (["--graphics-listen", "127.0.0.1", "-c", KVM, "gx4", "--", "/usr/bin/xterm"],
+     "--graphics-listen goes with --graphics"),
+    (["--graphics", "spice", "--graphics-listen", "localhost", "-c", KVM, "gx5", "--",
+      "/usr/bin/xterm"], "--graphics-listen 'localhost' is not an IP address"),
+]
+
+
+@pytest.mark.parametrize(("options", "needle"), BAD_CREATES)
+def test_bad_graphics_create_is_one_clear_error_and_leaves_nothing(
+        env: Env, options: list[str], needle: str) -> None:
+    from .test_bad_input import assert_clean_error, run_without_libvirt
+
+    before = env.snapshot()
+    assert_clean_error(run_without_libvirt(env, "create", *options), needle)
+    assert env.snapshot() == before
 
 
 @pytest.mark.root
