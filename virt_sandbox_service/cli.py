@@ -392,6 +392,9 @@ CREATE_EXAMPLES = """examples:
       a generic sandbox running one command as www-data, its state in a 256M image
   virt-sandbox-service create --memory 512M --cap-add sys_time -u chrony.service ntp1
       with a memory limit, and the capability a time daemon needs
+  virt-sandbox-service create --graphics vnc -c qemu:///system term1 -- /usr/bin/xterm
+      a micro-VM with a display: start runs the host's X server and xterm on it, and
+      prints the address for virt-viewer
 
 then: virt-sandbox-service start NAME, or systemctl start NAME_sandbox.service"""
 RUN_USAGE = "%(prog)s [OPTIONS] -- CMD [ARGS]..."

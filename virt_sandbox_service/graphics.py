@@ -1,4 +1,5 @@
-"""`run --graphics vnc|spice`: a KVM sandbox with a display, for a graphical program.
+"""`run --graphics vnc|spice`, and `create --graphics` for a generic KVM sandbox: a KVM
+sandbox with a display, for a graphical program.
 
 The micro-VM gets a virtio GPU and a libvirt <graphics> (VNC or SPICE) on loopback; the
 guest init loads the GPU's modules and starts the HOST's own X server (the guest sees the
@@ -13,6 +14,11 @@ with <video model='none'/> in its place, so libvirt neither adds a VGA of its ow
 <graphics> nor refuses the screenshot API ("no screens"): qemu's screendump takes the first
 display, which is that GPU. The GPU also needs the modern virtio-mmio transport (as virtiofs
 does; domain/kvm.py).
+
+A created sandbox (create_request) has the type and address in its config (of_config gives
+its domain the same devices) and no password: a persistent domain's passwd would sit in
+its XML, which reconcile cannot read back from libvirt. Only a generic sandbox: a unit
+sandbox's systemd would start no X server.
 
 Checked before anything is started (check_request): the driver (LXC has no display of its
 own), the listen address, the password file (read once; never a password on the command line,
