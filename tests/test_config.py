@@ -8,6 +8,7 @@ import pytest
 
 from virt_sandbox_service.config import (
     Driver,
+    GraphicsType,
     Kind,
     SandboxConfig,
     SecurityMode,
@@ -85,6 +86,27 @@ def test_a_bad_saved_spec_is_one_error_naming_the_file() -> None:
     data["mounts"] = ["ram:/x"]
     with pytest.raises(UserError, match=r"web1\.json: mount 'ram:/x' is not TYPE:DST=SRC"):
         SandboxConfig.from_json(json.dumps(data), "web1.json")
+
+
+def test_a_display_round_trips_and_an_older_config_without_one_loads() -> None:
+    """create --graphics: typed fields, saved as text; a config written before they existed
+    (no such keys) loads unchanged, with no display."""
+    import json
+
+    cfg = dataclasses.replace(sample(), kind=Kind.GENERIC, units=(), command=("/usr/bin/xterm",),
+                              uri="qemu:///system", graphics=GraphicsType.SPICE,
+                              graphics_listen="127.0.0.1")
+    data = json.loads(cfg.to_json())
+    assert (data["graphics"], data["graphics_listen"]) == ("spice", "127.0.0.1")
+    back = SandboxConfig.from_json(cfg.to_json())
+    assert back == cfg and back.graphics is GraphicsType.SPICE
+    older = json.loads(sample().to_json())
+    del older["graphics"], older["graphics_listen"]
+    loaded = SandboxConfig.from_json(json.dumps(older))
+    assert loaded == sample() and (loaded.graphics, loaded.graphics_listen) == (None, "")
+    data["graphics"] = "x11"
+    with pytest.raises(UserError, match=r"'x11' is not a valid graphics type \(vnc, spice\)"):
+        SandboxConfig.from_json(json.dumps(data))
 
 
 def test_config_rejects_unknown_keys_naming_them() -> None:
@@ -183,6 +205,8 @@ def test_config_from_another_format_version_is_refused() -> None:
     ("units", [1], "'units' must be a list of strings"),
     ("mounts", "ram:/x=1M", "'mounts' must be a list"),
     ("networks", [{"source": "x"}], "'networks' must be a list of strings"),
+    ("graphics", 1, "'graphics' must be a string, not int"),
+    ("graphics_listen", None, "'graphics_listen' must be a string, not NoneType"),
 ])
 def test_config_field_types_are_checked(key: str, value: object, needle: str) -> None:
     import json

@@ -18,16 +18,17 @@ import signal
 import subprocess
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from lxml import etree
 
 from virt_sandbox_service import graphics
-from virt_sandbox_service.config import Driver
+from virt_sandbox_service.config import Driver, GraphicsType
 from virt_sandbox_service.errors import HostError, UserError
 
-from .conftest import CLI, ROOT, Env, need
+from .conftest import CLI, ROOT, Env, need, unique_name
 from .test_run import reachable, run_domains
 
 KVM = "qemu:///system"
@@ -223,6 +224,35 @@ def test_lxc_and_session_are_refused() -> None:
     graphics.check_driver(KVM, Driver.KVM, False)
 
 
+def test_create_takes_a_display_for_a_generic_kvm_sandbox_only() -> None:
+    kvm, lxc = Driver.KVM, Driver.LXC
+    assert graphics.create_request(None, None, KVM, kvm, False) == (None, "")
+    assert graphics.create_request("spice", None, KVM, kvm, False) == (
+        GraphicsType.SPICE, "127.0.0.1")
+    assert graphics.create_request("vnc", "::1", KVM, kvm, False) == (GraphicsType.VNC, "::1")
+    with pytest.raises(UserError, match=r"a container .* has no display") as e:
+        graphics.create_request("vnc", None, "lxc:///", lxc, False)
+    assert e.value.hint == "add -c qemu:///system"
+    with pytest.raises(UserError, match="--graphics is for generic sandboxes") as e:
+        graphics.create_request("vnc", None, KVM, kvm, True)
+    assert "-- /usr/bin/xterm" in (e.value.hint or "")
+    with pytest.raises(UserError, match="--graphics-listen goes with --graphics"):
+        graphics.create_request(None, "127.0.0.1", KVM, kvm, False)
+    with pytest.raises(UserError, match="not an IP address") as e:
+        graphics.create_request("vnc", "localhost", KVM, kvm, False)
+    assert "password-file" not in (e.value.hint or "")  # create has no such option
+
+
+def test_create_has_no_password_option() -> None:
+    """A persistent domain's passwd would sit in its XML, which reconcile cannot read back
+    from libvirt (see config.py): create leaves the password out."""
+    from virt_sandbox_service.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["create", "--graphics-password-file", "/x", "n", "--",
+                                   "/usr/bin/xterm"])
+
+
 # --- bad input through the CLI: one line, 125, nothing done -----------------------------------
 
 
@@ -254,6 +284,30 @@ def assert_refused(env: Env, proc: subprocess.CompletedProcess[str], needle: str
 def test_bad_graphics_options_are_one_clear_error(env: Env, options: list[str],
                                                    needle: str) -> None:
     assert_refused(env, run_cli(env, *options, "--", "/usr/bin/xterm"), needle)
+
+
+BAD_CREATES = [
+    (["--graphics", "vnc", "-c", "lxc:///", "gx1", "--", "/usr/bin/xterm"],
+     "--graphics needs a KVM sandbox"),
+    (["--graphics", "vnc", "-c", KVM, "-u", "apache2.service", "gx2"],
+     "--graphics is for generic sandboxes"),
+    (["--graphics", "x11", "-c", KVM, "gx3", "--", "/usr/bin/xterm"],
+     "'x11' is not a valid graphics type (vnc, spice)"),
+    (["--graphics-listen", "127.0.0.1", "-c", KVM, "gx4", "--", "/usr/bin/xterm"],
+     "--graphics-listen goes with --graphics"),
+    (["--graphics", "spice", "--graphics-listen", "localhost", "-c", KVM, "gx5", "--",
+      "/usr/bin/xterm"], "--graphics-listen 'localhost' is not an IP address"),
+]
+
+
+@pytest.mark.parametrize(("options", "needle"), BAD_CREATES)
+def test_bad_graphics_create_is_one_clear_error_and_leaves_nothing(
+        env: Env, options: list[str], needle: str) -> None:
+    from .test_bad_input import assert_clean_error, run_without_libvirt
+
+    before = env.snapshot()
+    assert_clean_error(run_without_libvirt(env, "create", *options), needle)
+    assert env.snapshot() == before
 
 
 @pytest.mark.root
@@ -305,6 +359,31 @@ def find_run_domain(conn: object, before: set[str], proc: subprocess.Popen[str])
                          f"{proc.stderr.read() if proc.stderr else ''}")
 
 
+def wait_for_window(dom: object, start: float, alive: Callable[[], bool], what: str) -> None:
+    """Screenshots of `dom` until the green window is in one (or `alive` says the program
+    is gone, or the safety net's deadline passed)."""
+    found, shots, seen = (0, 0), 0, (0, 0)
+    while alive() and time.monotonic() - start < SCREENSHOT_DEADLINE:
+        if dom.isActive():  # type: ignore[attr-defined]
+            w, h, rgb = decode_image(screenshot(dom))
+            shots += 1
+            seen = (w, h)
+            found = green_block(w, h, rgb)
+            if found[0] >= GREEN_RECT[0] and found[1] >= GREEN_RECT[1]:
+                break
+        time.sleep(1)
+    elapsed = time.monotonic() - start
+    print(f"window seen after {elapsed:.1f} s, {shots} screenshots of {seen}, "
+          f"green block {found}")
+    assert found[0] >= GREEN_RECT[0] and found[1] >= GREEN_RECT[1], (
+        f"no green window after {elapsed:.0f} s ({shots} screenshots of {seen}, "
+        f"best {found}); {what}")
+
+
+GREEN_XTERM = ("/usr/bin/xterm", "-geometry", "80x24+0+0", "-bg", "#00ff00", "-fg", "#00ff00",
+               "-e", "sleep", "600")
+
+
 @pytest.mark.root
 @pytest.mark.kvm
 def test_the_programs_window_is_on_the_screenshot(env: Env) -> None:
@@ -315,8 +394,7 @@ def test_the_programs_window_is_on_the_screenshot(env: Env) -> None:
     start = time.monotonic()
     before = set(run_domains(KVM))
     proc = subprocess.Popen(
-        [*CLI, "run", "--graphics", "vnc", "-c", KVM, "--", "/usr/bin/xterm",
-         "-geometry", "80x24+0+0", "-bg", "#00ff00", "-fg", "#00ff00", "-e", "sleep", "600"],
+        [*CLI, "run", "--graphics", "vnc", "-c", KVM, "--", *GREEN_XTERM],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=ROOT, env={**os.environ, **env.vars, "PYTHONPATH": str(ROOT)})
     conn = libvirt.open(KVM)
@@ -325,22 +403,7 @@ def test_the_programs_window_is_on_the_screenshot(env: Env) -> None:
         assert isinstance(dom, libvirt.virDomain)
         listen = etree.fromstring(dom.XMLDesc(0).encode()).find("devices/graphics/listen")
         assert listen is not None and listen.get("address") == "127.0.0.1"
-        found, shots, seen = (0, 0), 0, (0, 0)
-        while proc.poll() is None and time.monotonic() - start < SCREENSHOT_DEADLINE:
-            if dom.isActive():
-                w, h, rgb = decode_image(screenshot(dom))
-                shots += 1
-                seen = (w, h)
-                found = green_block(w, h, rgb)
-                if found[0] >= GREEN_RECT[0] and found[1] >= GREEN_RECT[1]:
-                    break
-            time.sleep(1)
-        elapsed = time.monotonic() - start
-        print(f"window seen after {elapsed:.1f} s, {shots} screenshots of {seen}, "
-              f"green block {found}")
-        assert found[0] >= GREEN_RECT[0] and found[1] >= GREEN_RECT[1], (
-            f"no green window after {elapsed:.0f} s ({shots} screenshots of {seen}, "
-            f"best {found}); run: {proc.poll()}")
+        wait_for_window(dom, start, lambda: proc.poll() is None, f"run: {proc.poll()}")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err  # interrupted: the tool took the domain down
@@ -356,3 +419,44 @@ def test_the_programs_window_is_on_the_screenshot(env: Env) -> None:
     assert not set(run_domains(KVM)) - before, "the run's domain was left behind"
     left = list((env.base / "run").iterdir()) if (env.base / "run").is_dir() else []
     assert not [p for p in left if p.name.startswith("vss-run-")], left
+
+
+@pytest.mark.root
+@pytest.mark.kvm
+def test_a_created_sandboxs_window_is_on_the_screenshot(env: Env) -> None:
+    """create --graphics vnc, then start --detach: the generic sandbox's init starts X and
+    the green xterm on it (one boot); upgrade --check finds nothing to change right after
+    create; delete --force leaves nothing."""
+    need(reachable(KVM), "needs libvirtd with the QEMU driver (scripts/setup.sh)")
+    need(os.access("/usr/bin/xterm", os.X_OK), "needs xterm (scripts/setup.sh installs it)")
+    import json
+
+    import libvirt
+
+    name = unique_name("gfx")
+    before = env.snapshot()
+    env.run("create", "--graphics", "vnc", "-c", KVM, name, "--", *GREEN_XTERM, check=True)
+    conn = libvirt.open(KVM)
+    try:
+        checked = env.run("upgrade", "--check", "--json", name)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        (report,) = json.loads(checked.stdout)
+        assert report["definitions"]["differences"] == [], report
+        start = time.monotonic()
+        started = env.run("start", "--detach", name, check=True, timeout=240)
+        assert "virt-sandbox-service: display: vnc://127.0.0.1:" in started.stderr, started
+        dom = conn.lookupByName(name)
+        wait_for_window(dom, start, lambda: bool(dom.isActive()), "the sandbox stopped")
+        shown = json.loads(env.run("inspect", "--json", name, check=True).stdout)
+        assert shown["graphics"]["type"] == "vnc"
+        assert shown["graphics"]["address"].startswith("vnc://127.0.0.1:"), shown["graphics"]
+    finally:
+        deleted = env.run("delete", "--force", name, timeout=120)
+        names = [d.name() for d in conn.listAllDomains(0)]
+        conn.close()
+    assert deleted.returncode == 0, deleted.stderr
+    assert name not in names, "the sandbox's domain was left behind"
+    after = env.snapshot()
+    assert after["domains"] == before["domains"]
+    left = [f for f in after["files"] if name in f]  # type: ignore[union-attr]
+    assert not left, f"left behind: {left}"

@@ -71,6 +71,11 @@ CASES: dict[str, SandboxConfig] = {
                                     "filter=vss-listen-only,port=80,port=443",
                                     "source=other,dhcp,mac=52:54:00:00:00:0b")),
     "kvm-virtiofs": config(name="kvfs", state_dir="/var/lib/virt-sandbox-service/kvfs"),
+    # create --graphics spice: a generic sandbox with build_run's display, GPU and X server.
+    "kvm-generic-graphics": config(name="kgfx", kind=Kind.GENERIC, units=(),
+                                   state_dir="/var/lib/virt-sandbox-service/kgfx",
+                                   command=("/usr/bin/xterm",), graphics=GraphicsType.SPICE,
+                                   graphics_listen="127.0.0.1"),
     "kvm-apache2-image": config(
         name="kimg", state_dir="/var/lib/virt-sandbox-service/kimg", image_size=256 * 1024**2,
         mounts=("host-image:/srv/img=/var/tmp/data.img", "ram:/var/cache/x=16M",
@@ -78,7 +83,9 @@ CASES: dict[str, SandboxConfig] = {
 }
 # Cases built with other host facts than FACTS.
 VIRTIOFSD_RO = "/usr/libexec/virt-sandbox-service/virtiofsd-ro"
-FACTS_FOR = {"kvm-virtiofs": dataclasses.replace(FACTS, virtiofsd=VIRTIOFSD_RO)}
+XORG = "/usr/lib/xorg/Xorg"
+FACTS_FOR = {"kvm-virtiofs": dataclasses.replace(FACTS, virtiofsd=VIRTIOFSD_RO),
+             "kvm-generic-graphics": dataclasses.replace(FACTS, xorg=XORG)}
 
 
 def make_plan(name: str) -> Plan:
@@ -202,6 +209,40 @@ def test_graphics_run_has_a_display_a_gpu_and_starts_x() -> None:
     # Without --graphics: no display, no GPU, no X.
     plain = make("kvm-run")
     assert "<graphics" not in plain and "<video" not in plain and "vss.xorg" not in plain
+
+
+def test_a_generic_sandbox_created_with_graphics_gets_runs_display() -> None:
+    """create --graphics: the persistent domain gets the devices and qemu arguments of
+    graphics.py that build_run uses, and the guest init starts X before the command; no
+    password (create has none)."""
+    doc = etree.fromstring(make("kvm-generic-graphics").encode())
+    gr = doc.find("devices/graphics")
+    assert (gr.get("type"), gr.get("passwd"), gr.find("listen").get("address")) == (
+        "spice", None, "127.0.0.1")
+    assert doc.find("devices/video/model").get("type") == "none"
+    args = [a.get("value") for a in doc.iter(f"{{{kvm.QEMU_NS}}}arg")]
+    assert args == ["-global", "virtio-mmio.force-legacy=false",
+                    "-device", "virtio-gpu-device,id=vss-gpu"]
+    cmdline = words(doc)
+    assert cmdline.index(f"vss.xorg={XORG}") < cmdline.index(
+        next(w for w in cmdline if w.startswith("vss.arg=")))
+    assert "vss.kind=generic" in cmdline
+    for plain in ("kvm-generic", "kvm-apache2"):  # no --graphics: none of it
+        text = make(plain)
+        assert "<graphics" not in text and "<video" not in text and "vss.xorg" not in text
+    # A unit sandbox's config with a display (only by hand: create refuses it) gets none.
+    unit = dataclasses.replace(make_plan("kvm-apache2"), config=dataclasses.replace(
+        CASES["kvm-apache2"], graphics=GraphicsType.VNC, graphics_listen="127.0.0.1"))
+    assert "<graphics" not in domain_xml(unit, dataclasses.replace(FACTS, xorg=XORG))
+
+
+def test_a_host_without_xorg_cannot_build_a_display() -> None:
+    """upgrade on a host whose X server was removed: the package named, not a bad path."""
+    from virt_sandbox_service.errors import HostError
+
+    with pytest.raises(HostError, match="needs an X server on the host") as e:
+        domain_xml(make_plan("kvm-generic-graphics"), FACTS)
+    assert "xserver-xorg-core" in (e.value.hint or "")
 
 
 def test_command_line_too_long_is_a_clear_error() -> None:

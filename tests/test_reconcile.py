@@ -135,6 +135,24 @@ def test_a_kvm_sandbox_this_version_made_has_no_differences(env: Env) -> None:
     assert report["definitions"]["differences"] == [] and report["drift"] is False
 
 
+@pytest.mark.root
+@pytest.mark.kvm
+def test_a_kvm_sandbox_with_a_display_has_no_differences(env: Env) -> None:
+    """create --graphics spice (vnc: tests/test_graphics.py's boot): libvirt adds the
+    display's listen and port attributes, which are not differences."""
+    need(reachable("qemu:///system"), "needs libvirtd with the QEMU driver (scripts/setup.sh)")
+    name = unique_name("rcg")
+    env.run("create", "-c", "qemu:///system", "--graphics", "spice", name, "--",
+            "/usr/bin/xterm", check=True)
+    try:
+        proc = env.run("upgrade", "--check", "--json", name)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        (report,) = json.loads(proc.stdout)
+        assert report["definitions"]["differences"] == [] and report["drift"] is False
+    finally:
+        env.run("delete", name)
+
+
 @pytest.fixture(scope="module")
 def older() -> Iterator[Path]:
     """A worktree of the code from before the confinement (removed afterwards)."""

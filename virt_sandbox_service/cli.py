@@ -72,6 +72,7 @@ def create_request(args: argparse.Namespace) -> CreateRequest:
         userns=args.userns, mounts=_mounts(args), networks=_networks(args),
         user=UserArgs(args.uid, args.gid, args.username, args.homedir),
         image_size=args.imagesize, etc=args.etc, devices=tuple(args.device or ()),
+        graphics=args.graphics, graphics_listen=args.graphics_listen,
     )
 
 
@@ -391,6 +392,9 @@ CREATE_EXAMPLES = """examples:
       a generic sandbox running one command as www-data, its state in a 256M image
   virt-sandbox-service create --memory 512M --cap-add sys_time -u chrony.service ntp1
       with a memory limit, and the capability a time daemon needs
+  virt-sandbox-service create --graphics vnc -c qemu:///system term1 -- /usr/bin/xterm
+      a micro-VM with a display: start runs the host's X server and xterm on it, and
+      prints the address for virt-viewer
 
 then: virt-sandbox-service start NAME, or systemctl start NAME_sandbox.service"""
 RUN_USAGE = "%(prog)s [OPTIONS] -- CMD [ARGS]..."
@@ -427,6 +431,9 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     settings.add(c.add_argument_group("limits (change them later with limit)"), "limits")
     settings.add(c.add_argument_group("mounts and networks"), "mounts", fresh="a dir of its own")
     settings.add(c.add_argument_group("the command's user (generic sandboxes)"), "user")
+    settings.add(c.add_argument_group("display (generic KVM sandboxes)"), "display",
+                 display="start prints the address for virt-viewer on stderr, inspect shows "
+                 "it (no password option: see the man page)")
     out = c.add_argument_group("output")
     out.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     out.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
@@ -493,14 +500,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _add_display(g: settings.Options) -> None:
-    from .graphics import CHOICES, DEFAULT_LISTEN
-
-    g.add_argument("--graphics", metavar="|".join(CHOICES),
-                   help="give the VM a display and a GPU, start the host's X server on it "
-                        "and run the command there (DISPLAY=:0); the address for virt-viewer "
-                        "is printed on stderr")
-    g.add_argument("--graphics-listen", metavar="ADDR",
-                   help=f"the address the display listens on (default {DEFAULT_LISTEN})")
+    settings.add(g, "display", display="the address for virt-viewer is printed on stderr")
     g.add_argument("--graphics-password-file", metavar="FILE",
                    help="the display's password, the first line of FILE (never on the "
                         "command line, where ps shows it)")

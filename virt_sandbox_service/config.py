@@ -48,6 +48,13 @@ class SecurityMode(enum.StrEnum):
     STATIC = "static"
 
 
+class GraphicsType(enum.StrEnum):
+    """--graphics: the display a KVM sandbox gets (graphics.py)."""
+
+    VNC = "vnc"
+    SPICE = "spice"
+
+
 E = TypeVar("E", bound=enum.StrEnum)
 
 
@@ -207,6 +214,11 @@ class SandboxConfig:
     # <state>/etc (see plan.py); False: a trimmed private copy of the host's /etc (KVM, -i,
     # user namespaces, --etc copy, and sandboxes made before overlays existed).
     etc_overlay: bool = False
+    # create --graphics (KVM generic sandboxes, graphics.py): the display the VM gets and the
+    # address it listens on; None and "": no display. Never a password: the domain XML would
+    # hold it, and reconcile cannot read it back from libvirt.
+    graphics: GraphicsType | None = None
+    graphics_listen: str = ""
     format_version: int = FORMAT_VERSION
     # Free-form notes that later versions may add; kept so an older file round-trips.
     extra: tuple[tuple[str, str], ...] = field(default=())
@@ -276,6 +288,9 @@ def _from_json_value(key: str, value: Any, source: str = "config") -> Any:
         return parse_enum(Kind, _typed(key, value, str, source), "sandbox kind")
     if key == "security_mode":
         return parse_enum(SecurityMode, _typed(key, value, str, source), "security mode")
+    if key == "graphics":
+        return None if value is None else parse_enum(
+            GraphicsType, _typed(key, value, str, source), "graphics type")
     if key == "extra":
         pairs = _typed(key, value, list, source)
         if not all(isinstance(p, list) and len(p) == 2 for p in pairs):

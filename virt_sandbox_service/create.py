@@ -24,6 +24,7 @@ from . import (
     capneeds,
     conffiles,
     devices,
+    graphics,
     host,
     image,
     layers,
@@ -42,6 +43,7 @@ from .apply.txn import Transaction
 from .config import (
     DEFAULT_URI,
     Driver,
+    GraphicsType,
     Kind,
     Paths,
     SandboxConfig,
@@ -100,6 +102,8 @@ class CreateRequest:
     image_size: str | None = None
     etc: str | None = None  # "overlay", "copy"; None: overlay where it can be (etc_overlay)
     devices: tuple[str, ...] = ()  # --device PATH (devices.py)
+    graphics: str | None = None  # --graphics vnc|spice (graphics.py)
+    graphics_listen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class Checked:
     run_as: users.RunAs | None = None
     image_size: int | None = None
     devices: tuple[str, ...] = ()
+    graphics: tuple[GraphicsType | None, str] = (None, "")  # (type, listen address)
 
 
 def validate(req: CreateRequest) -> Checked:
@@ -133,6 +138,7 @@ def validate(req: CreateRequest) -> Checked:
     if not req.units and not req.command:
         raise UserError("nothing to run: give -u UNIT or a command after --",
                         "e.g. create -u apache2.service web1, or create web3 -- /bin/sh")
+    display = check_graphics(req)
     if req.state_parent is not None:
         validate_dir_path(req.state_parent, "-p path")
     for p in (*req.private, *req.shared):
@@ -148,7 +154,17 @@ def validate(req: CreateRequest) -> Checked:
     if driver_for_uri(req.uri) is Driver.KVM:
         host.check_kvm_lsm()
     return Checked(options, security, check_user(req), check_image(req),
-                   devices.check_all(req.devices))
+                   devices.check_all(req.devices), display)
+
+
+def check_graphics(req: CreateRequest) -> tuple[GraphicsType | None, str]:
+    """--graphics and --graphics-listen (a generic KVM sandbox), and the host's X server,
+    which the guest starts from the host's root."""
+    display = graphics.create_request(req.graphics, req.graphics_listen, req.uri,
+                                      driver_for_uri(req.uri), bool(req.units))
+    if display[0] is not None:
+        graphics.find_xorg()
+    return display
 
 
 def check_image(req: CreateRequest) -> int | None:
@@ -357,6 +373,7 @@ def build_config(req: CreateRequest, checked: Checked, paths: Paths,
         username=run_as.name if run_as else "", homedir=run_as.home if run_as else "",
         image_size=checked.image_size,
         etc_overlay=overlay,
+        graphics=checked.graphics[0], graphics_listen=checked.graphics[1],
         **dict(opts.limits),
     )
 

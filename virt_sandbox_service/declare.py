@@ -58,8 +58,8 @@ FIELD_KEYS = {"units": "Unit", "kind": "Unit", "uri": "Connect", "state_dir": "P
               "numa_nodes": "NUMANodes", "io_throttle": "DeviceReadBps=/DeviceWriteBps",
               "caps_drop": "CapabilityDrop", "caps_add": "CapabilityAdd",
               "syscalls_allow": "SyscallAllow", "devices": "Device", "mounts": "Mount",
-              "networks": "Network",
-              "command": "Exec"}
+              "networks": "Network", "graphics": "Graphics",
+              "graphics_listen": "GraphicsListen", "command": "Exec"}
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""`run --graphics vnc|spice`: a KVM sandbox with a display, for a graphical program.
+"""`run --graphics vnc|spice`, and `create --graphics` for a generic KVM sandbox: a KVM
+sandbox with a display, for a graphical program.
 
 The micro-VM gets a virtio GPU and a libvirt <graphics> (VNC or SPICE) on loopback; the
 guest init loads the GPU's modules and starts the HOST's own X server (the guest sees the
@@ -14,6 +15,11 @@ with <video model='none'/> in its place, so libvirt neither adds a VGA of its ow
 display, which is that GPU. The GPU also needs the modern virtio-mmio transport (as virtiofs
 does; domain/kvm.py).
 
+A created sandbox (create_request) has the type and address in its config (of_config gives
+its domain the same devices) and no password: a persistent domain's passwd would sit in
+its XML, which reconcile cannot read back from libvirt. Only a generic sandbox: a unit
+sandbox's systemd would start no X server.
+
 Checked before anything is started (check_request): the driver (LXC has no display of its
 own), the listen address, the password file (read once; never a password on the command line,
 where ps shows it), and the host's X server and its modesetting driver.
@@ -21,13 +27,13 @@ where ps shows it), and the host's X server and its modesetting driver.
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .config import Driver
+from .config import Driver, Kind, SandboxConfig
+from .config import GraphicsType as GraphicsType
 from .errors import HostError, UserError
 
 if TYPE_CHECKING:  # lxml only where a domain is built: the CLI imports this for its choices
@@ -41,11 +47,6 @@ MODESETTING = "usr/lib/xorg/modules/drivers/modesetting_drv.so"
 XORG_PACKAGE = "xserver-xorg-core"
 PASSWORD_MAX = 4096  # a password file larger than this is not a password file
 VNC_PASSWORD_MAX = 8  # VNC's DES challenge uses 8 bytes; qemu would drop the rest silently
-
-
-class GraphicsType(enum.Enum):
-    VNC = "vnc"
-    SPICE = "spice"
 
 
 CHOICES = tuple(t.value for t in GraphicsType)
@@ -68,15 +69,18 @@ def parse_type(text: str) -> GraphicsType:
                         ) from None
 
 
-def parse_listen(text: str) -> str:
+def parse_listen(text: str, password_option: bool = True) -> str:
     """An IP address to bind the display to (loopback by default: a display is a keyboard
-    and a screen of the sandbox, open to whoever reaches the port)."""
+    and a screen of the sandbox, open to whoever reaches the port). password_option: the
+    command has --graphics-password-file (run; create has none)."""
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise UserError(f"--graphics-listen '{text}' is not an IP address",
-                        f"e.g. {DEFAULT_LISTEN} (the default) or 0.0.0.0 (every address: "
-                        "set a password with --graphics-password-file)") from None
+                        f"e.g. {DEFAULT_LISTEN} (the default) or 0.0.0.0 (every address"
+                        + (": set a password with --graphics-password-file)"
+                           if password_option else ": anyone who reaches it has the "
+                           "display)")) from None
 
 
 def read_password(path: str) -> str:
@@ -118,6 +122,45 @@ def check_driver(uri: str, driver: Driver, session: bool) -> None:
                         "run it as root with -c qemu:///system")
 
 
+def create_request(kind: str | None, listen: str | None, uri: str, driver: Driver,
+                   units: bool) -> tuple[GraphicsType | None, str]:
+    """create's --graphics and --graphics-listen, checked: (the type, the address) for the
+    config, or (None, "") without a display. A generic KVM sandbox only: a unit sandbox's
+    systemd would start no X server (and its units know nothing of a display)."""
+    if kind is None:
+        if listen:
+            raise UserError("--graphics-listen goes with --graphics",
+                            "add --graphics vnc (or spice)")
+        return None, ""
+    g = parse_type(kind)
+    check_driver(uri, driver, False)
+    if units:
+        raise UserError("--graphics is for generic sandboxes: a unit sandbox's systemd "
+                        "starts no X server", "give the program after --: create --graphics "
+                        "vnc -c qemu:///system NAME -- /usr/bin/xterm")
+    return g, parse_listen(listen, password_option=False) if listen else DEFAULT_LISTEN
+
+
+def of_config(cfg: SandboxConfig) -> Graphics | None:
+    """A generic sandbox's display, as its config says (no password: see config.py)."""
+    if cfg.graphics is None or cfg.kind is not Kind.GENERIC:
+        return None
+    return Graphics(cfg.graphics, cfg.graphics_listen or DEFAULT_LISTEN)
+
+
+def xorg_path(root: str = "/") -> str:
+    """find_xorg's answer, or "" where the host has none (a host fact, host.detect)."""
+    try:
+        return find_xorg(root)
+    except HostError:
+        return ""
+
+
+def no_xorg() -> HostError:
+    return HostError("--graphics needs an X server on the host (Xorg), and there is none",
+                     f"install the '{XORG_PACKAGE}' package (scripts/setup.sh does)")
+
+
 def find_xorg(root: str = "/") -> str:
     """The host's X server, which the guest runs from the host's root; with its
     modesetting driver (the guest's GPU is a KMS device)."""
@@ -127,8 +170,7 @@ def find_xorg(root: str = "/") -> str:
                 break
             return path
     else:
-        raise HostError("--graphics needs an X server on the host (Xorg), and there is none",
-                        f"install the '{XORG_PACKAGE}' package (scripts/setup.sh does)")
+        raise no_xorg()
     raise HostError(f"--graphics needs Xorg's modesetting driver (/{MODESETTING}), and the "
                     "host has none", f"install the '{XORG_PACKAGE}' package")
 

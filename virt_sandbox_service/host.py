@@ -67,7 +67,8 @@ class HostFacts:
     tsc_khz: int = 0
     kvm_kernel: str = "/var/cache/virt-sandbox-service/kvm/kernel"
     kvm_initrd: str = "/var/cache/virt-sandbox-service/kvm/initrd.img"
-    # run --graphics: the host's X server, which the guest starts (graphics.find_xorg).
+    # --graphics (run, a generic KVM sandbox): the host's X server, which the guest starts
+    # (graphics.find_xorg); "": none.
     xorg: str = ""
     # The virtiofsd (our read-only wrapper) serving a KVM guest's root; "": over 9p.
     virtiofsd: str = ""
@@ -84,6 +85,7 @@ def find_tool(names: tuple[str, ...], what: str, package: str) -> str:
 def detect(selinux: bool | None = None) -> HostFacts:
     """Read the facts from this machine. `selinux` comes from libvirt's capabilities if known."""
     from .config import Driver
+    from .graphics import xorg_path
     from .labels import sandbox_file_type
 
     selinux = selinux_enabled() if selinux is None else selinux
@@ -109,6 +111,7 @@ def detect(selinux: bool | None = None) -> HostFacts:
         shared_etc=tuple(d for d in SHARED_ETC if os.path.isdir(d)),
         ld_preload=os.path.lexists("/etc/ld.so.preload"),
         overlayfs=has_overlayfs(),
+        xorg=xorg_path(),
         **kvm_facts()._asdict(),
     )
 

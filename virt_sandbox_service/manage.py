@@ -341,6 +341,7 @@ def inspect_data(paths: Paths, name: str) -> dict[str, Any]:
             "unit": str(paths.unit_dir / unit_name(name)),
             "journal": common.journal_dir(cfg),
         },
+        "graphics": _graphics_info(cfg, dom),
         "image": None if cfg.image_size is None else {
             "path": image.image_path(cfg.state_dir), "size_bytes": cfg.image_size,
             **image.usage(image.image_path(cfg.state_dir))},
@@ -457,6 +458,27 @@ def _network_text(net: Any) -> str:
         for n in net)
 
 
+def _graphics_info(cfg: SandboxConfig, dom: libvirt.virDomain | None) -> dict[str, Any] | None:
+    """create --graphics: the display, and while it runs the address libvirt gave it (its
+    port is chosen at each start: read from the live domain)."""
+    if cfg.graphics is None:
+        return None
+    from .graphics import display_uri
+
+    address = None
+    if dom is not None and lv.is_active(dom):
+        with contextlib.suppress(libvirt.libvirtError):
+            address = display_uri(dom.XMLDesc(0))
+    return {"type": cfg.graphics.value, "listen": cfg.graphics_listen, "address": address}
+
+
+def _graphics_line(g: dict[str, Any] | None) -> list[str]:
+    if g is None:
+        return []
+    return [f"display:     {g['type']} on {g['listen']}: "
+            f"{g['address'] or 'its port is chosen at start'}"]
+
+
 def _image_line(img: dict[str, Any] | None) -> list[str]:
     if img is None:
         return []
@@ -482,6 +504,7 @@ def format_inspect(d: dict[str, Any]) -> str:
         f"state:       {d['state']}",
         *_user_line(d["user"]),
         *_image_line(d["image"]),
+        *_graphics_line(d["graphics"]),
         f"etc:         {d['etc']['layout']}: {d['etc']['note']} ({d['etc']['own']})",
         f"hostname:    {d['hostname']}",
         f"machine-id:  {d['machine_id']}",

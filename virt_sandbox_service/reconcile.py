@@ -128,6 +128,8 @@ LIBVIRT_ADDS = frozenset({
     "devices/input", "devices/audio", "devices/interface/mac",
     "devices/interface/address", "devices/console/target@port", "devices/memballoon/address",
     "devices/disk/address", "devices/rng/address", "seclabel",
+    # --graphics: the display's address as an attribute too, and VNC's port (-1: autoport).
+    "devices/graphics@listen", "devices/graphics@port",
 })
 
 

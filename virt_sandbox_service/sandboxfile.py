@@ -188,7 +188,7 @@ def check_values(sf: SandboxFile) -> None:
 
 
 def _checks() -> dict[str, Callable[[str], object]]:
-    from . import image, limits, registry, unitfile
+    from . import graphics, image, limits, registry, unitfile
     from .config import driver_for_uri
     from .mounts import parse_mount
     from .network import parse_network
@@ -220,6 +220,8 @@ def _checks() -> dict[str, Callable[[str], object]]:
             "DeviceWriteBps", "DeviceReadIOPS", "DeviceWriteIOPS")},
         "Mount": parse_mount,
         "Network": parse_network,
+        "Graphics": graphics.parse_type,
+        "GraphicsListen": lambda v: graphics.parse_listen(v, password_option=False),
     }
 
 

@@ -16,6 +16,8 @@ import argparse
 from dataclasses import dataclass
 
 from .config import DEFAULT_URI
+from .graphics import CHOICES as GRAPHICS_CHOICES
+from .graphics import DEFAULT_LISTEN as GRAPHICS_LISTEN
 
 Options = argparse._ActionsContainer  # a parser or one of its argument groups
 
@@ -141,6 +143,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HomeDir", ("--homedir",), "homedir", TEXT, "user",
             "with -U: its home, made writable for it (default the host's, or /var/home/NAME)",
             "DIR"),
+    # the display (KVM: run, and generic sandboxes; graphics.py)
+    Setting("Graphics", ("--graphics",), "graphics", TEXT, "display",
+            "give the VM a display and a GPU, start the host's X server on it and run the "
+            "command there (DISPLAY=:0); {display}", "|".join(GRAPHICS_CHOICES)),
+    Setting("GraphicsListen", ("--graphics-listen",), "graphics_listen", TEXT, "display",
+            f"the address the display listens on (default {GRAPHICS_LISTEN})", "ADDR"),
 )
 
 

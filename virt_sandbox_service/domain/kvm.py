@@ -29,7 +29,7 @@ from lxml.builder import ElementMaker
 
 from ..config import Kind, SandboxConfig
 from ..errors import UserError
-from ..graphics import Graphics
+from ..graphics import Graphics, no_xorg, of_config
 from ..graphics import devices as graphics_devices
 from ..graphics import qemu_args as graphics_qemu_args
 from ..host import HostFacts
@@ -64,8 +64,10 @@ def domain_type(facts: HostFacts) -> str:
 
 
 def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
-    """The persistent domain of a unit or generic sandbox."""
+    """The persistent domain of a unit or generic sandbox; a generic one created with
+    --graphics gets build_run's display, GPU and X server (graphics.of_config)."""
     kind = "service" if plan.config.kind is Kind.SERVICE else "generic"
+    graphics = of_config(plan.config)
     devices = [
         *_controllers(),
         *_filesystems(plan.mounts, facts),
@@ -73,10 +75,12 @@ def build(plan: Plan, facts: HostFacts, metadata_ns: str) -> str:
         *_console(None),
         _login_console(),
         _channel(AGENT_CHANNEL, None),
+        *(graphics_devices(graphics) if graphics else ()),
         E.memballoon(model="none"),
     ]
     devices[0:0] = _disks(plan.mounts)
-    return _domain(plan, facts, metadata_ns, kind, command(plan.config, facts), devices)
+    return _domain(plan, facts, metadata_ns, kind, command(plan.config, facts), devices,
+                   graphics=graphics is not None)
 
 
 def build_run(plan: Plan, facts: HostFacts, metadata_ns: str, channel_dir: str,
@@ -204,6 +208,8 @@ def kernel_cmdline(plan: Plan, facts: HostFacts, kind: str, command: Sequence[st
     args += _guest_bind_args(plan)
     args += _network_args(plan.config)
     if graphics:  # the guest init starts the host's X server before the command
+        if not facts.xorg:
+            raise no_xorg()
         args.append(f"vss.xorg={_checked(facts.xorg, 'X server path')}")
     args += [f"vss.arg={base64.b64encode(a.encode()).decode()}" for a in command]
     text = " ".join(args)

@@ -246,3 +246,14 @@ def exit_status(cfg: SandboxConfig, paths: Paths) -> int:
     # The sandbox's systemd gives no exit status; an end nobody asked for is a failure, so
     # that Restart=on-failure brings the sandbox back.
     return 0 if stopping else 1
+
+
+def print_display(dom: libvirt.virDomain) -> None:
+    """Where a viewer connects to a sandbox with a display (run --graphics, a generic KVM
+    sandbox created with it): the port is libvirt's choice, read from the live domain; on
+    stderr, once the domain exists."""
+    from ..graphics import display_uri
+
+    where = display_uri(dom.XMLDesc(0))
+    print(f"virt-sandbox-service: display: {where or 'none (libvirt gave it no port)'}",
+          file=sys.stderr, flush=True)

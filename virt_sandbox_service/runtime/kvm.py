@@ -51,6 +51,7 @@ from .common import (
     fail_start,
     log_hint,
     mark_stopping,
+    print_display,
     read_channel,
     run_dir,
     stop_marker,
@@ -94,6 +95,8 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
     except libvirt.libvirtError as e:
         raise HostError(f"libvirt could not start '{cfg.name}': {e.get_error_message()}",
                         "'virt-sandbox-service doctor' checks the host") from e
+    if cfg.graphics is not None:
+        print_display(dom)
     try:
         if cfg.kind is Kind.SERVICE:
             with progress.step(f"booting sandbox {cfg.name}"):

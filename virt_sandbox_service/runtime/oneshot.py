@@ -79,6 +79,7 @@ from ..mounts import MountSpec, MountType, mount_dir
 from ..network import NetSpec
 from ..plantypes import TMPFS
 from . import session, stdiorelay
+from .common import print_display
 from .notify import sockets_at_low_level
 
 RUN_PREFIX = "vss-run-"
@@ -448,7 +449,7 @@ def _run_kvm(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
                             "'virt-sandbox-service doctor' checks the host") from e
         socks = {p: _connect(chan / f"{p}.sock") for p in kvm.RUN_PORTS}
         if graphics is not None:
-            _print_display(dom)
+            print_display(dom)
         dom.resume()
         rc = KvmSession(dom, socks, chan / "console.log").run()
         dom = None  # the guest powers itself off; libvirt removes the transient domain
@@ -458,15 +459,6 @@ def _run_kvm(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
             with contextlib.suppress(libvirt.libvirtError):
                 dom.destroy()
         shutil.rmtree(chan, ignore_errors=True)
-
-
-def _print_display(dom: libvirt.virDomain) -> None:
-    """Where a viewer connects (the port is libvirt's choice), on stderr, before the boot."""
-    from ..graphics import display_uri
-
-    where = display_uri(dom.XMLDesc(0))
-    print(f"virt-sandbox-service: display: {where or 'none (libvirt gave it no port)'}",
-          file=sys.stderr, flush=True)
 
 
 def _connect(path: Path) -> socket.socket:
