@@ -87,3 +87,30 @@ def test_kill_9_midway_through_clone_then_delete_cleans_up(env: Env, step: str) 
     out = env.run("execute", src, "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                   "http://localhost/")
     assert out.stdout == "200", out
+
+
+def test_a_ctrl_c_as_libvirt_defines_the_domain_leaves_no_domain(env: Env) -> None:
+    """The signal lands while libvirt's define runs: Python raises it the moment the call
+    returns, before anything after it. The domain libvirt made must still be taken back
+    (the undo is registered before the define)."""
+    from unittest import mock
+
+    import libvirt
+
+    from virt_sandbox_service.config import Paths
+    from virt_sandbox_service.create import CreateRequest, create
+
+    real = libvirt.virConnect.defineXMLFlags
+
+    def define_then_interrupted(self: libvirt.virConnect, xml: str, flags: int = 0
+                                ) -> libvirt.virDomain:
+        real(self, xml, flags)
+        raise KeyboardInterrupt
+
+    name = unique_name("sig")
+    before = env.snapshot()
+    with mock.patch.object(libvirt.virConnect, "defineXMLFlags", define_then_interrupted), \
+         pytest.raises(KeyboardInterrupt):
+        create(CreateRequest(name=name, units=("apache2.service",)), Paths.from_env(env.vars))
+    assert name not in domain_names()
+    only_infrastructure(before, env.snapshot())

@@ -49,7 +49,12 @@ def is_ours(dom: libvirt.virDomain) -> bool:
 
 def metadata(dom: libvirt.virDomain) -> dict[str, str]:
     """Our metadata in the domain: kind, config, state (first value of each)."""
-    root = etree.fromstring(dom.XMLDesc(0).encode())
+    return xml_metadata(dom.XMLDesc(0))
+
+
+def xml_metadata(xml: str) -> dict[str, str]:
+    """Our metadata in a domain's XML (see metadata)."""
+    root = etree.fromstring(xml.encode())
     box = root.find(f"metadata/{{{METADATA_NS}}}sandbox")
     out: dict[str, str] = {}
     for child in box if box is not None else ():
@@ -121,12 +126,25 @@ def define(conn: libvirt.virConnect, xml: str, txn: Transaction) -> libvirt.virD
     names = apparmor.load_for(xml)
     if names:
         txn.did(f"loaded AppArmor profile {' '.join(names)}", lambda: apparmor.unload(names))
+    # The undo is registered before the define: a Ctrl-C or SIGTERM that arrives while libvirt
+    # defines it is raised the moment the call returns, before any line after it could record
+    # the domain (a test that interrupts creates left such domains defined). It takes back
+    # only the domain this define made: the one of that name whose state dir is ours.
+    name = str(etree.fromstring(xml.encode()).findtext("name"))
+    state = xml_metadata(xml).get("state", "")
+    txn.did(f"defining domain {name}", lambda: _undefine_ours(conn, name, state))
     try:
         dom = conn.defineXMLFlags(xml, DEFINE_VALIDATE)
     except libvirt.libvirtError as e:
         raise HostError(f"libvirt refused the domain: {e.get_error_message()}") from e
-    txn.did(f"defined domain {dom.name()}", lambda: undefine(dom))
+    txn.did(f"defined domain {name}", lambda: None)  # (the fault-injection point of tests)
     return dom
+
+
+def _undefine_ours(conn: libvirt.virConnect, name: str, state: str) -> None:
+    dom = lookup(conn, name)
+    if dom is not None and state and metadata(dom).get("state") == state:
+        undefine(dom)
 
 
 def redefine(conn: libvirt.virConnect, xml: str) -> None:
