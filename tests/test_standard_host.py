@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
@@ -206,35 +207,57 @@ def test_doctor_fix_loads_the_policy_module_and_points_lxc_contexts(menv: Env) -
     assert "BAD selinux" not in r.stdout, r.stdout
 
 
-@selinux
-def test_policy_module_types_run_the_sandboxes(menv: Env, conn: libvirt.virConnect) -> None:
-    name = started(menv, *APACHE)
+@dataclass(frozen=True)
+class Pair:
+    """Two apache2 sandboxes at their own MCS pairs, sharing a host directory (as podman's
+    :z would: the sandboxes' file type at s0, no category), started once for the SELinux
+    tests below: each start takes 30-40 s under TCG."""
+
+    a: str
+    b: str
+    shared: Path
+
+
+@pytest.fixture(scope="module")
+def pair(menv: Env) -> Iterator[Pair]:
+    shared = Path("/srv") / unique_name("shared")
+    shared.mkdir(mode=0o777)
+    os.setxattr(shared, "security.selinux", b"system_u:object_r:svirt_sandbox_file_t:s0\0")
+    made: list[str] = []
     try:
-        label = attr(init_pid(conn, name))
-        assert ":svirt_lxc_net_t:s0:c" in label, label
+        # At the same path inside: a host-bind target must exist on the read-only host root.
+        mount = ("-m", f"host-bind:{shared}={shared}")
+        for _ in range(2):
+            made.append(started(menv, *mount, *APACHE))
+        yield Pair(made[0], made[1], shared)
     finally:
-        menv.run("stop", name, timeout=120)
+        for name in made:
+            menv.run("stop", name, timeout=120)
+        subprocess.run(["rm", "-rf", str(shared)], check=False)
 
 
 @selinux
-def test_two_sandboxes_run_with_distinct_mcs_pairs(menv: Env, conn: libvirt.virConnect) -> None:
-    a, b = started(menv, *APACHE), started(menv, *APACHE)
-    try:
-        la, lb = (attr(init_pid(conn, n)) for n in (a, b))
-        cats = [label.split(":", 4)[4] for label in (la, lb)]
-        assert cats[0] != cats[1], (la, lb)
-        ps = subprocess.run(["ps", "-eZ"], capture_output=True, text=True, check=True).stdout
-        for n, cat in zip((a, b), cats, strict=True):
-            assert any(f"svirt_lxc_net_t:s0:{cat} " in line and "apache2" in line
-                       for line in ps.splitlines()), f"no apache2 of {n} at {cat}:\n{ps}"
-            ctx = os.getxattr(menv.state(n) / "var", "security.selinux").decode().strip("\0")
-            assert ctx.endswith(f":{cat}") and "svirt_sandbox_file_t" in ctx, ctx
-        for n in (a, b):
-            r = menv.run("execute", n, "--", *CURL)
-            assert r.returncode == 0 and "html" in r.stdout.lower(), r
-    finally:
-        for n in (a, b):
-            menv.run("stop", n, timeout=120)
+def test_policy_module_types_run_the_sandboxes(pair: Pair, conn: libvirt.virConnect) -> None:
+    label = attr(init_pid(conn, pair.a))
+    assert ":svirt_lxc_net_t:s0:c" in label, label
+
+
+@selinux
+def test_two_sandboxes_run_with_distinct_mcs_pairs(menv: Env, pair: Pair,
+                                                   conn: libvirt.virConnect) -> None:
+    a, b = pair.a, pair.b
+    la, lb = (attr(init_pid(conn, n)) for n in (a, b))
+    cats = [label.split(":", 4)[4] for label in (la, lb)]
+    assert cats[0] != cats[1], (la, lb)
+    ps = subprocess.run(["ps", "-eZ"], capture_output=True, text=True, check=True).stdout
+    for n, cat in zip((a, b), cats, strict=True):
+        assert any(f"svirt_lxc_net_t:s0:{cat} " in line and "apache2" in line
+                   for line in ps.splitlines()), f"no apache2 of {n} at {cat}:\n{ps}"
+        ctx = os.getxattr(menv.state(n) / "var", "security.selinux").decode().strip("\0")
+        assert ctx.endswith(f":{cat}") and "svirt_sandbox_file_t" in ctx, ctx
+    for n in (a, b):
+        r = menv.run("execute", n, "--", *CURL)
+        assert r.returncode == 0 and "html" in r.stdout.lower(), r
 
 
 @selinux
@@ -272,71 +295,51 @@ def test_kvm_is_refused_up_front_where_selinux_would_stop_it(menv: Env) -> None:
 
 
 @selinux
-def test_execute_enters_the_sandboxs_label(menv: Env, conn: libvirt.virConnect) -> None:
-    name = started(menv, *APACHE)
-    try:
-        want = attr(init_pid(conn, name))
-        r = menv.run("execute", name, "--", "cat", "/proc/self/attr/current")
-        assert r.returncode == 0, r.stderr
-        assert r.stdout.strip("\0\n ") == want
-    finally:
-        menv.run("stop", name, timeout=120)
+def test_execute_enters_the_sandboxs_label(menv: Env, pair: Pair,
+                                           conn: libvirt.virConnect) -> None:
+    want = attr(init_pid(conn, pair.a))
+    r = menv.run("execute", pair.a, "--", "cat", "/proc/self/attr/current")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip("\0\n ") == want
 
 
 @selinux
-def test_connect_enters_the_sandboxs_label(menv: Env, conn: libvirt.virConnect) -> None:
+def test_connect_enters_the_sandboxs_label(menv: Env, pair: Pair,
+                                           conn: libvirt.virConnect) -> None:
     """A login shell from `connect` runs with the sandbox's label, on a terminal of the
     sandbox's own, and gets its pty master back to the caller across MCS."""
     from .test_connect import terminal
 
-    name = started(menv, *APACHE)
-    try:
-        want = attr(init_pid(conn, name))
-        with terminal(menv, "connect", name) as t:
-            t.expect(r"Escape character is \^\]")
-            t.send("echo \"L<$(tr -d '\\000' </proc/self/attr/current)>\"; tty\r")
-            got, tty = t.expect(r"L<(system_u:[^>\r\n]+)>\r\n([^\r\n]*)\r\n")
-            t.send("exit 3\r")
-            assert t.wait() == 3
-        assert got == want
-        assert tty.startswith("/dev/pts/"), tty
-    finally:
-        menv.run("stop", name, timeout=120)
+    want = attr(init_pid(conn, pair.a))
+    with terminal(menv, "connect", pair.a) as t:
+        t.expect(r"Escape character is \^\]")
+        t.send("echo \"L<$(tr -d '\\000' </proc/self/attr/current)>\"; tty\r")
+        got, tty = t.expect(r"L<(system_u:[^>\r\n]+)>\r\n([^\r\n]*)\r\n")
+        t.send("exit 3\r")
+        assert t.wait() == 3
+    assert got == want
+    assert tty.startswith("/dev/pts/"), tty
 
 
 @selinux
 def test_mcs_denies_another_sandboxs_file_that_permissions_allow(
-        menv: Env, conn: libvirt.virConnect, tmp_path: Path) -> None:
-    """A directory shared into two sandboxes: what web2 writes there (mode 0666) carries its
-    category, and root in web1 can neither read nor write it. The same file is readable by
-    root outside, so the refusal is MCS's, and the kernel logs an AVC for it."""
-    shared = Path("/srv") / unique_name("shared")
-    shared.mkdir(mode=0o777)
-    # What an administrator does for a directory shared between sandboxes (podman's :z):
-    # the sandboxes' file type at s0, no category, so that each may write there at all.
-    os.setxattr(shared, "security.selinux", b"system_u:object_r:svirt_sandbox_file_t:s0\0")
-    try:
-        # At the same path inside: a host-bind target must exist on the read-only host root.
-        mount = ("-m", f"host-bind:{shared}={shared}")
-        w1, w2 = started(menv, *mount, *APACHE), started(menv, *mount, *APACHE)
-        try:
-            r = menv.run("execute", w2, "--", "/bin/sh", "-c",
-                         f"umask 0; echo secret-of-w2 > {shared}/f; chmod 666 {shared}/f")
-            assert r.returncode == 0, r.stderr
-            assert (shared / "f").read_text().strip() == "secret-of-w2"  # DAC: readable
-            since = time.strftime("%H:%M:%S")
-            r = menv.run("execute", w1, "--", "cat", f"{shared}/f")
-            assert r.returncode != 0 and "Permission denied" in r.stderr, r
-            r = menv.run("execute", w1, "--", "/bin/sh", "-c", f"echo x >> {shared}/f")
-            assert r.returncode != 0 and "Permission denied" in r.stderr, r
-            avc = subprocess.run(["ausearch", "-m", "avc", "-ts", since, "-c", "cat"],
-                                 capture_output=True, text=True, check=False).stdout
-            assert "denied" in avc and "svirt_lxc_net_t" in avc, avc
-        finally:
-            for n in ("w1", "w2"):
-                menv.run("stop", locals().get(n, ""), timeout=120)
-    finally:
-        subprocess.run(["rm", "-rf", str(shared)], check=False)
+        menv: Env, pair: Pair) -> None:
+    """A directory shared into two sandboxes: what one writes there (mode 0666) carries its
+    category, and root in the other can neither read nor write it. The same file is readable
+    by root outside, so the refusal is MCS's, and the kernel logs an AVC for it."""
+    w1, w2, shared = pair.a, pair.b, pair.shared
+    r = menv.run("execute", w2, "--", "/bin/sh", "-c",
+                 f"umask 0; echo secret-of-w2 > {shared}/f; chmod 666 {shared}/f")
+    assert r.returncode == 0, r.stderr
+    assert (shared / "f").read_text().strip() == "secret-of-w2"  # DAC: readable
+    since = time.strftime("%H:%M:%S")
+    r = menv.run("execute", w1, "--", "cat", f"{shared}/f")
+    assert r.returncode != 0 and "Permission denied" in r.stderr, r
+    r = menv.run("execute", w1, "--", "/bin/sh", "-c", f"echo x >> {shared}/f")
+    assert r.returncode != 0 and "Permission denied" in r.stderr, r
+    avc = subprocess.run(["ausearch", "-m", "avc", "-ts", since, "-c", "cat"],
+                         capture_output=True, text=True, check=False).stdout
+    assert "denied" in avc and "svirt_lxc_net_t" in avc, avc
 
 
 # --- AppArmor -------------------------------------------------------------------------------
