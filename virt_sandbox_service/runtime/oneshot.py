@@ -143,19 +143,21 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
         raise UserError("run needs a command after --", "e.g. run -- /bin/echo hello")
     check_arg_text(argv)
     driver = driver_for_uri(uri)
+    # A normal user's own daemon (root's qemu:///session is the system daemon's).
+    users_session = session.is_session(uri) and os.geteuid() != 0
     if graphics is not None:  # (LXC's refusal says more than "needs root")
-        check_graphics(uri, driver, session.is_session(uri) and os.geteuid() != 0)
+        check_graphics(uri, driver, users_session)
     check_privilege(uri, driver, os.geteuid())
     if tty:
         check_tty(driver)
-    if driver is Driver.KVM and not (session.is_session(uri) and os.geteuid() != 0):
+    if driver is Driver.KVM and not users_session:
         host.check_kvm_lsm()
     xorg = find_xorg() if graphics is not None else ""
     name = RUN_PREFIX + os.urandom(4).hex()
     if tty and driver is Driver.KVM:
         argv = kvm_tty_argv(argv, host.find_tool(("/usr/bin/script",), "script", "util-linux"))
     sess = None
-    if session.is_session(uri) and os.geteuid() != 0:
+    if users_session:
         sess = session.prepare(paths, os.geteuid(), networks=opts.networks, limits=opts.limits)
         paths = sess.paths
     cfg = run_config(name, uri, argv, paths, opts)
