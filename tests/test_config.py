@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -221,3 +222,25 @@ def test_shown_escapes_control_characters() -> None:
     with pytest.raises(UserError) as e:
         validate_name("a\nb")
     assert "\n" not in e.value.message and "'a\\nb'" in e.value.message
+
+
+def test_running_domains_labels_are_read_where_libvirt_answers() -> None:
+    """registry.running_labels reads each running domain's label through a read-only
+    connection (libvirt's in-process test driver has one running domain, labelled
+    'libvirt-test'), and passes over a URI no driver answers, as a host without qemu is."""
+    from virt_sandbox_service.registry import running_labels
+
+    assert running_labels(("test:///default", "nosuchdriver:///")) == ["libvirt-test"]
+
+
+def test_labels_in_use_without_selinux_are_the_configs(tmp_path: Path) -> None:
+    """Without SELinux no running domain holds an MCS pair: only the configs are read (no
+    libvirt connection is opened, so create and clone stay as fast as before)."""
+    from virt_sandbox_service import host, registry
+    from virt_sandbox_service.config import Paths
+
+    if host.selinux_enabled():
+        pytest.skip("this host runs SELinux: the running domains are read too")
+    paths = Paths(config_dir=tmp_path / "c", state_parent=tmp_path / "s",
+                  unit_dir=tmp_path / "u", run_dir=tmp_path / "r")
+    assert registry.labels_in_use(paths) == []

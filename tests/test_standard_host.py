@@ -9,11 +9,13 @@ sets VSS_TESTHOST_LSM to the security module it booted the guest with ("selinux"
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import pytest
@@ -275,6 +277,54 @@ def test_run_is_mcs_confined_and_its_stdio_crosses_the_mcs_boundary(menv: Env) -
     label = out[1].strip("\0 ")
     assert ":svirt_lxc_net_t:s0:c" in label, label
     assert proc.stderr == "to-stderr\n"
+
+
+@selinux
+def test_a_new_pair_avoids_the_one_a_running_run_holds(menv: Env) -> None:
+    """A run's category pair is in no config (it is gone with its command), so a create
+    reading only the configs could give a new sandbox the very pair a run holds at that
+    moment, and each could then reach the other's files. The pair is chosen among the
+    running domains' too: given a random source whose first draw is the run's pair, the
+    configs-only choice takes it and the real one draws again."""
+    from virt_sandbox_service import labels, registry
+    from virt_sandbox_service.config import Paths, all_configs
+
+    from .conftest import CLI, ROOT
+
+    script = "cat /proc/self/attr/current; echo; read _"
+    env = {**os.environ, **menv.vars, "PYTHONPATH": str(ROOT)}
+    run = subprocess.Popen([*CLI, "run", "--", "/bin/sh", "-c", script], env=env, cwd=ROOT,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout is not None and run.stdin is not None
+        label = run.stdout.readline().strip("\0\n ")
+        held = labels.parse_label(label)[1]
+        assert held is not None, label
+        first, other = [held.c1, held.c2], [held.c1, held.c2 + 1]
+
+        class FirstTheRunsPair(random.Random):
+            def __init__(self) -> None:
+                super().__init__()
+                self.draws = [first, other]
+
+            def sample(self, population: Sequence[Any], k: int, *,
+                       counts: Iterable[int] | None = None) -> list[Any]:
+                return self.draws.pop(0)
+
+        paths = Paths.from_env(env)
+        configs_only = [c.security_label for c in all_configs(paths)]
+        assert labels.allocate(configs_only, FirstTheRunsPair()) == held
+        with registry.config_lock(paths):
+            in_use = registry.labels_in_use(paths)
+        assert label in in_use, in_use
+        assert labels.allocate(in_use, FirstTheRunsPair()) != held
+        run.stdin.write("done\n")
+        run.stdin.close()
+        assert run.wait(timeout=120) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
 
 
 @selinux

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from . import labels
+from . import host, labels
 from .config import (
     IDMAP_COUNT,
     IDMAP_FIRST,
@@ -23,7 +23,10 @@ from .config import (
     all_configs,
     driver_for_uri,
 )
-from .errors import UserError
+from .errors import HostError, UserError
+
+# Where running domains may hold MCS labels: the LXC driver and qemu's system daemon.
+LABEL_URIS = ("lxc:///", "qemu:///system")
 
 
 @contextmanager
@@ -70,7 +73,7 @@ def choose_label(paths: Paths, uri: str,
     """-s's label (parsed: parse_security), if it is free; else the next free MCS pair
     (caller holds the lock)."""
     _mode, label = security
-    in_use = [c.security_label for c in all_configs(paths)]
+    in_use = labels_in_use(paths)
     if label is not None:
         _, level = labels.parse_label(label)
         if level and label in in_use:
@@ -79,6 +82,42 @@ def choose_label(paths: Paths, uri: str,
         return label
     level = labels.allocate(in_use)
     return labels.process_label(driver_for_uri(uri), level)
+
+
+def labels_in_use(paths: Paths) -> list[str]:
+    """Every label a domain of this host holds or has reserved: each sandbox's config (running
+    or not) and, under SELinux, each running domain's (a `run`'s transient pair, another VM's
+    dynamic one). Two domains at one category pair may reach each other's files, so a new
+    pair must avoid them all. Caller holds the config lock (a run holds it until its domain
+    is up, so its pair is seen here)."""
+    in_use = [c.security_label for c in all_configs(paths)]
+    if host.selinux_enabled():
+        in_use += running_labels(LABEL_URIS)
+    return in_use
+
+
+def running_labels(uris: tuple[str, ...]) -> list[str]:
+    """The labels of the running domains at each of uris that libvirt answers for (a driver
+    it lacks runs nothing)."""
+    import libvirt
+
+    from .apply import libvirt as lv
+
+    found: list[str] = []
+    for uri in uris:
+        try:
+            conn = lv.connect(uri, readonly=True)
+        except HostError:
+            continue
+        try:
+            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                try:
+                    found.append(dom.securityLabel()[0])
+                except libvirt.libvirtError:
+                    continue  # gone since the listing
+        finally:
+            conn.close()
+    return [label for label in found if label]
 
 
 def choose_id_base(paths: Paths) -> int:

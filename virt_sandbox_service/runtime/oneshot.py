@@ -177,7 +177,7 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
     sys.stderr.flush()
     with _fresh_dirs(cfg):
         if driver is Driver.LXC:
-            rc = _run_lxc(conn, cfg, tty)
+            rc = _run_lxc(conn, cfg, paths, tty)
         elif tty:
             from .connect import _raw
 
@@ -289,7 +289,8 @@ def _sandbox_env() -> tuple[tuple[str, str], ...]:
 # --- LXC ---------------------------------------------------------------------------------------
 
 
-def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, tty: bool = False) -> int:
+def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
+             tty: bool = False) -> int:
     if not cfg.machine_id:  # its AppArmor profile is named after it (apparmor.py)
         cfg = dataclasses.replace(cfg, machine_id=uuid.uuid4().hex)
     sh = host.find_tool(("/bin/sh", "/usr/bin/sh"), "/bin/sh", "dash")
@@ -299,8 +300,20 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, tty: bool = False) ->
                                                  "python3"),
                            confine=host.confine_script(),
                            secmodels=host.libvirt_secmodels(conn))
-    if facts.selinux and not cfg.security_label:
-        cfg = dataclasses.replace(cfg, security_label=_run_label(conn))
+    with contextlib.ExitStack() as reserving:  # the config lock, while a run's label is new
+        if facts.selinux and not cfg.security_label:
+            from ..registry import config_lock
+
+            reserving.enter_context(config_lock(paths))
+            cfg = dataclasses.replace(cfg, security_label=_run_label(paths))
+        return _start_lxc(conn, cfg, facts, tty, reserving)
+
+
+def _start_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, facts: host.HostFacts, tty: bool,
+               reserving: contextlib.ExitStack) -> int:
+    """Start the run's container and relay until its status arrives; `reserving` is let go
+    as soon as the domain runs."""
+    sh = facts.sh
     # -m guest-bind: bound by the init before the command runs, as in a generic sandbox.
     binds = "".join(f"{b} 2>&5 || {{ echo {EXIT_SETUP_FAILED} >&6; exit 1; }}; "
                     for b in _guest_binds(cfg))
@@ -332,6 +345,7 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, tty: bool = False) ->
             except libvirt.libvirtError as e:
                 raise HostError(f"libvirt could not start the sandbox: {e.get_error_message()}",
                                 "'virt-sandbox-service doctor' checks the host") from e
+            reserving.close()  # the domain runs: its label is among the running ones now
             os.close(status_w)
             status_w = -1
             if relay is not None:
@@ -356,20 +370,16 @@ def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, tty: bool = False) ->
                         "'virt-sandbox-service doctor' checks the host") from None
 
 
-def _run_label(conn: libvirt.virConnect) -> str:
+def _run_label(paths: Paths) -> str:
     """Under SELinux a run is MCS-confined as a sandbox is (svirt_lxc_net_t at a category
     pair of its own: libvirt's default label for a domain without one cannot set up its
-    /dev here). The pair is one no sandbox's config and no running domain holds; it is not
-    reserved (the run is gone with its command), so a create may pick it later, as libvirt's
-    own dynamic labels may."""
-    from .. import labels
-    from ..config import all_configs
+    /dev here). The pair is one no sandbox's config and no running domain holds
+    (registry.labels_in_use). It is not reserved in a config, the run being gone with its
+    command: the caller holds the config lock until the domain runs, and from then on a
+    create sees the pair among the running domains'."""
+    from .. import labels, registry
 
-    in_use = [c.security_label for c in all_configs(Paths.from_env())]
-    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-        with contextlib.suppress(libvirt.libvirtError):
-            in_use.append(dom.securityLabel()[0])
-    return labels.process_label(Driver.LXC, labels.allocate(in_use))
+    return labels.process_label(Driver.LXC, labels.allocate(registry.labels_in_use(paths)))
 
 
 def _tty_session(sock: socket.socket, status_r: int) -> str:
