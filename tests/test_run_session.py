@@ -53,12 +53,16 @@ def user() -> Iterator[str]:
         subprocess.run(["userdel", name], check=True)
 
 
-def run_as(user: str, *args: str) -> subprocess.CompletedProcess[str]:
+def as_user(user: str, *args: str) -> list[str]:
+    """The tool's command line for `user`, with none of root's own directories."""
     unset = [w for v in ROOTS_VARS for w in ("-u", v)]
-    return subprocess.run(
-        ["runuser", "-u", user, "--", "env", *unset, f"PYTHONPATH={ROOT}",
-         "PYTHONDONTWRITEBYTECODE=1", SYSTEM_PYTHON, "-m", "virt_sandbox_service.cli", *args],
-        capture_output=True, text=True, timeout=180, cwd="/", stdin=subprocess.DEVNULL)
+    return ["runuser", "-u", user, "--", "env", *unset, f"PYTHONPATH={ROOT}",
+            "PYTHONDONTWRITEBYTECODE=1", SYSTEM_PYTHON, "-m", "virt_sandbox_service.cli", *args]
+
+
+def run_as(user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(as_user(user, *args), capture_output=True, text=True, timeout=180,
+                          cwd="/", stdin=subprocess.DEVNULL)
 
 
 @pytest.mark.parametrize(("uri", "message"), [
@@ -174,3 +178,57 @@ def test_root_on_qemu_session_gets_a_system_run() -> None:
                           timeout=180, cwd=ROOT, stdin=subprocess.DEVNULL,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (proc.returncode, proc.stdout, proc.stderr) == (5, "0\n", "e\n"), proc
+
+
+@pytest.mark.kvm
+def test_a_session_runs_window_is_on_the_screenshot() -> None:
+    """run --graphics vnc by a normal user: the user's own qemu shows the display on
+    loopback; in the guest the host's X server runs (root there) and the user's green xterm
+    on it, found by its pixels through the screenshot API of the user's daemon (root reaches
+    it at its socket). An interrupted run takes its domain down."""
+    import libvirt
+
+    from .test_graphics import GREEN_XTERM, find_run_domain, wait_for_window
+
+    _need_system_python()
+    need(os.access("/usr/bin/xterm", os.X_OK), "needs xterm (scripts/setup.sh installs it)")
+    name = f"vssg{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True)
+    conn = None
+    proc: subprocess.Popen[str] | None = None
+    try:
+        start = time.monotonic()
+        proc = subprocess.Popen(as_user(name, "run", "--graphics", "vnc", "-c",
+                                        "qemu:///session", "--", *GREEN_XTERM),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd="/")
+        sock = Path(f"/home/{name}/.cache/libvirt/libvirt-sock")
+        while not sock.exists():  # the user's daemon, started by the run's connection
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        conn = libvirt.open(f"qemu+unix:///session?socket={sock}")
+        dom = find_run_domain(conn, set(), proc)
+        assert isinstance(dom, libvirt.virDomain)
+        assert 'address="127.0.0.1"' in dom.XMLDesc(0).replace("'", '"')
+        wait_for_window(dom, start, lambda: proc is not None and proc.poll() is None,
+                        f"run: {proc.poll()}")
+        # To the tool itself: runuser would pass it on but end by the signal too.
+        (tool,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        os.kill(int(tool), signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert err.startswith("virt-sandbox-service: display: vnc://127.0.0.1:"), err
+        deadline = time.monotonic() + 20
+        while conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            assert time.monotonic() < deadline, "the run's domain was left running"
+            time.sleep(0.1)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if conn is not None:
+            conn.close()
+        try:
+            _end_session_daemons(name)
+        finally:
+            subprocess.run(["userdel", "-r", name], check=True, capture_output=True)

@@ -113,13 +113,13 @@ def request(kind: str, listen: str | None, password_file: str | None) -> Graphic
     return g
 
 
-def check_driver(uri: str, driver: Driver, session: bool) -> None:
+def check_driver(uri: str, driver: Driver) -> None:
+    """A display needs a VM: qemu:///system, or a normal user's qemu:///session (whose qemu,
+    running as the user, listens on loopback as well; the X server is root in the guest
+    only, and the program runs as the user on it)."""
     if driver is Driver.LXC:
         raise UserError(f"--graphics needs a KVM sandbox: a container ({uri}) has no display "
                         "of its own", "add -c qemu:///system")
-    if session:
-        raise UserError("--graphics is not available for qemu:///session runs yet",
-                        "run it as root with -c qemu:///system")
 
 
 def create_request(kind: str | None, listen: str | None, uri: str, driver: Driver,
@@ -133,7 +133,7 @@ def create_request(kind: str | None, listen: str | None, uri: str, driver: Drive
                             "add --graphics vnc (or spice)")
         return None, ""
     g = parse_type(kind)
-    check_driver(uri, driver, False)
+    check_driver(uri, driver)
     if units:
         raise UserError("--graphics is for generic sandboxes: a unit sandbox's systemd "
                         "starts no X server", "give the program after --: create --graphics "

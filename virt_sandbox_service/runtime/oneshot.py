@@ -146,7 +146,7 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
     # A normal user's own daemon (root's qemu:///session is the system daemon's).
     users_session = session.is_session(uri) and os.geteuid() != 0
     if graphics is not None:  # (LXC's refusal says more than "needs root")
-        check_graphics(uri, driver, users_session)
+        check_graphics(uri, driver)
     check_privilege(uri, driver, os.geteuid())
     if tty:
         check_tty(driver)

@@ -19,6 +19,9 @@ be the user's and everything it reads must be readable by the user:
 * inside, the command runs as the invoking user (uid, gid and the supplementary groups of
   the host's /etc/group, the guest's view of it), through the same `setpriv` payload as a
   generic sandbox's -U (users.payload).
+* --graphics works as for root: the user's qemu serves the display on loopback, the guest's
+  init (root in the guest only) starts the X server, and the command runs as the user on it
+  (an X server started without -auth takes local clients).
 
 Root never comes here: libvirt's client starts a session daemon only for a uid other than 0
 and connects root's qemu:///session to the system daemon (seen here: no daemon started, the
