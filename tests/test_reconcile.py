@@ -59,6 +59,27 @@ def test_what_libvirt_adds_is_no_difference_and_its_identity_is_kept() -> None:
     assert root.find("devices/interface/mac").get("address") == "52:54:00:aa:bb:cc"
 
 
+def test_libvirts_own_order_of_an_interface_and_its_cpu_defaults_are_no_difference() -> None:
+    """Seen with a rate-limited KVM sandbox: libvirt moves <bandwidth> up before <target>,
+    and writes host-passthrough's check and migratable defaults; neither is a difference.
+    Two interfaces in the other order are."""
+    iface = ('<interface type="network"><source network="n"/><target dev="vss1"/>'
+             '<bandwidth><inbound average="512"/></bandwidth></interface>')
+    generated = GENERATED.replace('<interface type="network"><source network="n"/></interface>',
+                                  iface).replace("<devices>", '<cpu mode="host-passthrough"/>'
+                                                 "<devices>")
+    defined = DEFINED.format(init="new").replace(
+        "<source network='n'/></interface>", "<source network='n'/><bandwidth><inbound "
+        "average='512'/></bandwidth><target dev='vss1'/></interface>").replace(
+        "<devices>", "<cpu mode='host-passthrough' check='none' migratable='on'/><devices>")
+    assert compare_domain("w", defined, generated)[1] == []
+    two = generated.replace(iface, iface + iface.replace("vss1", "vss2"))
+    swapped = defined.replace("<target dev='vss1'/></interface>",
+                              "<target dev='vss2'/></interface><interface type='network'>"
+                              "<source network='n'/><target dev='vss1'/></interface>")
+    assert [d.what for d in compare_domain("w", swapped, two)[1]] == ["domain"]
+
+
 def test_an_older_init_and_a_missing_mount_are_differences() -> None:
     older = DEFINED.format(init="old").replace(
         "<target dir='/tmp'/></filesystem>", "<target dir='/tmp'/></filesystem>"

@@ -26,6 +26,7 @@ caller's Transaction.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import difflib
 import json
@@ -121,7 +122,8 @@ def private_trees(cfg: SandboxConfig, running: bool | None = None) -> Iterator[P
 # attribute after "@". tests/test_reconcile.py checks that a sandbox this version made
 # compares equal, so a libvirt that adds more shows up there first.
 LIBVIRT_ADDS = frozenset({
-    "uuid", "currentMemory", "vcpu", "vcpu@placement", "resource", "cpu", "os/type@arch",
+    "uuid", "currentMemory", "vcpu", "vcpu@placement", "resource", "cpu", "cpu@check",
+    "cpu@migratable", "os/type@arch",
     "os/type@machine", "os/boot", "devices/emulator", "devices/filesystem@accessmode",
     "devices/controller@index", "devices/controller/address", "devices/channel/address",
     "devices/serial/target/model", "devices/serial/target@type",
@@ -160,6 +162,17 @@ def _strip_added(d: etree._Element, g: etree._Element | None, path: str = "") ->
             d.remove(child)
             continue
         _strip_added(child, twin, cpath)
+
+
+def _comparable(root: etree._Element) -> etree._Element:
+    """A copy of the domain whose interfaces have their children sorted by tag (same-tag ones
+    keeping their order): libvirt writes an interface's children in an order of its own
+    (seen: <bandwidth> moved up before <target>), and their order carries no meaning there."""
+    root = copy.deepcopy(root)
+    for iface in root.findall("devices/interface"):
+        for c in sorted((c for c in iface if isinstance(c.tag, str)), key=lambda c: str(c.tag)):
+            iface.append(c)
+    return root
 
 
 def keep_identity(new: etree._Element, defined: etree._Element) -> None:
@@ -239,8 +252,8 @@ def compare_domain(name: str, defined: str, generated: str
     def is_initarg(el: etree._Element) -> bool:
         return el.tag == "initarg"
 
-    a = "\n".join(render(old, hide=is_initarg)) + "\n"
-    b = "\n".join(render(new, hide=is_initarg)) + "\n"
+    a = "\n".join(render(_comparable(old), hide=is_initarg)) + "\n"
+    b = "\n".join(render(_comparable(new), hide=is_initarg)) + "\n"
     if a != b:
         out.append(Difference("domain", name, "the libvirt domain differs from this version's",
                               text_diff(a, b, "defined", "this version")))
