@@ -40,3 +40,16 @@ def test_guest_cannot_write_the_host_root_even_after_remounting(env: Env) -> Non
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode().split() == ["virtiofs"]
     assert not os.path.exists("/usr/vss-virtiofs-probe")
+
+
+def test_an_enforcing_libvirtd_profile_sends_the_root_over_9p(tmp_path: Path) -> None:
+    """Under Debian's AppArmor profile for libvirtd, libvirtd may start virtiofsd only from
+    qemu's path, not our wrapper: the root goes over 9p there (qemu keeps it read-only)."""
+    from virt_sandbox_service.kvmhost import libvirtd_confined
+
+    profiles = tmp_path / "profiles"
+    profiles.write_text("libvirt-0b1c (enforce)\nlibvirtd (enforce)\n/usr/bin/man (enforce)\n")
+    assert libvirtd_confined(str(profiles))
+    profiles.write_text("libvirtd (complain)\nlibvirtd//qemu_bridge_helper (enforce)\n")
+    assert not libvirtd_confined(str(profiles))
+    assert not libvirtd_confined(str(tmp_path / "none"))

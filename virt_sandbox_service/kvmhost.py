@@ -48,14 +48,30 @@ VIRTIOFSD_RO = data_path("libexec", "virtiofsd-ro")
 
 def virtiofs_wrapper(env: dict[str, str] | None = None) -> str:
     """Our read-only virtiofsd wrapper where the host has virtiofsd (qemu's, Debian 12:
-    package qemu-system-common), else "" (the guest's root goes over 9p).
-    VSS_KVM_ROOT_SHARE=9p chooses 9p anyway (to compare, or to work around a problem)."""
+    package qemu-system-common) and libvirtd may start it, else "" (the guest's root goes
+    over 9p, which qemu itself keeps read-only). VSS_KVM_ROOT_SHARE=9p chooses 9p anyway
+    (to compare, or to work around a problem)."""
     env = dict(os.environ) if env is None else env
-    if env.get("VSS_KVM_ROOT_SHARE") == "9p":
+    if env.get("VSS_KVM_ROOT_SHARE") == "9p" or libvirtd_confined():
         return ""
     if os.access(VIRTIOFSD, os.X_OK) and os.access(VIRTIOFSD_RO, os.X_OK):
         return str(VIRTIOFSD_RO)
     return ""
+
+
+APPARMOR_PROFILES = "/sys/kernel/security/apparmor/profiles"
+
+
+def libvirtd_confined(profiles: str = APPARMOR_PROFILES) -> bool:
+    """libvirtd runs under an enforcing AppArmor profile (Debian's and Ubuntu's
+    usr.sbin.libvirtd), which lets it start virtiofsd from qemu's own path only: our
+    wrapper's exec is denied, and the start fails with "virtiofsd died unexpectedly" (seen
+    on the AppArmor test host). A profile in complain mode only logs."""
+    try:
+        text = Path(profiles).read_text()
+    except OSError:  # no AppArmor, or not root: nothing confines libvirtd that we can see
+        return False
+    return any(line.rsplit(" (", 1) == ["libvirtd", "enforce)"] for line in text.splitlines())
 
 
 def kvm_choice() -> tuple[bool, str]:

@@ -197,6 +197,8 @@ def kernel_cmdline(plan: Plan, facts: HostFacts, kind: str, command: Sequence[st
         elif m.image:
             args.append(f"vss.mount=disk,{DISK_SERIAL}{disk},{target},rw")
             disk += 1
+        elif _from_host_root(m):
+            args.append(f"vss.mount=hostro,{_checked(m.source, 'mount source')},{target}")
         else:
             fs = "virtiofs" if _virtiofs_root(m, facts) else "9p"
             args.append(f"vss.mount={fs},vss{tag},{target},{'ro' if m.readonly else 'rw'}")
@@ -240,6 +242,17 @@ def _controllers() -> list[etree._Element]:
     ]
 
 
+def _from_host_root(m: Mount) -> bool:
+    """A host tree under /etc shown read-only (the trees the host's package tools manage,
+    host.SHARED_ETC, on the private /etc or, with -i, where the image's etc/ is put
+    together): the guest already has the host's root, so its init binds the tree from there
+    (initrd/init: hostro) instead of a share of its own. Not only one device fewer:
+    libvirt's AppArmor helper refuses a share whose source lies under /etc ("skipped
+    restricted file"), so with one no KVM sandbox would start on an AppArmor host."""
+    return (m.readonly and not m.tmpfs_kib and not m.image
+            and m.source.startswith("/etc/"))
+
+
 def _virtiofs_root(m: Mount, facts: HostFacts) -> bool:
     """The host's root goes over virtiofs where the host has virtiofsd (facts.virtiofsd:
     our read-only wrapper, libexec/virtiofsd-ro); every other share, and the root elsewhere,
@@ -275,7 +288,7 @@ def _filesystems(mounts: tuple[Mount, ...], facts: HostFacts, *, squash: bool = 
     out = []
     tag = 0
     for m in mounts:
-        if m.tmpfs_kib or m.image:  # images are disks (_disks)
+        if m.tmpfs_kib or m.image or _from_host_root(m):  # images are disks (_disks)
             continue
         if _virtiofs_root(m, facts):
             out.append(_virtiofs(m, f"vss{tag}", facts))
