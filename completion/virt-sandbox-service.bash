@@ -151,8 +151,8 @@ _virt_sandbox_service() {
             positionals=_vss_names
             ;;
         limit)
-            opts='-h --help --memory --cpu-weight --cpu-quota --blkio-weight --tasks --memory-soft --memory-swap --cpuset --numa-nodes --device-read-bps --device-write-bps --device-read-iops --device-write-iops'
-            values='--memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --memory-soft=- --memory-swap=- --cpuset=- --numa-nodes=- --device-read-bps=- --device-write-bps=- --device-read-iops=- --device-write-iops=-'
+            opts='-h --help --memory --cpu-weight --cpu-quota --blkio-weight --tasks --memory-soft --memory-swap --cpuset --numa-nodes --device-read-bps --device-write-bps --device-read-iops --device-write-iops --inbound --outbound'
+            values='--memory=- --cpu-weight=- --cpu-quota=- --blkio-weight=- --tasks=- --memory-soft=- --memory-swap=- --cpuset=- --numa-nodes=- --device-read-bps=- --device-write-bps=- --device-read-iops=- --device-write-iops=- --inbound=- --outbound=-'
             positionals=_vss_names
             ;;
         run)

@@ -51,17 +51,22 @@ INNER = {
     # not parse, list's unit states, reload, a stop while starting: our tool and the same
     # systemd 252 decide them), and the reboot, which the guest's own real reboot tests
     # below. Each costs 40-65 s under TCG.
+    # Also a live bandwidth change on a KVM sandbox (libvirt's tc on its tap; this machine's
+    # kernel lacks sfq and police), under TCG within TCG: about 45 s.
     "apparmor": ("tests/test_standard_host.py", "tests/test_systemd_lifecycle.py",
                  "tests/test_escapes.py",
+                 "tests/test_tuning.py::test_limit_changes_a_running_kvm_sandboxs_rates_live",
                  *(arg for test in LIFECYCLE_HERE_ONLY
                    for arg in ("--deselect", f"{LIFECYCLE}::{test}")),
                  "--deselect", f"{ESCAPES}::test_every_attempt_is_refused_inside[generic]",
                  "--deselect", f"{ESCAPES}::test_every_attempt_is_refused_inside[run]"),
     # Fedora/RHEL's way: MCS labels enforced, the policy module loaded; the sandboxes run.
     # Also libvirt's tc shaping, which this machine's kernel lacks (sfq, police): a transfer
-    # each way, held to its rate.
+    # each way, held to its rate, and limit's new rates in an LXC sandbox's definition.
     "selinux": ("tests/test_standard_host.py",
                 "tests/test_tuning.py::test_a_bandwidth_limited_transfer_is_held_to_its_rate",
+                "tests/test_tuning.py::test_limit_changes_an_lxc_sandboxs_rates_for_its_next_"
+                "start",
                 "--deselect", "tests/test_standard_host.py::test_tasks_limit_holds_on_cgroup_v2",
                 "--deselect", "tests/test_standard_host.py::"
                 "test_the_memory_limit_sits_above_the_sandboxs_cgroup_namespace",

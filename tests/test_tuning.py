@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from virt_sandbox_service.limits import (
     LimitArgs,
@@ -451,6 +452,160 @@ def test_bandwidth_in_kib() -> None:
     assert (spec.inbound, spec.outbound) == ((1024, 2048, 2), (100,))
 
 
+# --- limit --inbound/--outbound: an interface's rates, after create ---------------------------
+
+
+def test_limit_sets_and_removes_one_interfaces_rates() -> None:
+    from virt_sandbox_service.network import host_device, parse_network, set_bandwidth
+
+    a, b = parse_network("source=lan,inbound=1M"), parse_network("source=wan")
+    one = set_bandwidth("web1", (a,), "inbound", ("2M:4M:64K",))
+    assert one[0].inbound == (2048, 4096, 64) and one[0].source == "lan"
+    assert set_bandwidth("web1", (a,), "inbound", ("lan=0",))[0].inbound == ()
+    two = set_bandwidth("web1", (a, b), "outbound", ("wan=100K",))
+    assert (two[0], two[1].outbound) == (a, (100,))
+    by_device = set_bandwidth("web1", (a, a), "outbound", (f"{host_device('web1', 1)}=1M",))
+    assert (by_device[0].outbound, by_device[1].outbound) == ((), (1024,))
+
+
+@pytest.mark.parametrize(("nets", "value", "message"), [
+    ((), "1M", "--inbound 1M: sandbox 'web1' has no network interface"),
+    (("lan",), "dmz=1M", "--inbound dmz=1M: sandbox 'web1' has no interface 'dmz'"),
+    (("lan", "wan"), "1M", "--inbound 1M: sandbox 'web1' has 2 interfaces: name one"),
+    (("lan", "lan"), "lan=1M", "--inbound lan=1M: more than one interface of 'web1' is on "
+                               "'lan'"),
+    (("lan",), "lan=fast", "inbound average 'fast' is not a size"),
+])
+def test_limit_bandwidth_names_what_is_wrong(nets: tuple[str, ...], value: str,
+                                             message: str) -> None:
+    from virt_sandbox_service.errors import UserError
+    from virt_sandbox_service.network import parse_network, set_bandwidth
+
+    specs = tuple(parse_network(f"source={n}") for n in nets)
+    with pytest.raises(UserError) as e:
+        set_bandwidth("web1", specs, "inbound", (value,))
+    assert e.value.message.startswith(message) or message in e.value.message, e.value.message
+    assert e.value.hint
+    if nets and "name one" in message:
+        assert "lan (vss" in e.value.hint and "wan (vss" in e.value.hint
+
+
+def test_live_interface_parameters_give_every_rate() -> None:
+    from virt_sandbox_service.network import interface_params, parse_network
+
+    spec = parse_network("source=lan,inbound=1M:2M,outbound=64K")
+    assert interface_params(spec) == {
+        "inbound.average": 1024, "inbound.peak": 2048, "inbound.burst": 0,
+        "outbound.average": 64, "outbound.peak": 0, "outbound.burst": 0}
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_limit_bandwidth_is_checked_before_anything_changes(env: Env) -> None:
+    """Each refusal leaves the sandbox's config and definition as they were: a name that is
+    none of its interfaces, and (where the kernel lacks sfq or police, as here) a rate the
+    host cannot hold; what it can hold is set in the definition for the next start."""
+    from virt_sandbox_service import host
+
+    from .test_network import isolated_network
+
+    bridge = isolated_network("vssbl")
+    net, subnet = next(bridge)
+    name = unique_name("bwl")
+    try:
+        env.run("create", "-N", f"source={net},address=10.231.{subnet}.9/24", name, "--",
+                "/bin/true", check=True)
+        config = (env.base / "config" / "sandboxes" / f"{name}.json").read_text()
+        r = env.run("limit", name, "--inbound", "nosuch=1M")
+        assert r.returncode == 2
+        assert r.stderr.splitlines()[0] == (
+            f"virt-sandbox-service: error: --inbound nosuch=1M: sandbox '{name}' has no "
+            "interface 'nosuch'")
+        for direction in ("inbound", "outbound"):
+            missing = host.bandwidth_missing(direction)
+            r = env.run("limit", name, f"--{direction}", "1M")
+            if missing:
+                assert r.returncode == 2, r
+                assert r.stderr.splitlines()[0] == (
+                    f"virt-sandbox-service: error: --{direction} cannot be enforced on this "
+                    f"host: its kernel lacks {', '.join(missing)} (libvirt shapes an "
+                    "interface with tc)")
+                continue
+            assert r.returncode == 0, r.stderr
+            assert f"{direction}({net})=1024K" in r.stdout
+            config = (env.base / "config" / "sandboxes" / f"{name}.json").read_text()
+        assert (env.base / "config" / "sandboxes" / f"{name}.json").read_text() == config
+        assert "<bandwidth" not in _definition(name) or not host.bandwidth_missing("inbound")
+    finally:
+        env.run("delete", name)
+        next(bridge, None)
+
+
+def tc_rates(device: str) -> tuple[int | None, int | None]:
+    """(inbound, outbound) bytes a second that tc holds on a host-end device: libvirt's htb
+    class 1:1 and its ingress police (None where there is none). tc prints bits a second,
+    1000-based."""
+    import re
+
+    def rate(argv: list[str], pattern: str) -> int | None:
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        m = re.search(pattern + r" rate (\d+)([KMG]?)bit", out)
+        if m is None:
+            return None
+        return int(m[1]) * {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3}[m[2]] // 8
+
+    return (rate(["tc", "class", "show", "dev", device], r"class htb 1:1 .*?"),
+            rate(["tc", "filter", "show", "dev", device, "parent", "ffff:"], r"police \S+"))
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_limit_changes_an_lxc_sandboxs_rates_for_its_next_start(env: Env) -> None:
+    """limit --inbound/--outbound on an LXC sandbox: the definition libvirt applies at the
+    next start has the new rates (libvirt's LXC driver changes no interface live; the
+    transfer tests above show its start holding them), 0 removes one, and nothing else
+    differs."""
+    from virt_sandbox_service import host
+
+    from .test_network import isolated_network
+
+    missing = host.bandwidth_missing("inbound") + host.bandwidth_missing("outbound")
+    if missing:  # a kernel's build options, as for the transfer above
+        pytest.skip(f"needs a kernel with {', '.join(missing)} (libvirt's tc shaping)")
+    bridge = isolated_network("vssbr")
+    net, subnet = next(bridge)
+    name = unique_name("bwr")
+    try:
+        env.run("create", "-N", f"source={net},address=10.231.{subnet}.9/24,inbound=512K",
+                name, "--", "/bin/sleep", "infinity", check=True)
+        r = env.run("limit", name, "--inbound", "256K:1M:64K", "--outbound", f"{net}=128K")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == f"{name}: inbound({net})=256K:1024K:64K, outbound({net})=128K\n"
+        assert _rates(name) == {"inbound": {"average": "256", "peak": "1024", "burst": "64"},
+                                "outbound": {"average": "128"}}
+        env.run("limit", name, "--inbound", "0", check=True)
+        assert _rates(name) == {"outbound": {"average": "128"}}
+        env.run("upgrade", "--check", name, check=True)
+    finally:
+        env.run("delete", name, timeout=120)
+        next(bridge, None)
+
+
+def _rates(name: str) -> dict[str, dict[str, str]]:
+    bandwidth = etree.fromstring(_definition(name).encode()).find("devices/interface/bandwidth")
+    return {} if bandwidth is None else {str(e.tag): dict(e.attrib) for e in bandwidth}
+
+
+def _definition(name: str) -> str:
+    import libvirt
+
+    conn = libvirt.open("lxc:///")
+    try:
+        return conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    finally:
+        conn.close()
+
+
 @pytest.mark.root
 @pytest.mark.kvm
 def test_limit_pins_a_running_kvm_sandbox_live(env: Env) -> None:
@@ -480,3 +635,47 @@ def test_limit_pins_a_running_kvm_sandbox_live(env: Env) -> None:
     finally:
         env.run("stop", name, timeout=300)
         conn.close()
+
+
+@pytest.mark.root
+@pytest.mark.kvm
+def test_limit_changes_a_running_kvm_sandboxs_rates_live(env: Env) -> None:
+    """On KVM libvirt re-runs its tc on the tap at once (setInterfaceParameters): the new
+    rates hold on the running sandbox and are in its definition for the next start. Run in
+    the AppArmor test host (this machine's kernel lacks sfq and police), where it also shows
+    a KVM sandbox starting with its qemu under libvirt's per-domain profile."""
+    import libvirt
+
+    from virt_sandbox_service import host
+    from virt_sandbox_service.network import host_device
+
+    from .test_network import isolated_network
+
+    missing = host.bandwidth_missing("inbound") + host.bandwidth_missing("outbound")
+    if missing:  # a kernel's build options, as for the transfer above
+        pytest.skip(f"needs a kernel with {', '.join(missing)} (libvirt's tc shaping)")
+    try:
+        libvirt.open("qemu:///system").close()
+    except libvirt.libvirtError:
+        need(False, "needs libvirtd with the QEMU driver (scripts/setup.sh)")
+    bridge = isolated_network("vssbk")
+    net, subnet = next(bridge)
+    name = unique_name("bwk")
+    kb = 1000  # libvirt's "KiB" becomes tc's kbps: 1000 bytes
+    try:
+        env.run("create", "-c", "qemu:///system", "-N",
+                f"source={net},address=10.231.{subnet}.9/24,inbound=512K", name, "--",
+                "/bin/sleep", "infinity", check=True, timeout=600)
+        env.run("start", "--detach", name, check=True, timeout=600)
+        if host.apparmor_enabled():  # the AppArmor test host: qemu under libvirt's profile
+            pid = Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip()
+            label = Path(f"/proc/{pid}/attr/current").read_text().strip()
+            assert re.fullmatch(r"libvirt-[0-9a-f-]{36} \(enforce\)", label), label
+        assert tc_rates(host_device(name, 0)) == (512 * kb, None)
+        r = env.run("limit", name, "--inbound", "256K", "--outbound", "128K", timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert tc_rates(host_device(name, 0)) == (256 * kb, 128 * kb)
+        env.run("upgrade", "--check", name, check=True)
+    finally:
+        env.run("delete", "--force", name, timeout=300)
+        next(bridge, None)

@@ -99,7 +99,9 @@ def _limit_args(args: argparse.Namespace) -> LimitArgs:
                      device_read_bps=tuple(args.device_read_bps or ()),
                      device_write_bps=tuple(args.device_write_bps or ()),
                      device_read_iops=tuple(args.device_read_iops or ()),
-                     device_write_iops=tuple(args.device_write_iops or ()))
+                     device_write_iops=tuple(args.device_write_iops or ()),
+                     inbound=tuple(getattr(args, "inbound", None) or ()),
+                     outbound=tuple(getattr(args, "outbound", None) or ()))
 
 
 def cmd_limit(args: argparse.Namespace, paths: Paths) -> int:
@@ -340,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     lim = _add_simple(sub, "limit", cmd_limit,
                       "change a sandbox's limits, live if it runs and for its next start")
     settings.add(lim, "limits")
+    for direction, way in (("inbound", "into"), ("outbound", "out of")):
+        lim.add_argument(f"--{direction}", action="append", metavar="[NET=]RATE",
+                         help=f"bandwidth {way} the sandbox on its interface on network NET "
+                              "(NET may be left out where it has one): AVG[:PEAK[:BURST]], "
+                              "e.g. 1M or default=1M:4M:256K; 0 removes it (repeatable: one "
+                              "an interface)")
     _add_run(sub)
     rl = _add_simple(sub, "reload", cmd_reload, "reload the confined units inside the sandbox")
     rl.add_argument("-u", "--unit", action="append", metavar="UNIT",

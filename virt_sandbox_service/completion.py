@@ -40,6 +40,7 @@ VALUE_COMPLETERS = {
     "LIST": "",  # --cpuset, --numa-nodes
     "DEV:RATE": "",  # the device throttles
     "DEV:N": "",
+    "[NET=]RATE": "",  # limit --inbound/--outbound
 }
 # Positional argument (dest) -> completer; "(subcommand, dest)" entries override the dest's.
 # "REST" is a command line of its own (-- CMD ARGS): a command, then files. An argument with

@@ -194,17 +194,19 @@ def check_user(req: CreateRequest) -> users.RunAs | None:
     return run_as
 
 
-def check_bandwidth(net: NetSpec) -> None:
-    """-N ...,inbound=/outbound=: refused up front where the kernel lacks what libvirt's tc
-    commands need (libvirt would fail the start with tc's "qdisc kind is unknown")."""
+def check_bandwidth(net: NetSpec, limit: bool = False) -> None:
+    """-N ...,inbound=/outbound= (limit: --inbound/--outbound): refused up front where the
+    kernel lacks what libvirt's tc commands need (libvirt would fail the start with tc's
+    "qdisc kind is unknown")."""
     from . import host
 
     for direction in ("inbound", "outbound"):
         missing = host.bandwidth_missing(direction) if getattr(net, direction) else []
         if missing:
-            raise UserError(f"-N ...,{direction}= cannot be enforced on this host: its kernel "
+            option = f"--{direction}" if limit else f"-N ...,{direction}="
+            raise UserError(f"{option} cannot be enforced on this host: its kernel "
                             f"lacks {', '.join(missing)} (libvirt shapes an interface with tc)",
-                            f"leave {direction}= out, or use a kernel with them (Debian's has "
+                            f"leave {option} out, or use a kernel with them (Debian's has "
                             "them as modules)")
 
 

@@ -75,6 +75,9 @@ class LimitArgs:
     device_write_bps: tuple[str, ...] = ()
     device_read_iops: tuple[str, ...] = ()
     device_write_iops: tuple[str, ...] = ()
+    # limit only (create and run give them in -N): [NET=]AVG[:PEAK[:BURST]] an interface
+    inbound: tuple[str, ...] = ()
+    outbound: tuple[str, ...] = ()
 
 
 # The device throttles: option, LimitArgs field, libvirt's <blkiotune><device> element (and

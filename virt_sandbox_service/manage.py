@@ -43,7 +43,7 @@ from .limits import (
     parse_limits,
     sched_params,
 )
-from .network import guest_mac
+from .network import NetSpec, guest_mac, host_device, interface_params, set_bandwidth
 from .plan import EVIDENCE_FILE, seen_at
 from .runtime import backend, common
 from .runtime import lxc as rt
@@ -114,6 +114,9 @@ def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
 
     cfg = load_config(paths, name)
     changes = parse_limits(args, os.cpu_count() or 1)
+    nets = _bandwidth_changes(cfg, args)
+    if nets != cfg.networks:
+        changes["networks"] = nets
     if not changes:
         return []
     check_enforceable(changes)
@@ -149,7 +152,47 @@ def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
     if running:
         (_apply_live_kvm if kvm else _apply_live)(dom, new, set(changes))
         _apply_tuning_live(dom, cfg, new, set(changes))
-    return [f"{k}={v}" for k, v in changes.items()]
+        _apply_bandwidth_live(dom, cfg, new)
+    return [f"{k}={v}" for k, v in changes.items() if k != "networks"] + [
+        f"{d}({n.source})={':'.join(f'{k}K' for k in getattr(n, d)) or 0}"
+        for o, n in zip(cfg.networks, new.networks, strict=True)
+        for d in ("inbound", "outbound") if getattr(o, d) != getattr(n, d)]
+
+
+def _bandwidth_changes(cfg: SandboxConfig, args: LimitArgs) -> tuple[NetSpec, ...]:
+    """--inbound/--outbound: the interfaces with their new rates, checked against what this
+    host's kernel can hold."""
+    from .create import check_bandwidth
+
+    nets = cfg.networks
+    for direction in ("inbound", "outbound"):
+        nets = set_bandwidth(cfg.name, nets, direction, getattr(args, direction))
+    for net in nets:
+        if net not in cfg.networks:
+            check_bandwidth(net, limit=True)
+    return nets
+
+
+def _apply_bandwidth_live(dom: libvirt.virDomain, old: SandboxConfig,
+                          new: SandboxConfig) -> None:
+    """New rates on a running sandbox's interfaces: live on KVM (libvirt re-runs its tc on
+    the host end); libvirt's LXC driver sets them only when the container starts."""
+    changed = [(i, n) for i, (o, n) in enumerate(zip(old.networks, new.networks, strict=True))
+               if (o.inbound, o.outbound) != (n.inbound, n.outbound)]
+    if not changed:
+        return
+    if new.driver is Driver.LXC:
+        print(f"virt-sandbox-service: note: libvirt sets the bandwidth of LXC sandbox "
+              f"'{dom.name()}' when it starts: --inbound/--outbound apply at its next start",
+              file=sys.stderr)
+        return
+    try:
+        for i, net in changed:
+            dom.setInterfaceParameters(host_device(new.name, i), interface_params(net),
+                                       libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    except libvirt.libvirtError as e:
+        raise HostError(f"the new limits are saved but could not be applied live: "
+                        f"{e.get_error_message()}", "they apply at the next start") from e
 
 
 def _apply_live_kvm(dom: libvirt.virDomain, cfg: SandboxConfig, changed: set[str]) -> None:

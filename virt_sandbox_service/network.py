@@ -14,6 +14,7 @@ of the sandbox: rates a second and a burst size, e.g. 1M:2M:256K) become the int
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import re
@@ -140,6 +141,52 @@ def _bandwidth(key: str, value: str, text: str) -> tuple[int, ...]:
         raise UserError(f"{key} peak '{parts[1]}' in '{text}' is below its average '{parts[0]}'",
                         hint)
     return tuple(kib)
+
+
+def set_bandwidth(sandbox: str, nets: tuple[NetSpec, ...], direction: str,
+                  given: tuple[str, ...]) -> tuple[NetSpec, ...]:
+    """`limit --inbound/--outbound [NET=]AVG[:PEAK[:BURST]]`, each value for one interface:
+    the interfaces with their new rates (0: no limit). NET is the interface's network (its
+    -N source=) or its host device (host_device); it may be left out where there is one."""
+    option = f"--{direction}"
+    out = list(nets)
+    for text in given:
+        net, _, value = text.rpartition("=")
+        if not out:
+            raise UserError(f"{option} {text}: sandbox '{sandbox}' has no network interface",
+                            "it has loopback only; -N source=NET,... at create gives it one")
+        if net:
+            found = [i for i, n in enumerate(out)
+                     if net in (n.source, host_device(sandbox, i))]
+        else:
+            found = list(range(len(out)))
+        if len(found) != 1:
+            named = ", ".join(f"{n.source} ({host_device(sandbox, i)})"
+                              for i, n in enumerate(out))
+            what = (f"sandbox '{sandbox}' has no interface '{net}'" if not found else
+                    f"more than one interface of '{sandbox}' is on '{net}'" if net else
+                    f"sandbox '{sandbox}' has {len(out)} interfaces: name one")
+            raise UserError(f"{option} {text}: {what}",
+                            f"write {option} NET={value or 'RATE'}; its interfaces: {named} "
+                            "(a network, or the host device where two share one)")
+        try:
+            rates = () if value == "0" else _bandwidth(direction, value, text)
+        except UserError as e:
+            raise UserError(f"{option} {text}: {e.message}", e.hint or (
+                f"e.g. {option} 1M, or {option} NET=1M:4M:256K (average, peak, burst a "
+                "second); 0 removes it")) from None
+        spec = out[found[0]]
+        out[found[0]] = (dataclasses.replace(spec, inbound=rates) if direction == "inbound"
+                         else dataclasses.replace(spec, outbound=rates))
+    return tuple(out)
+
+
+def interface_params(spec: NetSpec) -> dict[str, int]:
+    """libvirt's live interface parameters for spec's rates: every one of both directions,
+    0 where not given (libvirt keeps a parameter left out, and 0 is none)."""
+    return {f"{d}.{a}": (values[i] if i < len(values) else 0)
+            for d, values in (("inbound", spec.inbound), ("outbound", spec.outbound))
+            for i, a in enumerate(BANDWIDTH_ATTRS)}
 
 
 def bandwidth_element(spec: NetSpec) -> etree._Element | None:
