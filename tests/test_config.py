@@ -65,7 +65,7 @@ def test_mounts_and_networks_are_parsed_once_and_saved_canonically() -> None:
     saved = json.loads(cfg.to_json())
     assert saved["mounts"][2] == "ram:/var/cache/y=67108864"
     assert saved["networks"][1].startswith("source=vssnet,mac=52:54:00:ab:cd:ef,address=")
-    assert saved["networks"][1].endswith(",inbound=1024K:2048K:256K,outbound=1K")
+    assert saved["networks"][1].endswith(",inbound=1M:2M:256K,outbound=1000")
     again = SandboxConfig.from_json(cfg.to_json())
     assert again == cfg and again.to_json() == cfg.to_json()
     assert again.mounts[4].source == "/nonexistent/data.img"

@@ -445,11 +445,24 @@ def test_bad_bandwidth_values(spec: str, message: str) -> None:
     assert e.value.hint
 
 
-def test_bandwidth_in_kib() -> None:
-    from virt_sandbox_service.network import parse_network
+def test_bandwidth_in_bytes_then_in_libvirts_units() -> None:
+    """A spec keeps the bytes given (K, M binary, as every size here); libvirt's <bandwidth>
+    gets rates in tc's kbps (1000 bytes a second: libvirt writes "<N>kbps") and the burst in
+    tc's kb (1024 bytes), rounded up, so that tc holds what was asked, not 2.4% less."""
+    from virt_sandbox_service.network import (
+        bandwidth_element,
+        parse_network,
+        rates_text,
+    )
 
     spec = parse_network("source=n,inbound=1M:2M:1500,outbound=100K")
-    assert (spec.inbound, spec.outbound) == ((1024, 2048, 2), (100,))
+    assert (spec.inbound, spec.outbound) == ((MIB, 2 * MIB, 1500), (100 * 1024,))
+    element = bandwidth_element(spec)
+    assert element is not None
+    assert [dict(e.attrib) for e in element] == [
+        {"average": "1049", "peak": "2098", "burst": "2"}, {"average": "103"}]
+    assert rates_text(spec.inbound) == "1M:2M:1500"
+    assert parse_network(spec.text) == spec  # what a config saves reads back the same
 
 
 # --- limit --inbound/--outbound: an interface's rates, after create ---------------------------
@@ -460,12 +473,12 @@ def test_limit_sets_and_removes_one_interfaces_rates() -> None:
 
     a, b = parse_network("source=lan,inbound=1M"), parse_network("source=wan")
     one = set_bandwidth("web1", (a,), "inbound", ("2M:4M:64K",))
-    assert one[0].inbound == (2048, 4096, 64) and one[0].source == "lan"
+    assert one[0].inbound == (2 * MIB, 4 * MIB, 64 * 1024) and one[0].source == "lan"
     assert set_bandwidth("web1", (a,), "inbound", ("lan=0",))[0].inbound == ()
     two = set_bandwidth("web1", (a, b), "outbound", ("wan=100K",))
-    assert (two[0], two[1].outbound) == (a, (100,))
+    assert (two[0], two[1].outbound) == (a, (100 * 1024,))
     by_device = set_bandwidth("web1", (a, a), "outbound", (f"{host_device('web1', 1)}=1M",))
-    assert (by_device[0].outbound, by_device[1].outbound) == ((), (1024,))
+    assert (by_device[0].outbound, by_device[1].outbound) == ((), (MIB,))
 
 
 @pytest.mark.parametrize(("nets", "value", "message"), [
@@ -495,8 +508,8 @@ def test_live_interface_parameters_give_every_rate() -> None:
 
     spec = parse_network("source=lan,inbound=1M:2M,outbound=64K")
     assert interface_params(spec) == {
-        "inbound.average": 1024, "inbound.peak": 2048, "inbound.burst": 0,
-        "outbound.average": 64, "outbound.peak": 0, "outbound.burst": 0}
+        "inbound.average": 1049, "inbound.peak": 2098, "inbound.burst": 0,
+        "outbound.average": 66, "outbound.peak": 0, "outbound.burst": 0}
 
 
 @pytest.mark.root
@@ -580,11 +593,11 @@ def test_limit_changes_an_lxc_sandboxs_rates_for_its_next_start(env: Env) -> Non
                 name, "--", "/bin/sleep", "infinity", check=True)
         r = env.run("limit", name, "--inbound", "256K:1M:64K", "--outbound", f"{net}=128K")
         assert r.returncode == 0, r.stderr
-        assert r.stdout == f"{name}: inbound({net})=256K:1024K:64K, outbound({net})=128K\n"
-        assert _rates(name) == {"inbound": {"average": "256", "peak": "1024", "burst": "64"},
-                                "outbound": {"average": "128"}}
+        assert r.stdout == f"{name}: inbound({net})=256K:1M:64K, outbound({net})=128K\n"
+        assert _rates(name) == {"inbound": {"average": "263", "peak": "1049", "burst": "64"},
+                                "outbound": {"average": "132"}}
         env.run("limit", name, "--inbound", "0", check=True)
-        assert _rates(name) == {"outbound": {"average": "128"}}
+        assert _rates(name) == {"outbound": {"average": "132"}}
         env.run("upgrade", "--check", name, check=True)
     finally:
         env.run("delete", name, timeout=120)
@@ -661,7 +674,7 @@ def test_limit_changes_a_running_kvm_sandboxs_rates_live(env: Env) -> None:
     bridge = isolated_network("vssbk")
     net, subnet = next(bridge)
     name = unique_name("bwk")
-    kb = 1000  # libvirt's "KiB" becomes tc's kbps: 1000 bytes
+    kb = 1000  # libvirt writes its rates as tc kbps: 1000 bytes a second
     try:
         env.run("create", "-c", "qemu:///system", "-N",
                 f"source={net},address=10.231.{subnet}.9/24,inbound=512K", name, "--",
@@ -671,10 +684,10 @@ def test_limit_changes_a_running_kvm_sandboxs_rates_live(env: Env) -> None:
             pid = Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip()
             label = Path(f"/proc/{pid}/attr/current").read_text().strip()
             assert re.fullmatch(r"libvirt-[0-9a-f-]{36} \(enforce\)", label), label
-        assert tc_rates(host_device(name, 0)) == (512 * kb, None)
+        assert tc_rates(host_device(name, 0)) == (525 * kb, None)  # 512K, and no more
         r = env.run("limit", name, "--inbound", "256K", "--outbound", "128K", timeout=300)
         assert r.returncode == 0, r.stderr
-        assert tc_rates(host_device(name, 0)) == (256 * kb, 128 * kb)
+        assert tc_rates(host_device(name, 0)) == (263 * kb, 132 * kb)
         env.run("upgrade", "--check", name, check=True)
     finally:
         env.run("delete", "--force", name, timeout=300)

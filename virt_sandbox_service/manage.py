@@ -43,7 +43,14 @@ from .limits import (
     parse_limits,
     sched_params,
 )
-from .network import NetSpec, guest_mac, host_device, interface_params, set_bandwidth
+from .network import (
+    NetSpec,
+    guest_mac,
+    host_device,
+    interface_params,
+    rates_text,
+    set_bandwidth,
+)
 from .plan import EVIDENCE_FILE, seen_at
 from .runtime import backend, common
 from .runtime import lxc as rt
@@ -154,7 +161,7 @@ def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
         _apply_tuning_live(dom, cfg, new, set(changes))
         _apply_bandwidth_live(dom, cfg, new)
     return [f"{k}={v}" for k, v in changes.items() if k != "networks"] + [
-        f"{d}({n.source})={':'.join(f'{k}K' for k in getattr(n, d)) or 0}"
+        f"{d}({n.source})={rates_text(getattr(n, d)) or 0}"
         for o, n in zip(cfg.networks, new.networks, strict=True)
         for d in ("inbound", "outbound") if getattr(o, d) != getattr(n, d)]
 

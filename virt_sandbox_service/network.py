@@ -26,9 +26,13 @@ from .errors import UserError
 
 HINT = ("write -N source=NET[,address=IP/PREFIX][,route=NET/PREFIX%GATEWAY][,mac=MAC][,dhcp]"
         "[,filter=NAME[,port=N]...][,inbound=AVG[:PEAK[:BURST]]][,outbound=...]")
-# libvirt's <bandwidth> attributes: average and peak in KiB a second, burst in KiB.
+# libvirt's <bandwidth> attributes. Their units are what libvirt hands tc: average and peak
+# as "<N>kbps", which tc reads as N * 1000 bytes a second, and burst as "<N>kb", N * 1024
+# bytes (iproute2's rates are decimal, its sizes binary). A spec keeps the bytes it was given
+# (K, M... binary, as every size here) and becomes those units only in the XML.
 BANDWIDTH_ATTRS = ("average", "peak", "burst")
-BANDWIDTH_MAX_KIB = 2**32 - 1
+BANDWIDTH_UNITS = (1000, 1000, 1024)
+BANDWIDTH_MAX = 2**32 - 1  # libvirt's unsigned int, in those units
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 OUR_FILTER = "vss-listen-only"
 
@@ -64,7 +68,7 @@ class NetSpec:
     routes: tuple[Route, ...] = ()
     filter: str | None = None
     ports: tuple[int, ...] = field(default=())
-    inbound: tuple[int, ...] = ()  # KiB: average, then peak and burst if given
+    inbound: tuple[int, ...] = ()  # bytes: average and peak a second, then burst, if given
     outbound: tuple[int, ...] = ()
 
     @property
@@ -79,8 +83,9 @@ class NetSpec:
         items += [f"route={r.network}/{r.prefix}%{r.gateway}" for r in self.routes]
         items += [f"filter={self.filter}"] if self.filter else []
         items += [f"port={p}" for p in self.ports]
-        items += [f"{d}={':'.join(f'{k}K' for k in kib)}"
-                  for d, kib in (("inbound", self.inbound), ("outbound", self.outbound)) if kib]
+        items += [f"{d}={rates_text(values)}"
+                  for d, values in (("inbound", self.inbound), ("outbound", self.outbound))
+                  if values]
         return ",".join(items)
 
 
@@ -124,23 +129,38 @@ def parse_network(text: str) -> NetSpec:
 
 
 def _bandwidth(key: str, value: str, text: str) -> tuple[int, ...]:
-    """AVG[:PEAK[:BURST]], sizes a second (and a size), as libvirt's KiB."""
+    """AVG[:PEAK[:BURST]], sizes a second (and a size), as bytes."""
     from .config import parse_size
 
     hint = f"e.g. {key}=1M (a second), or {key}=1M:4M:256K (average, peak, burst)"
     parts = value.split(":")
     if len(parts) > 3:
         raise UserError(f"{key}='{value}' in '{text}' is not AVG[:PEAK[:BURST]]", hint)
-    kib = []
-    for name, part in zip(BANDWIDTH_ATTRS, parts, strict=False):
-        number = -(-parse_size(part, f"{key} {name}") // 1024)  # whole KiB, rounded up
-        if number > BANDWIDTH_MAX_KIB:
+    sizes = []
+    for name, part, unit in zip(BANDWIDTH_ATTRS, parts, BANDWIDTH_UNITS, strict=False):
+        number = parse_size(part, f"{key} {name}")
+        if -(-number // unit) > BANDWIDTH_MAX:
             raise UserError(f"{key} {name} '{part}' in '{text}' is too large", hint)
-        kib.append(number)
-    if len(kib) > 1 and kib[1] < kib[0]:
+        sizes.append(number)
+    if len(sizes) > 1 and sizes[1] < sizes[0]:
         raise UserError(f"{key} peak '{parts[1]}' in '{text}' is below its average '{parts[0]}'",
                         hint)
-    return tuple(kib)
+    return tuple(sizes)
+
+
+def rates_text(values: tuple[int, ...]) -> str:
+    """Bytes as the spec spells them back: 1M, 512K, 1500 (parse_network reads it again)."""
+    def size(n: int) -> str:
+        for suffix, factor in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+            if n % factor == 0:
+                return f"{n // factor}{suffix}"
+        return str(n)
+    return ":".join(size(v) for v in values)
+
+
+def libvirt_rates(values: tuple[int, ...]) -> tuple[int, ...]:
+    """The bytes of a spec in libvirt's <bandwidth> units (BANDWIDTH_UNITS), rounded up."""
+    return tuple(-(-v // unit) for v, unit in zip(values, BANDWIDTH_UNITS, strict=False))
 
 
 def set_bandwidth(sandbox: str, nets: tuple[NetSpec, ...], direction: str,
@@ -184,8 +204,9 @@ def set_bandwidth(sandbox: str, nets: tuple[NetSpec, ...], direction: str,
 def interface_params(spec: NetSpec) -> dict[str, int]:
     """libvirt's live interface parameters for spec's rates: every one of both directions,
     0 where not given (libvirt keeps a parameter left out, and 0 is none)."""
-    return {f"{d}.{a}": (values[i] if i < len(values) else 0)
-            for d, values in (("inbound", spec.inbound), ("outbound", spec.outbound))
+    return {f"{d}.{a}": (units[i] if i < len(units) else 0)
+            for d, units in (("inbound", libvirt_rates(spec.inbound)),
+                             ("outbound", libvirt_rates(spec.outbound)))
             for i, a in enumerate(BANDWIDTH_ATTRS)}
 
 
@@ -196,8 +217,8 @@ def bandwidth_element(spec: NetSpec) -> etree._Element | None:
     bw = etree.Element("bandwidth")
     for direction, values in (("inbound", spec.inbound), ("outbound", spec.outbound)):
         if values:
-            etree.SubElement(bw, direction, {a: str(v) for a, v in zip(BANDWIDTH_ATTRS, values,
-                                                                       strict=False)})
+            etree.SubElement(bw, direction, {a: str(v) for a, v in zip(
+                BANDWIDTH_ATTRS, libvirt_rates(values), strict=False)})
     return bw
 
 
