@@ -149,12 +149,9 @@ def _kvm_root_share(wrapper: str) -> Check:
     if wrapper:
         return Check("kvm root share", True, f"virtiofs, read-only through {wrapper} "
                      f"(virtiofsd: {host.VIRTIOFSD}); VSS_KVM_ROOT_SHARE=9p chooses 9p")
-    from .kvmhost import libvirtd_confined
+    from .kvmhost import root_share
 
-    why = ("libvirtd's enforcing AppArmor profile lets it start virtiofsd only from "
-           f"{host.VIRTIOFSD}, not the read-only wrapper" if libvirtd_confined()
-           else f"{host.VIRTIOFSD} not found, or VSS_KVM_ROOT_SHARE=9p")
-    return Check("kvm root share", True, f"virtio-9p ({why})")
+    return Check("kvm root share", True, f"virtio-9p ({root_share()[1]})")
 
 
 def _selinux(fix: bool = False) -> Check:

@@ -47,16 +47,24 @@ VIRTIOFSD_RO = data_path("libexec", "virtiofsd-ro")
 
 
 def virtiofs_wrapper(env: dict[str, str] | None = None) -> str:
-    """Our read-only virtiofsd wrapper where the host has virtiofsd (qemu's, Debian 12:
-    package qemu-system-common) and libvirtd may start it, else "" (the guest's root goes
-    over 9p, which qemu itself keeps read-only). VSS_KVM_ROOT_SHARE=9p chooses 9p anyway
-    (to compare, or to work around a problem)."""
+    """Our read-only virtiofsd wrapper where the guest's root can go over virtiofs, else ""
+    (over 9p, which qemu itself keeps read-only): see root_share."""
+    return root_share(env)[0]
+
+
+def root_share(env: dict[str, str] | None = None) -> tuple[str, str]:
+    """(our virtiofsd wrapper, "") where the host has virtiofsd (qemu's, Debian 12: package
+    qemu-system-common) and libvirtd may start it; else ("", why the root goes over 9p).
+    VSS_KVM_ROOT_SHARE=9p chooses 9p anyway (to compare, or to work around a problem)."""
     env = dict(os.environ) if env is None else env
-    if env.get("VSS_KVM_ROOT_SHARE") == "9p" or libvirtd_confined():
-        return ""
+    if env.get("VSS_KVM_ROOT_SHARE") == "9p":
+        return "", "VSS_KVM_ROOT_SHARE=9p"
+    if libvirtd_confined():
+        return "", (f"libvirtd's enforcing AppArmor profile lets it start virtiofsd only from "
+                    f"{VIRTIOFSD}, not the read-only wrapper")
     if os.access(VIRTIOFSD, os.X_OK) and os.access(VIRTIOFSD_RO, os.X_OK):
-        return str(VIRTIOFSD_RO)
-    return ""
+        return str(VIRTIOFSD_RO), ""
+    return "", f"{VIRTIOFSD} not found"
 
 
 APPARMOR_PROFILES = "/sys/kernel/security/apparmor/profiles"
