@@ -15,6 +15,7 @@ APT_PACKAGES=(
   qemu-guest-agent cpio
   selinux-policy-dev checkpolicy semodule-utils selinux-policy-default setools
   apache2-utils iproute2 tmux
+  tini  # reaps what libvirtd forks where PID 1 is not systemd (scripts/start-daemons.sh)
   python3-libvirt python3-lxml python3-jinja2 python3-pystemd
   # run --graphics: the X server the KVM guest starts from the host's root (its modesetting
   # driver is in it), and xterm, the window tests/test_graphics.py looks for on the screen.
@@ -67,12 +68,7 @@ if [ "${VSS_SETUP_IMAGE:-}" = 1 ]; then exit 0; fi
 
 # Daemons: nothing on this kind of machine starts them (PID 1 is not systemd). Where systemd
 # runs the host, it already manages them and we leave it alone.
-if [ ! -d /run/systemd/system ]; then
-  mkdir -p /var/log/libvirt /run/libvirt
-  if ! pidof virtlogd >/dev/null; then virtlogd -d; fi
-  if ! pidof libvirtd >/dev/null; then libvirtd -d; fi
-  for _ in $(seq 50); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.1; done
-fi
+"$here/scripts/start-daemons.sh"
 
 # Host readiness: applies only the additive fixes `doctor` names (e.g. the cgroup2 controller
 # layout that libvirt 9.0's LXC driver cannot handle), then reports.

@@ -753,11 +753,10 @@ def stop_libvirtd(pid: int, timeout: float = 60) -> float:
 
 
 def start_libvirtd(timeout: float = 60) -> float:
-    """As scripts/setup.sh does: `libvirtd -d`, then wait until its socket answers."""
+    """As scripts/setup.sh does (scripts/start-daemons.sh), then wait until it answers."""
     t0 = time.monotonic()
-    Path("/run/libvirt").mkdir(parents=True, exist_ok=True)
-    subprocess.run(["libvirtd", "-d"], check=True, stdin=subprocess.DEVNULL,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    subprocess.run([str(ROOT / "scripts" / "start-daemons.sh")], check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=timeout)
     while not libvirtd_answers():
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"libvirtd does not answer {timeout:g} s after start")
@@ -781,9 +780,9 @@ def test_libvirtd_restart_keeps_sandboxes_serving(env: Env, request: pytest.Fixt
                     "(or VSS_ALLOW_DAEMON_RESTART=1) when nobody else uses it")
     if Path("/run/systemd/system").is_dir():
         pytest.skip("systemd manages libvirtd on this host; this test restarts the daemon "
-                    "scripts/setup.sh starts with `libvirtd -d`")
+                    "scripts/start-daemons.sh starts")
     old = libvirtd_pid()
-    need(old is not None, "no libvirtd -d running (scripts/setup.sh starts one)")
+    need(old is not None, "no libvirtd running (scripts/start-daemons.sh starts one)")
     assert old is not None
     names = [unique_name("lvd"), unique_name("lvd")]
     for n in names:
