@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import select
 import shlex
 import stat
 import tempfile
@@ -45,6 +46,7 @@ from .evidence import Access, PathEvidence
 from .host import HostFacts
 from .plan import EXIT_STATUS_FILE, LOADER_CACHE, LOADER_PRELOAD, Mount, Plan, plan
 from .runtime.common import read_channel
+from .runtime.enter import init_pid
 
 SETUP = "/run/vss-setup"  # inside the transient domain, on its /run tmpfs
 DPKG_INFO = "/var/lib/dpkg/info"
@@ -223,16 +225,40 @@ def _end(dom: libvirt.virDomain, wait: float = 10.0) -> None:
 def _wait(dom: libvirt.virDomain, status_file: Path) -> str:
     """The exit status the domain's init wrote (read without following a link the sandbox
     made); "" if it did not: the domain ended without writing one (its init failed before
-    running the script: libvirt's log has why), or it ran past TIMEOUT (then it is destroyed)."""
+    running the script: libvirt's log has why), or it ran past TIMEOUT (then it is destroyed).
+
+    The wait is on a pidfd of the init, which wakes the moment it exits (it writes the status
+    just before): no polling, and no libvirt call while libvirtd is busy with the domain.
+    """
     deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        text = read_channel(status_file)
-        if text is not None and text.endswith("\n"):
-            return text.strip()
-        if not is_active(dom):
-            text = read_channel(status_file)  # written just before it ended
-            return text.strip() if text is not None and text.endswith("\n") else ""
-        time.sleep(0.05)
+    pidfd = _init_pidfd(dom)
+    try:
+        while time.monotonic() < deadline:
+            text = read_channel(status_file)
+            if text is not None and text.endswith("\n"):
+                return text.strip()
+            if pidfd is not None:
+                if select.select([pidfd], [], [], deadline - time.monotonic())[0]:
+                    os.close(pidfd)
+                    pidfd = None  # it ended: the status is there, or will never be
+                    text = read_channel(status_file)
+                    return text.strip() if text is not None and text.endswith("\n") else ""
+                continue
+            if not is_active(dom):
+                text = read_channel(status_file)  # written just before it ended
+                return text.strip() if text is not None and text.endswith("\n") else ""
+            time.sleep(0.05)  # no pidfd: the init was not found (it ended already)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
     with contextlib.suppress(libvirt.libvirtError):
         dom.destroy()
     return ""
+
+
+def _init_pidfd(dom: libvirt.virDomain) -> int | None:
+    """A pidfd of the domain's init; None where it is gone already (or was never there)."""
+    try:
+        return os.pidfd_open(init_pid(dom))
+    except (OSError, ValueError, libvirt.libvirtError):
+        return None

@@ -52,6 +52,11 @@ class _Installed:
     depends: tuple[str, ...]
 
 
+# A list's line "/etc/X/..." (a path under a directory of /etc): its X. Matched after a
+# newline (the caller prepends one) rather than with re.M, whose ^ is tried at every byte.
+_ETC_TOP = re.compile(rb"\n/etc/([^/\n]+)/")
+
+
 class DpkgDB:
     """Reads /var/lib/dpkg/info/<pkg>[:<arch>].list and .conffiles, and /var/lib/dpkg/status
     (once), directly: stable formats."""
@@ -92,10 +97,11 @@ class DpkgDB:
             found: dict[str, dict[str, int]] = {}
             for stem in self._all_stems():
                 name = stem.partition(":")[0]
-                for line in self._lines(stem, "list"):
-                    if line.startswith("/etc/") and line.count("/") >= 3:
-                        counts = found.setdefault("/etc/" + line.split("/")[2], {})
-                        counts[name] = counts.get(name, 0) + 1
+                # Only the /etc lines, matched in bytes: decoding every line of ~1000 lists
+                # was most of a create's evidence gathering (0.15 of 0.25 s).
+                for top in _ETC_TOP.findall(b"\n" + self._read(stem, "list")):
+                    counts = found.setdefault("/etc/" + os.fsdecode(top), {})
+                    counts[name] = counts.get(name, 0) + 1
             self._etc = found
         return self._etc
 
