@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -35,6 +36,7 @@ from _common import (
 )
 
 SETTLE = 1.0  # seconds; see settle()
+FRESH_FLOOR = "the same + the postinst by hand"
 
 
 def settle() -> None:
@@ -95,6 +97,49 @@ def one_copy_etc(etc: Path) -> float:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# What a fresh instance's set-up does, by hand: the postinst on overlays of /etc and /var
+# (uppers on the disk the state is on) in a mount namespace of its own, with the same calls
+# answered as done that the tool answers (maintscripts.STUBBED), and services refused.
+POSTINST_SH = r"""
+set -e
+for d in etc var; do
+  mkdir -p "$B/u$d" "$B/w$d"
+  mount -t overlay overlay -o "lowerdir=/$d,upperdir=$B/u$d,workdir=$B/w$d" "/$d"
+done
+mkdir -p "$B/bin"
+for c in dpkg-trigger update-alternatives ldconfig deb-systemd-helper update-rc.d systemctl \
+         invoke-rc.d dpkg-statoverride; do ln -s /bin/true "$B/bin/$c"; done
+printf '#!/bin/sh\nexit 101\n' > "$B/policy-rc.d"; chmod +x "$B/policy-rc.d"
+export PATH="$B/bin:$PATH" DEBIAN_FRONTEND=noninteractive POLICYRCD="$B/policy-rc.d" \
+       DPKG_MAINTSCRIPT_NAME=postinst
+for p in "$@"; do DPKG_MAINTSCRIPT_PACKAGE=$p "/var/lib/dpkg/info/$p.postinst" configure ''; done
+"""
+
+
+def fresh_packages(env: dict[str, str], name: str) -> list[str]:
+    """The packages whose postinst the create ran, from the sandbox's own evidence record."""
+    data = json.loads((state_dir(env, name) / "evidence.json").read_text())
+    for e in data["evidence"]:
+        for why in e["reasons"]:
+            if why.startswith("made by the postinst of "):
+                return why.removeprefix("made by the postinst of ").split(" (")[0].split(", ")
+    return []
+
+
+def one_postinst(packages: list[str]) -> float:
+    """The floor's share of a fresh instance: the same postinsts, in a bare mount namespace."""
+    base = Path(tempfile.mkdtemp(prefix="vss-bench-postinst-", dir="/var/tmp"))
+    try:
+        settle()
+        t0 = time.monotonic()
+        subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", POSTINST_SH,
+                        "postinst", *packages], check=True, capture_output=True,
+                       env={**os.environ, "B": str(base)})
+        return time.monotonic() - t0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def disk_writer(on: bool) -> Iterator[None]:
     """--busy: another process writes 64 MiB files with fsync, over and over, for the whole
@@ -129,7 +174,7 @@ def run(runs: int, busy: bool) -> None:
     got: dict[str, list[float]] = {k: [] for k in (
         "create", "create del", "create MiB", "create -C", "create -C del", "create -C MiB",
         "create copy", "create copy del", "create copy MiB", "clone", "define", "cp etc",
-        "cp etc copy")}
+        "cp etc copy", "postinst")}
     # Interleaved: each run does every step once, so that the shared machine's changing load
     # shifts every figure alike.
     with tool_env() as env:
@@ -139,6 +184,7 @@ def run(runs: int, busy: bool) -> None:
         src_copy = f"benchsrc{secrets.token_hex(3)}"
         tool(env, "create", "--etc", "copy", "-u", "apache2.service", src_copy)
         raw = src + "x"
+        packages = fresh_packages(env, src)
         try:
             with xml_file(raw_copy_xml(conn, src, raw)) as path:
                 for _ in range(runs):
@@ -153,6 +199,7 @@ def run(runs: int, busy: bool) -> None:
                     got["define"].append(one_define(path, raw))
                     got["cp etc"].append(one_copy_etc(state_dir(env, src) / "etc"))
                     got["cp etc copy"].append(one_copy_etc(state_dir(env, src_copy) / "etc"))
+                    got["postinst"].append(one_postinst(packages) if packages else 0.0)
         finally:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.lookupByName(raw).undefine()
@@ -166,35 +213,47 @@ def run(runs: int, busy: bool) -> None:
     if clone is None:
         print("clone: not implemented")
     floor, floor_copy = define + cp_etc, define + cp_etc_copy
-    body = ["| step | ours (s) | state size (MiB) | floor (s) | ratio ours/floor |",
-            "|---|---|---|---|---|",
+    postinst = m["postinst"] or 0.0
+    # A create (with or without -C, either /etc) runs the packages' postinst: its own floor
+    # does too. A clone copies a made instance and runs none.
+    fresh, fresh_copy = floor + postinst, floor_copy + postinst
+    body = ["| step | ours (s) | state size (MiB) | floor (s) | ratio ours/floor "
+            "| floor incl. postinst (s) | ratio ours/that |",
+            "|---|---|---|---|---|---|---|",
             f"| create -u apache2.service | {secs(plain)} | {plain_mb:.1f} | {secs(floor)} | "
-            f"{ratio(plain, floor)} |",
+            f"{ratio(plain, floor)} | {secs(fresh)} | {ratio(plain, fresh)} |",
             f"| create -C -u apache2.service | {secs(copy)} | {copy_mb:.1f} | {secs(floor)} | "
-            f"{ratio(copy, floor)} |",
+            f"{ratio(copy, floor)} | {secs(fresh)} | {ratio(copy, fresh)} |",
             f"| create --etc copy -u apache2.service | {secs(etc_copy)} | {etc_copy_mb:.1f} | "
-            f"{secs(floor_copy)} | {ratio(etc_copy, floor_copy)} |",
-            f"| delete (after create) | {secs(plain_del)} | | | |",
-            f"| delete (after create -C) | {secs(copy_del)} | | | |",
-            f"| delete (after create --etc copy) | {secs(etc_copy_del)} | | | |",
-            "| clone | not implemented | | | |" if clone is None else
+            f"{secs(floor_copy)} | {ratio(etc_copy, floor_copy)} | {secs(fresh_copy)} | "
+            f"{ratio(etc_copy, fresh_copy)} |",
+            f"| delete (after create) | {secs(plain_del)} | | | | | |",
+            f"| delete (after create -C) | {secs(copy_del)} | | | | | |",
+            f"| delete (after create --etc copy) | {secs(etc_copy_del)} | | | | | |",
+            "| clone | not implemented | | | | | |" if clone is None else
             f"| clone (of a stopped apache2 sandbox) | {secs(clone)} | | {secs(floor)} | "
-            f"{ratio(clone, floor)} |",
+            f"{ratio(clone, floor)} | | |",
             "", f"Floor = `cp -a` of the private /etc a create makes + `virsh define` and "
             f"`undefine` of the same domain XML ({secs(define)} s). The private /etc is the "
             f"upper layer of the overlay /etc (the default on LXC; {secs(cp_etc)} s), or, for "
             f"--etc copy, the trimmed copy of the host's ({secs(cp_etc_copy)} s).",
+            f"Floor incl. postinst: that, plus what every create (with or without -C) also "
+            f"does, a fresh instance's set-up: the postinst of {', '.join(packages) or '-'} "
+            f"run by hand in a mount namespace of its own on overlays of /etc and /var, with "
+            f"the same host-changing calls answered as done ({secs(postinst)} s). A clone "
+            f"runs no postinst.",
             "Each of ours is one fresh CLI process (Python start-up and `import libvirt`, "
             "~0.1 s, included). The host has no systemd PID 1, so no daemon-reload is timed.",
             f"Before each timed step (ours and the floor's alike): `sync` and {SETTLE:g} s, so "
             "each figure is one step on a settled disk, not the previous step's writeback and "
             "discards."]
     summary = [{"figure": "create -u apache2.service", "unit": "s", "ours": plain,
-                "peers": {"cp -a private /etc + virsh define": floor}},
+                "peers": {"cp -a private /etc + virsh define": floor, FRESH_FLOOR: fresh}},
                {"figure": "create -C -u apache2.service", "unit": "s", "ours": copy,
-                "peers": {"cp -a private /etc + virsh define": floor}},
+                "peers": {"cp -a private /etc + virsh define": floor, FRESH_FLOOR: fresh}},
                {"figure": "create --etc copy -u apache2.service", "unit": "s",
-                "ours": etc_copy, "peers": {"cp -a private /etc + virsh define": floor_copy}},
+                "ours": etc_copy, "peers": {"cp -a private /etc + virsh define": floor_copy,
+                                            FRESH_FLOOR: fresh_copy}},
                {"figure": "clone", "unit": "s", "ours": clone,
                 "peers": {"cp -a private /etc + virsh define": floor},
                 **({"note": "not implemented"} if clone is None else {})}]
