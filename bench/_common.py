@@ -436,7 +436,8 @@ def _remove_cgroup_trees(tops: list[Path]) -> None:
 class Nspawn:
     """One systemd-nspawn container booting the host's apache2; stop() removes everything."""
 
-    def __init__(self) -> None:
+    def __init__(self, group: CpuGroup | None = None) -> None:
+        self.group = group  # the v1 cpu group it runs in (bench/load.py: CPU fairness)
         self.tag = secrets.token_hex(3)
         self.base = Path(tempfile.mkdtemp(prefix="vss-bench-nspawn-", dir="/var/tmp"))
         for d in ("t", "root"):
@@ -458,10 +459,11 @@ class Nspawn:
                "VSS_BENCH_MASKED": " ".join(NSPAWN_MASKED)}
         self.launched = time.time()
         with open(self.base / "console.log", "ab") as log:
+            argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", NSPAWN_SCRIPT,
+                    "sh", str(self.base), *(str(d / "cgroup.procs") for d in self.cgroups),
+                    "--", *nspawn]
             self.proc = subprocess.Popen(
-                ["unshare", "-m", "--propagation", "private", "sh", "-c", NSPAWN_SCRIPT, "sh",
-                 str(self.base), *(str(d / "cgroup.procs") for d in self.cgroups), "--",
-                 *nspawn],
+                self.group.wrap(argv) if self.group else argv,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def leader(self) -> int | None:

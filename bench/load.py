@@ -2,8 +2,11 @@
 
 All N sandboxes are created and started, then R rounds run `ab -n REQUESTS -c CONCURRENCY`
 against every sandbox at the same time (inside each one's network namespace, nsenter -n).
-Peer in the same run: N bare `unshare -fpmn` apache2 (no init, no systemd, no libvirt) under
-the same load. Prints and writes bench/results/load.md (and .json); medians over the rounds.
+Peers in the same run, under the same load: N `systemd-nspawn --boot` containers of an overlay
+of the host root with only apache2 enabled, and N bare `unshare -fpmn` apache2 (no init, no
+systemd, no libvirt). For ours and nspawn also: how long the first N-1 take to come up at once,
+the N-th alone beside them, and MemAvailable's drop per instance. Prints and writes
+bench/results/load.md (and .json); medians over the rounds.
 Asserts nothing (tests/test_reliability.py asserts zero failed requests).
     .venv/bin/python bench/load.py [--runs 5] [--sandboxes 100] [--requests 500]
 More than about 20 unit sandboxes need root's inotify room raised (doctor --fix).
@@ -17,21 +20,28 @@ import secrets
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 
 import libvirt
 from _common import (
     BareApache,
     CpuGroup,
+    Nspawn,
     domain_init,
     median,
+    mem_available_kib,
     on_sigterm_clean_up,
     parallel,
     ratio,
     state_dir,
+    tool,
     tool_env,
     wait_http,
     write_result,
 )
+
+KINDS = ("ours", "systemd-nspawn", "bare unshare")
+BOOT_DEADLINE = 300.0  # seconds for a whole set started at once to answer
 
 
 def ab_round(pids: list[int], requests: int, concurrency: int,
@@ -63,6 +73,62 @@ def summarise(rounds: list[tuple[float, float, int]]) -> dict[str, float]:
             "failed": sum(r[2] for r in rounds)}
 
 
+SETTLE = 2.0  # seconds after the last instance answered, before reading MemAvailable
+
+
+@dataclass
+class Started:
+    """How a set of N came up: the first N-1 at once, then the N-th alone beside them."""
+    all_but_one: float = 0.0  # seconds from asking until the N-1 all answered HTTP 200
+    last: float = 0.0  # seconds from asking for the N-th until it answered
+    mem_kib: float = 0.0  # MemAvailable's drop per instance, all N running
+
+
+def start_ours(env: dict[str, str], conn: libvirt.virConnect, names: list[str]) -> Started:
+    """`start --detach` of all but the last at once, then of the last; each to HTTP 200."""
+    got = Started()
+    before = mem_available_kib()
+    t0 = time.monotonic()
+    parallel(env, [["start", "--detach", x] for x in names[:-1]])
+    for x in names[:-1]:
+        dom = conn.lookupByName(x)
+        wait_http(lambda d=dom: domain_init(d), BOOT_DEADLINE)
+    got.all_but_one = time.monotonic() - t0
+    t0 = time.monotonic()
+    tool(env, "start", "--detach", names[-1])
+    dom = conn.lookupByName(names[-1])
+    got.last = wait_http(lambda: domain_init(dom)) - t0
+    time.sleep(SETTLE)
+    got.mem_kib = (before - mem_available_kib()) / len(names)
+    return got
+
+
+def start_nspawn(boxes: list[Nspawn]) -> Started:
+    """The same for systemd-nspawn: its overlay set-up and boot, to HTTP 200."""
+    got = Started()
+    before = mem_available_kib()
+    t0 = time.monotonic()
+    for b in boxes[:-1]:
+        b.start()
+    for b in boxes[:-1]:
+        wait_http(b.leader, BOOT_DEADLINE)
+    got.all_but_one = time.monotonic() - t0
+    t0 = time.monotonic()
+    boxes[-1].start()
+    got.last = wait_http(boxes[-1].leader) - t0
+    time.sleep(SETTLE)
+    got.mem_kib = (before - mem_available_kib()) / len(boxes)
+    return got
+
+
+def stop_all(bare: list[BareApache], boxes: list[Nspawn]) -> None:
+    """Every peer instance stopped (again: stopping a stopped one does nothing)."""
+    for b in bare:
+        b.stop()
+    for box in boxes:
+        box.stop()
+
+
 def main() -> None:
     on_sigterm_clean_up()
     ap = argparse.ArgumentParser()
@@ -77,11 +143,12 @@ def main() -> None:
     n = args.sandboxes
     conn = libvirt.open("lxc:///")
     timings: dict[str, float] = {}
-    ours_rounds: list[tuple[float, float, int]] = []
-    bare_rounds: list[tuple[float, float, int]] = []
+    rounds: dict[str, list[tuple[float, float, int]]] = {k: [] for k in KINDS}
     generators = CpuGroup("ab")
-    servers = CpuGroup("bare")  # like machine/ for the sandboxes: one group for them all
+    # Like machine/ for the sandboxes: one group for all of a peer's instances.
+    servers, nspawn_group = CpuGroup("bare"), CpuGroup("nspawn")
     bare = [BareApache(servers) for _ in range(n)]
+    boxes = [Nspawn(nspawn_group) for _ in range(n)]
     try:
         with tool_env() as env:
             names = [f"benchld{i:02d}{secrets.token_hex(2)}" for i in range(n)]
@@ -91,59 +158,83 @@ def main() -> None:
             try:
                 for x in names:
                     (state_dir(env, x) / "var/www/html/index.html").write_text("ok\n")
-                t0 = time.monotonic()
-                parallel(env, [["start", "--detach", x] for x in names])
-                timings["start --detach (all, in parallel)"] = time.monotonic() - t0
-                ours = []
-                for x in names:
-                    dom = conn.lookupByName(x)
-                    wait_http(lambda d=dom: domain_init(d))
-                    pid = domain_init(dom)
-                    assert pid is not None
-                    ours.append(pid)
+                # nspawn's set first, on a machine with nothing else running; ours then comes
+                # up beside nspawn's idle hundred (any cost of that is ours, not the peer's).
+                started = {"systemd-nspawn": start_nspawn(boxes)}
+                started["ours"] = start_ours(env, conn, names)
+                ours = [p for p in (domain_init(conn.lookupByName(x)) for x in names) if p]
                 for b in bare:
                     b.start()
                 for b in bare:
-                    wait_http(b.leader)
-                peers = [p for p in (b.leader() for b in bare) if p]
-                # Alternate rounds, so that the shared machine's load shifts both alike.
+                    wait_http(b.leader, BOOT_DEADLINE)
+                pids = {"ours": ours,
+                        "systemd-nspawn": [p for p in (b.leader() for b in boxes) if p],
+                        "bare unshare": [p for p in (b.leader() for b in bare) if p]}
+                # Alternate rounds, so that the shared machine's load shifts all alike.
                 for _ in range(args.runs):
-                    ours_rounds.append(ab_round(ours, args.requests, args.concurrency,
-                                                generators))
-                    bare_rounds.append(ab_round(peers, args.requests, args.concurrency,
-                                                generators))
+                    for kind in KINDS:
+                        rounds[kind].append(ab_round(pids[kind], args.requests,
+                                                     args.concurrency, generators))
             finally:
-                for b in bare:
-                    b.stop()
+                stop_all(bare, boxes)
                 t0 = time.monotonic()
                 parallel(env, [["delete", "--force", x] for x in names])
                 timings["delete --force (all, in parallel)"] = time.monotonic() - t0
     finally:
-        for b in bare:
-            b.stop()
-        generators.remove()
-        servers.remove()
-    ours_f, peer = summarise(ours_rounds), summarise(bare_rounds)
-    body = [f"{n} instances at once, each under `ab -n {args.requests} -c {args.concurrency}` "
-            "on its own loopback, all rounds in parallel; apache2's default page, keep-alive "
-            "off. Medians over the rounds.", "",
-            "| | ours | bare unshare apache2 | ratio ours/bare |", "|---|---|---|---|",
-            f"| requests/s, all instances together | {ours_f['total']:.0f} | {peer['total']:.0f} "
-            f"| {ratio(ours_f['total'], peer['total'])} |",
-            f"| requests/s, median instance | {ours_f['per']:.0f} | {peer['per']:.0f} | "
-            f"{ratio(ours_f['per'], peer['per'])} |",
-            f"| failed requests (all rounds) | {ours_f['failed']:.0f} | {peer['failed']:.0f} | |",
-            ""]
+        stop_all(bare, boxes)
+        for g in (generators, servers, nspawn_group):
+            g.remove()
+    report(n, args, rounds, started, timings)
+
+
+def report(n: int, args: argparse.Namespace, rounds: dict[str, list[tuple[float, float, int]]],
+           started: dict[str, Started], timings: dict[str, float]) -> None:
+    got = {k: summarise(v) for k, v in rounds.items()}
+    ours, nsp, bare = got["ours"], got["systemd-nspawn"], got["bare unshare"]
+    so, sn = started["ours"], started["systemd-nspawn"]
+    body = [f"{n} instances of each kind running at once, each under `ab -n {args.requests} "
+            f"-c {args.concurrency}` on its own loopback, every instance of a kind at the same "
+            "time, the kinds in turn; apache2's default page, keep-alive off. Medians over the "
+            "rounds.", "",
+            "| | ours | systemd-nspawn | bare unshare apache2 | ours/nspawn | ours/bare |",
+            "|---|---|---|---|---|---|",
+            f"| requests/s, all instances together | {ours['total']:.0f} | {nsp['total']:.0f} "
+            f"| {bare['total']:.0f} | {ratio(ours['total'], nsp['total'])} | "
+            f"{ratio(ours['total'], bare['total'])} |",
+            f"| requests/s, median instance | {ours['per']:.0f} | {nsp['per']:.0f} | "
+            f"{bare['per']:.0f} | {ratio(ours['per'], nsp['per'])} | "
+            f"{ratio(ours['per'], bare['per'])} |",
+            f"| failed requests (all rounds) | {ours['failed']:.0f} | {nsp['failed']:.0f} | "
+            f"{bare['failed']:.0f} | | |",
+            f"| the first {n - 1} started at once, until all answer HTTP 200 (s) | "
+            f"{so.all_but_one:.1f} | {sn.all_but_one:.1f} | | "
+            f"{ratio(so.all_but_one, sn.all_but_one)} | |",
+            f"| instance {n} started alone beside them, to HTTP 200 (s) | {so.last:.3f} | "
+            f"{sn.last:.3f} | | {ratio(so.last, sn.last)} | |",
+            f"| MemAvailable's drop per instance, all {n} running (MiB) | "
+            f"{so.mem_kib / 1024:.1f} | {sn.mem_kib / 1024:.1f} | | "
+            f"{ratio(so.mem_kib, sn.mem_kib)} | |", ""]
     body += [f"- {k}: {v:.1f} s" for k, v in timings.items()]
-    body += ["", "The load generators run on the same 2 cores as the servers: the totals are "
+    body += ["", "Ours: `start --detach` (a CLI process each), timed to HTTP 200. nspawn: "
+             "`systemd-nspawn --boot` of an overlay of the host root with only apache2 enabled "
+             "(bench/_common.py), its overlay set-up included, timed to HTTP 200. nspawn's "
+             f"{n} came up first, on an otherwise idle machine; ours then came up beside them "
+             "(idle). MemAvailable's drop includes the kernel's share (page tables, dentries) "
+             "and is noisy; bench/density.py has the per-process PSS.",
+             "The load generators run on the same 2 cores as the servers: the totals are "
              "bounded by the machine; the ratio is what the sandbox costs under load (higher is "
              "better). CPU fairness: libvirt puts all sandboxes in one cpu cgroup (machine/, "
-             "1024 shares); the bare servers get one such group of their own, and the ab "
-             "processes another, so that both set-ups fight the load generators alike."]
+             "1024 shares); each peer's instances get one such group of their own, and the ab "
+             "processes another, so that every set-up fights the load generators alike."]
+    peers = ("systemd-nspawn", "bare unshare")
     summary = [{"figure": f"requests/s, {n} apache2 sandboxes under ab at once", "unit": "req/s",
-                "ours": ours_f["total"], "peers": {"unshare": peer["total"]}},
-               {"figure": "failed requests under load", "unit": "", "ours": ours_f["failed"],
-                "peers": {"unshare": peer["failed"]}}]
+                "ours": ours["total"], "peers": {k: got[k]["total"] for k in peers}},
+               {"figure": "failed requests under load", "unit": "", "ours": ours["failed"],
+                "peers": {k: got[k]["failed"] for k in peers}},
+               {"figure": f"start of apache2 sandbox number {n}, {n - 1} running", "unit": "s",
+                "ours": so.last, "peers": {"systemd-nspawn": sn.last}},
+               {"figure": f"MemAvailable drop per instance, {n} running", "unit": "MiB",
+                "ours": so.mem_kib / 1024, "peers": {"systemd-nspawn": sn.mem_kib / 1024}}]
     write_result("load", f"{n} apache2 sandboxes under load", args.runs, body, summary)
 
 
