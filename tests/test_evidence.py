@@ -22,6 +22,7 @@ from virt_sandbox_service.evidence import (
     hidden_secrets,
     parse_dpkg_status,
 )
+from virt_sandbox_service.plantypes import GENERATOR_DIRS, GENERATOR_REASON, kept_generators
 from virt_sandbox_service.unitfile import UnitFile, load_unit, resolve_unit_name
 
 SYSTEMD = "needed by systemd in the sandbox"
@@ -76,9 +77,15 @@ def test_apache2(dpkg: PackageDB) -> None:
 def test_never_package_manager_state_nor_the_host_root(dpkg: PackageDB) -> None:
     units = [load_unit(n) for n in ("apache2.service", "nginx.service", "ssh.service",
                                     "cron.service", "postfix@web1.service")]
-    paths = [e.path for e in gather(units, dpkg)]
-    assert not [p for p in paths if p.startswith(("/var/lib/dpkg", "/var/lib/rpm", "/usr",
-                                                   "/bin", "/sbin", "/lib"))]
+    evidence = gather(units, dpkg)
+    paths = [e.path for e in evidence]
+    # Of the host's root only the service's own systemd generators are named (shared, as all
+    # of it is: so that the sandbox's systemd runs them, kept_generators()).
+    assert not [e.path for e in evidence
+                if e.path.startswith(("/var/lib/dpkg", "/var/lib/rpm", "/usr", "/bin", "/sbin",
+                                      "/lib"))
+                and not (e.access is Access.SHARED
+                         and os.path.dirname(e.path) in GENERATOR_DIRS)]
     assert "/var" not in paths and "/etc" not in paths and "/" not in paths
     assert paths == sorted(paths, key=lambda p: p.split("/"))
 
@@ -806,3 +813,17 @@ def test_paths_the_configuration_names_under_var_and_srv(units: Path, tmp_path: 
              if any(r.startswith("named in /etc/app/") for r in e.reasons)}
     assert named == {"/var/lib/app/db": Access.PRIVATE, "/var/log/applog.log": Access.PRIVATE,
                      "/srv/site": Access.SHARED, "/var/www/admin": Access.SHARED}
+
+
+def test_the_services_own_generators_are_kept_and_no_other(dpkg: PackageDB) -> None:
+    """postfix.service starts postfix@-.service only through postfix's generator: it is named
+    (its package's file list) and kept; apache2's sandbox keeps none, so every generator on
+    the host (fstab, getty, other packages', this tool's) is masked in it."""
+    ev = by_path(gather([load_unit("postfix.service")], dpkg))
+    gen = [e for e in ev.values() if os.path.dirname(e.path) in GENERATOR_DIRS]
+    assert [(os.path.basename(e.path), e.access, e.reasons) for e in gen] == [
+        ("postfix-instance-generator", Access.SHARED,
+         (GENERATOR_REASON.format(package="postfix"),))]
+    assert kept_generators(tuple(ev.values())) == ("postfix-instance-generator",)
+    assert kept_generators(gather([load_unit("apache2.service")], dpkg)) == ()
+

@@ -6,14 +6,18 @@ environment. Each script must also parse (`sh -n`) and be exactly what the domai
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 from lxml import etree
 
 from virt_sandbox_service.config import Driver, Kind
-from virt_sandbox_service.initscript import CONFINE_IN_SANDBOX, init_command
+from virt_sandbox_service.initscript import CONFINE_IN_SANDBOX, init_command, mask_generators
+from virt_sandbox_service.plantypes import GENERATOR_DIRS, GENERATOR_MASKS
 
 from .conftest import GOLDEN
 from .test_golden import CASES, FACTS, check_golden, make
@@ -95,3 +99,26 @@ def test_on_selinux_the_overlay_etc_is_mounted_with_the_sandboxs_file_context() 
     # A label without a level (no MCS pair to give): no context, as without SELinux.
     bare = dataclasses.replace(cfg, security_label="")
     assert "context=" not in _overlay_binds(bare, facts, ())[0]
+
+
+def test_every_host_generator_is_masked_but_the_services_own(tmp_path: Path) -> None:
+    """The masking lines run by sh against a made-up host: each generator in any of systemd's
+    generator directories (a dangling link too) gets a /dev/null link of its name in the
+    masking directory; a kept one (the service's package's) does not."""
+    dirs = [tmp_path / d.strip("/") for d in GENERATOR_DIRS]
+    for d, names in zip(dirs, (["local-one"], [], ["postfix-instance-generator", "a b"],
+                               ["systemd-fstab-generator"]), strict=True):
+        d.mkdir(parents=True)
+        for n in names:
+            (d / n).write_text("#!/bin/sh\n")
+    (dirs[1] / "dangling").symlink_to(tmp_path / "nowhere")
+    masks = tmp_path / GENERATOR_MASKS.strip("/")
+    text = "\n".join(mask_generators(("postfix-instance-generator",)))
+    # One pass, longest first: /lib/systemd/... is also the tail of /usr/lib/systemd/...
+    alternatives = sorted((GENERATOR_MASKS, *GENERATOR_DIRS), key=len, reverse=True)
+    text = re.sub("|".join(map(re.escape, alternatives)),
+                  lambda m: str(tmp_path) + m.group(0), text)
+    subprocess.run(["sh", "-ec", text], check=True)
+    assert {p.name: os.readlink(p) for p in masks.iterdir()} == {
+        n: "/dev/null" for n in ("local-one", "a b", "systemd-fstab-generator", "dangling")}
+    assert "postfix-instance-generator" not in mask_generators(())[1]

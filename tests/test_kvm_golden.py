@@ -460,3 +460,19 @@ def test_system_run_keeps_root_qemu_and_passthrough() -> None:
     doc = etree.fromstring(make("kvm-run").encode())
     assert [s.get("model") for s in doc.iter("seclabel")] == ["dac"]
     assert [f.get("accessmode") for f in doc.iter("filesystem")] == ["passthrough"]
+
+
+def test_the_services_own_generators_are_passed_to_the_guest_init() -> None:
+    """The guest init masks every host generator but those named by vss.keepgen: the ones of
+    the service's packages (kept_generators; postfix.service needs postfix's)."""
+    cfg = config(units=("postfix.service",))
+    gen = PathEvidence("/lib/systemd/system-generators/postfix-instance-generator",
+                       Access.SHARED, False, ("a systemd generator of package postfix",))
+    p = plan(cfg, FACTS, (ev("/var/spool/postfix"), gen), (),
+             "/etc/virt-sandbox-service/sandboxes/kweb1.json", "/run/virt-sandbox-service/kweb1",
+             (("postfix.service", "/lib/systemd/system/postfix.service"),))
+    words = kvm.kernel_cmdline(p, FACTS, "service", ()).split()
+    assert [w for w in words if w.startswith("vss.keepgen=")] == [
+        "vss.keepgen=postfix-instance-generator"]
+    words = kvm.kernel_cmdline(make_plan("kvm-apache2"), FACTS, "service", ()).split()
+    assert not [w for w in words if w.startswith("vss.keepgen=")]

@@ -43,6 +43,7 @@ from .pkgdb import PackageDB as PackageDB
 from .pkgdb import RpmDB as RpmDB
 from .pkgdb import detect_package_db as detect_package_db
 from .pkgdb import parse_dpkg_status as parse_dpkg_status
+from .plantypes import GENERATOR_DIRS, GENERATOR_REASON
 from .servicedata import (
     _named_data_claims,
     _named_secret_claims,
@@ -330,6 +331,8 @@ def _package_claims(pkgdb: PackageDB, package: str, via: str | None) -> list[_Cl
            for f in listed if _is_service_data(f)]
     out += [_evidence(f, Access.PRIVATE, False, f"conffile of {package}")
             for f in map(_norm, pkgdb.conffiles(package)) if _is_service_data(f)]
+    out += [_evidence(f, Access.SHARED, False, GENERATOR_REASON.format(package=package))
+            for f in listed if posixpath.dirname(f) in GENERATOR_DIRS]
     return out
 
 

@@ -24,6 +24,8 @@ from .plantypes import (
     ETC_STAGE,
     ETC_WORK,
     EXIT_STATUS_FILE,
+    GENERATOR_DIRS,
+    GENERATOR_MASKS,
     GO_FIFO,
     NOTIFY_SOCKET,
     OVERLAY_OPTIONS,
@@ -129,9 +131,11 @@ def confine_argv(facts: HostFacts, caps: tuple[str, ...],
     return (*argv, "--")
 
 
-def init_command(config: SandboxConfig, facts: HostFacts, mounts: tuple[Mount, ...] = ()
+def init_command(config: SandboxConfig, facts: HostFacts, mounts: tuple[Mount, ...] = (),
+                 keep_generators: tuple[str, ...] = ()
                  ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """The sandbox's first process and its environment (`mounts`: the plan's).
+    """The sandbox's first process and its environment (`mounts`: the plan's;
+    `keep_generators`: the systemd generators of the service's packages, kept_generators()).
 
     The init does the mounts only it may do, then runs what the sandbox is for through
     confine.py: from there on nothing in the sandbox has CAP_SYS_ADMIN or the calls of the
@@ -159,6 +163,7 @@ def init_command(config: SandboxConfig, facts: HostFacts, mounts: tuple[Mount, .
     # everything in the sandbox.
     script = "\n".join([
         *prologue,
+        *mask_generators(keep_generators),
         "mkdir -p /run/lock && "
         "mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=5m tmpfs /run/lock || exit 125",
         "mount --bind /etc/systemd /etc/systemd && "
@@ -168,6 +173,18 @@ def init_command(config: SandboxConfig, facts: HostFacts, mounts: tuple[Mount, .
         f"{jail} {q(facts.systemd)} systemd.unified_cgroup_hierarchy=1",
     ])
     return (facts.sh, "-c", script), (("NOTIFY_SOCKET", NOTIFY_SOCKET),)
+
+
+def mask_generators(keep: tuple[str, ...]) -> list[str]:
+    """Every systemd generator on the host masked for the sandbox's systemd, at each start
+    (so one installed on the host later is masked too), but `keep` (kept_generators)."""
+    q = shlex.quote
+    skip = f'case $n in {"|".join(map(q, keep))}) continue ;; esac; ' if keep else ""
+    globs = " ".join(f"{d}/*" for d in GENERATOR_DIRS)
+    return [f"mkdir -p {GENERATOR_MASKS} || exit 125",
+            f'for g in {globs}; do n=${{g##*/}}; {skip}'
+            f'if [ -e "$g" ] || [ -L "$g" ]; then ln -sfn /dev/null {GENERATOR_MASKS}/"$n" '
+            "|| exit 125; fi; done"]
 
 
 def _tasks_prologue() -> list[str]:

@@ -64,6 +64,7 @@ from .plantypes import Plan as Plan
 from .plantypes import Symlink as Symlink
 from .plantypes import Whiteout as Whiteout
 from .plantypes import WriteFile as WriteFile
+from .plantypes import kept_generators as kept_generators
 from .plantypes import managed as managed
 from .plantypes import seen_at as seen_at
 
@@ -119,7 +120,7 @@ def plan(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, 
                                reason="-i: the private /etc and /var, in an image"))
     if config.etc_overlay:
         mounts = overlay_mounts(mounts, state)
-    init, env = init_command(config, facts, mounts)
+    init, env = init_command(config, facts, mounts, kept_generators(evidence))
     return Plan(config=config, config_path=config_path, state_dir=state, run_dir=run_dir,
                 evidence=evidence, hidden=hidden, mounts=mounts, files=tuple(files),
                 init=init, init_env=env)

@@ -5,6 +5,7 @@ planner (plan.py), the sandbox's init (initscript.py) and the backends share it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -161,6 +162,24 @@ class Plan:
     init_env: tuple[tuple[str, str], ...]
     domain_xml: str = ""
     unit_files: tuple[tuple[str, str], ...] = field(default=())
+
+
+# systemd's system generator directories (systemd.generator(7)); a link to /dev/null of the
+# same name in GENERATOR_MASKS, the first of them, masks a generator in all the others.
+GENERATOR_MASKS = "/run/systemd/system-generators"
+GENERATOR_DIRS = ("/etc/systemd/system-generators", "/usr/local/lib/systemd/system-generators",
+                  "/usr/lib/systemd/system-generators", "/lib/systemd/system-generators")
+GENERATOR_REASON = "a systemd generator of package {package}: the sandbox's systemd runs it"
+
+
+def kept_generators(evidence: Iterable[PathEvidence]) -> tuple[str, ...]:
+    """The generators a unit sandbox's systemd runs: those of the service's own packages
+    (postfix's makes postfix@-.service wanted by postfix.service, tor's tor@default.service).
+    Every other generator is masked: fstab, getty, SysV scripts, other packages' instances and
+    this tool's own turn the host's configuration into units, which are not the service's
+    (and running them all took ~130 ms of every start)."""
+    return tuple(sorted({os.path.basename(e.path) for e in evidence
+                         if os.path.dirname(e.path) in GENERATOR_DIRS}))
 
 
 def seen_at(target: str) -> str:

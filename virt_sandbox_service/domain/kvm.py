@@ -38,7 +38,7 @@ from ..initscript import command
 from ..limits import CPU_PERIOD_US, blkiotune_element, memtune_element, numatune_element
 from ..mounts import MountType
 from ..network import guest_args, guest_mac, host_device, kvm_interface_element
-from ..plantypes import Mount, Plan
+from ..plantypes import Mount, Plan, kept_generators
 from .common import metadata, selinux_label, what
 
 E = ElementMaker()
@@ -187,6 +187,8 @@ def kernel_cmdline(plan: Plan, facts: HostFacts, kind: str, command: Sequence[st
     if kind == "service":
         args.append(f"vss.init={_checked(facts.systemd, 'systemd path')}")
         args += [f"vss.unit={_checked_unit(u)}" for u in plan.config.units]
+        # The service's own generators run; the init masks every other (kept_generators).
+        args += [f"vss.keepgen={_checked_name(g)}" for g in kept_generators(plan.evidence)]
     if plan.config.caps_drop:
         args.append(f"vss.capdrop={','.join(sorted(plan.config.caps_drop))}")
     tag = disk = 0
@@ -227,6 +229,14 @@ def _checked(path: str, what: str) -> str:
         raise UserError(f"{what} '{path}' cannot be passed to a KVM sandbox",
                         "KVM sandboxes accept paths of letters, digits and _@%+=:./- only")
     return path
+
+
+def _checked_name(name: str) -> str:
+    """A generator's file name, a word of the guest init's space-separated list."""
+    if not re.fullmatch(r"[A-Za-z0-9_@:.+-]+", name):
+        raise UserError(f"generator name '{name}' cannot be passed to a KVM sandbox",
+                        "KVM sandboxes accept names of letters, digits and _@:.+- only")
+    return name
 
 
 def _checked_unit(unit: str) -> str:
