@@ -143,7 +143,8 @@ def main() -> None:
         body.append(f"| {row} | {secs(o)} | " + " | ".join(secs(c) for c in cells) + " | "
                     + " | ".join(ratio(o, c) for c in cells) + " |")
     body += ["", "- ours: `start --detach` (returns at the sandbox systemd's READY=1) and "
-             "`stop` (initctl power-off), each a fresh CLI process (Python start-up included).",
+             "`stop` (SIGRTMIN+4 to the sandbox's systemd), each a fresh CLI process (Python "
+             "start-up included).",
              "- raw virsh: `virsh create` of our sandbox's own domain XML, renamed; stop is "
              "`shutdown --mode initctl` until the domain is gone.",
              "- systemd-nspawn: `--boot --private-network --register=no` of an overlay "

@@ -71,7 +71,8 @@ def lxc_peer(conn: libvirt.virConnect, xml_path: str, name: str) -> float:
 def lxc_xml(name: str) -> str:
     cfg = SandboxConfig(name=name, kind=Kind.GENERIC, uri="lxc:///", state_dir="",
                         command=("/bin/true",))
-    facts = host.HostFacts(memory_kib=host._mem_total_kib())
+    # The plan binds our confine.py into every LXC domain: from where this checkout has it.
+    facts = host.HostFacts(memory_kib=host._mem_total_kib(), confine=host.confine_script())
     return build(cfg, facts, Inputs(init=("/bin/true",))).domain_xml
 
 

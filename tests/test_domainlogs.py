@@ -66,3 +66,25 @@ def test_delete_removes_the_sandboxs_libvirt_log(env: Env) -> None:
     assert log.exists()
     env.run("delete", name, check=True)
     assert not log.exists()
+
+
+def test_a_transient_domain_libvirt_still_has_keeps_its_log(tmp_path: Path) -> None:
+    """Through libvirt's test driver: an old log of a vss-run domain it has stays, one of a
+    domain it has not goes; the sweep looks up only those (never lists every domain, which
+    waits on each one's lock)."""
+    import libvirt
+
+    conn = libvirt.open("test:///default")
+    try:
+        dom = conn.lookupByName("test")
+        xml = dom.XMLDesc().replace("<name>test</name>", "<name>vss-run-0badc0de</name>")
+        xml = "".join(line for line in xml.splitlines() if "<uuid>" not in line)
+        conn.defineXML(xml)
+        old = time.time() - 2 * domainlogs.FRESH_SECONDS
+        for n in ("vss-run-0badc0de.log", "vss-run-0dead000.log"):
+            (tmp_path / n).write_text("x\n")
+            os.utime(tmp_path / n, (old, old))
+        domainlogs.sweep_transient(conn, "test:///default", tmp_path)
+    finally:
+        conn.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["vss-run-0badc0de.log"]

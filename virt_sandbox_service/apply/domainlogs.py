@@ -63,20 +63,36 @@ def remove_logs(uri: str, name: str) -> None:
 
 def sweep_transient(conn: libvirt.virConnect, uri: str, where: Path | None = None) -> None:
     """The logs of the tool's transient domains that libvirt no longer has (`where`: the
-    daemon's log directory, found from `uri` when not given)."""
+    daemon's log directory, found from `uri` when not given).
+
+    Only a log a minute old is a candidate, and only a candidate's domain is looked up, by
+    name. Listing every domain instead waited for each one's lock: right after a `run`, on
+    the lock of the run's own domain, which libvirt holds through a 200 ms round of its
+    teardown, so every run took 0.2 s longer."""
     where = where or log_dir(uri)
     if where is None or not where.is_dir():
         return
-    try:
-        alive = {d.name() for d in conn.listAllDomains()}
-    except libvirt.libvirtError:
-        return  # unsure which are gone: leave them all
     old = time.time() - FRESH_SECONDS
+    alive: dict[str, bool] = {}
     with contextlib.suppress(OSError):
         for entry in os.scandir(where):
             m = TRANSIENT.match(entry.name)
-            if not m or m["name"] in alive:
+            if not m:
                 continue
             with contextlib.suppress(OSError):
-                if entry.stat().st_mtime < old:
+                if entry.stat().st_mtime >= old:
+                    continue
+                name = m["name"]
+                if name not in alive:
+                    alive[name] = _has(conn, name)
+                if not alive[name]:
                     os.unlink(entry.path)
+
+
+def _has(conn: libvirt.virConnect, name: str) -> bool:
+    """Whether libvirt has a domain of that name; True where it cannot say (keep its log)."""
+    try:
+        conn.lookupByName(name)
+    except libvirt.libvirtError as e:
+        return e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN
+    return True
