@@ -120,7 +120,7 @@ def fresh_packages(env: dict[str, str], name: str) -> list[str]:
     """The packages whose postinst the create ran, from the sandbox's own evidence record."""
     data = json.loads((state_dir(env, name) / "evidence.json").read_text())
     for e in data["evidence"]:
-        for why in e["reasons"]:
+        for why in map(str, e["reasons"]):
             if why.startswith("made by the postinst of "):
                 return why.removeprefix("made by the postinst of ").split(" (")[0].split(", ")
     return []
