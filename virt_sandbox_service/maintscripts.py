@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import select
 import shlex
 import stat
 import tempfile
@@ -46,7 +45,7 @@ from .evidence import Access, PathEvidence
 from .host import HostFacts
 from .plan import EXIT_STATUS_FILE, LOADER_CACHE, LOADER_PRELOAD, Mount, Plan, plan
 from .runtime.common import read_channel
-from .runtime.enter import init_pid
+from .runtime.enter import InitProcess
 
 SETUP = "/run/vss-setup"  # inside the transient domain, on its /run tmpfs
 DPKG_INFO = "/var/lib/dpkg/info"
@@ -231,34 +230,28 @@ def _wait(dom: libvirt.virDomain, status_file: Path) -> str:
     just before): no polling, and no libvirt call while libvirtd is busy with the domain.
     """
     deadline = time.monotonic() + TIMEOUT
-    pidfd = _init_pidfd(dom)
+    init = InitProcess.of(dom)
     try:
         while time.monotonic() < deadline:
-            text = read_channel(status_file)
-            if text is not None and text.endswith("\n"):
-                return text.strip()
-            if pidfd is not None:
-                if select.select([pidfd], [], [], deadline - time.monotonic())[0]:
-                    os.close(pidfd)
-                    pidfd = None  # it ended: the status is there, or will never be
-                    text = read_channel(status_file)
-                    return text.strip() if text is not None and text.endswith("\n") else ""
+            status = _status(status_file)
+            if status is not None:
+                return status
+            if init is not None:
+                if init.wait(deadline - time.monotonic()):
+                    return _status(status_file) or ""  # it ended: there, or never will be
                 continue
             if not is_active(dom):
-                text = read_channel(status_file)  # written just before it ended
-                return text.strip() if text is not None and text.endswith("\n") else ""
+                return _status(status_file) or ""  # written just before it ended
             time.sleep(0.05)  # no pidfd: the init was not found (it ended already)
     finally:
-        if pidfd is not None:
-            os.close(pidfd)
+        if init is not None:
+            init.close()
     with contextlib.suppress(libvirt.libvirtError):
         dom.destroy()
     return ""
 
 
-def _init_pidfd(dom: libvirt.virDomain) -> int | None:
-    """A pidfd of the domain's init; None where it is gone already (or was never there)."""
-    try:
-        return os.pidfd_open(init_pid(dom))
-    except (OSError, ValueError, libvirt.libvirtError):
-        return None
+def _status(status_file: Path) -> str | None:
+    """The init's whole status line, once it has written one."""
+    text = read_channel(status_file)
+    return text.strip() if text is not None and text.endswith("\n") else None

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import libvirt
 
+from ..errors import HostError
+from .libvirt import lookup
+
 # A log this fresh may be a domain's that started after libvirt listed the living ones.
 FRESH_SECONDS = 60
 SYSTEM_LOG_DIRS = {"lxc": "/var/log/libvirt/lxc", "qemu": "/var/log/libvirt/qemu"}
@@ -92,7 +95,6 @@ def sweep_transient(conn: libvirt.virConnect, uri: str, where: Path | None = Non
 def _has(conn: libvirt.virConnect, name: str) -> bool:
     """Whether libvirt has a domain of that name; True where it cannot say (keep its log)."""
     try:
-        conn.lookupByName(name)
-    except libvirt.libvirtError as e:
-        return e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN
-    return True
+        return lookup(conn, name) is not None
+    except HostError:
+        return True

@@ -4,16 +4,13 @@ initctl while it starts), waited for without polling libvirt, then destroyed if 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
-from pathlib import Path
 
 import libvirt
 
 from ..config import Kind, SandboxConfig
 from ..errors import HostError
-from .enter import init_pid
+from .enter import InitProcess
 
 log = logging.getLogger(__name__)
 POLL = 0.05  # seconds between domain state checks: cheap, and well under any human wait
@@ -40,7 +37,7 @@ def _graceful_stop(dom: libvirt.virDomain, timeout: float) -> None:
     domain (each isActive then waits about 40 ms for its lock).
     """
     deadline = time.monotonic() + timeout
-    init = _InitProcess.of(dom)
+    init = InitProcess.of(dom)
     try:
         while time.monotonic() < deadline:
             if not _active(dom):
@@ -71,41 +68,6 @@ def _wait_inactive(dom: libvirt.virDomain, deadline: float) -> None:
     """The init has exited: libvirt ends the domain at once (its controller sees the exit)."""
     while _active(dom) and time.monotonic() < deadline:
         time.sleep(0.005)
-
-
-class _InitProcess:
-    """The sandbox's PID 1, held by a pidfd (a recycled PID can never be signalled)."""
-
-    def __init__(self, pidfd: int, pid: int) -> None:
-        self.pidfd, self.pid = pidfd, pid
-
-    @classmethod
-    def of(cls, dom: libvirt.virDomain) -> _InitProcess | None:
-        try:
-            pid = init_pid(dom)
-            return cls(os.pidfd_open(pid), pid)
-        except (OSError, libvirt.libvirtError) as e:
-            log.debug("no pidfd for the init of %s: %s", dom.name(), e)
-            return None
-
-    def power_off(self) -> bool:
-        """SIGRTMIN+4 if PID 1 is systemd by now (our init execs it); False otherwise."""
-        try:
-            if Path(f"/proc/{self.pid}/comm").read_text().strip() != "systemd":
-                return False
-            signal.pidfd_send_signal(self.pidfd, signal.SIGRTMIN + 4)
-        except OSError:
-            return False
-        return True
-
-    def wait(self, seconds: float) -> bool:
-        """Whether it exited within `seconds`."""
-        import select
-
-        return bool(select.select([self.pidfd], [], [], max(0.0, seconds))[0])
-
-    def close(self) -> None:
-        os.close(self.pidfd)
 
 
 def _active(dom: libvirt.virDomain) -> bool:
