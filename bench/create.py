@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import libvirt
 from _common import (
+    ROOT,
     median,
     on_sigterm_clean_up,
     ratio,
@@ -34,6 +36,10 @@ from _common import (
     write_result,
     xml_file,
 )
+
+sys.path.insert(0, str(ROOT))
+# The calls the tool's set-up answers as done: the floor's by-hand postinst answers the same.
+from virt_sandbox_service.maintscripts import STUBBED
 
 SETTLE = 1.0  # seconds; see settle()
 FRESH_FLOOR = "the same + the postinst by hand"
@@ -98,8 +104,8 @@ def one_copy_etc(etc: Path) -> float:
 
 
 # What a fresh instance's set-up does, by hand: the postinst on overlays of /etc and /var
-# (uppers on the disk the state is on) in a mount namespace of its own, with the same calls
-# answered as done that the tool answers (maintscripts.STUBBED), and services refused.
+# (uppers on the disk the state is on) in a mount namespace of its own, with the calls the
+# tool answers as done ($STUBBED: maintscripts.STUBBED) answered the same, services refused.
 POSTINST_SH = r"""
 set -e
 for d in etc var; do
@@ -107,8 +113,7 @@ for d in etc var; do
   mount -t overlay overlay -o "lowerdir=/$d,upperdir=$B/u$d,workdir=$B/w$d" "/$d"
 done
 mkdir -p "$B/bin"
-for c in dpkg-trigger update-alternatives ldconfig deb-systemd-helper update-rc.d systemctl \
-         invoke-rc.d dpkg-statoverride; do ln -s /bin/true "$B/bin/$c"; done
+for c in $STUBBED; do ln -s /bin/true "$B/bin/$c"; done
 printf '#!/bin/sh\nexit 101\n' > "$B/policy-rc.d"; chmod +x "$B/policy-rc.d"
 export PATH="$B/bin:$PATH" DEBIAN_FRONTEND=noninteractive POLICYRCD="$B/policy-rc.d" \
        DPKG_MAINTSCRIPT_NAME=postinst
@@ -134,7 +139,7 @@ def one_postinst(packages: list[str]) -> float:
         t0 = time.monotonic()
         subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", POSTINST_SH,
                         "postinst", *packages], check=True, capture_output=True,
-                       env={**os.environ, "B": str(base)})
+                       env={**os.environ, "B": str(base), "STUBBED": " ".join(STUBBED)})
         return time.monotonic() - t0
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -20,6 +20,7 @@ import secrets
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import libvirt
@@ -84,41 +85,50 @@ class Started:
     mem_kib: float = 0.0  # MemAvailable's drop per instance, all N running
 
 
-def start_ours(env: dict[str, str], conn: libvirt.virConnect, names: list[str]) -> Started:
-    """`start --detach` of all but the last at once, then of the last; each to HTTP 200."""
+def come_up(n: int, rest: Callable[[], None], last: Callable[[], float]) -> Started:
+    """`rest()` starts the first n-1 at once and returns once all answer; `last()` starts the
+    n-th and returns the time.monotonic() of its first HTTP 200."""
     got = Started()
     before = mem_available_kib()
     t0 = time.monotonic()
-    parallel(env, [["start", "--detach", x] for x in names[:-1]])
-    for x in names[:-1]:
-        dom = conn.lookupByName(x)
-        wait_http(lambda d=dom: domain_init(d), BOOT_DEADLINE)
+    rest()
     got.all_but_one = time.monotonic() - t0
     t0 = time.monotonic()
-    tool(env, "start", "--detach", names[-1])
-    dom = conn.lookupByName(names[-1])
-    got.last = wait_http(lambda: domain_init(dom)) - t0
+    got.last = last() - t0
     time.sleep(SETTLE)
-    got.mem_kib = (before - mem_available_kib()) / len(names)
+    got.mem_kib = (before - mem_available_kib()) / n
     return got
+
+
+def start_ours(env: dict[str, str], conn: libvirt.virConnect, names: list[str]) -> Started:
+    """`start --detach` of all but the last at once, then of the last; each to HTTP 200."""
+    def answers(name: str, deadline: float = 30) -> float:
+        dom = conn.lookupByName(name)
+        return wait_http(lambda: domain_init(dom), deadline)
+
+    def rest() -> None:
+        parallel(env, [["start", "--detach", x] for x in names[:-1]])
+        for x in names[:-1]:
+            answers(x, BOOT_DEADLINE)
+
+    def last() -> float:
+        tool(env, "start", "--detach", names[-1])
+        return answers(names[-1])
+    return come_up(len(names), rest, last)
 
 
 def start_nspawn(boxes: list[Nspawn]) -> Started:
     """The same for systemd-nspawn: its overlay set-up and boot, to HTTP 200."""
-    got = Started()
-    before = mem_available_kib()
-    t0 = time.monotonic()
-    for b in boxes[:-1]:
-        b.start()
-    for b in boxes[:-1]:
-        wait_http(b.leader, BOOT_DEADLINE)
-    got.all_but_one = time.monotonic() - t0
-    t0 = time.monotonic()
-    boxes[-1].start()
-    got.last = wait_http(boxes[-1].leader) - t0
-    time.sleep(SETTLE)
-    got.mem_kib = (before - mem_available_kib()) / len(boxes)
-    return got
+    def rest() -> None:
+        for b in boxes[:-1]:
+            b.start()
+        for b in boxes[:-1]:
+            wait_http(b.leader, BOOT_DEADLINE)
+
+    def last() -> float:
+        boxes[-1].start()
+        return wait_http(boxes[-1].leader)
+    return come_up(len(boxes), rest, last)
 
 
 def stop_all(bare: list[BareApache], boxes: list[Nspawn]) -> None:
