@@ -39,6 +39,7 @@ from _common import (
 
 sys.path.insert(0, str(ROOT))
 # The calls the tool's set-up answers as done: the floor's by-hand postinst answers the same.
+from virt_sandbox_service.create import MADE_BY_POSTINST
 from virt_sandbox_service.maintscripts import STUBBED
 
 SETTLE = 1.0  # seconds; see settle()
@@ -126,8 +127,8 @@ def fresh_packages(env: dict[str, str], name: str) -> list[str]:
     data = json.loads((state_dir(env, name) / "evidence.json").read_text())
     for e in data["evidence"]:
         for why in map(str, e["reasons"]):
-            if why.startswith("made by the postinst of "):
-                return why.removeprefix("made by the postinst of ").split(" (")[0].split(", ")
+            if why.startswith(MADE_BY_POSTINST):
+                return why.removeprefix(MADE_BY_POSTINST).split(" (")[0].split(", ")
     return []
 
 

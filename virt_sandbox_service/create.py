@@ -543,11 +543,15 @@ def _take_hosts(host_path: str, instance: Path) -> None:
     files.copy_tree(host_path, str(instance), frozenset())
 
 
+# The reason evidence.json gives what the packages' scripts made (bench/create.py reads it).
+MADE_BY_POSTINST = "made by the postinst of "
+
+
 def _record_made(state: Path, new: list[str], packages: list[str], copied: bool) -> None:
     """evidence.json: what the packages' scripts made, as private paths with that reason."""
     record = state / EVIDENCE_FILE
     data = json.loads(record.read_text())
-    why = f"made by the postinst of {', '.join(packages)}" + (
+    why = f"{MADE_BY_POSTINST}{', '.join(packages)}" + (
         "; the host's copied (-C)" if copied else " (a fresh instance)")
     data["evidence"] += [{"path": path, "access": "private",
                           "dir": (state / path.lstrip("/")).is_dir(), "reasons": [why]}
