@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import conffiles, host, image, planner, registry
+from . import conffiles, host, hostsources, image, planner, registry
 from .apply import files
 from .apply import libvirt as lv
 from .apply.txn import Transaction
@@ -23,6 +23,7 @@ from .config import (
     Paths,
     SandboxConfig,
     SecurityMode,
+    all_configs,
     driver_for_uri,
     load_config,
     validate_dir_path,
@@ -122,6 +123,7 @@ def clone(req: CloneRequest, paths: Paths) -> Plan:
         with registry.config_lock(paths):
             check_free(dest_req, paths, parent / req.dest, conn)
             cfg = clone_config(src, req, paths, security)
+            hostsources.check_among(cfg, all_configs(paths), paths)
             p = clone_plan(src, cfg, paths, facts)
             reserve(p, txn)
         apply_plan(p, conn, txn)

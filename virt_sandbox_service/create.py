@@ -26,6 +26,7 @@ from . import (
     devices,
     graphics,
     host,
+    hostsources,
     image,
     layers,
     maintscripts,
@@ -48,6 +49,7 @@ from .config import (
     Paths,
     SandboxConfig,
     SecurityMode,
+    all_configs,
     check_arg_text,
     driver_for_uri,
     shown,
@@ -573,12 +575,14 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False,
         image.check_image_path(str(parent / req.name))  # KVM: qemu opens it, no loop device
     if dry_run:  # reads only: no lock (its file would be a change), no reservation
         p = make_plan(req, checked, paths, facts, got)
+        hostsources.check_among(p.config, all_configs(paths), paths)
         layers.warn_if_unprotected(conn, req.uri, req.name)
         return p
     with Transaction() as txn:
         with config_lock(paths):
             check_free(req, paths, parent / req.name, conn)
             p = make_plan(req, checked, paths, facts, got)
+            hostsources.check_among(p.config, all_configs(paths), paths)
             reserve(p, txn)
         apply_plan(p, conn, txn)
         fresh_instance(req, p, paths, conn, facts, got)

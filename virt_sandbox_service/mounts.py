@@ -4,7 +4,7 @@ A spec is parsed once, where it enters (the command line, a sandbox file, a save
 into a MountSpec; everything after works on that. Its `text` is its canonical spelling, the
 form a config saves: parsing it again gives an equal spec.
 
-    host-bind:/dst=/src    the host's /src, read-write, at /dst
+    host-bind:/dst=/src    the host's /src, read-write, at /dst (hostsources.py: which)
     host-bind:/dst=        an empty directory of the instance's own (kept in its state dir)
     host-image:/dst=/img   a raw file-system image (e.g. ext4) mounted through a loop device
     guest-bind:/dst=/src   a path of the sandbox itself, bound at another place in it
@@ -13,12 +13,14 @@ form a config saves: parsing it again gives an equal spec.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import hostsources
 from .config import parse_size, validate_abs_path
 from .errors import UserError
 from .plantypes import Mount
@@ -56,6 +58,8 @@ def parse_mount(text: str) -> MountSpec:
     spec = parse_mount_syntax(text)
     if spec.source and spec.type is not MountType.GUEST_BIND:
         _check_host_source(text, spec.type, spec.source)
+        # Stored resolved: each start checks it still is that path (hostsources.py).
+        spec = dataclasses.replace(spec, source=hostsources.resolve(text, spec.source))
     return spec
 
 

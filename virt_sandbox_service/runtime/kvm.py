@@ -34,7 +34,7 @@ from pathlib import Path
 
 import libvirt
 
-from .. import progress
+from .. import hostsources, progress
 from ..apply.libvirt import is_active as _active
 from ..config import Kind, Paths, SandboxConfig
 from ..errors import HostError, UserError
@@ -82,6 +82,7 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
     if dom.isActive():
         raise UserError(f"sandbox '{cfg.name}' is already running",
                         f"stop it first: virt-sandbox-service stop {cfg.name}")
+    hostsources.check_at_start(cfg)
     initrd.ensure()  # the domain boots the cached files: (re)build them if stale
     rdir = run_dir(paths, cfg.name)
     rdir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import libvirt
 
-from .. import host, progress
+from .. import host, hostsources, progress
 from ..apply import apparmor, kernelfs
 from ..apply import labels as apply_labels
 from ..apply import systemd as sd
@@ -88,6 +88,7 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
         raise UserError(f"sandbox '{cfg.name}' is already running",
                         f"stop it first: virt-sandbox-service stop {cfg.name}")
     check_state(cfg)
+    hostsources.check_at_start(cfg)
     if cfg.etc_overlay:
         # The work directory is the overlay's scratch space, ours: made again if lost.
         os.makedirs(Path(cfg.state_dir) / ETC_WORK, 0o700, exist_ok=True)

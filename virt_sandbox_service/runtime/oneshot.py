@@ -56,7 +56,7 @@ from typing import Any
 
 import libvirt
 
-from .. import host, planner
+from .. import host, hostsources, planner
 from ..apply import apparmor, domainlogs, kernelfs
 from ..apply import libvirt as lv
 from ..config import (
@@ -64,6 +64,7 @@ from ..config import (
     Kind,
     Paths,
     SandboxConfig,
+    all_configs,
     check_arg_text,
     driver_for_uri,
 )
@@ -167,6 +168,8 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
     if cfg.memory is not None and driver is Driver.KVM and cfg.memory < KVM_MIN_MEMORY:
         raise UserError(f"--memory {opts.limits.memory} is too little for a KVM sandbox (at "
                         f"least {KVM_MIN_MEMORY // 2**20}M: it boots a kernel of its own)")
+    if cfg.mounts:  # what it is given, against what the sandboxes there are given
+        hostsources.check_among(cfg, all_configs(paths), paths)
     conn = session.connect(uri) if sess is not None else lv.connect(uri)
     if cfg.networks:
         from ..create import check_networks, ensure_our_filter
