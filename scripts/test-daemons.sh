@@ -17,6 +17,7 @@ TEST_DAEMONS=(
   samba smbclient
   proftpd-core varnish prosody tor
   freeradius freeradius-utils       # radtest
+  redis-server memcached            # redis-cli is in redis-tools, a dependency
   netcat-openbsd curl               # banners, HTTP
   ansible-core                      # examples/ansible: its playbook runs in tests/test_apply.py
 )

@@ -3,6 +3,7 @@ drop-in makes it fail at start naming them. Pure, except the file-capability rea
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import struct
@@ -80,6 +81,17 @@ def test_a_lacking_unit_fails_at_start_with_a_line_naming_it() -> None:
     assert "does not give CAP_SYS_TIME" in text and "--cap-add sys_time" in text
     assert "ExecStartPre=/bin/sh -c" in text
     assert "ExecStartPre" not in confinement_dropin(cfg())
+
+
+def test_private_users_is_off_where_the_sandboxs_systemd_cannot_make_a_user_namespace() -> None:
+    """LXC: the sandbox's systemd is under the filter that refuses user namespaces, and fails
+    a unit with PrivateUsers= (217/USER, redis-server.service) where it skips the other
+    namespace settings. Given @namespaces back, or in a VM (its systemd has its own
+    kernel's capabilities), the unit's own setting stands."""
+    assert "\nPrivateUsers=no\n" in confinement_dropin(cfg())
+    assert "PrivateUsers" not in confinement_dropin(cfg(syscalls_allow=("@namespaces",)))
+    kvm = dataclasses.replace(cfg(), uri="qemu:///system")
+    assert "PrivateUsers" not in confinement_dropin(kvm)
 
 
 DEVICE_UNIT = """\

@@ -140,6 +140,12 @@ def confinement_dropin(config: SandboxConfig, lacking: tuple[str, ...] = ()) -> 
         lines.append("ProtectClock=yes")
     if confine.restricts_namespaces(caps, allow):
         lines.append("RestrictNamespaces=yes")
+        if config.driver is Driver.LXC:
+            # The sandbox's own systemd is under the filter too: it cannot make the user
+            # namespace a unit's PrivateUsers= asks for, and where it skips the other
+            # namespace settings in a container, it fails that one (217/USER; seen with
+            # redis-server.service). Off, then: the sandbox's layers hold its root instead.
+            lines.append("PrivateUsers=no")
     if confine.restricts_sockets(caps, allow):
         lines.append(f"RestrictAddressFamilies=~{' '.join(confine.FAMILIES)}")
     if lacking:
