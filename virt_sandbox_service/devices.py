@@ -10,9 +10,11 @@ or block, read from the host at create), so the plan and the domain XML never re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import UserError
 
@@ -57,10 +59,68 @@ def check(path: str) -> Device:
         raise UserError(f"--device {path} is a link to {os.path.realpath(path)}",
                         "give the device node itself; the sandbox sees it at that path")
     if stat.S_ISCHR(st.st_mode):
+        if (os.major(st.st_rdev), os.minor(st.st_rdev)) in RAW_MEMORY:
+            raise UserError(f"--device {path} is the host's raw memory or I/O ports: a "
+                            "sandbox's root could rewrite the running kernel through it",
+                            "no daemon in a sandbox may have it")
         return Device("char", path)
     if stat.S_ISBLK(st.st_mode):
+        dev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        if dev in host_in_use():
+            raise UserError(f"--device {path} holds a file system the host has mounted (or "
+                            "its swap): a sandbox's root could rewrite the host's files "
+                            "under it", "give a disk or partition the host does not use")
         return Device("block", path)
     raise UserError(f"--device {path} is not a device node", _HINT)
+
+
+# /dev/mem, /dev/kmem, /dev/port (devices.txt), whatever a node of them is named.
+RAW_MEMORY = frozenset({(1, 1), (1, 2), (1, 4)})
+
+
+def host_in_use(proc: str = "/proc", sys_dev: str = "/sys/dev/block") -> set[tuple[int, int]]:
+    """The block devices under the host's mounted file systems and swap, and what each is
+    built on: the disk a partition is on, a device-mapper or md device's members."""
+    direct: set[tuple[int, int]] = set()
+    with contextlib.suppress(OSError):
+        for line in Path(proc, "self/mountinfo").read_text().splitlines():
+            major, _, minor = line.split()[2].partition(":")
+            if major != "0":  # 0: no device (tmpfs, overlay, proc, ...)
+                direct.add((int(major), int(minor)))
+    with contextlib.suppress(OSError):
+        for line in Path(proc, "swaps").read_text().splitlines()[1:]:
+            with contextlib.suppress(OSError, IndexError):
+                rdev = os.stat(line.split()[0]).st_rdev
+                direct.add((os.major(rdev), os.minor(rdev)))
+    found: set[tuple[int, int]] = set()
+    todo = list(direct)
+    while todo:
+        dev = todo.pop()
+        if dev in found:
+            continue
+        found.add(dev)
+        node = Path(sys_dev, f"{dev[0]}:{dev[1]}")
+        under = [node / "slaves" / s for s in _names(node / "slaves")]
+        if (node / "partition").exists():
+            under.append(node.resolve().parent)
+        todo += [d for d in (_devno(u) for u in under) if d is not None]
+    return found
+
+
+def _names(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
+
+
+def _devno(node: Path) -> tuple[int, int] | None:
+    """A /sys block device's major:minor, from its dev file."""
+    try:
+        major, _, minor = (node / "dev").read_text().strip().partition(":")
+        return int(major), int(minor)
+    except (OSError, ValueError):
+        return None
 
 
 def check_all(paths: tuple[str, ...]) -> tuple[str, ...]:
