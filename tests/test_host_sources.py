@@ -68,6 +68,7 @@ def test_a_directory_of_its_own_is_given_resolved(tmp_path: Path) -> None:
     # a sandbox's state (its private /etc and /var are its own to write) and the tool's trees
     (box("a", "host-bind:/m=/c/state/b/var/www"), [box("b")], "the state of sandbox 'b'"),
     (box("a", "host-bind:/m=/srv"), [box("b", state="/srv/b")], "the state of sandbox 'b'"),
+    (box("a", state="/srv/a"), [box("b", "host-bind:/m=/srv")], "the state of sandbox 'a'"),
     (box("a", "host-bind:/m=/c", state="/x/a"), [], "where this tool keeps its own files"),
     (box("a", "host-bind:/m=/c/cfg/sandboxes"), [], "where this tool keeps its own files"),
 ])

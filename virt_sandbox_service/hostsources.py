@@ -96,6 +96,10 @@ def check_among(cfg: SandboxConfig, others: Iterable[SandboxConfig], paths: Path
                     _refuse(spec.source, f"lies below {w}, which sandbox '{o.name}' writes")
             if o.state_dir and within(spec.source, o.state_dir):
                 _refuse(spec.source, f"lies in {o.state_dir}, the state of sandbox '{o.name}'")
+    for o in everyone:  # its state (-p PATH) where a sandbox writes: its /etc theirs to change
+        for w in _writable(o):
+            if cfg.state_dir and within(cfg.state_dir, w):
+                _refuse(w, f"holds {cfg.state_dir}, the state of sandbox '{cfg.name}'")
     for w in _writable(cfg):
         for o in everyone:
             for spec in _explicit(o):
