@@ -8,7 +8,6 @@ because libvirt follows the path. Shown working against libvirt alone, then refu
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import libvirt
@@ -146,7 +145,7 @@ def test_a_link_planted_above_a_source(env: Env, planted: tuple[Path, Path]) -> 
     dom = conn.lookupByName(name)
     dom.create()
     try:
-        seen = Path(f"/proc/{_init(dom)}/root/mnt/marker")
+        seen = Path(f"/proc/{init_pid(dom)}/root/mnt/marker")
         assert seen.read_text() == "host\n"
     finally:
         dom.destroy()
@@ -156,12 +155,3 @@ def test_a_link_planted_above_a_source(env: Env, planted: tuple[Path, Path]) -> 
     assert f"{d}/sub now leads to {secret}" in proc.stderr, proc.stderr
     assert not dom.isActive()
 
-
-def _init(dom: libvirt.virDomain) -> int:
-    """The domain's init, once libvirt's controller has made it."""
-    for _ in range(100):
-        try:
-            return init_pid(dom)
-        except OSError:
-            time.sleep(0.05)
-    return init_pid(dom)

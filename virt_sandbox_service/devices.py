@@ -58,14 +58,14 @@ def check(path: str) -> Device:
     if stat.S_ISLNK(st.st_mode):
         raise UserError(f"--device {path} is a link to {os.path.realpath(path)}",
                         "give the device node itself; the sandbox sees it at that path")
+    dev = (os.major(st.st_rdev), os.minor(st.st_rdev))
     if stat.S_ISCHR(st.st_mode):
-        if (os.major(st.st_rdev), os.minor(st.st_rdev)) in RAW_MEMORY:
+        if dev in RAW_MEMORY:
             raise UserError(f"--device {path} is the host's raw memory or I/O ports: a "
                             "sandbox's root could rewrite the running kernel through it",
                             "no daemon in a sandbox may have it")
         return Device("char", path)
     if stat.S_ISBLK(st.st_mode):
-        dev = (os.major(st.st_rdev), os.minor(st.st_rdev))
         if dev in host_in_use():
             raise UserError(f"--device {path} holds a file system the host has mounted (or "
                             "its swap): a sandbox's root could rewrite the host's files "

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from .errors import HostError, UserError
+from .pathevidence import _under as within  # the path, or one inside the tree
 
 if TYPE_CHECKING:
     from .config import Paths, SandboxConfig
@@ -44,11 +45,7 @@ HINT = "bind a directory of its own instead, e.g. -m host-bind:/srv/data=/srv/NA
 
 def below(path: str, tree: str) -> bool:
     """path is strictly inside tree (both absolute and normalised)."""
-    return path != tree and path.startswith(tree.rstrip("/") + "/")
-
-
-def within(path: str, tree: str) -> bool:
-    return path == tree or below(path, tree)
+    return path != tree and within(path, tree)
 
 
 def resolve(text: str, source: str) -> str:
