@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from virt_sandbox_service import maintscripts
 from virt_sandbox_service.config import Kind, SandboxConfig
 from virt_sandbox_service.evidence import Access, PathEvidence
 from virt_sandbox_service.host import HostFacts
+from virt_sandbox_service.runtime.enter import InitProcess
 
 from .conftest import Env, need, unique_name
 from .systemd_host import setup_cgroups
@@ -182,3 +184,60 @@ def test_a_set_up_sandbox_that_ends_before_its_script_fails_at_once(
     assert "ended before the set-up ran" in e.value.message, e.value.message
     assert f"/var/log/libvirt/lxc/{p.config.name}.log" in e.value.message
     assert took < maintscripts.TIMEOUT / 5, took  # it noticed the end, not the time-out
+
+
+class _Domain:
+    """Records what _end asks of libvirt (the real teardown's timing is libvirt's own)."""
+
+    def __init__(self, active: bool) -> None:
+        self.calls: list[str] = []
+        self.active = active
+
+    def isActive(self) -> int:
+        self.calls.append("isActive")
+        return int(self.active)
+
+    def destroy(self) -> None:
+        self.calls.append("destroy")
+        self.active = False
+
+
+def _exited_init() -> InitProcess:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    init = InitProcess(os.pidfd_open(pid), pid)
+    os.waitpid(pid, 0)
+    return init
+
+
+def _running_init() -> tuple[InitProcess, int]:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.pause()
+        finally:
+            os._exit(0)
+    return InitProcess(os.pidfd_open(pid), pid), pid
+
+
+def test_an_ended_set_up_is_not_waited_for_in_libvirt() -> None:
+    """Its init has exited, so nothing of it runs: libvirt's own teardown of the transient
+    domain (a 200 ms round on libvirt 9.0) is left to libvirt, not waited for."""
+    dom = _Domain(active=True)
+    maintscripts._end(dom, _exited_init(), 0.0)  # type: ignore[arg-type]
+    assert dom.calls == []
+
+
+def test_a_set_up_interrupted_while_its_init_runs_is_destroyed() -> None:
+    dom = _Domain(active=True)
+    init, pid = _running_init()
+    try:
+        maintscripts._end(dom, init, 0.0)  # type: ignore[arg-type]
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert dom.calls == ["isActive", "destroy", "isActive"]
+    no_pidfd = _Domain(active=True)
+    maintscripts._end(no_pidfd, None, 5.0)  # type: ignore[arg-type]
+    assert no_pidfd.calls == ["isActive", "destroy", "isActive"]

@@ -56,6 +56,7 @@ STUBBED = ("dpkg-trigger", "update-alternatives", "ldconfig", "deb-systemd-helpe
            "update-rc.d", "systemctl", "invoke-rc.d", "dpkg-statoverride")
 TRUE = "/bin/true"  # coreutils, on the host root every sandbox sees
 TIMEOUT = 300.0
+GRACE = 5.0  # seconds for the set-up's init to exit once it has written its status
 OUTPUT_LIMIT = 64 * 1024
 
 
@@ -189,10 +190,12 @@ def run(conn: libvirt.virConnect, p: Plan, facts: HostFacts) -> str:
             raise HostError("libvirt could not start the sandbox to run the package's "
                             f"postinst: {e.get_error_message()}",
                             "'virt-sandbox-service doctor' checks the host") from e
+        init = InitProcess.of(dom)
+        status: str | None = None
         try:
-            status = _wait(dom, Path(p.run_dir) / os.path.basename(EXIT_STATUS_FILE))
-        finally:
-            _end(dom)
+            status = _wait(dom, init, Path(p.run_dir) / os.path.basename(EXIT_STATUS_FILE))
+        finally:  # after its status, the init only exits: give it GRACE, not a destroy
+            _end(dom, init, GRACE if status is not None else 0.0)
         out.seek(0)
         text = out.read(OUTPUT_LIMIT).decode(errors="replace")
     if not status and not text.strip():
@@ -208,12 +211,26 @@ def run(conn: libvirt.virConnect, p: Plan, facts: HostFacts) -> str:
     return text
 
 
-def _end(dom: libvirt.virDomain, wait: float = 10.0) -> None:
-    """The set-up domain gone before the caller removes the cgroups its init made (they must
-    be empty to go): it usually ends by itself once its script is done, but not after a
-    failure or Ctrl-C on our side, where autodestroy would end it only when our connection
-    closes, after that clean-up (which then left its cgroup directories behind)."""
+def _end(dom: libvirt.virDomain, init: InitProcess | None, grace: float,
+         wait: float = 10.0) -> None:
+    """Nothing of the set-up domain left running before the caller reads what it made and
+    removes the cgroups its init made (they must be empty to go).
+
+    Once its init has exited, nothing is: the kernel ends every process of a PID namespace
+    before its init's exit is reported. Libvirt's own teardown of the transient domain (about
+    0.2 s on libvirt 9.0, a kill-and-sleep round for its controller) is not waited for: the
+    domain has a name of its own (vss-setup-...), and it goes away by itself. Otherwise (a
+    failure or Ctrl-C on our side, or no pidfd) it is destroyed and waited for: autodestroy
+    would end it only when our connection closes, after that clean-up (which then left its
+    cgroup directories behind).
+    """
     deadline = time.monotonic() + wait
+    try:
+        if init is not None and init.wait(grace):
+            return
+    finally:
+        if init is not None:
+            init.close()
     with contextlib.suppress(libvirt.libvirtError, HostError):  # never mask the cause
         if is_active(dom):
             dom.destroy()
@@ -221,7 +238,7 @@ def _end(dom: libvirt.virDomain, wait: float = 10.0) -> None:
             time.sleep(0.02)
 
 
-def _wait(dom: libvirt.virDomain, status_file: Path) -> str:
+def _wait(dom: libvirt.virDomain, init: InitProcess | None, status_file: Path) -> str:
     """The exit status the domain's init wrote (read without following a link the sandbox
     made); "" if it did not: the domain ended without writing one (its init failed before
     running the script: libvirt's log has why), or it ran past TIMEOUT (then it is destroyed).
@@ -230,22 +247,17 @@ def _wait(dom: libvirt.virDomain, status_file: Path) -> str:
     just before): no polling, and no libvirt call while libvirtd is busy with the domain.
     """
     deadline = time.monotonic() + TIMEOUT
-    init = InitProcess.of(dom)
-    try:
-        while time.monotonic() < deadline:
-            status = _status(status_file)
-            if status is not None:
-                return status
-            if init is not None:
-                if init.wait(deadline - time.monotonic()):
-                    return _status(status_file) or ""  # it ended: there, or never will be
-                continue
-            if not is_active(dom):
-                return _status(status_file) or ""  # written just before it ended
-            time.sleep(0.05)  # no pidfd: the init was not found (it ended already)
-    finally:
+    while time.monotonic() < deadline:
+        status = _status(status_file)
+        if status is not None:
+            return status
         if init is not None:
-            init.close()
+            if init.wait(deadline - time.monotonic()):
+                return _status(status_file) or ""  # it ended: there, or never will be
+            continue
+        if not is_active(dom):
+            return _status(status_file) or ""  # written just before it ended
+        time.sleep(0.05)  # no pidfd: the init was not found (it ended already)
     with contextlib.suppress(libvirt.libvirtError):
         dom.destroy()
     return ""
