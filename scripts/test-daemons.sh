@@ -18,6 +18,7 @@ TEST_DAEMONS=(
   proftpd-core varnish prosody tor
   freeradius freeradius-utils       # radtest
   redis-server memcached            # redis-cli is in redis-tools, a dependency
+  haproxy                           # a bind to another place (BindReadOnlyPaths=SRC:DEST)
   netcat-openbsd curl               # banners, HTTP
   ansible-core                      # examples/ansible: its playbook runs in tests/test_apply.py
 )

@@ -17,6 +17,8 @@ from virt_sandbox_service.limits import confined_caps
 from virt_sandbox_service.plan import confinement_dropin
 from virt_sandbox_service.unitfile import UnitFile, load_unit
 
+from .conftest import Env, unique_name
+
 CHRONY_LIKE = """\
 [Unit]
 Description=a time daemon
@@ -142,3 +144,79 @@ def test_an_address_the_sandbox_lacks_is_read_from_the_units_log() -> None:
     six = capneeds.host_network("w.service", "bind([2001:db8::5]:80): EADDRNOTAVAIL")
     assert six is not None and "the address 2001:db8::5," in six[0]
     assert capneeds.host_network("w.service", "listening on 127.0.0.1:80\nready") is None
+
+
+NAMESPACED = """\
+[Service]
+ExecStart=/bin/sleep infinity
+BindPaths=/srv/a /srv/b:/srv/b/ -/srv/c:/srv/c:rbind
+BindReadOnlyPaths=/dev/log:/var/lib/d/dev/log
+BindReadOnlyPaths=-/etc/e:/var/lib/e:norbind
+TemporaryFileSystem=/var:ro
+DynamicUser=yes
+RootDirectory=
+LogNamespace=n1
+"""
+
+
+def test_settings_systemd_runs_only_in_a_mount_namespace(tmp_path: Path) -> None:
+    """systemd's own list (insist_on_sandboxing): a bind onto itself is skipped in a
+    container, a bind elsewhere is not; an empty setting (a reset) is nothing."""
+    (tmp_path / "ns.service").write_text(NAMESPACED)
+    u = load_unit("ns.service", [tmp_path])
+    assert capneeds.namespace_settings(u) == [
+        "BindReadOnlyPaths=/dev/log:/var/lib/d/dev/log",
+        "BindReadOnlyPaths=-/etc/e:/var/lib/e:norbind",
+        "DynamicUser=yes", "TemporaryFileSystem=/var:ro", "LogNamespace=n1"]
+    line, hint = capneeds.describe_unhonoured(capneeds.unhonoured([u]), "/s/ns1")
+    assert line.startswith("ns.service has BindReadOnlyPaths=/dev/log:/var/lib/d/dev/log, ")
+    assert "226/NAMESPACE" in line
+    assert ("[Service] BindReadOnlyPaths= DynamicUser= LogNamespace= TemporaryFileSystem= in "
+            "/s/ns1/etc/systemd/system/ns.service.d/50-local.conf") in hint
+    # An admin's reset in a later drop-in: nothing left.
+    (tmp_path / "ns.service.d").mkdir()
+    (tmp_path / "ns.service.d" / "50-local.conf").write_text(
+        "[Service]\nBindReadOnlyPaths=\nTemporaryFileSystem=\nDynamicUser=no\nLogNamespace=\n")
+    assert capneeds.namespace_settings(load_unit("ns.service", [tmp_path])) == []
+
+
+def test_a_unit_with_only_binds_onto_themselves_has_none(tmp_path: Path) -> None:
+    (tmp_path / "same.service").write_text(
+        "[Service]\nExecStart=/bin/true\nBindPaths=/srv/a -/srv/b:/srv/b /srv//c:/srv/c/\n")
+    assert capneeds.namespace_settings(load_unit("same.service", [tmp_path])) == []
+
+
+BINDS_ELSEWHERE = """\
+[Unit]
+Description=virt-sandbox-service test: a bind to another place (as haproxy's /dev/log)
+
+[Service]
+Type=simple
+BindReadOnlyPaths=/etc/hostname:/var/lib/vss-elsewhere
+ExecStart=/bin/sleep infinity
+"""
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_a_bind_elsewhere_is_named_at_create_and_start_and_a_reset_runs_it(env: Env) -> None:
+    """Real systemd in a real sandbox fails such a unit (226/NAMESPACE); create warns, the
+    failed start names the setting, and the reset its hint gives makes the unit run."""
+    from .test_readiness import host_unit
+
+    for unit in host_unit(BINDS_ELSEWHERE):
+        name = unique_name("nsb")
+        proc = env.run("create", "-u", unit, name, check=True)
+        setting = "BindReadOnlyPaths=/etc/hostname:/var/lib/vss-elsewhere"
+        assert f"warning: {unit} has {setting}, which systemd sets up only" in proc.stderr
+        proc = env.run("start", "--detach", name, timeout=120)
+        assert proc.returncode != 0, proc.stdout + proc.stderr
+        assert f"{unit} failed in sandbox '{name}': {unit} has {setting}" in proc.stderr
+        dropin = env.state(name) / "etc" / "systemd" / "system" / f"{unit}.d" / "50-local.conf"
+        assert str(dropin) in proc.stderr and "Traceback" not in proc.stderr
+        dropin.parent.mkdir(parents=True, exist_ok=True)  # ours are there too
+        dropin.write_text("[Service]\nBindReadOnlyPaths=\n")
+        env.run("start", "--detach", name, check=True)
+        proc = env.run("execute", name, "--", "systemctl", "is-active", unit)
+        assert proc.stdout.strip() == "active"
+        env.run("stop", name, check=True)

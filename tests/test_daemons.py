@@ -264,3 +264,40 @@ def test_a_daemon_bound_to_an_address_of_the_hosts_network_fails_naming_it(env: 
     assert ours[1].startswith("virt-sandbox-service: hint: -N source=NET,address=192.0.2.77/"
                               "PREFIX gives the sandbox that address")
     env.run("delete", name, check=True)
+
+
+HAPROXY_MASTER = Daemon(
+    "haproxy.service",
+    # Its master CLI (the unit's -S /run/haproxy-master.sock), asked for its processes.
+    "python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); "
+    "s.connect('/run/haproxy-master.sock'); s.sendall(b'show proc\\n'); "
+    "print(s.recv(65536).decode())\"",
+    "master", "haproxy")
+
+
+def test_a_daemon_with_a_bind_elsewhere_fails_naming_it_and_runs_once_reset(env: Env) -> None:
+    """haproxy's unit binds /dev/log into its chroot (BindReadOnlyPaths=SRC:DEST), which
+    systemd sets up only in a mount namespace the sandbox's systemd cannot make: create
+    warns, start fails with one line naming it (not systemd's bare 226/NAMESPACE), and the
+    hint's reset, a drop-in of the sandbox's own /etc, makes it run and answer."""
+    d = HAPROXY_MASTER
+    need(installed(d.package), "haproxy is installed by scripts/test-daemons.sh")
+    name = unique_name("hapx")
+    setting = "BindReadOnlyPaths=/dev/log:/var/lib/haproxy/dev/log"
+    made = env.run("create", "-u", d.unit, name, check=True)
+    assert f"warning: {d.unit} has {setting}, which systemd sets up only" in made.stderr
+    started = env.run("start", "--detach", name, timeout=120)
+    assert started.returncode != 0
+    ours = [line for line in started.stderr.splitlines()
+            if line.startswith("virt-sandbox-service: ")]
+    assert ours[0] == (f"virt-sandbox-service: error: {d.unit} failed in sandbox '{name}': "
+                       f"{d.unit} has {setting}, which systemd sets up only in a mount "
+                       "namespace of the unit's own, and a sandbox's systemd cannot make one "
+                       "(226/NAMESPACE)"), ours
+    dropin = env.state(name) / "etc" / "systemd" / "system" / f"{d.unit}.d" / "50-local.conf"
+    assert f"[Service] BindReadOnlyPaths= in {dropin}" in ours[1]
+    dropin.write_text("[Service]\nBindReadOnlyPaths=\n")
+    env.run("start", "--detach", name, check=True, timeout=120)
+    check_until(env, name, d)
+    env.run("stop", name, check=True)
+    env.run("delete", name, check=True)

@@ -90,6 +90,63 @@ def describe(missing: list[tuple[str, str, str]]) -> tuple[str, str]:
             "give it with " + " ".join(f"--cap-add {c}" for c in caps))
 
 
+# --- settings that need a mount namespace of the unit's own -------------------------------
+
+# An LXC sandbox's systemd has no CAP_SYS_ADMIN (confine.py), so it cannot give a unit a mount
+# namespace. systemd then runs the unit without one, skipping its ProtectSystem=, PrivateTmp=
+# and the like (the sandbox already holds it), except when a setting would change what the
+# program sees: those it refuses, failing the unit with 226/NAMESPACE (systemd's own
+# insist_on_sandboxing(), the same list since systemd 247).
+NAMESPACE_ONLY = ("TemporaryFileSystem", "RootDirectory", "RootImage", "MountImages",
+                  "ExtensionImages", "ExtensionDirectories", "LogNamespace")
+BIND_KEYS = ("BindPaths", "BindReadOnlyPaths")
+
+
+def namespace_settings(unit: UnitFile) -> list[str]:
+    """The unit's own settings ("Key=value") that systemd runs only in a mount namespace:
+    a bind to another place (a bind of a path onto itself it skips), DynamicUser=, and
+    NAMESPACE_ONLY."""
+    from .claims import _words, _yes
+
+    section = "Service"
+    out = [f"{key}={word}" for key in BIND_KEYS for word in _words(unit, section, key)
+           if _binds_elsewhere(word)]
+    if _yes(unit.value(section, "DynamicUser")):
+        out.append("DynamicUser=yes")
+    out += [f"{key}={' '.join(unit.values(section, key))}" for key in NAMESPACE_ONLY
+            if any(v.strip() for v in unit.values(section, key))]
+    return out
+
+
+def _binds_elsewhere(word: str) -> bool:
+    """SOURCE[:DEST[:OPTIONS]] (a "-" before SOURCE: ignore a missing one) with a DEST that
+    is not SOURCE itself."""
+    source, _, rest = word.partition(":")
+    dest = rest.partition(":")[0]
+    return bool(dest) and os.path.normpath(source.lstrip("-")) != os.path.normpath(dest)
+
+
+def unhonoured(units: list[UnitFile]) -> list[tuple[str, str]]:
+    """(unit, setting) for each setting of namespace_settings."""
+    return [(u.name, setting) for u in units for setting in namespace_settings(u)]
+
+
+def describe_unhonoured(found: list[tuple[str, str]], state_dir: str) -> tuple[str, str]:
+    """One line naming the settings, and the hint: what an admin can do instead."""
+    by_unit: dict[str, list[str]] = {}
+    for unit, setting in found:
+        by_unit.setdefault(unit, []).append(setting)
+    parts = [f"{unit} has {', '.join(settings)}" for unit, settings in by_unit.items()]
+    unit, settings = next(iter(by_unit.items()))
+    keys = sorted({s.partition("=")[0] for s in settings})
+    dropin = f"{state_dir}/etc/systemd/system/{unit}.d/50-local.conf"
+    return ("; ".join(parts) + ", which systemd sets up only in a mount namespace of the "
+            "unit's own, and a sandbox's systemd cannot make one (226/NAMESPACE)",
+            f"if the service can do without it, reset it in the sandbox: [Service] "
+            f"{' '.join(k + '=' for k in keys)} in {dropin}; otherwise run this service "
+            "on the host or in a KVM sandbox (-c qemu:///system)")
+
+
 # --- devices and the host's network interfaces ---------------------------------------------
 
 # What libvirt's LXC driver gives every container in its /dev; a sandbox has no other host

@@ -441,6 +441,11 @@ def make_plan(req: CreateRequest, checked: Checked, paths: Paths, facts: host.Ho
         line, hint = capneeds.describe_devices(lacking)
         print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
               file=sys.stderr)
+    unhonoured = capneeds.unhonoured(list(got.units)) if config.driver is Driver.LXC else []
+    if unhonoured:
+        line, hint = capneeds.describe_unhonoured(unhonoured, config.state_dir)
+        print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
+              file=sys.stderr)
     return plan_units(config, paths, facts, got.evidence, got.hidden, got.units)
 
 

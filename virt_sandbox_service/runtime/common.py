@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 import libvirt
 
 from ..apply import libvirt as lv
-from ..config import Kind, Paths, SandboxConfig
+from ..config import Driver, Kind, Paths, SandboxConfig
 from ..errors import HostError, SandboxError
 from ..util import run
 
@@ -157,6 +157,10 @@ def _lacking(cfg: SandboxConfig, failed: list[str], since: float) -> tuple[str, 
     if devices:
         line, hint = capneeds.describe_devices(devices)
         return f": {line}", f"{hint}; "
+    unhonoured = _unhonoured(cfg, failed) if cfg.driver is Driver.LXC else []
+    if unhonoured:
+        line, hint = capneeds.describe_unhonoured(unhonoured, cfg.state_dir)
+        return f": {line}", f"{hint}; "
     for name in failed if cfg.image_size is None else ():  # -i: the journal is in the image
         proc = run(["journalctl", "-D", journal_dir(cfg), "-u", name, f"--since=@{since:.6f}",
                     "-n", "30", "--no-pager", "-o", "cat"], check=False, timeout=10)
@@ -164,6 +168,22 @@ def _lacking(cfg: SandboxConfig, failed: list[str], since: float) -> tuple[str, 
         if address:
             return f": {address[0]}", f"{address[1]}; "
     return "", ""
+
+
+def _unhonoured(cfg: SandboxConfig, failed: list[str]) -> list[tuple[str, str]]:
+    """capneeds.unhonoured of the failed units as the sandbox's systemd reads them: with the
+    drop-ins of its own /etc (an admin's reset of such a setting, say) before the host's."""
+    from .. import capneeds, unitfile
+
+    own = Path(cfg.state_dir) / "etc" / "systemd" / "system"
+    units = []
+    for name in failed:
+        try:
+            units.append(unitfile.load_unit(name, (own, *unitfile.SYSTEM_UNIT_PATH),
+                                            hostname=cfg.name, machine_id=cfg.machine_id))
+        except (SandboxError, OSError):
+            continue
+    return capneeds.unhonoured(units)
 
 
 def copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain, flags: int,
