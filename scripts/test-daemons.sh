@@ -19,6 +19,7 @@ TEST_DAEMONS=(
   freeradius freeradius-utils       # radtest
   redis-server memcached            # redis-cli is in redis-tools, a dependency
   haproxy                           # a bind to another place (BindReadOnlyPaths=SRC:DEST)
+  mariadb-server                    # mysql is in mariadb-client-core, a dependency
   netcat-openbsd curl               # banners, HTTP
   ansible-core                      # examples/ansible: its playbook runs in tests/test_apply.py
 )

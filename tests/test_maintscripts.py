@@ -15,6 +15,7 @@ from virt_sandbox_service import maintscripts
 from virt_sandbox_service.config import Kind, SandboxConfig
 from virt_sandbox_service.evidence import Access, PathEvidence
 from virt_sandbox_service.host import HostFacts
+from virt_sandbox_service.plan import Mount, plan
 from virt_sandbox_service.runtime.enter import InitProcess
 
 from .conftest import Env, need, unique_name
@@ -53,6 +54,35 @@ def test_setup_plan_is_the_sandboxs_own_plus_the_databases() -> None:
     assert mounts[f"{maintscripts.SETUP}/host-debconf"].readonly
     targets = [m.target for m in p.mounts]
     assert targets.index("/run") < targets.index(f"{maintscripts.SETUP}/dpkg")
+
+
+def test_the_set_up_gets_a_throw_away_layer_on_the_hosts_usr() -> None:
+    """What a postinst does to the host's installed files (mariadb-server's chmod under
+    /usr/lib) lands in a tmpfs layer that ends with the domain; the sandbox itself has no
+    such layer."""
+    cfg = SandboxConfig(name="w", kind=Kind.SERVICE, uri="lxc:///", state_dir="/s/w",
+                        units=("a.service",), etc_overlay=True)
+    p = maintscripts.setup_plan(cfg, HostFacts(), (ev("/var/lib/a"),), (), "/run/x", "true")
+    script = p.init[2]
+    layer = ("mount -t overlay -o lowerdir=/usr,upperdir=/run/.vss-scratch/usr/upper,"
+             "workdir=/run/.vss-scratch/usr/work,")
+    assert layer in script
+    # After every mount of the plan's, before the set-up runs (confined, without the right
+    # to mount).
+    assert script.index("mount --move") < script.index(layer) < script.index("--caps")
+    own = plan(cfg, HostFacts(), (ev("/var/lib/a"),), (), "", "/run/x")
+    assert "vss-scratch" not in " ".join(own.init)
+
+
+def test_scratch_layers_skip_links_and_trees_with_mounts_or_hidden_paths(tmp_path: Path
+                                                                       ) -> None:
+    for d in ("usr/bin", "opt/app", "srv"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "bin").symlink_to("usr/bin")  # merged /usr
+    trees = ("/usr", "/bin", "/opt", "/srv", "/lib64")
+    hidden = (PathEvidence("/opt/app/key", Access.HIDDEN, False, ("secret",), (0, 0), 0o600),)
+    mounts = (Mount("/srv/data", "/host/data", reason="a bind"),)
+    assert maintscripts.scratch_trees(mounts, hidden, trees, str(tmp_path)) == ("/usr",)
 
 
 def test_made_is_the_tops_of_what_appeared() -> None:

@@ -93,6 +93,27 @@ def _image_binds(config: SandboxConfig, facts: HostFacts) -> list[str]:
             f"{shlex.quote(facts.umount)} -l {top} || exit 125"]
 
 
+SCRATCH = "/run/.vss-scratch"  # the scratch layers' upper and work dirs, on the /run tmpfs
+
+
+def _scratch_layers(trees: tuple[str, ...]) -> list[str]:
+    """create's set-up domain only (maintscripts.py): a throw-away overlay on each of these
+    read-only host trees (/usr), so that what a postinst does to the host's own installed
+    files (mariadb-server's chmod and chown of its PAM helper under /usr/lib) succeeds, as it
+    did at the host's installation, and is forgotten with the domain: the host's files stay
+    what the host's installation made them, and no sandbox sees the change. Best effort: a
+    tree whose overlay is refused (an LSM's mount rule) stays read-only, as before."""
+    q = shlex.quote
+    lines = []
+    for tree in trees:
+        top = f"{SCRATCH}/{tree.strip('/').replace('/', '-')}"
+        opts = f"lowerdir={tree},upperdir={top}/upper,workdir={top}/work,{OVERLAY_OPTIONS}"
+        lines.append(f"mkdir -p {q(top)}/upper {q(top)}/work && mount -t overlay -o {q(opts)} "
+                     f"overlay {q(tree)} || echo 'virt-sandbox-service: {tree} stays "
+                     "read-only for the set-up (no scratch layer)' >&2")
+    return lines
+
+
 def _guest_binds(config: SandboxConfig) -> list[str]:
     q = shlex.quote
     return [f"mount --bind {q(s.source)} {q(s.target)}"
@@ -132,10 +153,11 @@ def confine_argv(facts: HostFacts, caps: tuple[str, ...],
 
 
 def init_command(config: SandboxConfig, facts: HostFacts, mounts: tuple[Mount, ...] = (),
-                 keep_generators: tuple[str, ...] = ()
+                 keep_generators: tuple[str, ...] = (), scratch: tuple[str, ...] = ()
                  ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     """The sandbox's first process and its environment (`mounts`: the plan's;
-    `keep_generators`: the systemd generators of the service's packages, kept_generators()).
+    `keep_generators`: the systemd generators of the service's packages, kept_generators();
+    `scratch`: host trees given a throw-away layer, for create's set-up domain only).
 
     The init does the mounts only it may do, then runs what the sandbox is for through
     confine.py: from there on nothing in the sandbox has CAP_SYS_ADMIN or the calls of the
@@ -143,7 +165,8 @@ def init_command(config: SandboxConfig, facts: HostFacts, mounts: tuple[Mount, .
     q = shlex.quote
     jail = " ".join(map(q, confine_argv(facts, init_caps(config), config.syscalls_allow)))
     prologue = [*_cgroup_prologue(facts), *_image_binds(config, facts),
-                *_overlay_binds(config, facts, mounts), *_guest_binds(config)]
+                *_overlay_binds(config, facts, mounts), *_guest_binds(config),
+                *_scratch_layers(scratch)]
     if config.kind is Kind.GENERIC:
         # sh stays PID 1 so the command's exit status reaches the host (libvirt reports none).
         # The command leads a session of its own with the console (a pty of the sandbox's

@@ -5,8 +5,10 @@ web server's default page, a daemon's own key or working directory) is in no fil
 no unit directive, so the evidence cannot name it, and a daemon aborts on an empty /var.
 Guessing per daemon is what made the historical virt-sandbox-service fragile. Instead, a
 plain create (without -C) runs each of the unit's packages' `postinst configure` once, as on
-a first installation, inside the new sandbox: on its private /etc and /var, with the host's
-/usr read-only, confined like the sandbox itself. So each instance is initialised by the
+a first installation, inside the new sandbox: on its private /etc and /var, with a
+throw-away layer on the host's /usr (what a script does to the host's installed files, which
+the host's own installation did already, succeeds there and is forgotten), confined like the
+sandbox itself. So each instance is initialised by the
 package's own code, and its keys and data are its own, not copies of the host's.
 
 The run is a transient LXC domain built from the sandbox's own plan (same mounts, same init,
@@ -43,6 +45,7 @@ from .config import Kind, SandboxConfig
 from .errors import HostError
 from .evidence import Access, PathEvidence
 from .host import HostFacts
+from .initscript import init_command
 from .plan import EXIT_STATUS_FILE, LOADER_CACHE, LOADER_PRELOAD, Mount, Plan, plan
 from .runtime.common import read_channel
 from .runtime.enter import InitProcess
@@ -148,7 +151,37 @@ def setup_plan(cfg: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidenc
              Mount(f"{SETUP}/host-debconf", "/var/cache/debconf", readonly=True,
                    reason="debconf answers (copied by the script)"))
     at = next(i for i, m in enumerate(p.mounts) if m.target == "/run") + 1  # on its tmpfs
-    return dataclasses.replace(p, mounts=(*p.mounts[:at], *extra, *p.mounts[at:]))
+    mounts = (*p.mounts[:at], *extra, *p.mounts[at:])
+    init, env = init_command(setup, facts, mounts,
+                             scratch=scratch_trees(mounts, hidden, SCRATCH_TREES))
+    return dataclasses.replace(p, mounts=mounts, init=init, init_env=env)
+
+
+# The host's installed trees a postinst may change the host's files in (a chmod, a chown, a
+# link), which the host's own installation did already: a throw-away layer each in the
+# set-up domain (initscript._scratch_layers). /bin, /sbin and /lib* are links into /usr on a
+# merged-/usr host, and are then skipped.
+SCRATCH_TREES = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt")
+
+
+def scratch_trees(mounts: Sequence[Mount], hidden: Sequence[PathEvidence],
+                  trees: Sequence[str], root: str = "/") -> tuple[str, ...]:
+    """Those of `trees` that are directories (not links) on the host, with no mount of the
+    plan and no hidden path below them: an overlay takes its lower layer from the tree's own
+    file system only, so it would show what a mount below hides."""
+    def inside(path: str, tree: str) -> bool:
+        return path == tree or path.startswith(tree + "/")
+
+    out = []
+    for tree in trees:
+        host = os.path.join(root, tree.lstrip("/"))
+        if os.path.islink(host) or not os.path.isdir(host):
+            continue
+        if any(inside(m.target, tree) for m in mounts) or any(
+                inside(h.path, tree) for h in hidden):
+            continue
+        out.append(tree)
+    return tuple(out)
 
 
 def snapshot(trees: Sequence[Path]) -> set[str]:
