@@ -66,6 +66,8 @@ def test_limits_applied_and_changed_live(env: Env) -> None:
     assert int((cpu / "cpu.cfs_quota_us").read_text()) == 50000
     env.run("limit", name, "--memory", "300M", "--cpu-quota", "80", check=True)
     assert int((mem / "memory.limit_in_bytes").read_text()) == 300 * 1024**2
+    again = env.run("limit", name, "--memory", "300M", check=True)
+    assert again.stdout == f"{name}: already as given; nothing changed\n"
     assert int((cpu / "cpu.cfs_quota_us").read_text()) == 80000
     cfg = json.loads((env.base / "config" / "sandboxes" / f"{name}.json").read_text())
     assert (cfg["memory"], cfg["cpu_quota"]) == (300 * 1024**2, 80)

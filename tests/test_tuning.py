@@ -598,6 +598,8 @@ def test_limit_changes_an_lxc_sandboxs_rates_for_its_next_start(env: Env) -> Non
                                 "outbound": {"average": "132"}}
         env.run("limit", name, "--inbound", "0", check=True)
         assert _rates(name) == {"outbound": {"average": "132"}}
+        again = env.run("limit", name, "--inbound", "0", check=True)  # the rate it has
+        assert again.stdout == f"{name}: already as given; nothing changed\n"
         env.run("upgrade", "--check", name, check=True)
     finally:
         env.run("delete", name, timeout=120)

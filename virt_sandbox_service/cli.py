@@ -107,8 +107,14 @@ def _limit_args(args: argparse.Namespace) -> LimitArgs:
 def cmd_limit(args: argparse.Namespace, paths: Paths) -> int:
     from .manage import set_limits
 
-    changed = set_limits(paths, args.name, _limit_args(args))
-    print(f"{args.name}: " + (", ".join(changed) if changed else "no limit given; nothing changed"))
+    given = _limit_args(args)
+    changed = set_limits(paths, args.name, given)
+    if changed:
+        print(f"{args.name}: " + ", ".join(changed))
+    elif any(v not in (None, ()) for v in vars(given).values()):
+        print(f"{args.name}: already as given; nothing changed")
+    else:
+        print(f"{args.name}: no limit given; nothing changed")
     return 0
 
 
