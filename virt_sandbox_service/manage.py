@@ -132,6 +132,10 @@ def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
         raise kvm_tasks_refusal()
     if "io_throttle" in changes:
         changes["io_throttle"] = merge_throttles(cfg.io_throttle, changes["io_throttle"])
+    # A limit given at the value it has is no change: nothing to write or apply.
+    changes = {k: v for k, v in changes.items() if getattr(cfg, k) != v}
+    if not changes:
+        return []
     new = dataclasses.replace(cfg, **changes)
     check_memory_tune(new.memory, new.memory_soft, new.memory_swap)
     conn = lv.connect(cfg.uri)
