@@ -3,11 +3,17 @@ initctl while it starts), waited for without polling libvirt, then destroyed if 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
+import sys
 import time
+from pathlib import Path
 
 import libvirt
 
+from .. import host
 from ..config import Kind, SandboxConfig
 from ..errors import HostError
 from .enter import InitProcess
@@ -37,18 +43,29 @@ def _graceful_stop(dom: libvirt.virDomain, timeout: float) -> None:
     domain (each isActive then waits about 40 ms for its lock).
     """
     deadline = time.monotonic() + timeout
+    _resume_if_paused(dom)
     init = InitProcess.of(dom)
+    drain: Drain | None = None
     try:
         while time.monotonic() < deadline:
             if not _active(dom):
                 return
-            if init is None or not init.power_off():
+            if init is not None and init.power_off():
+                drain = drain or Drain.of(dom, init)
+            else:
                 try:
                     dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_INITCTL)
                 except libvirt.libvirtError as e:
                     log.debug("initctl shutdown of %s: %s", dom.name(), e)
             ask_again = min(deadline, time.monotonic() + REASK)
             while time.monotonic() < ask_again:
+                if init is not None and drain is not None:
+                    if drain.wait(init, ask_again - time.monotonic()) and drain.end(dom, init):
+                        return
+                    if not drain.usable:
+                        drain.close()
+                        drain = None
+                    continue
                 if init is not None and init.wait(ask_again - time.monotonic()):
                     init.close()
                     init = None
@@ -59,9 +76,176 @@ def _graceful_stop(dom: libvirt.virDomain, timeout: float) -> None:
                         return
                     time.sleep(POLL)
         _force_stop(dom)
-    finally:  # every way out closes the pidfd (a foreground start lives on after a stop)
+    finally:  # every way out closes the pidfds (a foreground start lives on after a stop)
+        if drain is not None:
+            drain.close()
         if init is not None:
             init.close()
+
+
+def _resume_if_paused(dom: libvirt.virDomain) -> None:
+    """A paused sandbox (virsh suspend, or a stop interrupted between its pause and destroy)
+    cannot shut down: its processes are frozen. Thawed, it stops as any other."""
+    with contextlib.suppress(libvirt.libvirtError):
+        if int(dom.state()[0]) == libvirt.VIR_DOMAIN_PAUSED:
+            dom.resume()
+
+
+class Drain:
+    """The end of a sandbox whose services its systemd has stopped, without libvirt's
+    200 ms round (libvirt 9.0).
+
+    When a container's init exits, its controller closes libvirt's monitor while it is
+    still in the domain's cgroup, and libvirtd signals it and sleeps 200 ms before it
+    looks again (virCgroupKillPainfully, in its event loop). A paused domain's destroy has
+    no such round: SIGKILL to what is left, thaw, done. So once the sandbox's systemd has
+    stopped every service (its system.slice and every other cgroup but its own init.scope
+    empty: the services, journald with its last lines written), only its PID 1's own final
+    steps are left, which change nothing on disk: the domain is paused and destroyed. That
+    cleanup runs before the killed processes have left their cgroups, so libvirt leaves the
+    domain's (then empty) cgroup directories behind: removed here once they are gone.
+    Anything unexpected (no cgroup2 tree of the sandbox's systemd, a pause or destroy
+    refused) leaves `usable` False: the stop then waits for the init's exit, as before.
+    """
+
+    def __init__(self, events: int, root: Path, controller: int, cgroups: list[Path]) -> None:
+        self.events, self.root, self.cgroups = events, root, cgroups
+        self.controller = controller
+        self.usable = True
+
+    @classmethod
+    def of(cls, dom: libvirt.virDomain, init: InitProcess) -> Drain | None:
+        try:
+            root = _systemd_root(init.pid)
+            if root is None:
+                return None
+            controller = dom.ID()
+            cgroups = _domain_cgroups(controller, dom.name())
+            events = os.open(root / "system.slice" / "cgroup.events", os.O_RDONLY)
+        except (OSError, libvirt.libvirtError) as e:
+            log.debug("no drain watch for %s: %s", dom.name(), e)
+            return None
+        return cls(events, root, controller, cgroups)
+
+    def wait(self, init: InitProcess, seconds: float) -> bool:
+        """Whether the services are all down within `seconds`; False also when the init
+        exited first (then `usable` is False)."""
+        poller = select.poll()
+        poller.register(init.pidfd, select.POLLIN)
+        poller.register(self.events, select.POLLPRI | select.POLLERR)
+        end = time.monotonic() + seconds
+        while True:
+            if self._drained():
+                return True
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            ready = dict(poller.poll(left * 1000))
+            if init.pidfd in ready:
+                self.usable = False
+                return False
+
+    def _drained(self) -> bool:
+        try:
+            return all(not _populated(child) for child in self.root.iterdir()
+                       if child.is_dir() and child.name != "init.scope")
+        except OSError:
+            return False
+
+    def end(self, dom: libvirt.virDomain, init: InitProcess) -> bool:
+        """Pause and destroy the drained domain; whether it is gone."""
+        try:
+            ctl = os.pidfd_open(self.controller)
+        except OSError:
+            self.usable = False
+            return False
+        paused = False
+        try:
+            dom.suspend()
+            paused = True
+            _test_pause(PAUSE_STEP)
+            dom.destroy()
+            paused = False
+            for pidfd in (init.pidfd, ctl):  # SIGKILLed by libvirt: gone in a moment
+                select.select([pidfd], [], [], GONE_WAIT)
+        except libvirt.libvirtError as e:
+            log.debug("pause and destroy of %s: %s", dom.name(), e)
+            self.usable = False
+            return False
+        finally:  # a failure or Ctrl-C between the two: the sandbox goes on shutting down
+            if paused:
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.resume()
+            os.close(ctl)
+        _remove_leftovers(self.cgroups)
+        return True
+
+    def close(self) -> None:
+        os.close(self.events)
+
+
+GONE_WAIT = 2.0  # seconds for the SIGKILLed init and controller to be gone
+PAUSE_STEP = "pause of the drained sandbox"
+
+
+def _test_pause(step: str) -> None:
+    """VSS_PAUSE_AFTER, apply/txn.py's test hook: wait here (for a test's Ctrl-C). Never set
+    it in production."""
+    pause = os.environ.get("VSS_PAUSE_AFTER")
+    if pause and pause in step:
+        print(f"virt-sandbox-service: paused after '{step}'", file=sys.stderr, flush=True)
+        time.sleep(60)
+
+
+def _populated(cgroup: Path) -> bool:
+    for line in (cgroup / "cgroup.events").read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "populated":
+            return value.strip() != "0"
+    return True
+
+
+def _systemd_root(init: int) -> Path | None:
+    """The host path of the cgroup2 tree the sandbox's systemd manages (its cgroup
+    namespace's root, where its PID 1 sits in init.scope)."""
+    unified = host.cgroup_layout().unified_mount
+    if unified is None:
+        return None
+    for line in Path(f"/proc/{init}/cgroup").read_text().splitlines():
+        hier, _, path = line.split(":", 2)
+        if hier == "0" and path.endswith("/init.scope"):
+            return unified / path.lstrip("/").removesuffix("/init.scope").rstrip("/")
+    return None
+
+
+def _domain_cgroups(controller: int, name: str) -> list[Path]:
+    """The host paths of libvirt's cgroups of the domain, read from its controller's
+    /proc/PID/cgroup: only those named for this very controller and domain."""
+    want = f"lxc-{controller}-{name}.libvirt-lxc"
+    layout = host.cgroup_layout()
+    out = []
+    for line in Path(f"/proc/{controller}/cgroup").read_text().splitlines():
+        hier, ctls, path = line.split(":", 2)
+        if os.path.basename(path) != want:
+            continue
+        mount = layout.unified_mount if hier == "0" else host.v1_mount(ctls.split(",")[0])
+        if mount is not None:
+            out.append(mount / path.lstrip("/"))
+    return out
+
+
+def _remove_leftovers(cgroups: list[Path]) -> None:
+    from .lxccgroups import CGROUP_DRAIN_SECONDS, _rmdir_tree
+
+    deadline = time.monotonic() + CGROUP_DRAIN_SECONDS
+    left = [c for c in cgroups if c.exists()]
+    while left:
+        left = [c for c in left if not _rmdir_tree(c)]
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    for c in left:
+        log.warning("cgroup %s of a destroyed sandbox still has processes; it stays", c)
 
 
 def _wait_inactive(dom: libvirt.virDomain, deadline: float) -> None:
