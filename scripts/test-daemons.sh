@@ -20,6 +20,7 @@ TEST_DAEMONS=(
   redis-server memcached            # redis-cli is in redis-tools, a dependency
   haproxy                           # a bind to another place (BindReadOnlyPaths=SRC:DEST)
   mariadb-server                    # mysql is in mariadb-client-core, a dependency
+  postgresql                        # postgresql-15 and its cluster 15/main; psql
   netcat-openbsd curl               # banners, HTTP
   ansible-core                      # examples/ansible: its playbook runs in tests/test_apply.py
 )

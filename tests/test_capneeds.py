@@ -220,3 +220,51 @@ def test_a_bind_elsewhere_is_named_at_create_and_start_and_a_reset_runs_it(env: 
         proc = env.run("execute", name, "--", "systemctl", "is-active", unit)
         assert proc.stdout.strip() == "active"
         env.run("stop", name, check=True)
+
+
+CLUSTER = """\
+[Unit]
+AssertPathExists=/etc/db/%I/db.conf
+ConditionPathExists=!/etc/db/disabled
+ConditionPathExists=|/etc/db/either
+RequiresMountsFor=/etc/db/%I /var/lib/db/%I
+
+[Service]
+ExecStart=/bin/true
+"""
+
+
+def test_a_units_prerequisite_paths_the_instance_lacks_and_the_host_has(tmp_path: Path
+                                                                       ) -> None:
+    (tmp_path / "db@.service").write_text(CLUSTER)
+    u = load_unit("db@15-main.service", [tmp_path])
+    assert capneeds.required_paths(u) == [
+        ("/etc/db/15/main", "RequiresMountsFor="), ("/var/lib/db/15/main", "RequiresMountsFor="),
+        ("/etc/db/15/main/db.conf", "AssertPathExists=")]
+    host = {"/etc/db/15/main", "/var/lib/db/15/main", "/etc/db/15/main/db.conf"}
+    instance = {"/etc/db/15/main", "/etc/db/15/main/db.conf"}
+    assert capneeds.missing_instance_paths([u], instance.__contains__, host.__contains__) == [
+        ("db@15-main.service", "/var/lib/db/15/main", "RequiresMountsFor=")]
+    # What the host lacks too is not the instance's to have (made at start, say).
+    assert capneeds.missing_instance_paths([u], instance.__contains__, set().__contains__) == []
+    line, hint = capneeds.describe_missing_paths(
+        [("db@15-main.service", "/var/lib/db/15/main", "RequiresMountsFor=")])
+    assert line.startswith("db@15-main.service needs /var/lib/db/15/main (RequiresMountsFor=)")
+    assert hint.startswith("-C starts the instance from the host's data")
+
+
+@pytest.mark.root  # a whiteout is a character device
+def test_the_instance_view_of_a_sandbox(tmp_path: Path) -> None:
+    """Its own /var; its overlay /etc over the host's, but for whiteouts; a mount's target;
+    the host's root for the rest."""
+    state = tmp_path / "s"
+    (state / "var" / "lib" / "own").mkdir(parents=True)
+    (state / "etc").mkdir()
+    os.mknod(state / "etc" / "passwd", 0o020000, os.makedev(0, 0))  # a whiteout
+    c = dataclasses.replace(cfg(), state_dir=str(state), etc_overlay=True,
+                            private=("/var/lib/given",))
+    has = capneeds.instance_view(c)
+    assert has("/var/lib/own") and not has("/var/lib/dpkg")
+    assert has("/etc/hostname") and not has("/etc/passwd")  # the host's, and a whiteout
+    assert has("/var/lib/given/x") and has("/usr/bin/env")
+    assert capneeds.instance_view(dataclasses.replace(c, image_size=1 << 30))("/var/lib/dpkg")

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import struct
+from collections.abc import Callable
+from pathlib import Path
 
 from . import devices
+from .config import SandboxConfig
 from .confine import CAP_NUMBERS
 from .unitfile import UnitFile, UnitName, unescape
 
@@ -145,6 +149,87 @@ def describe_unhonoured(found: list[tuple[str, str]], state_dir: str) -> tuple[s
             f"if the service can do without it, reset it in the sandbox: [Service] "
             f"{' '.join(k + '=' for k in keys)} in {dropin}; otherwise run this service "
             "on the host or in a KVM sandbox (-c qemu:///system)")
+
+
+# --- the paths a unit says it cannot run without ---------------------------------------------
+
+# Paths a unit names as prerequisites: a mount it needs (RequiresMountsFor=, a list) or a
+# path that must be there (Assert*/Condition*; "!" negates, "|" makes it one of several:
+# neither says it is needed).
+PATH_KEYS = ("RequiresMountsFor", "AssertPathExists", "ConditionPathExists",
+             "AssertPathIsDirectory", "ConditionPathIsDirectory")
+
+
+def required_paths(unit: UnitFile) -> list[tuple[str, str]]:
+    """(path, "Key=") for each path the unit names as a prerequisite."""
+    out = []
+    for key in PATH_KEYS:
+        for value in unit.values("Unit", key):
+            words = value.split() if key == "RequiresMountsFor" else [value.strip()]
+            out += [(w, f"{key}=") for w in words if w.startswith("/")]
+    return list(dict.fromkeys(out))
+
+
+def missing_instance_paths(units: list[UnitFile], has: Callable[[str], bool],
+                           host_has: Callable[[str], bool] = os.path.lexists
+                           ) -> list[tuple[str, str, str]]:
+    """(unit, path, why) for each prerequisite the instance lacks while the host has it:
+    the host's instance data (a database cluster, say) that the instance does not have."""
+    return [(u.name, path, why) for u in units for path, why in required_paths(u)
+            if host_has(path) and not has(path)]
+
+
+def instance_view(cfg: SandboxConfig) -> Callable[[str], bool]:
+    """Whether a path is there as the sandbox's processes would see it: its private /var and
+    /etc in its state directory (with an overlay /etc, the host's below unless a whiteout
+    hides it), its mounts' targets, and the host's root for the rest. A sandbox whose
+    trees are in an image (-i) is not looked into: every path counts as there."""
+    state = Path(cfg.state_dir)
+    targets = [m.target for m in cfg.mounts] + list(cfg.private)
+
+    def has(path: str) -> bool:
+        if cfg.image_size is not None or any(
+                path == t or path.startswith(t.rstrip("/") + "/") for t in targets):
+            return True
+        for tree in ("/etc", "/var"):
+            if path == tree or path.startswith(tree + "/"):
+                own = state / path.lstrip("/")
+                try:
+                    st = os.lstat(own)
+                except OSError:
+                    return (tree == "/etc" and cfg.etc_overlay and os.path.lexists(path)
+                            and not _hidden_above(state, path))
+                return not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0)  # a whiteout
+        return os.path.lexists(path)
+    return has
+
+
+def _hidden_above(state: Path, path: str) -> bool:
+    """A whiteout or an opaque directory of the overlay's upper layer at or above path."""
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts) + 1):
+        own = state.joinpath(*parts[:i])
+        try:
+            st = os.lstat(own)
+        except OSError:
+            return False
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            return True
+        if stat.S_ISDIR(st.st_mode) and i < len(parts):
+            try:
+                if os.getxattr(own, "trusted.overlay.opaque") == b"y":
+                    return not (state.joinpath(*parts[:i + 1])).exists()
+            except OSError:
+                pass
+    return False
+
+
+def describe_missing_paths(missing: list[tuple[str, str, str]]) -> tuple[str, str]:
+    parts = [f"{unit} needs {path} ({why})" for unit, path, why in missing]
+    return ("; ".join(parts) + ", which the host has and the sandbox's instance does not "
+            "(neither its evidence nor its packages' set-up made it)",
+            "-C starts the instance from the host's data (its /etc and /var as the host has "
+            "them)")
 
 
 # --- devices and the host's network interfaces ---------------------------------------------

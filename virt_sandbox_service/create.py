@@ -591,6 +591,11 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False,
             reserve(p, txn)
         apply_plan(p, conn, txn)
         fresh_instance(req, p, paths, conn, facts, got)
+    missing = capneeds.missing_instance_paths(list(got.units), capneeds.instance_view(p.config))
+    if missing:
+        line, hint = capneeds.describe_missing_paths(missing)
+        print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
+              file=sys.stderr)
     domainlogs.sweep_transient(conn, req.uri)  # libvirt's logs of earlier set-up domains
     layers.warn_if_unprotected(conn, req.uri, req.name)
     if driver_for_uri(req.uri) is Driver.KVM and not facts.kvm:

@@ -157,6 +157,10 @@ def _lacking(cfg: SandboxConfig, failed: list[str], since: float) -> tuple[str, 
     if devices:
         line, hint = capneeds.describe_devices(devices)
         return f": {line}", f"{hint}; "
+    missing = capneeds.missing_instance_paths(units, capneeds.instance_view(cfg))
+    if missing:
+        line, hint = capneeds.describe_missing_paths(missing)
+        return f": {line}", f"{hint} (create it again with it); "
     unhonoured = _unhonoured(cfg, failed) if cfg.driver is Driver.LXC else []
     if unhonoured:
         line, hint = capneeds.describe_unhonoured(unhonoured, cfg.state_dir)
