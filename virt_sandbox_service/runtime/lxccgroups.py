@@ -41,15 +41,20 @@ def remove_cgroups(name: str, drain: float = CGROUP_DRAIN_SECONDS) -> None:
     pattern = re.compile(rf"lxc-\d+-{re.escape(name)}\.libvirt-lxc")
     tops = [top for root in roots if root is not None and (root / "machine").is_dir()
             for top in (root / "machine").iterdir() if pattern.fullmatch(top.name)]
+    for top in remove_as_they_empty(tops, drain, 0.05):
+        print(f"virt-sandbox-service: warning: cgroup {top} still has processes; it stays",
+              file=sys.stderr)
+
+
+def remove_as_they_empty(tops: list[Path], drain: float = CGROUP_DRAIN_SECONDS,
+                         every: float = 0.01) -> list[Path]:
+    """rmdir each cgroup tree as it empties, for at most `drain` seconds; those that stay."""
     deadline = time.monotonic() + drain
     while True:
         tops = [top for top in tops if not _rmdir_tree(top)]
         if not tops or time.monotonic() >= deadline:
-            break
-        time.sleep(0.05)
-    for top in tops:
-        print(f"virt-sandbox-service: warning: cgroup {top} still has processes; it stays",
-              file=sys.stderr)
+            return tops
+        time.sleep(every)
 
 
 def _rmdir_tree(top: Path) -> bool:

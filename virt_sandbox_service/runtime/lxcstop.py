@@ -144,6 +144,12 @@ class Drain:
             if init.pidfd in ready:
                 self.usable = False
                 return False
+            if self.events in ready:  # read it through this fd: kernfs re-arms the wait then
+                try:
+                    os.lseek(self.events, 0, os.SEEK_SET)
+                    os.read(self.events, 4096)
+                except OSError:  # ENODEV: systemd removed the emptied slice (checked above)
+                    poller.unregister(self.events)
 
     def _drained(self) -> bool:
         try:
@@ -235,16 +241,9 @@ def _domain_cgroups(controller: int, name: str) -> list[Path]:
 
 
 def _remove_leftovers(cgroups: list[Path]) -> None:
-    from .lxccgroups import CGROUP_DRAIN_SECONDS, _rmdir_tree
+    from .lxccgroups import remove_as_they_empty
 
-    deadline = time.monotonic() + CGROUP_DRAIN_SECONDS
-    left = [c for c in cgroups if c.exists()]
-    while left:
-        left = [c for c in left if not _rmdir_tree(c)]
-        if not left or time.monotonic() >= deadline:
-            break
-        time.sleep(0.01)
-    for c in left:
+    for c in remove_as_they_empty([c for c in cgroups if c.exists()]):
         log.warning("cgroup %s of a destroyed sandbox still has processes; it stays", c)
 
 
