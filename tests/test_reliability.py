@@ -52,10 +52,11 @@ LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def spawn(env: Env, *args: str) -> subprocess.Popen[str]:
+def spawn(env: Env, *args: str, **extra: str) -> subprocess.Popen[str]:
+    """The CLI in the background; `extra`: more environment (a test hook)."""
     return subprocess.Popen([*CLI, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **env.vars, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, **env.vars, "PYTHONPATH": str(ROOT), **extra})
 
 
 def finish(procs: list[subprocess.Popen[str]], timeout: float) -> list[tuple[int, str]]:
@@ -905,21 +906,27 @@ def test_ctrl_c_on_stop_leaves_the_sandbox_whole(env: Env, delay: float) -> None
     assert_whole_and_usable(env, name)
 
 
-def test_stop_ends_a_drained_sandbox_at_once_and_leaves_nothing(env: Env) -> None:
-    """Once the sandbox's systemd has stopped its services (journald too, with its last
-    lines), stop pauses and destroys the domain: libvirt's way without its 200 ms round
-    (runtime/lxcstop.Drain). The services were stopped by systemd, the domain's end is a
-    destroy, and no cgroup of it is left in any hierarchy."""
+def _running_pausable_apache(env: Env, prefix: str) -> str:
+    """A running apache2 sandbox, where libvirt can pause one (stop's drained end)."""
     from virt_sandbox_service import host
 
     need(host.v1_mount("freezer") is not None,
          "libvirt 9.0 pauses an LXC domain only through the v1 freezer hierarchy, which this "
          "host (pure cgroup v2) lacks: its stop waits for the init's exit")
-    import libvirt
-
-    name = unique_name("drn")
+    name = unique_name(prefix)
     create_apache(env, name, f"<p>{name}</p>\n")
     env.run("start", "--detach", name, check=True)
+    return name
+
+
+def test_stop_ends_a_drained_sandbox_at_once_and_leaves_nothing(env: Env) -> None:
+    """Once the sandbox's systemd has stopped its services (journald too, with its last
+    lines), stop pauses and destroys the domain: libvirt's way without its 200 ms round
+    (runtime/lxcstop.Drain). The services were stopped by systemd, the domain's end is a
+    destroy, and no cgroup of it is left in any hierarchy."""
+    import libvirt
+
+    name = _running_pausable_apache(env, "drn")
     conn = lxc()
     try:
         dom = conn.lookupByName(name)
@@ -939,20 +946,10 @@ def test_stop_ends_a_drained_sandbox_at_once_and_leaves_nothing(env: Env) -> Non
 def test_ctrl_c_between_stops_pause_and_destroy_resumes_the_sandbox(env: Env) -> None:
     """An interrupt after the drained domain's pause must not leave it frozen: it is resumed,
     and goes on to its end; a second stop finds it ended or ends it."""
-    from virt_sandbox_service import host
-
-    need(host.v1_mount("freezer") is not None,
-         "libvirt 9.0 pauses an LXC domain only through the v1 freezer hierarchy, which this "
-         "host (pure cgroup v2) lacks: its stop waits for the init's exit")
     import libvirt
 
-    name = unique_name("cpz")
-    create_apache(env, name, f"<p>{name}</p>\n")
-    env.run("start", "--detach", name, check=True)
-    proc = subprocess.Popen([*CLI, "stop", name], cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **env.vars, "PYTHONPATH": str(ROOT),
-                                 "VSS_PAUSE_AFTER": "pause of the drained sandbox"})
+    name = _running_pausable_apache(env, "cpz")
+    proc = spawn(env, "stop", name, VSS_PAUSE_AFTER="pause of the drained sandbox")
     assert proc.stderr is not None
     line = proc.stderr.readline()
     assert "paused after 'pause of the drained sandbox'" in line, line

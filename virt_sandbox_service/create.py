@@ -434,19 +434,21 @@ def make_plan(req: CreateRequest, checked: Checked, paths: Paths, facts: host.Ho
     missing = capneeds.lacking(list(got.units), confined_caps(config))
     if missing:
         line, hint = capneeds.describe(missing)
-        print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
-              file=sys.stderr)
+        _warn_fails_at_start(line, hint)
     lacking = capneeds.lacking_devices(list(got.units), config.devices)
     if lacking:
         line, hint = capneeds.describe_devices(lacking)
-        print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
-              file=sys.stderr)
+        _warn_fails_at_start(line, hint)
     unhonoured = capneeds.unhonoured(list(got.units)) if config.driver is Driver.LXC else []
     if unhonoured:
         line, hint = capneeds.describe_unhonoured(unhonoured, config.state_dir)
-        print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
-              file=sys.stderr)
+        _warn_fails_at_start(line, hint)
     return plan_units(config, paths, facts, got.evidence, got.hidden, got.units)
+
+
+def _warn_fails_at_start(line: str, hint: str) -> None:
+    print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
+          file=sys.stderr)
 
 
 def plan_units(config: SandboxConfig, paths: Paths, facts: host.HostFacts,
@@ -594,8 +596,7 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False,
     missing = capneeds.missing_instance_paths(list(got.units), capneeds.instance_view(p.config))
     if missing:
         line, hint = capneeds.describe_missing_paths(missing)
-        print(f"virt-sandbox-service: warning: {line}: it will fail at start ({hint})",
-              file=sys.stderr)
+        _warn_fails_at_start(line, hint)
     domainlogs.sweep_transient(conn, req.uri)  # libvirt's logs of earlier set-up domains
     layers.warn_if_unprotected(conn, req.uri, req.name)
     if driver_for_uri(req.uri) is Driver.KVM and not facts.kvm:

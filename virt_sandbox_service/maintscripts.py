@@ -46,6 +46,7 @@ from .errors import HostError
 from .evidence import Access, PathEvidence
 from .host import HostFacts
 from .initscript import init_command
+from .pathevidence import _under
 from .plan import EXIT_STATUS_FILE, LOADER_CACHE, LOADER_PRELOAD, Mount, Plan, plan
 from .runtime.common import read_channel
 from .runtime.enter import InitProcess
@@ -169,16 +170,13 @@ def scratch_trees(mounts: Sequence[Mount], hidden: Sequence[PathEvidence],
     """Those of `trees` that are directories (not links) on the host, with no mount of the
     plan and no hidden path below them: an overlay takes its lower layer from the tree's own
     file system only, so it would show what a mount below hides."""
-    def inside(path: str, tree: str) -> bool:
-        return path == tree or path.startswith(tree + "/")
-
     out = []
     for tree in trees:
         host = os.path.join(root, tree.lstrip("/"))
         if os.path.islink(host) or not os.path.isdir(host):
             continue
-        if any(inside(m.target, tree) for m in mounts) or any(
-                inside(h.path, tree) for h in hidden):
+        if any(_under(m.target, tree) for m in mounts) or any(
+                _under(h.path, tree) for h in hidden):
             continue
         out.append(tree)
     return tuple(out)

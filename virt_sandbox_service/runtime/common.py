@@ -9,7 +9,7 @@ import os
 import stat
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
@@ -22,6 +22,7 @@ from ..errors import HostError, SandboxError
 from ..util import run
 
 if TYPE_CHECKING:
+    from ..unitfile import UnitFile
     from .readiness import UnitState
 
 
@@ -142,13 +143,7 @@ def _lacking(cfg: SandboxConfig, failed: list[str], since: float) -> tuple[str, 
     from .. import capneeds, unitfile
     from ..limits import confined_caps
 
-    units = []
-    for name in failed:
-        try:
-            units.append(unitfile.load_unit(name, hostname=cfg.name,
-                                            machine_id=cfg.machine_id))
-        except (SandboxError, OSError):  # an unreadable unit must not hide the failure
-            continue
+    units = _load_units(cfg, failed, unitfile.SYSTEM_UNIT_PATH)
     missing = capneeds.lacking(units, confined_caps(cfg))
     if missing:
         line, hint = capneeds.describe(missing)
@@ -180,14 +175,22 @@ def _unhonoured(cfg: SandboxConfig, failed: list[str]) -> list[tuple[str, str]]:
     from .. import capneeds, unitfile
 
     own = Path(cfg.state_dir) / "etc" / "systemd" / "system"
+    return capneeds.unhonoured(_load_units(cfg, failed, (own, *unitfile.SYSTEM_UNIT_PATH)))
+
+
+def _load_units(cfg: SandboxConfig, names: list[str], search_path: Sequence[Path]
+                ) -> list[UnitFile]:
+    """The units that load from `search_path`; an unreadable one must not hide the failure."""
+    from .. import unitfile
+
     units = []
-    for name in failed:
+    for name in names:
         try:
-            units.append(unitfile.load_unit(name, (own, *unitfile.SYSTEM_UNIT_PATH),
-                                            hostname=cfg.name, machine_id=cfg.machine_id))
+            units.append(unitfile.load_unit(name, search_path, hostname=cfg.name,
+                                            machine_id=cfg.machine_id))
         except (SandboxError, OSError):
             continue
-    return capneeds.unhonoured(units)
+    return units
 
 
 def copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain, flags: int,
