@@ -906,6 +906,33 @@ def test_ctrl_c_on_stop_leaves_the_sandbox_whole(env: Env, delay: float) -> None
     assert_whole_and_usable(env, name)
 
 
+def test_stop_asks_the_sandbox_before_it_loads_libvirt(env: Env) -> None:
+    """stop's request goes first (runtime/poweroff.py): its services drain while the rest
+    of stop loads. Held just after the request, stop has not mapped libvirt at all, the
+    stop marker is written, and the sandbox goes down by itself; interrupted there, a second
+    stop finds it ended and cleans up."""
+    name = unique_name("ask")
+    create_apache(env, name, f"<p>{name}</p>\n")
+    env.run("start", "--detach", name, check=True)
+    proc = spawn(env, "stop", name, VSS_PAUSE_AFTER="power-off request without libvirt")
+    assert proc.stderr is not None
+    try:
+        line = proc.stderr.readline()
+        assert "paused after 'power-off request without libvirt'" in line, line
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "libvirt" not in maps, [m for m in maps.splitlines() if "libvirt" in m][:3]
+        assert (env.base / "run" / ".stopping" / name).exists()
+        assert wait_inactive(name, 15), "the sandbox did not go down on the request alone"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    again = env.run("stop", name, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert sandbox_cgroups(name) == []
+    assert_whole_and_usable(env, name)
+
+
 def _running_pausable_apache(env: Env, prefix: str) -> str:
     """A running apache2 sandbox, where libvirt can pause one (stop's drained end)."""
     from virt_sandbox_service import host

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import __version__, progress, settings
+from . import __version__, progress
 from .config import DEFAULT_URI, Paths, load_config, shown
 from .errors import (
     EXIT_FAILURE,
@@ -27,12 +27,13 @@ from .errors import (
     SandboxError,
     UserError,
 )
-from .limits import LimitArgs
 
 if TYPE_CHECKING:
     from .create import CreateRequest
+    from .limits import LimitArgs
     from .mounts import MountSpec
     from .network import NetSpec
+    from .settings import Options
 
 PROG = "virt-sandbox-service"
 Handler = Callable[[argparse.Namespace, Paths], int]
@@ -92,6 +93,8 @@ def _networks(args: argparse.Namespace) -> tuple[NetSpec, ...]:
 
 
 def _limit_args(args: argparse.Namespace) -> LimitArgs:
+    from .limits import LimitArgs
+
     return LimitArgs(memory=args.memory, cpu_weight=args.cpu_weight, cpu_quota=args.cpu_quota,
                      blkio_weight=args.blkio_weight, tasks=args.tasks,
                      memory_soft=args.memory_soft, memory_swap=args.memory_swap,
@@ -162,11 +165,16 @@ def cmd_start(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_stop(args: argparse.Namespace, paths: Paths) -> int:
+    from .runtime import poweroff
+
+    cfg = load_config(paths, args.name)
+    # First of all (a local LXC sandbox): the request, so that its services drain while
+    # libvirt's binding and the runtime load (issue 16: 0.05-0.1 s of every stop).
+    asked = poweroff.request(cfg, paths)
     from .apply.libvirt import connect
     from .runtime import backend
 
-    cfg = load_config(paths, args.name)
-    if not backend(cfg).stop(connect(cfg.uri), cfg, paths, timeout=args.timeout):
+    if not backend(cfg).stop(connect(cfg.uri), cfg, paths, timeout=args.timeout, asked=asked):
         print(f"sandbox {args.name} was not running")
     return 0
 
@@ -284,7 +292,10 @@ def cmd_doctor(args: argparse.Namespace, paths: Paths) -> int:
     return 0 if all(c.ok for c in result) else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line. `only`: the one subcommand about to run (main's case). The others
+    are then listed by name and help without their options: defining them all costs about
+    10 ms, which every command paid before doing anything (issue 16)."""
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Confine installed system daemons in persistent per-instance libvirt "
@@ -294,8 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress lines for long steps (shown only on a terminal anyway)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    _add_create(sub)
-    cl = sub.add_parser("clone", help="a new sandbox from an existing one, with its own identity",
+    for name, (help_text, define) in COMMANDS.items():
+        if only is None or name == only:
+            define(sub, name, help_text)
+        else:
+            sub.add_parser(name, help=help_text)
+    return p
+
+
+Subparsers = argparse._SubParsersAction  # what add_subparsers returns
+Definer = Callable[["Subparsers[argparse.ArgumentParser]", str, str], None]
+
+
+def _def_clone(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    cl = sub.add_parser(name, help=help_text,
                         description="copy a sandbox's private content into a new sandbox with "
                                     "a new name, hostname, machine-id, label, domain and unit")
     cl.add_argument("-p", "--path", metavar="PATH",
@@ -305,24 +328,53 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("source", help="existing sandbox")
     cl.add_argument("dest", help="new sandbox name")
     cl.set_defaults(func=cmd_clone)
-    _add_simple(sub, "start", cmd_start, "start a sandbox (foreground unless --detach)")
-    _add_simple(sub, "stop", cmd_stop, "stop a running sandbox")
-    d = _add_simple(sub, "delete", cmd_delete, "delete a sandbox: unit, domain, state, config")
-    d.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
-    lst = sub.add_parser("list", help="list sandboxes")
+
+
+def _def_start(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    sp = _named(sub, name, help_text, cmd_start)
+    sp.add_argument("--detach", action="store_true",
+                    help="return once the sandbox is ready instead of staying in the "
+                         "foreground (the unit's ExecStart stays in the foreground)")
+    sp.add_argument("--timeout", type=positive_seconds, default=90,
+                    help="seconds to wait for ready")
+    sp.add_argument("-t", "--tty", action="store_true",
+                    help="a generic LXC sandbox in the foreground: its command's terminal "
+                         "(the sandbox's console) is ours, raw, with our window size")
+
+
+def _def_stop(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    _named(sub, name, help_text, cmd_stop).add_argument(
+        "--timeout", type=positive_seconds, default=30,
+        help="seconds for a clean shutdown before the domain is destroyed")
+
+
+def _def_delete(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    _named(sub, name, help_text, cmd_delete).add_argument(
+        "-f", "--force", action="store_true", help="stop it first if it runs")
+
+
+def _def_list(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    lst = sub.add_parser(name, help=help_text)
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     lst.set_defaults(func=cmd_list)
-    ins = _add_simple(sub, "inspect", cmd_inspect,
-                      "what is private, shared and hidden, and why; label, network, limits")
-    ins.add_argument("--json", action="store_true", help="machine-readable output")
-    ex = _add_simple(sub, "execute", cmd_execute, "run a command inside a running sandbox")
-    ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
-    _add_simple(sub, "connect", cmd_connect,
-                "an interactive login shell in a running sandbox (a KVM sandbox's root "
-                "login console); Ctrl-] detaches, the sandbox keeps running")
-    up = sub.add_parser("upgrade", help="after host package or tool changes: migrate the "
-                        "config, add newly needed private paths, report conffile drift, "
-                        "bring the domain, init, host unit and the tool's own files up to date",
+
+
+def _def_inspect(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    _named(sub, name, help_text, cmd_inspect).add_argument(
+        "--json", action="store_true", help="machine-readable output")
+
+
+def _def_execute(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    _named(sub, name, help_text, cmd_execute).add_argument(
+        "command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
+
+
+def _def_connect(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    _named(sub, name, help_text, cmd_connect)
+
+
+def _def_upgrade(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    up = sub.add_parser(name, help=help_text,
                         description="bring sandboxes up to date after the host's packages or "
                                     "this tool changed: re-derive their definitions from their "
                                     "configs and replace what differs; never the instance's "
@@ -335,18 +387,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="change nothing; exit 3 if anything differs from this version's")
     up.add_argument("--json", action="store_true", help="machine-readable output")
     up.set_defaults(func=cmd_upgrade)
-    _add_apply(sub)
-    lrn = _add_simple(sub, "learn", cmd_learn,
-                      "start the units once over copy-up overlays of the host's /etc, /var "
-                      "and /srv, record what they open (fanotify) as evidence, show what the "
-                      "sandbox lacks")
+
+
+def _def_learn(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    lrn = _named(sub, name, help_text, cmd_learn)
     lrn.add_argument("--seconds", type=positive_seconds, default=10, metavar="N",
                      help="how long to watch the units from their first open (default 10)")
     lrn.add_argument("--add", action="store_true",
                      help="also copy what it lacks under /var from the host into the "
                           "instance (the sandbox must be stopped)")
-    lim = _add_simple(sub, "limit", cmd_limit,
-                      "change a sandbox's limits, live if it runs and for its next start")
+
+
+def _def_limit(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    from . import settings
+
+    lim = _named(sub, name, help_text, cmd_limit)
     settings.add(lim, "limits")
     for direction, way in (("inbound", "into"), ("outbound", "out of")):
         lim.add_argument(f"--{direction}", action="append", metavar="[NET=]RATE",
@@ -354,39 +409,36 @@ def build_parser() -> argparse.ArgumentParser:
                               "(NET may be left out where it has one): AVG[:PEAK[:BURST]], "
                               "e.g. 1M or default=1M:4M:256K; 0 removes it (repeatable: one "
                               "an interface)")
-    _add_run(sub)
-    rl = _add_simple(sub, "reload", cmd_reload, "reload the confined units inside the sandbox")
-    rl.add_argument("-u", "--unit", action="append", metavar="UNIT",
-                    help="only this confined unit (default: all of them)")
-    comp = sub.add_parser("completion", help="print the shell completion script",
+
+
+def _def_reload(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    _named(sub, name, help_text, cmd_reload).add_argument(
+        "-u", "--unit", action="append", metavar="UNIT",
+        help="only this confined unit (default: all of them)")
+
+
+def _def_completion(sub: Subparsers[argparse.ArgumentParser], name: str,
+                    help_text: str) -> None:
+    comp = sub.add_parser(name, help=help_text,
                           description="print the completion script for SHELL, generated from "
                                       "these very command line definitions")
     comp.add_argument("shell", choices=["bash"], help="the shell: bash")
     comp.set_defaults(func=cmd_completion)
-    doc = sub.add_parser("doctor", help="check this host's readiness for sandboxes")
+
+
+def _def_doctor(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    doc = sub.add_parser(name, help=help_text)
     doc.add_argument("--fix", action="store_true",
                      help="apply the additive host fixes doctor names (cgroup layout)")
     doc.add_argument("--json", action="store_true", help="machine-readable output")
     doc.set_defaults(func=cmd_doctor)
-    return p
 
 
-def _add_simple(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
-                func: Handler, help_text: str) -> argparse.ArgumentParser:
+def _named(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str,
+           func: Handler) -> argparse.ArgumentParser:
+    """A subcommand taking a sandbox's name."""
     sp = sub.add_parser(name, help=help_text, description=help_text)
     sp.add_argument("name", help="sandbox name")
-    if name == "start":
-        sp.add_argument("--detach", action="store_true",
-                        help="return once the sandbox is ready instead of staying in the "
-                             "foreground (the unit's ExecStart stays in the foreground)")
-        sp.add_argument("--timeout", type=positive_seconds, default=90,
-                        help="seconds to wait for ready")
-        sp.add_argument("-t", "--tty", action="store_true",
-                        help="a generic LXC sandbox in the foreground: its command's terminal "
-                             "(the sandbox's console) is ours, raw, with our window size")
-    if name == "stop":
-        sp.add_argument("--timeout", type=positive_seconds, default=30,
-                        help="seconds for a clean shutdown before the domain is destroyed")
     sp.set_defaults(func=func)
     return sp
 
@@ -431,8 +483,10 @@ exit status: the command's; 125 when run itself failed, 126 when the command can
 executed, 127 when it was not found"""
 
 
-def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    c = sub.add_parser("create", help="create a sandbox", usage=CREATE_USAGE,
+def _def_create(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    from . import settings
+
+    c = sub.add_parser(name, help=help_text, usage=CREATE_USAGE,
                        description="create a unit sandbox (-u UNIT NAME) or a generic one "
                                    "(NAME -- CMD ARGS)",
                        epilog=CREATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -471,8 +525,8 @@ a file holds create's options as keys of a [Sandbox] section, e.g.
 see the man page, SANDBOX FILES"""
 
 
-def _add_apply(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    a = sub.add_parser("apply", help="converge sandboxes to their sandbox files (NAME.sandbox)",
+def _def_apply(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    a = sub.add_parser(name, help=help_text,
                        description="create the sandboxes the files describe that are missing, "
                                    "bring those that differ in line (as upgrade does), leave "
                                    "the rest; a bad file is reported and does not stop the "
@@ -489,8 +543,10 @@ def _add_apply(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     a.set_defaults(func=cmd_apply)
 
 
-def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    r = sub.add_parser("run", help="run a command in a transient sandbox", usage=RUN_USAGE,
+def _def_run(sub: Subparsers[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    from . import settings
+
+    r = sub.add_parser(name, help=help_text, usage=RUN_USAGE,
                        description="run a command in a transient sandbox (host root "
                                    "read-only, private /run /tmp, no network unless -N) and "
                                    "return its exit status; its stdout and stderr stay apart. "
@@ -513,11 +569,41 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.set_defaults(func=cmd_run)
 
 
-def _add_display(g: settings.Options) -> None:
+def _add_display(g: Options) -> None:
+    from . import settings
+
     settings.add(g, "display", display="the address for virt-viewer is printed on stderr")
     g.add_argument("--graphics-password-file", metavar="FILE",
                    help="the display's password, the first line of FILE (never on the "
                         "command line, where ps shows it)")
+
+
+# Every subcommand, in --help's order: its help line and what defines its options.
+COMMANDS: dict[str, tuple[str, Definer]] = {
+    "create": ("create a sandbox", _def_create),
+    "clone": ("a new sandbox from an existing one, with its own identity", _def_clone),
+    "start": ("start a sandbox (foreground unless --detach)", _def_start),
+    "stop": ("stop a running sandbox", _def_stop),
+    "delete": ("delete a sandbox: unit, domain, state, config", _def_delete),
+    "list": ("list sandboxes", _def_list),
+    "inspect": ("what is private, shared and hidden, and why; label, network, limits",
+                _def_inspect),
+    "execute": ("run a command inside a running sandbox", _def_execute),
+    "connect": ("an interactive login shell in a running sandbox (a KVM sandbox's root "
+                "login console); Ctrl-] detaches, the sandbox keeps running", _def_connect),
+    "upgrade": ("after host package or tool changes: migrate the config, add newly needed "
+                "private paths, report conffile drift, bring the domain, init, host unit and "
+                "the tool's own files up to date", _def_upgrade),
+    "apply": ("converge sandboxes to their sandbox files (NAME.sandbox)", _def_apply),
+    "learn": ("start the units once over copy-up overlays of the host's /etc, /var and /srv, "
+              "record what they open (fanotify) as evidence, show what the sandbox lacks",
+              _def_learn),
+    "limit": ("change a sandbox's limits, live if it runs and for its next start", _def_limit),
+    "run": ("run a command in a transient sandbox", _def_run),
+    "reload": ("reload the confined units inside the sandbox", _def_reload),
+    "completion": ("print the shell completion script", _def_completion),
+    "doctor": ("check this host's readiness for sandboxes", _def_doctor),
+}
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
@@ -528,7 +614,8 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(words)
+        command = _subcommand(words)
+        args = build_parser(command if command in COMMANDS else None).parse_args(words)
     except SystemExit as e:  # argparse printed the usage error; run keeps 125 for its own
         if e.code == EXIT_USAGE and _subcommand(words) == "run":
             return EXIT_RUN_FAILED

@@ -49,7 +49,8 @@ from .initscript import init_command
 from .pathevidence import _under
 from .plan import EXIT_STATUS_FILE, LOADER_CACHE, LOADER_PRELOAD, Mount, Plan, plan
 from .runtime.common import read_channel
-from .runtime.enter import InitProcess
+from .runtime.enter import init_process
+from .runtime.poweroff import InitProcess
 
 SETUP = "/run/vss-setup"  # inside the transient domain, on its /run tmpfs
 DPKG_INFO = "/var/lib/dpkg/info"
@@ -221,7 +222,7 @@ def run(conn: libvirt.virConnect, p: Plan, facts: HostFacts) -> str:
             raise HostError("libvirt could not start the sandbox to run the package's "
                             f"postinst: {e.get_error_message()}",
                             "'virt-sandbox-service doctor' checks the host") from e
-        init = InitProcess.of(dom)
+        init = init_process(dom)
         status: str | None = None
         try:
             status = _wait(dom, init, Path(p.run_dir) / os.path.basename(EXIT_STATUS_FILE))

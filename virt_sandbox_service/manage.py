@@ -52,7 +52,7 @@ from .network import (
     set_bandwidth,
 )
 from .plan import EVIDENCE_FILE, seen_at
-from .runtime import backend, common
+from .runtime import backend, common, poweroff
 from .runtime import lxc as rt
 from .runtime.enter import init_pid
 from .units import unit_name
@@ -108,7 +108,7 @@ def delete(paths: Paths, name: str, *, force: bool = False) -> None:
         # The run dir is the sandbox's host channel: whatever it made there goes, and no link
         # in it is followed.
         shutil.rmtree(common.run_dir(paths, name), ignore_errors=True)
-        common.clear_stop_marker(paths, name)
+        poweroff.clear_stop_marker(paths, name)
         paths.config_file(name).unlink(missing_ok=True)
 
 

@@ -17,6 +17,16 @@ class InjectedFault(Exception):
     """Raised by VSS_FAULT_AFTER=<text>, a test hook; never set it in production."""
 
 
+def pause_after(step: str) -> None:
+    """VSS_PAUSE_AFTER=<text>, a test hook: wait here after a step whose name holds it (for a
+    test's signal or kill -9). Also used by steps that are no transaction's (stop's). Never
+    set it in production."""
+    pause = os.environ.get("VSS_PAUSE_AFTER")
+    if pause and pause in step:
+        print(f"virt-sandbox-service: paused after '{step}'", file=sys.stderr, flush=True)
+        time.sleep(60)
+
+
 class Transaction:
     def __init__(self) -> None:
         self._undo: list[tuple[str, Callable[[], None]]] = []
@@ -30,10 +40,7 @@ class Transaction:
         fault = os.environ.get("VSS_FAULT_AFTER")
         if fault and fault in what:
             raise InjectedFault(f"injected fault after '{what}'")
-        pause = os.environ.get("VSS_PAUSE_AFTER")
-        if pause and pause in what:
-            print(f"virt-sandbox-service: paused after '{what}'", file=sys.stderr, flush=True)
-            time.sleep(60)
+        pause_after(what)
 
     def commit(self) -> None:
         self._undo.clear()

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import libvirt
 
     from ..limits import Jail
+    from .poweroff import InitProcess
 
 
 class Backend(Protocol):
@@ -26,7 +27,7 @@ class Backend(Protocol):
               detach: bool = False, timeout: float = 90, tty: bool = False) -> int: ...
 
     def stop(self, conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
-             timeout: float = 30) -> bool: ...
+             timeout: float = 30, asked: InitProcess | None = None) -> bool: ...
 
     def execute(self, dom: libvirt.virDomain, argv: list[str], env: dict[str, str], *,
                 jail: Jail | None = None) -> int: ...

@@ -3,7 +3,6 @@ domain lookup, and reporting a confined unit's failure."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import stat
@@ -20,6 +19,7 @@ from ..apply import libvirt as lv
 from ..config import Driver, Kind, Paths, SandboxConfig
 from ..errors import HostError, SandboxError
 from ..util import run
+from .poweroff import stop_marker
 
 if TYPE_CHECKING:
     from ..unitfile import UnitFile
@@ -227,26 +227,8 @@ def _print_unit_logs(journal: str, units: list[str], since: float) -> None:
 EXIT_FILE = "exit-status"  # a generic sandbox's command status, written by its init
 # The run dir of a sandbox is its host channel: bound writable into the sandbox, so whatever
 # is in it is the sandbox's to replace (a symlink to a host file, say). The host reads it only
-# through read_channel, writes nothing there, and keeps its own marks outside it.
-STOPPING_DIR = ".stopping"  # under paths.run_dir; no sandbox name starts with a dot
-
-
-def stop_marker(paths: Paths, name: str) -> Path:
-    """Written by `stop`: an end somebody asked for (host-only, outside the channel)."""
-    return paths.run_dir / STOPPING_DIR / name
-
-
-def mark_stopping(paths: Paths, name: str) -> None:
-    marker = stop_marker(paths, name)
-    marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    marker.write_text("stop requested\n")
-
-
-def clear_stop_marker(paths: Paths, name: str) -> None:
-    marker = stop_marker(paths, name)
-    marker.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # another sandbox's marker may be there
-        marker.parent.rmdir()
+# through read_channel, writes nothing there, and keeps its own marks outside it (the stop
+# marker: poweroff.stop_marker).
 
 
 def read_channel(path: Path, limit: int = 1 << 20) -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 from typing import cast
@@ -15,6 +14,7 @@ import libvirt
 from .. import host
 from ..errors import HostError
 from ..limits import CAP_NUMBERS, Jail, bounding_set
+from .poweroff import InitProcess, controller_child
 
 log = logging.getLogger(__name__)
 PR_CAPBSET_DROP = 24
@@ -25,46 +25,19 @@ def init_pid(dom: libvirt.virDomain) -> int:
     """The sandbox's PID 1 as seen from the host: the child of libvirt's LXC controller,
     whose PID libvirt reports as the domain ID."""
     ctl = dom.ID()
-    children = Path(f"/proc/{ctl}/task/{ctl}/children").read_text().split()
-    if not children:
+    pid = controller_child(ctl)
+    if pid is None:
         raise OSError(f"the LXC controller {ctl} of {dom.name()} has no init process")
-    return int(children[0])
+    return pid
 
 
-class InitProcess:
-    """A sandbox's PID 1, held by a pidfd (a recycled PID can never be signalled, and a wait
-    on it wakes the moment it exits): `stop` and create's set-up domain (maintscripts.py)."""
-
-    def __init__(self, pidfd: int, pid: int) -> None:
-        self.pidfd, self.pid = pidfd, pid
-
-    @classmethod
-    def of(cls, dom: libvirt.virDomain) -> InitProcess | None:
-        try:
-            pid = init_pid(dom)
-            return cls(os.pidfd_open(pid), pid)
-        except (OSError, libvirt.libvirtError) as e:
-            log.debug("no pidfd for the init of %s: %s", dom.name(), e)
-            return None
-
-    def power_off(self) -> bool:
-        """SIGRTMIN+4 if PID 1 is systemd by now (our init execs it); False otherwise."""
-        try:
-            if Path(f"/proc/{self.pid}/comm").read_text().strip() != "systemd":
-                return False
-            signal.pidfd_send_signal(self.pidfd, signal.SIGRTMIN + 4)
-        except OSError:
-            return False
-        return True
-
-    def wait(self, seconds: float) -> bool:
-        """Whether it exited within `seconds`."""
-        import select
-
-        return bool(select.select([self.pidfd], [], [], max(0.0, seconds))[0])
-
-    def close(self) -> None:
-        os.close(self.pidfd)
+def init_process(dom: libvirt.virDomain) -> InitProcess | None:
+    """The domain's init held by a pidfd, or None if it has none (yet, or any more)."""
+    try:
+        return InitProcess.of_pid(init_pid(dom))
+    except (OSError, libvirt.libvirtError) as e:
+        log.debug("no pidfd for the init of %s: %s", dom.name(), e)
+        return None
 
 
 def match_bounding_set(pid: int) -> None:

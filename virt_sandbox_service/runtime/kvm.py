@@ -50,17 +50,16 @@ from .common import (
     exit_status,
     fail_start,
     log_hint,
-    mark_stopping,
     print_display,
     read_channel,
     run_dir,
-    stop_marker,
 )
 from .common import domain as domain  # part of the Backend protocol
 from .common import print_error as _print_error
 from .common import raise_stopped as _raise_stopped
 from .common import report_inner_failure as _report_inner_failure
 from .notify import notify_host_manager, status
+from .poweroff import InitProcess, mark_stopping, stop_marker
 
 log = logging.getLogger(__name__)
 POLL = 0.05
@@ -218,8 +217,11 @@ def _copy_console(conn: libvirt.virConnect, dom: libvirt.virDomain) -> None:
 
 
 def stop(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
-         timeout: float = 30) -> bool:
-    """Stop the sandbox; returns False if it was not running."""
+         timeout: float = 30, asked: InitProcess | None = None) -> bool:
+    """Stop the sandbox; returns False if it was not running. `asked` is None: a VM's init
+    is not the host's to signal (poweroff.request is LXC only)."""
+    if asked is not None:
+        asked.close()
     dom = domain(conn, cfg)
     if not _active(dom):
         return False

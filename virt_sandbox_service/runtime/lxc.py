@@ -51,10 +51,8 @@ from .common import (
     copy_console,
     exit_status,
     fail_start,
-    mark_stopping,
     run_dir,
     start_failure_hint,
-    stop_marker,
 )
 from .common import domain as domain  # part of the Backend protocol
 from .common import print_error as _print_error
@@ -77,6 +75,7 @@ from .lxccgroups import remove_cgroups as remove_cgroups
 from .lxccgroups import set_tasks_live as set_tasks_live
 from .lxcstop import POLL, _active, _force_stop, _graceful_stop, _stop_domain
 from .notify import NotifyListener, notify_host_manager, status
+from .poweroff import InitProcess, is_controller, mark_stopping, stop_marker
 
 log = logging.getLogger(__name__)
 
@@ -356,14 +355,20 @@ def _exit_status(cfg: SandboxConfig, paths: Paths) -> int:
 
 
 def stop(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
-         timeout: float = 30) -> bool:
-    """Stop the sandbox; returns False if it was not running."""
+         timeout: float = 30, asked: InitProcess | None = None) -> bool:
+    """Stop the sandbox; returns False if it was not running. `asked`: its init, already
+    asked to power off (poweroff.request), which this stop takes over."""
     dom = domain(conn, cfg)
     if not dom.isActive():
+        if asked is not None:
+            asked.close()
         remove_cgroups(cfg.name)
-        return False
+        return asked is not None  # it was running when asked, and ended since
     mark_stopping(paths, cfg.name)
-    _stop_domain(dom, cfg, timeout)
+    if cfg.kind is Kind.SERVICE:
+        _graceful_stop(dom, timeout, asked)
+    else:
+        _stop_domain(dom, cfg, timeout)
     remove_cgroups(cfg.name)
     return True
 
@@ -506,7 +511,6 @@ def sees_controller(dom: libvirt.virDomain) -> bool:
     """Whether this process sees the domain's libvirt_lxc controller, i.e. runs in libvirtd's
     PID namespace or an ancestor of it (the domain ID is the controller's PID there)."""
     try:
-        argv = Path(f"/proc/{dom.ID()}/cmdline").read_bytes().split(b"\0")
-    except (OSError, libvirt.libvirtError):
+        return is_controller(dom.ID(), dom.name())
+    except libvirt.libvirtError:
         return False
-    return os.path.basename(argv[0]) == b"libvirt_lxc" and dom.name().encode() in argv

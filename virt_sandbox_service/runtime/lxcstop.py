@@ -7,16 +7,17 @@ import contextlib
 import logging
 import os
 import select
-import sys
 import time
 from pathlib import Path
 
 import libvirt
 
 from .. import host
+from ..apply.txn import pause_after
 from ..config import Kind, SandboxConfig
 from ..errors import HostError
-from .enter import InitProcess
+from .enter import init_process
+from .poweroff import InitProcess
 
 log = logging.getLogger(__name__)
 POLL = 0.05  # seconds between domain state checks: cheap, and well under any human wait
@@ -30,7 +31,8 @@ def _stop_domain(dom: libvirt.virDomain, cfg: SandboxConfig, timeout: float) -> 
         _force_stop(dom)
 
 
-def _graceful_stop(dom: libvirt.virDomain, timeout: float) -> None:
+def _graceful_stop(dom: libvirt.virDomain, timeout: float,
+                   asked: InitProcess | None = None) -> None:
     """Ask the sandbox's systemd to power off; it ignores SIGTERM. Then destroy.
 
     Once the sandbox's PID 1 is systemd, the request is SIGRTMIN+4 (systemd's "power off"),
@@ -41,16 +43,20 @@ def _graceful_stop(dom: libvirt.virDomain, timeout: float) -> None:
     instead of waiting out the whole timeout before a destroy. The wait is on the pidfd,
     which wakes the moment the init exits: no libvirt call while libvirtd is busy with the
     domain (each isActive then waits about 40 ms for its lock).
+
+    `asked`: the init, already sent SIGRTMIN+4 before libvirt was loaded (poweroff.py); the
+    first request is then not sent again, and its pidfd is this stop's (closed here).
     """
     deadline = time.monotonic() + timeout
     _resume_if_paused(dom)
-    init = InitProcess.of(dom)
+    init = asked or init_process(dom)
     drain: Drain | None = None
     try:
         while time.monotonic() < deadline:
             if not _active(dom):
                 return
-            if init is not None and init.power_off():
+            if init is not None and (init is asked or init.power_off()):
+                asked = None  # asked again at the next round, as any other
                 drain = drain or Drain.of(dom, init)
             else:
                 try:
@@ -176,7 +182,7 @@ class Drain:
         try:
             dom.suspend()
             paused = True
-            _test_pause(PAUSE_STEP)
+            pause_after(PAUSE_STEP)
             dom.destroy()
             paused = False
             for pidfd in (init.pidfd, ctl):  # SIGKILLed by libvirt: gone in a moment
@@ -199,15 +205,6 @@ class Drain:
 
 GONE_WAIT = 2.0  # seconds for the SIGKILLed init and controller to be gone
 PAUSE_STEP = "pause of the drained sandbox"
-
-
-def _test_pause(step: str) -> None:
-    """VSS_PAUSE_AFTER, apply/txn.py's test hook: wait here (for a test's Ctrl-C). Never set
-    it in production."""
-    pause = os.environ.get("VSS_PAUSE_AFTER")
-    if pause and pause in step:
-        print(f"virt-sandbox-service: paused after '{step}'", file=sys.stderr, flush=True)
-        time.sleep(60)
 
 
 def _populated(cgroup: Path) -> bool:
