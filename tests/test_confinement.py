@@ -12,7 +12,7 @@ import pytest
 
 from virt_sandbox_service import host
 from virt_sandbox_service.limits import bounding_set, caps_from_mask
-from virt_sandbox_service.plantypes import GENERATOR_DIRS
+from virt_sandbox_service.plantypes import GENERATOR_DIRS, GENERATOR_PATH
 from virt_sandbox_service.runtime.enter import init_pid
 
 from .conftest import Env, need, unique_name
@@ -136,8 +136,10 @@ def test_what_a_sandbox_cannot_see(env: Env) -> None:
               "ls /sys/class/net; ls /proc | grep -c '^[0-9]'; "
               "touch /usr/probe 2>&1; cat /proc/1/comm; "
               "ls -d /run/systemd/generator* 2>/dev/null | wc -l; "
-              "for g in /run/systemd/system-generators/*; do readlink $g; done | sort -u; "
-              "ls /run/systemd/system-generators | tr '\\n' ' '")
+              "tr '\\0' '\\n' < /proc/1/environ | grep ^SYSTEMD_GENERATOR_PATH=; "
+              "ls -A /run/.vss-generators 2>&1; "
+              "cat /proc/$(systemctl show -P MainPID apache2.service)/environ | tr '\\0' '\\n'"
+              " | grep -c ^SYSTEMD_GENERATOR_PATH= || true")
     out = env.run("execute", a, "--", "sh", "-c", script).stdout.splitlines()
     assert "No such file or directory" in out[0]  # the host's state dirs: not there
     assert out[1] == "0"  # nothing of sandbox b
@@ -146,13 +148,15 @@ def test_what_a_sandbox_cannot_see(env: Env) -> None:
     assert re.search("Read-only file system", out[4])
     assert out[5] == "systemd"
     # No generator of the host made units for it (fstab's mounts, gettys, other packages'
-    # instances): every one the host has is masked there; apache2's packages ship none.
+    # instances): its systemd searches only its own generator path, where apache2's
+    # packages put none; the setting is its systemd's, not passed to the service.
     host_generators = sorted({p.name for d in GENERATOR_DIRS if Path(d).is_dir()
                               for p in Path(d).iterdir()})
-    assert host_generators  # systemd's own at least: the masking is what keeps them out
+    assert host_generators  # systemd's own at least: the path is what keeps them out
     assert out[6] == "0"
-    assert out[7] == "/dev/null"
-    assert sorted(out[8].split()) == host_generators
+    assert out[7] == f"SYSTEMD_GENERATOR_PATH={GENERATOR_PATH}"
+    assert "No such file or directory" in out[8]
+    assert out[9] == "0"
 
 
 def test_userns_refused_cleanly_or_maps_root(env: Env) -> None:

@@ -16,8 +16,8 @@ import pytest
 from lxml import etree
 
 from virt_sandbox_service.config import Driver, Kind
-from virt_sandbox_service.initscript import CONFINE_IN_SANDBOX, init_command, mask_generators
-from virt_sandbox_service.plantypes import GENERATOR_DIRS, GENERATOR_MASKS
+from virt_sandbox_service.initscript import CONFINE_IN_SANDBOX, generator_path, init_command
+from virt_sandbox_service.plantypes import GENERATOR_DIRS, GENERATOR_PATH
 
 from .conftest import GOLDEN
 from .test_golden import CASES, FACTS, check_golden, make
@@ -49,7 +49,7 @@ def test_init_parses_and_is_what_the_domain_runs(case: str) -> None:
     assert os_el is not None
     assert (os_el.findtext("init"), *(a.text for a in os_el.findall("initarg"))) == p.init
     assert tuple((e.get("name"), e.text) for e in os_el.findall("initenv")
-                 if e.get("name") == "NOTIFY_SOCKET") == p.init_env
+                 if e.get("name") in dict(p.init_env)) == p.init_env
 
 
 @pytest.mark.parametrize("case", LXC_CASES)
@@ -63,7 +63,8 @@ def test_init_confines_what_the_sandbox_runs(case: str) -> None:
     assert not any(w in line for line in lines[jail + 1:] for w in ("mount ", "umount"))
     if cfg.kind is Kind.SERVICE:
         assert lines[jail].startswith("exec ") and lines[jail] == lines[-1]
-        assert p.init_env == (("NOTIFY_SOCKET", "/run/sandbox-host/notify"),)
+        assert p.init_env == (("NOTIFY_SOCKET", "/run/sandbox-host/notify"),
+                              ("SYSTEMD_GENERATOR_PATH", GENERATOR_PATH))
     else:
         assert lines[jail + 1:] == ["echo $rc > /run/sandbox-host/exit-status; exit $rc"]
         assert p.init[3] == "sandbox-init" and p.init_env == ()
@@ -101,24 +102,30 @@ def test_on_selinux_the_overlay_etc_is_mounted_with_the_sandboxs_file_context() 
     assert "context=" not in _overlay_binds(bare, facts, ())[0]
 
 
-def test_every_host_generator_is_masked_but_the_services_own(tmp_path: Path) -> None:
-    """The masking lines run by sh against a made-up host: each generator in any of systemd's
-    generator directories (a dangling link too) gets a /dev/null link of its name in the
-    masking directory; a kept one (the service's package's) does not."""
+def test_only_the_services_own_generators_are_on_systemds_path(tmp_path: Path) -> None:
+    """The generator lines run by sh against a made-up host: the sandbox's systemd searches
+    GENERATOR_PATH only (its SYSTEMD_GENERATOR_PATH), which gets a link to each kept
+    generator (the service's package's, named with a space too) in the first of systemd's
+    directories that has it, an admin's /dev/null mask in /etc included; no other host
+    generator is there. Nothing kept: no line at all (no process at start)."""
     dirs = [tmp_path / d.strip("/") for d in GENERATOR_DIRS]
-    for d, names in zip(dirs, (["local-one"], [], ["postfix-instance-generator", "a b"],
-                               ["systemd-fstab-generator"]), strict=True):
+    for d, names in zip(dirs, (["masked-one"], ["local-one"],
+                               ["postfix-instance-generator", "a b", "masked-one"],
+                               ["systemd-fstab-generator", "a b"]), strict=True):
         d.mkdir(parents=True)
         for n in names:
             (d / n).write_text("#!/bin/sh\n")
-    (dirs[1] / "dangling").symlink_to(tmp_path / "nowhere")
-    masks = tmp_path / GENERATOR_MASKS.strip("/")
-    text = "\n".join(mask_generators(("postfix-instance-generator",)))
+    (dirs[0] / "masked-one").unlink()
+    (dirs[0] / "masked-one").symlink_to("/dev/null")
+    path = tmp_path / GENERATOR_PATH.strip("/")
+    text = "\n".join(generator_path(("postfix-instance-generator", "a b", "masked-one",
+                                      "not-on-this-host")))
     # One pass, longest first: /lib/systemd/... is also the tail of /usr/lib/systemd/...
-    alternatives = sorted((GENERATOR_MASKS, *GENERATOR_DIRS), key=len, reverse=True)
+    alternatives = sorted((GENERATOR_PATH, *GENERATOR_DIRS), key=len, reverse=True)
     text = re.sub("|".join(map(re.escape, alternatives)),
                   lambda m: str(tmp_path) + m.group(0), text)
     subprocess.run(["sh", "-ec", text], check=True)
-    assert {p.name: os.readlink(p) for p in masks.iterdir()} == {
-        n: "/dev/null" for n in ("local-one", "a b", "systemd-fstab-generator", "dangling")}
-    assert "postfix-instance-generator" not in mask_generators(())[1]
+    assert {p.name: os.readlink(p) for p in path.iterdir()} == {
+        "postfix-instance-generator": str(dirs[2] / "postfix-instance-generator"),
+        "a b": str(dirs[2] / "a b"), "masked-one": str(dirs[0] / "masked-one")}
+    assert generator_path(()) == []

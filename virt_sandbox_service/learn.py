@@ -51,7 +51,9 @@ from .errors import HostError, UserError
 from .evidence import NOT_SERVICE_DATA, SKELETON_REASONS
 from .host import HostFacts, detect
 from .limits import confined_caps
+from .pathevidence import PathEvidence
 from .plan import ETC_WORK, EVIDENCE_FILE, OVERLAY_OPTIONS, Mount, Plan, plan
+from .plantypes import GENERATOR_DIRS
 
 TREES = ("/etc", "/var", "/srv")
 STARTUP_LIMIT = 60.0  # seconds to wait for the units' first open
@@ -271,14 +273,18 @@ def observe(cfg: SandboxConfig, facts: HostFacts, conn: libvirt.virConnect, path
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{cfg.name}-learn-", dir=paths.run_dir)
     run = replace_for_learning(cfg, tmp)
+    # Of its evidence, only its service's own systemd generators (kept_generators): what
+    # starts postfix@-.service for postfix.service runs in the learning run too.
+    generators = own_generators(cfg)
     merged: list[str] = []
     watch = Watch()
     try:
         fragments = tuple((u.name, _fragment(u)) for u in units)
+        run = with_their_caps(run, units)
         needs = tuple((u, c) for u, c, _ in capneeds.lacking(list(units), confined_caps(run)))
         with Transaction() as txn:
-            files.create_state_dir(plan(run, facts, (), (), "", f"{tmp}/run", fragments,
-                                        needs), txn)
+            files.create_state_dir(plan(run, facts, generators, (), "", f"{tmp}/run",
+                                        fragments, needs), txn)
         for u in units:
             if u.generated is not None:
                 Path(run.state_dir, "etc", _fragment(u)[len("/etc/"):]).write_text(u.generated)
@@ -289,8 +295,8 @@ def observe(cfg: SandboxConfig, facts: HostFacts, conn: libvirt.virConnect, path
                 merged.append(_overlay(tree, run.state_dir, tmp))
                 watch.add(merged[-1], tree)
                 mounts.append(Mount(tree, merged[-1], reason="learn: the host's, copy-up"))
-        p = plan(dataclasses.replace(run, etc_overlay=False), facts, (), (), "", f"{tmp}/run",
-                 fragments, needs)
+        p = plan(dataclasses.replace(run, etc_overlay=False), facts, generators, (), "",
+                 f"{tmp}/run", fragments, needs)
         # Where the plan binds the private /etc: everything on top of it comes after.
         at = next(i for i, m in enumerate(p.mounts) if m.target in TREES)
         others = tuple(m for m in p.mounts if m.target not in TREES)
@@ -305,6 +311,21 @@ def observe(cfg: SandboxConfig, facts: HostFacts, conn: libvirt.virConnect, path
 
         remove_cgroups(run.name)
         domainlogs.sweep_transient(conn, cfg.uri)  # libvirt's logs of earlier learn domains
+
+
+def with_their_caps(run: SandboxConfig, units: Sequence[unitfile.UnitFile]) -> SandboxConfig:
+    """The learning run gives the units the capabilities their own settings ask for, which
+    the sandbox may lack (create names them): it is there to watch them at work, and one
+    that fails at its start for a capability opens nothing (mariadb's CAP_IPC_LOCK)."""
+    wanted = {c for _, c, _ in capneeds.lacking(list(units), confined_caps(run))}
+    return dataclasses.replace(run, caps_add=tuple(sorted({*run.caps_add, *wanted})),
+                               caps_drop=tuple(c for c in run.caps_drop if c not in wanted))
+
+
+def own_generators(cfg: SandboxConfig) -> tuple[PathEvidence, ...]:
+    from .clone import load_evidence
+
+    return tuple(e for e in load_evidence(cfg)[0] if os.path.dirname(e.path) in GENERATOR_DIRS)
 
 
 def replace_for_learning(cfg: SandboxConfig, tmp: str) -> SandboxConfig:

@@ -164,9 +164,10 @@ class Plan:
     unit_files: tuple[tuple[str, str], ...] = field(default=())
 
 
-# systemd's system generator directories (systemd.generator(7)); a link to /dev/null of the
-# same name in GENERATOR_MASKS, the first of them, masks a generator in all the others.
-GENERATOR_MASKS = "/run/systemd/system-generators"
+# systemd's system generator directories (systemd.generator(7)), in its order. A unit
+# sandbox's systemd searches only GENERATOR_PATH instead (its SYSTEMD_GENERATOR_PATH), which
+# holds links to the kept generators alone (initscript.generator_path).
+GENERATOR_PATH = "/run/.vss-generators"
 GENERATOR_DIRS = ("/etc/systemd/system-generators", "/usr/local/lib/systemd/system-generators",
                   "/usr/lib/systemd/system-generators", "/lib/systemd/system-generators")
 GENERATOR_REASON = "a systemd generator of package {package}: the sandbox's systemd runs it"
@@ -175,9 +176,9 @@ GENERATOR_REASON = "a systemd generator of package {package}: the sandbox's syst
 def kept_generators(evidence: Iterable[PathEvidence]) -> tuple[str, ...]:
     """The generators a unit sandbox's systemd runs: those of the service's own packages
     (postfix's makes postfix@-.service wanted by postfix.service, tor's tor@default.service).
-    Every other generator is masked: fstab, getty, SysV scripts, other packages' instances and
-    this tool's own turn the host's configuration into units, which are not the service's
-    (and running them all took ~130 ms of every start)."""
+    No other generator runs: fstab, getty, SysV scripts, other packages' instances and this
+    tool's own turn the host's configuration into units, which are not the service's (and
+    running them all took ~130 ms of every start)."""
     return tuple(sorted({os.path.basename(e.path) for e in evidence
                          if os.path.dirname(e.path) in GENERATOR_DIRS}))
 

@@ -1,6 +1,7 @@
 #!/bin/sh
 # arguments: (none)
 # environment: NOTIFY_SOCKET=/run/sandbox-host/notify
+# environment: SYSTEMD_GENERATOR_PATH=/run/.vss-generators
 while IFS=: read -r _ ctl path; do
   [ -n "$ctl" ] && [ "$path" != / ] || continue
   d=/sys/fs/cgroup/${ctl#name=}$path; [ -d "$d" ] || continue
@@ -35,8 +36,6 @@ if [ -n "$cg" ] && [ "$cg" != / ]; then
   echo $$ > "/sys/fs/cgroup$cg/cgroup.procs"
   /bin/umount /sys/fs/cgroup
 fi
-mkdir -p /run/systemd/system-generators || exit 125
-for g in /etc/systemd/system-generators/* /usr/local/lib/systemd/system-generators/* /usr/lib/systemd/system-generators/* /lib/systemd/system-generators/*; do n=${g##*/}; if [ -e "$g" ] || [ -L "$g" ]; then ln -sfn /dev/null /run/systemd/system-generators/"$n" || exit 125; fi; done
 mkdir -p /run/lock && mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=5m tmpfs /run/lock || exit 125
 mount --bind /etc/systemd /etc/systemd && mount -o remount,bind,ro /etc/systemd || exit 125
 exec /usr/bin/unshare --cgroup /bin/sh -c 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"' sandbox-init /usr/bin/python3 -I -S /run/.vss-confine.py --caps chown,dac_override,fowner,fsetid,kill,setgid,setuid,setpcap,net_bind_service,sys_chroot,audit_write,setfcap -- /lib/systemd/systemd systemd.unified_cgroup_hierarchy=1
