@@ -22,9 +22,6 @@ what libvirtd's own profile lets it change to (change_profile -> libvirt-[0-9a-f
 
 from __future__ import annotations
 
-import hashlib
-import uuid
-
 from lxml import etree
 
 PREFIX = "libvirt-"
@@ -63,6 +60,9 @@ def domain_uuid(machine_id: str) -> str:
     hash: stable for the sandbox, and, as machine-id(5) asks of identifiers shown outside,
     the machine-id cannot be read back from it (any local user may list domain UUIDs through
     libvirt's read-only socket)."""
+    import hashlib
+    import uuid  # (here: with hashlib, 3.5 ms of every start and stop's imports otherwise)
+
     digest = hashlib.sha256(b"virt-sandbox-service domain:" + bytes.fromhex(machine_id))
     return str(uuid.UUID(bytes=digest.digest()[:16], version=4))
 

@@ -2,20 +2,28 @@
 # arguments: (none)
 # environment: NOTIFY_SOCKET=/run/sandbox-host/notify
 # environment: SYSTEMD_GENERATOR_PATH=/run/.vss-generators
-while IFS=: read -r _ ctl path; do
-  [ -n "$ctl" ] && [ "$path" != / ] || continue
-  d=/sys/fs/cgroup/${ctl#name=}$path; [ -d "$d" ] || continue
-  p="$d/sandbox"; mkdir -p "$p"
-  if [ -f "$d/cpuset.cpus" ]; then
-    cat "$d/cpuset.cpus" > "$p/cpuset.cpus"
-    cat "$d/cpuset.mems" > "$p/cpuset.mems"
-  fi
-  for f in "$d"/blkio.throttle.*_device; do
-    [ -f "$f" ] || continue
-    while read -r dev rate; do echo "$dev $rate" > "$p/${f##*/}"; done < "$f"
+vss_cgroups() {
+  set --
+  while IFS=: read -r _ ctl path; do
+    [ -n "$ctl" ] && [ "$path" != / ] || continue
+    d=/sys/fs/cgroup/${ctl#name=}$path; [ -d "$d" ] || continue
+    set -- "$@" "$d/sandbox"
+  done < /proc/self/cgroup
+  [ $# -eq 0 ] || mkdir -p "$@"
+  for p; do
+    d=${p%/sandbox}
+    if [ -f "$d/cpuset.cpus" ]; then
+      read -r v < "$d/cpuset.cpus"; echo "$v" > "$p/cpuset.cpus"
+      read -r v < "$d/cpuset.mems"; echo "$v" > "$p/cpuset.mems"
+    fi
+    for f in "$d"/blkio.throttle.*_device; do
+      [ -f "$f" ] || continue
+      while read -r dev rate; do echo "$dev $rate" > "$p/${f##*/}"; done < "$f"
+    done
+    echo $$ > "$p/cgroup.procs"
   done
-  echo $$ > "$p/cgroup.procs"
-done < /proc/self/cgroup
+}
+vss_cgroups
 if [ -n "${VSS_TASKS_MAX:-}" ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
   base=$(sed -n 's/^[0-9]*:[^:]*cpu[^:]*:\(.*\)$/\1/p;T;q' /proc/self/cgroup)
   base=${base%/sandbox}; pd=/run/.vss-pids
