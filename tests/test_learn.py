@@ -14,14 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from virt_sandbox_service.config import Kind, SandboxConfig
 from virt_sandbox_service.learn import (
     Attribution,
     instance_has,
     interesting,
     services_in,
+    with_their_caps,
     would_add,
 )
+from virt_sandbox_service.limits import confined_caps
 from virt_sandbox_service.plan import other_path
+from virt_sandbox_service.unitfile import load_unit
 
 from .conftest import Env, domain_names, need, unique_name
 
@@ -93,6 +97,23 @@ def test_the_services_a_process_runs_in_from_its_cgroups() -> None:
     assert services_in(base + "system-postfix.slice/postfix@-.service\n"
                        "4:memory:/machine/lxc-1-web1.libvirt-lxc\n") == ["postfix@-.service"]
     assert services_in("0::/machine/lxc-1-web1.libvirt-lxc/sandbox/init.scope\n") == []
+
+
+def test_the_learning_run_gives_the_units_the_capabilities_they_ask_for(
+        tmp_path: Path) -> None:
+    """A unit whose own settings ask for a capability the sandbox lacks (mariadb's
+    CAP_IPC_LOCK) fails at its start and opens nothing: the learning run, there to watch it
+    at work, gives it, even one --cap-drop took away; the rest of the sandbox's set stays."""
+    (tmp_path / "db.service").write_text("[Service]\nExecStart=/bin/true\n"
+                                          "AmbientCapabilities=CAP_IPC_LOCK CAP_SYS_NICE\n")
+    units = [load_unit("db.service", [tmp_path])]
+    cfg = SandboxConfig(name="db1", kind=Kind.SERVICE, uri="lxc:///", state_dir="/x",
+                        units=("db.service",), caps_drop=("sys_nice", "net_raw"))
+    assert {"ipc_lock", "sys_nice"}.isdisjoint(confined_caps(cfg))
+    run = with_their_caps(cfg, units)
+    assert {"ipc_lock", "sys_nice"} <= set(confined_caps(run))
+    assert "net_raw" not in confined_caps(run)
+    assert set(confined_caps(run)) - {"ipc_lock", "sys_nice"} == set(confined_caps(cfg))
 
 
 def leaves_nothing(env: Env) -> None:
