@@ -365,10 +365,7 @@ def stop(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
         remove_cgroups(cfg.name)
         return asked is not None  # it was running when asked, and ended since
     mark_stopping(paths, cfg.name)
-    if cfg.kind is Kind.SERVICE:
-        _graceful_stop(dom, timeout, asked)
-    else:
-        _stop_domain(dom, cfg, timeout)
+    _stop_domain(dom, cfg, timeout, asked)
     remove_cgroups(cfg.name)
     return True
 

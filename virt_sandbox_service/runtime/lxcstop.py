@@ -24,9 +24,10 @@ POLL = 0.05  # seconds between domain state checks: cheap, and well under any hu
 REASK = 0.5  # seconds between poweroff requests to a sandbox that has not begun to stop
 
 
-def _stop_domain(dom: libvirt.virDomain, cfg: SandboxConfig, timeout: float) -> None:
+def _stop_domain(dom: libvirt.virDomain, cfg: SandboxConfig, timeout: float,
+                 asked: InitProcess | None = None) -> None:
     if cfg.kind is Kind.SERVICE:
-        _graceful_stop(dom, timeout)
+        _graceful_stop(dom, timeout, asked)
     else:
         _force_stop(dom)
 
@@ -138,7 +139,16 @@ class Drain:
         except (OSError, libvirt.libvirtError) as e:
             log.debug("no drain watch for %s: %s", dom.name(), e)
             return None
-        return cls(events, root, controller, cgroups)
+        drain = cls(events, root, controller, cgroups)
+        if drain._drained():
+            # Drained before it was watched (stop's request goes before libvirt is loaded:
+            # a sandbox with little to stop may be done by now). How far its PID 1's last
+            # steps are, or whether libvirt is already ending the domain, is unknown then:
+            # no pause of a domain in that state; the stop waits for the init's exit.
+            log.debug("%s drained before it was watched", dom.name())
+            drain.close()
+            return None
+        return drain
 
     def wait(self, init: InitProcess, seconds: float) -> bool:
         """Whether the services are all down within `seconds`; False also when the init
@@ -173,6 +183,9 @@ class Drain:
 
     def end(self, dom: libvirt.virDomain, init: InitProcess) -> bool:
         """Pause and destroy the drained domain; whether it is gone."""
+        if select.select([init.pidfd], [], [], 0)[0]:  # its init has exited: libvirt's end
+            self.usable = False
+            return False
         try:
             ctl = os.pidfd_open(self.controller)
         except OSError:
