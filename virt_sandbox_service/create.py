@@ -583,7 +583,7 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False,
     if dry_run:  # reads only: no lock (its file would be a change), no reservation
         p = make_plan(req, checked, paths, facts, got)
         hostsources.check_among(p.config, all_configs(paths), paths)
-        layers.warn_if_unprotected(conn, req.uri, req.name)
+        layers.warn_if_unprotected(facts.secmodels, req.uri, req.name)
         return p
     with Transaction() as txn:
         with config_lock(paths):
@@ -592,13 +592,16 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False,
             hostsources.check_among(p.config, all_configs(paths), paths)
             reserve(p, txn)
         apply_plan(p, conn, txn)
+        # libvirt's logs of earlier set-up domains go before this one runs: after its end,
+        # libvirtd's event loop is held by its teardown, and a call then would wait for that.
+        domainlogs.sweep_transient(conn, req.uri)
         fresh_instance(req, p, paths, conn, facts, got)
     missing = capneeds.missing_instance_paths(list(got.units), capneeds.instance_view(p.config))
     if missing:
         line, hint = capneeds.describe_missing_paths(missing)
         _warn_fails_at_start(line, hint)
-    domainlogs.sweep_transient(conn, req.uri)  # libvirt's logs of earlier set-up domains
-    layers.warn_if_unprotected(conn, req.uri, req.name)
+    lv.close_without_waiting(conn)  # the set-up domain's teardown is libvirt's own
+    layers.warn_if_unprotected(facts.secmodels, req.uri, req.name)
     if driver_for_uri(req.uri) is Driver.KVM and not facts.kvm:
         _, why = host.kvm_choice()
         print(f"virt-sandbox-service: warning: {why}: the sandbox's VM will run under TCG "

@@ -284,11 +284,14 @@ class HostLayers:
         return not self.lsm and self.userns_problem is not None
 
 
-def host_layers(conn: host.LibvirtCaps | None = None) -> HostLayers:
-    """This host's layers; with a libvirt LXC connection, also which LSM libvirt uses."""
+def host_layers(conn: host.LibvirtCaps | None = None,
+                secmodels: tuple[str, ...] | None = None) -> HostLayers:
+    """This host's layers; with a libvirt LXC connection (or the `secmodels` read from one),
+    also which LSM libvirt uses."""
+    if secmodels is None and conn is not None:
+        secmodels = host.libvirt_secmodels(conn)
     return HostLayers(host.libseccomp_available(), host.apparmor_enabled(), host.selinux_mode(),
-                      host.cgroup_layout().userns_problem,
-                      None if conn is None else host.libvirt_secmodels(conn))
+                      host.cgroup_layout().userns_problem, secmodels)
 
 
 def summary(h: HostLayers) -> str:
@@ -314,10 +317,13 @@ def unprotected_warning(h: HostLayers, name: str) -> str | None:
             "'virt-sandbox-service doctor' says why)")
 
 
-def warn_if_unprotected(conn: host.LibvirtCaps, uri: str, name: str) -> None:
-    """create's one warning line, for an LXC sandbox (a KVM sandbox's root is its guest's)."""
+def warn_if_unprotected(secmodels: tuple[str, ...], uri: str, name: str) -> None:
+    """create's one warning line, for an LXC sandbox (a KVM sandbox's root is its guest's).
+
+    `secmodels`: what create read from libvirt before its set-up domain ran. Asking libvirt
+    again after it waits for libvirt's teardown of that domain (a 200 ms round on 9.0)."""
     if driver_for_uri(uri) is not Driver.LXC:
         return
-    text = unprotected_warning(host_layers(conn), name)
+    text = unprotected_warning(host_layers(secmodels=secmodels), name)
     if text:
         print(f"virt-sandbox-service: warning: {text}", file=sys.stderr)

@@ -176,6 +176,10 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
 
         check_networks(conn, cfg.networks)
         ensure_our_filter(conn, cfg.networks)
+    # libvirt's logs of earlier runs go (apply/domainlogs.py), before this run's domain: once
+    # it has ended, libvirtd's event loop is held by its teardown (a 200 ms round on libvirt
+    # 9.0), and any call we made then would wait that out.
+    domainlogs.sweep_transient(conn, uri)
     sys.stdout.flush()
     sys.stderr.flush()
     with _fresh_dirs(cfg):
@@ -188,22 +192,8 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
                 rc = _run_kvm(conn, cfg, paths, sess, graphics, xorg)
         else:
             rc = _run_kvm(conn, cfg, paths, sess, graphics, xorg)
-    # Our output is all written; libvirt's logs of earlier runs go (apply/domainlogs.py).
-    domainlogs.sweep_transient(conn, uri)
-    _close_without_waiting(conn)
+    lv.close_without_waiting(conn)
     return rc
-
-
-def _close_without_waiting(conn: libvirt.virConnect) -> None:
-    """The run's connection closed in a thread of its own that does not hold up our exit.
-
-    The command's status is known, but libvirt still tears its domain down, and the close
-    waits for that (the domain is AUTODESTROY: libvirtd ends it at the close, under the
-    domain's lock, which its teardown holds through a 200 ms round): 0.2 s of every run.
-    Should we exit first, the kernel closes the socket and libvirtd does the same on its own."""
-    import threading
-
-    threading.Thread(target=conn.close, name="libvirt-close", daemon=True).start()
 
 
 def check_privilege(uri: str, driver: Driver, euid: int) -> None:
