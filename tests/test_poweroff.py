@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from virt_sandbox_service.config import Kind, Paths, SandboxConfig
+from virt_sandbox_service.errors import UserError
 from virt_sandbox_service.runtime import poweroff
 
 NAME = "web1"
@@ -65,6 +67,13 @@ def children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def request(paths: Paths, cfg: SandboxConfig) -> poweroff.InitProcess | None:
+    """poweroff.request of a sandbox whose config file is `cfg`'s."""
+    paths.sandboxes_dir.mkdir(parents=True, exist_ok=True)
+    paths.config_file(cfg.name).write_text(cfg.to_json())
+    return poweroff.request(paths, cfg.name)
+
+
 def write_pid_file(pid: int | str, name: str = NAME) -> None:
     (poweroff.LXC_STATE_DIR / f"{name}.pid").write_text(f"{pid}")
 
@@ -75,7 +84,7 @@ def test_asks_the_sandboxs_systemd_and_marks_the_stop(
     domains.append(ctl)
     (init_pid,) = children(ctl.pid)
     write_pid_file(ctl.pid)
-    init = poweroff.request(config(), paths)
+    init = request(paths, config())
     assert init is not None and init.pid == init_pid
     try:
         assert init.wait(5), "SIGRTMIN+4 did not reach the init"
@@ -99,7 +108,7 @@ def test_sends_nothing_and_writes_nothing_unless_certain(
     pid = pids.get(case, ctl.pid)
     if case != "no pid file":
         write_pid_file(pid)
-    assert poweroff.request(config(), paths) is None
+    assert request(paths, config()) is None
     assert not poweroff.stop_marker(paths, NAME).exists()
     time.sleep(0.05)
     assert len(children(ctl.pid)) == 1, "the init was signalled"
@@ -117,6 +126,42 @@ def test_only_a_local_lxc_service_sandbox(
     ctl = fake_domain(tmp_path, "systemd")
     domains.append(ctl)
     write_pid_file(ctl.pid)
-    assert poweroff.request(config(**change), paths) is None
+    assert request(paths, config(**change)) is None
     assert not poweroff.stop_marker(paths, NAME).exists()
     assert len(children(ctl.pid)) == 1
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"kind": "service", "uri": "lxc:///"}',
+                                  '{"format_version": 0, "kind": "service", "uri": "lxc:///"}'],
+                         ids=["not json", "not an object", "no version", "older format"])
+def test_a_config_file_it_cannot_vouch_for_goes_the_libvirt_way(
+        text: str, paths: Paths, tmp_path: Path,
+        domains: list[subprocess.Popen[bytes]]) -> None:
+    """The request reads only the config file's URI and kind: a file it cannot be sure of
+    is left to `stop`'s full load, which says what is wrong with it."""
+    ctl = fake_domain(tmp_path, "systemd")
+    domains.append(ctl)
+    write_pid_file(ctl.pid)
+    paths.sandboxes_dir.mkdir(parents=True)
+    paths.config_file(NAME).write_text(text)
+    assert poweroff.request(paths, NAME) is None
+    assert not poweroff.stop_marker(paths, NAME).exists()
+    assert len(children(ctl.pid)) == 1
+
+
+@pytest.mark.parametrize("name", ["../web1", "nosuch"])
+def test_a_name_that_is_no_sandboxs_is_an_error_before_anything(
+        name: str, paths: Paths) -> None:
+    with pytest.raises(UserError):
+        poweroff.request(paths, name)
+    assert not (paths.run_dir / poweroff.STOPPING_DIR).exists()
+
+
+def test_the_request_loads_neither_the_config_module_nor_libvirt() -> None:
+    """What makes the request early: `stop` loads these only after it (cli.cmd_stop)."""
+    code = ("import sys; import virt_sandbox_service.cli, virt_sandbox_service.runtime.poweroff; "
+            "print(sorted(m for m in ('virt_sandbox_service.config', 'dataclasses', 'libvirt') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout
+    assert out.strip() == "[]"

@@ -18,7 +18,6 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from . import __version__, progress
-from .config import DEFAULT_URI, Paths, load_config, shown
 from .errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -27,8 +26,10 @@ from .errors import (
     SandboxError,
     UserError,
 )
+from .hostpaths import DEFAULT_URI, Paths, shown
 
 if TYPE_CHECKING:
+    from .config import SandboxConfig
     from .create import CreateRequest
     from .limits import LimitArgs
     from .mounts import MountSpec
@@ -167,10 +168,11 @@ def cmd_start(args: argparse.Namespace, paths: Paths) -> int:
 def cmd_stop(args: argparse.Namespace, paths: Paths) -> int:
     from .runtime import poweroff
 
+    # First of all (a local LXC sandbox): the request, so that its services drain while the
+    # config module, libvirt's binding and the runtime load (issue 16: 0.05-0.1 s of every
+    # stop).
+    asked = poweroff.request(paths, args.name)
     cfg = load_config(paths, args.name)
-    # First of all (a local LXC sandbox): the request, so that its services drain while
-    # libvirt's binding and the runtime load (issue 16: 0.05-0.1 s of every stop).
-    asked = poweroff.request(cfg, paths)
     from .apply.libvirt import connect
     from .runtime import backend
 
@@ -606,6 +608,14 @@ COMMANDS: dict[str, tuple[str, Definer]] = {
 }
 
 
+def load_config(paths: Paths, name: str) -> SandboxConfig:
+    """config.load_config, loaded only by the commands that read a config, and by `stop`
+    only after its request (the config module is the heaviest of the tool's own)."""
+    from . import config
+
+    return config.load_config(paths, name)
+
+
 def _sigterm(signum: int, frame: FrameType | None) -> None:
     # Treat SIGTERM like Ctrl-C: the running step's Transaction rolls back.
     raise KeyboardInterrupt()
@@ -637,6 +647,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         # A create or clone has rolled back by now; start/stop leave the sandbox consistent.
         print(f"{PROG}: interrupted", file=sys.stderr)
+        # CPython 3.11: a Ctrl-C that passed through an exec() of a string (dataclasses and
+        # namedtuples build their methods so, as a lazily imported module loads) marks the
+        # interpreter as ended by an unhandled Ctrl-C, and `python -m` then kills itself
+        # with SIGINT at exit instead of our status. An exec() of a string clears the mark.
+        exec("")
         return EXIT_INTERRUPTED
     except Exception as e:  # a bug or an unexpected host failure: one line, details on --debug
         if args.debug:

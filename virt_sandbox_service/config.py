@@ -14,33 +14,26 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import UserError
+from .hostpaths import DEFAULT_URI as DEFAULT_URI
+from .hostpaths import FORMAT_VERSION as FORMAT_VERSION
+from .hostpaths import NAME_MAX as NAME_MAX
+from .hostpaths import NAME_RE as NAME_RE
+from .hostpaths import Driver as Driver
+from .hostpaths import Kind as Kind
+from .hostpaths import Paths as Paths
+from .hostpaths import read_config_text as read_config_text
+from .hostpaths import shown as shown
+from .hostpaths import validate_name as validate_name
 
 if TYPE_CHECKING:
     from .mounts import MountSpec
     from .network import NetSpec
 
-FORMAT_VERSION = 1
 IDMAP_COUNT = 65536
 IDMAP_FIRST = 1 << 20  # above the ranges useradd hands out and /etc/subuid's usual 100000
-DEFAULT_URI = "lxc:///"
-# No "+": the name is part of a systemd unit name, which does not allow it.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# 64 keeps the name usable as a hostname, a cgroup component and a unit instance.
-NAME_MAX = 64
-
-
-class Driver(enum.StrEnum):
-    LXC = "lxc"
-    KVM = "kvm"
-
-
-class Kind(enum.StrEnum):
-    SERVICE = "service"  # systemd as PID 1 running the host's installed unit(s)
-    GENERIC = "generic"  # one command as the sandbox's init
 
 
 class SecurityMode(enum.StrEnum):
@@ -66,13 +59,6 @@ def parse_enum(cls: type[E], value: str, what: str) -> E:
         raise UserError(f"'{value}' is not a valid {what} ({choices})") from None
 
 
-def shown(text: str) -> str:
-    """A user's string, quoted for a one-line message: control characters escaped."""
-    if text.isprintable():
-        return f"'{text}'"
-    return "'" + text.encode("unicode_escape").decode("ascii") + "'"
-
-
 def check_arg_text(argv: Sequence[str]) -> None:
     """Command words libvirt's XML can carry to the sandbox's init: no control characters
     (tab and newline aside), and a first word that is not empty."""
@@ -82,21 +68,6 @@ def check_arg_text(argv: Sequence[str]) -> None:
         if any(ord(c) < 32 and c not in "\t\n" for c in arg):
             raise UserError(f"command argument {shown(arg)} has control characters",
                             "libvirt cannot pass them to the sandbox's init")
-
-
-def validate_name(name: str) -> str:
-    """Check a sandbox name: it becomes a directory, a libvirt domain, a hostname and a unit."""
-    hint = "use letters, digits, '_', '.', '-', starting with a letter or digit"
-    if not name:
-        raise UserError("sandbox name is empty", hint)
-    if "/" in name or name in (".", "..") or ".." in name:
-        raise UserError(f"sandbox name {shown(name)} must not contain '/' or '..'", hint)
-    if len(name) > NAME_MAX:
-        raise UserError(f"sandbox name is {len(name)} characters long (at most {NAME_MAX})", hint)
-    if not NAME_RE.fullmatch(name):
-        raise UserError(f"sandbox name {shown(name)} has characters that are not allowed",
-                        hint)
-    return name
 
 
 URI_RE = re.compile(r"(?P<scheme>lxc|qemu)(\+[a-z]+)?://[^/\s]*(?P<path>/[a-z]*)(\?\S*)?")
@@ -327,56 +298,6 @@ def _typed(key: str, value: Any, expected: type, source: str) -> Any:
 
 
 _TYPE_WORDS = {str: "a string", int: "a whole number", bool: "true or false", list: "a list"}
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where the tool keeps things on the host. Environment overrides exist for tests."""
-
-    config_dir: Path = Path("/etc/virt-sandbox-service")
-    state_parent: Path = Path("/var/lib/virt-sandbox-service")
-    unit_dir: Path = Path("/etc/systemd/system")
-    run_dir: Path = Path("/run/virt-sandbox-service")
-    # The sandbox files `apply` and the generator read (sandboxfile.py); None: sandboxes.d in
-    # config_dir.
-    files_dir: Path | None = None
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Paths:
-        env = dict(os.environ) if env is None else env
-        d = cls()
-        return cls(
-            config_dir=Path(env.get("VSS_CONFIG_DIR", str(d.config_dir))),
-            state_parent=Path(env.get("VSS_STATE_DIR", str(d.state_parent))),
-            unit_dir=Path(env.get("VSS_UNIT_DIR", str(d.unit_dir))),
-            run_dir=Path(env.get("VSS_RUN_DIR", str(d.run_dir))),
-            files_dir=Path(env["VSS_SANDBOXES_DIR"]) if env.get("VSS_SANDBOXES_DIR") else None,
-        )
-
-    @property
-    def sandbox_files_dir(self) -> Path:
-        return self.files_dir or self.config_dir / "sandboxes.d"
-
-    @property
-    def sandboxes_dir(self) -> Path:
-        return self.config_dir / "sandboxes"
-
-    def config_file(self, name: str) -> Path:
-        return self.sandboxes_dir / f"{name}.json"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.config_dir / ".lock"
-
-
-def read_config_text(paths: Paths, name: str) -> tuple[Path, str]:
-    validate_name(name)
-    path = paths.config_file(name)
-    try:
-        return path, path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"no sandbox named '{name}'",
-                        "see 'virt-sandbox-service list' for the sandboxes there are") from None
 
 
 def _mount_parser() -> Callable[[str], Any]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from ..config import Driver, Paths, SandboxConfig
+# Not config: runtime.poweroff (stop's first step) comes through here before it loads.
+from ..hostpaths import Driver, Paths
 
 if TYPE_CHECKING:
     import libvirt
 
+    from ..config import SandboxConfig
     from ..limits import Jail
     from .poweroff import InitProcess
 

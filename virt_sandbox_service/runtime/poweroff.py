@@ -7,6 +7,11 @@ imports) and connecting: that time was spent in turn. Now, for a local LXC sandb
 request goes first; the rest of `stop` loads while the sandbox drains, then goes on as
 before with the same pidfd (runtime/lxcstop.py). Nothing here imports libvirt.
 
+What the request needs of the sandbox's config (its URI and kind) is read from the config file
+itself: the config module (a frozen dataclass of ~50 fields) loads after the request too.
+`stop` loads and checks the whole file right after; a sandbox whose file is damaged
+elsewhere is still asked to stop, which is what its admin asked for.
+
 The sandbox's init is found from what libvirt's LXC driver keeps for a running domain (its
 controller's PID in NAME.pid of its state directory), and believed only if that process is
 this domain's `libvirt_lxc` controller and the init its child: a stale or foreign PID, a
@@ -17,13 +22,14 @@ leave the request to the libvirt path, as before.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
 from pathlib import Path
 
 from ..apply.txn import pause_after
-from ..config import Driver, Kind, Paths, SandboxConfig
+from ..hostpaths import FORMAT_VERSION, Kind, Paths, read_config_text
 
 log = logging.getLogger(__name__)
 # libvirt's LXC driver (system instance): NAME.pid holds a running domain's controller PID.
@@ -106,25 +112,40 @@ def controller_child(ctl: int) -> int | None:
     return int(children[0]) if children else None
 
 
-def request(cfg: SandboxConfig, paths: Paths) -> InitProcess | None:
+def request(paths: Paths, name: str) -> InitProcess | None:
     """Ask a running local LXC service sandbox's systemd to power off, without libvirt; the
     stop marker is written first. Returns its init (for `stop` to wait on), or None when it
-    could not be found for certain: then nothing was sent nor written."""
-    if cfg.kind is not Kind.SERVICE or cfg.driver is not Driver.LXC or cfg.uri != LOCAL_LXC:
+    could not be found for certain: then nothing was sent nor written. UserError for a name
+    that is not a sandbox's (read_config_text), before anything is done."""
+    _, text = read_config_text(paths, name)
+    if not local_lxc_service(text):
         return None
-    init = _init_of(cfg.name)
+    init = _init_of(name)
     if init is None:
         return None
     if not init.is_systemd():  # still starting: the libvirt path handles that
         init.close()
         return None
-    mark_stopping(paths, cfg.name)
+    mark_stopping(paths, name)
     if not init.power_off():
         init.close()
         return None
-    log.debug("asked sandbox %s (init %d) to power off", cfg.name, init.pid)
+    log.debug("asked sandbox %s (init %d) to power off", name, init.pid)
     pause_after(REQUEST_STEP)
     return init
+
+
+def local_lxc_service(config_text: str) -> bool:
+    """Whether a config file (its text) is a service sandbox's, of the local LXC driver, in
+    the current format: only then is the request sent here. A remote or other libvirtd's
+    domain is not the one in LXC_STATE_DIR; a VM's init is not the host's to signal; a
+    generic sandbox is destroyed, not shut down; anything else goes the libvirt way."""
+    try:
+        data = json.loads(config_text)
+    except ValueError:
+        return False
+    return (isinstance(data, dict) and data.get("format_version") == FORMAT_VERSION
+            and data.get("kind") == Kind.SERVICE.value and data.get("uri") == LOCAL_LXC)
 
 
 def _init_of(name: str) -> InitProcess | None:

@@ -163,8 +163,7 @@ def prepare(paths: Paths, euid: int, env: Mapping[str, str] | None = None,
         # read-only), else in /.
         guest_home = entry.pw_dir if os.path.isdir(entry.pw_dir) else "/"
         run_as = RunAs(euid, entry.pw_gid, entry.pw_name, guest_home)
-    return SessionRun(dirs, dataclasses.replace(paths, run_dir=dirs.run_dir,
-                                                state_parent=dirs.state_parent),
+    return SessionRun(dirs, paths._replace(run_dir=dirs.run_dir, state_parent=dirs.state_parent),
                       run_as)
 
 
