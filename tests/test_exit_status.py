@@ -30,7 +30,7 @@ COVERED = {
     125: ["test_run_usage_and_bad_input_are_125"],
     126: ["test_run_command_not_executable_is_126_not_found_127"],
     127: ["test_run_command_not_executable_is_126_not_found_127"],
-    130: ["test_interrupted_run_is_130"],
+    130: ["test_interrupted_run_is_130", "test_ctrl_c_in_a_generated_method_is_still_130"],
 }
 
 
@@ -158,3 +158,21 @@ def test_drift_is_3_and_a_failed_unit_is_6(env: Env) -> None:
     proc = run_cli(env, "start", "--detach", name)
     assert proc.returncode == errors.EXIT_NOT_CONFIGURED, proc.stderr
     assert "NotADirective" in proc.stderr
+
+
+def test_ctrl_c_in_a_generated_method_is_still_130(tmp_path: Path) -> None:
+    """A Ctrl-C that lands while a module builds its dataclasses (exec() of a string, as
+    `stop` loads config.py after its request) is handled like any other: status 130, not a
+    death by SIGINT (CPython 3.11 marks it unhandled; `python -m` then kills itself)."""
+    (tmp_path / "vss_ki.py").write_text(
+        "import sys\n"
+        "from virt_sandbox_service import cli\n"
+        "def interrupted(args, paths):\n"
+        "    exec('raise KeyboardInterrupt')\n"
+        "cli.cmd_list = interrupted\n"
+        "sys.exit(cli.main(['list']))\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    proc = subprocess.run([CLI[0], "-m", "vss_ki"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr)
+    assert proc.stderr.strip() == "virt-sandbox-service: interrupted"
