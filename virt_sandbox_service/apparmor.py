@@ -22,8 +22,6 @@ what libvirtd's own profile lets it change to (change_profile -> libvirt-[0-9a-f
 
 from __future__ import annotations
 
-from lxml import etree
-
 PREFIX = "libvirt-"
 
 PROFILE = """\
@@ -92,6 +90,8 @@ def profiles_of(domain_xml: str) -> tuple[str, ...]:
     """The profiles a domain with a static AppArmor label of ours needs loaded: the label's
     (checked at define) and libvirt-<its UUID> (the one libvirt_lxc changes to); one name
     when they agree, as they do in every domain this tool builds."""
+    from lxml import etree  # here: `start` loads this module, and needs no XML read
+
     root = etree.fromstring(domain_xml.encode())
     for sec in root.iterfind("seclabel"):
         label = sec.findtext("label") or ""

@@ -10,13 +10,14 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Any
-
-from lxml import etree
+from typing import TYPE_CHECKING, Any
 
 from . import confine
 from .config import Driver, Kind, SandboxConfig, parse_size
 from .errors import UserError
+
+if TYPE_CHECKING:  # lxml is loaded where XML is built: `start` builds none
+    from lxml import etree
 
 # Every capability libvirt's LXC driver can switch (domaincommon.rng, featurecapabilities).
 ALL_CAPS = (
@@ -376,6 +377,8 @@ def effective_caps(cfg: SandboxConfig) -> tuple[str, ...]:
 
 def set_tunables(dom: etree._Element, cfg: SandboxConfig, host_memory_kib: int) -> None:
     """Write memory, cputune and blkiotune into a domain element (replacing what was there)."""
+    from lxml import etree
+
     for tag in ("memory", "currentMemory", "memtune", "cputune", "blkiotune", "vcpu",
                 "numatune"):
         for old in dom.findall(tag):
@@ -415,6 +418,8 @@ def set_tunables(dom: etree._Element, cfg: SandboxConfig, host_memory_kib: int) 
 def memtune_element(cfg: SandboxConfig, hard: bool) -> etree._Element | None:
     """<memtune>: the hard limit (LXC: --memory; a VM's --memory is its RAM instead), the
     soft limit and the memory-plus-swap limit; None if none is set."""
+    from lxml import etree
+
     parts = [(name, value) for name, value in (
         ("hard_limit", cfg.memory if hard else None), ("soft_limit", cfg.memory_soft),
         ("swap_hard_limit", cfg.memory_swap)) if value]
@@ -428,6 +433,8 @@ def memtune_element(cfg: SandboxConfig, hard: bool) -> etree._Element | None:
 
 def blkiotune_element(cfg: SandboxConfig) -> etree._Element | None:
     """<blkiotune>: the weight and each device's throttles; None if none is set."""
+    from lxml import etree
+
     devices = {d: k for d, k in throttles(cfg).items() if any(k.values())}
     if not cfg.blkio_weight and not devices:
         return None
@@ -445,6 +452,8 @@ def blkiotune_element(cfg: SandboxConfig) -> etree._Element | None:
 
 def numatune_element(cfg: SandboxConfig) -> etree._Element | None:
     """<numatune>: memory only from these host NUMA nodes (strict: never from others)."""
+    from lxml import etree
+
     if not cfg.numa_nodes:
         return None
     numa = etree.Element("numatune")
@@ -479,6 +488,8 @@ def _set_tasks_env(dom: etree._Element, tasks: int | None) -> None:
 def caps_element(cfg: SandboxConfig) -> etree._Element:
     """The LXC init's capabilities. libvirt's default policy drops some by itself (sys_time,
     sys_module, sys_boot, mac_admin, audit_control): one given back is switched on."""
+    from lxml import etree
+
     caps = etree.Element("capabilities", policy="default")
     states = {c: "off" for c in cfg.caps_drop} | {c: "on" for c in cfg.caps_add
                                                   if c not in cfg.caps_drop}
@@ -488,6 +499,8 @@ def caps_element(cfg: SandboxConfig) -> etree._Element:
 
 
 def _el(tag: str, text: str, **attrs: str) -> etree._Element:
+    from lxml import etree
+
     el = etree.Element(tag, attrib=attrs)
     el.text = text
     return el

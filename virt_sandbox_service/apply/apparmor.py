@@ -32,8 +32,10 @@ def _parser() -> str:
 
 def load_for(domain_xml: str) -> tuple[str, ...]:
     """Load (or replace) the profiles the domain needs; their names (none without AppArmor)."""
+    if not host.apparmor_enabled():  # first: reading the XML loads lxml (start's time)
+        return ()
     names = apparmor.profiles_of(domain_xml)
-    if not names or not host.apparmor_enabled():
+    if not names:
         return ()
     for name in names:
         log.debug("loading the AppArmor profile %s", name)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import libvirt
-from lxml import etree
 
 from ..errors import HostError, UserError
 from ..plantypes import METADATA_NS
 from . import apparmor
 from .txn import Transaction
+
+if TYPE_CHECKING:
+    from lxml import etree
+
+# lxml is imported where XML is read: `start` reads none before its domain runs, and lxml
+# is ~10 ms of every start's time before that otherwise.
 
 # libvirt prints its errors to stderr by default; we report them ourselves, once.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -56,6 +61,8 @@ def lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
 
 
 def is_ours(dom: libvirt.virDomain) -> bool:
+    from lxml import etree
+
     root = etree.fromstring(dom.XMLDesc(0).encode())
     return root.find(f"metadata/{{{METADATA_NS}}}sandbox") is not None
 
@@ -67,6 +74,8 @@ def metadata(dom: libvirt.virDomain) -> dict[str, str]:
 
 def xml_metadata(xml: str) -> dict[str, str]:
     """Our metadata in a domain's XML (see metadata)."""
+    from lxml import etree
+
     root = etree.fromstring(xml.encode())
     box = root.find(f"metadata/{{{METADATA_NS}}}sandbox")
     out: dict[str, str] = {}
@@ -102,6 +111,8 @@ def ensure_nwfilter(conn: libvirt.virConnect, name: str, xml: str) -> None:
     """Define our shared filter if it is missing or its rules differ from this version's (an
     older one may be there). It stays, even if this create fails: another create may already
     refer to it, and it is shared infrastructure like the config dir."""
+    from lxml import etree
+
     try:
         current = conn.nwfilterLookupByName(name)
     except libvirt.libvirtError:
@@ -143,6 +154,8 @@ def define(conn: libvirt.virConnect, xml: str, txn: Transaction) -> libvirt.virD
     # defines it is raised the moment the call returns, before any line after it could record
     # the domain (a test that interrupts creates left such domains defined). It takes back
     # only the domain this define made: the one of that name whose state dir is ours.
+    from lxml import etree
+
     name = str(etree.fromstring(xml.encode()).findtext("name"))
     state = xml_metadata(xml).get("state", "")
     txn.did(f"defining domain {name}", lambda: _undefine_ours(conn, name, state))
