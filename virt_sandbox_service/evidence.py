@@ -43,7 +43,7 @@ from .pkgdb import PackageDB as PackageDB
 from .pkgdb import RpmDB as RpmDB
 from .pkgdb import detect_package_db as detect_package_db
 from .pkgdb import parse_dpkg_status as parse_dpkg_status
-from .plantypes import GENERATOR_DIRS, GENERATOR_REASON
+from .plantypes import GENERATOR_REASON, is_generator
 from .servicedata import (
     _named_data_claims,
     _named_secret_claims,
@@ -332,7 +332,7 @@ def _package_claims(pkgdb: PackageDB, package: str, via: str | None) -> list[_Cl
     out += [_evidence(f, Access.PRIVATE, False, f"conffile of {package}")
             for f in map(_norm, pkgdb.conffiles(package)) if _is_service_data(f)]
     out += [_evidence(f, Access.SHARED, False, GENERATOR_REASON.format(package=package))
-            for f in listed if posixpath.dirname(f) in GENERATOR_DIRS]
+            for f in listed if is_generator(f)]
     return out
 
 

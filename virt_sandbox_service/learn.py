@@ -53,7 +53,7 @@ from .host import HostFacts, detect
 from .limits import confined_caps
 from .pathevidence import PathEvidence
 from .plan import ETC_WORK, EVIDENCE_FILE, OVERLAY_OPTIONS, Mount, Plan, plan
-from .plantypes import GENERATOR_DIRS
+from .plantypes import is_generator
 
 TREES = ("/etc", "/var", "/srv")
 STARTUP_LIMIT = 60.0  # seconds to wait for the units' first open
@@ -325,7 +325,7 @@ def with_their_caps(run: SandboxConfig, units: Sequence[unitfile.UnitFile]) -> S
 def own_generators(cfg: SandboxConfig) -> tuple[PathEvidence, ...]:
     from .clone import load_evidence
 
-    return tuple(e for e in load_evidence(cfg)[0] if os.path.dirname(e.path) in GENERATOR_DIRS)
+    return tuple(e for e in load_evidence(cfg)[0] if is_generator(e.path))
 
 
 def replace_for_learning(cfg: SandboxConfig, tmp: str) -> SandboxConfig:

@@ -173,14 +173,18 @@ GENERATOR_DIRS = ("/etc/systemd/system-generators", "/usr/local/lib/systemd/syst
 GENERATOR_REASON = "a systemd generator of package {package}: the sandbox's systemd runs it"
 
 
+def is_generator(path: str) -> bool:
+    """A systemd system generator's path: a file in one of GENERATOR_DIRS."""
+    return os.path.dirname(path) in GENERATOR_DIRS
+
+
 def kept_generators(evidence: Iterable[PathEvidence]) -> tuple[str, ...]:
     """The generators a unit sandbox's systemd runs: those of the service's own packages
     (postfix's makes postfix@-.service wanted by postfix.service, tor's tor@default.service).
     No other generator runs: fstab, getty, SysV scripts, other packages' instances and this
     tool's own turn the host's configuration into units, which are not the service's (and
     running them all took ~130 ms of every start)."""
-    return tuple(sorted({os.path.basename(e.path) for e in evidence
-                         if os.path.dirname(e.path) in GENERATOR_DIRS}))
+    return tuple(sorted({os.path.basename(e.path) for e in evidence if is_generator(e.path)}))
 
 
 def seen_at(target: str) -> str:

@@ -78,8 +78,11 @@ class InitProcess:
 
     def power_off(self) -> bool:
         """SIGRTMIN+4 (systemd's "power off") if PID 1 is systemd by now; False otherwise."""
-        if not self.is_systemd():
-            return False
+        return self.is_systemd() and self.send_power_off()
+
+    def send_power_off(self) -> bool:
+        """SIGRTMIN+4, for a caller that saw PID 1 is systemd (is_systemd); False if it
+        could not be sent (the init has exited)."""
         try:
             signal.pidfd_send_signal(self.pidfd, signal.SIGRTMIN + 4)
         except OSError:
@@ -127,7 +130,7 @@ def request(paths: Paths, name: str) -> InitProcess | None:
         init.close()
         return None
     mark_stopping(paths, name)
-    if not init.power_off():
+    if not init.send_power_off():
         init.close()
         return None
     log.debug("asked sandbox %s (init %d) to power off", name, init.pid)
