@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from .conftest import CLI, ROOT, Env, domain_names, unique_name
+from .systemd_host import setup_cgroups
 
 pytestmark = [pytest.mark.root, pytest.mark.libvirt]
 STEPS = ["wrote ", "made ", "defined domain", "_sandbox.service"]
@@ -47,7 +48,7 @@ def test_ctrl_c_midway_rolls_back(env: Env, step: str) -> None:
 def test_kill_9_midway_then_delete_cleans_up(env: Env, step: str) -> None:
     other = unique_name("bystander")
     env.run("create", "-u", "apache2.service", other, check=True)
-    before = env.snapshot()
+    before, cgroups = env.snapshot(), setup_cgroups()
     name = unique_name("kill")
     proc = paused_create(env, name, step)
     proc.kill()
@@ -57,6 +58,9 @@ def test_kill_9_midway_then_delete_cleans_up(env: Env, step: str) -> None:
     assert again.returncode == 2 and "already exists" in again.stderr
     env.run("delete", name, check=True)
     only_infrastructure(before, env.snapshot())
+    # Killed while the fresh instance's set-up ran (the later steps run beside it): what its
+    # domain's init made in the cgroup tree goes with the delete too.
+    assert setup_cgroups() <= cgroups
     assert other in domain_names() and env.state(other).is_dir()
     # ... and the name is free again.
     env.run("create", "-u", "apache2.service", name, check=True)

@@ -11,9 +11,8 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -502,9 +501,21 @@ def reserve(p: Plan, txn: Transaction) -> None:
 
 def apply_plan(p: Plan, conn: libvirt.virConnect, txn: Transaction) -> None:
     """Everything after the reservation; runs without the lock, so creates overlap."""
+    apply_state(p, conn, txn)
+    register(p, conn, txn)
+
+
+def apply_state(p: Plan, conn: libvirt.virConnect, txn: Transaction) -> None:
+    """The sandbox's private trees (and the network filter it uses): what a fresh instance's
+    set-up (fresh_instance) needs before it runs."""
     ensure_our_filter(conn, p.config.networks)
     files.create_state_dir(p, txn)
     file_labels.label_private_trees(p.config)  # where SELinux is enabled
+
+
+def register(p: Plan, conn: libvirt.virConnect, txn: Transaction) -> None:
+    """The domain, the host's units and systemd's reload of them: nothing a fresh instance's
+    set-up reads, so a create does this while that set-up runs."""
     lv.define(conn, p.domain_xml, txn)
     for path, text in p.unit_files:
         sd.install_unit(Path(path), text, txn)
@@ -512,26 +523,34 @@ def apply_plan(p: Plan, conn: libvirt.virConnect, txn: Transaction) -> None:
 
 
 def fresh_instance(req: CreateRequest, p: Plan, paths: Paths, conn: libvirt.virConnect,
-                   facts: host.HostFacts, got: Gathered) -> None:
+                   facts: host.HostFacts, got: Gathered,
+                   meanwhile: Callable[[], None] = lambda: None) -> None:
     """An LXC unit sandbox: the packages' own postinst sets the new instance up, as on a first
     installation (maintscripts.py); what it made is recorded as evidence. With -C, what it
     made and the host has too is then replaced by the host's: an instance that starts from
-    the host's data, including what no file list names."""
+    the host's data, including what no file list names.
+
+    `meanwhile` runs while the set-up runs (its domain started; always, with or without one):
+    create's define, units and daemon-reload (register), which are not in the set-up's way
+    and cost a systemd host a reload's time. Should it fail, the set-up domain is ended."""
     cfg = p.config
     postinsts = [(pkg, os.path.basename(path)) for pkg in got.fresh_packages
                  if (path := maintscripts.postinst_path(pkg))]
     if not postinsts:
+        meanwhile()
         return
     state = Path(cfg.state_dir)
     trees = [state / "etc", state / "var"]
     before = maintscripts.snapshot(trees)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
-    rdir = tempfile.mkdtemp(prefix=f".{cfg.name}-setup-", dir=paths.run_dir)
+    run_dir, setup = maintscripts.setup_names(paths.run_dir, cfg.name)
+    run_dir.mkdir(0o700)
+    rdir = str(run_dir)
     sp = maintscripts.setup_plan(cfg, facts, got.evidence, got.hidden, rdir,
-                                 maintscripts.script(postinsts))
+                                 maintscripts.script(postinsts), setup)
     try:
         file_labels.label_channel(cfg, rdir)
-        maintscripts.run(conn, sp, facts)
+        maintscripts.run(conn, sp, facts, meanwhile)
     finally:
         shutil.rmtree(rdir, ignore_errors=True)
         remove_cgroups(sp.config.name)
@@ -591,11 +610,12 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False,
             p = make_plan(req, checked, paths, facts, got)
             hostsources.check_among(p.config, all_configs(paths), paths)
             reserve(p, txn)
-        apply_plan(p, conn, txn)
+        apply_state(p, conn, txn)
         # libvirt's logs of earlier set-up domains go before this one runs: after its end,
         # libvirtd's event loop is held by its teardown, and a call then would wait for that.
         domainlogs.sweep_transient(conn, req.uri)
-        fresh_instance(req, p, paths, conn, facts, got)
+        fresh_instance(req, p, paths, conn, facts, got,
+                       meanwhile=lambda: register(p, conn, txn))
     missing = capneeds.missing_instance_paths(list(got.units), capneeds.instance_view(p.config))
     if missing:
         line, hint = capneeds.describe_missing_paths(missing)

@@ -30,11 +30,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import shlex
 import stat
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import libvirt
@@ -139,12 +140,39 @@ def script(postinsts: Sequence[tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SETUP_DOMAIN = "vss-setup-"  # + a token; its run dir is .NAME-setup-TOKEN (setup_names)
+_TOKEN = re.compile(r"[0-9a-f]{8}")
+
+
+def setup_names(run_dir: Path, sandbox: str) -> tuple[Path, str]:
+    """A fresh instance's set-up: its run directory (under the tool's run dir; the caller
+    makes it) and its transient domain's name, one random token in both. A `delete` after a
+    create killed during the set-up finds what is left of it from the directory
+    (leftovers)."""
+    token = os.urandom(4).hex()
+    return run_dir / f".{sandbox}-setup-{token}", SETUP_DOMAIN + token
+
+
+def leftovers(run_dir: Path, sandbox: str) -> list[tuple[Path, str]]:
+    """The run directories of the sandbox's set-ups that a killed create left, each with the
+    name of its set-up domain (whose cgroups its init made are then left too)."""
+    prefix = f".{sandbox}-setup-"
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        return []
+    return [(run_dir / n, SETUP_DOMAIN + n[len(prefix):]) for n in sorted(names)
+            if n.startswith(prefix) and _TOKEN.fullmatch(n[len(prefix):])]
+
+
 def setup_plan(cfg: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, ...],
-                hidden: tuple[PathEvidence, ...], run_dir: str, command: str) -> Plan:
+               hidden: tuple[PathEvidence, ...], run_dir: str, command: str,
+               name: str | None = None) -> Plan:
     """The transient domain's plan: the sandbox's own, as a generic one running `command`,
-    with the host's dpkg and debconf databases read-only under SETUP."""
+    with the host's dpkg and debconf databases read-only under SETUP. `name`: its domain's
+    (setup_names), a random one if not given."""
     # A domain of its own: its own UUID (from machine_id, see apparmor.py) beside the sandbox's.
-    setup = dataclasses.replace(cfg, name=f"vss-setup-{os.urandom(4).hex()}",
+    setup = dataclasses.replace(cfg, name=name or f"{SETUP_DOMAIN}{os.urandom(4).hex()}",
                                 machine_id=os.urandom(16).hex(),
                                 kind=Kind.GENERIC, units=(), networks=(),
                                 command=(facts.sh, "-c", command))
@@ -207,8 +235,11 @@ def made(before: set[str], after: set[str]) -> list[str]:
     return tops
 
 
-def run(conn: libvirt.virConnect, p: Plan, facts: HostFacts) -> str:
-    """Run the setup domain to its end; its output. HostError (with the output) on failure."""
+def run(conn: libvirt.virConnect, p: Plan, facts: HostFacts,
+        meanwhile: Callable[[], None] = lambda: None) -> str:
+    """Run the setup domain to its end; its output. HostError (with the output) on failure.
+    `meanwhile` runs once the domain has started, before its end is waited for; if it
+    raises, the domain is destroyed and that error goes on."""
     from .domain import METADATA_NS, lxc
 
     xml = lxc.build(p, facts, METADATA_NS)
@@ -225,6 +256,7 @@ def run(conn: libvirt.virConnect, p: Plan, facts: HostFacts) -> str:
         init = init_process(dom)
         status: str | None = None
         try:
+            meanwhile()
             status = _wait(dom, init, Path(p.run_dir) / os.path.basename(EXIT_STATUS_FILE))
         finally:  # after its status, the init only exits: give it GRACE, not a destroy
             _end(dom, init, GRACE if status is not None else 0.0)

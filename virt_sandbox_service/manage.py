@@ -108,8 +108,20 @@ def delete(paths: Paths, name: str, *, force: bool = False) -> None:
         # The run dir is the sandbox's host channel: whatever it made there goes, and no link
         # in it is followed.
         shutil.rmtree(common.run_dir(paths, name), ignore_errors=True)
+        _remove_setup_leftovers(paths, name)
         poweroff.clear_stop_marker(paths, name)
         paths.config_file(name).unlink(missing_ok=True)
+
+
+def _remove_setup_leftovers(paths: Paths, name: str) -> None:
+    """What a create killed during the fresh instance's set-up left: its run directory, and
+    the cgroups the set-up domain's init made (libvirt ended that domain with the create's
+    connection, but removes only its own cgroups)."""
+    from .maintscripts import leftovers
+
+    for run_dir, setup in leftovers(paths.run_dir, name):
+        rt.remove_cgroups(setup)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def set_limits(paths: Paths, name: str, args: LimitArgs) -> list[str]:
