@@ -29,16 +29,10 @@ from .config import (
     validate_dir_path,
     validate_name,
 )
-from .create import (
-    CreateRequest,
-    apply_plan,
-    check_free,
-    reserve,
-    tool_path,
-)
 from .errors import UserError
-from .evidence import Access, PathEvidence
+from .pathevidence import Access, PathEvidence
 from .plan import EVIDENCE_FILE, Plan
+from .provision import apply_plan, check_free, reserve, tool_path
 
 
 @dataclass(frozen=True)
@@ -117,11 +111,10 @@ def clone(req: CloneRequest, paths: Paths) -> Plan:
         image.refuse_running(src.name, bool(src_dom.isActive()), "clone")
         if driver_for_uri(src.uri) is Driver.LXC:  # KVM: qemu opens it, no loop device
             image.check_image_path(str(parent / req.dest))
-    dest_req = CreateRequest(name=req.dest, uri=src.uri)
-    check_free(dest_req, paths, parent / req.dest, conn)
+    check_free(req.dest, (), paths, parent / req.dest, conn)
     with Transaction() as txn:
         with registry.config_lock(paths):
-            check_free(dest_req, paths, parent / req.dest, conn)
+            check_free(req.dest, (), paths, parent / req.dest, conn)
             cfg = clone_config(src, req, paths, security)
             hostsources.check_among(cfg, all_configs(paths), paths)
             p = clone_plan(src, cfg, paths, facts)

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .evidence import Access, PathEvidence
 from .host import SHARED_ETC
+from .pathevidence import Access, PathEvidence
 
 CONFFILE_REASON = "conffile of "
 _INSTALLED = re.compile(r"^Status: \S+ ok installed$", re.M)

@@ -38,7 +38,6 @@ from . import evidence as ev
 from .apply import domainlogs, files
 from .apply import labels as file_labels
 from .apply import libvirt as lv
-from .apply import systemd as sd
 from .apply.txn import Transaction
 from .config import (
     DEFAULT_URI,
@@ -69,14 +68,17 @@ from .limits import (
     parse_syscall_allow,
 )
 from .mounts import MountSpec, MountType, check_loop_path
-from .network import OUR_FILTER, NetSpec, filter_xml
+from .network import NetSpec
 from .plan import EVIDENCE_FILE, Plan
+from .provision import apply_plan as apply_plan
+from .provision import apply_state, check_free, register, reserve, tool_path
+from .provision import check_networks as check_networks
+from .provision import ensure_our_filter as ensure_our_filter
 
 # The registry's names, where they were before registry.py.
 from .registry import config_lock as config_lock
 from .registry import parse_security as parse_security
 from .runtime.lxc import remove_cgroups
-from .units import unit_name
 from .users import UserArgs
 
 
@@ -295,35 +297,6 @@ def check_kvm_image(path: str) -> None:
                         "make it with mkfs.ext4, or use -c lxc:/// for other file systems")
 
 
-def check_free(req: CreateRequest, paths: Paths, state_dir: Path,
-               conn: libvirt.virConnect | None) -> None:
-    if paths.config_file(req.name).exists():
-        raise UserError(f"a sandbox named '{req.name}' already exists",
-                        "choose another name, or delete it first")
-    if os.path.lexists(state_dir):
-        raise UserError(f"state directory {state_dir} already exists",
-                        "choose another name or -p PATH")
-    if os.path.lexists(paths.unit_dir / unit_name(req.name)):
-        raise UserError(f"unit {unit_name(req.name)} already exists in {paths.unit_dir}",
-                        "remove it or choose another name")
-    if conn is not None:
-        lv.check_name_free(conn, req.name)
-        check_networks(conn, req.networks)
-
-
-def check_networks(conn: libvirt.virConnect, networks: Sequence[NetSpec]) -> None:
-    """Each -N's libvirt network exists, and its filter unless it is ours (made on use)."""
-    for net in networks:
-        lv.check_network(conn, net.source)
-        if net.filter and net.filter != OUR_FILTER:
-            lv.check_nwfilter(conn, net.filter)
-
-
-def ensure_our_filter(conn: libvirt.virConnect, networks: Sequence[NetSpec]) -> None:
-    if any(n.filter == OUR_FILTER for n in networks):
-        lv.ensure_nwfilter(conn, OUR_FILTER, filter_xml())
-
-
 def etc_overlay(req: CreateRequest, parent: Path, overlayfs: bool,
                 evidence: Sequence[ev.PathEvidence]) -> bool:
     """Whether the sandbox's /etc is an overlay (see plan.py): asked for or not refused, and
@@ -477,51 +450,6 @@ def _fragment(unit: unitfile.UnitFile) -> str:
     return f"/etc/systemd/system/{unit.name}"
 
 
-def tool_path() -> str:
-    """The absolute path generated units run: this tool's own command (as it was called, so a
-    link such as set-up's /usr/local/bin one stays a link), never another installation's. Run
-    as `python -m virt_sandbox_service.cli` (the tests), the command set-up linked."""
-    own = os.path.abspath(sys.argv[0])
-    if os.path.basename(own) == "virt-sandbox-service":
-        return own
-    linked = "/usr/local/bin/virt-sandbox-service"
-    if os.path.exists(linked):
-        return linked
-    return shutil.which("virt-sandbox-service") or own
-
-
-def reserve(p: Plan, txn: Transaction) -> None:
-    """Write the config: it reserves the name and the label (caller holds the lock), and it is
-    what `delete` needs to clean up after a create that was killed with no chance to roll back."""
-    cfg_path = Path(p.config_path)
-    cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_file(cfg_path, p.config.to_json(), 0o644)
-    txn.did(f"wrote {cfg_path}", cfg_path.unlink)
-
-
-def apply_plan(p: Plan, conn: libvirt.virConnect, txn: Transaction) -> None:
-    """Everything after the reservation; runs without the lock, so creates overlap."""
-    apply_state(p, conn, txn)
-    register(p, conn, txn)
-
-
-def apply_state(p: Plan, conn: libvirt.virConnect, txn: Transaction) -> None:
-    """The sandbox's private trees (and the network filter it uses): what a fresh instance's
-    set-up (fresh_instance) needs before it runs."""
-    ensure_our_filter(conn, p.config.networks)
-    files.create_state_dir(p, txn)
-    file_labels.label_private_trees(p.config)  # where SELinux is enabled
-
-
-def register(p: Plan, conn: libvirt.virConnect, txn: Transaction) -> None:
-    """The domain, the host's units and systemd's reload of them: nothing a fresh instance's
-    set-up reads, so a create does this while that set-up runs."""
-    lv.define(conn, p.domain_xml, txn)
-    for path, text in p.unit_files:
-        sd.install_unit(Path(path), text, txn)
-    sd.daemon_reload()
-
-
 def fresh_instance(req: CreateRequest, p: Plan, paths: Paths, conn: libvirt.virConnect,
                    facts: host.HostFacts, got: Gathered,
                    meanwhile: Callable[[], None] = lambda: None) -> None:
@@ -596,7 +524,8 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False,
     conn = lv.connect(req.uri, readonly=dry_run)  # --dry-run: libvirt read, never changed
     facts = dataclasses.replace(facts, secmodels=host.libvirt_secmodels(conn))
     parent = Path(req.state_parent) if req.state_parent else paths.state_parent
-    check_free(req, paths, parent / req.name, conn)  # early, for a clear error; again below
+    # Early, for a clear error; again below, under the lock.
+    check_free(req.name, req.networks, paths, parent / req.name, conn)
     if req.image_size is not None and driver_for_uri(req.uri) is Driver.LXC:
         image.check_image_path(str(parent / req.name))  # KVM: qemu opens it, no loop device
     if dry_run:  # reads only: no lock (its file would be a change), no reservation
@@ -606,7 +535,7 @@ def create(req: CreateRequest, paths: Paths, *, dry_run: bool = False,
         return p
     with Transaction() as txn:
         with config_lock(paths):
-            check_free(req, paths, parent / req.name, conn)
+            check_free(req.name, req.networks, paths, parent / req.name, conn)
             p = make_plan(req, checked, paths, facts, got)
             hostsources.check_among(p.config, all_configs(paths), paths)
             reserve(p, txn)

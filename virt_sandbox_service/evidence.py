@@ -34,9 +34,10 @@ from .errors import UserError
 # their own (pathevidence.py, hostsecrets.py, pkgdb.py); importers keep finding them here.
 from .hostsecrets import _colon_file
 from .hostsecrets import hidden_secrets as hidden_secrets
+from .pathevidence import SKELETON_REASONS as SKELETON_REASONS
+from .pathevidence import SYSTEMD_REASON, TEMP_REASON, _norm, _under
 from .pathevidence import Access as Access
 from .pathevidence import PathEvidence as PathEvidence
-from .pathevidence import _norm, _under
 from .pkgdb import _USRMERGE, _aliases
 from .pkgdb import DpkgDB as DpkgDB
 from .pkgdb import PackageDB as PackageDB
@@ -336,11 +337,6 @@ def _package_claims(pkgdb: PackageDB, package: str, via: str | None) -> list[_Cl
     return out
 
 
-SYSTEMD_REASON = "needed by systemd in the sandbox"
-TEMP_REASON = "writable temporary space"
-# Reasons that make a directory exist, never a reason to copy the host's content into it
-# (-C must not copy the host's journal, /var/tmp or the whole of /var/lib).
-SKELETON_REASONS = frozenset({SYSTEMD_REASON, TEMP_REASON})
 
 
 def _baseline(generic: bool) -> list[_Claim]:

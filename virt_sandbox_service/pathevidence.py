@@ -25,6 +25,13 @@ class PathEvidence:
     mode: int | None = None  # permission bits on the host, if the path exists there
 
 
+SYSTEMD_REASON = "needed by systemd in the sandbox"
+TEMP_REASON = "writable temporary space"
+# Reasons that make a directory exist, never a reason to copy the host's content into it
+# (-C must not copy the host's journal, /var/tmp or the whole of /var/lib).
+SKELETON_REASONS = frozenset({SYSTEMD_REASON, TEMP_REASON})
+
+
 def _under(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 

@@ -30,7 +30,6 @@ from pathlib import PurePosixPath
 from . import image, users
 from .config import Driver, Kind, SandboxConfig
 from .errors import UserError
-from .evidence import SKELETON_REASONS, Access, PathEvidence
 from .host import HostFacts
 from .initscript import PAYLOAD_CGROUP as PAYLOAD_CGROUP
 from .initscript import command as command
@@ -40,6 +39,7 @@ from .innerunits import CONFINEMENT_DROPIN as CONFINEMENT_DROPIN
 from .innerunits import confinement_dropin as confinement_dropin
 from .innerunits import systemd_ops
 from .mounts import MountType, mount_dir, user_mounts
+from .pathevidence import SKELETON_REASONS, Access, PathEvidence
 
 # The plan's vocabulary lives in plantypes.py; importers keep finding it here.
 from .plantypes import ETC_STAGE as ETC_STAGE

@@ -172,7 +172,7 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
         hostsources.check_among(cfg, all_configs(paths), paths)
     conn = session.connect(uri) if sess is not None else lv.connect(uri)
     if cfg.networks:
-        from ..create import check_networks, ensure_our_filter
+        from ..provision import check_networks, ensure_our_filter
 
         check_networks(conn, cfg.networks)
         ensure_our_filter(conn, cfg.networks)
