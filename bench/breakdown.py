@@ -40,8 +40,11 @@ from _common import (
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 IMPORTS = {
     "interpreter alone (python -c pass)": "pass",
-    "cli (argparse, the settings table, config)": "import virt_sandbox_service.cli",
-    "stop's power-off request (cli, config, runtime.poweroff; before libvirt)":
+    "cli (argparse, names and paths; the config module loads on use)":
+        "import virt_sandbox_service.cli",
+    "cli + the config module (every command that reads a sandbox's config)":
+        "import virt_sandbox_service.cli, virt_sandbox_service.config",
+    "stop's power-off request (cli, runtime.poweroff; before the config module and libvirt)":
         "import virt_sandbox_service.cli, virt_sandbox_service.runtime.poweroff",
     "cli + the LXC runtime (start, stop)":
         "import virt_sandbox_service.cli, virt_sandbox_service.runtime.lxc",
@@ -186,8 +189,8 @@ def main() -> None:
             "table). The first two tables wait for the init's own exit, as `stop` did.",
             "- `stop` returns when libvirt reports the domain inactive (so a `start` right "
             "after it works).",
-            "- `stop` sends its request before it loads libvirt and its runtime "
-            "(runtime/poweroff.py): the sandbox drains while the rest of `stop` loads, so "
+            "- `stop` sends its request before it loads the config module, libvirt and its "
+            "runtime (runtime/poweroff.py): the sandbox drains while the rest of `stop` loads, so "
             "of the imports only those before the request (the first table) come before "
             "the drain."]
     figures = [{"figure": f"stop: {k}", "unit": "s", "ours": median(stops["SIGRTMIN+4"][k]),
