@@ -295,7 +295,7 @@ def test_create_warns_when_no_lsm_and_no_user_namespaces(env: Env) -> None:
     import libvirt
 
     conn = libvirt.open("lxc:///")
-    unprotected = layers.host_layers(conn).unprotected()
+    unprotected = layers.host_layers(host.libvirt_secmodels(conn)).unprotected()
     conn.close()
     if unprotected:
         assert warning in proc.stderr

@@ -46,7 +46,8 @@ def test_script_configures_each_package_as_a_first_installation() -> None:
 def test_setup_plan_is_the_sandboxs_own_plus_the_databases() -> None:
     cfg = SandboxConfig(name="w", kind=Kind.SERVICE, uri="lxc:///", state_dir="/s/w",
                         units=("a.service",), etc_overlay=True)
-    p = maintscripts.setup_plan(cfg, HostFacts(), (ev("/var/lib/a"),), (), "/run/x", "true")
+    p = maintscripts.setup_plan(cfg, HostFacts(), (ev("/var/lib/a"),), (), "/run/x", "true",
+                                "vss-setup-0a1b2c3d")
     assert p.config.kind is Kind.GENERIC and p.config.state_dir == "/s/w"
     mounts = {m.target: m for m in p.mounts}
     assert mounts[f"{maintscripts.SETUP}/dpkg"].source == "/var/lib/dpkg"
@@ -62,7 +63,8 @@ def test_the_set_up_gets_a_throw_away_layer_on_the_hosts_usr() -> None:
     such layer."""
     cfg = SandboxConfig(name="w", kind=Kind.SERVICE, uri="lxc:///", state_dir="/s/w",
                         units=("a.service",), etc_overlay=True)
-    p = maintscripts.setup_plan(cfg, HostFacts(), (ev("/var/lib/a"),), (), "/run/x", "true")
+    p = maintscripts.setup_plan(cfg, HostFacts(), (ev("/var/lib/a"),), (), "/run/x", "true",
+                                "vss-setup-0a1b2c3d")
     script = p.init[2]
     layer = ("mount -t overlay -o lowerdir=/usr,upperdir=/run/.vss-scratch/usr/upper,"
              "workdir=/run/.vss-scratch/usr/work,")
@@ -200,7 +202,8 @@ def test_a_set_up_sandbox_that_ends_before_its_script_fails_at_once(
     env.run("create", name, "--", "/bin/true", check=True)
     cfg = load_config(Paths.from_env(env.vars), name)
     facts = host.detect()
-    p = maintscripts.setup_plan(cfg, facts, (), (), str(tmp_path), "true")
+    p = maintscripts.setup_plan(cfg, facts, (), (), str(tmp_path), "true",
+                                maintscripts.setup_names(tmp_path, cfg.name)[1])
     p = dataclasses.replace(p, init=("/bin/sh", "-c", "exit 125"))
     conn = libvirt.open("lxc:///")
     try:

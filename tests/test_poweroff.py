@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from virt_sandbox_service import cli
 from virt_sandbox_service.config import Kind, Paths, SandboxConfig
 from virt_sandbox_service.errors import UserError
 from virt_sandbox_service.runtime import poweroff
@@ -69,9 +70,7 @@ def children(pid: int) -> list[int]:
 
 def request(paths: Paths, cfg: SandboxConfig) -> poweroff.InitProcess | None:
     """poweroff.request of a sandbox whose config file is `cfg`'s."""
-    paths.sandboxes_dir.mkdir(parents=True, exist_ok=True)
-    paths.config_file(cfg.name).write_text(cfg.to_json())
-    return poweroff.request(paths, cfg.name)
+    return poweroff.request(paths, cfg.name, cfg.to_json())
 
 
 def write_pid_file(pid: int | str, name: str = NAME) -> None:
@@ -142,18 +141,23 @@ def test_a_config_file_it_cannot_vouch_for_goes_the_libvirt_way(
     ctl = fake_domain(tmp_path, "systemd")
     domains.append(ctl)
     write_pid_file(ctl.pid)
-    paths.sandboxes_dir.mkdir(parents=True)
-    paths.config_file(NAME).write_text(text)
-    assert poweroff.request(paths, NAME) is None
+    assert poweroff.request(paths, NAME, text) is None
     assert not poweroff.stop_marker(paths, NAME).exists()
     assert len(children(ctl.pid)) == 1
 
 
 @pytest.mark.parametrize("name", ["../web1", "nosuch"])
 def test_a_name_that_is_no_sandboxs_is_an_error_before_anything(
-        name: str, paths: Paths) -> None:
-    with pytest.raises(UserError):
-        poweroff.request(paths, name)
+        name: str, paths: Paths, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`stop` reads the config file before its request: a bad or unknown name is refused
+    there, with the usage status, before anything is sent or written."""
+    for var, path in (("VSS_CONFIG_DIR", paths.config_dir), ("VSS_STATE_DIR", paths.state_parent),
+                      ("VSS_UNIT_DIR", paths.unit_dir), ("VSS_RUN_DIR", paths.run_dir)):
+        monkeypatch.setenv(var, str(path))
+    monkeypatch.setattr(poweroff, "request", lambda *a: pytest.fail("requested"))
+    assert cli.main(["stop", name]) == UserError.exit_status
+    assert "error: " in capsys.readouterr().err
     assert not (paths.run_dir / poweroff.STOPPING_DIR).exists()
 
 

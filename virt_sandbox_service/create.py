@@ -451,8 +451,7 @@ def _fragment(unit: unitfile.UnitFile) -> str:
 
 
 def fresh_instance(req: CreateRequest, p: Plan, paths: Paths, conn: libvirt.virConnect,
-                   facts: host.HostFacts, got: Gathered,
-                   meanwhile: Callable[[], None] = lambda: None) -> None:
+                   facts: host.HostFacts, got: Gathered, meanwhile: Callable[[], None]) -> None:
     """An LXC unit sandbox: the packages' own postinst sets the new instance up, as on a first
     installation (maintscripts.py); what it made is recorded as evidence. With -C, what it
     made and the host has too is then replaced by the host's: an instance that starts from
@@ -473,7 +472,7 @@ def fresh_instance(req: CreateRequest, p: Plan, paths: Paths, conn: libvirt.virC
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     run_dir, setup = maintscripts.setup_names(paths.run_dir, cfg.name)
     run_dir.mkdir(0o700)
-    rdir = str(run_dir)
+    rdir = str(run_dir)  # the plan's and the label's form
     sp = maintscripts.setup_plan(cfg, facts, got.evidence, got.hidden, rdir,
                                  maintscripts.script(postinsts), setup)
     try:

@@ -188,7 +188,7 @@ def _confinement() -> Check:
     with contextlib.suppress(SandboxError, libvirt.libvirtError):
         conn = connect("lxc:///")  # which LSM libvirt's LXC driver applies
     try:
-        h = layers.host_layers(conn)
+        h = layers.host_layers(None if conn is None else host.libvirt_secmodels(conn))
     finally:
         if conn is not None:
             conn.close()

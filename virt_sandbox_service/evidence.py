@@ -337,8 +337,6 @@ def _package_claims(pkgdb: PackageDB, package: str, via: str | None) -> list[_Cl
     return out
 
 
-
-
 def _baseline(generic: bool) -> list[_Claim]:
     if generic:
         return [_evidence("/var/tmp", Access.PRIVATE, True, TEMP_REASON)]

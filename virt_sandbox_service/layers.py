@@ -284,12 +284,9 @@ class HostLayers:
         return not self.lsm and self.userns_problem is not None
 
 
-def host_layers(conn: host.LibvirtCaps | None = None,
-                secmodels: tuple[str, ...] | None = None) -> HostLayers:
-    """This host's layers; with a libvirt LXC connection (or the `secmodels` read from one),
-    also which LSM libvirt uses."""
-    if secmodels is None and conn is not None:
-        secmodels = host.libvirt_secmodels(conn)
+def host_layers(secmodels: tuple[str, ...] | None = None) -> HostLayers:
+    """This host's layers; with the security models of a libvirt LXC connection
+    (host.libvirt_secmodels), also which LSM libvirt uses."""
     return HostLayers(host.libseccomp_available(), host.apparmor_enabled(), host.selinux_mode(),
                       host.cgroup_layout().userns_problem, secmodels)
 
@@ -324,6 +321,6 @@ def warn_if_unprotected(secmodels: tuple[str, ...], uri: str, name: str) -> None
     again after it waits for libvirt's teardown of that domain (a 200 ms round on 9.0)."""
     if driver_for_uri(uri) is not Driver.LXC:
         return
-    text = unprotected_warning(host_layers(secmodels=secmodels), name)
+    text = unprotected_warning(host_layers(secmodels), name)
     if text:
         print(f"virt-sandbox-service: warning: {text}", file=sys.stderr)

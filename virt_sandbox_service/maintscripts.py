@@ -167,12 +167,12 @@ def leftovers(run_dir: Path, sandbox: str) -> list[tuple[Path, str]]:
 
 def setup_plan(cfg: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, ...],
                hidden: tuple[PathEvidence, ...], run_dir: str, command: str,
-               name: str | None = None) -> Plan:
+               name: str) -> Plan:
     """The transient domain's plan: the sandbox's own, as a generic one running `command`,
     with the host's dpkg and debconf databases read-only under SETUP. `name`: its domain's
-    (setup_names), a random one if not given."""
+    (setup_names)."""
     # A domain of its own: its own UUID (from machine_id, see apparmor.py) beside the sandbox's.
-    setup = dataclasses.replace(cfg, name=name or f"{SETUP_DOMAIN}{os.urandom(4).hex()}",
+    setup = dataclasses.replace(cfg, name=name,
                                 machine_id=os.urandom(16).hex(),
                                 kind=Kind.GENERIC, units=(), networks=(),
                                 command=(facts.sh, "-c", command))

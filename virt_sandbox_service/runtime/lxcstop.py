@@ -183,7 +183,7 @@ class Drain:
 
     def end(self, dom: libvirt.virDomain, init: InitProcess) -> bool:
         """Pause and destroy the drained domain; whether it is gone."""
-        if select.select([init.pidfd], [], [], 0)[0]:  # its init has exited: libvirt's end
+        if init.wait(0):  # its init has exited: libvirt's end
             self.usable = False
             return False
         try:

@@ -29,7 +29,7 @@ import signal
 from pathlib import Path
 
 from ..apply.txn import pause_after
-from ..hostpaths import FORMAT_VERSION, Kind, Paths, read_config_text
+from ..hostpaths import FORMAT_VERSION, Kind, Paths
 
 log = logging.getLogger(__name__)
 # libvirt's LXC driver (system instance): NAME.pid holds a running domain's controller PID.
@@ -115,13 +115,13 @@ def controller_child(ctl: int) -> int | None:
     return int(children[0]) if children else None
 
 
-def request(paths: Paths, name: str) -> InitProcess | None:
+def request(paths: Paths, name: str, config_text: str) -> InitProcess | None:
     """Ask a running local LXC service sandbox's systemd to power off, without libvirt; the
-    stop marker is written first. Returns its init (for `stop` to wait on), or None when it
-    could not be found for certain: then nothing was sent nor written. UserError for a name
-    that is not a sandbox's (read_config_text), before anything is done."""
-    _, text = read_config_text(paths, name)
-    if not local_lxc_service(text):
+    stop marker is written first. `config_text`: its config file, as `stop` read it once
+    (hostpaths.read_config_text, which also refuses a name that is no sandbox's). Returns
+    its init (for `stop` to wait on), or None when it could not be found for certain: then
+    nothing was sent nor written."""
+    if not local_lxc_service(config_text):
         return None
     init = _init_of(name)
     if init is None:
