@@ -16,9 +16,11 @@ import pytest
 
 from virt_sandbox_service.config import Kind, SandboxConfig
 from virt_sandbox_service.learn import (
+    STARTUP_LIMIT,
     Attribution,
     instance_has,
     interesting,
+    nothing_seen,
     services_in,
     with_their_caps,
     would_add,
@@ -304,6 +306,47 @@ def test_learn_needs_no_dependency_beyond_the_standard_library() -> None:
     imports = {line.split()[1] for line in text.splitlines()
                if line.startswith(("import ", "from ")) and not line.startswith("from .")}
     assert imports <= {"__future__", "contextlib", "ctypes", "dataclasses", "functools",
-                       "json", "os",
+                       "json", "logging", "os",
                        "select", "shutil", "stat", "struct", "subprocess", "tempfile", "time",
                        "collections.abc", "pathlib", "libvirt"}
+
+
+def test_a_run_that_saw_nothing_says_so_with_the_units_states() -> None:
+    told = nothing_seen(["a.service", "b.service"],
+                        ["a.service activating/start-pre", "b.service failed/failed"])
+    assert told.startswith("a.service, b.service opened nothing under /etc, /var, /srv within "
+                           f"{STARTUP_LIMIT:g} s of the learning run (their states there: "
+                           "a.service activating/start-pre; b.service failed/failed)")
+    assert "what learn reports is incomplete" in told
+    assert "could not be asked" in nothing_seen(["a.service"], None)
+
+
+@pytest.mark.root
+@pytest.mark.libvirt
+def test_a_unit_that_opens_nothing_is_reported_with_its_state(
+        env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A unit that opens nothing under the three trees (a static busybox's sleep) makes an
+    empty record; learn warns, naming the unit and its state in the run, not a bare "0
+    paths". Without the warning, the run's output alone cannot tell a quiet unit from one
+    that never started."""
+    from virt_sandbox_service import learn
+    from virt_sandbox_service.config import Paths
+
+    need(Path("/bin/busybox").exists(), "busybox-static is installed by scripts/setup.sh")
+    tag = unique_name("vssquiet")
+    unit = Path(f"/etc/systemd/system/{tag}.service")
+    unit.write_text("[Service]\nExecStart=/bin/busybox sleep 1000\n")
+    try:
+        name = unique_name("lrq")
+        env.run("create", "-u", unit.name, name, check=True)
+        monkeypatch.setattr(learn, "STARTUP_LIMIT", 3.0)
+        assert learn.command(Paths.from_env(env.vars), name, add=False, seconds=1) == 0
+    finally:
+        unit.unlink()
+    assert f"{name}: {unit.name} opened 0 paths" in capsys.readouterr().out
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith(f"{unit.name} opened nothing under /etc, /var, /srv within 3 s")
+               and f"their states there: {unit.name} active/running" in m
+               for m in warned), warned
+    leaves_nothing(env)

@@ -28,6 +28,7 @@ import ctypes
 import dataclasses
 import functools
 import json
+import logging
 import os
 import select
 import shutil
@@ -54,6 +55,8 @@ from .limits import confined_caps
 from .pathevidence import PathEvidence
 from .plan import ETC_WORK, EVIDENCE_FILE, OVERLAY_OPTIONS, Mount, Plan, plan
 from .plantypes import is_generator
+
+log = logging.getLogger(__name__)
 
 TREES = ("/etc", "/var", "/srv")
 STARTUP_LIMIT = 60.0  # seconds to wait for the units' first open
@@ -386,10 +389,39 @@ def _run(conn: libvirt.virConnect, p: Plan, facts: HostFacts, watch: Watch,
                         started, deadline = True, time.monotonic() + seconds
                     if interesting(path):
                         (written if wrote else seen).add(path)
+            if not started:
+                log.warning("%s", nothing_seen(units, _states(dom, units)))
         finally:
             with contextlib.suppress(libvirt.libvirtError):
                 dom.destroy()
     return Seen(frozenset(seen | written), frozenset(written))
+
+
+def _states(dom: libvirt.virDomain, units: Sequence[str]) -> list[str] | None:
+    """The units' states in the learning run, as its systemd tells them; None where the
+    domain has ended or its systemd cannot be asked."""
+    from .runtime import readiness
+
+    if not is_active(dom):
+        return None
+    try:
+        return [f"{s.name} {s.describe()}" for s in readiness.unit_states(dom, tuple(units))]
+    except (HostError, OSError) as e:
+        log.debug("learn: cannot ask the units' states: %s", e)
+        return None
+
+
+def nothing_seen(units: Sequence[str], states: Sequence[str] | None) -> str:
+    """The warning for a learning run in which the units opened nothing under TREES: what
+    learn then reports is not what the service needs, and their states say why (a unit
+    still starting, one that failed, a domain that ended)."""
+    names = ", ".join(units)
+    if states is None:
+        why = "the learning run ended or its systemd could not be asked"
+    else:
+        why = "their states there: " + "; ".join(states)
+    return (f"{names} opened nothing under {', '.join(TREES)} within {STARTUP_LIMIT:g} s of "
+            f"the learning run ({why}): what learn reports is incomplete")
 
 
 def record(cfg: SandboxConfig, learned: Learned, added: Sequence[str]) -> None:
