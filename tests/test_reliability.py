@@ -527,6 +527,8 @@ def test_bad_input_is_refused_and_changes_nothing(world: World, case: Bad) -> No
     line = first_line(err)
     assert line.startswith(f"{PROG}: error: "), err
     assert world.fill(case.needle) in line, err
+    # and a hint: what to write or do instead
+    assert f"\n{PROG}: hint: " in err[err.index(line):], err
     assert after == before
 
 

@@ -28,6 +28,9 @@ from .hostpaths import read_config_text as read_config_text
 from .hostpaths import shown as shown
 from .hostpaths import validate_name as validate_name
 
+# The hint for a config file this tool did not write as it is.
+DAMAGED = "the file is damaged: was it edited by hand?"
+
 if TYPE_CHECKING:
     from .mounts import MountSpec
     from .network import NetSpec
@@ -56,7 +59,8 @@ def parse_enum(cls: type[E], value: str, what: str) -> E:
         return cls(value)
     except ValueError:
         choices = ", ".join(m.value for m in cls)
-        raise UserError(f"'{value}' is not a valid {what} ({choices})") from None
+        raise UserError(f"'{value}' is not a valid {what} ({choices})",
+                        f"write one of: {choices}") from None
 
 
 def check_arg_text(argv: Sequence[str]) -> None:
@@ -102,7 +106,8 @@ def parse_size(text: str, what: str = "size") -> int:
                         "write e.g. 512M, 2G, 1GiB or a byte count")
     value = int(m.group(1)) * _SIZE_UNITS[unit]
     if value <= 0:
-        raise UserError(f"{what} '{text}' must be greater than zero")
+        raise UserError(f"{what} '{text}' must be greater than zero",
+                        "write e.g. 512M, 2G, 1GiB or a byte count")
     return value
 
 
@@ -111,9 +116,11 @@ def validate_abs_path(text: str, what: str) -> str:
         raise UserError(f"{what} {shown(text)} is not an absolute path", "paths start with '/'")
     norm = os.path.normpath(text)
     if any(part == ".." for part in text.split("/")):
-        raise UserError(f"{what} {shown(text)} must not contain '..'")
+        raise UserError(f"{what} {shown(text)} must not contain '..'",
+                        f"write the path it means, e.g. {shown(norm)}")
     if not text.isprintable():
-        raise UserError(f"{what} {shown(text)} has control characters")
+        raise UserError(f"{what} {shown(text)} has control characters",
+                        "paths here are printable text")
     return norm
 
 
@@ -125,7 +132,8 @@ def validate_dir_path(text: str, what: str) -> str:
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         raise UserError(f"{what} {shown(text)} is not a directory"
-                        + ("" if probe == norm else f" ({probe} is not one)"))
+                        + ("" if probe == norm else f" ({probe} is not one)"),
+                        "give a directory, or a path that can become one")
     return norm
 
 
@@ -241,16 +249,16 @@ class SandboxConfig:
         try:
             return cls(**kwargs)
         except TypeError as e:
-            raise UserError(f"{source}: {e}") from None
+            raise UserError(f"{source}: {e}", DAMAGED) from None
 
 
 def parse_json_object(text: str, source: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{source}: not valid JSON ({e})") from None
+        raise UserError(f"{source}: not valid JSON ({e})", DAMAGED) from None
     if not isinstance(data, dict):
-        raise UserError(f"{source}: expected a JSON object")
+        raise UserError(f"{source}: expected a JSON object", DAMAGED)
     return data
 
 
@@ -265,24 +273,24 @@ def _from_json_value(key: str, value: Any, source: str = "config") -> Any:
     if key == "extra":
         pairs = _typed(key, value, list, source)
         if not all(isinstance(p, list) and len(p) == 2 for p in pairs):
-            raise UserError(f"{source}: 'extra' must be a list of [key, value] pairs")
+            raise UserError(f"{source}: 'extra' must be a list of [key, value] pairs", DAMAGED)
         return tuple((str(k), str(v)) for k, v in pairs)
     types, optional = _field_types()
     expected = types[key]
     if key in _SPEC_FIELDS:
         items = _typed(key, value, list, source)
         if not all(isinstance(i, str) for i in items):
-            raise UserError(f"{source}: '{key}' must be a list of strings")
+            raise UserError(f"{source}: '{key}' must be a list of strings", DAMAGED)
         if not items:  # (no parser to import: most sandboxes have no mounts, no networks)
             return ()
         try:
             return tuple(map(_SPEC_FIELDS[key](), items))
         except UserError as e:
-            raise UserError(f"{source}: {e.message}", "was the file edited by hand?") from None
+            raise UserError(f"{source}: {e.message}", DAMAGED) from None
     if expected is tuple:
         items = _typed(key, value, list, source)
         if not all(isinstance(i, str) for i in items):
-            raise UserError(f"{source}: '{key}' must be a list of strings")
+            raise UserError(f"{source}: '{key}' must be a list of strings", DAMAGED)
         return tuple(items)
     if value is None and key in optional:
         return None
@@ -356,7 +364,7 @@ def scan_configs(paths: Paths) -> list[tuple[str, SandboxConfig | UserError]]:
         except UserError as e:
             out.append((p.stem, e))
         except (OSError, UnicodeDecodeError) as e:
-            out.append((p.stem, UserError(f"{p}: {e}")))
+            out.append((p.stem, UserError(f"{p}: {e}", "root must be able to read it")))
     return out
 
 

@@ -290,7 +290,8 @@ def check_kvm_image(path: str) -> None:
             f.seek(EXT_MAGIC_OFFSET)
             magic = f.read(2)
     except OSError as e:
-        raise UserError(f"cannot read image {path}: {e.strerror}") from None
+        raise UserError(f"cannot read image {path}: {e.strerror}",
+                        "give an image file that root can read") from None
     if magic != EXT_MAGIC:
         raise UserError(f"image {path} holds no ext2/3/4 file system, the kind a KVM "
                         "sandbox can mount",

@@ -113,7 +113,8 @@ def _override_path(text: str, option: str) -> str:
         raise UserError(f"{option} '{text}' is not an absolute path",
                         "paths start with '/', e.g. /var/lib/myapp")
     if ".." in text.split("/"):
-        raise UserError(f"{option} '{text}' must not contain '..'")
+        raise UserError(f"{option} '{text}' must not contain '..'",
+                        f"write the path it means, e.g. {_norm(text)}")
     path = _norm(text)
     if path in _NEVER_PRIVATE and (option == "--private" or path == "/"):
         raise UserError(f"{option} {path} is not allowed", _NEVER_PRIVATE[path])

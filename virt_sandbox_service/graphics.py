@@ -65,8 +65,8 @@ def parse_type(text: str) -> GraphicsType:
     try:
         return GraphicsType(text)
     except ValueError:
-        raise UserError(f"'{text}' is not a valid graphics type ({', '.join(CHOICES)})"
-                        ) from None
+        raise UserError(f"'{text}' is not a valid graphics type ({', '.join(CHOICES)})",
+                        f"write one of: {', '.join(CHOICES)}") from None
 
 
 def parse_listen(text: str, password_option: bool = True) -> str:

@@ -89,7 +89,9 @@ def _check_host_source(text: str, mtype: MountType, source: str) -> None:
     try:
         st = os.stat(source)
     except OSError as e:
-        raise UserError(f"mount source {source} in '{text}': {e.strerror}") from None
+        raise UserError(f"mount source {source} in '{text}': {e.strerror}",
+                        "the source is a path on the host: make it first, or give one that "
+                        "exists") from None
     if mtype is MountType.HOST_IMAGE and not stat.S_ISREG(st.st_mode):
         raise UserError(f"mount source {source} in '{text}' is not an image file",
                         "host-image takes a raw file-system image, e.g. made with mkfs.ext4")

@@ -237,12 +237,14 @@ def _address(value: str, text: str) -> Address:
         raise UserError(f"'{value}' in '{text}' is not IP/PREFIX",
                         "e.g. address=192.0.2.10/24 or address=2001:db8::10/64") from None
     if "/" not in addr:
-        raise UserError(f"address '{value}' in '{text}' needs a /PREFIX")
+        raise UserError(f"address '{value}' in '{text}' needs a /PREFIX",
+                        "e.g. address=192.0.2.10/24 or address=2001:db8::10/64")
     if broadcast:
         try:
             ipaddress.ip_address(broadcast)
         except ValueError:
-            raise UserError(f"broadcast '{broadcast}' in '{text}' is not an address") from None
+            raise UserError(f"broadcast '{broadcast}' in '{text}' is not an address",
+                            "e.g. address=192.0.2.10/24%192.0.2.255") from None
     return Address(str(iface.ip), iface.network.prefixlen, broadcast or None)
 
 
@@ -255,13 +257,14 @@ def _route(value: str, text: str) -> Route:
         raise UserError(f"'{value}' in '{text}' is not NET/PREFIX%GATEWAY",
                         "e.g. route=0.0.0.0/0%192.0.2.1") from None
     if not pct or "/" not in net or network.version != gw.version:
-        raise UserError(f"route '{value}' in '{text}' must be NET/PREFIX%GATEWAY of one family")
+        raise UserError(f"route '{value}' in '{text}' must be NET/PREFIX%GATEWAY of one family",
+                        "e.g. route=0.0.0.0/0%192.0.2.1 or route=::/0%2001:db8::1")
     return Route(str(network.network_address), network.prefixlen, str(gw))
 
 
 def _port(value: str, text: str) -> int:
     if not value.isdigit() or not 0 < int(value) < 65536:
-        raise UserError(f"port '{value}' in '{text}' is not 1..65535")
+        raise UserError(f"port '{value}' in '{text}' is not 1..65535", "e.g. port=80")
     return int(value)
 
 

@@ -64,7 +64,8 @@ def parse_security(text: str) -> tuple[SecurityMode, str | None]:
         labels.parse_label(value)
         label = value
     if mode is SecurityMode.STATIC and label is None:
-        raise UserError("-s static needs label=USER:ROLE:TYPE:LEVEL")
+        raise UserError("-s static needs label=USER:ROLE:TYPE:LEVEL",
+                        "e.g. -s static,label=system_u:system_r:svirt_lxc_net_t:s0:c10,c20")
     return mode, label
 
 

@@ -92,7 +92,8 @@ def parse(path: Path) -> SandboxFile:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+        raise UserError(f"cannot read {path}: {e}",
+                        "a sandbox file is UTF-8 text that root can read") from None
     section = ""
     out: list[Entry] = []
     install: list[Entry] = []
@@ -227,7 +228,8 @@ def _checks() -> dict[str, Callable[[str], object]]:
 
 def _etc(value: str) -> str:
     if value not in ETC_CHOICES:
-        raise UserError(f"'{value}' is not a valid --etc value ({', '.join(ETC_CHOICES)})")
+        raise UserError(f"'{value}' is not a valid --etc value ({', '.join(ETC_CHOICES)})",
+                        f"write Etc={' or Etc='.join(ETC_CHOICES)}")
     return value
 
 

@@ -108,7 +108,8 @@ def resolve_unit_name(spec: str, sandbox_name: str) -> str:
         raise UserError(f"'{spec}' is not a valid systemd unit name", _NAME_HINT)
     if parsed.instance == "":
         if not sandbox_name:
-            raise UserError(f"cannot instantiate '{name}' without a sandbox name")
+            raise UserError(f"cannot instantiate '{name}' without a sandbox name",
+                            f"name the instance, e.g. {parsed.prefix}@main.{parsed.type}")
         parsed = UnitName(parsed.prefix, escape(sandbox_name), parsed.type)
     return str(parsed)
 

@@ -275,7 +275,9 @@ def _check_unchanged(paths: Paths, name: str, text: str) -> None:
     try:
         now = paths.config_file(name).read_text()
     except FileNotFoundError:
-        raise UserError(f"sandbox '{name}' was deleted while it was being upgraded") from None
+        raise UserError(f"sandbox '{name}' was deleted while it was being upgraded",
+                        "nothing is left to upgrade: create it again if it is still wanted"
+                        ) from None
     if now != text:
         raise UserError(f"the config of '{name}' changed while it was being upgraded",
                         "run the upgrade again")

@@ -241,7 +241,8 @@ def _checked_name(name: str) -> str:
 
 def _checked_unit(unit: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_@:.\\-]+", unit):
-        raise UserError(f"unit name '{unit}' cannot be passed to a KVM sandbox")
+        raise UserError(f"unit name '{unit}' cannot be passed to a KVM sandbox",
+                        "unit names there use letters, digits and '_@:.-\\'")
     return unit
 
 

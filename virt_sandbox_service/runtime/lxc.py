@@ -485,7 +485,8 @@ __all__ = ["EXIT_STATUS_FILE", "HOST_CHANNEL", "domain", "execute", "reload", "s
 def reload(dom: libvirt.virDomain, cfg: SandboxConfig, units: list[str]) -> int:
     """Reload the confined units with the sandbox's own systemctl."""
     if cfg.kind is not Kind.SERVICE:
-        raise UserError(f"sandbox '{cfg.name}' runs a command, not units; nothing to reload")
+        raise UserError(f"sandbox '{cfg.name}' runs a command, not units; nothing to reload",
+                        f"restart it: virt-sandbox-service stop {cfg.name}, then start it")
     unknown = [u for u in units if u not in cfg.units]
     if unknown:
         raise UserError(f"{', '.join(unknown)} is not confined in sandbox '{cfg.name}'",

@@ -167,7 +167,8 @@ def run(uri: str, argv: Sequence[str], paths: Paths, options: RunOptions | None 
         cfg = dataclasses.replace(cfg, uid=r.uid, gid=r.gid, username=r.name, homedir=r.home)
     if cfg.memory is not None and driver is Driver.KVM and cfg.memory < KVM_MIN_MEMORY:
         raise UserError(f"--memory {opts.limits.memory} is too little for a KVM sandbox (at "
-                        f"least {KVM_MIN_MEMORY // 2**20}M: it boots a kernel of its own)")
+                        f"least {KVM_MIN_MEMORY // 2**20}M: it boots a kernel of its own)",
+                        f"give --memory {KVM_MIN_MEMORY // 2**20}M or more")
     if cfg.mounts:  # what it is given, against what the sandboxes there are given
         hostsources.check_among(cfg, all_configs(paths), paths)
     conn = session.connect(uri) if sess is not None else lv.connect(uri)
