@@ -20,7 +20,7 @@ from pathlib import Path
 from . import devices
 from .config import SandboxConfig
 from .confine import CAP_NUMBERS
-from .pathevidence import _under
+from .pathevidence import under
 from .unitfile import UnitFile, UnitName, unescape
 
 EXEC_PREFIXES = "@-:+!|"
@@ -189,10 +189,10 @@ def instance_view(cfg: SandboxConfig) -> Callable[[str], bool]:
     targets = [m.target for m in cfg.mounts] + list(cfg.private)
 
     def has(path: str) -> bool:
-        if cfg.image_size is not None or any(_under(path, t) for t in targets):
+        if cfg.image_size is not None or any(under(path, t) for t in targets):
             return True
         for tree in ("/etc", "/var"):
-            if _under(path, tree):
+            if under(path, tree):
                 own = state / path.lstrip("/")
                 try:
                     st = os.lstat(own)

@@ -8,7 +8,7 @@ import shlex
 from dataclasses import dataclass
 
 from .errors import UserError
-from .pathevidence import Access, _norm, _under
+from .pathevidence import Access, _norm, under
 from .unitfile import UnitFile
 
 
@@ -36,7 +36,7 @@ NOT_SERVICE_DATA = _NOT_SERVICE_DATA  # learn leaves it out of what it observed 
 
 def _evidence(path: str, access: Access, is_dir: bool | None, reason: str) -> _Claim:
     path = _norm(path)
-    if any(_under(path, top) for top in _TMPFS_ROOTS):
+    if any(under(path, top) for top in _TMPFS_ROOTS):
         access = Access.TMPFS
     return _Claim(path, access, is_dir, reason, _WEIGHT[access])
 
@@ -59,9 +59,9 @@ def _words(unit: UnitFile, section: str, key: str) -> list[str]:
 def _is_service_data(path: str) -> bool:
     if path in ("/var", "/etc", "/run"):
         return False  # the trees themselves are private by construction
-    if not any(_under(path, top) for top in ("/var", "/etc", "/run")):
+    if not any(under(path, top) for top in ("/var", "/etc", "/run")):
         return False  # the host root is shared read-only anyway
-    return not any(_under(path, top) for top in _NOT_SERVICE_DATA)
+    return not any(under(path, top) for top in _NOT_SERVICE_DATA)
 
 
 def _yes(value: str | None) -> bool:

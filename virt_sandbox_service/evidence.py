@@ -35,7 +35,7 @@ from .errors import UserError
 from .hostsecrets import _colon_file
 from .hostsecrets import hidden_secrets as hidden_secrets
 from .pathevidence import SKELETON_REASONS as SKELETON_REASONS
-from .pathevidence import SYSTEMD_REASON, TEMP_REASON, _norm, _under
+from .pathevidence import SYSTEMD_REASON, TEMP_REASON, _norm, under
 from .pathevidence import Access as Access
 from .pathevidence import PathEvidence as PathEvidence
 from .pkgdb import _USRMERGE, _aliases
@@ -128,7 +128,7 @@ def _check_overrides(private: Sequence[str], shared: Sequence[str]) -> None:
     # --shared wins for everything under it, so a --private there could only be ignored.
     for p in private:
         for s in shared:
-            if _under(p, s):
+            if under(p, s):
                 raise UserError(
                     f"--private {p} is inside --shared {s}",
                     "a --shared path is the host's, read-only, with all under it; drop one")
@@ -200,12 +200,12 @@ def _path_list_claims(unit: UnitFile, section: str, root: Path, where: str) -> l
             for word in _words(unit, section, key):
                 # "-" ignores a missing path, "+" is relative to RootDirectory=: as systemd.
                 path = _norm(_absolute(unit, key, word.lstrip("-+")))
-                if path in _WHOLE_TREES or any(_under(path, k) for k in _KERNEL_TREES):
+                if path in _WHOLE_TREES or any(under(path, k) for k in _KERNEL_TREES):
                     continue
                 reason = f"{key}= in {where}"
                 if writes:
                     out.append(_evidence(path, Access.PRIVATE, None, reason))
-                elif _under(path, "/var"):
+                elif under(path, "/var"):
                     if _lstat(root, path) is not None:
                         out.append(_evidence(path, Access.PRIVATE, None, reason))
                 else:
@@ -236,7 +236,7 @@ def _working_directory_claims(unit: UnitFile, section: str, root: Path,
     reason = f"WorkingDirectory= in {where}"
     if path == "/":
         return []  # the host root is always there, read-only
-    if _under(path, "/var") or _under(path, "/srv"):
+    if under(path, "/var") or under(path, "/srv"):
         return [_evidence(path, Access.PRIVATE, True, reason)]
     return [_evidence(path, Access.SHARED, True, reason + " (the host's, read-only)")]
 
@@ -257,7 +257,7 @@ def _environment_file_claims(unit: UnitFile, section: str, where: str) -> list[_
     for value in unit.values(section, key):
         path = _norm(_absolute(unit, key, value.removeprefix("-")))
         # Under /etc or /var it must be in the sandbox's private copy; elsewhere it is the host's.
-        private = _under(path, "/etc") or _under(path, "/var")
+        private = under(path, "/etc") or under(path, "/var")
         access = Access.PRIVATE if private else Access.SHARED
         out.append(_evidence(path, access, False, f"{key}= in {where}"))
     return out
@@ -360,7 +360,7 @@ def _merge_one(path: str, claims: list[_Claim], shared: Sequence[str],
     access = max(claims, key=lambda c: c.weight).access
     reasons = list(dict.fromkeys(c.reason for c in claims))
     # The administrator's --shared covers everything under it, whatever the evidence says.
-    covering = [s for s in shared if _under(path, s) and s != path]
+    covering = [s for s in shared if under(path, s) and s != path]
     if covering and "--shared" not in reasons:
         access = Access.SHARED
         reasons.append(f"under --shared {max(covering, key=len)}")

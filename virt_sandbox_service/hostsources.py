@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from .errors import HostError, UserError
-from .pathevidence import _under as within  # the path, or one inside the tree
+from .pathevidence import under as within  # the path, or one inside the tree
 
 if TYPE_CHECKING:
     from .config import Paths, SandboxConfig

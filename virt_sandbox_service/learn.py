@@ -52,7 +52,7 @@ from .errors import HostError, UserError
 from .evidence import NOT_SERVICE_DATA, SKELETON_REASONS
 from .host import HostFacts, detect
 from .limits import confined_caps
-from .pathevidence import PathEvidence
+from .pathevidence import PathEvidence, under
 from .plan import ETC_WORK, EVIDENCE_FILE, OVERLAY_OPTIONS, Mount, Plan, plan
 from .plantypes import is_generator
 
@@ -139,7 +139,7 @@ class Watch:
                 continue
             # The link is the path in the sandbox's mount namespace (/etc/...); where the
             # kernel gives it relative to the overlay's root instead, the tree is prefixed.
-            if not (rel == top or rel.startswith(top + "/")):
+            if not under(rel, top):
                 rel = top + "/" + rel.lstrip("/")
             out.append((pid, os.path.normpath(rel),
                         bool(mask & (FAN_MODIFY | FAN_CLOSE_WRITE))))
@@ -206,10 +206,8 @@ def services_in(cgroups: str) -> list[str]:
 
 
 def interesting(path: str) -> bool:
-    return (any(path == t or path.startswith(t + "/") for t in TREES)
-            and path not in TREES
-            and not any(path == n or path.startswith(n + "/")
-                        for n in (*NOISE, *NOT_SERVICE_DATA)))
+    return (any(under(path, t) for t in TREES) and path not in TREES
+            and not any(under(path, n) for n in (*NOISE, *NOT_SERVICE_DATA)))
 
 
 def _reasons(entry: dict[str, object]) -> list[str]:
@@ -568,7 +566,7 @@ def command(paths: Paths, name: str, *, add: bool, seconds: float) -> int:
     print(f"{name}: {', '.join(cfg.units)} opened {len(observed)} paths under "
           f"{', '.join(TREES)} (recorded in {EVIDENCE_FILE} as '{OBSERVED}')")
     for path in observed:
-        lacks = any(path == t or path.startswith(t + "/") for t in learned.add)
+        lacks = any(under(path, t) for t in learned.add)
         print(f"  {'add ' if lacks else 'have'}  {path}")
     if not learned.add:
         print("nothing to add: the sandbox has every path its service opened")

@@ -47,7 +47,7 @@ from .errors import HostError
 from .evidence import Access, PathEvidence
 from .host import HostFacts
 from .initscript import init_command
-from .pathevidence import _under
+from .pathevidence import under
 from .plan import EXIT_STATUS_FILE, LOADER_CACHE, LOADER_PRELOAD, Mount, Plan, plan
 from .runtime.common import read_channel
 from .runtime.enter import init_process
@@ -204,8 +204,8 @@ def scratch_trees(mounts: Sequence[Mount], hidden: Sequence[PathEvidence],
         host = os.path.join(root, tree.lstrip("/"))
         if os.path.islink(host) or not os.path.isdir(host):
             continue
-        if any(_under(m.target, tree) for m in mounts) or any(
-                _under(h.path, tree) for h in hidden):
+        if any(under(m.target, tree) for m in mounts) or any(
+                under(h.path, tree) for h in hidden):
             continue
         out.append(tree)
     return tuple(out)

@@ -32,7 +32,8 @@ TEMP_REASON = "writable temporary space"
 SKELETON_REASONS = frozenset({SYSTEMD_REASON, TEMP_REASON})
 
 
-def _under(path: str, top: str) -> bool:
+def under(path: str, top: str) -> bool:
+    """`path` is `top` or lies below it."""
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
@@ -40,6 +41,6 @@ def _norm(path: str) -> str:
     """Normalise; /var/run and /var/lock are /run and /run/lock inside the sandbox too."""
     path = "/" + posixpath.normpath(path).lstrip("/")
     for old, new in (("/var/run", "/run"), ("/var/lock", "/run/lock")):
-        if _under(path, old):
+        if under(path, old):
             return new + path[len(old) :]
     return path

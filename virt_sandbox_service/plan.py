@@ -39,7 +39,7 @@ from .innerunits import CONFINEMENT_DROPIN as CONFINEMENT_DROPIN
 from .innerunits import confinement_dropin as confinement_dropin
 from .innerunits import systemd_ops
 from .mounts import MountType, mount_dir, user_mounts
-from .pathevidence import SKELETON_REASONS, Access, PathEvidence
+from .pathevidence import SKELETON_REASONS, Access, PathEvidence, under
 
 # The plan's vocabulary lives in plantypes.py; importers keep finding it here.
 from .plantypes import ETC_STAGE as ETC_STAGE
@@ -86,10 +86,6 @@ def state_path(plan_state: str, sandbox_path: str, under: str) -> str:
 def other_path(state: str, sandbox_path: str) -> str:
     """Private paths outside /etc and /var: kept under state/paths/, one bind mount each."""
     return os.path.join(state, "paths", sandbox_path.strip("/").replace("/", "%"))
-
-
-def _in(path: str, top: str) -> bool:
-    return path == top or path.startswith(top + "/")
 
 
 def plan(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, ...],
@@ -208,7 +204,7 @@ def _owned_ops(config: SandboxConfig, evidence: tuple[PathEvidence, ...],
             ops.append(MakeDir(dst if ev.is_dir else os.path.dirname(dst),
                                reason=f"{why} (not on the host)"))
             continue
-        inside = tuple(x for x in left_out if _in(x, ev.path) and x != ev.path)
+        inside = tuple(x for x in left_out if under(x, ev.path) and x != ev.path)
         ops.append(CopyTree(ev.path, dst, inside, reason=f"{why} (the instance's own)"))
         if ev.is_dir:
             ops.append(Opaque(dst, reason="the host's later changes here do not reach it"))
@@ -221,7 +217,7 @@ def _whiteout_ops(config: SandboxConfig, owned: list[PathEvidence],
     ops: list[FileOp] = []
     covered = [e.path for e in owned if e.is_dir]
     for path in (*HOST_ONLY_ETC, *secrets):
-        if any(_in(path, c) for c in covered):
+        if any(under(path, c) for c in covered):
             continue  # left out of a copy, or under a whiteout already
         covered.append(path)
         ops.append(Whiteout(state_path(config.state_dir, path, "/etc"), path,
@@ -232,7 +228,7 @@ def _whiteout_ops(config: SandboxConfig, owned: list[PathEvidence],
 
 def _owned_tops(evidence: tuple[PathEvidence, ...]) -> list[PathEvidence]:
     """The service's private paths under /etc that lie under no other one of them."""
-    own = [e for e in evidence if e.access is Access.PRIVATE and _in(e.path, "/etc")
+    own = [e for e in evidence if e.access is Access.PRIVATE and under(e.path, "/etc")
            and e.path != "/etc"]
     paths = {e.path for e in own}
     tops: dict[str, PathEvidence] = {}
@@ -261,7 +257,7 @@ def _var_ops(config: SandboxConfig, facts: HostFacts,
         ops.append(Symlink(os.path.join(var, name), target, reason="as on the host"))
     made: set[str] = {"/var"}
     for ev in evidence:
-        if ev.access is not Access.PRIVATE or not _in(ev.path, "/var"):
+        if ev.access is not Access.PRIVATE or not under(ev.path, "/var"):
             continue
         ops += _parents(ev.path, "/var", var, made, evidence)
         copy = config.copy and _copyable(ev, evidence)
@@ -282,7 +278,7 @@ def _copyable(ev: PathEvidence, evidence: tuple[PathEvidence, ...]) -> bool:
 def _other_private_ops(state: str, evidence: tuple[PathEvidence, ...]) -> list[FileOp]:
     ops: list[FileOp] = []
     outside = [e for e in evidence if e.access is Access.PRIVATE
-               and not _in(e.path, "/var") and not _in(e.path, "/etc")]
+               and not under(e.path, "/var") and not under(e.path, "/etc")]
     if outside:
         ops.append(MakeDir(os.path.join(state, "paths"), 0o755,
                            reason="private paths outside /etc and /var"))
@@ -298,7 +294,7 @@ def _parents(path: str, top: str, base: str, made: set[str],
     ops: list[FileOp] = []
     for parent in reversed(PurePosixPath(path).parents):
         p = str(parent)
-        if not _in(p, top) or p in made or p == path:
+        if not under(p, top) or p in made or p == path:
             continue
         made.add(p)
         ev = known.get(p)
@@ -334,7 +330,7 @@ def _mounts(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidenc
                for d in facts.shared_etc]
     mounts += loader_mounts(config, facts)
     for ev in evidence:
-        if ev.access is Access.PRIVATE and not _in(ev.path, "/var") and not _in(ev.path, "/etc"):
+        if ev.access is Access.PRIVATE and not any(under(ev.path, t) for t in ("/var", "/etc")):
             mounts.append(Mount(ev.path, other_path(state, ev.path), reason="; ".join(ev.reasons)))
     for target, kib in TMPFS:
         mounts.append(Mount(target, "", tmpfs_kib=kib, reason="private tmpfs"))
@@ -394,7 +390,7 @@ def _mount_ops(config: SandboxConfig) -> list[FileOp]:
             for s in fresh]
     for s in specs:
         for top in ("/var", "/etc"):
-            if _in(s.target, top) and s.target != top:
+            if under(s.target, top) and s.target != top:
                 ops.append(MakeDir(state_path(config.state_dir, s.target, top), 0o755,
                                    reason=f"mount point of -m {s.type.value}:{s.target}"))
     return managed(ops)
@@ -429,7 +425,7 @@ def _user_ops(config: SandboxConfig,
                         f"choose a directory of its own, e.g. {users.HOME_ROOT}/{r.name}")
     for parent in reversed(PurePosixPath(r.home).parents):
         p = state_path(config.state_dir, str(parent), "/var")
-        if _in(str(parent), "/var") and str(parent) != "/var" and p not in made:
+        if under(str(parent), "/var") and str(parent) != "/var" and p not in made:
             ops.append(MakeDir(p, reason=f"parent of {r.home}"))
     ops.append(MakeDir(target, 0o700, r.uid, r.gid, reason=why))
     return ops, ()
@@ -463,7 +459,7 @@ def _staged(mounts: tuple[Mount, ...], trees: tuple[str, ...], prefix: str,
     for m in mounts:
         if m.target in trees:
             continue
-        if any(_in(m.target, t) for t in trees):
+        if any(under(m.target, t) for t in trees):
             inside.append(replace(m, target=prefix + m.target))
         else:
             out.append(m)

@@ -22,7 +22,7 @@ from .claims import (
     _yes,
 )
 from .hostsecrets import _colon_file
-from .pathevidence import Access, _norm, _under
+from .pathevidence import Access, _norm, under
 from .pkgdb import PackageDB
 from .unitfile import UnitFile
 
@@ -81,10 +81,10 @@ def _named_data_claims(units: Sequence[UnitFile], pkgdb: PackageDB | None,
                                 *confrefs.config_tree(own, root)]))
     out = []
     for n in confrefs.data_named(files, root):
-        if n.path in _STATE_TREES or any(_under(n.path, t) for t in (
+        if n.path in _STATE_TREES or any(under(n.path, t) for t in (
                 *_NOT_DATA, *_NOT_SERVICE_DATA, "/var/run", "/var/lock")):
             continue  # a whole tree says nothing of the service; scratch and runtime
-        state = any(_under(n.path, t) for t in _STATE_TREES)
+        state = any(under(n.path, t) for t in _STATE_TREES)
         out.append(_evidence(n.path, Access.PRIVATE if state else Access.SHARED, n.is_dir,
                              _NAMED_DATA_REASON.format(where=n.where)))
     return out
@@ -228,7 +228,7 @@ def _topmost(root: Path, tree: str, match: Callable[[os.stat_result], bool],
             except OSError:
                 continue
             if (stat.S_ISLNK(st.st_mode) or st.st_dev != top.st_dev
-                    or any(_under(path, n) for n in skip)):
+                    or any(under(path, n) for n in skip)):
                 continue
             if match(st):
                 out.append((path, st))

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from .config import IDMAP_COUNT, shown, validate_abs_path
 from .errors import UserError
+from .pathevidence import under
 
 ID_MAX = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel
 NAME_MAX = 32  # useradd's limit
@@ -98,7 +99,7 @@ def check_homedir(text: str) -> str:
     home = validate_abs_path(text, "--homedir")
     if ":" in home or "\n" in home:
         raise UserError(f"--homedir {shown(text)} contains ':'", "/etc/passwd cannot hold it")
-    if home in TOPS or any(home == t or home.startswith(t + "/") for t in NOT_HOME):
+    if home in TOPS or any(under(home, t) for t in NOT_HOME):
         raise UserError(f"--homedir {home} cannot be a home directory",
                         "use a directory of its own, e.g. /var/home/NAME")
     return home
@@ -171,13 +172,9 @@ def _default_home(entry: pwd.struct_passwd | None, name: str) -> str:
             home = check_homedir(entry.pw_dir)
         except UserError:
             home = ""
-        if home and (_under(home, ("/var",)) or os.path.isdir(home)):
+        if home and (under(home, "/var") or os.path.isdir(home)):
             return home
     return f"{HOME_ROOT}/{name}"
-
-
-def _under(path: str, tops: tuple[str, ...]) -> bool:
-    return any(path == t or path.startswith(t + "/") for t in tops)
 
 
 class HomePlace(enum.StrEnum):
@@ -188,9 +185,9 @@ class HomePlace(enum.StrEnum):
 
 def home_place(home: str, bind_targets: tuple[str, ...]) -> HomePlace:
     """Where the home lives (see the module docstring). Pure."""
-    if any(_under(home, (t,)) for t in bind_targets):
+    if any(under(home, t) for t in bind_targets):
         return HomePlace.SHARED
-    if _under(home, ("/var",)):
+    if under(home, "/var"):
         return HomePlace.PRIVATE_TREE
     return HomePlace.STATE
 
@@ -201,7 +198,7 @@ def check_home(home: str, binds: tuple[tuple[str, str], ...]) -> None:
     pairs) must exist in its source, as nothing is made there."""
     place = home_place(home, tuple(t for t, _ in binds))
     if place is HomePlace.SHARED:
-        target, source = next((t, s) for t, s in binds if _under(home, (t,)))
+        target, source = next((t, s) for t, s in binds if under(home, t))
         on_host = os.path.join(source, os.path.relpath(home, target)) if source else ""
         if source and not os.path.isdir(on_host):
             raise UserError(f"--homedir {home} lies in -m host-bind:{target}={source}, but "
