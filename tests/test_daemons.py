@@ -48,6 +48,13 @@ def enable_fpm_ping(state: Path) -> None:
     conf.write_text(conf.read_text().replace(";ping.path = /ping", "ping.path = /ping"))
 
 
+def quick_squid_shutdown(state: Path) -> None:
+    """squid waits shutdown_lifetime (30 s by default) for its clients when stopped, on the
+    host too: 1 s in the instance's own /etc, so the round trip's stop is not 30 s."""
+    conf = state / "etc" / "squid" / "squid.conf"
+    conf.write_text(conf.read_text() + "\nshutdown_lifetime 1 seconds\n")
+
+
 NC = "nc -w 5 127.0.0.1"
 XMPP_OPEN = ("<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
              "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
@@ -118,6 +125,15 @@ DAEMONS: dict[str, Daemon] = {
     "postgresql": Daemon("postgresql@15-main.service",
                          "runuser -u postgres -- psql -Atc 'select 40 + 2'", "42",
                          "postgresql-15"),
+    # A caching proxy: its ExecStartPre (squid -z) makes its cache under /var/spool/squid; its
+    # cache manager's info page, which its default configuration gives to localhost.
+    "squid": Daemon("squid.service",
+                    "printf 'GET cache_object://localhost/info HTTP/1.0\\r\\n\\r\\n' "
+                    f"| {NC} 3128", "Squid Object Cache", "squid",
+                    prepare=quick_squid_shutdown),
+    # Its secure_chroot_dir (/var/run/vsftpd/empty) is made by its ExecStartPre.
+    "vsftpd": Daemon("vsftpd.service", f"printf 'QUIT\\r\\n' | {NC} 21", "220 (vsFTPd",
+                     "vsftpd"),
     "apache2": Daemon("apache2.service", "curl -sS -m 5 http://127.0.0.1/",
                       "Apache2 Debian Default Page", "apache2"),
 }
