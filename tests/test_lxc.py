@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import Env, domain_names, need, unique_name
+from .test_run import DEFAULT_SIGNALS, SIGNALS_SCRIPT
 
 pytestmark = [pytest.mark.root, pytest.mark.libvirt]
 
@@ -82,6 +83,9 @@ def test_execute_returns_status_and_keeps_streams_apart(env: Env) -> None:
     assert (proc.returncode, proc.stdout, proc.stderr) == (7, "out\n", "err\n")
     proc = env.run("execute", name, "--", "/no/such/binary")
     assert proc.returncode == 127
+    # Signals at their default, not as ignored in our Python (test_run: SIGNALS_SCRIPT).
+    proc = env.run("execute", name, "--", "/bin/sh", "-c", SIGNALS_SCRIPT)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, DEFAULT_SIGNALS, "")
 
 
 def test_generic_sandbox_runs_its_command_confined(env: Env) -> None:

@@ -80,6 +80,20 @@ def test_exit_status_is_ours(env: Env, uri: str, script: str, status: int) -> No
         assert b"/no/such/command" in proc.stderr and proc.stdout == b""
 
 
+# A command ends at a closed pipe: SIGPIPE (and SIGXFSZ) at their default, not ignored as
+# in the Python that started it (confine.default_signals). `yes` writes on otherwise, each
+# write failing: "yes: standard output: Broken pipe".
+SIGNALS_SCRIPT = "yes | head -1; grep -E '^SigIgn' /proc/self/status"
+DEFAULT_SIGNALS = "y\nSigIgn:\t0000000000000000\n"
+
+
+@pytest.mark.parametrize("uri", URIS, indirect=True)
+def test_the_command_gets_default_signal_dispositions(env: Env, uri: str) -> None:
+    proc = sandbox_run(env, uri, "/bin/sh", "-c", SIGNALS_SCRIPT)
+    assert (proc.returncode, proc.stdout.decode()) == (0, DEFAULT_SIGNALS), proc.stderr
+    assert b"Broken pipe" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("uri", URIS, indirect=True)
 def test_binary_payload_through_stdin_and_stdout_is_byte_exact(env: Env, uri: str) -> None:
     payload = os.urandom(4 * 1024 * 1024 + 123)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import sys
 
 # Syscalls denied to every confined process, by group. A group whose capability is given back
@@ -276,6 +277,16 @@ def apply(caps: tuple[str, ...], allow: tuple[str, ...]) -> None:
     drop_capabilities(cap_mask(caps))
 
 
+def default_signals() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ from its start (a write then fails with EPIPE or
+    EFBIG instead), and an ignored signal stays ignored across exec: a command started from
+    Python would not end at a closed pipe (`yes | head -1` would write on, each write an
+    error). Given back their default before every exec into a sandbox, as subprocess's
+    restore_signals does."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _split(text: str) -> tuple[str, ...]:
     return tuple(x for x in text.split(",") if x)
 
@@ -302,6 +313,7 @@ def main(argv: list[str]) -> int:
         print(f"virt-sandbox-service confine: {e}", file=sys.stderr)
         return 125
     command = args[1:]
+    default_signals()
     try:
         os.execvp(command[0], command)
     except OSError as e:

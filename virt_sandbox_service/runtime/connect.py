@@ -36,6 +36,7 @@ import libvirt
 
 from ..apply import libvirt as lv
 from ..config import Driver, SandboxConfig
+from ..confine import default_signals
 from ..errors import HostError, UserError
 from ..limits import Jail, jail
 from . import common, lxc
@@ -230,6 +231,7 @@ def _shell(sock: socket.socket, login: Login, env: dict[str, str], winsize: byte
         print(f"virt-sandbox-service: cannot set up a terminal in the sandbox: {e}",
               file=sys.stderr)
         os._exit(125)
+    default_signals()
     try:
         os.execve(login.shell, [login.shell, "-l"], env)
     except OSError as e:

@@ -31,6 +31,7 @@ from ..apply import labels as apply_labels
 from ..apply import systemd as sd
 from ..apply.files import make_whiteout
 from ..config import Kind, Paths, SandboxConfig
+from ..confine import default_signals
 from ..errors import HostError, UserError
 from ..hostsecrets import hidden_secrets
 from ..limits import Jail, jail
@@ -442,6 +443,7 @@ def _child_enter_and_run(dom: libvirt.virDomain, fds: list[int], argv: list[str]
             os.chdir("/")
             enter_lsm_label(label)
             confine_self(jail)
+            default_signals()
             try:
                 os.execvpe(argv[0], argv, env)
             except OSError as e:

@@ -97,7 +97,7 @@ HIDE_CGROUPS = (f"umount -R /sys/fs/cgroup 2>&5 || {{ echo {EXIT_SETUP_FAILED} >
 LXC_TTY_INIT = ("unset LISTEN_FDS LISTEN_PID LISTEN_FDNAMES; "
                 '(exec "$@" 2>&5 4>&- 5>&- 6>&-); rc=$?; echo $rc >&6; exit $rc')
 PTY_HELPER = """\
-import fcntl, os, socket, sys, termios
+import fcntl, os, signal, socket, sys, termios
 master, slave = os.openpty()
 with socket.socket(fileno=3) as sock:
     socket.send_fds(sock, [b"pty"], [master])
@@ -107,6 +107,8 @@ fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
 for fd in (0, 1, 2):
     os.dup2(slave, fd)
 os.close(slave)
+for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # ignored by Python (confine.default_signals)
+    signal.signal(sig, signal.SIG_DFL)
 try:
     os.execvp(sys.argv[1], sys.argv[1:])
 except OSError as e:
