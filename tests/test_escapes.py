@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ def _visible_probe() -> Path:
     src = Path(__file__).resolve().parent / "escape_probe.py"
     if not any(str(src).startswith(t + "/") for t in ("/tmp", "/var", "/etc", "/run", "/dev")):
         return src
-    dst = Path("/root/.cache/vss-tests/escape_probe.py")
+    dst = Path("/usr/local/lib/vss-tests/escape_probe.py")  # (not /root: hidden there)
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
     return dst
@@ -245,6 +246,50 @@ def test_another_sandboxs_files_are_out_of_reach(menv: Env, probe_box: str, web:
     assert "No such file or directory" in lines[0], lines
     assert lines[1] == "0", lines
     assert "No such file or directory" in lines[2], lines
+
+
+# Run inside: read a file and connect to a unix socket at the paths given.
+READ_AND_CONNECT = ("cat \"$1\"; ls \"$3\"; /usr/bin/python3 -c 'import socket, sys; "
+                    "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+                    "print(\"connected\")' \"$2\"")
+
+
+def test_the_hosts_private_trees_are_out_of_reach(menv: Env, web: str) -> None:
+    """The host's /root and /home hold what no sandbox may read (root's shell history, ssh
+    keys, a user's files) or reach (a unix socket there: a read-only mount does not stop a
+    connect). Where no LSM or user namespace holds it back, a sandbox's root is the host's
+    root, so only their hiding (plan.hidden_trees) keeps them out: in a sandbox given the
+    same directory with --shared, everything else alike, the same attempts work."""
+    private = Path("/root") / unique_name(".vss-private-")
+    private.mkdir(mode=0o700)
+    home = Path("/home") / unique_name("vss-user-")
+    home.mkdir(parents=True)
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        (private / "secret").write_text("root's secret\n")
+        (private / "secret").chmod(0o600)
+        (home / "mail").write_text("a user's mail\n")
+        server.bind(str(private / "admin.sock"))
+        server.listen(4)
+        argv = ("/bin/sh", "-c", READ_AND_CONNECT, "sh", str(private / "secret"),
+                str(private / "admin.sock"), str(home))
+        hidden = menv.run("execute", web, "--", *argv)
+        out = hidden.stdout + hidden.stderr
+        assert "root's secret" not in out and "connected" not in out, out
+        assert "mail" not in hidden.stdout, out
+        assert out.count("No such file or directory") >= 3, out
+        shared = unique_name("escs")
+        menv.run("create", "--shared", str(private), "--shared", str(home), shared, "--",
+                 *argv, check=True)
+        seen = menv.run("start", shared, timeout=60)
+        menv.run("delete", "--force", shared)
+        assert "root's secret" in seen.stdout and "connected" in seen.stdout, \
+            seen.stdout + seen.stderr
+        assert "mail" in seen.stdout, seen.stdout
+    finally:
+        server.close()
+        shutil.rmtree(private)
+        shutil.rmtree(home)
 
 
 def cap_line(text: str, field: str) -> int:

@@ -31,7 +31,8 @@ EXE = "/usr/local/bin/virt-sandbox-service"
 FACTS = HostFacts(memory_kib=2 * 1024 * 1024,
                   etc_wants_dirs=("multi-user.target.wants", "getty.target.wants"),
                   var_symlinks=(("lock", "/run/lock"), ("run", "/run")),
-                  shared_etc=("/etc/alternatives", "/etc/ssl/certs"))
+                  shared_etc=("/etc/alternatives", "/etc/ssl/certs"),
+                  private_trees=("/home", "/root"))
 
 
 def ev(path: str, access: Access = Access.PRIVATE, is_dir: bool = True,

@@ -29,7 +29,8 @@ SCHEMA = Path("/usr/share/libvirt/schemas/domain.rng")
 FACTS = HostFacts(memory_kib=2 * 1024 * 1024, tsc_khz=2596152,
                   etc_wants_dirs=("multi-user.target.wants",),
                   var_symlinks=(("lock", "/run/lock"), ("run", "/run")),
-                  shared_etc=("/etc/alternatives", "/etc/ssl/certs"))
+                  shared_etc=("/etc/alternatives", "/etc/ssl/certs"),
+                  private_trees=("/home", "/root"))
 
 
 def ev(path: str, reason: str = "package apache2 (dpkg file list)") -> PathEvidence:

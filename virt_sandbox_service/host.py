@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +34,16 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # policy) reach every sandbox at once. They are also most of /etc's entries (~700 symlinks,
 # ~10 MB of policy), which makes a create much cheaper.
 SHARED_ETC = ("/etc/alternatives", "/etc/ssl/certs", "/etc/selinux")
+
+# The host's private trees outside /etc: what a sandbox's root, which is the host's root
+# where no LSM or user namespace holds it back, could otherwise read on the shared host root
+# (root's ssh keys and shell history, a user's mail) or reach (a unix socket there: a
+# read-only mount does not stop a connect). Hidden from every unit sandbox: the homes, as
+# systemd's ProtectHome=yes hides them from a daemon, and each top-level directory of the
+# host root that its owner keeps from others (no o+x: /root, /lost+found, an admin's own).
+HOME_TREES = ("/home", "/root")
+# The sandbox's own trees, or the kernel's: never the host's to hide.
+NOT_HIDDEN = ("/etc", "/var", "/run", "/tmp", "/dev", "/proc", "/sys")
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,8 @@ class HostFacts:
     ld_preload: bool = False
     # Host-managed /etc trees that exist here (see plan.SHARED_ETC).
     shared_etc: tuple[str, ...] = ()
+    # The host's private trees a unit sandbox does not see (private_trees, HOME_TREES).
+    private_trees: tuple[str, ...] = ()
     # The kernel has overlayfs (an LXC sandbox's /etc can be an overlay; see plan.py).
     overlayfs: bool = False
     # KVM sandboxes: hardware virtualization really usable (else TCG, see kvm_usable), the
@@ -120,11 +133,32 @@ def detect(selinux: bool | None = None) -> HostFacts:
         etc_rc_dirs=tuple(f"/etc/rc{r}.d" for r in "0123456S" if os.path.isdir(f"/etc/rc{r}.d")),
         var_symlinks=_symlinks(Path("/var")),
         shared_etc=tuple(d for d in SHARED_ETC if os.path.isdir(d)),
+        private_trees=private_trees(),
         ld_preload=os.path.lexists("/etc/ld.so.preload"),
         overlayfs=has_overlayfs(),
         xorg=xorg_path(),
         **kvm_facts()._asdict(),
     )
+
+
+def private_trees(root: str = "/") -> tuple[str, ...]:
+    """The host's private trees (HOME_TREES): the homes that exist, and each directory just
+    below the root that others cannot search. Symlinks are left out: what one points to is
+    judged where it is."""
+    out = {t for t in HOME_TREES if os.path.isdir(os.path.join(root, t.lstrip("/")))}
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        entries = []
+    for entry in entries:
+        path = "/" + entry.name
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and not st.st_mode & stat.S_IXOTH and path not in NOT_HIDDEN:
+            out.add(path)
+    return tuple(sorted(out))
 
 
 def confine_script() -> str:

@@ -166,7 +166,7 @@ def init_command(config: SandboxConfig, facts: HostFacts, mounts: tuple[Mount, .
     jail = " ".join(map(q, confine_argv(facts, init_caps(config), config.syscalls_allow)))
     prologue = [*_cgroup_prologue(facts), *_image_binds(config, facts),
                 *_overlay_binds(config, facts, mounts), *_guest_binds(config),
-                *_scratch_layers(scratch)]
+                *_scratch_layers(scratch), *_hidden_modes(facts, mounts)]
     if config.kind is Kind.GENERIC:
         # sh stays PID 1 so the command's exit status reaches the host (libvirt reports none).
         # The command leads a session of its own with the console (a pty of the sandbox's
@@ -197,6 +197,16 @@ def init_command(config: SandboxConfig, facts: HostFacts, mounts: tuple[Mount, .
     ])
     return (facts.sh, "-c", script), (("NOTIFY_SOCKET", NOTIFY_SOCKET),
                                       ("SYSTEMD_GENERATOR_PATH", GENERATOR_PATH))
+
+
+def _hidden_modes(facts: HostFacts, mounts: tuple[Mount, ...]) -> list[str]:
+    """The empty tmpfs over each hidden host tree (plan.hidden_trees) is 1777 as libvirt
+    mounts it: 0755 instead (a KVM guest's init mounts it so), so that no user of the
+    sandbox can plant a file in its root's home."""
+    hidden = [m.target for m in mounts if m.tmpfs_kib and m.target in facts.private_trees]
+    if not hidden:
+        return []
+    return [f"chmod 0755 {' '.join(map(shlex.quote, hidden))} || exit 125"]
 
 
 def generator_path(keep: tuple[str, ...]) -> list[str]:

@@ -317,6 +317,21 @@ def _private_item(ev: PathEvidence, dst: str, copy: bool) -> list[FileOp]:
     return [MakeDir(dst, mode, uid, gid, reason=reason)]
 
 
+# The host's private trees (host.private_trees: the homes, and what others cannot search
+# below the root) are covered by an empty tmpfs of the sandbox's own: its root, which is the
+# host's root where no LSM or user namespace holds it back, would otherwise read them, and
+# connect to a unix socket there, on the shared host root. Room for a shell's history.
+HIDDEN_KIB = 1024
+HIDDEN_REASON = "the host's private tree, hidden (an empty tmpfs of the sandbox's own)"
+
+
+def hidden_trees(facts: HostFacts, evidence: tuple[PathEvidence, ...]) -> list[str]:
+    """The host's private trees the sandbox does not see: all but one the evidence or the
+    administrator (--shared) shares whole, or with what holds it."""
+    shared = [e.path for e in evidence if e.access is Access.SHARED]
+    return [t for t in facts.private_trees if not any(under(t, s) for s in shared)]
+
+
 def _mounts(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, ...],
             run_dir: str) -> tuple[Mount, ...]:
     state = config.state_dir
@@ -334,6 +349,13 @@ def _mounts(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidenc
             mounts.append(Mount(ev.path, other_path(state, ev.path), reason="; ".join(ev.reasons)))
     for target, kib in TMPFS:
         mounts.append(Mount(target, "", tmpfs_kib=kib, reason="private tmpfs"))
+    hidden = hidden_trees(facts, evidence)
+    mounts += [Mount(t, "", tmpfs_kib=HIDDEN_KIB, reason=HIDDEN_REASON) for t in hidden]
+    # What the evidence shares below a hidden tree (a WorkingDirectory= there) is the
+    # host's again, read-only, on top of it; --shared paths are bound below.
+    mounts += [Mount(ev.path, ev.path, readonly=True, reason="; ".join(ev.reasons))
+               for ev in evidence if ev.access is Access.SHARED and "--shared" not in ev.reasons
+               and any(under(ev.path, t) for t in hidden)]
     # After /run: the binds must sit on top of the sandbox's /run tmpfs.
     mounts.append(Mount(HOST_CHANNEL, run_dir, reason="readiness and exit status to the host"))
     if config.driver is Driver.LXC:

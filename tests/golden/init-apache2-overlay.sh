@@ -55,6 +55,7 @@ mount --rbind /run/.vss-etc/mnt/etc/apache2/sites-enabled /run/.vss-etc/merged/a
 mount --move /run/.vss-etc/merged /etc || exit 125
 /bin/umount -l /run/.vss-etc/state /run/.vss-etc/mnt/etc/alternatives /run/.vss-etc/mnt/etc/ssl/certs /run/.vss-etc/mnt/etc/ld.so.cache /run/.vss-etc/mnt/etc/ld.so.preload /run/.vss-etc/mnt/etc/apache2/sites-enabled
 rm -r --one-file-system /run/.vss-etc
+chmod 0755 /home /root || exit 125
 mkdir -p /run/lock && mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=5m tmpfs /run/lock || exit 125
 mount --bind /etc/systemd /etc/systemd && mount -o remount,bind,ro /etc/systemd || exit 125
 exec /usr/bin/unshare --cgroup /bin/sh -c 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"' sandbox-init /usr/bin/python3 -I -S /run/.vss-confine.py --caps chown,dac_override,fowner,fsetid,kill,setgid,setuid,setpcap,net_bind_service,sys_chroot,audit_write,setfcap -- /lib/systemd/systemd systemd.unified_cgroup_hierarchy=1

@@ -42,6 +42,7 @@ if [ -n "$cg" ] && [ "$cg" != / ]; then
   echo $$ > "/sys/fs/cgroup$cg/cgroup.procs"
   /bin/umount /sys/fs/cgroup
 fi
+chmod 0755 /home /root || exit 125
 if [ -p /run/sandbox-host/go ]; then read -r _ < /run/sandbox-host/go; fi
 /usr/bin/unshare --cgroup /usr/bin/setsid -c /usr/bin/python3 -I -S /run/.vss-confine.py --caps chown,dac_override,fowner,fsetid,kill,setgid,setuid,setpcap,net_bind_service,sys_chroot,audit_write,setfcap -- "$@"; rc=$?
 echo $rc > /run/sandbox-host/exit-status; exit $rc

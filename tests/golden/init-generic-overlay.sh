@@ -52,6 +52,7 @@ mount --rbind /run/.vss-etc/mnt/etc/ld.so.preload /run/.vss-etc/merged/ld.so.pre
 mount --move /run/.vss-etc/merged /etc || exit 125
 /bin/umount -l /run/.vss-etc/state /run/.vss-etc/mnt/etc/alternatives /run/.vss-etc/mnt/etc/ssl/certs /run/.vss-etc/mnt/etc/ld.so.cache /run/.vss-etc/mnt/etc/ld.so.preload
 rm -r --one-file-system /run/.vss-etc
+chmod 0755 /home /root || exit 125
 if [ -p /run/sandbox-host/go ]; then read -r _ < /run/sandbox-host/go; fi
 /usr/bin/unshare --cgroup /usr/bin/setsid -c /usr/bin/python3 -I -S /run/.vss-confine.py --caps chown,dac_override,fowner,fsetid,kill,setgid,setuid,setpcap,net_bind_service,sys_chroot,audit_write,setfcap -- "$@"; rc=$?
 echo $rc > /run/sandbox-host/exit-status; exit $rc

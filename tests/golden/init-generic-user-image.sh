@@ -43,6 +43,7 @@ if [ -n "$cg" ] && [ "$cg" != / ]; then
   /bin/umount /sys/fs/cgroup
 fi
 mount --rbind /run/sandbox-private/etc /etc && mount --rbind /run/sandbox-private/var /var && /bin/umount -l /run/sandbox-private || exit 125
+chmod 0755 /home /root || exit 125
 if [ -p /run/sandbox-host/go ]; then read -r _ < /run/sandbox-host/go; fi
 /usr/bin/unshare --cgroup /usr/bin/setsid -c /usr/bin/python3 -I -S /run/.vss-confine.py --caps chown,dac_override,fowner,fsetid,kill,setgid,setuid,setpcap,net_bind_service,sys_chroot,audit_write,setfcap -- "$@"; rc=$?
 echo $rc > /run/sandbox-host/exit-status; exit $rc

@@ -44,6 +44,7 @@ if [ -n "$cg" ] && [ "$cg" != / ]; then
   echo $$ > "/sys/fs/cgroup$cg/cgroup.procs"
   /bin/umount /sys/fs/cgroup
 fi
+chmod 0755 /home /root || exit 125
 mkdir -p /run/lock && mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=5m tmpfs /run/lock || exit 125
 mount --bind /etc/systemd /etc/systemd && mount -o remount,bind,ro /etc/systemd || exit 125
 exec /usr/bin/unshare --cgroup /bin/sh -c 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"' sandbox-init /usr/bin/python3 -I -S /run/.vss-confine.py --caps chown,dac_override,fowner,fsetid,kill,setgid,setuid,setpcap,net_bind_service,sys_chroot,sys_time,audit_write,setfcap --allow @keyring -- /lib/systemd/systemd systemd.unified_cgroup_hierarchy=1
