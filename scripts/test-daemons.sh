@@ -19,7 +19,7 @@ TEST_DAEMONS=(
   freeradius freeradius-utils       # radtest
   redis-server memcached            # redis-cli is in redis-tools, a dependency
   haproxy                           # a bind to another place (BindReadOnlyPaths=SRC:DEST)
-  squid vsftpd
+  squid                             # (vsftpd conflicts with proftpd-core: both are an ftp-server)
   mariadb-server                    # mysql is in mariadb-client-core, a dependency
   postgresql                        # postgresql-15 and its cluster 15/main; psql
   netcat-openbsd curl               # banners, HTTP

@@ -131,9 +131,6 @@ DAEMONS: dict[str, Daemon] = {
                     "printf 'GET cache_object://localhost/info HTTP/1.0\\r\\n\\r\\n' "
                     f"| {NC} 3128", "Squid Object Cache", "squid",
                     prepare=quick_squid_shutdown),
-    # Its secure_chroot_dir (/var/run/vsftpd/empty) is made by its ExecStartPre.
-    "vsftpd": Daemon("vsftpd.service", f"printf 'QUIT\\r\\n' | {NC} 21", "220 (vsFTPd",
-                     "vsftpd"),
     "apache2": Daemon("apache2.service", "curl -sS -m 5 http://127.0.0.1/",
                       "Apache2 Debian Default Page", "apache2"),
 }

@@ -335,7 +335,7 @@ UNITS_USED = ("apache2.service", "ssh.service", "cron.service", "postfix@-.servi
               "chrony.service", "slapd.service", "unbound.service", "mosquitto.service",
               "php8.2-fpm.service", "rsyslog.service", "smbd.service", "proftpd.service",
               "varnish.service", "nsd.service", "prosody.service", "freeradius.service",
-              "tor@default.service", "nginx.service", "squid.service", "vsftpd.service")
+              "tor@default.service", "nginx.service", "squid.service")
 DIRECTORIES = ("StateDirectory", "RuntimeDirectory", "LogsDirectory", "CacheDirectory",
                "ConfigurationDirectory")
 
