@@ -30,6 +30,10 @@ def test_the_homes_and_what_others_cannot_search_below_the_root(tmp_path: Path) 
     # /opt (0711) is searchable by others; /etc and /var are the sandbox's own trees.
     assert private_trees(str(tmp_path)) == ("/data", "/home", "/lost+found", "/root")
     assert private_trees(str(tmp_path / "nonexistent")) == ()
+    # A home that is a link (/home -> /var/home) is judged where it points: not hidden.
+    (tmp_path / "home").rmdir()
+    (tmp_path / "home").symlink_to(tmp_path / "srv")
+    assert private_trees(str(tmp_path)) == ("/data", "/lost+found", "/root")
 
 
 def facts(*trees: str) -> HostFacts:

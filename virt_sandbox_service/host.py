@@ -38,7 +38,7 @@ SHARED_ETC = ("/etc/alternatives", "/etc/ssl/certs", "/etc/selinux")
 # The host's private trees outside /etc: what a sandbox's root, which is the host's root
 # where no LSM or user namespace holds it back, could otherwise read on the shared host root
 # (root's ssh keys and shell history, a user's mail) or reach (a unix socket there: a
-# read-only mount does not stop a connect). Hidden from every unit sandbox: the homes, as
+# read-only mount does not stop a connect). Hidden from every persistent sandbox: the homes, as
 # systemd's ProtectHome=yes hides them from a daemon, and each top-level directory of the
 # host root that its owner keeps from others (no o+x: /root, /lost+found, an admin's own).
 HOME_TREES = ("/home", "/root")
@@ -81,7 +81,7 @@ class HostFacts:
     ld_preload: bool = False
     # Host-managed /etc trees that exist here (see plan.SHARED_ETC).
     shared_etc: tuple[str, ...] = ()
-    # The host's private trees a unit sandbox does not see (private_trees, HOME_TREES).
+    # The host's private trees a persistent sandbox does not see (private_trees, HOME_TREES).
     private_trees: tuple[str, ...] = ()
     # The kernel has overlayfs (an LXC sandbox's /etc can be an overlay; see plan.py).
     overlayfs: bool = False
@@ -145,7 +145,7 @@ def private_trees(root: str = "/") -> tuple[str, ...]:
     """The host's private trees (HOME_TREES): the homes that exist, and each directory just
     below the root that others cannot search. Symlinks are left out: what one points to is
     judged where it is."""
-    out = {t for t in HOME_TREES if os.path.isdir(os.path.join(root, t.lstrip("/")))}
+    out = {t for t in HOME_TREES if _real_dir(os.path.join(root, t.lstrip("/")))}
     try:
         entries = list(os.scandir(root))
     except OSError:
@@ -159,6 +159,12 @@ def private_trees(root: str = "/") -> tuple[str, ...]:
         if stat.S_ISDIR(st.st_mode) and not st.st_mode & stat.S_IXOTH and path not in NOT_HIDDEN:
             out.add(path)
     return tuple(sorted(out))
+
+
+def _real_dir(path: str) -> bool:
+    """A directory, not a link to one (/home -> /var/home on image-based systems: the
+    sandbox's /var is its own already)."""
+    return os.path.isdir(path) and not os.path.islink(path)
 
 
 def confine_script() -> str:
