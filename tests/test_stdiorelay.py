@@ -13,7 +13,7 @@ import time
 DRIVER = textwrap.dedent("""
     import os, sys
     from virt_sandbox_service.runtime.stdiorelay import Relay
-    from virt_sandbox_service.runtime.lxc import _wait_status
+    from virt_sandbox_service.runtime.lxcexec import _wait_status
     relay = Relay()
     pid = os.fork()
     if pid == 0:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from .config import (
     all_configs,
     driver_for_uri,
     load_config,
+    new_machine_id,
     validate_dir_path,
     validate_name,
 )
@@ -77,7 +77,7 @@ def clone_config(src: SandboxConfig, req: CloneRequest, paths: Paths,
                   else "sparse copy" if src.image_size is not None else "full copy"})
     return dataclasses.replace(
         src, name=req.dest, state_dir=str(parent / req.dest), security_mode=mode,
-        security_label=label, machine_id=uuid.uuid4().hex,
+        security_label=label, machine_id=new_machine_id(),
         id_base=registry.choose_id_base(paths) if src.id_base is not None else None,
         extra=tuple(sorted(extra.items())))
 

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sys
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from .config import (
     all_configs,
     check_arg_text,
     driver_for_uri,
+    new_machine_id,
     shown,
     validate_abs_path,
     validate_dir_path,
@@ -338,7 +338,7 @@ def build_config(req: CreateRequest, checked: Checked, paths: Paths,
         copy=req.copy,
         security_mode=checked.security[0],
         security_label=label,
-        machine_id=machine_id or uuid.uuid4().hex,
+        machine_id=machine_id or new_machine_id(),
         caps_drop=opts.caps_drop,
         caps_add=opts.caps_add,
         syscalls_allow=opts.syscalls_allow,
@@ -370,7 +370,7 @@ class Gathered:
 def gather(req: CreateRequest, machine_id: str | None = None) -> Gathered:
     """machine_id: the sandbox's (a new one for a create); %m in its units resolves to it, and
     %H and %l to its name, its host name: what the sandbox's own systemd will read."""
-    machine_id = machine_id or uuid.uuid4().hex
+    machine_id = machine_id or new_machine_id()
     names = [unitfile.resolve_unit_name(u, req.name) for u in req.units]
     units = tuple(unitfile.load_unit(n, hostname=req.name, machine_id=machine_id)
                   for n in names)

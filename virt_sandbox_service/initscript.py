@@ -17,6 +17,7 @@ import shlex
 from . import image, labels, users
 from .config import Kind, SandboxConfig
 from .host import HostFacts
+from .layout import PAYLOAD_CGROUP as PAYLOAD_CGROUP
 from .limits import TASKS_ENV, init_caps
 from .mounts import MountType
 from .plantypes import (
@@ -120,7 +121,6 @@ def _guest_binds(config: SandboxConfig) -> list[str]:
             for s in config.mounts if s.type is MountType.GUEST_BIND]
 
 
-PAYLOAD_CGROUP = "sandbox"
 TASKS_MOUNT = "/run/.vss-pids"  # where the init briefly mounts the pids hierarchy
 # Shell: the init's path in libvirt's v1 cpu-family hierarchy (the path libvirt gave the
 # container, plus /sandbox once the init moved into its child).

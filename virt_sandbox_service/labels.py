@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .config import Driver, SandboxConfig
 from .errors import UserError
-from .plantypes import ETC_WORK
+from .layout import ETC_WORK
 
 CATEGORIES = 1024
 LABEL_RE = re.compile(

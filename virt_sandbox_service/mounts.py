@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 from . import hostsources
 from .config import parse_size, validate_abs_path
 from .errors import UserError
-from .plantypes import Mount
 
 if TYPE_CHECKING:
     from .config import SandboxConfig
+    from .plantypes import Mount
 
 LOOP_NAME_MAX = 64  # LO_NAME_SIZE in linux/loop.h, with its terminating NUL
 HINT = ("write -m TYPE:DST=SRC with TYPE host-bind, host-image, guest-bind or ram, "
@@ -110,6 +110,9 @@ def check_loop_path(spec: MountSpec) -> None:
 
 def user_mounts(config: SandboxConfig) -> list[Mount]:
     """The sandbox's -m mounts as the plan's Mounts (guest-bind ones are the init's own)."""
+    # The plan's types only here: `start` reads mount specs, never plans (issue 16).
+    from .plantypes import Mount
+
     out = []
     for spec in config.mounts:
         why = f"-m {spec.type.value}"

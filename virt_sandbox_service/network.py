@@ -15,7 +15,6 @@ of the sandbox: rates a second and a burst size, e.g. 1M:2M:256K) become the int
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -271,6 +270,8 @@ def _port(value: str, text: str) -> int:
 def host_device(sandbox: str, index: int) -> str:
     """The host end's name: stable per sandbox and interface, within IFNAMSIZ (15 bytes).
     libvirt's LXC driver needs a fixed name to bind a network filter to."""
+    import hashlib  # only where a network is planned, not in every run (issue 16)
+
     digest = hashlib.sha256(f"{sandbox}/{index}".encode()).hexdigest()
     return f"vss{digest[:11]}"
 
@@ -312,6 +313,8 @@ def guest_mac(sandbox: str, index: int, spec: NetSpec) -> str:
     52:54:00 is the prefix qemu and libvirt use for their own."""
     if spec.mac:
         return spec.mac
+    import hashlib
+
     digest = hashlib.sha256(f"{sandbox}/{index}/mac".encode()).digest()
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 

@@ -1,6 +1,6 @@
-"""The plan's vocabulary: its file operations, mounts and the Plan itself, and where things
-are inside a sandbox (the host channel, the overlay /etc's staging place). Pure data: the
-planner (plan.py), the sandbox's init (initscript.py) and the backends share it.
+"""The plan's vocabulary: its file operations, mounts and the Plan itself, and (from
+layout.py) where things are inside a sandbox. Pure data: the planner (plan.py), the sandbox's
+init (initscript.py) and the backends share it.
 """
 
 from __future__ import annotations
@@ -10,34 +10,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from .config import SandboxConfig
+from .layout import ETC_MERGED as ETC_MERGED
+from .layout import ETC_STAGE as ETC_STAGE
+from .layout import ETC_STAGE_MOUNTS as ETC_STAGE_MOUNTS
+from .layout import ETC_WORK as ETC_WORK
+from .layout import EVIDENCE_FILE as EVIDENCE_FILE
+from .layout import EXIT_STATUS_FILE as EXIT_STATUS_FILE
+from .layout import GO_FIFO as GO_FIFO
+from .layout import HOST_CHANNEL as HOST_CHANNEL
+from .layout import MARKER as MARKER
+from .layout import METADATA_NS as METADATA_NS
+from .layout import NOTIFY_SOCKET as NOTIFY_SOCKET
+from .layout import OVERLAY_OPTIONS as OVERLAY_OPTIONS
+
+# Where things are (layout.py), here too for the planner's modules.
+from .layout import TMPFS as TMPFS
 from .pathevidence import PathEvidence
-
-# The private tmpfs every sandbox gets, and their sizes in KiB.
-TMPFS = (("/run", 65536), ("/tmp", 262144), ("/dev/shm", 65536))
-
-# Inside the sandbox: a directory bound from the host's run dir, carrying the notify socket the
-# sandbox's systemd reports readiness on and the generic command's exit status.
-# In the state dir: marks a directory as a sandbox's (delete removes only such), and the
-# record of why each path is private, hidden or shared.
-MARKER = ".virt-sandbox-service"
-EVIDENCE_FILE = "evidence.json"
-HOST_CHANNEL = "/run/sandbox-host"
-# The namespace of our <metadata> element in a domain's XML.
-METADATA_NS = "https://virt-sandbox-service.org/xmlns/domain/1"
-NOTIFY_SOCKET = f"{HOST_CHANNEL}/notify"
-EXIT_STATUS_FILE = f"{HOST_CHANNEL}/exit-status"
-# A generic sandbox started in the foreground: a FIFO the host makes; the init runs the command
-# once the host has written to it, i.e. once the host copies the console (its first lines
-# would be lost otherwise: libvirt keeps nothing of a console nobody reads).
-GO_FIFO = f"{HOST_CHANNEL}/go"
-
-ETC_WORK = ".etc-work"  # overlay /etc: the work directory beside the upper layer <state>/etc
-# Overlay /etc: where the sandbox's init finds the state directory (upper and work layers) and
-# the mounts that belong on top of /etc; it detaches all of it once they are in place.
-ETC_STAGE = "/run/.vss-etc"
-ETC_STAGE_MOUNTS = f"{ETC_STAGE}/mnt"  # + the target under /etc
-ETC_MERGED = f"{ETC_STAGE}/merged"  # where the init builds the overlay before moving it
-OVERLAY_OPTIONS = "redirect_dir=off,index=off,metacopy=off,xino=off"  # a plain upper layer
 
 # `managed` on an operation: the tool's own part of the sandbox's trees, which `upgrade`
 # re-derives from the config (reconcile.py): a managed file or link is rewritten when it

@@ -27,6 +27,8 @@ from ..plantypes import (
 )
 from ..users import RunAs, group_with, passwd_with
 from .txn import Transaction
+from .whiteout import keep_meta as _keep_meta
+from .whiteout import make_whiteout as make_whiteout
 
 
 def create_state_dir(plan: Plan, txn: Transaction) -> None:
@@ -87,34 +89,6 @@ def apply_op(op: FileOp, shift: int = 0) -> None:
 
 
 OPAQUE_XATTR = "trusted.overlay.opaque"  # overlayfs(5): the directory hides the lower one's
-
-
-def make_whiteout(path: str, hides: str) -> bool:
-    """An overlay whiteout (a 0/0 character device) at `path` in an upper layer whose lower
-    layer is the host's /etc, so the host's `hides` is not seen. Missing parents are made
-    with the host's owner and mode (a merged directory shows the upper one's). Nothing that
-    is there is replaced: not a file the sandbox made, nor a parent that is not a directory
-    (the sandbox removed it: a whiteout hides it already). Returns whether one was made."""
-    rel = os.path.relpath(hides, "/etc")
-    if not path.endswith(f"/etc/{rel}"):
-        raise ValueError(f"whiteout {path} does not match {hides}")
-    upper = path[:len(path) - len(rel) - 1]
-    here, host = upper, "/etc"
-    for part in rel.split("/")[:-1]:
-        here, host = os.path.join(here, part), os.path.join(host, part)
-        try:
-            st = os.lstat(here)
-        except FileNotFoundError:
-            hst = os.lstat(host)
-            os.mkdir(here)
-            _keep_meta(here, hst)
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            return False
-    if os.path.lexists(path):
-        return False
-    os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-    return True
 
 
 def add_user(op: AddUser, shift: int = 0) -> None:
@@ -349,12 +323,6 @@ def _shift_acl(value: bytes, shift: int) -> bytes:
             ident += shift
         out += _ACL_ENTRY.pack(tag, perm, ident)
     return bytes(out)
-
-
-def _keep_meta(path: str, st: os.stat_result, shift: int = 0) -> None:
-    os.chown(path, st.st_uid + shift, st.st_gid + shift)
-    os.chmod(path, stat.S_IMODE(st.st_mode))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def check_removable(state: Path, name: str) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 import libvirt
 
 from ..errors import HostError, UserError
-from ..plantypes import METADATA_NS
+from ..layout import METADATA_NS
 from . import apparmor
 from .txn import Transaction
 

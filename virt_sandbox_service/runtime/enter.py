@@ -7,14 +7,16 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import libvirt
 
 from .. import host
 from ..errors import HostError
-from ..limits import CAP_NUMBERS, Jail, bounding_set
 from .poweroff import InitProcess, controller_child
+
+if TYPE_CHECKING:
+    from ..limits import Jail
 
 log = logging.getLogger(__name__)
 PR_CAPBSET_DROP = 24
@@ -41,22 +43,26 @@ def init_process(dom: libvirt.virDomain) -> InitProcess | None:
 
 
 def match_bounding_set(pid: int) -> None:
-    """Drop from our bounding set every capability the sandbox's init (host PID) lacks."""
-    limit_bounding_set(bounding_set(pid))
+    """Drop from our bounding set every capability the sandbox's init (host PID) lacks.
+    Called before any setns(), so limits.py loads from the host's files."""
+    from ..limits import CAP_NUMBERS, bounding_set  # not in start's path (issue 16)
+
+    limit_bounding_set(bounding_set(pid), CAP_NUMBERS)
 
 
-def limit_bounding_set(keep: int) -> None:
-    """Drop from our bounding set every capability not in the mask `keep`.
+def limit_bounding_set(keep: int, names: tuple[str, ...]) -> None:
+    """Drop from our bounding set every capability not in the mask `keep` (`names`: the
+    capabilities by number, limits.CAP_NUMBERS).
 
     setns() keeps the caller's capabilities; without this, a command run with `execute`
     could do what the sandbox itself cannot (load a module, set the clock). Exec as root then
     gives the command exactly the sandbox's set.
     """
-    for bit in range(len(CAP_NUMBERS)):
+    for bit in range(len(names)):
         if not keep >> bit & 1 and _libc.prctl(PR_CAPBSET_DROP, bit, 0, 0, 0) != 0:
             err = ctypes.get_errno()
             if err != 22:  # EINVAL: the kernel does not know this capability
-                raise OSError(err, f"cannot drop capability {CAP_NUMBERS[bit]}: "
+                raise OSError(err, f"cannot drop capability {names[bit]}: "
                                    f"{os.strerror(err)}")
 
 

@@ -10,32 +10,27 @@ under the unit) and returns when the domain ends, with the right exit status.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import json
 import logging
 import os
 import re
 import signal
 import stat
-import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import libvirt
 
 from .. import host, hostsources, progress
 from ..apply import apparmor, kernelfs
 from ..apply import labels as apply_labels
-from ..apply import systemd as sd
-from ..apply.files import make_whiteout
+from ..apply.whiteout import make_whiteout
 from ..config import Kind, Paths, SandboxConfig
-from ..confine import default_signals
 from ..errors import HostError, UserError
 from ..hostsecrets import hidden_secrets
-from ..limits import Jail, jail
-from ..plantypes import (
+from ..layout import (
     ETC_WORK,
     EVIDENCE_FILE,
     EXIT_STATUS_FILE,
@@ -43,7 +38,6 @@ from ..plantypes import (
     HOST_CHANNEL,
 )
 from ..units import EXIT_NOT_CONFIGURED
-from . import readiness, stdiorelay
 from .common import (
     EXIT_FILE,
     InnerFailure,
@@ -59,17 +53,7 @@ from .common import domain as domain  # part of the Backend protocol
 from .common import print_error as _print_error
 from .common import raise_stopped as _raise_stopped
 from .common import report_inner_failure as _report_inner_failure
-from .enter import (
-    confine_self,
-    enter_lsm_label,
-    init_pid,
-    join_pids_cgroup,
-    lsm_label,
-    match_bounding_set,
-    open_namespaces,
-    prepare_confinement,
-    v2_cgroup,
-)
+from .enter import init_pid, v2_cgroup
 from .lxccgroups import CGROUP_DRAIN_SECONDS as CGROUP_DRAIN_SECONDS
 from .lxccgroups import copy_throttles_live as copy_throttles_live
 from .lxccgroups import remove_cgroups as remove_cgroups
@@ -77,6 +61,9 @@ from .lxccgroups import set_tasks_live as set_tasks_live
 from .lxcstop import POLL, _active, _force_stop, _graceful_stop, _stop_domain
 from .notify import NotifyListener, notify_host_manager, status
 from .poweroff import InitProcess, is_controller, mark_stopping, stop_marker
+
+if TYPE_CHECKING:
+    from ..limits import Jail
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +98,9 @@ def start(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths, *,
             status(f"Starting sandbox {cfg.name}: its domain.")
             with progress.step(f"starting sandbox {cfg.name}"):
                 _create(dom, cfg)
+                # What start needs only once its domain runs loads while the sandbox boots.
+                from . import readiness
+
                 _hold_tasks_v2(dom, cfg)
                 if cfg.kind is Kind.SERVICE:
                     readiness.prepare()  # while the sandbox boots
@@ -188,6 +178,7 @@ def hide_new_secrets(cfg: SandboxConfig) -> list[str]:
     made = []
     for secret in hidden_secrets(Path("/etc"), allowed):
         target = str(state / "etc" / os.path.relpath(secret.path, "/etc"))
+
         try:
             if make_whiteout(target, secret.path):
                 made.append(secret.path)
@@ -225,6 +216,8 @@ def _hold_tasks_v2(dom: libvirt.virDomain, cfg: SandboxConfig) -> None:
     if at == root:
         raise HostError(f"no pids controller holds sandbox '{cfg.name}' ({rel})",
                         "create it without --tasks; 'virt-sandbox-service doctor' checks")
+    from ..apply import systemd as sd
+
     sd.set_tasks_max(at, cfg.tasks)
 
 
@@ -259,6 +252,7 @@ def _wait_units_up(dom: libvirt.virDomain, cfg: SandboxConfig, listener: NotifyL
                    deadline: float, since: float) -> None:
     """READY=1 says the sandbox's boot jobs are done, not that its units are up: ask its
     systemd until each confined unit is up or one is not (readiness.py)."""
+    from . import readiness  # loaded by start once its domain runs
 
     def reports(seconds: float) -> list[str]:
         end = time.monotonic() + seconds
@@ -371,100 +365,19 @@ def stop(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
     return True
 
 
-# --- execute ---------------------------------------------------------------------------------
+# --- execute (its machinery in lxcexec.py, loaded only by the commands that enter) ---------
 
-_libc = ctypes.CDLL(None, use_errno=True)
 NS_ORDER = ("user", "ipc", "uts", "net", "pid", "mnt")
 
 
 def execute(dom: libvirt.virDomain, argv: list[str], env: dict[str, str], *,
             jail: Jail | None = None, namespaces: tuple[str, ...] = NS_ORDER,
             cgroup: bool = True) -> int:
-    """Run argv inside the running sandbox; its stdio is ours, its exit status is returned.
+    """Run argv inside the running sandbox; its stdio is ours, its exit status is returned
+    (lxcexec.execute says how)."""
+    from . import lxcexec
 
-    `jail`: the sandbox's confinement (limits.jail), which the command runs under.
-    `namespaces` (a subset of NS_ORDER) and `cgroup` choose what is entered; the default is
-    everything, so that the command sees the sandbox as its own processes do.
-    """
-
-    if not dom.isActive():
-        raise UserError(f"sandbox '{dom.name()}' is not running",
-                        f"start it: virt-sandbox-service start {dom.name()}")
-    # The child reads the init's bounding set and cgroups before entering its mount namespace
-    # (then /proc is the sandbox's). Beside libvirtd's PID namespace (see reload) the init is
-    # not visible; nothing to match.
-    init = init_pid(dom) if sees_controller(dom) else None
-    fds = open_namespaces(dom)
-    relay = stdiorelay.Relay() if stdiorelay.needed() else None
-    pid = os.fork()
-    if pid == 0:
-        if relay is not None:
-            relay.child_side()
-        _child_enter_and_run(dom, fds, argv, env, namespaces, cgroup, init, jail)
-    for fd in fds:
-        os.close(fd)
-    if relay is None:
-        return _wait_status(pid)
-    relay.parent_side()
-    try:
-        return _wait_status(pid)
-    finally:
-        relay.finish()
-
-
-def _child_enter_and_run(dom: libvirt.virDomain, fds: list[int], argv: list[str],
-                         env: dict[str, str], namespaces: tuple[str, ...],
-                         cgroup: bool, init: int | None, jail: Jail | None) -> None:
-    try:
-        import libvirt_lxc
-
-        if cgroup:
-            libvirt_lxc.lxcEnterCGroup(dom, 0)
-            if init is not None:  # libvirt's cgroups do not include the one --tasks made
-                join_pids_cgroup(init)
-        if init is not None:
-            match_bounding_set(init)
-        prepare_confinement(jail)
-        label = lsm_label(init)
-        by_type = {os.readlink(f"/proc/self/fd/{fd}").split(":")[0]: fd for fd in fds}
-        for ns in NS_ORDER:
-            if ns in namespaces and ns in by_type and _libc.setns(by_type[ns], 0) != 0:
-                err = ctypes.get_errno()
-                if ns == "user":  # EINVAL: it is already ours (no user namespace in use)
-                    continue
-                why = os.strerror(err)
-                if ns == "pid" and err == errno.EINVAL:
-                    why += (" (the sandbox's PID namespace is not below ours: run this in the "
-                            "PID namespace of libvirtd, not in a container beside it)")
-                raise OSError(err, f"setns({ns}): {why}")
-        # A new pid namespace applies to children only: fork once more.
-        pid = os.fork()
-        if pid == 0:
-            os.chdir("/")
-            enter_lsm_label(label)
-            confine_self(jail)
-            default_signals()
-            try:
-                os.execvpe(argv[0], argv, env)
-            except OSError as e:
-                print(f"virt-sandbox-service: {argv[0]}: {e.strerror}", file=sys.stderr)
-                os._exit(127 if isinstance(e, FileNotFoundError) else 126)
-        os._exit(_wait_status(pid))
-    except BaseException as e:  # never return into the parent's code in a forked child
-        print(f"virt-sandbox-service: cannot enter the sandbox: {e}", file=sys.stderr)
-        os._exit(125)
-
-
-def _wait_status(pid: int) -> int:
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
+    return lxcexec.execute(dom, argv, env, jail=jail, namespaces=namespaces, cgroup=cgroup)
 
 
 def sandbox_env(cfg: SandboxConfig) -> dict[str, str]:
@@ -486,6 +399,8 @@ __all__ = ["EXIT_STATUS_FILE", "HOST_CHANNEL", "domain", "execute", "reload", "s
 
 def reload(dom: libvirt.virDomain, cfg: SandboxConfig, units: list[str]) -> int:
     """Reload the confined units with the sandbox's own systemctl."""
+    from ..limits import jail
+
     if cfg.kind is not Kind.SERVICE:
         raise UserError(f"sandbox '{cfg.name}' runs a command, not units; nothing to reload",
                         f"restart it: virt-sandbox-service stop {cfg.name}, then start it")

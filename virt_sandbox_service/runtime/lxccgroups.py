@@ -15,7 +15,7 @@ import libvirt
 
 from .. import host
 from ..errors import HostError
-from ..initscript import PAYLOAD_CGROUP
+from ..layout import PAYLOAD_CGROUP
 from .enter import init_pid, pids_cgroup, v1_cgroup
 
 log = logging.getLogger(__name__)

@@ -48,7 +48,6 @@ import sys
 import termios
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +66,7 @@ from ..config import (
     all_configs,
     check_arg_text,
     driver_for_uri,
+    new_machine_id,
 )
 from ..errors import EXIT_RUN_FAILED, HostError, UserError
 from ..graphics import Graphics, find_xorg
@@ -301,7 +301,7 @@ def _sandbox_env() -> tuple[tuple[str, str], ...]:
 def _run_lxc(conn: libvirt.virConnect, cfg: SandboxConfig, paths: Paths,
              tty: bool = False) -> int:
     if not cfg.machine_id:  # its AppArmor profile is named after it (apparmor.py)
-        cfg = dataclasses.replace(cfg, machine_id=uuid.uuid4().hex)
+        cfg = dataclasses.replace(cfg, machine_id=new_machine_id())
     sh = host.find_tool(("/bin/sh", "/usr/bin/sh"), "/bin/sh", "dash")
     facts = host.HostFacts(sh=sh, selinux=host.selinux_enabled(),
                            memory_kib=host._mem_total_kib(),
