@@ -20,6 +20,7 @@ TEST_DAEMONS=(
   redis-server memcached            # redis-cli is in redis-tools, a dependency
   haproxy                           # a bind to another place (BindReadOnlyPaths=SRC:DEST)
   squid                             # (vsftpd conflicts with proftpd-core: both are an ftp-server)
+  dovecot-imapd                     # its key is a link to the host's snakeoil key (hidden)
   mariadb-server                    # mysql is in mariadb-client-core, a dependency
   postgresql                        # postgresql-15 and its cluster 15/main; psql
   netcat-openbsd curl               # banners, HTTP

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,59 @@ def test_the_instance_view_of_a_sandbox(tmp_path: Path) -> None:
     assert has("/etc/hostname") and not has("/etc/passwd")  # the host's, and a whiteout
     assert has("/var/lib/given/x") and has("/usr/bin/env")
     assert capneeds.instance_view(dataclasses.replace(c, image_size=1 << 30))("/var/lib/dpkg")
+
+
+DOVECOT_LOG = ("doveconf: Fatal: Error in configuration file /etc/dovecot/conf.d/10-ssl.conf "
+               "line 13: ssl_key: Can't open file /etc/dovecot/private/dovecot.key: No such "
+               "file or directory\n")
+SNAKEOIL = "/etc/ssl/private/ssl-cert-snakeoil.key"
+
+
+def instance_tree(root: Path) -> Callable[[str], str | None]:
+    """A sandbox's view made of one tree (an --etc copy's: nothing of the host's below)."""
+    def locate(path: str) -> str | None:
+        where = root / path.lstrip("/")
+        return str(where) if os.path.lexists(where) else None
+    return locate
+
+
+def test_a_hidden_host_secret_named_in_a_failed_units_log(tmp_path: Path) -> None:
+    """dovecot's key is a link, in its own private directory, to the host's snakeoil key
+    behind /etc/ssl/private (hidden): the log names the link, the line names both and the
+    hidden tree, the hint the copy that gives it."""
+    private = tmp_path / "etc" / "dovecot" / "private"
+    private.mkdir(parents=True)
+    (private / "dovecot.key").symlink_to(SNAKEOIL)
+    locate = instance_tree(tmp_path)
+    assert capneeds.resolve_in_instance(locate, "/etc/dovecot/private/dovecot.key") == SNAKEOIL
+    found = capneeds.hidden_secret("dovecot.service", DOVECOT_LOG, locate,
+                                   ["/etc/shadow", "/etc/ssl/private"], {SNAKEOIL}.__contains__)
+    assert found == (
+        "dovecot.service's log names /etc/dovecot/private/dovecot.key (a link to "
+        f"{SNAKEOIL}), which is the host's secret /etc/ssl/private, hidden from the sandbox",
+        "-C --private /etc/ssl/private gives the instance a copy of the host's (create it "
+        "again with them), or point its configuration at one of its own")
+    # Not hidden, not the host's either, or the sandbox has one: nothing to name.
+    assert capneeds.hidden_secret("d", DOVECOT_LOG, locate, ["/etc/ssh"],
+                                  {SNAKEOIL}.__contains__) is None
+    assert capneeds.hidden_secret("d", DOVECOT_LOG, locate, ["/etc/ssl/private"],
+                                  set().__contains__) is None
+    assert capneeds.hidden_secret("d", "bind: Address in use\n", locate, ["/etc"],
+                                  lambda p: True) is None
+    (tmp_path / SNAKEOIL.lstrip("/")).parent.mkdir(parents=True)
+    (tmp_path / SNAKEOIL.lstrip("/")).write_text("its own\n")
+    assert capneeds.hidden_secret("d", DOVECOT_LOG, locate, ["/etc/ssl/private"],
+                                  {SNAKEOIL}.__contains__) is None
+
+
+def test_links_are_followed_as_the_sandbox_sees_them(tmp_path: Path) -> None:
+    """Relative links, a link in a directory on the way, and a loop that ends."""
+    etc = tmp_path / "etc"
+    (etc / "real" / "sub").mkdir(parents=True)
+    (etc / "alias").symlink_to("real")
+    (etc / "real" / "sub" / "key").symlink_to("../../other/key")
+    (etc / "loop").symlink_to("loop")
+    locate = instance_tree(tmp_path)
+    assert capneeds.resolve_in_instance(locate, "/etc/alias/sub/key") == "/etc/other/key"
+    assert capneeds.resolve_in_instance(locate, "/etc/loop") == "/etc/loop"
+    assert capneeds.resolve_in_instance(locate, "/etc/none/x") == "/etc/none/x"

@@ -16,6 +16,7 @@ capability or system call the confinement denies, (e) something else.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -177,11 +178,14 @@ def check_until(env: Env, name: str, d: Daemon, seconds: float = 20) -> str:
 
 
 def round_trip(env: Env, daemon: str, options: tuple[str, ...]) -> None:
+    round_trip_with(env, DAEMONS[daemon], options)
+
+
+def round_trip_with(env: Env, d: Daemon, options: tuple[str, ...]) -> None:
     """create, start, its own client answers from inside, stop, delete: nothing left."""
-    d = DAEMONS[daemon]
     need(installed(d.package), f"{d.package} is installed by scripts/test-daemons.sh")
     before = env.snapshot()
-    name = unique_name(daemon.replace(".", "")[:6])
+    name = unique_name(d.unit.replace(".", "").replace("@", "")[:6])
     env.run("create", *options, *d.options, "-u", d.unit, name, check=True)
     if d.prepare:
         d.prepare(env.state(name))
@@ -362,3 +366,34 @@ def test_a_daemon_missing_the_hosts_instance_data_fails_naming_it(env: Env) -> N
     assert ours[1].startswith("virt-sandbox-service: hint: -C starts the instance from the "
                               "host's data"), ours
     env.run("delete", name, check=True)
+
+
+IMAP = Daemon("dovecot.service", f"printf 'a LOGOUT\\r\\n' | {NC} 143", "Dovecot", "dovecot-imapd")
+
+
+def test_a_daemon_needing_a_hidden_host_secret_fails_naming_it_and_runs_given_a_copy(
+        env: Env) -> None:
+    """dovecot's configuration reads its key through a link to the host's snakeoil key, which
+    is behind /etc/ssl/private (0710 root:ssl-cert): a host secret, hidden from every
+    sandbox, and its unit runs as root, so naming it is no evidence (confrefs.py). start fails
+    with one line naming the link, the key and the hidden tree (its log is the evidence), and
+    the hint's copy makes it run and answer."""
+    d = IMAP
+    need(installed(d.package), "dovecot-imapd is installed by scripts/test-daemons.sh")
+    need(os.path.lexists("/etc/dovecot/private/dovecot.key"),
+         "the host's dovecot uses the snakeoil key (its package's default)")
+    name = unique_name("imap")
+    env.run("create", "-u", d.unit, name, check=True)
+    started = env.run("start", "--detach", name, timeout=120)
+    assert started.returncode != 0
+    ours = [line for line in started.stderr.splitlines()
+            if line.startswith("virt-sandbox-service: ")]
+    target = os.path.realpath("/etc/dovecot/private/dovecot.key")
+    assert ours[0] == (f"virt-sandbox-service: error: {d.unit} failed in sandbox '{name}': "
+                       f"{d.unit}'s log names /etc/dovecot/private/dovecot.key (a link to "
+                       f"{target}), which is the host's secret /etc/ssl/private, hidden from "
+                       "the sandbox"), ours
+    assert ours[1].startswith("virt-sandbox-service: hint: -C --private /etc/ssl/private "
+                              "gives the instance a copy of the host's"), ours
+    env.run("delete", name, check=True)
+    round_trip_with(env, d, ("-C", "--private", "/etc/ssl/private"))

@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import devices
@@ -180,28 +180,63 @@ def missing_instance_paths(units: list[UnitFile], has: Callable[[str], bool],
             if host_has(path) and not has(path)]
 
 
-def instance_view(cfg: SandboxConfig) -> Callable[[str], bool]:
-    """Whether a path is there as the sandbox's processes would see it: its private /var and
-    /etc in its state directory (with an overlay /etc, the host's below unless a whiteout
-    hides it), its mounts' targets, and the host's root for the rest. A sandbox whose
-    trees are in an image (-i) is not looked into: every path counts as there."""
+# instance_locator's answer for a path that is there but not looked into: a tree in an image
+# (-i), or a mount's target.
+NOT_LOOKED_INTO = ""
+
+
+def instance_locator(cfg: SandboxConfig) -> Callable[[str], str | None]:
+    """Where a path is as the sandbox's processes would see it: its own copy in the state
+    directory (private /var and /etc; with an overlay /etc, the host's below unless a
+    whiteout hides it), or the host's root for the rest; None where the sandbox has nothing
+    there. NOT_LOOKED_INTO for a sandbox whose trees are in an image (-i) and for its mounts'
+    targets: counted as there."""
     state = Path(cfg.state_dir)
     targets = [m.target for m in cfg.mounts] + list(cfg.private)
 
-    def has(path: str) -> bool:
+    def locate(path: str) -> str | None:
         if cfg.image_size is not None or any(under(path, t) for t in targets):
-            return True
+            return NOT_LOOKED_INTO
         for tree in ("/etc", "/var"):
             if under(path, tree):
                 own = state / path.lstrip("/")
                 try:
                     st = os.lstat(own)
                 except OSError:
-                    return (tree == "/etc" and cfg.etc_overlay and os.path.lexists(path)
+                    seen = (tree == "/etc" and cfg.etc_overlay and os.path.lexists(path)
                             and not _hidden_above(state, path))
-                return not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0)  # a whiteout
-        return os.path.lexists(path)
-    return has
+                    return path if seen else None
+                return None if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 else str(own)
+        return path if os.path.lexists(path) else None
+    return locate
+
+
+def instance_view(cfg: SandboxConfig) -> Callable[[str], bool]:
+    """Whether a path is there as the sandbox's processes would see it (instance_locator)."""
+    locate = instance_locator(cfg)
+    return lambda path: locate(path) is not None
+
+
+def resolve_in_instance(locate: Callable[[str], str | None], path: str,
+                        hops: int = 16) -> str:
+    """`path` with the symbolic links in it followed as the sandbox sees them (its own links
+    where it has its own, the host's elsewhere), up to `hops` links; absolute and normal."""
+    done, todo = "/", [p for p in path.split("/") if p]
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            done = os.path.dirname(done)
+            continue
+        here = os.path.join(done, part) if part != "." else done
+        where = locate(here)
+        if where and os.path.islink(where) and hops > 0:
+            hops -= 1
+            link = os.readlink(where)
+            done = "/" if link.startswith("/") else done
+            todo = [p for p in link.split("/") if p] + todo
+            continue
+        done = here
+    return os.path.normpath(done)
 
 
 def _hidden_above(state: Path, path: str) -> bool:
@@ -299,6 +334,35 @@ def describe_devices(missing: list[tuple[str, str, str]]) -> tuple[str, str]:
 _NO_ADDRESS = re.compile(r"Cannot assign requested address|EADDRNOTAVAIL")
 _ADDRESS = re.compile(r"(?<![\w.:])((?:\d{1,3}\.){3}\d{1,3}"
                       r"|[0-9a-fA-F]*:[0-9a-fA-F:]+:[0-9a-fA-F]*)(?![\w.:])")
+
+
+# A path under /etc named in a log line, delimited as in configuration (confrefs._PATH).
+_ETC_PATH = re.compile(r"(?<![\w./$})-])(/etc/[A-Za-z0-9._+@%:/-]+)")
+
+
+def hidden_secret(unit: str, log: str, locate: Callable[[str], str | None],
+                  hidden: Sequence[str], host_has: Callable[[str], bool] = os.path.exists
+                  ) -> tuple[str, str] | None:
+    """From a failed unit's log: one line naming a file under /etc that the sandbox lacks
+    because it is one of the host's secrets, hidden from it (`hidden`: the paths its evidence
+    hides), and how to give it a copy; None if the log names no such file. Followed through
+    links as the sandbox sees them: dovecot's /etc/dovecot/private/dovecot.key is a link to
+    the host's snakeoil key, behind /etc/ssl/private (0710)."""
+    for line in log.splitlines():
+        for named in _ETC_PATH.findall(line):
+            named = os.path.normpath(named.rstrip(".:,;'\")"))
+            target = resolve_in_instance(locate, named)
+            if locate(target) is not None or not host_has(target):
+                continue  # the sandbox has it, or nobody has: not a hidden secret
+            cover = next((h for h in hidden if under(target, h)), None)
+            if cover is None:
+                continue
+            via = f" (a link to {target})" if target != named else ""
+            return (f"{unit}'s log names {named}{via}, which is the host's secret "
+                    f"{cover}, hidden from the sandbox",
+                    f"-C --private {cover} gives the instance a copy of the host's (create it "
+                    "again with them), or point its configuration at one of its own")
+    return None
 
 
 def host_network(unit: str, log: str) -> tuple[str, str] | None:

@@ -3,6 +3,7 @@ domain lookup, and reporting a confined unit's failure."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -163,10 +164,25 @@ def _lacking(cfg: SandboxConfig, failed: list[str], since: float) -> tuple[str, 
     for name in failed if cfg.image_size is None else ():  # -i: the journal is in the image
         proc = run(["journalctl", "-D", journal_dir(cfg), "-u", name, f"--since=@{since:.6f}",
                     "-n", "30", "--no-pager", "-o", "cat"], check=False, timeout=10)
-        address = capneeds.host_network(name, proc.stdout.decode(errors="replace"))
-        if address:
-            return f": {address[0]}", f"{address[1]}; "
+        log = proc.stdout.decode(errors="replace")
+        found = (capneeds.host_network(name, log)
+                 or capneeds.hidden_secret(name, log, capneeds.instance_locator(cfg),
+                                           _hidden_paths(cfg)))
+        if found:
+            return f": {found[0]}", f"{found[1]}; "
     return "", ""
+
+
+def _hidden_paths(cfg: SandboxConfig) -> list[str]:
+    """What the sandbox's evidence hides from it (evidence.json's `hidden`): the host's
+    secrets. Nothing where the record cannot be read (a failed start must still report)."""
+    from ..layout import EVIDENCE_FILE
+
+    try:
+        record = json.loads((Path(cfg.state_dir) / EVIDENCE_FILE).read_text())
+        return [str(e["path"]) for e in record.get("hidden", []) if isinstance(e, dict)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _unhonoured(cfg: SandboxConfig, failed: list[str]) -> list[tuple[str, str]]:
