@@ -292,6 +292,40 @@ def test_the_hosts_private_trees_are_out_of_reach(menv: Env, web: str) -> None:
         shutil.rmtree(home)
 
 
+def test_a_closed_directory_deeper_down_is_out_of_reach(menv: Env) -> None:
+    """An administrator's 0700 directory below a world-searchable one (/srv/SITE/keys, two
+    levels down here) holds a secret and a listening socket: a sandbox made after it exists
+    reads and reaches neither (host.private_trees looks PRIVATE_DEPTH levels down); the same
+    sandbox given it with --shared does both."""
+    need(Path("/srv").is_dir(), "Debian's base system has /srv")
+    site = Path("/srv") / unique_name("vss-site-")
+    keys = site / "keys"
+    keys.mkdir(parents=True)
+    keys.chmod(0o700)
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        (keys / "secret").write_text("the site's key\n")
+        (keys / "secret").chmod(0o600)
+        server.bind(str(keys / "admin.sock"))
+        server.listen(4)
+        argv = ("/bin/sh", "-c", READ_AND_CONNECT, "sh", str(keys / "secret"),
+                str(keys / "admin.sock"), str(site))
+        seen = {}
+        for how in ((), ("--shared", str(keys))):
+            name = unique_name("escd")
+            menv.run("create", *how, name, "--", *argv, check=True)
+            ran = menv.run("start", name, timeout=60)
+            menv.run("delete", "--force", name)
+            seen[how] = ran.stdout + ran.stderr
+        hidden, shown = seen[()], seen[("--shared", str(keys))]
+        assert "the site's key" not in hidden and "connected" not in hidden, hidden
+        assert "keys" in hidden, hidden  # the directory above it is the host's, as it is
+        assert "the site's key" in shown and "connected" in shown, shown
+    finally:
+        server.close()
+        shutil.rmtree(site)
+
+
 def cap_line(text: str, field: str) -> int:
     match = re.search(rf"^{field}:\s*([0-9a-f]+)$", text, re.M)
     assert match, f"no {field} in:\n{text}"

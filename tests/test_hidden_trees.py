@@ -10,7 +10,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from virt_sandbox_service.host import HostFacts, private_trees
+from virt_sandbox_service.host import PRIVATE_MAX, HostFacts, private_trees
 from virt_sandbox_service.pathevidence import Access
 from virt_sandbox_service.plan import HIDDEN_KIB, plan
 from virt_sandbox_service.planner import Inputs, transient
@@ -34,6 +34,26 @@ def test_the_homes_and_what_others_cannot_search_below_the_root(tmp_path: Path) 
     (tmp_path / "home").rmdir()
     (tmp_path / "home").symlink_to(tmp_path / "srv")
     assert private_trees(str(tmp_path)) == ("/data", "/lost+found", "/root")
+
+
+def test_closed_directories_deeper_down_up_to_three_levels(tmp_path: Path) -> None:
+    """/srv/site/keys (0700) is as private as /data; /usr's closed directories are its
+    packages' (polkit's rules); nothing is looked for inside a hidden one, nor past three
+    levels, nor through a link; the shallowest first, at most PRIVATE_MAX of them."""
+    for path, mode in (("srv", 0o755), ("srv/site", 0o755), ("srv/site/keys", 0o700),
+                       ("srv/site/keys/inner", 0o700), ("srv/a", 0o755), ("srv/a/b", 0o755),
+                       ("srv/a/b/c", 0o755), ("srv/a/b/c/d", 0o700), ("opt", 0o755),
+                       ("opt/app", 0o750), ("usr", 0o755), ("usr/share", 0o755),
+                       ("usr/share/rules.d", 0o700), ("var", 0o755), ("var/x", 0o700)):
+        (tmp_path / path).mkdir()
+        os.chmod(tmp_path / path, mode)
+    (tmp_path / "srv" / "link").symlink_to(tmp_path / "srv" / "site" / "keys")
+    assert private_trees(str(tmp_path)) == ("/opt/app", "/srv/site/keys")
+    (tmp_path / "srv" / "z").mkdir()
+    for i in range(PRIVATE_MAX + 3):
+        (tmp_path / "srv" / "z" / f"n{i:03}").mkdir(mode=0o700)
+    trees = private_trees(str(tmp_path))
+    assert len(trees) == PRIVATE_MAX and "/opt/app" in trees and "/srv/site/keys" in trees
 
 
 def facts(*trees: str) -> HostFacts:

@@ -39,8 +39,9 @@ SHARED_ETC = ("/etc/alternatives", "/etc/ssl/certs", "/etc/selinux")
 # where no LSM or user namespace holds it back, could otherwise read on the shared host root
 # (root's ssh keys and shell history, a user's mail) or reach (a unix socket there: a
 # read-only mount does not stop a connect). Hidden from every persistent sandbox: the homes, as
-# systemd's ProtectHome=yes hides them from a daemon, and each top-level directory of the
-# host root that its owner keeps from others (no o+x: /root, /lost+found, an admin's own).
+# systemd's ProtectHome=yes hides them from a daemon, and each directory of the host root,
+# up to PRIVATE_DEPTH levels down, that its owner keeps from others (no o+x: /root,
+# /lost+found, an admin's /srv/site/keys).
 HOME_TREES = ("/home", "/root")
 # The sandbox's own trees, or the kernel's: never the host's to hide.
 NOT_HIDDEN = ("/etc", "/var", "/run", "/tmp", "/dev", "/proc", "/sys")
@@ -141,24 +142,57 @@ def detect(selinux: bool | None = None) -> HostFacts:
     )
 
 
+# How deep below the host's root private_trees looks for directories others cannot search
+# (/srv/site/keys is three levels down), and how many it hides at most (each is a mount at
+# every start of every sandbox).
+PRIVATE_DEPTH = 3
+PRIVATE_MAX = 64
+# Not looked into: the operating system's own tree, whose closed directories are its
+# packages' (polkit's rules directory), read by the sandbox's programs as by the host's.
+NOT_SEARCHED = ("/usr",)
+
+
 def private_trees(root: str = "/") -> tuple[str, ...]:
-    """The host's private trees (HOME_TREES): the homes that exist, and each directory just
-    below the root that others cannot search. Symlinks are left out: what one points to is
-    judged where it is."""
-    out = {t for t in HOME_TREES if _real_dir(os.path.join(root, t.lstrip("/")))}
+    """The host's private trees (HOME_TREES): the homes that exist, and each directory up to
+    PRIVATE_DEPTH levels below the root that others cannot search (not what NOT_HIDDEN and
+    NOT_SEARCHED name), the shallowest first, at most PRIVATE_MAX. Symlinks are left out:
+    what one points to is judged where it is."""
+    homes = {t for t in HOME_TREES if _real_dir(os.path.join(root, t.lstrip("/")))}
+    found: list[str] = []
+    level = [""]
+    for _ in range(PRIVATE_DEPTH):
+        deeper: list[str] = []
+        for shown in level:
+            for path, searchable in _subdirs(root, shown):
+                if path in homes or path in NOT_HIDDEN or path in NOT_SEARCHED:
+                    continue
+                if not searchable:
+                    found.append(path)  # hidden whole: not looked into
+                else:
+                    deeper.append(path)
+        level = sorted(deeper)
+    out = sorted(homes) + found
+    return tuple(sorted(out[:len(homes) + PRIVATE_MAX]))
+
+
+def _subdirs(root: str, shown: str) -> list[tuple[str, bool]]:
+    """(path as the sandbox names it, whether others may search it) of each directory in
+    `shown`, not through a symlink."""
     try:
-        entries = list(os.scandir(root))
+        entries = list(os.scandir(os.path.join(root, shown.lstrip("/")) if shown else root))
     except OSError:
-        entries = []
-    for entry in entries:
-        path = "/" + entry.name
+        return []
+    out = []
+    for entry in sorted(entries, key=lambda e: e.name):
         try:
+            if entry.is_symlink():
+                continue
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        if stat.S_ISDIR(st.st_mode) and not st.st_mode & stat.S_IXOTH and path not in NOT_HIDDEN:
-            out.add(path)
-    return tuple(sorted(out))
+        if stat.S_ISDIR(st.st_mode):
+            out.append((f"{shown}/{entry.name}", bool(st.st_mode & stat.S_IXOTH)))
+    return out
 
 
 def _real_dir(path: str) -> bool:

@@ -74,6 +74,8 @@ class _SecretWalker:
         if path in self.allow:
             return  # allowed, and so is everything under it
         try:
+            if entry.is_symlink():  # from the directory's own listing: no stat (start's time)
+                return
             st = entry.stat(follow_symlinks=False)
         except OSError:
             return
