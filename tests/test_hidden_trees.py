@@ -86,6 +86,19 @@ def test_what_the_evidence_or_the_admin_shares_is_shown_again() -> None:
     assert [m.target for m in p.mounts if m.tmpfs_kib == HIDDEN_KIB] == ["/home"]
 
 
+def test_what_the_sandbox_has_a_copy_of_is_its_own_not_hidden() -> None:
+    """--private /data (a closed tree): the sandbox's copy is there, not the host's, so no
+    tmpfs covers it. A private path below a hidden tree goes on top of the tmpfs."""
+    data = ev("/data", Access.PRIVATE, reason="--private")
+    key = ev("/srv/site/keys/app", Access.PRIVATE, reason="--private")
+    p = plan(config(), facts("/data", "/root", "/srv/site/keys"),
+             (*APACHE_EVIDENCE, data, key), HIDDEN, "", "/r")
+    order = [(m.target, m.tmpfs_kib) for m in p.mounts]
+    assert [t for t, kib in order if kib == HIDDEN_KIB] == ["/root", "/srv/site/keys"]
+    assert ("/data", 0) in order
+    assert order.index(("/srv/site/keys", HIDDEN_KIB)) < order.index(("/srv/site/keys/app", 0))
+
+
 def test_a_home_of_the_instances_own_goes_on_top() -> None:
     cfg = config(kind=config().kind, uid=5000, gid=5000, username="alice",
                  homedir="/home/alice")

@@ -327,9 +327,10 @@ HIDDEN_REASON = "the host's private tree, hidden (an empty tmpfs of the sandbox'
 
 def hidden_trees(facts: HostFacts, evidence: tuple[PathEvidence, ...]) -> list[str]:
     """The host's private trees the sandbox does not see: all but one the evidence or the
-    administrator (--shared) shares whole, or with what holds it."""
-    shared = [e.path for e in evidence if e.access is Access.SHARED]
-    return [t for t in facts.private_trees if not any(under(t, s) for s in shared)]
+    administrator (--shared) shares whole, or with what holds it, and one in a tree that is
+    the sandbox's own (--private /data: its copy is there, not the host's)."""
+    seen = [e.path for e in evidence if e.access in (Access.SHARED, Access.PRIVATE)]
+    return [t for t in facts.private_trees if not any(under(t, s) for s in seen)]
 
 
 def _mounts(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidence, ...],
@@ -344,13 +345,16 @@ def _mounts(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidenc
                      reason="managed by the host's package tools; shared read-only")
                for d in facts.shared_etc]
     mounts += loader_mounts(config, facts)
-    for ev in evidence:
-        if ev.access is Access.PRIVATE and not any(under(ev.path, t) for t in ("/var", "/etc")):
-            mounts.append(Mount(ev.path, other_path(state, ev.path), reason="; ".join(ev.reasons)))
+    hidden = hidden_trees(facts, evidence)
+    own = [Mount(ev.path, other_path(state, ev.path), reason="; ".join(ev.reasons))
+           for ev in evidence if ev.access is Access.PRIVATE
+           and not any(under(ev.path, t) for t in ("/var", "/etc"))]
+    mounts += [m for m in own if not any(under(m.target, t) for t in hidden)]
     for target, kib in TMPFS:
         mounts.append(Mount(target, "", tmpfs_kib=kib, reason="private tmpfs"))
-    hidden = hidden_trees(facts, evidence)
     mounts += [Mount(t, "", tmpfs_kib=HIDDEN_KIB, reason=HIDDEN_REASON) for t in hidden]
+    # The sandbox's own copy of a path below a hidden tree goes on top of it.
+    mounts += [m for m in own if any(under(m.target, t) for t in hidden)]
     # What the evidence shares below a hidden tree (a WorkingDirectory= there) is the
     # host's again, read-only, on top of it; --shared paths are bound below.
     mounts += [Mount(ev.path, ev.path, readonly=True, reason="; ".join(ev.reasons))
