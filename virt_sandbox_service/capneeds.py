@@ -20,6 +20,7 @@ from pathlib import Path
 from . import devices
 from .config import SandboxConfig
 from .confine import CAP_NUMBERS
+from .confrefs import named_paths
 from .pathevidence import under
 from .unitfile import UnitFile, UnitName, unescape
 
@@ -336,10 +337,6 @@ _ADDRESS = re.compile(r"(?<![\w.:])((?:\d{1,3}\.){3}\d{1,3}"
                       r"|[0-9a-fA-F]*:[0-9a-fA-F:]+:[0-9a-fA-F]*)(?![\w.:])")
 
 
-# A path under /etc named in a log line, delimited as in configuration (confrefs._PATH).
-_ETC_PATH = re.compile(r"(?<![\w./$})-])(/etc/[A-Za-z0-9._+@%:/-]+)")
-
-
 def hidden_secret(unit: str, log: str, locate: Callable[[str], str | None],
                   hidden: Sequence[str], host_has: Callable[[str], bool] = os.path.exists
                   ) -> tuple[str, str] | None:
@@ -348,20 +345,18 @@ def hidden_secret(unit: str, log: str, locate: Callable[[str], str | None],
     hides), and how to give it a copy; None if the log names no such file. Followed through
     links as the sandbox sees them: dovecot's /etc/dovecot/private/dovecot.key is a link to
     the host's snakeoil key, behind /etc/ssl/private (0710)."""
-    for line in log.splitlines():
-        for named in _ETC_PATH.findall(line):
-            named = os.path.normpath(named.rstrip(".:,;'\")"))
-            target = resolve_in_instance(locate, named)
-            if locate(target) is not None or not host_has(target):
-                continue  # the sandbox has it, or nobody has: not a hidden secret
-            cover = next((h for h in hidden if under(target, h)), None)
-            if cover is None:
-                continue
-            via = f" (a link to {target})" if target != named else ""
-            return (f"{unit}'s log names {named}{via}, which is the host's secret "
-                    f"{cover}, hidden from the sandbox",
-                    f"-C --private {cover} gives the instance a copy of the host's (create it "
-                    "again with them), or point its configuration at one of its own")
+    for named in named_paths(log):  # paths under /etc, delimited as in configuration
+        target = resolve_in_instance(locate, named)
+        if locate(target) is not None or not host_has(target):
+            continue  # the sandbox has it, or nobody has: not a hidden secret
+        cover = next((h for h in hidden if under(target, h)), None)
+        if cover is None:
+            continue
+        via = f" (a link to {target})" if target != named else ""
+        return (f"{unit}'s log names {named}{via}, which is the host's secret "
+                f"{cover}, hidden from the sandbox",
+                f"-C --private {cover} gives the instance a copy of the host's (create it "
+                "again with them), or point its configuration at one of its own")
     return None
 
 
