@@ -271,6 +271,10 @@ def observe(cfg: SandboxConfig, facts: HostFacts, conn: libvirt.virConnect, path
             seconds: float) -> Seen:
     """Start the units once over copy-up overlays of the host's trees; what they opened."""
     units = tuple(unitfile.load_unit(u) for u in cfg.units)
+    # The run sees the host's trees whole, closed directories in them included (an admin's
+    # /srv/site, 0750): what the service opens there is what learn is for.
+    facts = dataclasses.replace(facts, private_trees=tuple(
+        t for t in facts.private_trees if not any(under(t, tree) for tree in TREES)))
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{cfg.name}-learn-", dir=paths.run_dir)
     run = replace_for_learning(cfg, tmp)
