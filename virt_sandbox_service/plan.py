@@ -346,15 +346,19 @@ def _mounts(config: SandboxConfig, facts: HostFacts, evidence: tuple[PathEvidenc
                for d in facts.shared_etc]
     mounts += loader_mounts(config, facts)
     hidden = hidden_trees(facts, evidence)
-    own = [Mount(ev.path, other_path(state, ev.path), reason="; ".join(ev.reasons))
-           for ev in evidence if ev.access is Access.PRIVATE
-           and not any(under(ev.path, t) for t in ("/var", "/etc"))]
-    mounts += [m for m in own if not any(under(m.target, t) for t in hidden)]
+    own: list[Mount] = []
+    own_below_hidden: list[Mount] = []
+    for ev in evidence:
+        if ev.access is Access.PRIVATE and not any(under(ev.path, t) for t in ("/var", "/etc")):
+            below = any(under(ev.path, t) for t in hidden)
+            (own_below_hidden if below else own).append(
+                Mount(ev.path, other_path(state, ev.path), reason="; ".join(ev.reasons)))
+    mounts += own
     for target, kib in TMPFS:
         mounts.append(Mount(target, "", tmpfs_kib=kib, reason="private tmpfs"))
     mounts += [Mount(t, "", tmpfs_kib=HIDDEN_KIB, reason=HIDDEN_REASON) for t in hidden]
     # The sandbox's own copy of a path below a hidden tree goes on top of it.
-    mounts += [m for m in own if any(under(m.target, t) for t in hidden)]
+    mounts += own_below_hidden
     # What the evidence shares below a hidden tree (a WorkingDirectory= there) is the
     # host's again, read-only, on top of it; --shared paths are bound below.
     mounts += [Mount(ev.path, ev.path, readonly=True, reason="; ".join(ev.reasons))

@@ -178,7 +178,6 @@ def hide_new_secrets(cfg: SandboxConfig) -> list[str]:
     made = []
     for secret in hidden_secrets(Path("/etc"), allowed):
         target = str(state / "etc" / os.path.relpath(secret.path, "/etc"))
-
         try:
             if make_whiteout(target, secret.path):
                 made.append(secret.path)
